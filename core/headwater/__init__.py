@@ -1,0 +1,49 @@
+"""headwater: a download engine in which every download source is a plugin.
+
+The public surface is what this module exports; everything else is private.
+"""
+
+from headwater.context import DownloadContext
+from headwater.engine import Engine
+from headwater.errors import (
+    DownloadCancelled,
+    EngineClosedError,
+    FieldConflictError,
+    HeadwaterError,
+    InvalidPolicyError,
+    PluginConflictError,
+    PluginError,
+    UnknownDownloadError,
+    UnknownSourceError,
+    UnsafePathError,
+)
+from headwater.files import safe_filename
+from headwater.hookspecs import hookimpl
+from headwater.policy import RatePolicy
+from headwater.records import Job, Record, State
+from headwater.sources import SourceInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DownloadCancelled",
+    "DownloadContext",
+    "Engine",
+    "EngineClosedError",
+    "FieldConflictError",
+    "HeadwaterError",
+    "InvalidPolicyError",
+    "Job",
+    "PluginConflictError",
+    "PluginError",
+    "RatePolicy",
+    "Record",
+    "SourceInfo",
+    "State",
+    "UnknownDownloadError",
+    "UnknownSourceError",
+    "UnsafePathError",
+    "__version__",
+    "hookimpl",
+    "safe_filename",
+]

@@ -1,0 +1,47 @@
+"""The context a source's ``download_impl`` works in."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+
+class DownloadContext:
+    """What the engine hands to ``download_impl`` beside the job.
+
+    Attributes:
+        dest_dir: an existing folder; the download must land inside it.
+        cancelled: set when the download is cancelled (or the engine closes).
+            Check it between chunks and stop promptly; what lands after a
+            cancel is deleted.
+        logger: a logger named ``headwater.source.<name>``.
+    """
+
+    __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last")
+
+    def __init__(self, dest_dir: Path, logger: logging.Logger) -> None:
+        self.dest_dir = dest_dir
+        self.cancelled = threading.Event()
+        self.logger = logger
+        self.started = time.monotonic()
+        self._last: tuple[int, int | None, float] = (0, None, self.started)
+
+    def progress(self, transferred: int, total: int | None = None) -> None:
+        """Report that ``transferred`` bytes of ``total`` (None: unknown) are done.
+
+        Cheap enough to call on every chunk: it takes no lock. Reports after
+        the download has ended are ignored. Raises ValueError for a negative
+        or non-integer count.
+        """
+        if type(transferred) is not int or transferred < 0:  # noqa: E721 (bool is not a count)
+            raise ValueError(f"progress: transferred must be an int >= 0, got {transferred!r}")
+        if total is not None and (type(total) is not int or total < 0):  # noqa: E721
+            raise ValueError(f"progress: total must be None or an int >= 0, got {total!r}")
+        self._last = (transferred, total, time.monotonic())
+
+    @property
+    def last_progress(self) -> tuple[int, int | None, float]:
+        """The latest report: (transferred, total, monotonic time of the report)."""
+        return self._last

@@ -1,0 +1,83 @@
+"""Finding installed sources through the ``headwater.sources`` entry point group.
+
+Each entry point is loaded on its own; one that fails to import becomes a
+:class:`Candidate` with an error instead of stopping the rest. Whether a
+loaded object is a usable source is decided by :mod:`headwater.sources`.
+
+Environment:
+    HEADWATER_DISABLE_PLUGIN_AUTOLOAD: any value but "", "0", "false" or "no"
+        loads no installed source.
+    HEADWATER_LOAD_PLUGINS: a comma-separated list of source names; only
+        those are loaded (even when autoload is disabled), and a named source
+        that is not installed is reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+import importlib_metadata
+
+ENTRY_POINT_GROUP = "headwater.sources"
+DISABLE_ENV = "HEADWATER_DISABLE_PLUGIN_AUTOLOAD"
+LOAD_ENV = "HEADWATER_LOAD_PLUGINS"
+
+
+@attrs.frozen
+class Candidate:
+    """A plugin object offered as a source, or the error that kept it from loading."""
+
+    name: str
+    plugin: object | None
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+
+def one_line(exc: BaseException) -> str:
+    """``ExcType: message``, folded onto one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def wanted_names(environ: Mapping[str, str]) -> frozenset[str] | None:
+    """The names the environment restricts loading to; None means all installed."""
+    if LOAD_ENV in environ:
+        return frozenset(n.strip() for n in environ[LOAD_ENV].split(",") if n.strip())
+    if environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return frozenset()
+    return None
+
+
+def discover(environ: Mapping[str, str] | None = None) -> list[Candidate]:
+    """Load every installed ``headwater.sources`` entry point the environment allows.
+
+    Entry points are taken in order of (name, distribution) so that which of
+    two clashing sources wins does not depend on the order of ``sys.path``.
+    """
+    wanted = wanted_names(os.environ if environ is None else environ)
+    if wanted is not None and not wanted:
+        return []
+    points = sorted(
+        importlib_metadata.entry_points(group=ENTRY_POINT_GROUP),
+        key=lambda ep: (ep.name, ep.dist.name if ep.dist else ""),
+    )
+    found: list[Candidate] = []
+    for ep in points:
+        if wanted is not None and ep.name not in wanted:
+            continue
+        dist = ep.dist.name if ep.dist else None
+        version = ep.dist.version if ep.dist else None
+        try:
+            plugin = ep.load()
+        except BaseException as exc:  # an import can raise anything, SystemExit included
+            found.append(Candidate(ep.name, None, dist, version, f"failed to import: {one_line(exc)}"))
+        else:
+            found.append(Candidate(ep.name, plugin, dist, version))
+    if wanted is not None:
+        seen = {c.name for c in found}
+        for name in sorted(wanted - seen):
+            found.append(Candidate(name, None, error=f"not installed (named in {LOAD_ENV})"))
+    return found

@@ -1,0 +1,66 @@
+"""Every exception headwater raises, in one place.
+
+All of them derive from :class:`HeadwaterError`, so ``except HeadwaterError``
+catches anything the engine itself refuses. Errors raised *inside* a plugin's
+``download_impl`` are not wrapped: they are caught at the engine boundary and
+recorded on the download's record.
+"""
+
+from __future__ import annotations
+
+
+class HeadwaterError(Exception):
+    """Base class of every error headwater raises."""
+
+
+class UnknownSourceError(HeadwaterError, LookupError):
+    """A source name (or alias) that no loaded source answers to.
+
+    The message names the known sources so a typo is easy to spot.
+    """
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        listing = ", ".join(self.known) if self.known else "none are loaded"
+        super().__init__(f"unknown source {name!r}; known sources: {listing}")
+
+
+class UnknownDownloadError(HeadwaterError, LookupError):
+    """A download id that the engine has no record of."""
+
+    def __init__(self, download_id: str) -> None:
+        self.download_id = download_id
+        super().__init__(f"no download with id {download_id!r}")
+
+
+class PluginError(HeadwaterError):
+    """A plugin that cannot be used: bad hooks, bad policy, bad fields."""
+
+
+class PluginConflictError(PluginError):
+    """Two sources claim the same name or alias."""
+
+
+class FieldConflictError(PluginError):
+    """``record_fields`` tried to set a core record field other than ``username``."""
+
+
+class InvalidPolicyError(HeadwaterError, ValueError):
+    """A :class:`~headwater.RatePolicy` with values that cannot be scheduled."""
+
+
+class UnsafePathError(HeadwaterError):
+    """A path that would lie outside the destination folder."""
+
+
+class DownloadCancelled(HeadwaterError):
+    """Raised by a source's ``download_impl`` when it stops because ``ctx.cancelled`` was set.
+
+    The record is already CANCELLED when a source sees the event; raising this
+    is the clean way to leave ``download_impl`` early.
+    """
+
+
+class EngineClosedError(HeadwaterError, RuntimeError):
+    """The engine has been closed and takes no more work."""

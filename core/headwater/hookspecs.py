@@ -1,0 +1,80 @@
+"""The hooks a source implements. Each docstring is the contract.
+
+A source is a plugin object (usually a module) registered under one
+canonical name. Mark implementations with :data:`headwater.hookimpl`.
+Only ``download_impl`` is required. Per-source calls reach only that
+source's implementation; plugins that are not sources may wrap every
+source with ``hookimpl(wrapper=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import pluggy
+
+from headwater.context import DownloadContext
+from headwater.policy import RatePolicy
+from headwater.records import Job
+
+PROJECT = "headwater"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | None:
+    """Download ``job.target`` into ``ctx.dest_dir``; the one required hook.
+
+    Runs on a worker thread of the source, inside its concurrency limit and
+    after its delay; never on the caller's thread. Call
+    ``ctx.progress(transferred, total)`` as bytes arrive and check
+    ``ctx.cancelled`` between chunks.
+
+    Returns the path of the finished file (a ``str`` or ``os.PathLike``;
+    relative paths are taken relative to ``ctx.dest_dir``). The file must
+    exist and lie inside ``ctx.dest_dir``, or the download FAILS and the engine
+    leaves the file alone. Return ``None`` to decline: the download FAILS as
+    "declined by the source".
+
+    Raising fails the download with the exception recorded as the record's
+    ``error``; the engine carries on. A file returned after a cancel is
+    deleted.
+    """
+
+
+@hookspec
+def record_fields(job: Job) -> Mapping[str, object] | None:
+    """Extra fields for the record of ``job``, merged into ``record.extra``.
+
+    Called once on the caller's thread when the download is submitted, so it
+    must be quick and do no I/O. Return a mapping of plain values (str, int,
+    float, bool, None) or None. The key ``username`` sets the record's label
+    (a legacy name such as ``deezer_dl``); any other core record field name
+    fails the submit with :class:`~headwater.errors.FieldConflictError` naming
+    the plugin. Raising fails the submit with that error.
+    """
+
+
+@hookspec
+def aliases() -> Iterable[str]:  # type: ignore[empty-body]
+    """Other names the source answers to (legacy configuration names).
+
+    Called once when the source is loaded. Names are lowercase
+    ``[a-z0-9][a-z0-9_-]*``. An alias that another source already has as a
+    name or alias leaves this source out, reported as a conflict. Raising
+    leaves the source out, reported with the error.
+    """
+
+
+@hookspec(firstresult=True)
+def rate_policy() -> RatePolicy | None:
+    """The :class:`~headwater.RatePolicy` the source asks for.
+
+    Called once when the source is loaded. Return None for the default
+    (concurrency 1, no delay). The user's ``Engine(policies=...)`` or
+    configuration overrides it. Anything but a RatePolicy or None, or
+    raising, leaves the source out, reported with the error.
+    """

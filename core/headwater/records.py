@@ -1,0 +1,111 @@
+"""Jobs, records and the one table of legal state changes.
+
+A :class:`Job` is what a source is asked to download; a :class:`Record` is
+what the engine knows about that download. Both are immutable: the engine
+replaces a record with a new one on every change and readers get snapshots.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+
+class State(enum.Enum):
+    """Where a download is in its life. COMPLETED, FAILED and CANCELLED are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED: nothing moves a record out of them."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+
+#: The legal transitions. Every state change the engine makes is checked here;
+#: anything else is refused (and the record stays as it was).
+TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
+    {
+        State.QUEUED: frozenset({State.RUNNING, State.CANCELLED}),
+        State.RUNNING: frozenset({State.COMPLETED, State.FAILED, State.CANCELLED}),
+        State.COMPLETED: frozenset(),
+        State.FAILED: frozenset(),
+        State.CANCELLED: frozenset(),
+    }
+)
+
+
+def may_transition(current: State, new: State) -> bool:
+    """Whether a record in ``current`` may move to ``new`` (per :data:`TRANSITIONS`)."""
+    return new in TRANSITIONS[current]
+
+
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+@attrs.frozen
+class Job:
+    """One download, as handed to a source's ``download_impl``.
+
+    Attributes:
+        id: the download id (the record's id).
+        source: the canonical source name.
+        target: what to download, in the source's own terms (a URL, a track id).
+        display_name: a human name for the download, or None.
+        attempt: 1 for the first try, counting up on each new attempt.
+    """
+
+    id: str
+    source: str
+    target: str
+    display_name: str | None = None
+    attempt: int = 1
+
+
+@attrs.frozen
+class Record:
+    """A snapshot of everything the engine knows about one download.
+
+    Times are seconds since the epoch. ``progress`` runs 0..100 and is only
+    meaningful when ``size`` is known. ``extra`` holds what the source's
+    ``record_fields`` returned.
+    """
+
+    id: str
+    source: str
+    target: str
+    display_name: str | None
+    username: str
+    state: State
+    created_at: float
+    updated_at: float
+    progress: float = 0.0
+    size: int | None = None
+    transferred: int = 0
+    speed: float = 0.0
+    time_remaining: float | None = None
+    file_path: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    extra: Mapping[str, object] = _EMPTY
+
+    @property
+    def name(self) -> str:
+        """The display name if there is one, else the target."""
+        return self.display_name or self.target
+
+
+#: Record fields the engine owns. ``record_fields`` may set none of them
+#: except ``username``.
+CORE_FIELDS: frozenset[str] = frozenset(a.name for a in attrs.fields(Record))

@@ -1,0 +1,214 @@
+"""Turning candidate plugins into sources: validation, names, aliases, policies.
+
+A :class:`SourceRegistry` registers each candidate with pluggy on its own.
+A candidate that fails validation, lacks ``download_impl``, declares a bad
+policy or claims a taken name or alias is left out and reported as a broken
+:class:`SourceInfo`; the others are usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+
+import attrs
+import pluggy
+
+from headwater import hookspecs
+from headwater.discovery import Candidate, one_line
+from headwater.errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
+from headwater.policy import RatePolicy
+
+log = logging.getLogger("headwater")
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is a legal source name or alias: lowercase ``[a-z0-9][a-z0-9_-]*``."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+@attrs.frozen
+class SourceInfo:
+    """What is known of one source, loaded or broken.
+
+    ``policy`` is the one in force (the user's override if any); ``error`` is
+    None for a loaded source and one line for a broken one.
+    """
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    policy: RatePolicy | None = None
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` for a loaded source, ``"broken"`` for one left out."""
+        return "ok" if self.error is None else "broken"
+
+
+@attrs.define
+class Source:
+    """A loaded source and its own hook callers (built once, reaching only it)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    policy: RatePolicy
+    distribution: str | None
+    version: str | None
+    download: pluggy.HookCaller
+    record_fields: pluggy.HookCaller | None
+
+    def label(self) -> str:
+        """``name (distribution version)``, for messages."""
+        return f"{self.name!r} ({_dist_label(self.distribution, self.version)})"
+
+    def info(self) -> SourceInfo:
+        return SourceInfo(self.name, self.aliases, self.policy, self.distribution, self.version)
+
+
+def _dist_label(distribution: str | None, version: str | None) -> str:
+    if distribution is None:
+        return "given directly"
+    return f"{distribution} {version}" if version else distribution
+
+
+class SourceRegistry:
+    """The loaded sources of one engine, by name and alias."""
+
+    def __init__(
+        self,
+        candidates: Iterable[Candidate],
+        policies: Mapping[str, RatePolicy] | None = None,
+    ) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._sources: dict[str, Source] = {}
+        self._names: dict[str, str] = {}  # name or alias -> canonical name
+        self._owner: dict[str, Candidate] = {}  # name or alias -> who claimed it
+        self._broken: list[SourceInfo] = []
+        registered = [c for c in candidates if self._register(c)]
+        for cand in registered:
+            self._admit(cand, [c.plugin for c in registered if c is not cand])
+        self._apply_overrides(policies or {})
+
+    # -- lookups ---------------------------------------------------------
+
+    def resolve(self, name: str) -> Source:
+        """The source called ``name`` (a canonical name or an alias)."""
+        canonical = self._names.get(name)
+        if canonical is None:
+            raise UnknownSourceError(name, list(self._sources))
+        return self._sources[canonical]
+
+    def __iter__(self) -> Iterable[Source]:
+        return iter(self._sources.values())
+
+    def infos(self, include_broken: bool = False) -> list[SourceInfo]:
+        loaded = [s.info() for s in self._sources.values()]
+        return sorted(loaded + (self._broken if include_broken else []), key=lambda i: i.name)
+
+    # -- loading ---------------------------------------------------------
+
+    def _reject(self, cand: Candidate, error: str) -> None:
+        label = _dist_label(cand.distribution, cand.version)
+        log.warning("source %r (%s) left out: %s", cand.name, label, error)
+        self._broken.append(
+            SourceInfo(cand.name, distribution=cand.distribution, version=cand.version, error=error)
+        )
+
+    def _claim(self, cand: Candidate, name: str, what: str) -> None:
+        """Take ``name`` for ``cand`` or raise PluginConflictError naming both claimants."""
+        other = self._owner.get(name)
+        if other is not None:
+            raise PluginConflictError(
+                f"{what} {name!r} is already taken by source {other.name!r} "
+                f"({_dist_label(other.distribution, other.version)}); this one is from "
+                f"{_dist_label(cand.distribution, cand.version)}"
+            )
+        self._owner[name] = cand
+
+    def _register(self, cand: Candidate) -> bool:
+        """Register ``cand`` with pluggy under its name; report it and say False if unusable."""
+        if cand.error is not None:
+            self._reject(cand, cand.error)
+            return False
+        if not is_valid_name(cand.name):
+            self._reject(cand, f"invalid source name {cand.name!r}: use lowercase [a-z0-9][a-z0-9_-]*")
+            return False
+        try:
+            self._claim(cand, cand.name, "source name")
+        except PluginConflictError as exc:
+            self._reject(cand, str(exc))
+            return False
+        try:
+            self._pm.register(cand.plugin, name=cand.name)
+            unknown = [c.name for c in self._pm.get_hookcallers(cand.plugin) or [] if c.spec is None]
+            if unknown:
+                raise PluginError(f"implements unknown hook(s): {', '.join(sorted(unknown))}")
+            if not any(i.plugin is cand.plugin for i in self._pm.hook.download_impl.get_hookimpls()):
+                raise PluginError("does not implement download_impl")
+        except (ValueError, pluggy.PluginValidationError, PluginError) as exc:
+            if self._pm.is_registered(cand.plugin) and self._pm.get_name(cand.plugin) == cand.name:
+                self._pm.unregister(cand.plugin)
+            del self._owner[cand.name]
+            self._reject(cand, one_line(exc))
+            return False
+        return True
+
+    def _admit(self, cand: Candidate, others: list[object]) -> None:
+        """Build ``cand``'s own hook callers, read its aliases and policy, or reject it."""
+
+        def caller(hook: str) -> pluggy.HookCaller:
+            return self._pm.subset_hook_caller(hook, remove_plugins=others)
+
+        try:
+            names = tuple(dict.fromkeys(n for ns in caller("aliases")() for n in (ns or ())))
+            bad = [n for n in names if not is_valid_name(n)]
+            if bad:
+                raise PluginError(f"invalid alias(es) {bad!r}: use lowercase [a-z0-9][a-z0-9_-]*")
+            policy = caller("rate_policy")()
+            if policy is None:
+                policy = RatePolicy()
+            elif not isinstance(policy, RatePolicy):
+                raise PluginError(f"rate_policy returned {type(policy).__name__}, not a RatePolicy")
+            aliases = tuple(n for n in names if n != cand.name)
+            for i, alias in enumerate(aliases):
+                try:
+                    self._claim(cand, alias, "alias")
+                except PluginConflictError:
+                    for taken in aliases[:i]:
+                        del self._owner[taken]
+                    raise
+        except Exception as exc:  # a plugin's hook can raise anything
+            self._pm.unregister(cand.plugin)
+            del self._owner[cand.name]
+            self._reject(cand, one_line(exc) if not isinstance(exc, HeadwaterError) else str(exc))
+            return
+        fields = caller("record_fields")
+        has_fields = any(i.plugin is cand.plugin for i in fields.get_hookimpls())
+        source = Source(
+            cand.name,
+            aliases,
+            policy,
+            cand.distribution,
+            cand.version,
+            caller("download_impl"),
+            fields if has_fields else None,
+        )
+        self._sources[cand.name] = source
+        for name in (cand.name, *aliases):
+            self._names[name] = cand.name
+
+    def _apply_overrides(self, policies: Mapping[str, RatePolicy]) -> None:
+        broken = {b.name for b in self._broken}
+        for key, policy in policies.items():
+            if not isinstance(policy, RatePolicy):
+                raise TypeError(f"policies[{key!r}] must be a RatePolicy, got {type(policy).__name__}")
+            if key in broken and key not in self._names:
+                continue  # the source is reported broken; its policy has nothing to act on
+            self.resolve(key).policy = policy

@@ -1,0 +1,129 @@
+"""Instrumented sources: plugins whose every download the test steers.
+
+Each job's behaviour is chosen by its target (``"ok:name"``, ``"none"``,
+``"raise"``, ``"block:key"``, ``"ignore-cancel:key"``), and the plugin records
+what happened (starts, ends, peak concurrency) on the monotonic clock, so tests
+can assert on real interleavings rather than sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import attrs
+
+from headwater import DownloadContext, Job, RatePolicy, hookimpl
+
+
+@attrs.define
+class Event:
+    kind: str  # "start" or "end"
+    job_id: str
+    target: str
+    at: float
+
+
+class InstrumentedSource:
+    """A source whose downloads block on gates the test opens.
+
+    Targets:
+        ``ok:NAME``: write NAME (in dest_dir) and return it.
+        ``none``: return None (decline).
+        ``raise``: raise RuntimeError.
+        ``block:KEY``: wait until ``release(KEY)`` (or the cancel), then write and return.
+        ``ignore-cancel:KEY``: wait until ``release(KEY)`` ignoring cancel, then land a file.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: RatePolicy | None = None,
+        aliases: tuple[str, ...] = (),
+        fields: dict[str, object] | None = None,
+    ) -> None:
+        self.name = name
+        self._policy = policy
+        self._aliases = aliases
+        self._fields = fields
+        self.lock = threading.Lock()
+        self.events: list[Event] = []
+        self.running = 0
+        self.peak = 0
+        self.started = threading.Condition(self.lock)
+        self._gates: dict[str, threading.Event] = {}
+
+    # -- test controls ---------------------------------------------------------
+
+    def gate(self, key: str) -> threading.Event:
+        with self.lock:
+            return self._gates.setdefault(key, threading.Event())
+
+    def release(self, key: str) -> None:
+        self.gate(key).set()
+
+    def release_all(self) -> None:
+        with self.lock:
+            gates = list(self._gates.values())
+        for g in gates:
+            g.set()
+
+    def wait_started(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` downloads have started (fail the test otherwise)."""
+        with self.started:
+            ok = self.started.wait_for(lambda: self.starts() >= count, timeout)
+        assert ok, f"{self.name}: only {self.starts()} of {count} downloads started"
+
+    def starts(self) -> int:
+        return sum(1 for e in self.events if e.kind == "start")
+
+    def started_targets(self) -> list[str]:
+        with self.lock:
+            return [e.target for e in self.events if e.kind == "start"]
+
+    # -- hooks -----------------------------------------------------------------
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
+        with self.started:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.events.append(Event("start", job.id, job.target, time.monotonic()))
+            self.started.notify_all()
+        try:
+            return self._behave(job, ctx)
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.events.append(Event("end", job.id, job.target, time.monotonic()))
+
+    def _behave(self, job: Job, ctx: DownloadContext) -> Path | None:
+        kind, _, arg = job.target.partition(":")
+        if kind == "none":
+            return None
+        if kind == "raise":
+            raise RuntimeError(f"instrumented failure of {job.target}")
+        if kind == "block":
+            gate = self.gate(arg)
+            while not gate.wait(0.01):
+                if ctx.cancelled.is_set():
+                    return None
+        elif kind == "ignore-cancel":
+            self.gate(arg).wait(30)
+        path = ctx.dest_dir / f"{self.name}-{job.id}.bin"
+        path.write_bytes(b"x" * 10)
+        ctx.progress(10, 10)
+        return path
+
+    @hookimpl
+    def rate_policy(self) -> RatePolicy | None:
+        return self._policy
+
+    @hookimpl
+    def aliases(self) -> tuple[str, ...]:
+        return self._aliases
+
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object] | None:
+        return self._fields
