@@ -121,8 +121,7 @@ class Engine:
         self._shards: dict[str, _Shard] = {}
         self._meta = threading.Lock()
         self._closed = False
-        self._ended = threading.Condition()
-        self._waiters = 0
+        self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
 
     # -- sources ---------------------------------------------------------
 
@@ -232,13 +231,14 @@ class Engine:
         shard = self._shards[job.source]
         returned: str | os.PathLike[str] | None = None
         path: Path | None = None
+        size = 0
         error: str | None = None
         try:
             returned = shard.source.download(job=job, ctx=ctx)
             if returned is None:
                 error = "declined: download_impl returned None"
             else:
-                path = landed_file(self.dest_dir, returned)
+                path, size = landed_file(self.dest_dir, returned)
         except BaseException as exc:  # the boundary: nothing a plugin raises escapes
             error = one_line(exc)
             shard.logger.debug("download %s failed", job.id, exc_info=True)
@@ -249,7 +249,6 @@ class Engine:
             if record is not None and record.state is State.RUNNING:
                 finished = time.time()
                 if path is not None:
-                    size = path.stat().st_size
                     wrote = shard.move(
                         record,
                         State.COMPLETED,
@@ -274,12 +273,13 @@ class Engine:
             discard_landed(self.dest_dir, returned)  # cancelled or removed meanwhile
         elif wrote is not None and wrote.state is State.FAILED:
             shard.logger.info("download %s of %r failed: %s", job.id, job.target, error)
-        self._notify_ended()
+        self._notify_ended(job.id)
 
-    def _notify_ended(self) -> None:
-        if self._waiters:
-            with self._ended:
-                self._ended.notify_all()
+    def _notify_ended(self, download_id: str) -> None:
+        """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
+        ended = self._watch.pop(download_id, None)
+        if ended is not None:
+            ended.set()
 
     # -- controlling -------------------------------------------------------
 
@@ -297,7 +297,7 @@ class Engine:
                 raise UnknownDownloadError(download_id)
             cancelled = self._cancel_locked(shard, record)
         if cancelled:
-            self._notify_ended()
+            self._notify_ended(download_id)
         return cancelled
 
     def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
@@ -321,7 +321,7 @@ class Engine:
                 raise UnknownDownloadError(download_id)
             self._cancel_locked(shard, record)
             final = shard.records.pop(download_id)
-        self._notify_ended()
+        self._notify_ended(download_id)
         return final
 
     # -- reading -----------------------------------------------------------
@@ -348,36 +348,36 @@ class Engine:
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
 
-        Raises TimeoutError if ``timeout`` seconds pass first, and
-        UnknownDownloadError for an unknown id (or one removed meanwhile).
+        Raises TimeoutError if ``timeout`` seconds pass first,
+        UnknownDownloadError for an unknown id (or one removed meanwhile), and
+        EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
         shards = [self._find(i) for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
-        checked = 0
-        with self._ended:
-            self._waiters += 1
-            try:
-                while True:
-                    while checked < len(order):
-                        record = shards[checked].records.get(order[checked])
-                        if record is None:
-                            raise UnknownDownloadError(order[checked])
-                        if not record.state.terminal:
-                            break
-                        checked += 1
-                    else:
-                        break
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(
-                            f"{len(order) - checked} of {len(order)} downloads still running "
-                            f"after {timeout} s"
-                        )
-                    self._ended.wait(left)
-            finally:
-                self._waiters -= 1
+        for shard, download_id in zip(shards, order, strict=True):
+            while not self._ended_or_raise(shard, download_id):
+                # Watch this one id: the terminal write sets the event. Check again
+                # after registering, in case it ended in between.
+                ended = self._watch.setdefault(download_id, threading.Event())
+                if self._ended_or_raise(shard, download_id):
+                    break
+                if self._closed:
+                    raise EngineClosedError(f"the engine closed before download {download_id} ended")
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not ended.wait(left):
+                    done = sum(1 for s, i in zip(shards, order, strict=True) if i in s.records
+                               and s.records[i].state.terminal)
+                    raise TimeoutError(f"{len(order) - done} of {len(order)} downloads had not "
+                                       f"ended after {timeout} s")
         return [s.snapshot(s.records[i]) for s, i in zip(shards, order, strict=True)]
+
+    @staticmethod
+    def _ended_or_raise(shard: _Shard, download_id: str) -> bool:
+        record = shard.records.get(download_id)
+        if record is None:
+            raise UnknownDownloadError(download_id)
+        return record.state.terminal
 
     # -- closing -----------------------------------------------------------
 
@@ -399,7 +399,8 @@ class Engine:
                     if record is not None:
                         self._cancel_locked(shard, record)
                 threads += shard.worker.thread_objects()
-        self._notify_ended()
+        for ended in list(self._watch.values()):
+            ended.set()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [

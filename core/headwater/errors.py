@@ -64,3 +64,16 @@ class DownloadCancelled(HeadwaterError):
 
 class EngineClosedError(HeadwaterError, RuntimeError):
     """The engine has been closed and takes no more work."""
+
+
+class RetryAfter(HeadwaterError):
+    """Raised by a source when the service asked it to come back later (HTTP 429/503).
+
+    ``seconds`` is how long to wait before the next attempt, as the service
+    said (``Retry-After``). The message says when to retry.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        self.seconds = float(seconds)
+        text = message or "the service asked to retry later"
+        super().__init__(f"{text}; retry after {self.seconds:g} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from headwater.errors import UnsafePathError
@@ -11,25 +12,33 @@ from headwater.errors import UnsafePathError
 log = logging.getLogger("headwater")
 
 
-def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> Path:
-    """The resolved file that ``download_impl`` returned, checked to lie inside ``dest_dir``.
+def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path, int]:
+    """The resolved file ``download_impl`` returned and its size, checked to lie inside ``dest_dir``.
 
     ``dest_dir`` must already be resolved. A relative path is taken relative
     to ``dest_dir``; symbolic links are followed before the check. Raises
-    :class:`UnsafePathError` for a path outside ``dest_dir`` and
-    FileNotFoundError when no regular file is there.
+    :class:`UnsafePathError` for a path outside ``dest_dir``,
+    FileNotFoundError when no regular file is there and TypeError for a value
+    that is not a path.
     """
     if not isinstance(returned, (str, os.PathLike)):
         raise TypeError(f"download_impl must return a str or os.PathLike, got {type(returned).__name__}")
-    path = Path(returned)
-    resolved = (path if path.is_absolute() else dest_dir / path).resolve()
-    if resolved == dest_dir or not resolved.is_relative_to(dest_dir):
+    given = os.fspath(returned)
+    if not isinstance(given, str):
+        raise TypeError(f"download_impl must return a text path, got {given!r}")
+    base = str(dest_dir)
+    resolved = os.path.realpath(os.path.join(base, given))
+    if not resolved.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePathError(
-            f"download_impl returned {str(path)!r}, which is outside the destination folder {str(dest_dir)!r}"
+            f"download_impl returned {given!r}, which is outside the destination folder {base!r}"
         )
-    if not resolved.is_file():
-        raise FileNotFoundError(f"download_impl returned {str(path)!r}, but no file is there")
-    return resolved
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise FileNotFoundError(f"download_impl returned {given!r}, but no regular file is there")
+    return Path(resolved), info.st_size
 
 
 def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
@@ -39,7 +48,7 @@ def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
     left alone and logged.
     """
     try:
-        path = landed_file(dest_dir, returned)
+        path, _ = landed_file(dest_dir, returned)
     except (OSError, TypeError, UnsafePathError) as exc:
         log.debug("not deleting %r after cancel: %s", returned, exc)
         return

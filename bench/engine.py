@@ -1,0 +1,133 @@
+"""Engine benchmark: submit rate, peak threads, memory per queued job, drain time.
+
+Workload (issue 2): 50,000 jobs over 4 sources of concurrency 2 whose
+download sleeps 5 ms. Ideal drain = jobs x 5 ms / total concurrency.
+
+    python bench/engine.py [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+from headwater import DownloadContext, Engine, Job, RatePolicy, hookimpl
+
+
+class SleepSource:
+    def __init__(self, seconds: float, gate: threading.Event | None = None) -> None:
+        self.seconds = seconds
+        self.gate = gate
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        if self.gate is not None:
+            self.gate.wait()
+        time.sleep(self.seconds)
+        return ctx.dest_dir / "done"
+
+
+def peak_threads_during(stop: threading.Event, out: list[int]) -> None:
+    peak = 0
+    while not stop.wait(0.005):
+        peak = max(peak, threading.active_count())
+    out.append(peak)
+
+
+def bare_thread_floor(jobs: int, threads: int, seconds: float) -> float:
+    """Wall time for ``threads`` plain threads to sleep ``seconds`` ``jobs`` times in all."""
+    def loop(n: int) -> None:
+        for _ in range(n):
+            time.sleep(seconds)
+
+    workers = [threading.Thread(target=loop, args=(jobs // threads,)) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t0
+
+
+def memory_per_queued_job(dest: Path, jobs: int) -> float:
+    """Bytes allocated per queued (not yet started) job, by tracemalloc."""
+    gate = threading.Event()
+    engine = Engine(dest, plugins={"held": SleepSource(0, gate)})
+    engine.submit("held", "warm-up")  # the one running job; the rest stay queued
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(jobs):
+        engine.submit("held", f"https://example.org/track/{i:08d}.flac")
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    gate.set()
+    engine.close(timeout=5)
+    return (after - before) / jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--sources", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--sleep", type=float, default=0.005)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp)
+        (dest / "done").write_bytes(b"")
+        names = [f"s{i}" for i in range(args.sources)]
+        plugins = {n: SleepSource(args.sleep) for n in names}
+        policies = {n: RatePolicy(concurrency=args.concurrency) for n in names}
+        engine = Engine(dest, plugins=plugins, policies=policies)
+        stop = threading.Event()
+        peak: list[int] = []
+        sampler = threading.Thread(target=peak_threads_during, args=(stop, peak), daemon=True)
+        base_threads = threading.active_count() + 1  # + the sampler itself
+        sampler.start()
+
+        t0 = time.perf_counter()
+        ids = [engine.submit(names[i % len(names)], f"https://example.org/{i}") for i in range(args.jobs)]
+        submitted = time.perf_counter()
+        records = engine.wait(ids, timeout=3600)
+        drained = time.perf_counter()
+        stop.set()
+        sampler.join()
+        engine.close()
+        assert all(r.state.value == "completed" for r in records), "some jobs did not complete"
+
+        per_job = memory_per_queued_job(dest, 20_000)
+    total_conc = args.sources * args.concurrency
+    floor = bare_thread_floor(args.jobs, total_conc, args.sleep)
+
+    ideal = args.jobs * args.sleep / total_conc
+    drain = drained - t0
+    rows = [
+        ("jobs", f"{args.jobs:,}", ""),
+        ("sources x concurrency", f"{args.sources} x {args.concurrency}", ""),
+        ("submit rate (jobs/s)", f"{args.jobs / (submitted - t0):,.0f}", ">= 100,000"),
+        ("peak threads (engine's own)", f"{peak[0] - base_threads}", f"<= {total_conc + 4}"),
+        ("peak threads (process)", f"{peak[0]}", ""),
+        ("peak RSS (MB)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f}", ""),
+        ("memory per queued job (bytes)", f"{per_job:,.0f}", "< 2,048"),
+        ("drain time (s)", f"{drain:.2f}", ""),
+        ("ideal drain (s)", f"{ideal:.2f}", ""),
+        ("drain over ideal", f"{(drain / ideal - 1) * 100:+.1f}%", "<= +2%"),
+        ("bare threads, same sleeps (s)", f"{floor:.2f}", "the machine's floor"),
+        ("drain over bare threads", f"{(drain / floor - 1) * 100:+.1f}%", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>14}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>14}  {target}")
+
+
+if __name__ == "__main__":
+    main()
