@@ -42,6 +42,7 @@ def peak_threads_during(stop: threading.Event, out: list[int]) -> None:
 
 def bare_thread_floor(jobs: int, threads: int, seconds: float) -> float:
     """Wall time for ``threads`` plain threads to sleep ``seconds`` ``jobs`` times in all."""
+
     def loop(n: int) -> None:
         for _ in range(n):
             time.sleep(seconds)
@@ -73,7 +74,9 @@ def memory_per_queued_job(dest: Path, jobs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--sources", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)

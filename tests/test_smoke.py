@@ -1,6 +1,6 @@
-from headwater import RatePolicy, State
-
 from instrumented import InstrumentedSource
+
+from headwater import RatePolicy, State
 
 
 def test_ok_none_raise(make_engine):

@@ -366,10 +366,14 @@ class Engine:
                     raise EngineClosedError(f"the engine closed before download {download_id} ended")
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or not ended.wait(left):
-                    done = sum(1 for s, i in zip(shards, order, strict=True) if i in s.records
-                               and s.records[i].state.terminal)
-                    raise TimeoutError(f"{len(order) - done} of {len(order)} downloads had not "
-                                       f"ended after {timeout} s")
+                    done = sum(
+                        1
+                        for s, i in zip(shards, order, strict=True)
+                        if i in s.records and s.records[i].state.terminal
+                    )
+                    raise TimeoutError(
+                        f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
+                    )
         return [s.snapshot(s.records[i]) for s, i in zip(shards, order, strict=True)]
 
     @staticmethod
