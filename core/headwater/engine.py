@@ -243,6 +243,7 @@ class Engine:
             error = one_line(exc)
             shard.logger.debug("download %s failed", job.id, exc_info=True)
         with shard.lock:
+            shard.worker.finish()
             shard.contexts.pop(job.id, None)
             record = shard.records.get(job.id)
             wrote = None

@@ -1,0 +1,443 @@
+"""The engine and worker: states, cancels, limits, delay, locks, paths, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from instrumented import InstrumentedSource
+
+from headwater import (
+    EngineClosedError,
+    FieldConflictError,
+    InvalidPolicyError,
+    PluginError,
+    RatePolicy,
+    State,
+    UnknownDownloadError,
+    UnknownSourceError,
+    hookimpl,
+)
+from headwater.records import TRANSITIONS, may_transition
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def engine_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("headwater-")]
+
+
+# -- states ----------------------------------------------------------------------
+
+
+def test_terminal_states_are_final_in_the_table():
+    for state in State:
+        if state.terminal:
+            assert TRANSITIONS[state] == frozenset()
+            assert not any(may_transition(state, other) for other in State)
+    assert may_transition(State.QUEUED, State.RUNNING)
+    assert may_transition(State.QUEUED, State.CANCELLED)
+    assert not may_transition(State.QUEUED, State.COMPLETED)
+    assert not may_transition(State.RUNNING, State.QUEUED)
+
+
+def test_outcomes_and_record_fields(make_engine):
+    src = InstrumentedSource(
+        "alpha", RatePolicy(concurrency=2), fields={"track_id": "t1", "username": "a_dl"}
+    )
+    engine = make_engine({"alpha": src})
+    ids = [engine.submit("alpha", t, display_name=f"n{i}") for i, t in enumerate(("ok:a", "none", "raise"))]
+    done, declined, raised = engine.wait(ids, timeout=10)
+    assert done.state is State.COMPLETED and Path(done.file_path).is_file()
+    assert done.progress == 100.0 and done.size == done.transferred == 10
+    assert Path(done.file_path).parent == engine.dest_dir
+    assert declined.state is State.FAILED and "declined" in declined.error
+    assert raised.state is State.FAILED and "RuntimeError: instrumented failure" in raised.error
+    assert done.extra == {"track_id": "t1"} and done.username == "a_dl" and done.display_name == "n0"
+    assert done.attempts == 1 and done.started_at <= done.finished_at
+
+
+def test_record_fields_cannot_override_core_fields(make_engine):
+    engine = make_engine({"alpha": InstrumentedSource("alpha", fields={"state": "completed"})})
+    with pytest.raises(FieldConflictError, match=r"'alpha'.*'state'.*only 'username'"):
+        engine.submit("alpha", "ok:a")
+    assert engine.records() == []
+
+
+def test_record_fields_must_be_plain_values(make_engine):
+    engine = make_engine({"alpha": InstrumentedSource("alpha", fields={"when": object()})})
+    with pytest.raises(PluginError, match="'alpha'.*'when'"):
+        engine.submit("alpha", "ok:a")
+
+
+def test_unknown_source_names_the_known_ones(make_engine):
+    engine = make_engine({"alpha": InstrumentedSource("alpha"), "beta": InstrumentedSource("beta")})
+    with pytest.raises(UnknownSourceError, match="'gamma'.*alpha, beta"):
+        engine.submit("gamma", "x")
+    with pytest.raises(ValueError, match="non-empty"):
+        engine.submit("alpha", "")
+
+
+def test_aliases_resolve_everywhere(make_engine):
+    src = InstrumentedSource("alpha", aliases=("alpha_dl",))
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha_dl", "block:k")
+    src.wait_started(1)
+    assert [r.id for r in engine.records("alpha_dl")] == [rid]
+    assert engine.get(rid).source == "alpha"
+    assert engine.cancel(rid, source_hint="alpha_dl") is True
+    with pytest.raises(UnknownSourceError):
+        engine.cancel(rid, source_hint="nope")
+
+
+# -- the worker: limits and pacing ---------------------------------------------------
+
+
+def test_concurrency_cap_holds_under_a_burst(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=3))
+    engine = make_engine({"alpha": src})
+    ids = [engine.submit("alpha", "block:wave") for _ in range(40)]
+    src.wait_started(3)
+    # Three are running and blocked; the other 37 are queued and cost no thread.
+    assert src.running == 3
+    assert len([t for t in engine_threads() if t.name.startswith("headwater-alpha-")]) == 3
+    assert sum(r.state is State.QUEUED for r in engine.records()) == 37
+    src.release("wave")
+    records = engine.wait(ids, timeout=20)
+    assert all(r.state is State.COMPLETED for r in records)
+    assert src.peak == 3
+
+
+def test_queued_jobs_cost_no_thread(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=2))
+    engine = make_engine({"alpha": src})
+    ids = [engine.submit("alpha", "block:k") for _ in range(2_000)]
+    src.wait_started(2)
+    assert engine.worker_stats()["alpha"][:2] == (2, 2)
+    assert len(engine_threads()) == 2
+    for rid in ids[2:]:
+        engine.cancel(rid)
+    src.release("k")
+    engine.wait(ids, timeout=20)
+    assert src.starts() == 2
+
+
+def test_delay_holds_after_success_and_failure(make_engine):
+    delay = 0.15
+    src = InstrumentedSource("slow", RatePolicy(concurrency=2, delay=delay))
+    engine = make_engine({"slow": src})
+    ids = [engine.submit("slow", t) for t in ("raise", "ok:a", "none", "ok:b", "raise", "ok:c")]
+    records = engine.wait(ids, timeout=20)
+    # The engine's clock: a start may not come within `delay` of an end the
+    # engine had recorded before it (a start while another download is still
+    # running is concurrent, not "next").
+    for later in records:
+        ended_before = [r.finished_at for r in records if r.finished_at < later.started_at]
+        if ended_before:
+            assert later.started_at - max(ended_before) >= delay - 0.002
+    assert sum(1 for r in records if any(o.finished_at < r.started_at for o in records)) >= 4
+
+
+def test_delay_with_one_slot_holds_on_the_plugins_clock(make_engine):
+    delay = 0.1
+    src = InstrumentedSource("slow", RatePolicy(concurrency=1, delay=delay))
+    engine = make_engine({"slow": src})
+    engine.wait([engine.submit("slow", t) for t in ("raise", "ok:a", "none", "ok:b")], timeout=20)
+    events = src.events
+    for end, start in zip(events[1::2], events[2::2], strict=False):
+        assert (end.kind, start.kind) == ("end", "start")
+        assert start.at - end.at >= delay
+
+
+def test_invalid_policies_are_refused():
+    with pytest.raises(InvalidPolicyError, match="concurrency"):
+        RatePolicy(concurrency=0)
+    with pytest.raises(InvalidPolicyError, match="delay"):
+        RatePolicy(delay=-1)
+    with pytest.raises(InvalidPolicyError, match="delay"):
+        RatePolicy(delay=float("nan"))
+
+
+def test_a_plugin_with_a_bad_policy_is_left_out(make_engine):
+    class BadPolicy:
+        @hookimpl
+        def download_impl(self, job, ctx):
+            return None
+
+        @hookimpl
+        def rate_policy(self):
+            return RatePolicy(concurrency=0)
+
+    engine = make_engine({"bad": BadPolicy(), "alpha": InstrumentedSource("alpha")})
+    assert [s.name for s in engine.sources()] == ["alpha"]
+    (broken,) = [s for s in engine.sources(include_broken=True) if s.status == "broken"]
+    assert broken.name == "bad" and "concurrency" in broken.error
+
+
+def test_user_policy_overrides_the_plugins(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1), aliases=("a",))
+    engine = make_engine({"alpha": src}, policies={"a": RatePolicy(concurrency=4)})
+    assert engine.sources()[0].policy == RatePolicy(concurrency=4)
+    ids = [engine.submit("alpha", "block:k") for _ in range(4)]
+    src.wait_started(4)
+    src.release("k")
+    engine.wait(ids, timeout=10)
+    assert src.peak == 4
+
+
+def test_threads_end_when_idle(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=2))
+    engine = make_engine({"alpha": src}, idle_timeout=0.05)
+    engine.wait([engine.submit("alpha", "ok:a"), engine.submit("alpha", "ok:b")], timeout=10)
+    for thread in engine._shards["alpha"].worker.thread_objects():
+        thread.join(5)
+        assert not thread.is_alive()
+    assert engine.worker_stats()["alpha"][0] == 0
+    # and work arriving later starts a thread again
+    assert engine.wait([engine.submit("alpha", "ok:c")], timeout=10)[0].state is State.COMPLETED
+
+
+# -- locks -------------------------------------------------------------------------
+
+
+def test_a_held_source_lock_does_not_delay_another_source(make_engine):
+    a, b = InstrumentedSource("alpha"), InstrumentedSource("beta")
+    engine = make_engine({"alpha": a, "beta": b})
+    first = engine.submit("alpha", "block:k")
+    a.wait_started(1)
+    with engine._shards["alpha"].lock:  # as if alpha's lock were stuck
+        ids = [engine.submit("beta", f"ok:{i}") for i in range(20)]
+        records = engine.wait(ids, timeout=10)
+        assert all(r.state is State.COMPLETED for r in records)
+        assert engine.get(ids[0]).state is State.COMPLETED
+    a.release("k")
+    engine.wait([first], timeout=10)
+
+
+# -- cancel ------------------------------------------------------------------------
+
+
+def test_cancel_while_queued_never_starts(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    first = engine.submit("alpha", "block:k")
+    src.wait_started(1)
+    queued = engine.submit("alpha", "ok:never")
+    assert engine.cancel(queued) is True
+    assert engine.get(queued).state is State.CANCELLED
+    src.release("k")
+    after = engine.submit("alpha", "ok:after")
+    engine.wait([first, queued, after], timeout=10)
+    assert "ok:never" not in src.started_targets()
+    assert engine.cancel(queued) is False  # already ended
+
+
+def test_cancel_while_running_is_immediate_and_final(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "block:k")
+    src.wait_started(1)
+    assert engine.cancel(rid) is True
+    # CANCELLED at once, while download_impl is still inside its loop
+    assert engine.get(rid).state is State.CANCELLED
+    follower = engine.submit("alpha", "ok:next")
+    engine.wait([follower], timeout=10)  # runs after the cancelled one returned (concurrency 1)
+    record = engine.get(rid)
+    assert record.state is State.CANCELLED and record.error is None and record.file_path is None
+
+
+def test_a_file_landed_after_cancel_is_deleted(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "ignore-cancel:k")
+    src.wait_started(1)
+    assert engine.cancel(rid) is True
+    src.release("k")  # the plugin ignores the cancel and lands its file anyway
+    follower = engine.submit("alpha", "ok:next")
+    engine.wait([follower], timeout=10)
+    landed = engine.dest_dir / f"alpha-{rid}.bin"
+    assert not landed.exists()
+    assert engine.get(rid).state is State.CANCELLED
+
+
+def test_cancel_racing_completion_leaves_one_terminal_state(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=4))
+    engine = make_engine({"alpha": src})
+    cancelled: set[str] = set()
+    records = []
+    for _ in range(30):
+        ids = [engine.submit("alpha", "ok:x") for _ in range(4)]
+        cancelled |= {rid for rid in ids if engine.cancel(rid)}
+        records += engine.wait(ids, timeout=10)
+    assert engine.close(timeout=10) == []  # every download_impl has returned
+    for record in records:
+        landed = engine.dest_dir / f"alpha-{record.id}.bin"
+        if record.id in cancelled:
+            assert record.state is State.CANCELLED and not landed.exists()
+        else:
+            assert record.state is State.COMPLETED and landed.exists()
+            assert record.file_path == str(landed)
+
+
+def test_unknown_ids(make_engine):
+    engine = make_engine({"alpha": InstrumentedSource("alpha")})
+    for call in (engine.get, engine.cancel, engine.remove):
+        with pytest.raises(UnknownDownloadError, match="'nope'"):
+            call("nope")
+    with pytest.raises(UnknownDownloadError):
+        engine.wait(["nope"])
+
+
+def test_remove_cancels_and_forgets(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "block:k")
+    src.wait_started(1)
+    final = engine.remove(rid)
+    assert final.state is State.CANCELLED
+    with pytest.raises(UnknownDownloadError):
+        engine.get(rid)
+    assert engine.records() == []
+    done = engine.submit("alpha", "ok:a")
+    engine.wait([done], timeout=10)
+    assert engine.remove(done).state is State.COMPLETED
+    assert len(list(engine.dest_dir.glob("alpha-*.bin"))) == 1  # a completed file stays
+
+
+def test_wait_times_out(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "block:k")
+    with pytest.raises(TimeoutError, match="1 of 1"):
+        engine.wait([rid], timeout=0.05)
+    src.release("k")
+    assert engine.wait([rid], timeout=10)[0].state is State.COMPLETED
+
+
+# -- progress ----------------------------------------------------------------------
+
+
+class Progressing:
+    def __init__(self) -> None:
+        self.reported = threading.Event()
+        self.go = threading.Event()
+        self.ctx = None
+
+    @hookimpl
+    def download_impl(self, job, ctx):
+        self.ctx = ctx
+        ctx.progress(25, 100)
+        self.reported.set()
+        self.go.wait(10)
+        path = ctx.dest_dir / "p.bin"
+        path.write_bytes(b"y" * 100)
+        return path
+
+
+def test_progress_shows_while_running_and_late_reports_are_dropped(make_engine):
+    plugin = Progressing()
+    engine = make_engine({"p": plugin})
+    rid = engine.submit("p", "t")
+    assert plugin.reported.wait(10)
+    running = engine.get(rid)
+    assert running.state is State.RUNNING
+    assert (running.transferred, running.size, running.progress) == (25, 100, 25.0)
+    plugin.go.set()
+    done = engine.wait([rid], timeout=10)[0]
+    plugin.ctx.progress(5, 100)  # a late report after the end
+    assert engine.get(rid) == done and done.transferred == 100
+
+
+def test_bad_progress_values_fail_the_download(make_engine):
+    class Bad:
+        @hookimpl
+        def download_impl(self, job, ctx):
+            ctx.progress(-1)
+
+    engine = make_engine({"bad": Bad()})
+    record = engine.wait([engine.submit("bad", "t")], timeout=10)[0]
+    assert record.state is State.FAILED and "transferred must be an int >= 0" in record.error
+
+
+# -- paths -------------------------------------------------------------------------
+
+
+class Returns:
+    def __init__(self, make_path):
+        self.make_path = make_path
+
+    @hookimpl
+    def download_impl(self, job, ctx):
+        return self.make_path(ctx)
+
+
+def test_a_path_outside_dest_fails_and_is_never_deleted(make_engine, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    engine = make_engine({"out": Returns(lambda ctx: outside)})
+    record = engine.wait([engine.submit("out", "t")], timeout=10)[0]
+    assert record.state is State.FAILED and "outside the destination folder" in record.error
+    assert outside.read_text() == "keep me"
+
+
+def test_a_symlink_leading_out_of_dest_fails(make_engine, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("keep me")
+
+    def link(ctx):
+        path = ctx.dest_dir / "innocent.txt"
+        path.symlink_to(outside)
+        return path
+
+    engine = make_engine({"link": Returns(link)})
+    record = engine.wait([engine.submit("link", "t")], timeout=10)[0]
+    assert record.state is State.FAILED and "outside the destination folder" in record.error
+    assert outside.exists()
+
+
+@pytest.mark.parametrize(
+    ("make_path", "message"),
+    [
+        (lambda ctx: "missing.bin", "no regular file"),
+        (lambda ctx: ctx.dest_dir, "outside the destination folder"),
+        (lambda ctx: 42, "str or os.PathLike"),
+    ],
+)
+def test_bad_returns_fail_clearly(make_engine, make_path, message):
+    engine = make_engine({"r": Returns(make_path)})
+    record = engine.wait([engine.submit("r", "t")], timeout=10)[0]
+    assert record.state is State.FAILED and message in record.error
+
+
+def test_a_relative_path_is_taken_inside_dest(make_engine):
+    def relative(ctx):
+        (ctx.dest_dir / "rel.bin").write_bytes(b"z")
+        return "rel.bin"
+
+    engine = make_engine({"r": Returns(relative)})
+    record = engine.wait([engine.submit("r", "t")], timeout=10)[0]
+    assert record.state is State.COMPLETED and record.file_path == str(engine.dest_dir / "rel.bin")
+
+
+# -- close -------------------------------------------------------------------------
+
+
+def test_close_returns_in_time_with_a_hung_plugin(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=2))
+    engine = make_engine({"alpha": src})
+    hung = engine.submit("alpha", "ignore-cancel:forever")
+    src.wait_started(1)
+    queued = [engine.submit("alpha", "block:never") for _ in range(3)]
+    src.wait_started(2)
+    t0 = time.monotonic()
+    stuck = engine.close(timeout=0.3)
+    assert time.monotonic() - t0 < 2.0
+    assert [r.id for r in stuck] == [hung]
+    assert engine.get(hung).state is State.CANCELLED
+    states = [engine.get(q).state for q in queued]
+    assert states.count(State.CANCELLED) == 1 and states.count(State.QUEUED) == 2
+    with pytest.raises(EngineClosedError):
+        engine.submit("alpha", "ok:a")
+    src.release_all()
