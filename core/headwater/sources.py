@@ -105,9 +105,6 @@ class SourceRegistry:
             raise UnknownSourceError(name, list(self._sources))
         return self._sources[canonical]
 
-    def __iter__(self) -> Iterable[Source]:
-        return iter(self._sources.values())
-
     def infos(self, include_broken: bool = False) -> list[SourceInfo]:
         loaded = [s.info() for s in self._sources.values()]
         return sorted(loaded + (self._broken if include_broken else []), key=lambda i: i.name)

@@ -104,10 +104,6 @@ class SourceWorker(Generic[T]):
         self._last_end = time.monotonic()
         self._changed.notify()
 
-    def wake(self) -> None:
-        """Make waiting threads look at the queue again."""
-        self._changed.notify_all()
-
     def close(self) -> None:
         """Start nothing more; idle and waiting threads end."""
         self._closed = True
