@@ -27,7 +27,11 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     if not isinstance(given, str):
         raise TypeError(f"download_impl must return a text path, got {given!r}")
     base = str(dest_dir)
-    resolved = os.path.realpath(os.path.join(base, given))
+    joined = os.path.normpath(os.path.join(base, given))
+    if os.path.dirname(joined) == base and not os.path.islink(joined):
+        resolved = joined  # the common case: a plain file right in dest_dir, no links to follow
+    else:
+        resolved = os.path.realpath(joined)
     if not resolved.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePathError(
             f"download_impl returned {given!r}, which is outside the destination folder {base!r}"
