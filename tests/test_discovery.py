@@ -76,12 +76,24 @@ def with_policy(expr: str) -> str:
     )
 
 
-# distribution -> (version, {entry point name: (module name, source)})
+OBJECT = """
+
+class Source:
+    download_impl = staticmethod(hookimpl(impl))
+
+source = Source()
+"""
+
+# distribution -> (version, {entry point name: (module or module:attribute, module source)})
 DISTRIBUTIONS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     "headwater-good": ("1.2.3", {"good": ("hw_good", GOOD)}),
     "headwater-importfail": (
         "0.2.0",
-        {"importfail": ("hw_importfail", 'raise RuntimeError("cannot reach\\n    the moon")\n')},
+        {
+            "importfail": ("hw_importfail", 'raise RuntimeError("cannot reach\\n    the moon")\n'),
+            "exits": ("hw_exits", 'raise SystemExit("bye")\n'),
+            "noattr": ("hw_noattr:plugin", "x = 1\n"),
+        },
     ),
     "headwater-nodownload": (
         "0.3.0",
@@ -89,7 +101,7 @@ DISTRIBUTIONS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
             "nodownload": (
                 "hw_nodownload",
                 "from headwater import hookimpl\n\n@hookimpl\ndef aliases():\n    return []\n",
-            )
+            ),
         },
     ),
     "headwater-misspelled": (
@@ -103,7 +115,16 @@ DISTRIBUTIONS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
             ),
         },
     ),
-    "headwater-clash-a": ("1.0.0", {"clash": ("hw_clash_a", writer("clash-a"))}),
+    # The winner of the clash is an object, not a module.
+    "headwater-clash-a": (
+        "1.0.0",
+        {
+            "clash": (
+                "hw_clash_a:source",
+                writer("clash-a").replace("def download_impl(", "def impl(") + OBJECT,
+            )
+        },
+    ),
     "headwater-clash-b": ("2.0.0", {"clash": ("hw_clash_b", writer("clash-b"))}),
     "headwater-thief": (
         "0.5.0",
@@ -125,6 +146,8 @@ DISTRIBUTIONS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
 # source name -> (distribution, version, a fragment of its error)
 BROKEN = {
     "importfail": ("headwater-importfail", "0.2.0", "failed to import: RuntimeError: cannot reach the moon"),
+    "exits": ("headwater-importfail", "0.2.0", "failed to import: SystemExit: bye"),
+    "noattr": ("headwater-importfail", "0.2.0", "failed to import: AttributeError"),
     "nodownload": ("headwater-nodownload", "0.3.0", "does not implement download_impl"),
     "typo": ("headwater-misspelled", "0.4.0", "unknown hook(s): rate_polcy"),
     "wrongarg": ("headwater-misspelled", "0.4.0", "PluginValidationError"),
@@ -184,12 +207,14 @@ print(json.dumps(out))
 
 
 def write_distribution(root: Path, dist: str, version: str, entries: Mapping[str, tuple[str, str]]) -> Path:
+    """Write a distribution's folder; each entry's module is ``package`` or ``package:attribute``."""
     folder = root / dist
-    for module, source in entries.values():
-        (folder / module).mkdir(parents=True)
-        (folder / module / "__init__.py").write_text(textwrap.dedent(source))
+    packages = [module.partition(":")[0] for module, _ in entries.values()]
+    for package, (_, source) in zip(packages, entries.values(), strict=True):
+        (folder / package).mkdir(parents=True)
+        (folder / package / "__init__.py").write_text(textwrap.dedent(source))
     points = "\n".join(f'{name} = "{module}"' for name, (module, _) in entries.items())
-    packages = ", ".join(f'"{module}"' for module, _ in entries.values())
+    listed = ", ".join(f'"{package}"' for package in packages)
     (folder / "pyproject.toml").write_text(
         textwrap.dedent(
             f"""\
@@ -205,7 +230,7 @@ def write_distribution(root: Path, dist: str, version: str, entries: Mapping[str
             """
         )
         + points
-        + f"\n\n[tool.hatch.build.targets.wheel]\npackages = [{packages}]\n"
+        + f"\n\n[tool.hatch.build.targets.wheel]\npackages = [{listed}]\n"
     )
     return folder
 
