@@ -495,3 +495,29 @@ def test_get_from_a_broken_source_is_a_usage_error(venv):
     assert done.returncode == 2
     assert "unknown source 'importfail'" in done.stderr
     assert "clash, file, good" in done.stderr
+
+
+# -- in this process -------------------------------------------------------------
+
+
+def test_interrupt_while_importing_a_plugin_is_not_swallowed(tmp_path, monkeypatch):
+    """Ctrl-C during a slow plugin import stops discovery instead of marking the plugin broken."""
+    from headwater.discovery import discover
+
+    info = tmp_path / "headwater_interrupt-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: headwater-interrupt\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[headwater.sources]\ninterrupt = hw_interrupt\nexiting = hw_exiting\n"
+    )
+    (tmp_path / "hw_interrupt.py").write_text("raise KeyboardInterrupt\n")
+    (tmp_path / "hw_exiting.py").write_text("import sys\nsys.exit(4)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [exiting] = discover({"HEADWATER_LOAD_PLUGINS": "exiting"})
+    assert (exiting.distribution, exiting.version, exiting.error) == (
+        "headwater-interrupt",
+        "0.1",
+        "failed to import: SystemExit: 4",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        discover({"HEADWATER_LOAD_PLUGINS": "interrupt,exiting"})

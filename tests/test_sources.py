@@ -45,7 +45,7 @@ def test_invalid_source_name_is_reported_and_left_out(make_engine, name):
     assert "invalid source name" in info.error and repr(name) in info.error
     assert info.distribution is None and info.version is None
     with pytest.raises(UnknownSourceError):
-        engine.submit(name, "x") if name else engine.submit("-", "x")
+        engine.submit(name, "x")
 
 
 @pytest.mark.parametrize("name", ["a", "0", "a-b", "a_b", "x9-y_z"])
@@ -304,3 +304,39 @@ def test_rate_policy_hook_raising_is_reported(make_engine):
     engine = make_engine({"boom": policy_plugin(boom)})
     [info] = broken(engine, "boom")
     assert info.error == "OSError: no config file"
+
+
+def test_hook_calling_exit_is_reported(make_engine):
+    def leave() -> RatePolicy:
+        raise SystemExit(3)
+
+    engine = make_engine({"leaver": policy_plugin(leave), "ok": Plain()})
+    [info] = broken(engine, "leaver")
+    assert info.error == "SystemExit: 3"
+    assert loaded_names(engine) == ["ok"]
+
+
+def test_interrupt_while_loading_is_not_swallowed(make_engine):
+    class Interrupted(Plain):
+        @hookimpl
+        def aliases(self) -> list[str]:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_engine({"interrupted": Interrupted()})
+
+
+def test_plugin_whose_attributes_raise_leaves_the_rest_loaded(make_engine):
+    class Hostile(Plain):
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError(f"no {name}")
+
+        def __dir__(self) -> list[str]:
+            return ["download_impl", "ghost"]
+
+    # pluggy >= 1.6 looks attributes up statically and loads it; older pluggy
+    # raises from register(), which must leave only this source out.
+    engine = make_engine({"hostile": Hostile(), "ok": Plain()})
+    infos = {i.name: i for i in engine.sources(include_broken=True)}
+    assert infos["ok"].status == "ok"
+    assert infos["hostile"].error is None or "RuntimeError: no ghost" in infos["hostile"].error

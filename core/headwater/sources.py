@@ -189,7 +189,7 @@ class SourceRegistry:
                 raise PluginError(f"implements unknown hook(s): {', '.join(sorted(unknown))}")
             if not any(i.plugin is cand.plugin for i in self._pm.hook.download_impl.get_hookimpls()):
                 raise PluginError("does not implement download_impl")
-        except (ValueError, pluggy.PluginValidationError, PluginError) as exc:
+        except (Exception, SystemExit) as exc:  # pluggy's errors, ours, or a plugin's attribute access
             if self._pm.is_registered(cand.plugin) and self._pm.get_name(cand.plugin) == cand.name:
                 self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
@@ -218,7 +218,7 @@ class SourceRegistry:
                     for taken in aliases[:i]:
                         del self._owner[taken]
                     raise
-        except Exception as exc:  # a plugin's hook can raise anything
+        except (Exception, SystemExit) as exc:  # a plugin's hook can raise anything
             self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
             self._reject(cand, one_line(exc) if not isinstance(exc, HeadwaterError) else str(exc))
