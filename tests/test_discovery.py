@@ -14,6 +14,7 @@ import os
 import site
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -272,7 +273,7 @@ class PluginVenv:
 
     def probe(self, submits: Sequence[tuple[str, str]] = (), **env: str) -> dict[str, Any]:
         """Run the probe script: the sources the engine sees, then ``submits`` downloaded."""
-        dest = self.work / f"dest-{len(list(self.work.iterdir()))}"
+        dest = tempfile.mkdtemp(prefix="dest-", dir=self.work)
         done = self.run(self.python, self.work / "probe.py", dest, json.dumps(submits), **env)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
@@ -323,7 +324,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> PluginVenv:
 
 
 @pytest.fixture(scope="session")
-def everything(venv: PluginVenv) -> dict:
+def everything(venv: PluginVenv) -> dict[str, Any]:
     """One probe with every installed source, downloading through names and aliases."""
     sample = venv.work / "sample.bin"
     sample.write_bytes(b"headwater" * 100)
