@@ -1,8 +1,10 @@
 """Finding installed sources through the ``headwater.sources`` entry point group.
 
-Each entry point is loaded on its own; one that fails to import becomes a
-:class:`Candidate` with an error instead of stopping the rest. Whether a
-loaded object is a usable source is decided by :mod:`headwater.sources`.
+Each entry point is loaded on its own; one that fails to import (any
+exception, ``SystemExit`` included) becomes a :class:`Candidate` with an
+error instead of stopping the rest. A ``KeyboardInterrupt`` is not caught.
+Whether a loaded object is a usable source is decided by
+:mod:`headwater.sources`.
 
 Environment:
     HEADWATER_DISABLE_PLUGIN_AUTOLOAD: any value but "", "0", "false" or "no"
@@ -72,7 +74,7 @@ def discover(environ: Mapping[str, str] | None = None) -> list[Candidate]:
         version = ep.dist.version if ep.dist else None
         try:
             plugin = ep.load()
-        except BaseException as exc:  # an import can raise anything, SystemExit included
+        except (Exception, SystemExit) as exc:  # not KeyboardInterrupt: Ctrl-C while loading stops
             found.append(Candidate(ep.name, None, dist, version, f"failed to import: {one_line(exc)}"))
         else:
             found.append(Candidate(ep.name, plugin, dist, version))

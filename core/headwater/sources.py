@@ -3,7 +3,13 @@
 A :class:`SourceRegistry` registers each candidate with pluggy on its own.
 A candidate that fails validation, lacks ``download_impl``, declares a bad
 policy or claims a taken name or alias is left out and reported as a broken
-:class:`SourceInfo`; the others are usable.
+:class:`SourceInfo`; the others are usable. A hook implementation whose name
+headwater does not define (a misspelling) leaves the source out too, unless
+it is marked ``hookimpl(optionalhook=True)``.
+
+Source names are claimed before aliases, so an alias equal to another
+source's name always loses; of two sources claiming the same alias, the one
+offered first keeps it (discovery offers them sorted by name).
 """
 
 from __future__ import annotations
@@ -69,6 +75,27 @@ class Source:
 
     def info(self) -> SourceInfo:
         return SourceInfo(self.name, self.aliases, self.policy, self.distribution, self.version)
+
+
+def _alias_names(results: list[object]) -> list[str]:
+    """The names in the ``aliases`` hook's results (one iterable, or None, per implementation).
+
+    Raises PluginError for a result that is not a list of names, or a name
+    that is not a legal source name.
+    """
+    names: list[object] = []
+    for result in results:
+        if result is None:
+            continue
+        if isinstance(result, str | bytes) or not isinstance(result, Iterable):
+            raise PluginError(
+                f"aliases returned a {type(result).__name__}, {result!r}; return a list of names"
+            )
+        names.extend(result)
+    bad = [n for n in names if not is_valid_name(n)]
+    if bad:
+        raise PluginError(f"invalid alias(es) {bad!r}: use lowercase [a-z0-9][a-z0-9_-]*")
+    return [str(n) for n in names]
 
 
 def _dist_label(distribution: str | None, version: str | None) -> str:
@@ -143,13 +170,23 @@ class SourceRegistry:
             self._reject(cand, str(exc))
             return False
         try:
+            if self._pm.is_registered(cand.plugin):
+                raise PluginError(
+                    f"the same plugin object is already source {self._pm.get_name(cand.plugin)!r}; "
+                    "register it once and declare other names as aliases"
+                )
             self._pm.register(cand.plugin, name=cand.name)
-            unknown = [c.name for c in self._pm.get_hookcallers(cand.plugin) or [] if c.spec is None]
+            unknown = [
+                c.name
+                for c in self._pm.get_hookcallers(cand.plugin) or []
+                if c.spec is None
+                and any(i.plugin is cand.plugin and not i.optionalhook for i in c.get_hookimpls())
+            ]
             if unknown:
                 raise PluginError(f"implements unknown hook(s): {', '.join(sorted(unknown))}")
             if not any(i.plugin is cand.plugin for i in self._pm.hook.download_impl.get_hookimpls()):
                 raise PluginError("does not implement download_impl")
-        except (ValueError, pluggy.PluginValidationError, PluginError) as exc:
+        except (Exception, SystemExit) as exc:  # pluggy's errors, ours, or a plugin's attribute access
             if self._pm.is_registered(cand.plugin) and self._pm.get_name(cand.plugin) == cand.name:
                 self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
@@ -164,10 +201,7 @@ class SourceRegistry:
             return self._pm.subset_hook_caller(hook, remove_plugins=others)
 
         try:
-            names = tuple(dict.fromkeys(n for ns in caller("aliases")() for n in (ns or ())))
-            bad = [n for n in names if not is_valid_name(n)]
-            if bad:
-                raise PluginError(f"invalid alias(es) {bad!r}: use lowercase [a-z0-9][a-z0-9_-]*")
+            names = tuple(dict.fromkeys(_alias_names(caller("aliases")())))
             policy = caller("rate_policy")()
             if policy is None:
                 policy = RatePolicy()
@@ -181,7 +215,7 @@ class SourceRegistry:
                     for taken in aliases[:i]:
                         del self._owner[taken]
                     raise
-        except Exception as exc:  # a plugin's hook can raise anything
+        except (Exception, SystemExit) as exc:  # a plugin's hook can raise anything
             self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
             self._reject(cand, one_line(exc) if not isinstance(exc, HeadwaterError) else str(exc))
