@@ -10,15 +10,19 @@ from headwater.errors import (
     EngineClosedError,
     FieldConflictError,
     HeadwaterError,
+    IntegrityError,
     InvalidPolicyError,
+    InvalidTargetError,
+    MissingDependencyError,
     PluginConflictError,
     PluginError,
     RetryAfter,
+    TransferError,
     UnknownDownloadError,
     UnknownSourceError,
     UnsafePathError,
 )
-from headwater.files import safe_filename
+from headwater.files import destination, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State
@@ -33,8 +37,11 @@ __all__ = [
     "EngineClosedError",
     "FieldConflictError",
     "HeadwaterError",
+    "IntegrityError",
     "InvalidPolicyError",
+    "InvalidTargetError",
     "Job",
+    "MissingDependencyError",
     "PluginConflictError",
     "PluginError",
     "RatePolicy",
@@ -42,10 +49,12 @@ __all__ = [
     "RetryAfter",
     "SourceInfo",
     "State",
+    "TransferError",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",
     "__version__",
+    "destination",
     "hookimpl",
     "safe_filename",
 ]
