@@ -9,6 +9,7 @@ assert on what the client sent.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,16 @@ class Resource:
     release: threading.Event = attrs.Factory(threading.Event)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Connections the client dropped (resets, broken pipes) are part of the tests; stay quiet."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class LocalServer:
     """Serves :class:`Resource` objects at paths on 127.0.0.1, in a daemon thread."""
 
@@ -71,10 +82,10 @@ class LocalServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -144,9 +155,8 @@ class LocalServer:
                 req.close_connection = True
                 req.connection.shutdown(socket.SHUT_RDWR)
                 return
-            if res.gate is not None:
-                if not res.gate.acquire(timeout=10):
-                    return
+            if res.gate is not None and not res.gate.acquire(timeout=10):
+                return
             req.wfile.write(piece)
             sent += len(piece)
         req.wfile.flush()

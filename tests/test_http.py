@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from headwater_http import HttpSource
-from headwater_http.naming import parse_target, retry_after_seconds
 from localhttp import LocalServer, Resource, Step, serving
 
 from headwater import Engine, InvalidTargetError, State
+from headwater_http import HttpSource
+from headwater_http.naming import parse_target, retry_after_seconds
 
 pytestmark = pytest.mark.timeout(60)
 

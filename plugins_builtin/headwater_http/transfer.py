@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
-from typing import IO
 
 import attrs
 import httpx
@@ -48,7 +48,7 @@ class _Part:
     final: Path
     path: Path
     meta: Path
-    file: IO[bytes]
+    file: io.BufferedRandom
     url: str
     validator: str | None = None  # a strong ETag or a Last-Modified date
     total: int | None = None
@@ -84,10 +84,11 @@ class _Part:
 
 def validator_of(response: httpx.Response) -> str | None:
     """The value to send in If-Range: a strong ETag, else Last-Modified, else None (no safe resume)."""
-    etag = response.headers.get("etag")
+    etag: str | None = response.headers.get("etag")
     if etag and not etag.startswith("W/"):
         return etag
-    return response.headers.get("last-modified")
+    modified: str | None = response.headers.get("last-modified")
+    return modified
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -290,7 +291,7 @@ class Transfer:
             self._part.discard()
 
 
-def _sha256(file: IO[bytes]) -> str:
+def _sha256(file: io.BufferedRandom) -> str:
     """The sha256 hex digest of ``file``'s whole content (read from the start)."""
     file.seek(0)
     digest = hashlib.file_digest(file, "sha256")
