@@ -8,13 +8,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from headwater_http import HttpSource
 from hypothesis import given
 from hypothesis import strategies as st
 from localhttp import LocalServer, Resource, serving
 
 from headwater import Engine, State, UnsafePathError, destination, safe_filename
 from headwater.files import MAX_NAME_BYTES
+from headwater_http import HttpSource
 
 HOSTILE = [
     "../../etc/passwd",
@@ -73,7 +73,7 @@ def _check_one(name: str, result: str) -> None:
     assert result not in (".", "..")
     assert not result.startswith((".", " "))
     assert not result.endswith((".", " "))
-    assert not any(ch in result for ch in "/\\\x00:*?\"<>|\u202e\u200b\ufeff\n\r\t")
+    assert not any(ch in result for ch in '/\\\x00:*?"<>|\u202e\u200b\ufeff\n\r\t')
     assert len(result.encode()) <= MAX_NAME_BYTES
     assert result.split(".")[0].upper() not in ("CON", "NUL", "AUX", "PRN", "COM1", "LPT9", "CONIN$")
 

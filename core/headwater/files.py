@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import io
 import logging
 import os
 import stat
@@ -134,3 +136,50 @@ def inside(dest_dir: Path, path: str, what: str | None = None) -> str:
             f"outside the destination folder {base!r}"
         )
     return resolved
+
+
+class PartFile:
+    """``<final>.part`` beside ``final``, open for writing and locked, until it is landed or discarded.
+
+    A file at its final path is always complete: bytes go to the ``.part``,
+    and :meth:`land` flushes, fsyncs and renames it in one atomic step. The
+    ``.part`` is opened without following a symbolic link and is checked to
+    lie inside ``dest_dir`` (resolved). An exclusive advisory lock is held
+    while it is open, so a second download of the same name fails with
+    :class:`FileExistsError` instead of interleaving its bytes. Used by the
+    worker thread that runs one download; not shared between threads.
+    """
+
+    def __init__(self, dest_dir: Path, final: Path) -> None:
+        self.final = final
+        self.path = final.with_name(final.name + ".part")
+        inside(dest_dir, str(self.path), f"file name {self.path.name!r}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
+        self.stream: io.BufferedRandom = os.fdopen(fd, "r+b")
+
+    def size(self) -> int:
+        """Bytes in the ``.part`` so far, counting what is still buffered."""
+        self.stream.flush()
+        return os.fstat(self.stream.fileno()).st_size
+
+    def land(self) -> Path:
+        """Flush, fsync and rename the ``.part`` onto the final path; return that path."""
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        os.replace(self.path, self.final)
+        self.stream.close()
+        return self.final
+
+    def close(self) -> None:
+        """Close the ``.part`` and leave it for a later resume."""
+        self.stream.close()
+
+    def discard(self) -> None:
+        """Close and delete the ``.part``."""
+        self.stream.close()
+        self.path.unlink(missing_ok=True)

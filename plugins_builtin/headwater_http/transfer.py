@@ -7,11 +7,9 @@ two downloads of the same name cannot interleave their bytes.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import attrs
@@ -25,7 +23,7 @@ from headwater import (
     TransferError,
     destination,
 )
-from headwater.files import inside
+from headwater.files import PartFile, inside
 from headwater_http.naming import Target, disposition_name, retry_after_seconds, url_name
 
 
@@ -43,20 +41,13 @@ class Settings:
 
 @attrs.define
 class _Part:
-    """The ``.part`` file of one transfer, open and locked, and what is known of it."""
+    """The locked ``.part`` of one transfer and its resume state, kept in ``<name>.part.json``."""
 
-    final: Path
-    path: Path
+    file: PartFile
     meta: Path
-    file: io.BufferedRandom
     url: str
     validator: str | None = None  # a strong ETag or a Last-Modified date
     total: int | None = None
-
-    def size(self) -> int:
-        """Bytes in the ``.part`` so far (flushing what is buffered first)."""
-        self.file.flush()
-        return os.fstat(self.file.fileno()).st_size
 
     def save_meta(self) -> None:
         """Record the validator beside the ``.part`` so a later call can resume; forget it if none."""
@@ -77,8 +68,7 @@ class _Part:
         return validator if isinstance(validator, str) else None
 
     def discard(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+        self.file.discard()
         self.meta.unlink(missing_ok=True)
 
 
@@ -182,7 +172,7 @@ class Transfer:
                 if self._attempt():
                     return
             except httpx.TransportError as exc:
-                after = self._part.size() if self._part is not None else 0
+                after = self._part.file.size() if self._part is not None else 0
                 what = _describe(exc)
                 if self._received > 0 and resumes < self._settings.max_resumes:
                     resumes += 1
@@ -196,21 +186,21 @@ class Transfer:
         """One request. True when the body is complete; False to ask again (with a Range)."""
         part = self._part
         headers = {"accept-encoding": "identity"}
-        offset = part.size() if part is not None else 0
+        offset = part.file.size() if part is not None else 0
         if part is not None and offset > 0 and part.validator is not None:
             headers["range"] = f"bytes={offset}-"
             headers["if-range"] = part.validator
         with self._client.stream("GET", self._target.url, headers=headers) as response:
             if response.status_code == 416 and part is not None and "range" in headers:
                 self._ctx.logger.info("server refused the range from %d; restarting", offset)
-                part.file.truncate(0)
+                part.file.stream.truncate(0)
                 part.validator = None
                 return False
             raise_for_status(response)
             if part is None:
                 part = self._open(response)
                 saved = part.saved_validator()
-                if saved is not None and saved == validator_of(response) and part.size() > 0:
+                if saved is not None and saved == validator_of(response) and part.file.size() > 0:
                     part.validator = saved
                     return False  # a previous call left a resumable .part: ask for the rest
             if response.status_code == 206 and range_start(response) == offset:
@@ -226,26 +216,22 @@ class Transfer:
         return True
 
     def _open(self, response: httpx.Response) -> _Part:
-        """Choose the file name from the response, open and lock ``<name>.part``."""
+        """Choose the file name from the response; open and lock ``<name>.part``."""
         name = disposition_name(response.headers.get("content-disposition")) or url_name(str(response.url))
         final = destination(self._ctx.dest_dir, name)
-        path = final.with_name(final.name + ".part")
         meta = final.with_name(final.name + ".part.json")
-        for extra in (path, meta):
-            inside(self._ctx.dest_dir, str(extra), f"file name {name!r}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        inside(self._ctx.dest_dir, str(meta), f"file name {name!r}")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TransferError(f"another download is already writing {str(path)!r}") from None
-        self._part = _Part(final, path, meta, os.fdopen(fd, "r+b"), self._target.url)
+            file = PartFile(self._ctx.dest_dir, final)
+        except FileExistsError as exc:
+            raise TransferError(str(exc)) from None
+        self._part = _Part(file, meta, self._target.url)
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:
         """Append the body at ``start``, reporting progress and stopping within a chunk of a cancel."""
         ctx = self._ctx
-        out = part.file
+        out = part.file.stream
         out.seek(start)
         out.truncate()
         done, total = start, part.total
@@ -265,27 +251,25 @@ class Transfer:
         """Check size and checksum, fsync, rename onto the final path; return it."""
         part = self._part
         assert part is not None
-        size = part.size()
+        size = part.file.size()
         if part.total is not None and size != part.total:
             raise IntegrityError(
                 f"{self._target.url}: received {size} bytes but the server announced {part.total}"
             )
         if self._target.sha256 is not None:
-            actual = _sha256(part.file)
+            actual = _sha256(part.file.stream)
             if actual != self._target.sha256:
                 raise IntegrityError(
                     f"{self._target.url}: sha256 is {actual}, expected {self._target.sha256}"
                 )
-        os.fsync(part.file.fileno())
-        os.replace(part.path, part.final)
-        part.file.close()
+        final = part.file.land()
         part.meta.unlink(missing_ok=True)
-        return part.final
+        return final
 
     def _close(self, keep: bool) -> None:
         """Close the ``.part``; keep it (and its validator) for a later resume, or delete it."""
         assert self._part is not None
-        if keep and self._part.size() > 0:
+        if keep and self._part.file.size() > 0:
             self._part.file.close()
         else:
             self._part.discard()
