@@ -82,6 +82,9 @@ class LocalServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
+            def do_HEAD(self) -> None:
+                server.handle(self, head=True)
+
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -95,7 +98,7 @@ class LocalServer:
         self.resources[path.split("?")[0]] = resource
         return self.url(path)
 
-    def handle(self, req: BaseHTTPRequestHandler) -> None:
+    def handle(self, req: BaseHTTPRequestHandler, head: bool = False) -> None:
         path = req.path.split("?")[0]
         res = self.resources.get(path)
         if res is None:
@@ -137,6 +140,8 @@ class LocalServer:
         for key, value in {**res.headers, **step.headers}.items():
             req.send_header(key, value)
         req.end_headers()
+        if head:
+            return
         if step.length is not None:
             body = body[: step.length]
         self._send_body(req, res, step, body)
