@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from localhttp import LocalServer, Resource, serving
+from localhttp import LocalServer, Resource, Step, serving
 
 from headwater import Engine, RatePolicy, State
 from headwater_ytdlp import YtDlpSource, youtube_id
@@ -53,7 +53,9 @@ def test_downloads_a_direct_media_link(server, engine):
 def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
     pytest.importorskip("yt_dlp")
     gate = threading.Semaphore(0)
-    url = server.add("/media/slow.mp4", Resource(MEDIA, headers=VIDEO, gate=gate, chunk=10_000))
+    # the first request is the generic extractor's probe: let it through ungated
+    slow = Resource(MEDIA, headers=VIDEO, gate=gate, chunk=10_000, script=[Step(ungated=True)])
+    url = server.add("/media/slow.mp4", slow)
     rid = engine.submit("yt-dlp", url)
     gate.release(3)
     deadline = time.monotonic() + 20
@@ -67,6 +69,7 @@ def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
         assert time.monotonic() < deadline, f"left behind: {list(engine.dest_dir.iterdir())}"
         time.sleep(0.02)
     assert engine.get(rid).state is State.CANCELLED
+    assert len(slow.requests) == 2  # the probe and the one transfer the cancel stopped
 
 
 def test_missing_yt_dlp_names_the_pip_command(engine, monkeypatch):
