@@ -39,22 +39,35 @@ class Settings:
     max_resumes: int = 5
 
 
+#: Bodies at least this large (or of unknown size) get their resume record
+#: written before the first byte, so a resume survives even a killed process;
+#: smaller ones write it only when a transfer breaks off.
+EARLY_META_BYTES = 8 << 20
+
+
 @attrs.define
 class _Part:
-    """The locked ``.part`` of one transfer and its resume state, kept in ``<name>.part.json``."""
+    """The locked ``.part`` of one transfer and its resume record ``<name>.part.json``."""
 
     file: PartFile
     meta: Path
     url: str
     validator: str | None = None  # a strong ETag or a Last-Modified date
     total: int | None = None
+    meta_written: bool = False
 
     def save_meta(self) -> None:
-        """Record the validator beside the ``.part`` so a later call can resume; forget it if none."""
+        """Write the resume record (URL, validator, total); remove it when there is no validator."""
         if self.validator is None:
-            self.meta.unlink(missing_ok=True)
+            self.forget_meta()
             return
         self.meta.write_text(json.dumps({"url": self.url, "validator": self.validator, "total": self.total}))
+        self.meta_written = True
+
+    def forget_meta(self) -> None:
+        if self.meta_written:
+            self.meta.unlink(missing_ok=True)
+            self.meta_written = False
 
     def saved_validator(self) -> str | None:
         """The validator a previous call saved for this same URL, or None."""
@@ -62,6 +75,7 @@ class _Part:
             saved = json.loads(self.meta.read_text())
         except (OSError, ValueError):
             return None
+        self.meta_written = True  # whatever is there is ours to replace or remove
         if not isinstance(saved, dict) or saved.get("url") != self.url:
             return None
         validator = saved.get("validator")
@@ -69,7 +83,7 @@ class _Part:
 
     def discard(self) -> None:
         self.file.discard()
-        self.meta.unlink(missing_ok=True)
+        self.forget_meta()
 
 
 def validator_of(response: httpx.Response) -> str | None:
@@ -211,7 +225,8 @@ class Transfer:
                 start = 0
             part.validator = validator_of(response)
             part.total = total_size(response, start)
-            part.save_meta()
+            if part.total is None or part.total >= EARLY_META_BYTES or part.meta_written:
+                part.save_meta()
             self._write(response, part, start)
         return True
 
@@ -263,13 +278,14 @@ class Transfer:
                     f"{self._target.url}: sha256 is {actual}, expected {self._target.sha256}"
                 )
         final = part.file.land()
-        part.meta.unlink(missing_ok=True)
+        part.forget_meta()
         return final
 
     def _close(self, keep: bool) -> None:
         """Close the ``.part``; keep it (and its validator) for a later resume, or delete it."""
         assert self._part is not None
         if keep and self._part.file.size() > 0:
+            self._part.save_meta()
             self._part.file.close()
         else:
             self._part.discard()
