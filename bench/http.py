@@ -23,6 +23,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import multiprocessing  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -81,10 +82,20 @@ def serve(root: str, port_out: multiprocessing.SimpleQueue[int]) -> None:  # typ
 # -- the clients ---------------------------------------------------------------
 
 
-def timed(run: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of ``run()``: this process's threads plus child processes it waited for.
+
+    The server process is not counted (it is waited for only at the end).
+    """
+
+    def cpu() -> float:
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime
+
+    wall, used = time.perf_counter(), cpu()
     run()
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, cpu() - used
 
 
 def headwater_fetch(engine: Engine, urls: list[str]) -> None:
@@ -174,7 +185,7 @@ def main() -> None:
             big_bytes = args.big_mib << 20
             small_bytes = args.small * args.small_kib * 1024
 
-            runs: dict[str, list[float]] = {}
+            runs: dict[str, list[tuple[float, float]]] = {}
 
             def measure(client: str, run: Callable[[], object]) -> None:
                 runs.setdefault(client, []).append(timed(run))
@@ -197,24 +208,30 @@ def main() -> None:
             server.terminate()
             server.join(5)
 
-    median = {client: statistics.median(times) for client, times in runs.items()}
+    median = {client: statistics.median(t for t, _ in times) for client, times in runs.items()}
+    cpu = {client: statistics.median(c for _, c in times) for client, times in runs.items()}
     where = "tmpfs" if args.dir and str(args.dir).startswith("/dev/shm") else "disk"
     folder = args.dir or tempfile.gettempdir()
-    print(f"{args.rounds} rounds, median seconds; files written to {where} ({folder})")
-    print(f"{'workload':<22} {'client':<22} {'seconds':>8} {'MiB/s':>9} {'files/s':>9}")
+    print(f"{args.rounds} rounds, medians; files written to {where} ({folder}); CPU = client's user+sys")
+    print(f"{'workload':<20} {'client':<19} {'wall s':>7} {'MiB/s':>7} {'files/s':>8} {'CPU s':>6}")
     for client, seconds in median.items():
         big = client in ("curl", "curl + fsync", "headwater")
         work = f"(a) 1 x {args.big_mib} MiB" if big else f"(b) {args.small} x {args.small_kib} KiB"
         size = big_bytes if big else small_bytes
         count = 1 if big else args.small
         rate = size / seconds / (1 << 20)
-        print(f"{work:<22} {client:<22} {seconds:>8.2f} {rate:>9.1f} {count / seconds:>9.1f}")
+        per_second = count / seconds
+        print(f"{work:<20} {client:<19} {seconds:>7.2f} {rate:>7.1f} {per_second:>8.1f} {cpu[client]:>6.2f}")
     print()
     hw_small = median[f"headwater c={args.jobs}"]
     aria = median[f"aria2c -j {args.jobs}"]
     print(f"(a) headwater vs curl:         {median['curl'] / median['headwater']:.2f}x  (target >= 0.9x)")
     print(f"(a) headwater vs curl + fsync: {median['curl + fsync'] / median['headwater']:.2f}x")
     print(f"(b) headwater vs aria2c:       {aria / hw_small:.2f}x  (target >= 1.0x)")
+    print(
+        f"CPU per GiB, (a): curl {cpu['curl'] * (1 << 30) / big_bytes:.2f} s, headwater "
+        f"{cpu['headwater'] * (1 << 30) / big_bytes:.2f} s"
+    )
 
 
 if __name__ == "__main__":

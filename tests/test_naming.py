@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from localhttp import LocalServer, Resource, serving
+from localhttp import LocalServer, Resource, Step, serving
 
 from headwater import Engine, State, UnsafePathError, destination, safe_filename
 from headwater.files import MAX_NAME_BYTES
@@ -146,3 +146,19 @@ def test_hostile_names_from_the_server_stay_inside(server: LocalServer, tmp_path
         assert path.parent == dest
         _check_one(rec.target, path.name)
     assert not any(p.name.endswith((".part", ".part.json")) for p in dest.iterdir())
+
+
+def test_links_planted_at_the_part_names_are_not_followed(server: LocalServer, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (dest / "a.bin.part").symlink_to(victim)
+    (dest / "b.bin.part.json").symlink_to(victim)
+    url_a = server.add("/a.bin", Resource(b"A" * 1000))
+    url_b = server.add("/b.bin", Resource(b"B" * 1000, script=[Step(drop_after=10)]))
+    with Engine(dest, plugins={"http": HttpSource(read_timeout=5, max_resumes=0)}) as engine:
+        a, b = engine.wait([engine.submit("http", url_a), engine.submit("http", url_b)], timeout=20)
+    assert a.state is State.FAILED and "Too many levels of symbolic links" in a.error
+    assert b.state is State.FAILED and "outside the destination" in b.error
+    assert victim.read_bytes() == b"precious"

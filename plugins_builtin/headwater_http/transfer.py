@@ -61,6 +61,7 @@ class _Part:
         if self.validator is None:
             self.forget_meta()
             return
+        inside(self.meta.parent, self.meta.name)  # never write through a link planted at the name
         self.meta.write_text(json.dumps({"url": self.url, "validator": self.validator, "total": self.total}))
         self.meta_written = True
 
@@ -235,7 +236,6 @@ class Transfer:
         name = disposition_name(response.headers.get("content-disposition")) or url_name(str(response.url))
         final = destination(self._ctx.dest_dir, name)
         meta = final.with_name(final.name + ".part.json")
-        inside(self._ctx.dest_dir, str(meta), f"file name {name!r}")
         try:
             file = PartFile(self._ctx.dest_dir, final)
         except FileExistsError as exc:
@@ -285,8 +285,10 @@ class Transfer:
         """Close the ``.part``; keep it (and its validator) for a later resume, or delete it."""
         assert self._part is not None
         if keep and self._part.file.size() > 0:
-            self._part.save_meta()
-            self._part.file.close()
+            try:
+                self._part.save_meta()
+            finally:
+                self._part.file.close()
         else:
             self._part.discard()
 
