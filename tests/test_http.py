@@ -239,3 +239,25 @@ def test_two_downloads_of_one_name_do_not_interleave(server, http):
     done = engine.wait([first], timeout=20)[0]
     assert done.state is State.COMPLETED, done.error
     assert Path(done.file_path).read_bytes() == DATA
+
+
+def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http, monkeypatch):
+    import headwater_http.transfer as transfer
+
+    monkeypatch.setattr(transfer, "EARLY_META_BYTES", 100_000)
+    gate = threading.Semaphore(0)
+    url = server.add("/big.bin", Resource(DATA, gate=gate, chunk=50_000))
+    small = server.add("/small.bin", Resource(DATA[:50_000], gate=gate, chunk=50_000))
+    engine = http()
+    big_id = engine.submit("http", url)
+    small_id = engine.submit("http", small)
+    meta = engine.dest_dir / "big.bin.part.json"
+    deadline = time.monotonic() + 10
+    while not (meta.exists() and (engine.dest_dir / "small.bin.part").exists()):
+        assert time.monotonic() < deadline, leftovers(engine)
+        time.sleep(0.01)
+    assert not (engine.dest_dir / "small.bin.part.json").exists()
+    gate.release(100)
+    recs = engine.wait([big_id, small_id], timeout=20)
+    assert all(r.state is State.COMPLETED for r in recs)
+    assert leftovers(engine) == ["big.bin", "small.bin"]
