@@ -22,7 +22,7 @@ from headwater.errors import (
     UnknownSourceError,
     UnsafePathError,
 )
-from headwater.files import destination, safe_filename
+from headwater.files import PartFile, destination, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State
@@ -42,6 +42,7 @@ __all__ = [
     "InvalidTargetError",
     "Job",
     "MissingDependencyError",
+    "PartFile",
     "PluginConflictError",
     "PluginError",
     "RatePolicy",
@@ -56,5 +57,6 @@ __all__ = [
     "__version__",
     "destination",
     "hookimpl",
+    "resolve_inside",
     "safe_filename",
 ]

@@ -29,7 +29,7 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     given = os.fspath(returned)
     if not isinstance(given, str):
         raise TypeError(f"download_impl must return a text path, got {given!r}")
-    resolved = inside(dest_dir, given, f"download_impl returned {given!r}, which")
+    resolved = resolve_inside(dest_dir, given, f"download_impl returned {given!r}, which")
     try:
         info = os.stat(resolved)
     except FileNotFoundError:
@@ -118,12 +118,15 @@ def destination(dest_dir: Path, name: str) -> Path:
     directly inside ``dest_dir``. Does no other I/O and creates nothing.
     """
     path = dest_dir / safe_filename(name)
-    inside(dest_dir, str(path), f"file name {name!r}")
+    resolve_inside(dest_dir, str(path), f"file name {name!r}")
     return path
 
 
-def inside(dest_dir: Path, path: str, what: str | None = None) -> str:
+def resolve_inside(dest_dir: Path, path: str, what: str | None = None) -> str:
     """``path`` (relative to ``dest_dir``) resolved, following links; raise if outside ``dest_dir``.
+
+    For sources that are handed a path by a library (yt-dlp) and must check
+    it before touching it.
 
     ``dest_dir`` must be resolved. ``what`` starts the error message
     (default: the quoted path). Raises :class:`UnsafePathError`.

@@ -17,8 +17,15 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from headwater import DownloadCancelled, DownloadContext, InvalidTargetError, Job, destination, hookimpl
-from headwater.files import PartFile
+from headwater import (
+    DownloadCancelled,
+    DownloadContext,
+    InvalidTargetError,
+    Job,
+    PartFile,
+    destination,
+    hookimpl,
+)
 
 CHUNK_SIZE = 1 << 20
 

@@ -19,11 +19,12 @@ from headwater import (
     DownloadCancelled,
     DownloadContext,
     IntegrityError,
+    PartFile,
     RetryAfter,
     TransferError,
     destination,
+    resolve_inside,
 )
-from headwater.files import PartFile, inside
 from headwater_http.naming import Target, disposition_name, retry_after_seconds, url_name
 
 
@@ -61,7 +62,7 @@ class _Part:
         if self.validator is None:
             self.forget_meta()
             return
-        inside(self.meta.parent, self.meta.name)  # never write through a link planted at the name
+        resolve_inside(self.meta.parent, self.meta.name)  # never write through a link planted there
         self.meta.write_text(json.dumps({"url": self.url, "validator": self.validator, "total": self.total}))
         self.meta_written = True
 

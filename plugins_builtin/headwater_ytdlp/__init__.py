@@ -27,8 +27,8 @@ from headwater import (
     UnsafePathError,
     destination,
     hookimpl,
+    resolve_inside,
 )
-from headwater.files import inside
 
 __all__ = ["YtDlpSource", "source", "youtube_id"]
 
@@ -168,7 +168,7 @@ class YtDlpSource:
         written = downloads[0].get("filepath") if downloads else None
         if not isinstance(written, str):
             raise InvalidTargetError(f"yt-dlp downloaded nothing for {job.target!r}")
-        landed = Path(inside(ctx.dest_dir, written, f"yt-dlp's output {written!r}"))
+        landed = Path(resolve_inside(ctx.dest_dir, written, f"yt-dlp's output {written!r}"))
         title = str(info.get("title") or info.get("id") or "download")
         final = destination(ctx.dest_dir, f"{title} [{info.get('id')}]{landed.suffix}")
         landed.replace(final)
@@ -179,7 +179,7 @@ class YtDlpSource:
         """Delete files yt-dlp reported writing, if they lie inside ``ctx.dest_dir``."""
         for name in files:
             try:
-                Path(inside(ctx.dest_dir, name)).unlink(missing_ok=True)
+                Path(resolve_inside(ctx.dest_dir, name)).unlink(missing_ok=True)
             except (OSError, UnsafePathError) as exc:
                 ctx.logger.debug("left %r: %s", name, exc)
 
