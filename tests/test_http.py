@@ -261,3 +261,33 @@ def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http
     recs = engine.wait([big_id, small_id], timeout=20)
     assert all(r.state is State.COMPLETED for r in recs)
     assert leftovers(engine) == ["big.bin", "small.bin"]
+
+
+def test_name_comes_from_the_final_url_after_redirects(server, http):
+    real = server.add("/files/real.bin", Resource(DATA))
+    hop = server.add("/go", Resource(b"", script=[Step(status=302, headers={"location": real})]))
+    rec = fetch(http(), hop)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).name == "real.bin"
+
+
+def test_redirect_loop_fails_clearly(server, http):
+    loop = server.url("/loop")
+    server.add("/loop", Resource(b"", script=[Step(status=302, headers={"location": loop})] * 30))
+    rec = fetch(http(), loop)
+    assert rec.state is State.FAILED and "TransferError" in rec.error and "redirect" in rec.error.lower()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('attachment; filename="report 2024.pdf"', "report 2024.pdf"),
+        ("attachment; filename*=UTF-8''%E2%82%AC%20rates.txt; filename=\"rates.txt\"", "\u20ac rates.txt"),
+        ("inline", "fallback.bin"),
+    ],
+)
+def test_content_disposition_names(server, http, header, expected):
+    url = server.add("/dl/fallback.bin", Resource(DATA, headers={"content-disposition": header}))
+    rec = fetch(http(), url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).name == expected

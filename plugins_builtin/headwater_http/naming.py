@@ -51,19 +51,26 @@ def parse_target(target: str) -> Target:
 
 
 def disposition_name(header: str | None) -> str | None:
-    """The file name a Content-Disposition header proposes (``filename*`` first), unsanitised.
+    """The file name a Content-Disposition header proposes, unsanitised; None if it names none.
 
-    Returns None when there is no header or it names no file.
+    ``filename*`` (RFC 5987/2231, with its charset) wins over ``filename``,
+    as RFC 6266 asks, whichever comes first.
     """
     if not header:
         return None
     message = email.message.Message()
     message["content-disposition"] = header
-    try:
-        name = message.get_filename()
-    except (ValueError, LookupError):  # a malformed RFC 2231 value or an unknown charset
-        return None
-    return name or None
+    plain: str | None = None
+    for key, value in message.get_params(header="content-disposition", failobj=[]):
+        if key.lower() != "filename":
+            continue
+        if isinstance(value, tuple):  # the extended filename* form
+            try:
+                return email.utils.collapse_rfc2231_value(value) or None
+            except LookupError:  # an unknown charset
+                continue
+        plain = plain or value
+    return plain or None
 
 
 def url_name(url: str) -> str:

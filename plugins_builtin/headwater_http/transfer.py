@@ -197,6 +197,8 @@ class Transfer:
                 total = self._part.total if self._part else None
                 got = f" after {after} of {total} announced bytes" if total is not None else ""
                 raise TransferError(f"{what}{got} from {self._target.url}") from exc
+            except httpx.TooManyRedirects as exc:
+                raise TransferError(f"{exc} from {self._target.url}") from exc
 
     def _attempt(self) -> bool:
         """One request. True when the body is complete; False to ask again (with a Range)."""
@@ -207,8 +209,13 @@ class Transfer:
             headers["range"] = f"bytes={offset}-"
             headers["if-range"] = part.validator
         with self._client.stream("GET", self._target.url, headers=headers) as response:
-            if response.status_code == 416 and part is not None and "range" in headers:
-                self._ctx.logger.info("server refused the range from %d; restarting", offset)
+            status = response.status_code
+            if part is not None and (
+                (status == 416 and "range" in headers) or (status == 206 and range_start(response) != offset)
+            ):
+                self._ctx.logger.info(
+                    "server refused the range from %d (HTTP %d); restarting", offset, status
+                )
                 part.file.stream.truncate(0)
                 part.validator = None
                 return False
@@ -219,7 +226,7 @@ class Transfer:
                 if saved is not None and saved == validator_of(response) and part.file.size() > 0:
                     part.validator = saved
                     return False  # a previous call left a resumable .part: ask for the rest
-            if response.status_code == 206 and range_start(response) == offset:
+            if status == 206:
                 start = offset
             else:
                 if offset:
