@@ -113,3 +113,15 @@ def test_youtube_id(url, expected):
 def test_non_http_target_is_refused(engine):
     rec = engine.wait([engine.submit("yt-dlp", "/etc/passwd")], timeout=10)[0]
     assert rec.state is State.FAILED and "not an http" in rec.error
+
+
+def test_hostile_titles_go_through_the_sanitiser(server, engine):
+    pytest.importorskip("yt_dlp")
+    url = server.add("/media/CON%E2%80%AE..%2F..%2Fx.mp4", Resource(MEDIA, headers=VIDEO))
+    rec = engine.wait([engine.submit("yt-dlp", url)], timeout=50)[0]
+    assert rec.state is State.COMPLETED, rec.error
+    path = Path(rec.file_path)
+    assert path.parent == engine.dest_dir
+    assert "\u202e" not in path.name and "/" not in path.name
+    assert path.name.startswith("_CON")
+    assert path.read_bytes() == MEDIA
