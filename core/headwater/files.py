@@ -29,7 +29,12 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     given = os.fspath(returned)
     if not isinstance(given, str):
         raise TypeError(f"download_impl must return a text path, got {given!r}")
-    resolved = resolve_inside(dest_dir, given, f"download_impl returned {given!r}, which")
+    base = str(dest_dir)
+    resolved = os.path.realpath(os.path.join(base, given))
+    if not resolved.startswith(base.rstrip(os.sep) + os.sep):
+        raise UnsafePathError(
+            f"download_impl returned {given!r}, which is outside the destination folder {base!r}"
+        )
     try:
         info = os.stat(resolved)
     except FileNotFoundError:
@@ -132,7 +137,10 @@ def resolve_inside(dest_dir: Path, path: str, what: str | None = None) -> str:
     (default: the quoted path). Raises :class:`UnsafePathError`.
     """
     base = str(dest_dir)
-    resolved = os.path.realpath(os.path.join(base, path))
+    joined = os.path.normpath(os.path.join(base, path))
+    if os.path.dirname(joined) == base and not os.path.islink(joined):
+        return joined  # the common case: a plain name right in dest_dir, no link to follow
+    resolved = os.path.realpath(joined)
     if not resolved.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePathError(
             f"{what if what is not None else repr(path)} resolves to {resolved!r}, "
