@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import os
 import stat
+import sys
 import unicodedata
 from pathlib import Path
 
 from headwater.errors import UnsafePathError
+
+if sys.platform != "win32":
+    import fcntl
 
 log = logging.getLogger("headwater")
 
@@ -169,11 +172,12 @@ class PartFile:
         # O_NOFOLLOW: a link planted at the .part name fails the open (ELOOP) instead of
         # sending the bytes elsewhere, so no realpath check is needed here.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
+        if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
         self.stream: io.BufferedRandom = os.fdopen(fd, "r+b")
 
     def size(self) -> int:
