@@ -54,7 +54,7 @@ def open_regular(src: Path) -> int:
     special file.
     """
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {str(src)!r}") from None
     except OSError as exc:
@@ -64,7 +64,8 @@ def open_regular(src: Path) -> int:
     else:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
-            os.set_blocking(fd, True)
+            if hasattr(os, "O_NONBLOCK"):
+                os.set_blocking(fd, True)
             return fd
         os.close(fd)
     if stat.S_ISDIR(mode):
