@@ -10,15 +10,19 @@ from headwater.errors import (
     EngineClosedError,
     FieldConflictError,
     HeadwaterError,
+    IntegrityError,
     InvalidPolicyError,
+    InvalidTargetError,
+    MissingDependencyError,
     PluginConflictError,
     PluginError,
     RetryAfter,
+    TransferError,
     UnknownDownloadError,
     UnknownSourceError,
     UnsafePathError,
 )
-from headwater.files import safe_filename
+from headwater.files import PartFile, destination, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State
@@ -33,8 +37,12 @@ __all__ = [
     "EngineClosedError",
     "FieldConflictError",
     "HeadwaterError",
+    "IntegrityError",
     "InvalidPolicyError",
+    "InvalidTargetError",
     "Job",
+    "MissingDependencyError",
+    "PartFile",
     "PluginConflictError",
     "PluginError",
     "RatePolicy",
@@ -42,10 +50,13 @@ __all__ = [
     "RetryAfter",
     "SourceInfo",
     "State",
+    "TransferError",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",
     "__version__",
+    "destination",
     "hookimpl",
+    "resolve_inside",
     "safe_filename",
 ]

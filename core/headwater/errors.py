@@ -77,3 +77,32 @@ class RetryAfter(HeadwaterError):
         self.seconds = float(seconds)
         text = message or "the service asked to retry later"
         super().__init__(f"{text}; retry after {self.seconds:g} s")
+
+
+class InvalidTargetError(HeadwaterError, ValueError):
+    """A target the source cannot download as given: a bad URL, a directory, a device.
+
+    The message names the target and what is wrong with it.
+    """
+
+
+class TransferError(HeadwaterError):
+    """A transfer the remote side refused or broke off (an HTTP error status, a dropped connection).
+
+    ``status`` is the HTTP status when there was one, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class IntegrityError(HeadwaterError):
+    """Data that arrived complete but wrong: a size or checksum that does not match what was promised.
+
+    The partial file is deleted; the download is FAILED, never COMPLETED.
+    """
+
+
+class MissingDependencyError(PluginError, ImportError):
+    """A source needs an optional package that is not installed; the message names the pip command."""

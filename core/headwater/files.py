@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import stat
+import sys
+import unicodedata
 from pathlib import Path
 
 from headwater.errors import UnsafePathError
+
+if sys.platform != "win32":
+    import fcntl
 
 log = logging.getLogger("headwater")
 
@@ -61,37 +67,141 @@ def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
 
 
 _RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"]
+    + [f"COM{i}" for i in range(10)]
+    + [f"LPT{i}" for i in range(10)]
 )
-_FORBIDDEN = frozenset('/\\:*?"<>|')
+# Path separators, what Windows forbids, and look-alikes of "/" and "\\" that
+# survive NFKC (division slash, fraction slash, big solidus, set minus, ...).
+_FORBIDDEN = frozenset('/\\:*?"<>|\u2215\u2044\u29f8\u2216\u29f5\u29f9')
 MAX_NAME_BYTES = 200
+MAX_EXTENSION_BYTES = 16
 
 
 def safe_filename(name: str, default: str = "download") -> str:
     """``name`` made safe to use as one file name inside a destination folder.
 
-    Path separators and characters Windows forbids become ``_``; NUL and other
-    control characters are dropped; leading and trailing dots and spaces are
-    stripped (so ``..`` cannot survive); reserved device names such as ``CON``
-    get a leading ``_``; the result is cut to 200 UTF-8 bytes keeping the
-    extension. An empty result becomes ``default``.
+    The one sanitiser every builtin source uses. In order: Unicode NFKC
+    normalisation (so a fullwidth solidus becomes ``/`` before the next
+    step); path separators, characters Windows forbids and slash look-alikes
+    become ``_``; NUL, other control characters, format characters (such as
+    the right-to-left override), lone surrogates and line separators are
+    dropped; leading and trailing dots and spaces are stripped (so ``..`` and
+    hidden names cannot survive); reserved device names such as ``CON`` or
+    ``com1.txt`` get a leading ``_``; the result is cut to 200 UTF-8 bytes
+    keeping an extension of up to 16 bytes. An empty result becomes
+    ``default`` (itself sanitised; ``"download"`` if that is empty too).
+
+    Pure and total: never raises for any ``str``; the result is never empty,
+    never ``.`` or ``..``, and contains no separator.
     """
-    cleaned = "".join("_" if ch in _FORBIDDEN else ch for ch in name if ch.isprintable() or ch == " ").strip(
-        ". "
+    normal = unicodedata.normalize("NFKC", name)
+    kept = "".join(
+        "_" if ch in _FORBIDDEN else ch
+        for ch in normal
+        if ch == " " or (ch.isprintable() and unicodedata.category(ch) not in _DROPPED_CATEGORIES)
     )
+    cleaned = kept.strip(". ")
     if not cleaned:
-        cleaned = default
+        return "download" if default == "download" else safe_filename(default)
     stem, dot, ext = cleaned.rpartition(".")
     if not dot:
         stem, ext = cleaned, ""
-    if stem.split(".")[0].upper() in _RESERVED or cleaned.upper() in _RESERVED:
+    if cleaned.split(".")[0].rstrip(" ").upper() in _RESERVED:
         cleaned = "_" + cleaned
         stem = "_" + stem if dot else cleaned
     if len(cleaned.encode()) > MAX_NAME_BYTES:
-        suffix = f".{ext}" if dot and len(ext.encode()) <= 16 else ""
+        suffix = f".{ext}" if dot and len(ext.encode()) <= MAX_EXTENSION_BYTES else ""
         budget = MAX_NAME_BYTES - len(suffix.encode())
-        head = (stem if suffix else cleaned).encode()[:budget].decode(errors="ignore")
-        cleaned = head.rstrip(". ") + suffix
+        head = (stem if suffix else cleaned).encode()[:budget].decode(errors="ignore").rstrip(". ")
+        cleaned = (head or "download") + suffix
     return cleaned
+
+
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def destination(dest_dir: Path, name: str) -> Path:
+    """The path inside ``dest_dir`` where a file called ``name`` lands, checked.
+
+    ``name`` goes through :func:`safe_filename`; ``dest_dir`` must be
+    resolved. Raises :class:`UnsafePathError` when the resolved result (after
+    following any symbolic link already sitting at that name) would not lie
+    directly inside ``dest_dir``. Does no other I/O and creates nothing.
+    """
+    path = dest_dir / safe_filename(name)
+    resolve_inside(dest_dir, str(path), f"file name {name!r}")
+    return path
+
+
+def resolve_inside(dest_dir: Path, path: str, what: str | None = None) -> str:
+    """``path`` (relative to ``dest_dir``) resolved, following links; raise if outside ``dest_dir``.
+
+    For sources that are handed a path by a library (yt-dlp) and must check
+    it before touching it.
+
+    ``dest_dir`` must be resolved. ``what`` starts the error message
+    (default: the quoted path). Raises :class:`UnsafePathError`.
+    """
+    base = str(dest_dir)
+    joined = os.path.normpath(os.path.join(base, path))
+    if os.path.dirname(joined) == base and not os.path.islink(joined):
+        return joined  # the common case: a plain name right in dest_dir, no link to follow
+    resolved = os.path.realpath(joined)
+    if not resolved.startswith(base.rstrip(os.sep) + os.sep):
+        raise UnsafePathError(
+            f"{what if what is not None else repr(path)} resolves to {resolved!r}, "
+            f"outside the destination folder {base!r}"
+        )
+    return resolved
+
+
+class PartFile:
+    """``<final>.part`` beside ``final``, open for writing and locked, until it is landed or discarded.
+
+    A file at its final path is always complete: bytes go to the ``.part``,
+    and :meth:`land` flushes, fsyncs and renames it in one atomic step. The
+    ``.part`` is opened without following a symbolic link and is checked to
+    lie inside ``dest_dir`` (resolved). An exclusive advisory lock is held
+    while it is open, so a second download of the same name fails with
+    :class:`FileExistsError` instead of interleaving its bytes. Used by the
+    worker thread that runs one download; not shared between threads.
+    """
+
+    def __init__(self, dest_dir: Path, final: Path) -> None:
+        self.final = final
+        self.path = final.with_name(final.name + ".part")
+        if self.path.parent != dest_dir or os.sep in final.name:
+            raise UnsafePathError(f"{str(self.path)!r} is not directly inside {str(dest_dir)!r}")
+        # O_NOFOLLOW: a link planted at the .part name fails the open (ELOOP) instead of
+        # sending the bytes elsewhere, so no realpath check is needed here.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
+        self.stream: io.BufferedRandom = os.fdopen(fd, "r+b")
+
+    def size(self) -> int:
+        """Bytes in the ``.part`` so far, counting what is still buffered."""
+        self.stream.flush()
+        return os.fstat(self.stream.fileno()).st_size
+
+    def land(self) -> Path:
+        """Flush, fsync and rename the ``.part`` onto the final path; return that path."""
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        os.replace(self.path, self.final)
+        self.stream.close()
+        return self.final
+
+    def close(self) -> None:
+        """Close the ``.part`` and leave it for a later resume."""
+        self.stream.close()
+
+    def discard(self) -> None:
+        """Close and delete the ``.part``."""
+        self.stream.close()
+        self.path.unlink(missing_ok=True)

@@ -1,63 +1,102 @@
 """The builtin ``file`` source: copies a local file into the destination folder.
 
-Targets are a local path (``~`` is expanded) or a ``file://`` URL. The copy is
-written to ``<name>.part`` beside its final path, flushed to disk, then
-renamed, so a file at its final path is always complete.
+Targets are a local path (``~`` is expanded) or a ``file://`` URL naming this
+host. Only regular files are copied (a symbolic link to one is followed);
+a directory, device, pipe or socket is refused with
+:class:`~headwater.InvalidTargetError`. The name goes through
+:func:`headwater.destination`, and the copy is written to ``<name>.part``
+beside its final path, fsynced, then renamed, so a file at its final path is
+always complete.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from headwater import DownloadCancelled, DownloadContext, Job, hookimpl, safe_filename
+from headwater import (
+    DownloadCancelled,
+    DownloadContext,
+    InvalidTargetError,
+    Job,
+    PartFile,
+    destination,
+    hookimpl,
+)
 
 CHUNK_SIZE = 1 << 20
 
 
 def source_path(target: str) -> Path:
-    """The local path a target names: a plain path or a ``file://`` URL."""
+    """The local path a target names: a plain path or a ``file://`` URL.
+
+    Raises :class:`InvalidTargetError` for a ``file://`` URL naming another host.
+    """
     if target.startswith("file:"):
         parts = urlsplit(target)
         if parts.netloc not in ("", "localhost"):
-            raise ValueError(
+            raise InvalidTargetError(
                 f"file URL {target!r} names host {parts.netloc!r}; only local files can be copied"
             )
         return Path(unquote(parts.path))
     return Path(target).expanduser()
 
 
-@hookimpl
-def download_impl(job: Job, ctx: DownloadContext) -> Path:
-    """Copy ``job.target`` into ``ctx.dest_dir`` with progress; stop within one chunk of a cancel."""
-    src = source_path(job.target)
+def open_regular(src: Path) -> int:
+    """An open read-only descriptor of ``src``, which must be a regular file.
+
+    Opened non-blocking so a FIFO cannot hang the worker, then checked with
+    ``fstat`` on the open descriptor (no window for a swap). Raises
+    FileNotFoundError, or :class:`InvalidTargetError` for a directory or a
+    special file.
+    """
     try:
-        info = src.stat()
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {str(src)!r}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(f"{str(src)!r} is a directory; the file source copies single files")
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{str(src)!r} is not a regular file (a device, pipe or socket)")
-    final = ctx.dest_dir / safe_filename(src.name)
-    part = final.with_name(final.name + ".part")
-    total = info.st_size
-    done = 0
-    ctx.progress(0, total)
-    try:
-        with src.open("rb") as reader, part.open("wb") as writer:
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: a socket, or a device with no driver
+            raise
+        mode = 0
+    else:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            if hasattr(os, "O_NONBLOCK"):
+                os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise InvalidTargetError(f"{str(src)!r} is a directory; the file source copies single files")
+    raise InvalidTargetError(f"{str(src)!r} is not a regular file (a device, pipe or socket)")
+
+
+@hookimpl
+def download_impl(job: Job, ctx: DownloadContext) -> Path:
+    """Copy ``job.target`` into ``ctx.dest_dir`` with progress; stop within one chunk of a cancel.
+
+    Raises FileNotFoundError, InvalidTargetError, UnsafePathError (a name
+    that would land outside the destination), FileExistsError (the same name
+    is being written by another download) or DownloadCancelled; the ``.part``
+    is removed in every case.
+    """
+    src = source_path(job.target)
+    fd = open_regular(src)
+    with os.fdopen(fd, "rb") as reader:
+        total = os.fstat(reader.fileno()).st_size
+        part = PartFile(ctx.dest_dir, destination(ctx.dest_dir, src.name))
+        done = 0
+        ctx.progress(0, total)
+        try:
             while chunk := reader.read(CHUNK_SIZE):
                 if ctx.cancelled.is_set():
                     raise DownloadCancelled(f"cancelled after {done} of {total} bytes")
-                writer.write(chunk)
+                part.stream.write(chunk)
                 done += len(chunk)
                 ctx.progress(done, max(total, done))
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(part, final)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return final
+            return part.land()
+        except BaseException:
+            part.discard()
+            raise

@@ -1,0 +1,238 @@
+"""HTTP benchmark: headwater's http source against curl (one 1 GiB file) and aria2c (2,000 x 64 KiB).
+
+The files are made in a temporary folder (never committed) and served from
+127.0.0.1 by :func:`serve`, an asyncio HTTP/1.1 keep-alive server in its own
+process that sends file bodies with ``sendfile(2)`` (zero-copy), so the
+server is not what limits the clients. Every client writes into a fresh
+folder on the same file system; headwater fsyncs each file before its
+rename, curl and aria2c do not, so curl is also timed with an fsync after.
+
+    python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is called http.py: drop its own folder from the import path so that
+# ``import http`` (by httpx, through the http source) finds the standard library.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import multiprocessing  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+from urllib.parse import unquote  # noqa: E402
+
+from headwater import Engine, RatePolicy, State  # noqa: E402
+
+# -- the server ----------------------------------------------------------------
+
+
+async def _handle(root: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            method, target, _ = line.split(" ", 2)
+            path = root / unquote(target.split("?")[0]).lstrip("/")
+            if method != "GET" or root not in path.resolve().parents or not path.is_file():
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                continue
+            with path.open("rb") as body:
+                size = os.fstat(body.fileno()).st_size
+                writer.write(
+                    f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\naccept-ranges: bytes\r\n"
+                    f'etag: "{size}"\r\ncontent-type: application/octet-stream\r\n\r\n'.encode()
+                )
+                await writer.drain()
+                await loop.sendfile(writer.transport, body)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def serve(root: str, port_out: multiprocessing.SimpleQueue[int]) -> None:  # type: ignore[type-arg]
+    """Serve files under ``root`` on 127.0.0.1 (port put on ``port_out``) until terminated."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(
+            lambda r, w: _handle(Path(root), r, w), "127.0.0.1", 0, backlog=512
+        )
+        port_out.put(server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- the clients ---------------------------------------------------------------
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of ``run()``: this process's threads plus child processes it waited for.
+
+    The server process is not counted (it is waited for only at the end).
+    """
+
+    def cpu() -> float:
+        mine = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime
+
+    wall, used = time.perf_counter(), cpu()
+    run()
+    return time.perf_counter() - wall, cpu() - used
+
+
+def headwater_fetch(engine: Engine, urls: list[str]) -> None:
+    """Submit ``urls`` to the http source of ``engine`` and wait for all of them."""
+    records = engine.wait([engine.submit("http", u) for u in urls], timeout=3600)
+    failed = [r for r in records if r.state is not State.COMPLETED]
+    if failed:
+        raise SystemExit(f"headwater: {len(failed)} downloads failed, first: {failed[0].error}")
+
+
+def curl_fetch(url: str, out: Path, fsync: bool) -> None:
+    subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], check=True)
+    if fsync:
+        fd = os.open(out, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def aria2c_fetch(list_file: Path, dest: Path, jobs: int) -> None:
+    subprocess.run(
+        [
+            "aria2c",
+            "-q",
+            f"-j{jobs}",
+            "-x1",
+            "-s1",
+            "--file-allocation=none",
+            "--auto-file-renaming=false",
+            "--allow-overwrite=true",
+            "-d",
+            str(dest),
+            "-i",
+            str(list_file),
+        ],
+        check=True,
+    )
+
+
+def fresh(base: Path, name: str) -> Path:
+    """An empty folder ``base/name``, with earlier output gone and written back (``sync``)."""
+    path = base / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.sync()
+    return path
+
+
+def make_files(root: Path, big_mib: int, small: int, small_kib: int) -> None:
+    block = os.urandom(1 << 20)
+    with (root / "big.bin").open("wb") as out:
+        for _ in range(big_mib):
+            out.write(block)
+    (root / "small").mkdir()
+    for i in range(small):
+        (root / "small" / f"f{i:05d}.bin").write_bytes(os.urandom(small_kib * 1024))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where to put files (default: a temp folder)")
+    args = parser.parse_args()
+    for tool in ("curl", "aria2c"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: apt-get install curl aria2)")
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        base = Path(tmp)
+        served = base / "served"
+        served.mkdir()
+        make_files(served, args.big_mib, args.small, args.small_kib)
+        ports: multiprocessing.SimpleQueue[int] = multiprocessing.SimpleQueue()
+        server = multiprocessing.Process(target=serve, args=(str(served), ports), daemon=True)
+        server.start()
+        try:
+            port = ports.get()
+            big_url = f"http://127.0.0.1:{port}/big.bin"
+            small_urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(args.small)]
+            list_file = base / "list.txt"
+            list_file.write_text("\n".join(small_urls) + "\n")
+            big_bytes = args.big_mib << 20
+            small_bytes = args.small * args.small_kib * 1024
+
+            runs: dict[str, list[tuple[float, float]]] = {}
+
+            def measure(client: str, run: Callable[[], object]) -> None:
+                runs.setdefault(client, []).append(timed(run))
+
+            for _ in range(args.rounds):
+                out = fresh(base, "curl") / "big.bin"
+                measure("curl", partial(curl_fetch, big_url, out, fsync=False))
+                out = fresh(base, "curl") / "big.bin"
+                measure("curl + fsync", partial(curl_fetch, big_url, out, fsync=True))
+                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(concurrency=1)}) as engine:
+                    measure("headwater", partial(headwater_fetch, engine, [big_url]))
+                shutil.rmtree(base / "curl")
+                dest = fresh(base, "aria")
+                measure(f"aria2c -j {args.jobs}", partial(aria2c_fetch, list_file, dest, args.jobs))
+                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(args.jobs)}) as engine:
+                    measure(f"headwater c={args.jobs}", partial(headwater_fetch, engine, small_urls))
+                shutil.rmtree(base / "hw")
+                shutil.rmtree(base / "aria")
+        finally:
+            server.terminate()
+            server.join(5)
+
+    median = {client: statistics.median(t for t, _ in times) for client, times in runs.items()}
+    cpu = {client: statistics.median(c for _, c in times) for client, times in runs.items()}
+    where = "tmpfs" if args.dir and str(args.dir).startswith("/dev/shm") else "disk"
+    folder = args.dir or tempfile.gettempdir()
+    print(f"{args.rounds} rounds, medians; files written to {where} ({folder}); CPU = client's user+sys")
+    print(f"{'workload':<20} {'client':<19} {'wall s':>7} {'MiB/s':>7} {'files/s':>8} {'CPU s':>6}")
+    for client, seconds in median.items():
+        big = client in ("curl", "curl + fsync", "headwater")
+        work = f"(a) 1 x {args.big_mib} MiB" if big else f"(b) {args.small} x {args.small_kib} KiB"
+        size = big_bytes if big else small_bytes
+        count = 1 if big else args.small
+        rate = size / seconds / (1 << 20)
+        per_second = count / seconds
+        print(f"{work:<20} {client:<19} {seconds:>7.2f} {rate:>7.1f} {per_second:>8.1f} {cpu[client]:>6.2f}")
+    print()
+    hw_small = median[f"headwater c={args.jobs}"]
+    aria = median[f"aria2c -j {args.jobs}"]
+    print(f"(a) headwater vs curl:         {median['curl'] / median['headwater']:.2f}x  (target >= 0.9x)")
+    print(f"(a) headwater vs curl + fsync: {median['curl + fsync'] / median['headwater']:.2f}x")
+    print(f"(b) headwater vs aria2c:       {aria / hw_small:.2f}x  (target >= 1.0x)")
+    print(
+        f"CPU per GiB, (a): curl {cpu['curl'] * (1 << 30) / big_bytes:.2f} s, headwater "
+        f"{cpu['headwater'] * (1 << 30) / big_bytes:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

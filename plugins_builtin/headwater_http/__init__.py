@@ -1,0 +1,93 @@
+"""The builtin ``http`` source (alias ``https``): downloads a URL with httpx.
+
+Targets are ``http://`` or ``https://`` URLs, optionally ending in
+``#sha256=<64 hex digits>``. See docs/sources.md for naming, resume and
+errors. The entry point object is :data:`source`, an :class:`HttpSource`
+with default settings; build your own instance to change timeouts::
+
+    Engine(dest, plugins={"http": HttpSource(read_timeout=5)})
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+
+from headwater import DownloadContext, Job, RatePolicy, hookimpl
+from headwater_http.naming import parse_target
+from headwater_http.retry import MAX_WAIT, retrying_after
+from headwater_http.transfer import Settings, Transfer
+
+__all__ = ["HttpSource", "source"]
+
+
+class HttpSource:
+    """The http source's hooks with their settings.
+
+    Args:
+        connect_timeout: seconds to wait for a connection.
+        read_timeout: seconds without a byte arriving before a transfer counts
+            as stalled.
+        max_resumes: how often one download continues after its connection
+            breaks mid-body.
+        max_retry_after: the longest Retry-After (seconds) the source waits out
+            itself before asking again.
+        concurrency: the default number of simultaneous downloads.
+        user_agent: the User-Agent header sent.
+
+    One :class:`httpx.Client` (a connection pool) is shared by all downloads
+    of this instance; it is created on first use.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        max_resumes: int = 5,
+        max_retry_after: float = MAX_WAIT,
+        concurrency: int = 4,
+        user_agent: str = "headwater",
+    ) -> None:
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._settings = Settings(max_resumes=max_resumes)
+        self._max_retry_after = max_retry_after
+        self._policy = RatePolicy(concurrency=concurrency)
+        self._user_agent = user_agent
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> httpx.Client:
+        """The shared client, created on first call (thread-safe)."""
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=self._timeout,
+                    follow_redirects=True,
+                    headers={"user-agent": self._user_agent},
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                )
+            return self._client
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        """Download ``job.target`` into ``ctx.dest_dir``; see :meth:`Transfer.run` for what raises."""
+        target = parse_target(job.target)
+        client = self.client()
+        return retrying_after(
+            lambda: Transfer(client, target, ctx, self._settings).run(), ctx, self._max_retry_after
+        )
+
+    @hookimpl
+    def aliases(self) -> tuple[str, ...]:
+        return ("https",)
+
+    @hookimpl
+    def rate_policy(self) -> RatePolicy:
+        return self._policy
+
+
+#: The instance the ``headwater.sources`` entry point names.
+source = HttpSource()

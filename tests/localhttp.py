@@ -1,0 +1,188 @@
+"""A real HTTP/1.1 server on 127.0.0.1 whose misbehaviour each test scripts.
+
+A :class:`Resource` is served at a path. Each request takes the next
+:class:`Step` of the resource's script (when the script runs out, requests
+are served normally), and every request's headers are logged so tests can
+assert on what the client sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import attrs
+
+
+@attrs.define
+class Step:
+    """What the server does for one request.
+
+    Attributes:
+        status: answer with this status and no body (e.g. 429) instead of the data.
+        headers: extra response headers for this request.
+        drop_after: send this many body bytes, then close the connection.
+        stall_after: send this many body bytes, then wait for ``release`` (or 10 s).
+        ignore_range: send the whole resource with 200 even if a Range was asked.
+        length: announce this Content-Length instead of the true one (body still cut to it or the data).
+        data: serve these bytes instead of the resource's data (a changed resource).
+        etag: announce this ETag instead of the resource's.
+        ungated: send the body without waiting on the resource's gate.
+    """
+
+    status: int | None = None
+    headers: dict[str, str] = attrs.Factory(dict)
+    drop_after: int | None = None
+    stall_after: int | None = None
+    ignore_range: bool = False
+    length: int | None = None
+    data: bytes | None = None
+    etag: str | None = None
+    ungated: bool = False
+
+
+@attrs.define
+class Resource:
+    data: bytes
+    etag: str | None = '"v1"'
+    headers: dict[str, str] = attrs.Factory(dict)
+    script: list[Step] = attrs.Factory(list)
+    chunk: int = 16384
+    gate: threading.Semaphore | None = None  # when set: send one chunk per gate.release()
+    requests: list[dict[str, str]] = attrs.Factory(list)
+    release: threading.Event = attrs.Factory(threading.Event)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Connections the client dropped (resets, broken pipes) are part of the tests; stay quiet."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class LocalServer:
+    """Serves :class:`Resource` objects at paths on 127.0.0.1, in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.handle(self)
+
+            def do_HEAD(self) -> None:
+                server.handle(self, head=True)
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, resource: Resource) -> str:
+        """Serve ``resource`` at ``path``; return its URL."""
+        self.resources[path.split("?")[0]] = resource
+        return self.url(path)
+
+    def handle(self, req: BaseHTTPRequestHandler, head: bool = False) -> None:
+        path = req.path.split("?")[0]
+        res = self.resources.get(path)
+        if res is None:
+            req.send_response(404)
+            req.send_header("content-length", "0")
+            req.end_headers()
+            return
+        with self.lock:
+            res.requests.append({k.lower(): v for k, v in req.headers.items()})
+            step = res.script.pop(0) if res.script else Step()
+        if step.status is not None:
+            req.send_response(step.status)
+            for key, value in step.headers.items():
+                req.send_header(key, value)
+            req.send_header("content-length", "0")
+            req.end_headers()
+            return
+        data = step.data if step.data is not None else res.data
+        etag = step.etag if step.etag is not None else res.etag
+        start = 0
+        wanted = req.headers.get("range")
+        if_range = req.headers.get("if-range")
+        if wanted and not step.ignore_range and (if_range is None or if_range == etag):
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+        if start >= len(data) > 0:
+            req.send_response(416)
+            req.send_header("content-range", f"bytes */{len(data)}")
+            req.send_header("content-length", "0")
+            req.end_headers()
+            return
+        body = data[start:]
+        req.send_response(206 if start else 200)
+        if start:
+            req.send_header("content-range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        req.send_header("content-length", str(step.length if step.length is not None else len(body)))
+        req.send_header("accept-ranges", "bytes")
+        if etag is not None:
+            req.send_header("etag", etag)
+        for key, value in {**res.headers, **step.headers}.items():
+            req.send_header(key, value)
+        req.end_headers()
+        if head:
+            return
+        if step.length is not None:
+            body = body[: step.length]
+        self._send_body(req, res, step, body)
+
+    def _send_body(self, req: BaseHTTPRequestHandler, res: Resource, step: Step, body: bytes) -> None:
+        limit = step.drop_after if step.drop_after is not None else step.stall_after
+        sent = 0
+        for at in range(0, len(body), res.chunk):
+            piece = body[at : at + res.chunk]
+            if limit is not None and sent + len(piece) > limit:
+                piece = piece[: limit - sent]
+                req.wfile.write(piece)
+                req.wfile.flush()
+                if step.stall_after is not None:
+                    res.release.wait(10)
+                req.close_connection = True
+                req.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if res.gate is not None and not step.ungated and not res.gate.acquire(timeout=10):
+                return
+            req.wfile.write(piece)
+            sent += len(piece)
+        req.wfile.flush()
+        if step.length is not None and step.length > len(body):
+            req.close_connection = True
+            req.connection.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def serving() -> Iterator[LocalServer]:
+    """A started :class:`LocalServer`, shut down on exit."""
+    server = LocalServer()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        for res in server.resources.values():
+            res.release.set()
+            if res.gate is not None:
+                res.gate.release(1000)
+        server.httpd.shutdown()
+        server.httpd.server_close()

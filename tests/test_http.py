@@ -1,0 +1,293 @@
+"""The builtin http source against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from localhttp import LocalServer, Resource, Step, serving
+
+from headwater import Engine, InvalidTargetError, State
+from headwater_http import HttpSource
+from headwater_http.naming import parse_target, retry_after_seconds
+
+pytestmark = pytest.mark.timeout(60)
+
+DATA = os.urandom(300_000)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture
+def http(make_engine: Callable[..., Engine]) -> Callable[..., Engine]:
+    """An engine whose only source is an HttpSource built with the given settings."""
+
+    def build(**settings: object) -> Engine:
+        settings.setdefault("read_timeout", 5.0)
+        return make_engine({"http": HttpSource(**settings)})  # type: ignore[arg-type]
+
+    return build
+
+
+def fetch(engine: Engine, url: str, timeout: float = 30) -> object:
+    return engine.wait([engine.submit("http", url)], timeout=timeout)[0]
+
+
+def leftovers(engine: Engine) -> list[str]:
+    return sorted(p.name for p in engine.dest_dir.iterdir())
+
+
+def test_plain_download(server, http):
+    url = server.add("/files/data.bin", Resource(DATA))
+    engine = http()
+    rec = fetch(engine, url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path) == engine.dest_dir / "data.bin"
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert (rec.size, rec.transferred) == (len(DATA), len(DATA))
+    assert leftovers(engine) == ["data.bin"]
+
+
+def test_https_alias_and_bad_targets(server, http):
+    engine = http()
+    assert engine.sources()[0].aliases == ("https",)
+    bad = [engine.submit("https", t) for t in ("ftp://example.org/x", "http:///nohost", "http://h/x#md5=1")]
+    recs = engine.wait(bad, timeout=10)
+    assert all(r.state is State.FAILED for r in recs)
+    assert "InvalidTargetError" in recs[0].error and "not an http" in recs[0].error
+    assert "names no host" in recs[1].error
+    assert "#sha256=" in recs[2].error
+    with pytest.raises(InvalidTargetError):
+        parse_target("file:///etc/passwd")
+
+
+def test_resume_after_drop_mid_body(server, http):
+    res = Resource(DATA, script=[Step(drop_after=100_000)])
+    url = server.add("/d.bin", res)
+    rec = fetch(http(), url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert len(res.requests) == 2
+    assert res.requests[1]["range"] == "bytes=100000-"
+    assert res.requests[1]["if-range"] == '"v1"'
+
+
+def test_resume_with_last_modified_when_etag_is_weak(server, http):
+    stamp = "Wed, 21 Oct 2015 07:28:00 GMT"
+    res = Resource(DATA, etag='W/"weak"', headers={"last-modified": stamp}, script=[Step(drop_after=1000)])
+    rec = fetch(http(), server.add("/lm.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert res.requests[1]["if-range"] == stamp
+
+
+def test_no_validator_means_no_range_request(server, http):
+    res = Resource(DATA, etag=None, script=[Step(drop_after=1000)])
+    rec = fetch(http(), server.add("/nv.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert "range" not in res.requests[1]
+
+
+def test_server_ignoring_range_restarts_cleanly(server, http):
+    res = Resource(DATA, script=[Step(drop_after=100_000), Step(ignore_range=True)])
+    rec = fetch(http(), server.add("/ir.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert res.requests[1]["range"] == "bytes=100000-"
+
+
+def test_changed_resource_restarts_cleanly(server, http):
+    new = os.urandom(200_000)
+    res = Resource(DATA, script=[Step(drop_after=100_000), Step(data=new, etag='"v2"')])
+    rec = fetch(http(), server.add("/ch.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == new
+
+
+def test_resume_across_calls_from_the_part_file(server, http):
+    res = Resource(DATA, script=[Step(drop_after=120_000)])
+    url = server.add("/x.bin", res)
+    engine = http(max_resumes=0)
+    first = fetch(engine, url)
+    assert first.state is State.FAILED and "connection broken" in first.error
+    assert leftovers(engine) == ["x.bin.part", "x.bin.part.json"]
+    assert (engine.dest_dir / "x.bin.part").stat().st_size == 120_000
+    second = fetch(engine, url)
+    assert second.state is State.COMPLETED, second.error
+    assert Path(second.file_path).read_bytes() == DATA
+    assert res.requests[-1]["range"] == "bytes=120000-"
+    assert leftovers(engine) == ["x.bin"]
+
+
+def test_wrong_content_length_fails(server, http):
+    res = Resource(DATA, script=[Step(length=len(DATA) + 5000) for _ in range(10)])
+    engine = http(max_resumes=2)
+    rec = fetch(engine, server.add("/wl.bin", res))
+    assert rec.state is State.FAILED
+    assert f"{len(DATA)} of {len(DATA) + 5000} announced bytes" in rec.error
+    assert not (engine.dest_dir / "wl.bin").exists()
+    assert len(res.requests) == 5  # the first try, then each of 2 resumes: a refused range and a restart
+
+
+def test_checksum_match_and_mismatch(server, http):
+    url = server.add("/sum.bin", Resource(DATA))
+    engine = http()
+    good = fetch(engine, f"{url}#sha256={hashlib.sha256(DATA).hexdigest()}")
+    assert good.state is State.COMPLETED, good.error
+    os.unlink(good.file_path)
+    bad = fetch(engine, f"{url}#sha256={'0' * 64}")
+    assert bad.state is State.FAILED
+    assert "IntegrityError" in bad.error and "sha256" in bad.error
+    assert leftovers(engine) == []
+
+
+def test_429_retry_after_is_waited_out(server, http):
+    res = Resource(DATA, script=[Step(status=429, headers={"retry-after": "1"})])
+    url = server.add("/busy.bin", res)
+    started = time.monotonic()
+    rec = fetch(http(), url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert time.monotonic() - started >= 0.9
+    assert len(res.requests) == 2
+
+
+def test_long_retry_after_fails_saying_when(server, http):
+    res = Resource(DATA, script=[Step(status=503, headers={"retry-after": "120"})])
+    rec = fetch(http(), server.add("/later.bin", res))
+    assert rec.state is State.FAILED
+    assert "RetryAfter" in rec.error and "retry after 120 s" in rec.error
+    assert len(res.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 410])
+def test_client_errors_fail_at_once(server, http, status):
+    res = Resource(DATA, script=[Step(status=status)])
+    rec = fetch(http(), server.add("/e.bin", res))
+    assert rec.state is State.FAILED and f"HTTP {status}" in rec.error
+    assert len(res.requests) == 1
+
+
+def test_stall_is_detected_and_resumed(server, http):
+    res = Resource(DATA, script=[Step(stall_after=50_000)])
+    rec = fetch(http(read_timeout=0.3), server.add("/st.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert res.requests[1]["range"] == "bytes=50000-"
+
+
+def test_stall_without_resumes_fails(server, http):
+    res = Resource(DATA, script=[Step(stall_after=50_000)])
+    rec = fetch(http(read_timeout=0.3, max_resumes=0), server.add("/st2.bin", res))
+    assert rec.state is State.FAILED and "stalled" in rec.error
+
+
+def test_connection_refused_fails_clearly(http):
+    with serving() as srv:
+        url = srv.url("/gone.bin")
+    rec = fetch(http(connect_timeout=1), url)
+    assert rec.state is State.FAILED and "could not connect" in rec.error
+
+
+def test_retry_after_http_date():
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
+    assert retry_after_seconds("soon") is None
+
+
+def test_cancel_takes_effect_within_one_chunk(server, http):
+    gate = threading.Semaphore(0)
+    res = Resource(DATA, gate=gate, chunk=10_000)
+    url = server.add("/slow.bin", res)
+    engine = http()
+    rid = engine.submit("http", url)
+    gate.release(2)
+    deadline = time.monotonic() + 10
+    while engine.get(rid).transferred < 20_000:
+        assert time.monotonic() < deadline, "the first two chunks never arrived"
+        time.sleep(0.01)
+    assert (engine.dest_dir / "slow.bin.part").exists()
+    assert engine.cancel(rid)
+    gate.release(1)  # exactly one more chunk: the source must notice the cancel on it
+    deadline = time.monotonic() + 5
+    while (engine.dest_dir / "slow.bin.part").exists():
+        assert time.monotonic() < deadline, "the transfer went on after the cancel"
+        time.sleep(0.01)
+    assert engine.get(rid).state is State.CANCELLED
+    assert leftovers(engine) == []
+
+
+def test_two_downloads_of_one_name_do_not_interleave(server, http):
+    gate = threading.Semaphore(0)
+    url = server.add("/same.bin", Resource(DATA, gate=gate, chunk=50_000))
+    engine = http()
+    first = engine.submit("http", url)
+    deadline = time.monotonic() + 10
+    while not (engine.dest_dir / "same.bin.part").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second = fetch(engine, url)
+    assert second.state is State.FAILED and "already writing" in second.error
+    gate.release(100)
+    done = engine.wait([first], timeout=20)[0]
+    assert done.state is State.COMPLETED, done.error
+    assert Path(done.file_path).read_bytes() == DATA
+
+
+def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http, monkeypatch):
+    import headwater_http.transfer as transfer
+
+    monkeypatch.setattr(transfer, "EARLY_META_BYTES", 100_000)
+    gate = threading.Semaphore(0)
+    url = server.add("/big.bin", Resource(DATA, gate=gate, chunk=50_000))
+    small = server.add("/small.bin", Resource(DATA[:50_000], gate=gate, chunk=50_000))
+    engine = http()
+    big_id = engine.submit("http", url)
+    small_id = engine.submit("http", small)
+    meta = engine.dest_dir / "big.bin.part.json"
+    deadline = time.monotonic() + 10
+    while not (meta.exists() and (engine.dest_dir / "small.bin.part").exists()):
+        assert time.monotonic() < deadline, leftovers(engine)
+        time.sleep(0.01)
+    assert not (engine.dest_dir / "small.bin.part.json").exists()
+    gate.release(100)
+    recs = engine.wait([big_id, small_id], timeout=20)
+    assert all(r.state is State.COMPLETED for r in recs)
+    assert leftovers(engine) == ["big.bin", "small.bin"]
+
+
+def test_name_comes_from_the_final_url_after_redirects(server, http):
+    real = server.add("/files/real.bin", Resource(DATA))
+    hop = server.add("/go", Resource(b"", script=[Step(status=302, headers={"location": real})]))
+    rec = fetch(http(), hop)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).name == "real.bin"
+
+
+def test_redirect_loop_fails_clearly(server, http):
+    loop = server.url("/loop")
+    server.add("/loop", Resource(b"", script=[Step(status=302, headers={"location": loop})] * 30))
+    rec = fetch(http(), loop)
+    assert rec.state is State.FAILED and "TransferError" in rec.error and "redirect" in rec.error.lower()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('attachment; filename="report 2024.pdf"', "report 2024.pdf"),
+        ("attachment; filename*=UTF-8''%E2%82%AC%20rates.txt; filename=\"rates.txt\"", "\u20ac rates.txt"),
+        ("inline", "fallback.bin"),
+    ],
+)
+def test_content_disposition_names(server, http, header, expected):
+    url = server.add("/dl/fallback.bin", Resource(DATA, headers={"content-disposition": header}))
+    rec = fetch(http(), url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).name == expected

@@ -1,0 +1,127 @@
+"""The builtin yt-dlp source, offline: yt-dlp's generic extractor against a media file on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from localhttp import LocalServer, Resource, Step, serving
+
+from headwater import Engine, RatePolicy, State
+from headwater_ytdlp import YtDlpSource, youtube_id
+
+pytestmark = pytest.mark.timeout(60)
+
+MEDIA = os.urandom(200_000)
+VIDEO = {"content-type": "video/mp4"}
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    # delay 0 so tests do not wait the 3 s default between downloads
+    with Engine(
+        tmp_path / "dest", plugins={"yt-dlp": YtDlpSource()}, policies={"yt-dlp": RatePolicy(1, 0)}
+    ) as eng:
+        yield eng
+
+
+def test_downloads_a_direct_media_link(server, engine):
+    pytest.importorskip("yt_dlp")
+    url = server.add("/media/clip.mp4", Resource(MEDIA, headers=VIDEO))
+    rid = engine.submit("youtube", url)
+    rec = engine.wait([rid], timeout=50)[0]
+    assert rec.state is State.COMPLETED, rec.error
+    path = Path(rec.file_path)
+    assert path.parent == engine.dest_dir
+    assert path.name == "clip [clip].mp4"
+    assert path.read_bytes() == MEDIA
+    assert rec.extra == {"webpage_url": url}
+    assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["clip [clip].mp4"]
+
+
+def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
+    pytest.importorskip("yt_dlp")
+    gate = threading.Semaphore(0)
+    # the first request is the generic extractor's probe: let it through ungated
+    slow = Resource(MEDIA, headers=VIDEO, gate=gate, chunk=10_000, script=[Step(ungated=True)])
+    url = server.add("/media/slow.mp4", slow)
+    rid = engine.submit("yt-dlp", url)
+    gate.release(3)
+    deadline = time.monotonic() + 20
+    while engine.get(rid).transferred == 0:
+        assert time.monotonic() < deadline, "no progress reached the record"
+        time.sleep(0.02)
+    assert engine.cancel(rid)
+    gate.release(2)
+    deadline = time.monotonic() + 20
+    while any(engine.dest_dir.iterdir()):
+        assert time.monotonic() < deadline, f"left behind: {list(engine.dest_dir.iterdir())}"
+        time.sleep(0.02)
+    assert engine.get(rid).state is State.CANCELLED
+    assert len(slow.requests) == 2  # the probe and the one transfer the cancel stopped
+
+
+def test_missing_yt_dlp_names_the_pip_command(engine, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yt_dlp", None)  # import yt_dlp now raises ImportError
+    rec = engine.wait([engine.submit("soundcloud", "https://soundcloud.com/a/b")], timeout=10)[0]
+    assert rec.state is State.FAILED
+    assert "MissingDependencyError" in rec.error and "pip install 'headwater[ytdlp]'" in rec.error
+
+
+def test_rate_policy_and_aliases(tmp_path):
+    with Engine(tmp_path, plugins={"yt-dlp": YtDlpSource()}) as eng:
+        (info,) = eng.sources()
+    assert info.policy == RatePolicy(concurrency=1, delay=3.0)
+    assert set(info.aliases) == {"youtube", "soundcloud", "ytdlp"}
+
+
+def test_record_fields_at_submit(engine):
+    rid = engine.submit("youtube", "https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=1")
+    assert engine.get(rid).extra == {
+        "webpage_url": "https://www.youtube.com/watch?v=dQw4w9WgXcQ&t=1",
+        "video_id": "dQw4w9WgXcQ",
+    }
+    engine.cancel(rid)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://youtu.be/dQw4w9WgXcQ?si=x", "dQw4w9WgXcQ"),
+        ("https://m.youtube.com/shorts/dQw4w9WgXcQ", "dQw4w9WgXcQ"),
+        ("https://www.youtube.com/embed/dQw4w9WgXcQ", "dQw4w9WgXcQ"),
+        ("https://www.youtube.com/watch?v=short", None),
+        ("https://evil.example/watch?v=dQw4w9WgXcQ", None),
+        ("https://soundcloud.com/artist/track", None),
+    ],
+)
+def test_youtube_id(url, expected):
+    assert youtube_id(url) == expected
+
+
+def test_non_http_target_is_refused(engine):
+    rec = engine.wait([engine.submit("yt-dlp", "/etc/passwd")], timeout=10)[0]
+    assert rec.state is State.FAILED and "not an http" in rec.error
+
+
+def test_hostile_titles_go_through_the_sanitiser(server, engine):
+    pytest.importorskip("yt_dlp")
+    url = server.add("/media/CON%E2%80%AE..%2F..%2Fx.mp4", Resource(MEDIA, headers=VIDEO))
+    rec = engine.wait([engine.submit("yt-dlp", url)], timeout=50)[0]
+    assert rec.state is State.COMPLETED, rec.error
+    path = Path(rec.file_path)
+    assert path.parent == engine.dest_dir
+    assert "\u202e" not in path.name and "/" not in path.name
+    assert path.name.startswith("_CON")
+    assert path.read_bytes() == MEDIA
