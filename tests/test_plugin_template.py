@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -78,6 +79,18 @@ def run(args: list[str | Path], cwd: Path, env: dict[str, str], timeout: float =
 
 def headwater_cli(python: Path) -> list[str | Path]:
     return [python, "-c", "import sys; from headwater.cli import main; sys.exit(main())"]
+
+
+def on_a_terminal(pexpect: Any, home: Path, *args: str) -> Any:
+    """``headwater ARGS`` running on a pseudo-terminal, as a pexpect child."""
+    return pexpect.spawn(
+        sys.executable,
+        ["-c", "from headwater.cli import main; main()", *args],
+        env={**isolated_env(home), "TERM": "xterm"},
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
 
 
 @pytest.fixture
@@ -162,14 +175,7 @@ def test_questions_are_asked_on_a_terminal(tmp_path: Path) -> None:
     """A real pseudo-terminal: the typed description lands in the project, the rest are defaults."""
     pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal session")
     dest = tmp_path / "proj"
-    child = pexpect.spawn(
-        sys.executable,
-        ["-c", "from headwater.cli import main; main()", "plugin", "new", "acme", "--dest", str(dest)],
-        env={**isolated_env(tmp_path), "TERM": "xterm"},
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(40, 200),
-    )
+    child = on_a_terminal(pexpect, tmp_path, "plugin", "new", "acme", "--dest", str(dest))
     child.expect("One line saying what the source downloads")
     child.sendline("\x15Downloads Acme things")  # Ctrl-U clears the offered default first
     for _ in range(3):  # author name, author email, license: take the defaults
@@ -179,6 +185,20 @@ def test_questions_are_asked_on_a_terminal(tmp_path: Path) -> None:
     child.close()
     assert child.exitstatus == 0, child.before
     assert 'description = "Downloads Acme things"' in (dest / "pyproject.toml").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_interrupting_the_questions_creates_nothing(tmp_path: Path) -> None:
+    pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal session")
+    dest = tmp_path / "proj"
+    child = on_a_terminal(pexpect, tmp_path, "plugin", "new", "acme", "--dest", str(dest))
+    child.expect("One line saying what the source downloads")
+    child.sendintr()
+    child.expect("interrupted; nothing was created")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert not dest.exists()
 
 
 # -- end to end ------------------------------------------------------------------------

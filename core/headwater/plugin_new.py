@@ -8,6 +8,7 @@ repository root instead. Rendering needs copier, which comes with the
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from headwater.errors import TemplateError
 from headwater.sources import is_valid_name
 
 TEMPLATE_DIR = "plugin_template"
+EXIT_INTERRUPTED = 130
 EXTRA = "template"
 
 
@@ -58,7 +60,8 @@ def render_plugin(name: str, dest: Path, *, interactive: bool) -> Path:
     offered, the author taken from ``git config`` when set); without it every
     answer is its default and nothing is asked. Raises TemplateError for an
     invalid source name, a ``dest`` that exists and is not empty, missing
-    copier, or a failure inside copier (a folder it created is removed again).
+    copier, or a failure inside copier (a folder it created is removed again);
+    KeyboardInterrupt when the user interrupts the questions.
     """
     if not is_valid_name(name):
         raise TemplateError(f"invalid source name {name!r}: use lowercase [a-z0-9][a-z0-9_-]*")
@@ -86,6 +89,8 @@ def render_plugin(name: str, dest: Path, *, interactive: bool) -> Path:
             quiet=not interactive,
         )
     except (copier.errors.CopierError, ValueError) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
         raise TemplateError(f"copier could not render the template: {exc}") from exc
     return dest
 
@@ -120,5 +125,11 @@ def new(name: str, dest: Path | None) -> None:
         render_plugin(name, target, interactive=sys.stdin.isatty())
     except TemplateError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"Created {target}. Next:")
-    click.echo(f"  python -m pip install -e '{target}[dev]' && python -m pytest {target}")
+    except KeyboardInterrupt:
+        click.echo("interrupted; nothing was created", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    shown = str(target) if target.is_absolute() else f"./{target}"
+    click.echo(f"Created {shown}. Next:")
+    click.echo(
+        f"  python -m pip install -e {shlex.quote(shown + '[dev]')} && python -m pytest {shlex.quote(shown)}"
+    )
