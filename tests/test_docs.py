@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from child_env import isolated_env
 
 REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
@@ -68,19 +69,6 @@ def documented_blocks() -> list[Block]:
     return [b for page in pages if page.is_file() for b in python_blocks(page, page.read_text())]
 
 
-def child_env(home: Path) -> dict[str, str]:
-    """The environment a block runs in: no headwater settings, a private home and data folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    env.update(
-        HOME=str(home),
-        XDG_DATA_HOME=str(home / "data"),
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_CACHE_HOME=str(home / "cache"),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return env
-
-
 BLOCKS = documented_blocks()
 
 
@@ -94,7 +82,7 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=work,
-        env=child_env(tmp_path / "home"),
+        env=isolated_env(tmp_path / "home"),
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from child_env import isolated_env
 from click.testing import CliRunner
 
 import headwater
@@ -54,20 +55,6 @@ def make_venv(path: Path) -> Path:
     return python
 
 
-def isolated_env(home: Path) -> dict[str, str]:
-    """The environment for child processes: no headwater settings, a private home."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    env.update(
-        HOME=str(home),
-        XDG_DATA_HOME=str(home / "data"),
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_CACHE_HOME=str(home / "cache"),
-        PIP_DISABLE_PIP_VERSION_CHECK="1",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return env
-
-
 def run(args: list[str | Path], cwd: Path, env: dict[str, str], timeout: float = 180) -> str:
     """Run a command and return its output; fail the test with the output if it fails."""
     done = subprocess.run(
@@ -81,16 +68,22 @@ def headwater_cli(python: Path) -> list[str | Path]:
     return [python, "-c", "import sys; from headwater.cli import main; sys.exit(main())"]
 
 
-def on_a_terminal(pexpect: Any, home: Path, *args: str) -> Any:
-    """``headwater ARGS`` running on a pseudo-terminal, as a pexpect child."""
-    return pexpect.spawn(
+@pytest.fixture
+def asking(tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
+    """``headwater plugin new acme`` on a pseudo-terminal, at its first question: (pexpect, child, dest)."""
+    pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal session")
+    dest = tmp_path / "proj"
+    child = pexpect.spawn(
         sys.executable,
-        ["-c", "from headwater.cli import main; main()", *args],
-        env={**isolated_env(home), "TERM": "xterm"},
+        ["-c", "from headwater.cli import main; main()", "plugin", "new", "acme", "--dest", str(dest)],
+        env={**isolated_env(tmp_path / "home"), "TERM": "xterm"},
         encoding="utf-8",
         timeout=60,
         dimensions=(40, 200),
     )
+    child.expect("One line saying what the source downloads")
+    yield pexpect, child, dest
+    child.close(force=True)
 
 
 @pytest.fixture
@@ -171,12 +164,9 @@ def test_missing_copier_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.timeout(120)
-def test_questions_are_asked_on_a_terminal(tmp_path: Path) -> None:
-    """A real pseudo-terminal: the typed description lands in the project, the rest are defaults."""
-    pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal session")
-    dest = tmp_path / "proj"
-    child = on_a_terminal(pexpect, tmp_path, "plugin", "new", "acme", "--dest", str(dest))
-    child.expect("One line saying what the source downloads")
+def test_questions_are_asked_on_a_terminal(asking: tuple[Any, Any, Path]) -> None:
+    """The typed description lands in the project; the other answers are the defaults."""
+    pexpect, child, dest = asking
     child.sendline("\x15Downloads Acme things")  # Ctrl-U clears the offered default first
     for _ in range(3):  # author name, author email, license: take the defaults
         child.expect(["Author", "License"])
@@ -188,11 +178,8 @@ def test_questions_are_asked_on_a_terminal(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_interrupting_the_questions_creates_nothing(tmp_path: Path) -> None:
-    pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal session")
-    dest = tmp_path / "proj"
-    child = on_a_terminal(pexpect, tmp_path, "plugin", "new", "acme", "--dest", str(dest))
-    child.expect("One line saying what the source downloads")
+def test_interrupting_the_questions_creates_nothing(asking: tuple[Any, Any, Path]) -> None:
+    pexpect, child, dest = asking
     child.sendintr()
     child.expect("interrupted; nothing was created")
     child.expect(pexpect.EOF)
