@@ -201,6 +201,7 @@ def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
     assert result.exit_code == 0, result.output
     run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], project, env)
     run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], project, env)
+    run([sys.executable, "-m", "mypy", "--cache-dir", os.devnull], project, env)
 
     python = make_venv(tmp_path / "venv")
     run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", project], tmp_path, env)
