@@ -15,6 +15,7 @@ import site
 import subprocess
 import sys
 import threading
+import tomllib
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import copier
 import pytest
 import yaml
 from child_env import isolated_env
@@ -137,6 +139,14 @@ def test_the_default_folder_is_named_after_the_distribution(
     result = CliRunner().invoke(main, ["plugin", "new", "acme_tv"], input="")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "headwater-acme-tv" / "pyproject.toml").is_file()
+
+
+def test_answers_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
+    awkward = {"description": 'Say "hi" \\ <there>', "author_name": 'O\'Brien "Ob"'}
+    copier.run_copy(str(TEMPLATE), tmp_path, data={"name": "acme", **awkward}, defaults=True, quiet=True)
+    project = tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]
+    assert project["description"] == awkward["description"]
+    assert project["authors"][0]["name"] == awkward["author_name"]
 
 
 @pytest.mark.parametrize("name", ["Acme", "-acme", "acme tv", "", "acme/../x"])
