@@ -141,6 +141,19 @@ def test_the_default_folder_is_named_after_the_distribution(
     assert (tmp_path / "headwater-acme-tv" / "pyproject.toml").is_file()
 
 
+@pytest.mark.parametrize(
+    ("license", "first_line"),
+    [("MIT", "MIT License"), ("BSD-3-Clause", "BSD 3-Clause License"), ("Apache-2.0", "Apache License")],
+)
+def test_each_license_choice_writes_its_text(tmp_path: Path, license: str, first_line: str) -> None:
+    answers = {"name": "acme", "license": license, "author_name": "Ada Lovelace"}
+    copier.run_copy(str(TEMPLATE), tmp_path, data=answers, defaults=True, quiet=True)
+    text = (tmp_path / "LICENSE").read_text()
+    assert text.strip().splitlines()[0].strip() == first_line
+    assert ("Ada Lovelace" in text) == (license != "Apache-2.0")  # Apache's text names no holder
+    assert f'license = "{license}"' in (tmp_path / "pyproject.toml").read_text()
+
+
 def test_answers_with_quotes_stay_valid_toml(tmp_path: Path) -> None:
     awkward = {"description": 'Say "hi" \\ <there>', "author_name": 'O\'Brien "Ob"'}
     copier.run_copy(str(TEMPLATE), tmp_path, data={"name": "acme", **awkward}, defaults=True, quiet=True)
@@ -175,16 +188,22 @@ def test_missing_copier_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.timeout(120)
 def test_questions_are_asked_on_a_terminal(asking: tuple[Any, Any, Path]) -> None:
-    """The typed description lands in the project; the other answers are the defaults."""
+    """A typed description and a license picked from the list land in the project."""
     pexpect, child, dest = asking
     child.sendline("\x15Downloads Acme things")  # Ctrl-U clears the offered default first
-    for _ in range(3):  # author name, author email, license: take the defaults
-        child.expect(["Author", "License"])
+    for _ in range(2):  # author name and email: take the defaults
+        child.expect("Author")
         child.sendline("")
+    child.expect("License")
+    child.send("\x1b[B")  # arrow down: from MIT to Apache-2.0
+    child.sendline("")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before
-    assert 'description = "Downloads Acme things"' in (dest / "pyproject.toml").read_text()
+    pyproject = (dest / "pyproject.toml").read_text()
+    assert 'description = "Downloads Acme things"' in pyproject
+    assert 'license = "Apache-2.0"' in pyproject
+    assert "Apache License" in (dest / "LICENSE").read_text()
 
 
 @pytest.mark.timeout(120)

@@ -86,7 +86,7 @@ def render_plugin(name: str, dest: Path, *, interactive: bool) -> Path:
             data={"name": name, "headwater_version": __version__},
             user_defaults=user_defaults,
             defaults=not interactive,
-            quiet=not interactive,
+            quiet=True,  # the questions are still asked; copier's file list is noise here
         )
     except (copier.errors.CopierError, ValueError) as exc:
         if isinstance(exc, KeyboardInterrupt):
