@@ -17,6 +17,7 @@ import click
 from headwater import __version__
 from headwater.engine import Engine
 from headwater.errors import HeadwaterError
+from headwater.plugin_new import plugin
 from headwater.records import State
 from headwater.sources import SourceInfo
 
@@ -39,6 +40,9 @@ def _info_json(info: SourceInfo) -> dict[str, object]:
 @click.version_option(__version__, prog_name="headwater")
 def main() -> None:
     """headwater: download from any source through one engine."""
+
+
+main.add_command(plugin)
 
 
 @main.command()

@@ -54,6 +54,10 @@ class UnsafePathError(HeadwaterError):
     """A path that would lie outside the destination folder."""
 
 
+class TemplateError(HeadwaterError):
+    """``headwater plugin new`` cannot render the plugin template (no copier, a bad name, a taken folder)."""
+
+
 class DownloadCancelled(HeadwaterError):
     """Raised by a source's ``download_impl`` when it stops because ``ctx.cancelled`` was set.
 
