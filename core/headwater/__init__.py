@@ -3,6 +3,7 @@
 The public surface is what this module exports; everything else is private.
 """
 
+from headwater.chains import Chain
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (
@@ -14,19 +15,24 @@ from headwater.errors import (
     PluginConflictError,
     PluginError,
     RetryAfter,
+    SourceSkippedWarning,
+    TargetRejectedError,
+    TransientError,
     UnknownDownloadError,
     UnknownSourceError,
     UnsafePathError,
+    is_transient,
 )
 from headwater.files import safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
-from headwater.records import Job, Record, State
+from headwater.records import Job, Record, State, Tried
 from headwater.sources import SourceInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chain",
     "DownloadCancelled",
     "DownloadContext",
     "Engine",
@@ -41,11 +47,16 @@ __all__ = [
     "Record",
     "RetryAfter",
     "SourceInfo",
+    "SourceSkippedWarning",
     "State",
+    "TargetRejectedError",
+    "TransientError",
+    "Tried",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",
     "__version__",
     "hookimpl",
+    "is_transient",
     "safe_filename",
 ]

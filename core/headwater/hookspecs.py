@@ -78,3 +78,22 @@ def rate_policy() -> RatePolicy | None:
     configuration overrides it. Anything but a RatePolicy or None, or
     raising, leaves the source out, reported with the error.
     """
+
+
+@hookspec(firstresult=True)
+def translate_target(target: str) -> str | None:
+    """The target this source should download for ``target``, or None if it cannot take it.
+
+    Optional. Lets one fallback chain carry a target that each source reads
+    its own way (an "artist - title" that a searching source maps to its own
+    track id). Called once per download for each source the download reaches,
+    before it is queued there: on the caller's thread at submit for the first
+    source, on an engine thread later in a chain; so it must be quick and do
+    no I/O. Without this hook a source gets ``target`` unchanged.
+
+    Return a non-empty string (the source's ``job.target``) or None to decline:
+    the chain skips this source and records why. Raising, or returning
+    anything else, skips the source the same way with the error recorded. A
+    submit that no source of it can take raises
+    :class:`~headwater.errors.TargetRejectedError`.
+    """
