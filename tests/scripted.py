@@ -18,12 +18,12 @@ Targets:
 from __future__ import annotations
 
 import itertools
-import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+from instrumented import InstrumentedSource
 
 from headwater import DownloadContext, Job, RatePolicy, RetryAfter, hookimpl
 from headwater.clock import Clock
@@ -43,42 +43,23 @@ class Attempt:
     saw_cancel: bool = False
 
 
-class ScriptedSource:
+class ScriptedSource(InstrumentedSource):
+    """An instrumented source (gates, policy, aliases) with the scripted targets above."""
+
     def __init__(
         self,
         name: str,
         clock: Clock,
         policy: RatePolicy | None = None,
         aliases: tuple[str, ...] = (),
-        on_start: Callable[[Job], None] | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, policy, aliases)
         self._clock = clock
-        self._policy = policy
-        self._aliases = aliases
-        self._on_start = on_start
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self.changed = self.started
         self.attempts: list[Attempt] = []
         self.tries: Counter[str] = Counter()
-        self.running = 0
-        self.peak = 0
-        self._gates: dict[str, threading.Event] = {}
 
     # -- test controls ---------------------------------------------------------
-
-    def gate(self, key: str) -> threading.Event:
-        with self.lock:
-            return self._gates.setdefault(key, threading.Event())
-
-    def release(self, key: str) -> None:
-        self.gate(key).set()
-
-    def release_all(self) -> None:
-        with self.lock:
-            gates = list(self._gates.values())
-        for gate in gates:
-            gate.set()
 
     def poke(self, key: str) -> None:
         """Let a ``stall:KEY`` download report one more byte."""
@@ -88,19 +69,13 @@ class ScriptedSource:
         with self.lock:
             return len(self.attempts)
 
-    def ended(self) -> int:
-        with self.lock:
-            return sum(1 for a in self.attempts if a.end_seq is not None)
-
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         with self.changed:
             ok = self.changed.wait_for(predicate, timeout)
         assert ok, f"{self.name}: condition not reached in {timeout} s ({len(self.attempts)} starts)"
 
-    def wait_started(self, count: int, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: len(self.attempts) >= count, timeout)
-
     def wait_ended(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` attempts have returned (fail the test otherwise)."""
         self.wait_for(lambda: sum(1 for a in self.attempts if a.end_seq is not None) >= count, timeout)
 
     def reset_peak(self) -> None:
@@ -119,8 +94,6 @@ class ScriptedSource:
             record = Attempt(job.id, job.target, job.attempt, next(_order), self._clock.now())
             self.attempts.append(record)
             self.changed.notify_all()
-        if self._on_start is not None:
-            self._on_start(job)
         try:
             return self._behave(job, ctx, tries)
         finally:
@@ -162,14 +135,6 @@ class ScriptedSource:
         path.write_bytes(b"x" * 10)
         ctx.progress(10, 10)
         return path
-
-    @hookimpl
-    def rate_policy(self) -> RatePolicy | None:
-        return self._policy
-
-    @hookimpl
-    def aliases(self) -> tuple[str, ...]:
-        return self._aliases
 
 
 class TranslatingSource(ScriptedSource):

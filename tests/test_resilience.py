@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from scripted import ScriptedSource, TranslatingSource
@@ -45,6 +46,38 @@ def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.002)
+
+
+@contextlib.contextmanager
+def reading(engine, ids, readers: int = 1) -> Iterator[list[BaseException]]:
+    """Threads calling ``engine.get`` on every id in a loop; yields the errors they hit.
+
+    Threads switch far more often than usual meanwhile, so reads land inside
+    chain moves.
+    """
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for i in ids:
+                    engine.get(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(readers)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        yield errors
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        for t in threads:
+            t.join()
 
 
 def ended(engine, ids) -> Callable[[], bool]:
@@ -148,23 +181,9 @@ def test_cancel_racing_chain_moves_is_never_lost(make_engine):
     b = TranslatingSource("b", clock, lambda t: "block:never", policy=RatePolicy(concurrency=8))
     engine = make_engine({"a": a, "b": b})
     ids = [engine.submit(["a", "b"], "fail") for _ in range(60)]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def reader() -> None:  # get() must find every id, whichever shard it is on
-        try:
-            while not stop.is_set():
-                for i in ids:
-                    engine.get(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    results = [engine.cancel(i) for i in ids]
-    recs = engine.wait(ids, timeout=20)
-    stop.set()
-    thread.join()
+    with reading(engine, ids) as errors:
+        results = [engine.cancel(i) for i in ids]
+        recs = engine.wait(ids, timeout=20)
     assert errors == []
     assert all(results)
     assert all(r.state is State.CANCELLED for r in recs)
@@ -483,28 +502,7 @@ def test_readers_always_find_a_download_that_moves(make_engine):
     srcs = {n: ScriptedSource(n, clock, RatePolicy(concurrency=4)) for n in "abcd"}
     engine = make_engine(srcs)
     ids = [engine.submit(list("abcd"), "fail") for _ in range(300)]
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                for i in ids:
-                    engine.get(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so reads land inside moves
-    try:
-        for t in threads:
-            t.start()
+    with reading(engine, ids, readers=2) as errors:
         recs = engine.wait(ids, timeout=30)
-    finally:
-        stop.set()
-        sys.setswitchinterval(interval)
-    for t in threads:
-        t.join()
     assert errors == []
     assert all(r.state is State.FAILED and len(r.tried) == 4 for r in recs)

@@ -39,9 +39,14 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     leaves the file alone. Return ``None`` to decline: the download FAILS as
     "declined by the source".
 
-    Raising fails the download with the exception recorded as the record's
-    ``error``; the engine carries on. A file returned after a cancel is
-    deleted.
+    Raising records the exception as the record's ``error``. A transient
+    error (:class:`~headwater.errors.TransientError`, ``ConnectionError``,
+    ``TimeoutError``; see :func:`~headwater.errors.is_transient`) is retried
+    after a backoff while the policy's ``retries`` last;
+    :class:`~headwater.errors.RetryAfter` pauses the whole source for its
+    seconds and then tries again; anything else fails the download at once
+    (in a fallback chain the next source gets it). A file returned after a
+    cancel is deleted.
     """
 
 
