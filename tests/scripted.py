@@ -66,8 +66,7 @@ class ScriptedSource(InstrumentedSource):
         self.gate(key).set()
 
     def starts(self) -> int:
-        with self.lock:
-            return len(self.attempts)
+        return len(self.attempts)  # no lock: wait_started calls it holding the lock
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         with self.changed:
