@@ -506,3 +506,38 @@ def test_readers_always_find_a_download_that_moves(make_engine):
         recs = engine.wait(ids, timeout=30)
     assert errors == []
     assert all(r.state is State.FAILED and len(r.tried) == 4 for r in recs)
+
+
+def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
+    """A cancel that looked the download up on a, then waited for a's lock while
+    the download moved to b, finds it on b and cancels it there."""
+    clock = SystemClock()
+    a = ScriptedSource("a", clock)
+    b = TranslatingSource("b", clock, lambda t: "block:never")
+    engine = make_engine({"a": a, "b": b})
+    shard_a, shard_b = engine._shard("a"), engine._shard("b")
+    with shard_b.lock:  # the move will take a's lock, then wait here for b's
+        rid = engine.submit(["a", "b"], "fail")
+        a.wait_ended(1)
+        held_since = None
+        while held_since is None or time.monotonic() - held_since < 0.05:
+            if shard_a.lock.acquire(blocking=False):  # not held by the mover (yet)
+                shard_a.lock.release()
+                held_since = None
+            elif held_since is None:
+                held_since = time.monotonic()
+        outcome: list[object] = []
+        canceller = threading.Thread(target=lambda: outcome.append(_try(engine.cancel, rid)))
+        canceller.start()
+        time.sleep(0.05)  # let the cancel find the download on a and wait for a's lock
+    canceller.join(5)
+    assert outcome == [True]
+    assert engine.wait([rid], timeout=5)[0].state is State.CANCELLED
+    assert engine.get(rid).source == "b"
+
+
+def _try(call: Callable[[str], object], arg: str) -> object:
+    try:
+        return call(arg)
+    except Exception as exc:
+        return exc

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scripted import ScriptedSource
 
-from headwater import Engine, RatePolicy, State
+from headwater import Engine, InvalidPolicyError, RatePolicy, State
 from headwater.clock import SystemClock
 
 pytestmark = pytest.mark.timeout(120)
@@ -110,3 +110,39 @@ def test_retries_never_overlap_and_stop_at_the_limit(tmp_path_factory, specs, re
                 assert (rec.state, rec.attempts) == (State.FAILED, 1)
     finally:
         engine.close(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("per_minute", 0),
+        ("per_minute", 2.5),
+        ("retries", -1),
+        ("retries", True),
+        ("backoff", float("inf")),
+        ("backoff_max", -1.0),
+        ("timeout", 0),
+        ("timeout", float("nan")),
+        ("stall_timeout", -3),
+        ("stall_timeout", "10"),
+    ],
+)
+def test_bad_policy_fields_are_refused_by_name(field, value):
+    with pytest.raises(InvalidPolicyError, match=f"RatePolicy.{field} must be"):
+        RatePolicy(**{field: value})
+
+
+@given(
+    retry=st.integers(1, 10_000),
+    draw=st.floats(0, 1, exclude_max=True),
+    backoff=st.floats(0, 1e6),
+    cap=st.floats(0, 1e6),
+)
+def test_retry_wait_is_full_jitter_under_the_cap(retry, draw, backoff, cap):
+    policy = RatePolicy(retries=1, backoff=backoff, backoff_max=cap)
+    wait = policy.retry_wait(retry, draw)
+    ceiling = min(cap, backoff * 2.0 ** min(retry - 1, 64))
+    assert 0 <= wait <= ceiling
+    assert wait == pytest.approx(draw * ceiling)
+    if retry > 1:
+        assert policy.retry_wait(retry - 1, draw) <= wait  # never shrinks from one retry to the next
