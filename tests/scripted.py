@@ -90,7 +90,8 @@ class ScriptedSource(InstrumentedSource):
             tries = self.tries[job.id]
             self.running += 1
             self.peak = max(self.peak, self.running)
-            record = Attempt(job.id, job.target, job.attempt, next(_order), self._clock.now())
+            # ctx.started: the clock time the engine decided to start at
+            record = Attempt(job.id, job.target, job.attempt, next(_order), ctx.started)
             self.attempts.append(record)
             self.changed.notify_all()
         try:

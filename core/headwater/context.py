@@ -18,18 +18,23 @@ class DownloadContext:
             Check it between chunks and stop promptly; what lands after a
             cancel is deleted.
         logger: a logger named ``headwater.source.<name>``.
+        started: when the download started, on the engine's clock (``now``).
     """
 
     __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last", "_now")
 
     def __init__(
-        self, dest_dir: Path, logger: logging.Logger, now: Callable[[], float] = time.monotonic
+        self,
+        dest_dir: Path,
+        logger: logging.Logger,
+        now: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         self.dest_dir = dest_dir
         self.cancelled = threading.Event()
         self.logger = logger
         self._now = now
-        self.started = now()
+        self.started = now() if started is None else started
         self._last: tuple[int, int | None, float] = (0, None, self.started)
 
     def progress(self, transferred: int, total: int | None = None) -> None:

@@ -284,13 +284,17 @@ class Engine:
 
     # -- running (called by the worker) ----------------------------------------
 
-    def _begin(self, job: Job) -> DownloadContext | None:
-        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued."""
+    def _begin(self, job: Job, now: float) -> DownloadContext | None:
+        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued.
+
+        ``now`` is the clock time the worker decided to start at: the
+        download's start for its timeout and its speed.
+        """
         shard = self._shards[job.source]
         record = shard.records.get(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
-        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now)
+        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now)
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
         if shard.source.policy.watched:

@@ -46,8 +46,9 @@ class SourceWorker(Generic[T]):
         lock: the source's lock; every method here must be called with it held
             except :meth:`thread_objects`.
         policy: the policy in force; :meth:`set_policy` changes it.
-        begin: called with the lock held when a job is due to start; returns a
-            token to run it with, or None to drop it (it was cancelled).
+        begin: called with the lock held when a job is due to start, with the
+            clock time the start was decided at; returns a token to run it
+            with, or None to drop it (it was cancelled).
         run: called without the lock to do the job; must not raise.
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
@@ -58,7 +59,7 @@ class SourceWorker(Generic[T]):
         name: str,
         lock: threading.RLock,
         policy: RatePolicy,
-        begin: Callable[[Job], T | None],
+        begin: Callable[[Job, float], T | None],
         run: Callable[[Job, T], None],
         idle_timeout: float,
         clock: Clock,
@@ -231,7 +232,7 @@ class SourceWorker(Generic[T]):
                 self._clock.wait(self._changed, start_at - now)
                 continue
             job = self._queue.popleft()
-            token = self._begin(job)
+            token = self._begin(job, now)
             if token is not None:
                 self._running += 1
                 self._starts.append(now)
