@@ -194,8 +194,8 @@ def test_cancel_racing_chain_moves_is_never_lost(make_engine):
     assert errors == []
     assert all(results)
     assert all(r.state is State.CANCELLED for r in recs)
-    b.wait_ended(b.starts())
-    assert all(att.saw_cancel for att in b.attempts)  # none ran on b past its cancel
+    eventually(lambda: engine.worker_stats()["b"][1] == 0)  # every run on b has returned
+    assert all(att.end_seq is not None and att.saw_cancel for att in b.attempts)  # none outlived its cancel
 
 
 def test_remove_during_chain(make_engine):
@@ -344,12 +344,13 @@ def test_per_minute_never_exceeded_across_200_jobs(make_engine):
     src = ScriptedSource("a", clock, RatePolicy(concurrency=4, per_minute=cap))
     engine = make_engine({"a": src}, clock=clock)
     ids = [engine.submit("a", "ok") for _ in range(200)]
-    took = drive(clock, ended(engine, ids), step=2.0)
+    drive(clock, ended(engine, ids), step=2.0)
     starts = sorted(a.start_at for a in src.attempts)
     assert len(starts) == 200
     for i in range(len(starts) - cap):
         assert starts[i + cap] - starts[i] >= 60.0, f"{cap + 1} starts within 60 s at {i}"
-    assert took <= (200 // cap) * 60 + 30  # and the quota is used, not starved
+    # and the quota is used: some 60 s window holds a full quota of starts
+    assert any(starts[i + cap - 1] - starts[i] < 60.0 for i in range(len(starts) - cap + 1))
 
 
 # -- timeouts and the stall watchdog -------------------------------------------------
