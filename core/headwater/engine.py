@@ -320,6 +320,7 @@ class Engine:
             shard.logger.debug("download %s failed", job.id, exc_info=True)
         fall_back = False
         with shard.lock:
+            shard.worker.finish()
             ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
             if ours:
                 del shard.contexts[job.id]

@@ -49,7 +49,8 @@ class SourceWorker(Generic[T]):
         begin: called with the lock held when a job is due to start, with the
             clock time the start was decided at; returns a token to run it
             with, or None to drop it (it was cancelled).
-        run: called without the lock to do the job; must not raise.
+        run: called without the lock to do the job; must not raise, and must
+            call :meth:`finish` (with the lock held) when the job has ended.
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
     """
@@ -158,6 +159,16 @@ class SourceWorker(Generic[T]):
         self._fill()
         self._changed.notify_all()
 
+    def finish(self) -> None:
+        """Record that a started job has ended; call with the lock held, once per job.
+
+        ``run`` calls this in the same locked step in which it writes the
+        job's outcome, so the delay counts from the moment the end is visible.
+        """
+        self._running -= 1
+        self._last_end = self._clock.now()
+        self._changed.notify()
+
     def close(self) -> None:
         """Start nothing more; idle and waiting threads end."""
         self._closed = True
@@ -191,13 +202,7 @@ class SourceWorker(Generic[T]):
                     self._threads.discard(threading.current_thread())
                     return
             job, token = picked
-            try:
-                self._run(job, token)
-            finally:
-                with self._lock:
-                    self._running -= 1
-                    self._last_end = self._clock.now()
-                    self._changed.notify()
+            self._run(job, token)
 
     def _next(self) -> tuple[Job, T] | None:
         """Wait (lock held) for a job that is due, mark it started, and return it.
