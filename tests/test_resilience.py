@@ -335,6 +335,25 @@ def test_retry_after_does_not_use_retries(make_engine):
     assert rec.state is State.COMPLETED and rec.attempts == 4 and rec.retries == 0
 
 
+def test_retry_after_longer_than_the_cap_fails_and_the_chain_moves_on(make_engine):
+    clock = ManualClock()
+    a = ScriptedSource("a", clock, RatePolicy(retries=3, max_retry_after=60.0))
+    b = ScriptedSource("b", clock, RatePolicy(max_retry_after=120.0))  # b waits it out
+    engine = make_engine({"a": a, "b": b}, clock=clock)
+    alone, chained = engine.submit("a", "retry-after:120"), engine.submit(["a", "b"], "retry-after:120")
+    recs = engine.wait([alone], timeout=10)
+    assert recs[0].state is State.FAILED and "retry after 120 s" in recs[0].error
+    assert recs[0].attempts == 1  # neither paused nor retried
+    b.wait_ended(1)
+    eventually(lambda: engine.get(chained).state is State.QUEUED)
+    assert engine.get(chained).source == "b"  # a did not wait; b does
+    clock.advance(120)
+    rec = engine.wait([chained], timeout=10)[0]
+    assert rec.state is State.COMPLETED and [t.source for t in rec.tried] == ["a"]
+    ok = engine.submit("a", "ok")  # the source was never paused
+    assert engine.wait([ok], timeout=10)[0].state is State.COMPLETED
+
+
 # -- per-minute cap ------------------------------------------------------------------
 
 

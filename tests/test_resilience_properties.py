@@ -125,6 +125,7 @@ def test_retries_never_overlap_and_stop_at_the_limit(tmp_path_factory, specs, re
         ("timeout", float("nan")),
         ("stall_timeout", -3),
         ("stall_timeout", "10"),
+        ("max_retry_after", 0.0),
     ],
 )
 def test_bad_policy_fields_are_refused_by_name(field, value):

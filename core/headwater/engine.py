@@ -359,8 +359,9 @@ class Engine:
         """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
 
         A RetryAfter pauses the whole source for its seconds and puts the job
-        back at the front without using a retry; another transient error
-        queues a retry after the policy's backoff while retries are left.
+        back at the front without using a retry (one longer than the policy's
+        ``max_retry_after`` is not retried); another transient error queues a
+        retry after the policy's backoff while retries are left.
         Returns whether the job was queued again (the record is then QUEUED).
         """
         if failure is None or not is_transient(failure):
@@ -368,7 +369,10 @@ class Engine:
         policy = shard.source.policy
         again = attrs.evolve(job, attempt=job.attempt + 1)
         now = self._clock.now()
-        if isinstance(failure, RetryAfter) and math.isfinite(failure.seconds):
+        if isinstance(failure, RetryAfter):
+            cap = policy.max_retry_after
+            if not math.isfinite(failure.seconds) or (cap is not None and failure.seconds > cap):
+                return False
             shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
             shard.worker.pause_until(now + max(0.0, failure.seconds))
             shard.worker.put_front(again)

@@ -65,6 +65,10 @@ class RatePolicy:
         stall_timeout: a download that reports no progress for this long (from
             its start or its last ``ctx.progress``) is cancelled and FAILED
             "stalled", or None for no watchdog.
+        max_retry_after: the longest ``RetryAfter`` the source is paused for;
+            a download asked to wait longer FAILS at once with the
+            ``RetryAfter`` as its error (in a chain the next source gets it).
+            None (the default) honours any wait.
 
     Invalid values raise :class:`~headwater.errors.InvalidPolicyError` when the
     policy is built, so a bad policy is refused at load, never a deadlock.
@@ -78,6 +82,7 @@ class RatePolicy:
     backoff_max: float = attrs.field(default=60.0, validator=_not_negative)
     timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     stall_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
+    max_retry_after: float | None = attrs.field(default=None, validator=_positive_or_none)
 
     @property
     def watched(self) -> bool:
