@@ -559,8 +559,15 @@ class Engine:
         shard, record = self._locate(download_id)
         return shard.snapshot(record)
 
-    def _locate(self, download_id: str) -> tuple[_Shard, Record]:
-        """The shard a download is on and its record, read without a lock."""
+    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard, Record]:
+        """The shard a download is on (``shard`` if given and still right) and its record.
+
+        Reads without a lock. Raises UnknownDownloadError.
+        """
+        if shard is not None:
+            record = shard.records.get(download_id)
+            if record is not None:
+                return shard, record
         while True:
             shard = self._find(download_id)
             record = shard.records.get(download_id)
@@ -587,25 +594,28 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
-        for download_id in order:
-            self._find(download_id)
+        shards = [self._find(i) for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
-        for download_id in order:
-            while not self._locate(download_id)[1].state.terminal:
+        for shard, download_id in zip(shards, order, strict=True):
+            while not self._ended_or_raise(shard, download_id):
                 # Watch this one id: the terminal write sets the event. Check again
                 # after registering, in case it ended in between.
                 ended = self._watch.setdefault(download_id, threading.Event())
-                if self._locate(download_id)[1].state.terminal:
+                if self._ended_or_raise(shard, download_id):
                     break
                 if self._closed:
                     raise EngineClosedError(f"the engine closed before download {download_id} ended")
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or not ended.wait(left):
-                    done = sum(1 for i in order if self._locate(i)[1].state.terminal)
+                    done = sum(1 for s, i in zip(shards, order, strict=True) if self._ended_or_raise(s, i))
                     raise TimeoutError(
                         f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
                     )
-        return [self.get(i) for i in order]
+        return [s.snapshot(r) for s, r in (self._locate(i, s) for s, i in zip(shards, order, strict=True))]
+
+    def _ended_or_raise(self, shard: _Shard, download_id: str) -> bool:
+        """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
+        return self._locate(download_id, shard)[1].state.terminal
 
     def set_policy(self, source: str, policy: RatePolicy) -> None:
         """Put ``policy`` in force for ``source`` (a name or alias) from its next start on.

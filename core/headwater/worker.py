@@ -76,7 +76,7 @@ class SourceWorker(Generic[T]):
         self._queue: deque[Job] = deque()
         self._later: list[tuple[float, int, Job]] = []  # (due, tie-break, job): retries in backoff
         self._order = itertools.count()
-        self._starts: deque[float] = deque()  # start times within the last WINDOW
+        self._starts: deque[float] = deque()  # with a per_minute cap: starts in the last WINDOW
         self._threads: set[threading.Thread] = set()
         self._running = 0
         self._last_end: float | None = None
@@ -154,6 +154,8 @@ class SourceWorker(Generic[T]):
 
         Lowering the concurrency ends surplus threads as their current jobs
         end, so the number running never exceeds the larger of the two limits.
+        Starts are counted for ``per_minute`` only while a cap is set, so a
+        cap set at run time counts from then on.
         """
         self._policy = policy
         self._fill()
@@ -232,29 +234,33 @@ class SourceWorker(Generic[T]):
             idle_since = None
             # Here running < concurrency: this thread runs nothing and there are
             # at most `concurrency` threads.
-            start_at = self._start_allowed_at(policy, now)
-            if start_at > now:
-                self._clock.wait(self._changed, start_at - now)
-                continue
+            limited = policy.delay > 0 or policy.per_minute is not None
+            if limited or not self._queue or self._resume_at > now:
+                start_at = self._start_allowed_at(policy, now)
+                if start_at > now:
+                    self._clock.wait(self._changed, start_at - now)
+                    continue
             job = self._queue.popleft()
             token = self._begin(job, now)
             if token is not None:
                 self._running += 1
-                self._starts.append(now)
+                if policy.per_minute is not None:
+                    self._starts.append(now)
                 return job, token
         return None
 
     def _start_allowed_at(self, policy: RatePolicy, now: float) -> float:
         """The earliest clock time a queued job may start (``now`` if it may start now)."""
-        starts = self._starts
-        while starts and starts[0] <= now - WINDOW:
-            starts.popleft()
         at = max(now, self._resume_at)
         if not self._queue:
             at = max(at, self._later[0][0])  # only retries in backoff wait
         if self._last_end is not None and policy.delay > 0:
             at = max(at, self._last_end + policy.delay)
         cap = policy.per_minute
-        if cap is not None and len(starts) >= cap:
-            at = max(at, starts[len(starts) - cap] + WINDOW)
+        if cap is not None:
+            starts = self._starts
+            while starts and starts[0] <= now - WINDOW:
+                starts.popleft()
+            if len(starts) >= cap:
+                at = max(at, starts[len(starts) - cap] + WINDOW)
         return at
