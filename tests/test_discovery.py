@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import attrs
 import importlib_metadata
 import pytest
+
+from headwater import RatePolicy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -465,7 +468,8 @@ def test_sources_json_carries_every_field(venv, everything):
     assert all(set(entry) == keys for entry in listing)
     good = next(e for e in listing if e["name"] == "good")
     assert good["aliases"] == ["good_dl", "goodie"]
-    assert good["policy"] == {"concurrency": 2, "delay": 0.05}
+    assert good["policy"]["concurrency"] == 2 and good["policy"]["delay"] == 0.05
+    assert set(good["policy"]) == {a.name for a in attrs.fields(RatePolicy)}
     assert (good["distribution"], good["version"], good["status"], good["error"]) == (
         "headwater-good",
         "1.2.3",

@@ -3,6 +3,7 @@
 The public surface is what this module exports; everything else is private.
 """
 
+from headwater.chains import Chain
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (
@@ -17,20 +18,25 @@ from headwater.errors import (
     PluginConflictError,
     PluginError,
     RetryAfter,
+    SourceSkippedWarning,
+    TargetRejectedError,
     TransferError,
+    TransientError,
     UnknownDownloadError,
     UnknownSourceError,
     UnsafePathError,
+    is_transient,
 )
 from headwater.files import PartFile, destination, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
-from headwater.records import Job, Record, State
+from headwater.records import Job, Record, State, Tried
 from headwater.sources import SourceInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chain",
     "DownloadCancelled",
     "DownloadContext",
     "Engine",
@@ -49,8 +55,12 @@ __all__ = [
     "Record",
     "RetryAfter",
     "SourceInfo",
+    "SourceSkippedWarning",
     "State",
     "TransferError",
+    "TargetRejectedError",
+    "TransientError",
+    "Tried",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",
@@ -58,5 +68,6 @@ __all__ = [
     "destination",
     "hookimpl",
     "resolve_inside",
+    "is_transient",
     "safe_filename",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -17,15 +18,23 @@ class DownloadContext:
             Check it between chunks and stop promptly; what lands after a
             cancel is deleted.
         logger: a logger named ``headwater.source.<name>``.
+        started: when the download started, on the engine's clock (``now``).
     """
 
-    __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last")
+    __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last", "_now")
 
-    def __init__(self, dest_dir: Path, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        dest_dir: Path,
+        logger: logging.Logger,
+        now: Callable[[], float] = time.monotonic,
+        started: float | None = None,
+    ) -> None:
         self.dest_dir = dest_dir
         self.cancelled = threading.Event()
         self.logger = logger
-        self.started = time.monotonic()
+        self._now = now
+        self.started = now() if started is None else started
         self._last: tuple[int, int | None, float] = (0, None, self.started)
 
     def progress(self, transferred: int, total: int | None = None) -> None:
@@ -39,9 +48,12 @@ class DownloadContext:
             raise ValueError(f"progress: transferred must be an int >= 0, got {transferred!r}")
         if total is not None and (type(total) is not int or total < 0):  # noqa: E721
             raise ValueError(f"progress: total must be None or an int >= 0, got {total!r}")
-        self._last = (transferred, total, time.monotonic())
+        self._last = (transferred, total, self._now())
 
     @property
     def last_progress(self) -> tuple[int, int | None, float]:
-        """The latest report: (transferred, total, monotonic time of the report)."""
+        """The latest report: (transferred, total, engine-clock time of the report).
+
+        Before the first report: (0, None, the start time).
+        """
         return self._last

@@ -4,32 +4,45 @@ Records are sharded by source: each source has one re-entrant lock that
 guards its records and its worker's queue, so a source whose lock is held
 never delays another. Every state change goes through :meth:`_Shard.move`,
 which enforces :data:`headwater.records.TRANSITIONS`.
+
+A download of a fallback chain moves from shard to shard: the move holds
+both sources' locks (taken in name order) and updates ``Engine._home``, the
+id -> shard map kept for chain downloads only, so a reader or a cancel that
+finds the record gone from a shard looks again where it went.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
 import attrs
 
+from headwater.chains import Chain, resolve_chain, translate
+from headwater.clock import Clock, SystemClock
 from headwater.context import DownloadContext
 from headwater.discovery import Candidate, discover, one_line
 from headwater.errors import (
     EngineClosedError,
     FieldConflictError,
     PluginError,
+    RetryAfter,
+    TargetRejectedError,
     UnknownDownloadError,
+    is_transient,
 )
 from headwater.files import discard_landed, landed_file
 from headwater.policy import RatePolicy
-from headwater.records import CORE_FIELDS, Job, Record, State, may_transition
+from headwater.records import CORE_FIELDS, Job, Record, State, Tried, may_transition
 from headwater.sources import Source, SourceInfo, SourceRegistry
+from headwater.watchdog import Watchdog
 from headwater.worker import SourceWorker
 
 log = logging.getLogger("headwater")
@@ -47,7 +60,7 @@ class _Shard:
         self.contexts: dict[str, DownloadContext] = {}
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         self.worker: SourceWorker[DownloadContext] = SourceWorker(
-            source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout
+            source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
         )
 
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
@@ -87,6 +100,33 @@ def _with_progress(record: Record, ctx: DownloadContext) -> Record:
     )
 
 
+def _first_taker(chain: tuple[Source, ...], target: str) -> tuple[tuple[Source, ...], str, tuple[Tried, ...]]:
+    """The chain from its first source that takes ``target``, that source's target, and who declined.
+
+    Raises TargetRejectedError when no source of the chain takes it.
+    """
+    declined: list[Tried] = []
+    for i, src in enumerate(chain):
+        mapped, why = translate(src, target)
+        if mapped is not None:
+            return chain[i:], mapped, tuple(declined)
+        declined.append(Tried(src.name, why))
+    reasons = "; ".join(f"{t.source}: {t.error}" for t in declined)
+    raise TargetRejectedError(f"no source can take target {target!r}: {reasons}")
+
+
+def _deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
+    """When a download running under ``policy`` with ``ctx`` expires, and what to call it then."""
+    due, why = float("inf"), ""
+    if policy.timeout is not None:
+        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
+    if policy.stall_timeout is not None:
+        stalled = ctx.last_progress[2] + policy.stall_timeout
+        if stalled < due:
+            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
+    return due, why
+
+
 class Engine:
     """Runs downloads from every loaded source on a shared worker.
 
@@ -98,6 +138,9 @@ class Engine:
             policy each plugin declares.
         idle_timeout: seconds a worker thread with nothing to do waits before
             it ends.
+        clock: the clock delays, quotas, backoffs, pauses and timeouts are
+            measured on (default: the real monotonic clock); tests pass a
+            :class:`~headwater.clock.ManualClock`.
 
     Raises :class:`~headwater.errors.UnknownSourceError` for a policy naming a
     source that does not exist. Use as a context manager, or call
@@ -111,6 +154,7 @@ class Engine:
         policies: Mapping[str, RatePolicy] | None = None,
         *,
         idle_timeout: float = 2.0,
+        clock: Clock | None = None,
     ) -> None:
         self.dest_dir = Path(dest_dir).expanduser()
         self.dest_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +162,9 @@ class Engine:
         candidates = discover() if plugins is None else [Candidate(n, p) for n, p in plugins.items()]
         self._registry = SourceRegistry(candidates, policies)
         self._idle_timeout = idle_timeout
+        self._clock: Clock = SystemClock() if clock is None else clock
+        self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
+        self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
         self._shards: dict[str, _Shard] = {}
         self._meta = threading.Lock()
         self._closed = False
@@ -140,6 +187,9 @@ class Engine:
         return shard
 
     def _find(self, download_id: str, source_hint: str | None = None) -> _Shard:
+        home = self._home.get(download_id)
+        if home is not None:
+            return home
         if source_hint is not None:
             shard = self._shards.get(self._registry.resolve(source_hint).name)
             if shard is not None and download_id in shard.records:
@@ -151,24 +201,43 @@ class Engine:
 
     # -- submitting --------------------------------------------------------
 
-    def submit(self, source: str, target: str, *, display_name: str | None = None) -> str:
-        """Queue a download of ``target`` from ``source`` (a name or alias); return its id.
+    def submit(
+        self, source: str | Sequence[str] | Chain, target: str, *, display_name: str | None = None
+    ) -> str:
+        """Queue a download of ``target``; return its id.
+
+        ``source`` is a source name or alias, or a fallback chain: a list of
+        names or a :class:`~headwater.Chain`, tried in order until one
+        delivers (see ``docs/resilience.md``). Sources whose
+        ``translate_target`` declines the target are skipped and listed in the
+        record's ``tried``.
 
         Returns at once: no thread is started per job. Raises
-        UnknownSourceError, ValueError for an empty target, FieldConflictError
-        or PluginError when the source's ``record_fields`` misbehaves, and
-        EngineClosedError after :meth:`close`.
+        UnknownSourceError, ValueError for an empty target,
+        TargetRejectedError when no source can take the target,
+        FieldConflictError or PluginError when the first source's
+        ``record_fields`` misbehaves, and EngineClosedError after :meth:`close`.
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        src = self._registry.resolve(source)
+        if isinstance(source, str):
+            chain: tuple[Source, ...] = (self._registry.resolve(source),)
+        else:
+            chain = resolve_chain(self._registry, source if isinstance(source, Chain) else Chain(source))
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
-        job = Job(os.urandom(16).hex(), src.name, target, display_name)
+        job_target, tried = target, tuple[Tried, ...]()
+        if chain[0].translate is not None:
+            chain, job_target, tried = _first_taker(chain, target)
+        src = chain[0]
+        job = Job(os.urandom(16).hex(), src.name, job_target, display_name)
         username, extra = self._fields(src, job)
         now = time.time()
         record = Record(job.id, src.name, target, display_name, username, State.QUEUED, now, now, extra=extra)
         shard = self._shard(src.name)
+        if len(chain) > 1 or tried:
+            record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
+            self._home[job.id] = shard
         with shard.lock:
             shard.records[job.id] = record
             shard.worker.put(job)
@@ -215,15 +284,21 @@ class Engine:
 
     # -- running (called by the worker) ----------------------------------------
 
-    def _begin(self, job: Job) -> DownloadContext | None:
-        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued."""
+    def _begin(self, job: Job, now: float) -> DownloadContext | None:
+        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued.
+
+        ``now`` is the clock time the worker decided to start at: the
+        download's start for its timeout and its speed.
+        """
         shard = self._shards[job.source]
         record = shard.records.get(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
-        ctx = DownloadContext(self.dest_dir, shard.logger)
+        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now)
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
+        if shard.source.policy.watched:
+            self._watchdog.poke()
         return ctx
 
     def _run(self, job: Job, ctx: DownloadContext) -> None:
@@ -232,7 +307,8 @@ class Engine:
         returned: str | os.PathLike[str] | None = None
         path: Path | None = None
         size = 0
-        error: str | None = None
+        error = ""
+        failure: BaseException | None = None
         try:
             returned = shard.source.download(job=job, ctx=ctx)
             if returned is None:
@@ -240,41 +316,178 @@ class Engine:
             else:
                 path, size = landed_file(self.dest_dir, returned)
         except BaseException as exc:  # the boundary: nothing a plugin raises escapes
-            error = one_line(exc)
+            error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)
+        fall_back = False
         with shard.lock:
             shard.worker.finish()
-            shard.contexts.pop(job.id, None)
+            ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
+            if ours:
+                del shard.contexts[job.id]
             record = shard.records.get(job.id)
             wrote = None
-            if record is not None and record.state is State.RUNNING:
-                finished = time.time()
+            if ours and record is not None and record.state is State.RUNNING:
                 if path is not None:
                     wrote = shard.move(
                         record,
                         State.COMPLETED,
                         file_path=str(path),
-                        finished_at=finished,
+                        finished_at=time.time(),
                         progress=100.0,
                         size=size,
                         transferred=size,
                         speed=0.0,
                         time_remaining=None,
+                        error=None,
                     )
-                else:
-                    wrote = shard.move(
-                        _with_progress(record, ctx),
-                        State.FAILED,
-                        error=error,
-                        finished_at=finished,
-                        speed=0.0,
-                        time_remaining=None,
-                    )
+                elif not self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure):
+                    wrote = record
+                    fall_back = bool(record.fallbacks)
+                    if not fall_back:
+                        wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
         if wrote is None and returned is not None:
             discard_landed(self.dest_dir, returned)  # cancelled or removed meanwhile
+        if fall_back:
+            self._fall_back(shard, job.id, error)
         elif wrote is not None and wrote.state is State.FAILED:
             shard.logger.info("download %s of %r failed: %s", job.id, job.target, error)
         self._notify_ended(job.id)
+
+    def _try_again_locked(
+        self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
+    ) -> bool:
+        """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
+
+        A RetryAfter pauses the whole source for its seconds and puts the job
+        back at the front without using a retry (one longer than the policy's
+        ``max_retry_after`` is not retried); another transient error queues a
+        retry after the policy's backoff while retries are left.
+        Returns whether the job was queued again (the record is then QUEUED).
+        """
+        if failure is None or not is_transient(failure):
+            return False
+        policy = shard.source.policy
+        again = attrs.evolve(job, attempt=job.attempt + 1)
+        now = self._clock.now()
+        if isinstance(failure, RetryAfter):
+            cap = policy.max_retry_after
+            if not math.isfinite(failure.seconds) or (cap is not None and failure.seconds > cap):
+                return False
+            shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+            shard.worker.pause_until(now + max(0.0, failure.seconds))
+            shard.worker.put_front(again)
+            shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
+            return True
+        if record.retries >= policy.retries:
+            return False
+        retry = record.retries + 1
+        shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
+        shard.worker.put_later(again, now + policy.retry_wait(retry, random.random()))
+        return True
+
+    def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
+        """RUNNING -> FAILED with ``error``; ``tried`` gains ``skipped`` and this source. Lock held."""
+        wrote = shard.move(
+            record,
+            State.FAILED,
+            error=error,
+            tried=(*record.tried, *skipped, Tried(record.source, error)),
+            fallbacks=(),
+            finished_at=time.time(),
+            speed=0.0,
+            time_remaining=None,
+        )
+        assert wrote is not None, "RUNNING -> FAILED is always legal"
+        return wrote
+
+    def _fall_back(self, shard: _Shard, download_id: str, error: str) -> None:
+        """Move a chain download that failed on ``shard`` to the next source that takes it.
+
+        Called without locks by the thread that ended the attempt, while the
+        record is still RUNNING on ``shard``. Each candidate's
+        ``translate_target`` runs without locks; the move itself holds both
+        sources' locks (in name order), so a cancel either lands before it
+        (and the move is dropped) or finds the record on its new source.
+        Fails the download when no source is left.
+        """
+        record = shard.records.get(download_id)
+        if record is None:
+            return
+        failed = [Tried(record.source, error)]
+        for i, name in enumerate(record.fallbacks):
+            mapped, why = translate(self._registry.resolve(name), record.target)
+            if mapped is None:
+                failed.append(Tried(name, why))
+                continue
+            dest = self._shard(name)
+            first, second = sorted((shard, dest), key=lambda s: s.source.name)
+            with first.lock, second.lock:
+                current = shard.records.get(download_id)
+                if current is None or current.state is not State.RUNNING:
+                    return  # cancelled or removed meanwhile
+                moved = shard.move(
+                    current,
+                    State.QUEUED,
+                    source=name,
+                    tried=(*current.tried, *failed),
+                    fallbacks=current.fallbacks[i + 1 :],
+                    error=error,
+                    retries=0,
+                    progress=0.0,
+                    size=None,
+                    transferred=0,
+                    speed=0.0,
+                    time_remaining=None,
+                )
+                assert moved is not None, "RUNNING -> QUEUED is always legal"
+                dest.records[download_id] = moved
+                self._home[download_id] = dest
+                del shard.records[download_id]
+                dest.worker.put(Job(download_id, name, mapped, moved.display_name))
+            shard.logger.info(
+                "download %s failed on %s (%s); trying %s", download_id, failed[0].source, error, name
+            )
+            return
+        with shard.lock:
+            current = shard.records.get(download_id)
+            if current is not None and current.state is State.RUNNING:
+                self._fail_locked(shard, current, error, tuple(failed[1:]))
+                shard.logger.info("download %s failed on every source of its chain", download_id)
+
+    def _expire(self, now: float) -> float | None:
+        """End every watched download past its timeout or stall timeout; the watchdog's check.
+
+        Runs on the watchdog thread. An expired download gets ``ctx.cancelled``
+        set and is FAILED (or moves on along its chain) at once; its thread is
+        not waited for and keeps its place in the concurrency limit until
+        ``download_impl`` returns. Returns the next deadline, or None.
+        """
+        next_due: float | None = None
+        ended: list[tuple[_Shard, str, str, bool]] = []
+        for shard in list(self._shards.values()):
+            policy = shard.source.policy
+            if not policy.watched or not shard.contexts:
+                continue
+            with shard.lock:
+                for download_id, ctx in list(shard.contexts.items()):
+                    due, why = _deadline(policy, ctx)
+                    if due > now:
+                        next_due = due if next_due is None else min(next_due, due)
+                        continue
+                    del shard.contexts[download_id]
+                    ctx.cancelled.set()
+                    record = shard.records.get(download_id)
+                    if record is None or record.state is not State.RUNNING:
+                        continue
+                    if not record.fallbacks:
+                        self._fail_locked(shard, _with_progress(record, ctx), why, ())
+                    ended.append((shard, download_id, why, bool(record.fallbacks)))
+        for shard, download_id, why, fall_back in ended:
+            shard.logger.info("download %s %s", download_id, why)
+            if fall_back:
+                self._fall_back(shard, download_id, why)
+            self._notify_ended(download_id)
+        return next_due
 
     def _notify_ended(self, download_id: str) -> None:
         """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
@@ -291,15 +504,26 @@ class Engine:
         its ``ctx.cancelled`` is set. ``source_hint`` (a name or alias) says
         where to look first. Raises UnknownDownloadError for an unknown id.
         """
-        shard = self._find(download_id, source_hint)
-        with shard.lock:
-            record = shard.records.get(download_id)
-            if record is None:
-                raise UnknownDownloadError(download_id)
-            cancelled = self._cancel_locked(shard, record)
+        while True:
+            shard = self._find(download_id, source_hint)
+            with shard.lock:
+                record = shard.records.get(download_id)
+                if record is not None:
+                    cancelled = self._cancel_locked(shard, record)
+                    break
+            self._raise_unless_moved(download_id, shard)
         if cancelled:
             self._notify_ended(download_id)
         return cancelled
+
+    def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
+        """Raise UnknownDownloadError unless a chain move took ``download_id`` off ``shard``.
+
+        A move writes the new shard into ``_home`` before it takes the record
+        off the old one, so after a miss ``_home`` already names where it went.
+        """
+        if self._home.get(download_id, shard) is shard:
+            raise UnknownDownloadError(download_id)
 
     def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
         moved = shard.move(
@@ -315,13 +539,16 @@ class Engine:
 
         Files of completed downloads stay where they are.
         """
-        shard = self._find(download_id)
-        with shard.lock:
-            record = shard.records.get(download_id)
-            if record is None:
-                raise UnknownDownloadError(download_id)
-            self._cancel_locked(shard, record)
-            final = shard.records.pop(download_id)
+        while True:
+            shard = self._find(download_id)
+            with shard.lock:
+                record = shard.records.get(download_id)
+                if record is not None:
+                    self._cancel_locked(shard, record)
+                    final = shard.records.pop(download_id)
+                    self._home.pop(download_id, None)
+                    break
+            self._raise_unless_moved(download_id, shard)
         self._notify_ended(download_id)
         return final
 
@@ -329,11 +556,24 @@ class Engine:
 
     def get(self, download_id: str) -> Record:
         """A snapshot of one download's record. Raises UnknownDownloadError."""
-        shard = self._find(download_id)
-        record = shard.records.get(download_id)
-        if record is None:
-            raise UnknownDownloadError(download_id)
+        shard, record = self._locate(download_id)
         return shard.snapshot(record)
+
+    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard, Record]:
+        """The shard a download is on (``shard`` if given and still right) and its record.
+
+        Reads without a lock. Raises UnknownDownloadError.
+        """
+        if shard is not None:
+            record = shard.records.get(download_id)
+            if record is not None:
+                return shard, record
+        while True:
+            shard = self._find(download_id)
+            record = shard.records.get(download_id)
+            if record is not None:
+                return shard, record
+            self._raise_unless_moved(download_id, shard)
 
     def records(self, source: str | None = None) -> list[Record]:
         """Snapshots of all records (of one source, a name or alias), oldest first."""
@@ -367,22 +607,57 @@ class Engine:
                     raise EngineClosedError(f"the engine closed before download {download_id} ended")
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or not ended.wait(left):
-                    done = sum(
-                        1
-                        for s, i in zip(shards, order, strict=True)
-                        if i in s.records and s.records[i].state.terminal
-                    )
+                    done = sum(1 for s, i in zip(shards, order, strict=True) if self._ended_or_raise(s, i))
                     raise TimeoutError(
                         f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
                     )
-        return [s.snapshot(s.records[i]) for s, i in zip(shards, order, strict=True)]
+        return [s.snapshot(r) for s, r in (self._locate(i, s) for s, i in zip(shards, order, strict=True))]
 
-    @staticmethod
-    def _ended_or_raise(shard: _Shard, download_id: str) -> bool:
-        record = shard.records.get(download_id)
-        if record is None:
-            raise UnknownDownloadError(download_id)
-        return record.state.terminal
+    def _ended_or_raise(self, shard: _Shard, download_id: str) -> bool:
+        """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
+        return self._locate(download_id, shard)[1].state.terminal
+
+    def set_policy(self, source: str, policy: RatePolicy) -> None:
+        """Put ``policy`` in force for ``source`` (a name or alias) from its next start on.
+
+        Queued downloads stay queued, none runs twice, and while the change
+        settles the number running never exceeds the larger of the old and
+        the new concurrency. Timeouts are checked against the new policy at
+        once. Raises UnknownSourceError, and TypeError for a non-RatePolicy.
+        """
+        if not isinstance(policy, RatePolicy):
+            raise TypeError(f"policy must be a RatePolicy, got {type(policy).__name__}")
+        shard = self._shard(self._registry.resolve(source).name)
+        with shard.lock:
+            shard.source.policy = policy
+            shard.worker.set_policy(policy)
+        if policy.watched:
+            self._watchdog.poke()
+
+    def pause(self, source: str | None = None) -> None:
+        """Start no more downloads of ``source`` (a name or alias), or of every source if None.
+
+        Queued downloads wait, running ones finish; submitting still works.
+        Raises UnknownSourceError.
+        """
+        for shard in self._chosen(source):
+            with shard.lock:
+                shard.worker.pause()
+
+    def resume(self, source: str | None = None) -> None:
+        """Undo :meth:`pause` for ``source`` (or every source): its queued downloads start again."""
+        for shard in self._chosen(source):
+            with shard.lock:
+                shard.worker.resume()
+
+    def paused(self) -> list[str]:
+        """The names of the paused sources, sorted (for a store to persist across restarts)."""
+        return sorted(n for n, s in list(self._shards.items()) if s.worker.paused)
+
+    def _chosen(self, source: str | None) -> list[_Shard]:
+        if source is not None:
+            return [self._shard(self._registry.resolve(source).name)]
+        return [self._shard(info.name) for info in self._registry.infos()]
 
     # -- closing -----------------------------------------------------------
 
@@ -404,6 +679,9 @@ class Engine:
                     if record is not None:
                         self._cancel_locked(shard, record)
                 threads += shard.worker.thread_objects()
+        watchdog = self._watchdog.close()
+        if watchdog is not None:
+            threads.append(watchdog)
         for ended in list(self._watch.values()):
             ended.set()
         for thread in threads:

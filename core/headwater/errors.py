@@ -8,22 +8,36 @@ recorded on the download's record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HeadwaterError(Exception):
     """Base class of every error headwater raises."""
 
 
 class UnknownSourceError(HeadwaterError, LookupError):
-    """A source name (or alias) that no loaded source answers to.
+    """One or more source names (or aliases) that no loaded source answers to.
 
-    The message names the known sources so a typo is easy to spot.
+    ``name`` is the first unknown name, ``names`` all of them (a fallback
+    chain may name several). The message names the known sources so a typo
+    is easy to spot.
     """
 
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name = name
+    def __init__(self, name: str | Sequence[str], known: list[str]) -> None:
+        self.names = (name,) if isinstance(name, str) else tuple(name)
+        self.name = self.names[0]
         self.known = sorted(known)
         listing = ", ".join(self.known) if self.known else "none are loaded"
-        super().__init__(f"unknown source {name!r}; known sources: {listing}")
+        what = "unknown source" if len(self.names) == 1 else "unknown sources"
+        super().__init__(f"{what} {', '.join(map(repr, self.names))}; known sources: {listing}")
+
+
+class SourceSkippedWarning(UserWarning):
+    """An unknown name in a fallback chain submitted with ``strict=False``; it was left out."""
+
+
+class TargetRejectedError(HeadwaterError, ValueError):
+    """No source of a submit could take the target (``translate_target`` declined it)."""
 
 
 class UnknownDownloadError(HeadwaterError, LookupError):
@@ -70,11 +84,22 @@ class EngineClosedError(HeadwaterError, RuntimeError):
     """The engine has been closed and takes no more work."""
 
 
-class RetryAfter(HeadwaterError):
+class TransientError(HeadwaterError):
+    """Raised by a source for a failure that may pass: the engine retries the download.
+
+    A download that raises a transient error is tried again on the same
+    source, after an exponential backoff, up to ``RatePolicy.retries`` times;
+    see :func:`is_transient` for which exceptions count as transient.
+    """
+
+
+class RetryAfter(TransientError):
     """Raised by a source when the service asked it to come back later (HTTP 429/503).
 
     ``seconds`` is how long to wait before the next attempt, as the service
-    said (``Retry-After``). The message says when to retry.
+    said (``Retry-After``). The engine pauses the whole source (every queued
+    download of it) until then and tries the download again; the wait does not
+    use up the download's retries. The message says when to retry.
     """
 
     def __init__(self, seconds: float, message: str = "") -> None:
@@ -110,3 +135,20 @@ class IntegrityError(HeadwaterError):
 
 class MissingDependencyError(PluginError, ImportError):
     """A source needs an optional package that is not installed; the message names the pip command."""
+
+
+#: Exception types that fail one attempt but not the download: it is retried.
+#: ``ConnectionError`` covers refused, reset and aborted connections;
+#: ``TimeoutError`` covers socket timeouts.
+TRANSIENT_TYPES: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by ``download_impl``, is worth another attempt.
+
+    True for :class:`TransientError` (and so :class:`RetryAfter`),
+    ``ConnectionError`` and ``TimeoutError``; False for everything else, such
+    as ``ValueError``, ``FileNotFoundError``, ``PermissionError`` and other
+    ``OSError`` s, and :class:`DownloadCancelled`: those fail the download at once.
+    """
+    return isinstance(exc, TRANSIENT_TYPES)

@@ -39,9 +39,14 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     leaves the file alone. Return ``None`` to decline: the download FAILS as
     "declined by the source".
 
-    Raising fails the download with the exception recorded as the record's
-    ``error``; the engine carries on. A file returned after a cancel is
-    deleted.
+    Raising records the exception as the record's ``error``. A transient
+    error (:class:`~headwater.errors.TransientError`, ``ConnectionError``,
+    ``TimeoutError``; see :func:`~headwater.errors.is_transient`) is retried
+    after a backoff while the policy's ``retries`` last;
+    :class:`~headwater.errors.RetryAfter` pauses the whole source for its
+    seconds and then tries again; anything else fails the download at once
+    (in a fallback chain the next source gets it). A file returned after a
+    cancel is deleted.
     """
 
 
@@ -77,4 +82,23 @@ def rate_policy() -> RatePolicy | None:
     (concurrency 1, no delay). The user's ``Engine(policies=...)`` or
     configuration overrides it. Anything but a RatePolicy or None, or
     raising, leaves the source out, reported with the error.
+    """
+
+
+@hookspec(firstresult=True)
+def translate_target(target: str) -> str | None:
+    """The target this source should download for ``target``, or None if it cannot take it.
+
+    Optional. Lets one fallback chain carry a target that each source reads
+    its own way (an "artist - title" that a searching source maps to its own
+    track id). Called once per download for each source the download reaches,
+    before it is queued there: on the caller's thread at submit for the first
+    source, on an engine thread later in a chain; so it must be quick and do
+    no I/O. Without this hook a source gets ``target`` unchanged.
+
+    Return a non-empty string (the source's ``job.target``) or None to decline:
+    the chain skips this source and records why. Raising, or returning
+    anything else, skips the source the same way with the error recorded. A
+    submit that no source of it can take raises
+    :class:`~headwater.errors.TargetRejectedError`.
     """

@@ -32,11 +32,13 @@ class State(enum.Enum):
 _TERMINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 
 #: The legal transitions. Every state change the engine makes is checked here;
-#: anything else is refused (and the record stays as it was).
+#: anything else is refused (and the record stays as it was). RUNNING -> QUEUED
+#: is an attempt that ended without ending the download: a retry, a
+#: Retry-After pause, or a move to the next source of a fallback chain.
 TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
     {
         State.QUEUED: frozenset({State.RUNNING, State.CANCELLED}),
-        State.RUNNING: frozenset({State.COMPLETED, State.FAILED, State.CANCELLED}),
+        State.RUNNING: frozenset({State.QUEUED, State.COMPLETED, State.FAILED, State.CANCELLED}),
         State.COMPLETED: frozenset(),
         State.FAILED: frozenset(),
         State.CANCELLED: frozenset(),
@@ -61,7 +63,8 @@ class Job:
         source: the canonical source name.
         target: what to download, in the source's own terms (a URL, a track id).
         display_name: a human name for the download, or None.
-        attempt: 1 for the first try, counting up on each new attempt.
+        attempt: 1 for the first try on this source, counting up on each new
+            attempt on it (a retry, or a try again after a Retry-After pause).
     """
 
     id: str
@@ -72,12 +75,33 @@ class Job:
 
 
 @attrs.frozen
+class Tried:
+    """A source of a fallback chain that did not deliver, and why.
+
+    Attributes:
+        source: the canonical source name.
+        error: one line: the error of its last attempt, "declined: ...",
+            "timed out ...", or why it could not take the target.
+    """
+
+    source: str
+    error: str
+
+
+@attrs.frozen
 class Record:
     """A snapshot of everything the engine knows about one download.
 
     Times are seconds since the epoch. ``progress`` runs 0..100 and is only
-    meaningful when ``size`` is known. ``extra`` holds what the source's
-    ``record_fields`` returned.
+    meaningful when ``size`` is known. ``extra`` holds what the first source's
+    ``record_fields`` returned. ``target`` is the target as submitted (a
+    source's ``translate_target`` may hand it a different one).
+
+    For a fallback chain, ``source`` is the source the download is on now,
+    ``tried`` the sources that failed it so far (oldest first, with why) and
+    ``fallbacks`` the sources still to try. ``attempts`` counts every start
+    on every source; ``retries`` the retries used on the current source.
+    ``error`` is the latest error, also while a retry is queued.
     """
 
     id: str
@@ -99,6 +123,9 @@ class Record:
     started_at: float | None = None
     finished_at: float | None = None
     extra: Mapping[str, object] = _EMPTY
+    tried: tuple[Tried, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    retries: int = 0
 
     @property
     def name(self) -> str:

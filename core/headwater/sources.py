@@ -68,6 +68,7 @@ class Source:
     version: str | None
     download: pluggy.HookCaller
     record_fields: pluggy.HookCaller | None
+    translate: pluggy.HookCaller | None = None
 
     def label(self) -> str:
         """``name (distribution version)``, for messages."""
@@ -96,6 +97,10 @@ def _alias_names(results: list[object]) -> list[str]:
     if bad:
         raise PluginError(f"invalid alias(es) {bad!r}: use lowercase [a-z0-9][a-z0-9_-]*")
     return [str(n) for n in names]
+
+
+def _implements(hook: pluggy.HookCaller, plugin: object) -> bool:
+    return any(i.plugin is plugin for i in hook.get_hookimpls())
 
 
 def _dist_label(distribution: str | None, version: str | None) -> str:
@@ -221,7 +226,7 @@ class SourceRegistry:
             self._reject(cand, one_line(exc) if not isinstance(exc, HeadwaterError) else str(exc))
             return
         fields = caller("record_fields")
-        has_fields = any(i.plugin is cand.plugin for i in fields.get_hookimpls())
+        translate = caller("translate_target")
         source = Source(
             cand.name,
             aliases,
@@ -229,7 +234,8 @@ class SourceRegistry:
             cand.distribution,
             cand.version,
             caller("download_impl"),
-            fields if has_fields else None,
+            fields if _implements(fields, cand.plugin) else None,
+            translate if _implements(translate, cand.plugin) else None,
         )
         self._sources[cand.name] = source
         for name in (cand.name, *aliases):

@@ -5,6 +5,14 @@ work arrives and no idle thread can take it, never more than the policy's
 concurrency, and a thread ends after ``idle_timeout`` seconds with nothing
 to do. Queued jobs cost a queue entry, not a thread.
 
+Before each start a thread waits, on the engine's :class:`~headwater.clock.Clock`,
+until the start is allowed: the source is not paused, any Retry-After pause
+is over, the policy's ``delay`` has passed since the last end, and the
+``per_minute`` window has room. Retries wait apart from the queue until their
+backoff has passed, then go to its front. Every limit is read from the
+current policy on each pass, so :meth:`SourceWorker.set_policy` reaches
+threads that are already waiting.
+
 The worker shares the source's lock with the engine's records of that
 source, so "is this job still wanted?" and "mark it running" happen in one
 step (the ``begin`` callback runs with the lock held).
@@ -12,16 +20,22 @@ step (the ``begin`` callback runs with the lock held).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from headwater.clock import Clock
 from headwater.policy import RatePolicy
 from headwater.records import Job
 
 T = TypeVar("T")
+
+#: The window ``RatePolicy.per_minute`` counts starts in, in seconds.
+WINDOW = 60.0
 
 
 class SourceWorker(Generic[T]):
@@ -30,13 +44,15 @@ class SourceWorker(Generic[T]):
     Args:
         name: the source name, used for thread names.
         lock: the source's lock; every method here must be called with it held
-            except :meth:`join`.
+            except :meth:`thread_objects`.
         policy: the policy in force; :meth:`set_policy` changes it.
-        begin: called with the lock held when a job is due to start; returns a
-            token to run it with, or None to drop it (it was cancelled).
+        begin: called with the lock held when a job is due to start, with the
+            clock time the start was decided at; returns a token to run it
+            with, or None to drop it (it was cancelled).
         run: called without the lock to do the job; must not raise, and must
             call :meth:`finish` (with the lock held) when the job has ended.
-        idle_timeout: seconds an idle thread waits for work before it ends.
+        idle_timeout: real seconds an idle thread waits for work before it ends.
+        clock: the clock every scheduling wait is measured on.
     """
 
     def __init__(
@@ -44,9 +60,10 @@ class SourceWorker(Generic[T]):
         name: str,
         lock: threading.RLock,
         policy: RatePolicy,
-        begin: Callable[[Job], T | None],
+        begin: Callable[[Job, float], T | None],
         run: Callable[[Job, T], None],
         idle_timeout: float,
+        clock: Clock,
     ) -> None:
         self._name = name
         self._lock = lock
@@ -55,10 +72,16 @@ class SourceWorker(Generic[T]):
         self._begin = begin
         self._run = run
         self._idle_timeout = idle_timeout
+        self._clock = clock
         self._queue: deque[Job] = deque()
+        self._later: list[tuple[float, int, Job]] = []  # (due, tie-break, job): retries in backoff
+        self._order = itertools.count()
+        self._starts: deque[float] = deque()  # with a per_minute cap: starts in the last WINDOW
         self._threads: set[threading.Thread] = set()
         self._running = 0
         self._last_end: float | None = None
+        self._resume_at = float("-inf")
+        self._paused = False
         self._closed = False
         self._spawned = 0
 
@@ -74,24 +97,68 @@ class SourceWorker(Generic[T]):
 
     @property
     def queued(self) -> int:
-        """Queue entries, including cancelled jobs not yet skipped."""
-        return len(self._queue)
+        """Queue entries (retries in backoff included), cancelled jobs not yet skipped included."""
+        return len(self._queue) + len(self._later)
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` is in force."""
+        return self._paused
 
     def put(self, job: Job) -> None:
-        """Queue ``job``; start a thread if no idle one can take it."""
+        """Queue ``job`` at the back; start a thread if no idle one can take it."""
         if self._closed:
             return
         self._queue.append(job)
         threads = len(self._threads)
-        if threads - self._running < len(self._queue) and threads < self._policy.concurrency:
+        if (
+            threads - self._running < len(self._queue)
+            and threads < self._policy.concurrency
+            and not self._paused
+        ):
             self._spawn()
         self._changed.notify()
 
+    def put_front(self, job: Job) -> None:
+        """Queue ``job`` at the front (it was started before and keeps its place)."""
+        if self._closed:
+            return
+        self._queue.appendleft(job)
+        self._fill()
+        self._changed.notify()
+
+    def put_later(self, job: Job, due: float) -> None:
+        """Queue ``job`` at the front once the clock reaches ``due`` (a retry's backoff)."""
+        if self._closed:
+            return
+        heapq.heappush(self._later, (due, next(self._order), job))
+        self._fill()
+        self._changed.notify()
+
+    def pause_until(self, when: float) -> None:
+        """Start nothing before the clock reaches ``when`` (a Retry-After); later pauses win."""
+        self._resume_at = max(self._resume_at, when)
+
+    def pause(self) -> None:
+        """Start nothing until :meth:`resume`; running jobs go on."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`; queued jobs start again."""
+        self._paused = False
+        self._fill()
+        self._changed.notify_all()
+
     def set_policy(self, policy: RatePolicy) -> None:
-        """Use ``policy`` from the next start on; waiting threads see it at once."""
+        """Use ``policy`` from the next start on; waiting threads see it at once.
+
+        Lowering the concurrency ends surplus threads as their current jobs
+        end, so the number running never exceeds the larger of the two limits.
+        Starts are counted for ``per_minute`` only while a cap is set, so a
+        cap set at run time counts from then on.
+        """
         self._policy = policy
-        while len(self._threads) < min(policy.concurrency, len(self._queue)):
-            self._spawn()
+        self._fill()
         self._changed.notify_all()
 
     def finish(self) -> None:
@@ -101,7 +168,7 @@ class SourceWorker(Generic[T]):
         job's outcome, so the delay counts from the moment the end is visible.
         """
         self._running -= 1
-        self._last_end = time.monotonic()
+        self._last_end = self._clock.now()
         self._changed.notify()
 
     def close(self) -> None:
@@ -113,6 +180,13 @@ class SourceWorker(Generic[T]):
         return list(self._threads)
 
     # -- the threads -----------------------------------------------------
+
+    def _fill(self) -> None:
+        """Start threads up to the concurrency, or the work waiting if less."""
+        if self._paused or self._closed:
+            return
+        while len(self._threads) < min(self._policy.concurrency, self.queued):
+            self._spawn()
 
     def _spawn(self) -> None:
         self._spawned += 1
@@ -143,25 +217,50 @@ class SourceWorker(Generic[T]):
             policy = self._policy
             if len(self._threads) > policy.concurrency:
                 return None  # the limit was lowered: surplus threads end between jobs
-            if not self._queue:
-                now = time.monotonic()
+            now = self._clock.now()
+            if self._later and self._later[0][0] <= now:
+                due: list[Job] = []
+                while self._later and self._later[0][0] <= now:
+                    due.append(heapq.heappop(self._later)[2])
+                self._queue.extendleft(reversed(due))
+            if self._paused or not (self._queue or self._later):
+                real = time.monotonic()
                 if idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= self._idle_timeout:
+                    idle_since = real
+                elif real - idle_since >= self._idle_timeout:
                     return None
-                self._changed.wait(self._idle_timeout - (now - idle_since))
+                self._changed.wait(self._idle_timeout - (real - idle_since))
                 continue
             idle_since = None
             # Here running < concurrency: this thread runs nothing and there are
             # at most `concurrency` threads.
-            if self._last_end is not None and policy.delay > 0:
-                wait = self._last_end + policy.delay - time.monotonic()
-                if wait > 0:
-                    self._changed.wait(wait)
+            limited = policy.delay > 0 or policy.per_minute is not None
+            if limited or not self._queue or self._resume_at > now:
+                start_at = self._start_allowed_at(policy, now)
+                if start_at > now:
+                    self._clock.wait(self._changed, start_at - now)
                     continue
             job = self._queue.popleft()
-            token = self._begin(job)
+            token = self._begin(job, now)
             if token is not None:
                 self._running += 1
+                if policy.per_minute is not None:
+                    self._starts.append(now)
                 return job, token
         return None
+
+    def _start_allowed_at(self, policy: RatePolicy, now: float) -> float:
+        """The earliest clock time a queued job may start (``now`` if it may start now)."""
+        at = max(now, self._resume_at)
+        if not self._queue:
+            at = max(at, self._later[0][0])  # only retries in backoff wait
+        if self._last_end is not None and policy.delay > 0:
+            at = max(at, self._last_end + policy.delay)
+        cap = policy.per_minute
+        if cap is not None:
+            starts = self._starts
+            while starts and starts[0] <= now - WINDOW:
+                starts.popleft()
+            if len(starts) >= cap:
+                at = max(at, starts[len(starts) - cap] + WINDOW)
+        return at

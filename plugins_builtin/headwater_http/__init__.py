@@ -17,7 +17,6 @@ import httpx
 
 from headwater import DownloadContext, Job, RatePolicy, hookimpl
 from headwater_http.naming import parse_target
-from headwater_http.retry import MAX_WAIT, retrying_after
 from headwater_http.transfer import Settings, Transfer
 
 __all__ = ["HttpSource", "source"]
@@ -32,8 +31,9 @@ class HttpSource:
             as stalled.
         max_resumes: how often one download continues after its connection
             breaks mid-body.
-        max_retry_after: the longest Retry-After (seconds) the source waits out
-            itself before asking again.
+        max_retry_after: the longest Retry-After (seconds) the engine waits
+            out, pausing the source, before it tries again; a longer one fails
+            the download with the time to retry in its error.
         concurrency: the default number of simultaneous downloads.
         user_agent: the User-Agent header sent.
 
@@ -47,14 +47,13 @@ class HttpSource:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         max_resumes: int = 5,
-        max_retry_after: float = MAX_WAIT,
+        max_retry_after: float = 60.0,
         concurrency: int = 4,
         user_agent: str = "headwater",
     ) -> None:
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._settings = Settings(max_resumes=max_resumes)
-        self._max_retry_after = max_retry_after
-        self._policy = RatePolicy(concurrency=concurrency)
+        self._policy = RatePolicy(concurrency=concurrency, max_retry_after=max_retry_after)
         self._user_agent = user_agent
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
@@ -74,11 +73,7 @@ class HttpSource:
     @hookimpl
     def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
         """Download ``job.target`` into ``ctx.dest_dir``; see :meth:`Transfer.run` for what raises."""
-        target = parse_target(job.target)
-        client = self.client()
-        return retrying_after(
-            lambda: Transfer(client, target, ctx, self._settings).run(), ctx, self._max_retry_after
-        )
+        return Transfer(self.client(), parse_target(job.target), ctx, self._settings).run()
 
     @hookimpl
     def aliases(self) -> tuple[str, ...]:
