@@ -226,7 +226,8 @@ class Engine:
             chain = resolve_chain(self._registry, source if isinstance(source, Chain) else Chain(source))
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
-        job_target, tried = target, tuple[Tried, ...]()
+        job_target: str = target
+        tried: tuple[Tried, ...] = ()
         if chain[0].translate is not None:
             chain, job_target, tried = _first_taker(chain, target)
         src = chain[0]
