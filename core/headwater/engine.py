@@ -3,7 +3,8 @@
 Records are sharded by source: each source has one re-entrant lock that
 guards its records and its worker's queue, so a source whose lock is held
 never delays another. Every state change goes through :meth:`_Shard.move`,
-which enforces :data:`headwater.records.TRANSITIONS`.
+which enforces :data:`headwater.records.TRANSITIONS` and commits the change
+to the engine's :class:`~headwater.store.RecordStore` before anyone can see it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
@@ -23,13 +24,15 @@ from headwater.discovery import Candidate, discover, one_line
 from headwater.errors import (
     EngineClosedError,
     FieldConflictError,
+    HeadwaterError,
     PluginError,
     UnknownDownloadError,
 )
 from headwater.files import discard_landed, landed_file
 from headwater.policy import RatePolicy
 from headwater.records import CORE_FIELDS, Job, Record, State, may_transition
-from headwater.sources import Source, SourceInfo, SourceRegistry
+from headwater.sources import PolicyOverride, Source, SourceInfo, SourceRegistry
+from headwater.store import MemoryStore, RecordStore
 from headwater.worker import SourceWorker
 
 log = logging.getLogger("headwater")
@@ -42,6 +45,7 @@ class _Shard:
 
     def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
         self.source = source
+        self.store = engine._store
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}
         self.contexts: dict[str, DownloadContext] = {}
@@ -54,12 +58,15 @@ class _Shard:
         """Write ``record`` in ``state`` if the transition is legal; the lock must be held.
 
         ``record`` must be the current record. Returns the new record, or None
-        (and writes nothing) when the transition is illegal.
+        (and writes nothing) when the transition is illegal. The new record is
+        committed to the store before it replaces the old one; StoreError from
+        the store propagates and leaves the old record in place.
         """
         if not may_transition(record.state, state):
             log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
             return None
         new = attrs.evolve(record, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        self.store.commit((new,))
         self.records[record.id] = new
         return new
 
@@ -95,33 +102,60 @@ class Engine:
         plugins: a mapping of source name to plugin object. When given, only
             these are used and installed sources are not discovered.
         policies: source name or alias -> :class:`RatePolicy`, overriding the
-            policy each plugin declares.
+            policy each plugin declares, or a mapping of some RatePolicy fields
+            to change (``{"delay": 5}``).
         idle_timeout: seconds a worker thread with nothing to do waits before
             it ends.
+        store: where records are journaled; None keeps them in memory only
+            (:class:`~headwater.store.MemoryStore`). Records the store holds
+            are loaded now: downloads that were QUEUED or RUNNING when the
+            last engine on it stopped are QUEUED again (a RUNNING one's next
+            attempt counts one more), terminal ones stay as history.
+        resume: whether those requeued downloads start now; with False they
+            wait for :meth:`resume`.
+        load: discover only these installed sources (when the environment
+            does not restrict loading itself); ignored with ``plugins``.
+        block: never load these installed sources; ignored with ``plugins``.
 
     Raises :class:`~headwater.errors.UnknownSourceError` for a policy naming a
-    source that does not exist. Use as a context manager, or call
-    :meth:`close`.
+    source that does not exist, and StoreError (the store is closed again)
+    when the store cannot be read. The engine owns ``store`` and closes it in
+    :meth:`close`. Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
         self,
         dest_dir: str | os.PathLike[str],
         plugins: Mapping[str, object] | None = None,
-        policies: Mapping[str, RatePolicy] | None = None,
+        policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
         *,
         idle_timeout: float = 2.0,
+        store: RecordStore | None = None,
+        resume: bool = True,
+        load: Collection[str] | None = None,
+        block: Collection[str] = (),
     ) -> None:
-        self.dest_dir = Path(dest_dir).expanduser()
-        self.dest_dir.mkdir(parents=True, exist_ok=True)
-        self.dest_dir = self.dest_dir.resolve()
-        candidates = discover() if plugins is None else [Candidate(n, p) for n, p in plugins.items()]
-        self._registry = SourceRegistry(candidates, policies)
-        self._idle_timeout = idle_timeout
-        self._shards: dict[str, _Shard] = {}
-        self._meta = threading.Lock()
-        self._closed = False
-        self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
+        self._store: RecordStore = MemoryStore() if store is None else store
+        try:
+            self.dest_dir = Path(dest_dir).expanduser()
+            self.dest_dir.mkdir(parents=True, exist_ok=True)
+            self.dest_dir = self.dest_dir.resolve()
+            if plugins is None:
+                candidates = discover(only=load, block=block)
+            else:
+                candidates = [Candidate(n, p) for n, p in plugins.items()]
+            self._registry = SourceRegistry(candidates, policies)
+            self._idle_timeout = idle_timeout
+            self._shards: dict[str, _Shard] = {}
+            self._meta = threading.Lock()
+            self._closed = False
+            self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
+            self._held: dict[str, Job] = {}  # requeued at start, waiting for resume()
+            self._recover(self._store.load(), resume)
+        except BaseException:
+            self._store.close()
+            raise
+        self._store.attach(self._running_snapshots)
 
     # -- sources ---------------------------------------------------------
 
@@ -149,6 +183,72 @@ class Engine:
                 return shard
         raise UnknownDownloadError(download_id)
 
+    # -- the journal ---------------------------------------------------------
+
+    def _recover(self, records: list[Record], resume: bool) -> None:
+        """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
+        now = time.time()
+        requeued: list[Record] = []
+        orphans: dict[str, int] = {}
+        for record in records:
+            try:
+                shard = self._shard(record.source)
+            except HeadwaterError:
+                orphans[record.source] = orphans.get(record.source, 0) + 1
+                continue
+            if not record.state.terminal:
+                record = attrs.evolve(
+                    record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None
+                )
+                requeued.append(record)
+            shard.records[record.id] = record
+        for source, count in orphans.items():
+            log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
+        if not requeued:
+            return
+        self._store.commit(requeued)
+        for record in requeued:
+            job = Job(record.id, record.source, record.target, record.display_name, record.attempts + 1)
+            if resume:
+                shard = self._shards[record.source]
+                with shard.lock:
+                    shard.worker.put(job)
+            else:
+                self._held[record.id] = job
+        log.info("%d unfinished download(s) from the journal queued again", len(requeued))
+
+    def resume(self) -> list[str]:
+        """Start the downloads requeued from the store but held back (``resume=False``).
+
+        Returns their ids, oldest first; those cancelled or removed meanwhile
+        are skipped. Calling it again returns an empty list.
+        """
+        started: list[str] = []
+        while self._held:
+            download_id, job = next(iter(self._held.items()))
+            del self._held[download_id]
+            shard = self._shards[job.source]
+            with shard.lock:
+                record = shard.records.get(download_id)
+                if record is not None and record.state is State.QUEUED:
+                    shard.worker.put(job)
+                    started.append(download_id)
+        return started
+
+    def flush(self) -> None:
+        """Make every download submitted so far durable in the store (see :mod:`headwater.store`)."""
+        self._store.flush()
+
+    def _running_snapshots(self) -> list[Record]:
+        """Snapshots of the running records, for the store's progress writes (any thread)."""
+        found: list[Record] = []
+        for shard in list(self._shards.values()):
+            for download_id in list(shard.contexts):
+                record = shard.records.get(download_id)
+                if record is not None:
+                    found.append(shard.snapshot(record))
+        return found
+
     # -- submitting --------------------------------------------------------
 
     def submit(self, source: str, target: str, *, display_name: str | None = None) -> str:
@@ -170,6 +270,7 @@ class Engine:
         record = Record(job.id, src.name, target, display_name, username, State.QUEUED, now, now, extra=extra)
         shard = self._shard(src.name)
         with shard.lock:
+            self._store.add(record)
             shard.records[job.id] = record
             shard.worker.put(job)
         return job.id
@@ -320,6 +421,7 @@ class Engine:
             if record is None:
                 raise UnknownDownloadError(download_id)
             self._cancel_locked(shard, record)
+            self._store.delete(download_id)
             final = shard.records.pop(download_id)
         self._notify_ended(download_id)
         return final
@@ -420,6 +522,7 @@ class Engine:
                 record.target,
                 record.source,
             )
+        self._store.close()
         return stuck
 
     def __enter__(self) -> Engine:

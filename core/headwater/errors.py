@@ -77,3 +77,18 @@ class RetryAfter(HeadwaterError):
         self.seconds = float(seconds)
         text = message or "the service asked to retry later"
         super().__init__(f"{text}; retry after {self.seconds:g} s")
+
+
+class StoreError(HeadwaterError):
+    """The journal cannot be used: damaged, another program's file, a newer schema, a failed write.
+
+    The message names the file. headwater never wipes or rewrites such a file.
+    """
+
+
+class StoreLockedError(StoreError):
+    """Another headwater process owns the journal (only one engine may write it at a time)."""
+
+
+class ConfigError(HeadwaterError, ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""

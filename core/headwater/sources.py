@@ -22,6 +22,9 @@ from headwater.policy import RatePolicy
 
 log = logging.getLogger("headwater")
 
+#: Some fields of a :class:`RatePolicy` to change, by name (``{"delay": 5}``).
+PolicyOverride = Mapping[str, object]
+
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -83,7 +86,7 @@ class SourceRegistry:
     def __init__(
         self,
         candidates: Iterable[Candidate],
-        policies: Mapping[str, RatePolicy] | None = None,
+        policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
     ) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
@@ -204,11 +207,21 @@ class SourceRegistry:
         for name in (cand.name, *aliases):
             self._names[name] = cand.name
 
-    def _apply_overrides(self, policies: Mapping[str, RatePolicy]) -> None:
+    def _apply_overrides(self, policies: Mapping[str, RatePolicy | PolicyOverride]) -> None:
+        """Replace a source's policy, or change some of its fields (validated as a new RatePolicy)."""
         broken = {b.name for b in self._broken}
+        fields = {a.name for a in attrs.fields(RatePolicy)}
         for key, policy in policies.items():
-            if not isinstance(policy, RatePolicy):
-                raise TypeError(f"policies[{key!r}] must be a RatePolicy, got {type(policy).__name__}")
+            if not isinstance(policy, (RatePolicy, Mapping)):
+                raise TypeError(
+                    f"policies[{key!r}] must be a RatePolicy or a mapping, got {type(policy).__name__}"
+                )
             if key in broken and key not in self._names:
                 continue  # the source is reported broken; its policy has nothing to act on
-            self.resolve(key).policy = policy
+            source = self.resolve(key)
+            if isinstance(policy, Mapping):
+                unknown = sorted(set(policy) - fields)
+                if unknown:
+                    raise TypeError(f"policies[{key!r}]: RatePolicy has no field(s) {', '.join(unknown)}")
+                policy = attrs.evolve(source.policy, **policy)  # type: ignore[arg-type]  # attrs validates
+            source.policy = policy

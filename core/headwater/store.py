@@ -1,0 +1,490 @@
+"""Where the engine keeps its records: in memory, or in a SQLite journal.
+
+The engine's shards hold the records it reads from; a :class:`RecordStore`
+is the journal it writes every change to, and reads once when it starts.
+
+What is durable when (for :class:`SQLiteStore`):
+
+- A state change (QUEUED -> RUNNING, a terminal write, a record requeued
+  after a restart) and a removal are committed by :meth:`RecordStore.commit`
+  and :meth:`RecordStore.delete`, which the engine calls under the source's
+  lock before the change is visible to any reader. "Committed" means it
+  survives the process being killed; SQLite runs with ``synchronous=NORMAL``
+  in WAL mode, so a power loss may roll back the last few commits, never
+  corrupt the file.
+- A new record (:meth:`RecordStore.add`) is buffered, so that ``submit``
+  stays cheap; it is committed within ``flush_interval`` seconds, by the
+  next commit of any state change (always before its own first one), or by
+  :meth:`RecordStore.flush`. A submit is therefore durable once
+  ``Engine.flush()`` returns.
+- Progress (:meth:`RecordStore.progress`) is best effort: written at most
+  once per ``flush_interval`` per running record and never over a newer
+  state. After a crash the figure may be stale; the ``.part`` file on disk
+  is what a source resumes from.
+
+Only one engine at a time may own a journal: :class:`SQLiteStore` takes an
+exclusive lock on ``<journal>.lock`` (released by the kernel if the process
+dies) and a second owner gets :class:`~headwater.errors.StoreLockedError`.
+Readers (:func:`read_records`) work beside the owner at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO, Protocol
+
+import attrs
+import platformdirs
+
+from headwater.errors import StoreError, StoreLockedError
+from headwater.records import Record, State
+
+log = logging.getLogger("headwater.store")
+
+HOME_ENV = "HEADWATER_HOME"
+JOURNAL_NAME = "journal.sqlite3"
+
+#: ``PRAGMA application_id`` of a headwater journal ("HDWR"): a file with
+#: tables and another id belongs to something else and is never touched.
+APPLICATION_ID = 0x48445752
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+#: Statements that bring a journal from version ``n - 1`` to ``n``; version 1
+#: creates the schema. A later schema adds ``MIGRATIONS[2]`` and so on; they
+#: run in order, in one transaction, when an older journal is opened.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE records (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX records_state ON records (state)",
+    ),
+}
+
+_FIELDS = {a.name: a for a in attrs.fields(Record)}
+
+
+def home() -> Path:
+    """The folder for headwater's journal and config: ``$HEADWATER_HOME``, else the user data folder."""
+    given = os.environ.get(HOME_ENV, "").strip()
+    if given:
+        return Path(given).expanduser()
+    return platformdirs.user_data_path("headwater", appauthor=False)
+
+
+def default_journal() -> Path:
+    """The journal file the command line uses: ``journal.sqlite3`` in :func:`home`."""
+    return home() / JOURNAL_NAME
+
+
+class RecordStore(Protocol):
+    """The journal an engine writes its records to.
+
+    The engine calls ``add``, ``commit`` and ``delete`` with the record's
+    source lock held, from whichever thread made the change; implementations
+    must be thread-safe and must not call back into the engine.
+    """
+
+    def load(self) -> list[Record]:
+        """Every record the journal holds, oldest first (called once, before any write)."""
+        ...
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        """Start periodic work; ``running`` returns snapshots of the running records."""
+        ...
+
+    def add(self, record: Record) -> None:
+        """Journal a new record; must be cheap. Durable at the latest with the next commit or flush."""
+        ...
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Write state changes (and everything added before); durable when this returns.
+
+        Raises :class:`~headwater.errors.StoreError` if the write fails.
+        """
+        ...
+
+    def delete(self, download_id: str) -> None:
+        """Forget a record; durable when this returns."""
+        ...
+
+    def flush(self) -> None:
+        """Make every record added so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Flush, stop periodic work and release the journal. Later calls do nothing."""
+        ...
+
+
+class MemoryStore:
+    """No journal: records live only in the engine. Every method is (nearly) free."""
+
+    def load(self) -> list[Record]:
+        return []
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        pass
+
+    def add(self, record: Record) -> None:
+        pass
+
+    def commit(self, records: Sequence[Record]) -> None:
+        pass
+
+    def delete(self, download_id: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+def _encode(record: Record) -> tuple[str, str, str, float, float, str]:
+    data = attrs.asdict(record, recurse=False)
+    data["state"] = record.state.value
+    data["extra"] = dict(record.extra)
+    return (
+        record.id,
+        record.source,
+        record.state.value,
+        record.created_at,
+        record.updated_at,
+        json.dumps(data, separators=(",", ":")),
+    )
+
+
+def _decode(path: Path, text: str) -> Record:
+    """A record from its journal row; fields this version does not know are ignored."""
+    try:
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        known["state"] = State(known["state"])
+        known["extra"] = MappingProxyType(dict(known.get("extra") or {}))
+        return Record(**known)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}") from exc
+
+
+# -- opening -------------------------------------------------------------------
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> int:
+    """The journal's schema version; raise StoreError for a damaged, foreign or newer file."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a headwater journal or is damaged: {exc}") from exc
+    if tables and app_id != APPLICATION_ID:
+        raise StoreError(
+            f"{path} is a SQLite database of another program (application_id {app_id:#x}); "
+            "headwater leaves it alone: move it away or set HEADWATER_HOME"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer headwater (schema {version}, this one knows up to "
+            f"{SCHEMA_VERSION}); upgrade headwater"
+        )
+    return int(version)
+
+
+def _integrity(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    if result != [("ok",)]:
+        problems = "; ".join(str(r[0]) for r in result[:3])
+        raise StoreError(f"journal {path} is damaged: {problems}")
+
+
+def read_records(path: Path) -> list[Record]:
+    """The records in the journal at ``path``, read-only, oldest first.
+
+    Safe while another process owns the journal (WAL readers never block the
+    writer). A missing file means no records. Raises StoreError for a damaged,
+    foreign or newer file.
+    """
+    if not path.exists():
+        return []
+    try:
+        conn = _connect(path, read_only=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open journal {path}: {exc}") from exc
+    try:
+        version = _check(conn, path)
+        if version < SCHEMA_VERSION:
+            if version == 0:
+                return []
+            raise StoreError(f"journal {path} has schema {version}; run any headwater command that writes")
+        rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    finally:
+        conn.close()
+    return [_decode(path, row[0]) for row in rows]
+
+
+class _OwnerLock:
+    """An exclusive, process-wide lock on ``<journal>.lock``; the OS drops it when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self, journal: Path) -> None:
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the lock's life)
+        try:
+            _lock_file(handle)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StoreLockedError(
+                f"journal {journal} is in use by another headwater process (pid {holder}); "
+                "wait for it to finish, or set HEADWATER_HOME to use another journal"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock_file(handle: IO[str]) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_file(handle: IO[str]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+class SQLiteStore:
+    """A journal in one SQLite file (WAL mode), owned by one engine at a time.
+
+    Args:
+        path: the journal file; its folder is created if missing. Default:
+            :func:`default_journal`.
+        flush_interval: seconds between writes of buffered new records and
+            of progress.
+
+    Opening raises :class:`~headwater.errors.StoreLockedError` when another
+    process owns the journal, and :class:`~headwater.errors.StoreError` for a
+    file that is damaged, belongs to another program or was written by a
+    newer schema; the file is never changed in those cases. An older schema
+    is migrated in one transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, flush_interval: float = 0.25) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_journal()
+        self.flush_interval = flush_interval
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of journal {self.path}: {exc}") from exc
+        self._owner = _OwnerLock(self.path.with_name(self.path.name + ".lock"))
+        self._owner.acquire(self.path)
+        try:
+            self._conn = self._open()
+        except BaseException:
+            self._owner.release()
+            raise
+        self._lock = threading.Lock()  # one transaction at a time on the connection
+        self._pending: deque[Record] = deque()
+        self._written: dict[str, tuple[float, int]] = {}  # flusher only: id -> last progress written
+        self._closed = False
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self.path, read_only=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
+        try:
+            version = _check(conn, self.path)
+            if version:
+                _integrity(conn, self.path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if version < SCHEMA_VERSION:
+                self._migrate(conn, version)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
+        if version:
+            log.info("migrated journal %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
+
+    # -- the protocol ------------------------------------------------------------
+
+    def load(self) -> list[Record]:
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"journal {self.path} is damaged: {exc}") from exc
+        return [_decode(self.path, row[0]) for row in rows]
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        if self._flusher is not None or self._closed:
+            return
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(running,), name="headwater-journal", daemon=True
+        )
+        self._flusher.start()
+
+    def add(self, record: Record) -> None:
+        self._pending.append(record)  # deque.append is atomic: no lock on the submit path
+
+    def commit(self, records: Sequence[Record]) -> None:
+        with self._transaction() as conn:
+            if conn is not None:
+                conn.executemany(_UPSERT, [_encode(r) for r in records])
+
+    def delete(self, download_id: str) -> None:
+        with self._transaction() as conn:
+            if conn is not None:
+                conn.execute("DELETE FROM records WHERE id = ?", (download_id,))
+
+    def flush(self) -> None:
+        with self._transaction():
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(5)
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._write_pending(self._conn)
+            except sqlite3.Error as exc:
+                log.error("journal %s: could not write new records at close: %s", self.path, exc)
+            self._closed = True
+            self._conn.close()
+        self._owner.release()
+
+    # -- writing -----------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection | None]:
+        """One transaction that first writes the pending new records; yields None after close."""
+        with self._lock:
+            if self._closed:
+                log.debug("journal %s is closed; write dropped", self.path)
+                yield None
+                return
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._write_pending(conn)
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
+    def _write_pending(self, conn: sqlite3.Connection) -> None:
+        """Insert the buffered new records (lock held, inside a transaction)."""
+        batch: list[Record] = []
+        pending = self._pending
+        while pending:
+            batch.append(pending.popleft())
+        if batch:
+            # A record committed meanwhile (it started, or was cancelled) is newer: keep it.
+            conn.executemany(_INSERT_NEW, [_encode(r) for r in batch])
+
+    def _write_progress(self, records: Iterable[Record]) -> None:
+        rows = []
+        written: dict[str, tuple[float, int]] = {}
+        for r in records:
+            mark = written[r.id] = (r.updated_at, r.transferred)
+            if self._written.get(r.id) != mark:
+                rows.append((_encode(r)[5], r.id, r.updated_at))
+        self._written = written  # only running records: the map never outgrows them
+        with self._transaction() as conn:
+            if conn is not None and rows:
+                # Only onto the very state the snapshot was taken in: never over a newer write.
+                conn.executemany(
+                    "UPDATE records SET data = ? WHERE id = ? AND state = 'running' AND updated_at = ?", rows
+                )
+
+    def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
+        while not self._stop.wait(self.flush_interval):
+            try:
+                self._write_progress(running())
+            except StoreError as exc:
+                log.error("%s", exc)
+            except Exception:  # the flusher must outlive any one bad round
+                log.exception("journal %s: flushing failed", self.path)
+
+
+_UPSERT = (
+    "INSERT INTO records (id, source, state, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
+    "data = excluded.data"
+)
+_INSERT_NEW = (
+    "INSERT INTO records (id, source, state, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
