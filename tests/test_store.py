@@ -151,9 +151,7 @@ def test_a_newer_schema_is_refused(journal: Path) -> None:
         SQLiteStore(journal)
 
 
-def test_an_older_schema_is_migrated(
-    tmp_path: Path, journal: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_older_schema_is_migrated(tmp_path: Path, journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=SQLiteStore(journal))
     rid = engine.submit("a", "ok:x")
     engine.wait([rid], timeout=10)
@@ -177,7 +175,9 @@ sys.stdin.read()
 
 
 @pytest.mark.timeout(30)
-def test_a_second_process_is_refused_while_readers_work_beside_the_owner(tmp_path: Path, journal: Path) -> None:
+def test_a_second_process_is_refused_while_readers_work_beside_the_owner(
+    tmp_path: Path, journal: Path
+) -> None:
     src = InstrumentedSource("a")
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
     ids = [engine.submit("a", f"ok:{i}") for i in range(50)]

@@ -185,7 +185,9 @@ def _decode(path: Path, text: str) -> Record:
         known["extra"] = MappingProxyType(dict(known.get("extra") or {}))
         return Record(**known)
     except (ValueError, TypeError, KeyError) as exc:
-        raise StoreError(f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}") from exc
+        raise StoreError(
+            f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}"
+        ) from exc
 
 
 # -- opening -------------------------------------------------------------------
