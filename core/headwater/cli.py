@@ -379,3 +379,7 @@ def clean(as_json: bool) -> None:
         click.echo(json.dumps([record_json(r) for r in removed], indent=2))
     else:
         click.echo(f"removed {len(removed)} ended download(s) from the journal")
+
+
+if __name__ == "__main__":
+    main()
