@@ -397,9 +397,21 @@ class SQLiteStore:
         self._pending.append(record)  # deque.append is atomic: no lock on the submit path
 
     def commit(self, records: Sequence[Record]) -> None:
+        rows = [_encode(r) for r in records]  # outside the lock
+        if len(rows) == 1 and not self._pending:
+            # The common case: one statement is one transaction in autocommit mode.
+            with self._lock:
+                if self._closed:
+                    log.debug("journal %s is closed; write dropped", self.path)
+                    return
+                try:
+                    self._conn.execute(_UPSERT, rows[0])
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+            return
         with self._transaction() as conn:
             if conn is not None:
-                conn.executemany(_UPSERT, [_encode(r) for r in records])
+                conn.executemany(_UPSERT, rows)
 
     def delete(self, download_id: str) -> None:
         with self._transaction() as conn:
@@ -418,7 +430,9 @@ class SQLiteStore:
             if self._closed:
                 return
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 self._write_pending(self._conn)
+                self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 log.error("journal %s: could not write new records at close: %s", self.path, exc)
             self._closed = True
@@ -436,18 +450,20 @@ class SQLiteStore:
                 yield None
                 return
             conn = self._conn
+            batch: list[Record] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                self._write_pending(conn)
+                batch = self._write_pending(conn)
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._pending.extendleft(reversed(batch))  # not written: keep them for the next try
                 raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
-    def _write_pending(self, conn: sqlite3.Connection) -> None:
-        """Insert the buffered new records (lock held, inside a transaction)."""
+    def _write_pending(self, conn: sqlite3.Connection) -> list[Record]:
+        """Insert the buffered new records (lock held, inside a transaction); return them."""
         batch: list[Record] = []
         pending = self._pending
         while pending:
@@ -455,6 +471,7 @@ class SQLiteStore:
         if batch:
             # A record committed meanwhile (it started, or was cancelled) is newer: keep it.
             conn.executemany(_INSERT_NEW, [_encode(r) for r in batch])
+        return batch
 
     def _write_progress(self, records: Iterable[Record]) -> None:
         rows = []
