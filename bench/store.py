@@ -44,7 +44,9 @@ def drain(dest: Path, store: RecordStore | None, args: argparse.Namespace) -> tu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--sources", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)

@@ -119,15 +119,25 @@ def test_cancel_and_clean(home: Path, files: list[Path], tmp_path: Path) -> None
     assert [r.id for r in read_records(home / "journal.sqlite3")] == [ids[1]]
 
 
-def test_a_journal_in_use_exits_3_naming_it(home: Path) -> None:
-    owner = SQLiteStore(home / "journal.sqlite3")
+def test_commands_work_beside_another_session(home: Path, files: list[Path], tmp_path: Path) -> None:
+    src = InstrumentedSource("file", RatePolicy(concurrency=1))
+    other = Engine(tmp_path / "out", plugins={"file": src}, store=SQLiteStore(home / "journal.sqlite3"))
     try:
-        code, _, err = run("get", "file", "x")
-        assert code == 3 and str(home / "journal.sqlite3") in err and "in use" in err
-        code, out, _ = run("status", "--json")  # readers work beside the owner
-        assert code == 0 and json.loads(out) == []
+        busy = other.submit("file", "block:k")
+        src.wait_started(1)
+        other.flush()
+        code, out, err = run("get", "file", str(files[1]), "--dest", str(tmp_path / "out"))
+        assert code == 0, err
+        code, out, _ = run("status", "--json")
+        assert [r["state"] for r in json.loads(out)] == ["running", "completed"]
+        code, _, err = run("cancel", busy)
+        assert code == 3 and "another running headwater process" in err
+        code, out, _ = run("resume")
+        assert code == 0, "a live session's downloads are not resumed elsewhere"
+        assert other.get(busy).state is State.RUNNING
     finally:
-        owner.close()
+        src.release("k")
+        other.close()
 
 
 def test_a_damaged_journal_exits_3(home: Path) -> None:

@@ -31,7 +31,9 @@ def test_a_full_config(tmp_path: Path) -> None:
     assert dict(config.policies["youtube"]) == {"concurrency": 1, "delay": 5}
 
 
-def test_no_file_at_the_default_place_is_an_empty_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_file_at_the_default_place_is_an_empty_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEADWATER_HOME", str(tmp_path / "nothing"))
     config = load_config()
     assert (config.path, config.destination, dict(config.policies), config.load) == (None, None, {}, None)

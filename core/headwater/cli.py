@@ -7,8 +7,9 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
   already ended);
 - 2: bad usage or configuration (an unknown source or id, a bad option, a
   bad ``headwater.toml``);
-- 3: the journal cannot be used (another headwater process owns it, or it is
-  damaged);
+- 3: the journal cannot be used (it is damaged, another program's, or from a
+  newer headwater), or ``cancel`` named a download another running headwater
+  process owns;
 - 130: interrupted (Ctrl-C).
 """
 
@@ -68,7 +69,7 @@ class App:
         return self._config
 
     def engine(self, dest: Path | None, *, journaled: bool = True) -> Engine:
-        """An engine over the configured sources; with ``journaled`` it owns the journal (nothing resumed)."""
+        """An engine over the configured sources; ``journaled``: with a journal session (nothing resumed)."""
         config = self.config
         try:
             store = SQLiteStore(self.journal) if journaled else None
@@ -358,7 +359,16 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     `headwater get` owns are cancelled there, with Ctrl-C.
     """
     with _owned_engine(None) as engine:
-        picked = _pick(engine.records(), ids)
+        mine = {r.id for r in engine.records()}
+        journal = read_records(_app().journal)
+        picked = _pick(journal, ids)
+        elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
+        if elsewhere:
+            raise Failure(
+                f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
+                "cancel them there (Ctrl-C)",
+                EXIT_JOURNAL,
+            )
         results = [(r.id, engine.cancel(r.id)) for r in picked]
         final = [engine.get(i) for i, _ in results]
     if as_json:

@@ -86,9 +86,5 @@ class StoreError(HeadwaterError):
     """
 
 
-class StoreLockedError(StoreError):
-    """Another headwater process owns the journal (only one engine may write it at a time)."""
-
-
 class ConfigError(HeadwaterError, ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""

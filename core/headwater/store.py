@@ -22,10 +22,12 @@ What is durable when (for :class:`SQLiteStore`):
   state. After a crash the figure may be stale; the ``.part`` file on disk
   is what a source resumes from.
 
-Only one engine at a time may own a journal: :class:`SQLiteStore` takes an
-exclusive lock on ``<journal>.lock`` (released by the kernel if the process
-dies) and a second owner gets :class:`~headwater.errors.StoreLockedError`.
-Readers (:func:`read_records`) work beside the owner at any time.
+Several engines, in one process or many, may share a journal: SQLite's
+locking serializes their transactions, and each engine only runs and writes
+its own records. An engine's session holds a lock file the operating system
+releases when the process dies; the next engine to open the journal takes
+over the unfinished records of dead sessions (see :meth:`SQLiteStore.load`).
+Readers (:func:`read_records`) work beside them at any time.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import sqlite3
 import sys
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,7 +49,7 @@ from typing import IO, Protocol
 import attrs
 import platformdirs
 
-from headwater.errors import StoreError, StoreLockedError
+from headwater.errors import StoreError
 from headwater.records import Record, State
 
 log = logging.getLogger("headwater.store")
@@ -72,7 +75,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             state TEXT NOT NULL,
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL,
-            data TEXT NOT NULL
+            data TEXT NOT NULL,
+            owner TEXT NOT NULL
         )""",
         "CREATE INDEX records_state ON records (state)",
     ),
@@ -162,17 +166,22 @@ class MemoryStore:
 # -- encoding ------------------------------------------------------------------
 
 
-def _encode(record: Record) -> tuple[str, str, str, float, float, str]:
+def _data(record: Record) -> str:
     data = attrs.asdict(record, recurse=False)
     data["state"] = record.state.value
     data["extra"] = dict(record.extra)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
     return (
         record.id,
         record.source,
         record.state.value,
         record.created_at,
         record.updated_at,
-        json.dumps(data, separators=(",", ":")),
+        _data(record),
+        owner,
     )
 
 
@@ -260,35 +269,50 @@ def read_records(path: Path) -> list[Record]:
     return [_decode(path, row[0]) for row in rows]
 
 
-class _OwnerLock:
-    """An exclusive, process-wide lock on ``<journal>.lock``; the OS drops it when the process dies."""
+class _Session:
+    """One engine's claim on a journal: an exclusive lock on ``<journal>.sessions/<id>.lock``.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: IO[str] | None = None
+    The operating system drops the lock when the process ends, however it
+    ends, so a session whose file can be locked by someone else is dead and
+    its unfinished records may be taken over.
+    """
 
-    def acquire(self, journal: Path) -> None:
-        handle = open(self.path, "a+")  # noqa: SIM115 (held open for the lock's life)
-        try:
-            _lock_file(handle)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise StoreLockedError(
-                f"journal {journal} is in use by another headwater process (pid {holder}); "
-                "wait for it to finish, or set HEADWATER_HOME to use another journal"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
+    def __init__(self, journal: Path) -> None:
+        self.folder = journal.with_name(journal.name + ".sessions")
+        self.id = uuid.uuid4().hex
+        self.folder.mkdir(exist_ok=True)
+        # Locked under a name no one scans, then renamed: no one can see it unlocked.
+        starting = self.folder / f"{self.id}.starting"
+        self._file: IO[str] | None = open(starting, "w")  # noqa: SIM115 (held open for the session)
+        _lock_file(self._file)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        starting.replace(self.folder / f"{self.id}.lock")
 
-    def release(self) -> None:
+    def scan(self) -> tuple[list[str], list[str]]:
+        """(live, dead): ids of the other sessions whose lock is held, and of those whose is free."""
+        live, dead = [], []
+        for path in self.folder.glob("*.lock"):
+            if path.stem == self.id:
+                continue
+            try:
+                with open(path, "a") as handle:
+                    _lock_file(handle)  # released again when the handle closes
+            except OSError:
+                live.append(path.stem)
+            else:
+                dead.append(path.stem)
+        return live, dead
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            (self.folder / f"{session_id}.lock").unlink(missing_ok=True)
+
+    def end(self) -> None:
         if self._file is not None:
             self._file.close()  # closing drops the lock
             self._file = None
+            self.forget([self.id])
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -306,7 +330,14 @@ else:
 
 
 class SQLiteStore:
-    """A journal in one SQLite file (WAL mode), owned by one engine at a time.
+    """A journal in one SQLite file (WAL mode) that several engines, in any processes, may share.
+
+    Each store is a session: the unfinished records it writes carry its
+    session id, and :meth:`load` returns the history (terminal records) plus
+    the unfinished records of sessions whose process has ended, which it
+    takes over in one transaction (so two engines starting at once never
+    both take the same record). Unfinished records of a live session are
+    left to it.
 
     Args:
         path: the journal file; its folder is created if missing. Default:
@@ -314,8 +345,7 @@ class SQLiteStore:
         flush_interval: seconds between writes of buffered new records and
             of progress.
 
-    Opening raises :class:`~headwater.errors.StoreLockedError` when another
-    process owns the journal, and :class:`~headwater.errors.StoreError` for a
+    Opening raises :class:`~headwater.errors.StoreError` for a
     file that is damaged, belongs to another program or was written by a
     newer schema; the file is never changed in those cases. An older schema
     is migrated in one transaction.
@@ -328,12 +358,14 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the folder of journal {self.path}: {exc}") from exc
-        self._owner = _OwnerLock(self.path.with_name(self.path.name + ".lock"))
-        self._owner.acquire(self.path)
+        try:
+            self._session = _Session(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot start a session on journal {self.path}: {exc}") from exc
         try:
             self._conn = self._open()
         except BaseException:
-            self._owner.release()
+            self._session.end()
             raise
         self._lock = threading.Lock()  # one transaction at a time on the connection
         self._pending: deque[Record] = deque()
@@ -378,11 +410,29 @@ class SQLiteStore:
     # -- the protocol ------------------------------------------------------------
 
     def load(self) -> list[Record]:
+        """The terminal records, and the unfinished ones of ended sessions, now taken over."""
         with self._lock:
+            conn = self._conn
             try:
-                rows = self._conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+                conn.execute("BEGIN IMMEDIATE")  # other processes' takeovers wait for this one
+                live, dead = self._session.scan()
+                keep = [self._session.id, *live]  # every other owner has ended, file or not
+                conn.execute(
+                    "UPDATE records SET owner = ? WHERE state IN ('queued', 'running') "
+                    f"AND owner NOT IN ({', '.join('?' * len(keep))})",
+                    (self._session.id, *keep),
+                )
+                rows = conn.execute(
+                    "SELECT data FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
+                    "ORDER BY created_at",
+                    (self._session.id,),
+                ).fetchall()
+                conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise StoreError(f"journal {self.path} is damaged: {exc}") from exc
+        self._session.forget(dead)
         return [_decode(self.path, row[0]) for row in rows]
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
@@ -397,7 +447,8 @@ class SQLiteStore:
         self._pending.append(record)  # deque.append is atomic: no lock on the submit path
 
     def commit(self, records: Sequence[Record]) -> None:
-        rows = [_encode(r) for r in records]  # outside the lock
+        owner = self._session.id
+        rows = [_encode(r, owner) for r in records]  # outside the lock
         if len(rows) == 1 and not self._pending:
             # The common case: one statement is one transaction in autocommit mode.
             with self._lock:
@@ -437,7 +488,7 @@ class SQLiteStore:
                 log.error("journal %s: could not write new records at close: %s", self.path, exc)
             self._closed = True
             self._conn.close()
-        self._owner.release()
+        self._session.end()
 
     # -- writing -----------------------------------------------------------------
 
@@ -470,7 +521,8 @@ class SQLiteStore:
             batch.append(pending.popleft())
         if batch:
             # A record committed meanwhile (it started, or was cancelled) is newer: keep it.
-            conn.executemany(_INSERT_NEW, [_encode(r) for r in batch])
+            owner = self._session.id
+            conn.executemany(_INSERT_NEW, [_encode(r, owner) for r in batch])
         return batch
 
     def _write_progress(self, records: Iterable[Record]) -> None:
@@ -479,7 +531,7 @@ class SQLiteStore:
         for r in records:
             mark = written[r.id] = (r.updated_at, r.transferred)
             if self._written.get(r.id) != mark:
-                rows.append((_encode(r)[5], r.id, r.updated_at))
+                rows.append((_data(r), r.id, r.updated_at))
         self._written = written  # only running records: the map never outgrows them
         with self._transaction() as conn:
             if conn is not None and rows:
@@ -499,11 +551,12 @@ class SQLiteStore:
 
 
 _UPSERT = (
-    "INSERT INTO records (id, source, state, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?, ?) "
+    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
-    "data = excluded.data"
+    "data = excluded.data, owner = excluded.owner"
 )
 _INSERT_NEW = (
-    "INSERT INTO records (id, source, state, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO NOTHING"
+    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
