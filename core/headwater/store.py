@@ -77,8 +77,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at REAL NOT NULL,
             data TEXT NOT NULL,
             owner TEXT NOT NULL
-        )""",
-        "CREATE INDEX records_state ON records (state)",
+        ) WITHOUT ROWID""",
     ),
 }
 
@@ -385,6 +384,9 @@ class SQLiteStore:
                 _integrity(conn, self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Writers never checkpoint (that would stall a commit under a source's lock);
+            # the flusher does, on its own connection (see _flush_loop), and close does.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             if version < SCHEMA_VERSION:
                 self._migrate(conn, version)
         except BaseException:
@@ -484,6 +486,7 @@ class SQLiteStore:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._write_pending(self._conn)
                 self._conn.execute("COMMIT")
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.error("journal %s: could not write new records at close: %s", self.path, exc)
             self._closed = True
@@ -541,13 +544,23 @@ class SQLiteStore:
                 )
 
     def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
-        while not self._stop.wait(self.flush_interval):
-            try:
-                self._write_progress(running())
-            except StoreError as exc:
-                log.error("%s", exc)
-            except Exception:  # the flusher must outlive any one bad round
-                log.exception("journal %s: flushing failed", self.path)
+        """Every ``flush_interval``: write buffered records and progress, then checkpoint the WAL.
+
+        The checkpoint is PASSIVE and on a connection of its own, so commits
+        never wait for it; it keeps the WAL file from growing without end.
+        """
+        checkpoints = _connect(self.path, read_only=False)
+        try:
+            while not self._stop.wait(self.flush_interval):
+                try:
+                    self._write_progress(running())
+                    checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except StoreError as exc:
+                    log.error("%s", exc)
+                except Exception:  # the flusher must outlive any one bad round
+                    log.exception("journal %s: flushing failed", self.path)
+        finally:
+            checkpoints.close()
 
 
 _UPSERT = (
