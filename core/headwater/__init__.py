@@ -6,6 +6,7 @@ The public surface is what this module exports; everything else is private.
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (
+    ConfigError,
     DownloadCancelled,
     EngineClosedError,
     FieldConflictError,
@@ -14,6 +15,7 @@ from headwater.errors import (
     PluginConflictError,
     PluginError,
     RetryAfter,
+    StoreError,
     UnknownDownloadError,
     UnknownSourceError,
     UnsafePathError,
@@ -23,10 +25,12 @@ from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State
 from headwater.sources import SourceInfo
+from headwater.store import MemoryStore, RecordStore, SQLiteStore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DownloadCancelled",
     "DownloadContext",
     "Engine",
@@ -35,13 +39,17 @@ __all__ = [
     "HeadwaterError",
     "InvalidPolicyError",
     "Job",
+    "MemoryStore",
     "PluginConflictError",
     "PluginError",
     "RatePolicy",
     "Record",
+    "RecordStore",
     "RetryAfter",
+    "SQLiteStore",
     "SourceInfo",
     "State",
+    "StoreError",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",
