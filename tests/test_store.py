@@ -305,3 +305,25 @@ def test_readers_in_other_processes_never_see_a_torn_journal(tmp_path: Path, jou
     with sqlite3.connect(journal) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert [r.state for r in read_records(journal)] == [State.COMPLETED] * 1000
+
+
+class _Failing(SQLiteStore):
+    """A journal whose disk is full: every state commit fails."""
+
+    def commit(self, records: Sequence[Record]) -> None:
+        raise StoreError(f"cannot write journal {self.path}: database or disk is full")
+
+
+def test_a_failing_journal_is_logged_and_downloads_go_on(
+    tmp_path: Path, journal: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=_Failing(journal))
+    try:
+        (record,) = engine.wait([engine.submit("a", "ok:x")], timeout=10)
+    finally:
+        engine.close()
+    assert record.state is State.COMPLETED
+    failures = [r.getMessage() for r in caplog.records if "disk is full" in r.getMessage()]
+    assert len(failures) == 2 and "RUNNING -> COMPLETED" in failures[1]
+    # The buffered insert still reached the journal: a restart runs the download again.
+    assert [r.state for r in read_records(journal)] == [State.QUEUED]

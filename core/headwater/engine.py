@@ -26,6 +26,7 @@ from headwater.errors import (
     FieldConflictError,
     HeadwaterError,
     PluginError,
+    StoreError,
     UnknownDownloadError,
 )
 from headwater.files import discard_landed, landed_file
@@ -59,14 +60,19 @@ class _Shard:
 
         ``record`` must be the current record. Returns the new record, or None
         (and writes nothing) when the transition is illegal. The new record is
-        committed to the store before it replaces the old one; StoreError from
-        the store propagates and leaves the old record in place.
+        committed to the store before it replaces the old one. If the store
+        cannot write it, the error is logged and the engine goes on in memory:
+        a download never hangs on a full disk, and what the journal missed is
+        redone after a restart.
         """
         if not may_transition(record.state, state):
             log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
             return None
         new = attrs.evolve(record, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
-        self.store.commit((new,))
+        try:
+            self.store.commit((new,))
+        except StoreError as exc:
+            log.error("%s; %s -> %s of %s kept in memory only", exc, record.state.name, state.name, record.id)
         self.records[record.id] = new
         return new
 

@@ -384,9 +384,6 @@ class SQLiteStore:
                 _integrity(conn, self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            # Writers never checkpoint (that would stall a commit under a source's lock);
-            # the flusher does, on its own connection (see _flush_loop), and close does.
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
             if version < SCHEMA_VERSION:
                 self._migrate(conn, version)
         except BaseException:
@@ -486,7 +483,6 @@ class SQLiteStore:
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._write_pending(self._conn)
                 self._conn.execute("COMMIT")
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.error("journal %s: could not write new records at close: %s", self.path, exc)
             self._closed = True
@@ -544,23 +540,14 @@ class SQLiteStore:
                 )
 
     def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
-        """Every ``flush_interval``: write buffered records and progress, then checkpoint the WAL.
-
-        The checkpoint is PASSIVE and on a connection of its own, so commits
-        never wait for it; it keeps the WAL file from growing without end.
-        """
-        checkpoints = _connect(self.path, read_only=False)
-        try:
-            while not self._stop.wait(self.flush_interval):
-                try:
-                    self._write_progress(running())
-                    checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except StoreError as exc:
-                    log.error("%s", exc)
-                except Exception:  # the flusher must outlive any one bad round
-                    log.exception("journal %s: flushing failed", self.path)
-        finally:
-            checkpoints.close()
+        """Every ``flush_interval``: write buffered new records and changed progress."""
+        while not self._stop.wait(self.flush_interval):
+            try:
+                self._write_progress(running())
+            except StoreError as exc:
+                log.error("%s", exc)
+            except Exception:  # the flusher must outlive any one bad round
+                log.exception("journal %s: flushing failed", self.path)
 
 
 _UPSERT = (
