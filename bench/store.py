@@ -47,10 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=50_000)
-    parser.add_argument("--sources", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--sleep", type=float, default=0.005)
+    for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):
+        parser.add_argument(f"--{name}", type=type(default), default=default)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "dest"

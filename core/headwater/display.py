@@ -8,8 +8,9 @@ downloads to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
@@ -42,10 +43,6 @@ def detail(record: Record) -> str:
     return text
 
 
-def _timed_out(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
-
-
 def follow(
     engine: Engine,
     ids: Sequence[str],
@@ -63,52 +60,62 @@ def follow(
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(ids)
     final: dict[str, Record] = {}
-    if console is None:
+    with contextlib.nullcontext(None) if console is None else _Bars(console, len(ids)) as bars:
         while pending:
             pending = _sweep(engine, pending, final, report)
+            if bars is not None:
+                bars.show(engine, pending, final)
             if pending:
-                if _timed_out(deadline):
-                    raise TimeoutError(
-                        f"{len(pending)} of {len(ids)} downloads had not ended after {timeout} s"
-                    )
-                time.sleep(POLL_SECONDS)
-        return [final[i] for i in ids]
-    columns = (
-        TextColumn("{task.description}", justify="left"),
-        BarColumn(bar_width=30),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[detail]}"),
-    )
-    bars: dict[str, TaskID] = {}
-    with Progress(*columns, console=console, transient=True, refresh_per_second=8) as progress:
-        overall = progress.add_task("[bold]all", total=len(ids), detail="")
-        while pending:
-            pending = _sweep(engine, pending, final, report)
-            failed = sum(1 for r in final.values() if r.state is not State.COMPLETED)
-            progress.update(
-                overall,
-                completed=len(final),
-                detail=f"{len(final)}/{len(ids)} ended" + (f", {failed} not completed" if failed else ""),
-            )
-            for download_id in list(bars):
-                if download_id in final:
-                    progress.remove_task(bars.pop(download_id))
-            for download_id in pending:
-                record = engine.get(download_id)
-                if record.state is not State.RUNNING:
-                    continue
-                if download_id not in bars:
-                    bars[download_id] = progress.add_task(_label(record), total=None, detail="")
-                progress.update(
-                    bars[download_id], total=record.size, completed=record.transferred, detail=detail(record)
-                )
-            if pending:
-                if _timed_out(deadline):
+                if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"{len(pending)} of {len(ids)} downloads had not ended after {timeout} s"
                     )
                 time.sleep(POLL_SECONDS)
     return [final[i] for i in ids]
+
+
+class _Bars:
+    """One bar per running download and an overall one, on a rich console."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        columns = (
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+        )
+        self._progress = Progress(*columns, console=console, transient=True, refresh_per_second=8)
+        self._total = total
+        self._overall = self._progress.add_task("[bold]all", total=total, detail="")
+        self._bars: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _Bars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def show(self, engine: Engine, pending: Sequence[str], final: Mapping[str, Record]) -> None:
+        """Bring the bars up to date: drop ended downloads, add and advance running ones."""
+        progress = self._progress
+        failed = sum(1 for r in final.values() if r.state is not State.COMPLETED)
+        summary = f"{len(final)}/{self._total} ended" + (f", {failed} not completed" if failed else "")
+        progress.update(self._overall, completed=len(final), detail=summary)
+        for download_id in [i for i in self._bars if i in final]:
+            progress.remove_task(self._bars.pop(download_id))
+        for download_id in pending:
+            record = engine.get(download_id)
+            if record.state is not State.RUNNING:
+                continue
+            if download_id not in self._bars:
+                self._bars[download_id] = progress.add_task(_label(record), total=None, detail="")
+            progress.update(
+                self._bars[download_id],
+                total=record.size,
+                completed=record.transferred,
+                detail=detail(record),
+            )
 
 
 def _label(record: Record, width: int = 28) -> str:
