@@ -22,7 +22,7 @@ from headwater.store import SQLiteStore, read_records
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "home"
     monkeypatch.setenv("HEADWATER_HOME", str(folder))
-    monkeypatch.delenv("HEADWATER_LOAD_PLUGINS", raising=False)
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "file")  # whatever else is installed
     monkeypatch.delenv("HEADWATER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     return folder
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from instrumented import InstrumentedSource
 
-from headwater import Engine, RatePolicy
+from headwater import Engine, InvalidPolicyError, PolicyOverride, RatePolicy
 from headwater.config import load_config
 from headwater.errors import ConfigError
 
@@ -64,7 +64,9 @@ def test_bad_configs_name_the_file_and_key(tmp_path: Path, text: str, message: s
 
 def test_a_partial_policy_override_keeps_the_plugins_other_fields(make_engine) -> None:
     src = InstrumentedSource("yt", RatePolicy(concurrency=3, delay=1), aliases=("youtube",))
-    engine: Engine = make_engine({"yt": src}, policies={"youtube": {"delay": 5}})
+    engine: Engine = make_engine({"yt": src}, policies={"youtube": PolicyOverride({"delay": 5})})
     assert engine.sources()[0].policy == RatePolicy(concurrency=3, delay=5)
-    with pytest.raises(TypeError, match="no field"):
-        make_engine({"yt": InstrumentedSource("yt")}, policies={"yt": {"speed": 5}})
+    with pytest.raises(TypeError, match=r"policies\['yt'\]: RatePolicy has no field\(s\) speed"):
+        make_engine({"yt": InstrumentedSource("yt")}, policies={"yt": PolicyOverride({"speed": 5})})
+    with pytest.raises(InvalidPolicyError, match="delay"):
+        make_engine({"yt": InstrumentedSource("yt")}, policies={"yt": PolicyOverride({"delay": -1})})

@@ -24,7 +24,7 @@ from headwater.files import safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State
-from headwater.sources import SourceInfo
+from headwater.sources import PolicyOverride, SourceInfo
 from headwater.store import MemoryStore, RecordStore, SQLiteStore
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "Job",
     "MemoryStore",
     "PluginConflictError",
+    "PolicyOverride",
     "PluginError",
     "RatePolicy",
     "Record",

@@ -34,7 +34,7 @@ from headwater.display import follow
 from headwater.engine import Engine
 from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
 from headwater.records import Record, State
-from headwater.sources import SourceInfo
+from headwater.sources import PolicyOverride, SourceInfo
 from headwater.store import SQLiteStore, default_journal, read_records
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -78,7 +78,7 @@ class App:
         try:
             return Engine(
                 dest or config.destination or Path.cwd(),
-                policies=config.policies,
+                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
                 store=store,
                 resume=False,
                 load=config.load,

@@ -108,8 +108,8 @@ class Engine:
         plugins: a mapping of source name to plugin object. When given, only
             these are used and installed sources are not discovered.
         policies: source name or alias -> :class:`RatePolicy`, overriding the
-            policy each plugin declares, or a mapping of some RatePolicy fields
-            to change (``{"delay": 5}``).
+            policy each plugin declares, or a :class:`PolicyOverride` changing
+            some of its fields (``PolicyOverride({"delay": 5})``).
         idle_timeout: seconds a worker thread with nothing to do waits before
             it ends.
         store: where records are journaled; None keeps them in memory only

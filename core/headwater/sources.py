@@ -22,8 +22,24 @@ from headwater.policy import RatePolicy
 
 log = logging.getLogger("headwater")
 
-#: Some fields of a :class:`RatePolicy` to change, by name (``{"delay": 5}``).
-PolicyOverride = Mapping[str, object]
+
+@attrs.frozen
+class PolicyOverride:
+    """Some fields of a source's :class:`RatePolicy` to change, keeping the rest as the plugin declares.
+
+    ``PolicyOverride({"delay": 5})``. :meth:`apply` raises TypeError for a
+    field RatePolicy does not have and InvalidPolicyError for a bad value.
+    """
+
+    changes: Mapping[str, object]
+
+    def apply(self, policy: RatePolicy) -> RatePolicy:
+        """``policy`` with the changes made (validated as a new RatePolicy)."""
+        unknown = sorted(set(self.changes) - {a.name for a in attrs.fields(RatePolicy)})
+        if unknown:
+            raise TypeError(f"RatePolicy has no field(s) {', '.join(unknown)}")
+        return attrs.evolve(policy, **self.changes)  # type: ignore[arg-type]  # attrs validates
+
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
@@ -208,20 +224,19 @@ class SourceRegistry:
             self._names[name] = cand.name
 
     def _apply_overrides(self, policies: Mapping[str, RatePolicy | PolicyOverride]) -> None:
-        """Replace a source's policy, or change some of its fields (validated as a new RatePolicy)."""
+        """Replace a source's policy, or change some of its fields."""
         broken = {b.name for b in self._broken}
-        fields = {a.name for a in attrs.fields(RatePolicy)}
         for key, policy in policies.items():
-            if not isinstance(policy, (RatePolicy, Mapping)):
+            if not isinstance(policy, RatePolicy | PolicyOverride):
                 raise TypeError(
-                    f"policies[{key!r}] must be a RatePolicy or a mapping, got {type(policy).__name__}"
+                    f"policies[{key!r}] must be a RatePolicy or a PolicyOverride, got {type(policy).__name__}"
                 )
             if key in broken and key not in self._names:
                 continue  # the source is reported broken; its policy has nothing to act on
             source = self.resolve(key)
-            if isinstance(policy, Mapping):
-                unknown = sorted(set(policy) - fields)
-                if unknown:
-                    raise TypeError(f"policies[{key!r}]: RatePolicy has no field(s) {', '.join(unknown)}")
-                policy = attrs.evolve(source.policy, **policy)  # type: ignore[arg-type]  # attrs validates
+            if isinstance(policy, PolicyOverride):
+                try:
+                    policy = policy.apply(source.policy)
+                except TypeError as exc:
+                    raise TypeError(f"policies[{key!r}]: {exc}") from exc
             source.policy = policy
