@@ -327,3 +327,29 @@ def test_a_failing_journal_is_logged_and_downloads_go_on(
     assert len(failures) == 2 and "RUNNING -> COMPLETED" in failures[1]
     # The buffered insert still reached the journal: a restart runs the download again.
     assert [r.state for r in read_records(journal)] == [State.QUEUED]
+
+
+def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_stay(
+    tmp_path: Path, journal: Path
+) -> None:
+    old = InstrumentedSource("old", RatePolicy(concurrency=1))
+    gone = InstrumentedSource("gone", RatePolicy(concurrency=1))
+    engine = Engine(tmp_path / "dest", plugins={"old": old, "gone": gone}, store=SQLiteStore(journal))
+    renamed, orphan = engine.submit("old", "block:k"), engine.submit("gone", "block:k")
+    old.wait_started(1)
+    engine._store.close()  # the process "dies" with both queued or running
+    engine.close(timeout=0.1)
+
+    old.release_all()
+    gone.release_all()
+    new = InstrumentedSource("new", aliases=("old",))
+    new.release("k")
+    again = Engine(tmp_path / "dest", plugins={"new": new}, store=SQLiteStore(journal))
+    try:
+        (record,) = again.wait([renamed], timeout=10)
+        assert (record.state, record.attempts, new.starts()) == (State.COMPLETED, 2, 1)
+        assert [r.id for r in again.records()] == [renamed]
+    finally:
+        again.close()
+    left = {r.id: r.state for r in read_records(journal)}
+    assert left[orphan] in (State.QUEUED, State.RUNNING)  # untouched, for when "gone" is back

@@ -194,11 +194,11 @@ class Engine:
     def _recover(self, records: list[Record], resume: bool) -> None:
         """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
         now = time.time()
-        requeued: list[Record] = []
+        requeued: list[tuple[_Shard, Record]] = []
         orphans: dict[str, int] = {}
         for record in records:
             try:
-                shard = self._shard(record.source)
+                shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
             except HeadwaterError:
                 orphans[record.source] = orphans.get(record.source, 0) + 1
                 continue
@@ -206,17 +206,17 @@ class Engine:
                 record = attrs.evolve(
                     record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None
                 )
-                requeued.append(record)
+                requeued.append((shard, record))
             shard.records[record.id] = record
         for source, count in orphans.items():
             log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
         if not requeued:
             return
-        self._store.commit(requeued)
-        for record in requeued:
-            job = Job(record.id, record.source, record.target, record.display_name, record.attempts + 1)
+        self._store.commit([record for _, record in requeued])
+        for shard, record in requeued:
+            name = shard.source.name
+            job = Job(record.id, name, record.target, record.display_name, record.attempts + 1)
             if resume:
-                shard = self._shards[record.source]
                 with shard.lock:
                     shard.worker.put(job)
             else:
