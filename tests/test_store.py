@@ -348,7 +348,7 @@ def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_sta
     try:
         (record,) = again.wait([renamed], timeout=10)
         assert (record.state, record.attempts, new.starts()) == (State.COMPLETED, 2, 1)
-        assert [r.id for r in again.records()] == [renamed]
+        assert [r.id for r in again.records(source="new")] == [renamed]
     finally:
         again.close()
     left = {r.id: r.state for r in read_records(journal)}
