@@ -218,6 +218,10 @@ def get(
             ids = [engine.submit(source, t) for t in targets]
         except HeadwaterError as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
+        except KeyboardInterrupt:
+            raise Failure(
+                "interrupted while queueing; what was queued stays in the journal", EXIT_INTERRUPTED
+            ) from None
         engine.flush()
         records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
     _finish(records, as_json)

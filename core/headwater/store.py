@@ -13,10 +13,12 @@ What is durable when (for :class:`SQLiteStore`):
   in WAL mode, so a power loss may roll back the last few commits, never
   corrupt the file.
 - A new record (:meth:`RecordStore.add`) is buffered, so that ``submit``
-  stays cheap; it is committed within ``flush_interval`` seconds, by the
-  next commit of any state change (always before its own first one), or by
-  :meth:`RecordStore.flush`. A submit is therefore durable once
-  ``Engine.flush()`` returns.
+  stays cheap; the flusher thread commits it within ``flush_interval``
+  seconds (in transactions of a few hundred), and :meth:`RecordStore.flush`
+  and ``close`` commit every buffered one. A submit is therefore durable
+  once ``Engine.flush()`` returns. A record whose first state change comes
+  before its insert is written whole by that change, and the late insert
+  then changes nothing.
 - Progress (:meth:`RecordStore.progress`) is best effort: written at most
   once per ``flush_interval`` per running record and never over a newer
   state. After a crash the figure may be stale; the ``.part`` file on disk
@@ -114,11 +116,11 @@ class RecordStore(Protocol):
         ...
 
     def add(self, record: Record) -> None:
-        """Journal a new record; must be cheap. Durable at the latest with the next commit or flush."""
+        """Journal a new record; must be cheap. Durable once :meth:`flush` returns."""
         ...
 
     def commit(self, records: Sequence[Record]) -> None:
-        """Write state changes (and everything added before); durable when this returns.
+        """Write state changes (whole records, added or not); durable when this returns.
 
         Raises :class:`~headwater.errors.StoreError` if the write fails.
         """
@@ -368,6 +370,7 @@ class SQLiteStore:
             raise
         self._lock = threading.Lock()  # one transaction at a time on the connection
         self._pending: deque[Record] = deque()
+        self._inserting = threading.Lock()  # one _insert_pending at a time
         self._written: dict[str, tuple[float, int]] = {}  # flusher only: id -> last progress written
         self._closed = False
         self._stop = threading.Event()
@@ -446,45 +449,50 @@ class SQLiteStore:
         self._pending.append(record)  # deque.append is atomic: no lock on the submit path
 
     def commit(self, records: Sequence[Record]) -> None:
+        """Upsert whole rows, so a record whose insert is still buffered is written complete.
+
+        The buffered insert, when it comes, changes nothing (``ON CONFLICT DO
+        NOTHING``): the committed state is never overwritten by an older one.
+        """
         owner = self._session.id
         rows = [_encode(r, owner) for r in records]  # outside the lock
-        if len(rows) == 1 and not self._pending:
-            # The common case: one statement is one transaction in autocommit mode.
-            with self._lock:
-                if self._closed:
-                    log.debug("journal %s is closed; write dropped", self.path)
-                    return
-                try:
-                    self._conn.execute(_UPSERT, rows[0])
-                except sqlite3.Error as exc:
-                    raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
-            return
-        with self._transaction() as conn:
-            if conn is not None:
-                conn.executemany(_UPSERT, rows)
+        with self._lock:
+            if self._closed:
+                log.debug("journal %s is closed; write dropped", self.path)
+                return
+            try:
+                if len(rows) == 1:
+                    self._conn.execute(_UPSERT, rows[0])  # autocommit: one statement, one transaction
+                else:
+                    with self._transaction() as conn:
+                        conn.executemany(_UPSERT, rows)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def delete(self, download_id: str) -> None:
-        with self._transaction() as conn:
-            if conn is not None:
-                conn.execute("DELETE FROM records WHERE id = ?", (download_id,))
+        self._insert_pending()  # else a buffered insert could bring the record back
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._conn.execute("DELETE FROM records WHERE id = ?", (download_id,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def flush(self) -> None:
-        with self._transaction():
-            pass
+        self._insert_pending()
 
     def close(self) -> None:
         self._stop.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(5)
+        try:
+            self._insert_pending()
+        except StoreError as exc:
+            log.error("%s; new records not written at close", exc)
         with self._lock:
             if self._closed:
                 return
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._write_pending(self._conn)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.error("journal %s: could not write new records at close: %s", self.path, exc)
             self._closed = True
             self._conn.close()
         self._session.end()
@@ -492,37 +500,42 @@ class SQLiteStore:
     # -- writing -----------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection | None]:
-        """One transaction that first writes the pending new records; yields None after close."""
-        with self._lock:
-            if self._closed:
-                log.debug("journal %s is closed; write dropped", self.path)
-                yield None
-                return
-            conn = self._conn
-            batch: list[Record] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                batch = self._write_pending(conn)
-                yield conn
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._pending.extendleft(reversed(batch))  # not written: keep them for the next try
-                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT on the connection (``self._lock`` held); ROLLBACK on error."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
-    def _write_pending(self, conn: sqlite3.Connection) -> list[Record]:
-        """Insert the buffered new records (lock held, inside a transaction); return them."""
-        batch: list[Record] = []
-        pending = self._pending
-        while pending:
-            batch.append(pending.popleft())
-        if batch:
-            # A record committed meanwhile (it started, or was cancelled) is newer: keep it.
-            owner = self._session.id
-            conn.executemany(_INSERT_NEW, [_encode(r, owner) for r in batch])
-        return batch
+    def _insert_pending(self) -> None:
+        """Commit every record added so far, in transactions of at most ``_BATCH`` rows.
+
+        Encoding happens outside the connection lock and the lock is released
+        between batches, so a state change waits for one batch at most. Callers
+        are serialized, so whoever returns knows every earlier ``add`` is
+        committed. Raises StoreError, keeping the unwritten records buffered.
+        """
+        owner = self._session.id
+        with self._inserting:
+            while self._pending:
+                batch: list[Record] = []
+                while self._pending and len(batch) < _BATCH:
+                    batch.append(self._pending.popleft())
+                rows = [_encode(r, owner) for r in batch]
+                with self._lock:
+                    if self._closed:
+                        return
+                    try:
+                        with self._transaction() as conn:
+                            conn.executemany(_INSERT_NEW, rows)
+                    except sqlite3.Error as exc:
+                        self._pending.extendleft(reversed(batch))
+                        raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def _write_progress(self, records: Iterable[Record]) -> None:
         rows = []
@@ -532,23 +545,34 @@ class SQLiteStore:
             if self._written.get(r.id) != mark:
                 rows.append((_data(r), r.id, r.updated_at))
         self._written = written  # only running records: the map never outgrows them
-        with self._transaction() as conn:
-            if conn is not None and rows:
-                # Only onto the very state the snapshot was taken in: never over a newer write.
-                conn.executemany(
-                    "UPDATE records SET data = ? WHERE id = ? AND state = 'running' AND updated_at = ?", rows
-                )
+        if not rows:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                with self._transaction() as conn:
+                    # Only onto the very state the snapshot was taken in: never over a newer write.
+                    conn.executemany(
+                        "UPDATE records SET data = ? WHERE id = ? AND state = 'running' AND updated_at = ?",
+                        rows,
+                    )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
         """Every ``flush_interval``: write buffered new records and changed progress."""
         while not self._stop.wait(self.flush_interval):
             try:
+                self._insert_pending()
                 self._write_progress(running())
             except StoreError as exc:
                 log.error("%s", exc)
             except Exception:  # the flusher must outlive any one bad round
                 log.exception("journal %s: flushing failed", self.path)
 
+
+_BATCH = 500  # new records per transaction
 
 _UPSERT = (
     "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
