@@ -387,6 +387,10 @@ class SQLiteStore:
                 _integrity(conn, self.path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A checkpoint syncs the disk: let the flusher do it (see _flush_loop), off the
+            # commit path; a writer checkpoints only if the WAL grows past this many pages.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
             if version < SCHEMA_VERSION:
                 self._migrate(conn, version)
         except BaseException:
@@ -561,18 +565,29 @@ class SQLiteStore:
                 raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
-        """Every ``flush_interval``: write buffered new records and changed progress."""
-        while not self._stop.wait(self.flush_interval):
-            try:
-                self._insert_pending()
-                self._write_progress(running())
-            except StoreError as exc:
-                log.error("%s", exc)
-            except Exception:  # the flusher must outlive any one bad round
-                log.exception("journal %s: flushing failed", self.path)
+        """Every ``flush_interval``: write buffered new records and changed progress, checkpoint the WAL.
+
+        The checkpoint is PASSIVE, on a connection of its own: commits never
+        wait for it, and the WAL starts over at the first quiet moment.
+        """
+        checkpoints = _connect(self.path, read_only=False)
+        try:
+            while not self._stop.wait(self.flush_interval):
+                try:
+                    self._insert_pending()
+                    self._write_progress(running())
+                    checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (StoreError, sqlite3.Error) as exc:
+                    log.error("journal %s: %s", self.path, exc)
+                except Exception:  # the flusher must outlive any one bad round
+                    log.exception("journal %s: flushing failed", self.path)
+        finally:
+            checkpoints.close()
 
 
 _BATCH = 500  # new records per transaction
+_WAL_PAGES = 8192  # 32 MiB of 4 KiB pages: the writers' own checkpoint, a safety net
+_WAL_KEEP_BYTES = 4 << 20  # what a WAL file is cut back to when it starts over
 
 _UPSERT = (
     "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
