@@ -213,10 +213,10 @@ def get(
     Ctrl-C cancels the running downloads; queued ones stay in the journal
     for `headwater resume`.
     """
-    with _owned_engine(dest) as engine:
+    with _journaled_engine(dest) as engine:
         try:
             ids = [engine.submit(source, t) for t in targets]
-        except HeadwaterError as exc:
+        except (HeadwaterError, ValueError) as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
         except KeyboardInterrupt:
             raise Failure(
@@ -234,7 +234,7 @@ def get(
 @_json_option
 def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool) -> None:
     """Run the downloads the journal holds unfinished (queued, or running when a process died)."""
-    with _owned_engine(dest) as engine:
+    with _journaled_engine(dest) as engine:
         ids = engine.resume()
         if not ids:
             if as_json:
@@ -247,7 +247,7 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
 
 
 @contextmanager
-def _owned_engine(dest: Path | None) -> Iterator[Engine]:
+def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
     engine = _app().engine(dest)
     try:
         yield engine
@@ -362,7 +362,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     Exit status 1 if one had already ended. Downloads that a running
     `headwater get` owns are cancelled there, with Ctrl-C.
     """
-    with _owned_engine(None) as engine:
+    with _journaled_engine(None) as engine:
         mine = {r.id for r in engine.records()}
         journal = read_records(_app().journal)
         picked = _pick(journal, ids)
@@ -387,7 +387,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
 @_json_option
 def clean(as_json: bool) -> None:
     """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
-    with _owned_engine(None) as engine:
+    with _journaled_engine(None) as engine:
         removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
     if as_json:
         click.echo(json.dumps([record_json(r) for r in removed], indent=2))
