@@ -7,9 +7,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 from instrumented import InstrumentedSource
 
@@ -96,6 +98,7 @@ def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path
         src.wait_started(1)
         ctx = engine._shards["a"].contexts[rid]
         ctx.progress(5, 10)
+        stale = engine.get(rid)  # a snapshot of the running record, as the flusher takes them
         deadline = threading.Event()
         for _ in range(200):
             if read_records(journal)[0].transferred == 5:
@@ -105,11 +108,37 @@ def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path
         src.release("k")
         engine.wait([rid], timeout=10)
         ctx.progress(7, 10)  # too late: dropped
+        engine._store._write_progress([attrs.evolve(stale, transferred=6)])  # a flush racing the end
         deadline.wait(0.1)
         (final,) = read_records(journal)
         assert (final.state, final.transferred) == (State.COMPLETED, 10)
     finally:
         engine.close()
+
+
+def test_progress_is_written_a_few_times_a_second_however_often_it_is_reported(
+    tmp_path: Path, journal: Path
+) -> None:
+    src = InstrumentedSource("a")
+    store = SQLiteStore(journal, flush_interval=0.1)
+    updates: list[str] = []
+    store._conn.set_trace_callback(lambda sql: updates.append(sql) if sql.startswith("UPDATE") else None)
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
+    try:
+        rid = engine.submit("a", "block:k")
+        src.wait_started(1)
+        ctx = engine._shards["a"].contexts[rid]
+        start = time.monotonic()
+        reports = 0
+        while time.monotonic() - start < 1.0:
+            reports += 1
+            ctx.progress(reports, 10**9)
+        src.release("k")
+        engine.wait([rid], timeout=10)
+    finally:
+        engine.close()
+    assert reports > 10_000
+    assert 3 <= len(updates) <= 12, f"{len(updates)} progress writes for {reports} reports in 1 s"
 
 
 def test_a_damaged_file_is_named_and_left_alone(tmp_path: Path, journal: Path) -> None:
