@@ -19,8 +19,9 @@ What is durable when (for :class:`SQLiteStore`):
   once ``Engine.flush()`` returns. A record whose first state change comes
   before its insert is written whole by that change, and the late insert
   then changes nothing.
-- Progress (:meth:`RecordStore.progress`) is best effort: written at most
-  once per ``flush_interval`` per running record and never over a newer
+- Progress is best effort: the flusher thread writes the running records'
+  snapshots (from :meth:`RecordStore.attach`'s callback) at most once per
+  ``flush_interval``, only those that changed, and never over a newer
   state. After a crash the figure may be stale; the ``.part`` file on disk
   is what a source resumes from.
 
@@ -408,7 +409,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
         if version:
             log.info("migrated journal %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
@@ -437,7 +439,7 @@ class SQLiteStore:
             except sqlite3.DatabaseError as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"journal {self.path} is damaged: {exc}") from exc
+                raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
         self._session.forget(dead)
         return [_decode(self.path, row[0]) for row in rows]
 
