@@ -382,3 +382,18 @@ def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_sta
         again.close()
     left = {r.id: r.state for r in read_records(journal)}
     assert left[orphan] in (State.QUEUED, State.RUNNING)  # untouched, for when "gone" is back
+
+
+def test_a_late_insert_never_overwrites_a_state_and_never_revives_a_removed_record(journal: Path) -> None:
+    store = SQLiteStore(journal, flush_interval=3600)  # no flusher round during the test
+    now = time.time()
+    started, removed = (
+        Record(f"{i:032x}", "a", f"t{i}", None, "a", State.QUEUED, now, now) for i in range(2)
+    )
+    store.add(started)
+    store.add(removed)
+    store.commit((attrs.evolve(started, state=State.RUNNING),))  # before its insert was written
+    store.delete(removed.id)
+    store.flush()
+    store.close()
+    assert [(r.id, r.state) for r in read_records(journal)] == [(started.id, State.RUNNING)]
