@@ -131,9 +131,21 @@ def _names(path: Path, key: str, value: object) -> tuple[str, ...]:
 
 _POLICY_DEFAULTS = RatePolicy()
 
+#: The type of a policy field's default -> the TOML value types it accepts, and how to say so.
+#: A field whose default is None is checked by RatePolicy's own validators only.
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+
 
 def _policy(path: Path, key: str, table: Mapping[str, object]) -> Mapping[str, object]:
-    """The RatePolicy fields ``table`` sets, each checked against the type of the field's default."""
+    """The RatePolicy fields ``table`` sets, each checked against the type of the field's default.
+
+    TOML values are exact types: ``true`` is a bool, never a whole number.
+    """
     fields = {a.name for a in attrs.fields(RatePolicy)}
     for name, value in table.items():
         if name not in fields:
@@ -141,20 +153,9 @@ def _policy(path: Path, key: str, table: Mapping[str, object]) -> Mapping[str, o
                 f"config file {path}: unknown key {key + '.' + name!r}; "
                 f"a source's policy has {', '.join(sorted(fields))}"
             )
-        default = getattr(_POLICY_DEFAULTS, name)
-        if isinstance(default, bool) or default is None or isinstance(default, str):
-            ok = default is None or type(value) is type(default)
-        elif isinstance(default, int):
-            ok = type(value) is int
-        elif isinstance(default, float):
-            ok = type(value) in (int, float)
-        else:
-            ok = True
-        if not ok:
-            want = "a whole number" if isinstance(default, int) else f"a {type(default).__name__}"
-            if isinstance(default, float):
-                want = "a number"
-            raise ConfigError(f"config file {path}: {key + '.' + name!r} must be {want}, got {value!r}")
+        kind = _KINDS.get(type(getattr(_POLICY_DEFAULTS, name)))
+        if kind is not None and type(value) not in kind[0]:
+            raise ConfigError(f"config file {path}: {key + '.' + name!r} must be {kind[1]}, got {value!r}")
     try:
         attrs.evolve(_POLICY_DEFAULTS, **table)  # type: ignore[arg-type]  # the validators speak
     except InvalidPolicyError as exc:
