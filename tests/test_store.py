@@ -41,7 +41,7 @@ def test_records_survive_and_unfinished_ones_are_queued_again(tmp_path: Path, jo
     assert on_disk[queued].state is State.QUEUED
 
     src2 = InstrumentedSource("a")
-    again = Engine(tmp_path / "dest", plugins={"a": src2}, store=SQLiteStore(journal), resume=False)
+    again = Engine(tmp_path / "dest", plugins={"a": src2}, store=SQLiteStore(journal), hold=True)
     try:
         states = {r.id: r.state for r in again.records()}
         assert states == {
@@ -50,14 +50,14 @@ def test_records_survive_and_unfinished_ones_are_queued_again(tmp_path: Path, jo
             running: State.QUEUED,
             queued: State.QUEUED,
         }
-        assert src2.starts() == 0, "resume=False must not start anything"
+        assert src2.starts() == 0, "hold=True must not start anything"
         assert {r.id: r.state for r in read_records(journal)}[running] is State.QUEUED
-        assert again.resume() == [running, queued]
+        assert again.start_held() == [running, queued]
         src2.release("k")
         src2.release("q")
         recs = again.wait([running, queued], timeout=10)
         assert [(r.state, r.attempts) for r in recs] == [(State.COMPLETED, 2), (State.COMPLETED, 1)]
-        assert again.resume() == []
+        assert again.start_held() == []
         again.remove(done)
     finally:
         again.close()

@@ -80,7 +80,7 @@ class App:
                 dest or config.destination or Path.cwd(),
                 policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
                 store=store,
-                resume=False,
+                hold=True,
                 load=config.load,
                 block=config.block,
             )
@@ -235,7 +235,7 @@ def get(
 def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool) -> None:
     """Run the downloads the journal holds unfinished (queued, or running when a process died)."""
     with _journaled_engine(dest) as engine:
-        ids = engine.resume()
+        ids = engine.start_held()
         if not ids:
             if as_json:
                 click.echo("[]")

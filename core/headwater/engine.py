@@ -117,8 +117,8 @@ class Engine:
             are loaded now: downloads that were QUEUED or RUNNING when the
             last engine on it stopped are QUEUED again (a RUNNING one's next
             attempt counts one more), terminal ones stay as history.
-        resume: whether those requeued downloads start now; with False they
-            wait for :meth:`resume`.
+        hold: keep those requeued downloads from starting until
+            :meth:`start_held` (default: they start at once).
         load: discover only these installed sources (when the environment
             does not restrict loading itself); ignored with ``plugins``.
         block: never load these installed sources; ignored with ``plugins``.
@@ -137,7 +137,7 @@ class Engine:
         *,
         idle_timeout: float = 2.0,
         store: RecordStore | None = None,
-        resume: bool = True,
+        hold: bool = False,
         load: Collection[str] | None = None,
         block: Collection[str] = (),
     ) -> None:
@@ -156,8 +156,8 @@ class Engine:
             self._meta = threading.Lock()
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
-            self._held: dict[str, Job] = {}  # requeued at start, waiting for resume()
-            self._recover(self._store.load(), resume)
+            self._held: dict[str, Job] = {}  # requeued at start, waiting for start_held()
+            self._recover(self._store.load(), hold)
         except BaseException:
             self._store.close()
             raise
@@ -191,7 +191,7 @@ class Engine:
 
     # -- the journal ---------------------------------------------------------
 
-    def _recover(self, records: list[Record], resume: bool) -> None:
+    def _recover(self, records: list[Record], hold: bool) -> None:
         """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
         now = time.time()
         requeued: list[tuple[_Shard, Record]] = []
@@ -216,15 +216,15 @@ class Engine:
         for shard, record in requeued:
             name = shard.source.name
             job = Job(record.id, name, record.target, record.display_name, record.attempts + 1)
-            if resume:
+            if hold:
+                self._held[record.id] = job
+            else:
                 with shard.lock:
                     shard.worker.put(job)
-            else:
-                self._held[record.id] = job
         log.info("%d unfinished download(s) from the journal queued again", len(requeued))
 
-    def resume(self) -> list[str]:
-        """Start the downloads requeued from the store but held back (``resume=False``).
+    def start_held(self) -> list[str]:
+        """Start the downloads requeued from the store but held back (``hold=True``).
 
         Returns their ids, oldest first; those cancelled or removed meanwhile
         are skipped. Calling it again returns an empty list.
