@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import attrs
 import pytest
@@ -397,3 +399,31 @@ def test_a_late_insert_never_overwrites_a_state_and_never_revives_a_removed_reco
     store.flush()
     store.close()
     assert [(r.id, r.state) for r in read_records(journal)] == [(started.id, State.RUNNING)]
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.frozen
+class _Inner:
+    source: str
+    error: str | None = None
+
+
+@attrs.frozen
+class _Outer:
+    """The shapes a record field may take: nested attrs values in a tuple, enums, optionals, mappings."""
+
+    tried: tuple[_Inner, ...] = ()
+    colour: _Colour | None = None
+    extra: Mapping[str, object] = attrs.field(factory=lambda: MappingProxyType({}))
+
+
+def test_nested_record_values_survive_the_journal() -> None:
+    value = _Outer((_Inner("http", "HTTP 503"), _Inner("file")), _Colour.RED, MappingProxyType({"k": 1}))
+    text = json.dumps(store_module._plain(value))
+    assert store_module._build(_Outer, json.loads(text)) == value
+    assert store_module._build(_Outer, {"tried": [], "unknown": 1}) == _Outer()  # unknown fields ignored
+    with pytest.raises(TypeError, match="cannot journal a value of type object"):
+        store_module._plain(_Outer(colour=object()))  # type: ignore[arg-type]

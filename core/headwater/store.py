@@ -35,25 +35,29 @@ Readers (:func:`read_records`) work beside them at any time.
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
 import logging
 import os
 import sqlite3
 import sys
 import threading
+import types
+import typing
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import attrs
 import platformdirs
 
 from headwater.errors import StoreError
-from headwater.records import Record, State
+from headwater.records import Record
 
 log = logging.getLogger("headwater.store")
 
@@ -83,8 +87,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID""",
     ),
 }
-
-_FIELDS = {a.name: a for a in attrs.fields(Record)}
 
 
 def home() -> Path:
@@ -168,37 +170,75 @@ class MemoryStore:
 # -- encoding ------------------------------------------------------------------
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value: object) -> object:
+    """``value`` as JSON values: enums by value, attrs instances as dicts, tuples as lists.
+
+    Raises TypeError for anything else, naming its type.
+    """
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    raise TypeError(f"cannot journal a value of type {type(value).__name__}: {value!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(hint: Any, value: object) -> object:
+    """The value of type ``hint`` that :func:`_plain` turned into ``value``."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return _build(next(a for a in typing.get_args(hint) if a is not type(None)), value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(_build(typing.get_args(hint)[0], v) for v in value)
+    if origin in (Mapping, dict) and isinstance(value, dict):
+        return MappingProxyType(dict(value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if isinstance(hint, type) and attrs.has(hint) and isinstance(value, dict):
+        fields = _hints(hint)
+        return hint(**{k: _build(fields[k], v) for k, v in value.items() if k in fields})
+    return value
+
+
 def _data(record: Record) -> str:
-    data = attrs.asdict(record, recurse=False)
-    data["state"] = record.state.value
-    data["extra"] = dict(record.extra)
-    return json.dumps(data, separators=(",", ":"))
+    return json.dumps(_plain(record), separators=(",", ":"))
 
 
 def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
-    return (
-        record.id,
-        record.source,
-        record.state.value,
-        record.created_at,
-        record.updated_at,
-        _data(record),
-        owner,
-    )
+    """The journal row of ``record``; raises StoreError for a field that cannot be journaled."""
+    try:
+        data = _data(record)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"cannot journal record {record.id}: {exc}") from exc
+    return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
 
 
 def _decode(path: Path, text: str) -> Record:
     """A record from its journal row; fields this version does not know are ignored."""
     try:
-        data = json.loads(text)
-        known = {k: v for k, v in data.items() if k in _FIELDS}
-        known["state"] = State(known["state"])
-        known["extra"] = MappingProxyType(dict(known.get("extra") or {}))
-        return Record(**known)
+        record = _build(Record, json.loads(text))
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(
             f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}"
         ) from exc
+    if not isinstance(record, Record):
+        raise StoreError(f"journal {path} holds a record that cannot be read: {text[:200]!r}")
+    return record
 
 
 # -- opening -------------------------------------------------------------------
