@@ -422,8 +422,8 @@ class _Outer:
 
 def test_nested_record_values_survive_the_journal() -> None:
     value = _Outer((_Inner("http", "HTTP 503"), _Inner("file")), _Colour.RED, MappingProxyType({"k": 1}))
-    text = json.dumps(store_module._plain(value))
+    text = json.dumps(store_module.plain(value))
     assert store_module._build(_Outer, json.loads(text)) == value
     assert store_module._build(_Outer, {"tried": [], "unknown": 1}) == _Outer()  # unknown fields ignored
     with pytest.raises(TypeError, match="cannot journal a value of type object"):
-        store_module._plain(_Outer(colour=object()))  # type: ignore[arg-type]
+        store_module.plain(_Outer(colour=object()))  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ from headwater.engine import Engine
 from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
 from headwater.records import Record, State
 from headwater.sources import PolicyOverride, SourceInfo
-from headwater.store import SQLiteStore, default_journal, read_records
+from headwater.store import SQLiteStore, default_journal, plain, read_records
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -91,14 +91,6 @@ class App:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         except (HeadwaterError, TypeError) as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
-
-
-def record_json(record: Record) -> dict[str, object]:
-    """A record as plain JSON values."""
-    data = attrs.asdict(record, recurse=False)
-    data["state"] = record.state.value
-    data["extra"] = dict(record.extra)
-    return data
 
 
 def _info_json(info: SourceInfo) -> dict[str, object]:
@@ -301,7 +293,7 @@ def _result_line(record: Record) -> None:
 
 def _finish(records: Sequence[Record], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([record_json(r) for r in records], indent=2))
+        click.echo(json.dumps([plain(r) for r in records], indent=2))
     failed = sum(1 for r in records if r.state is not State.COMPLETED)
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
@@ -342,7 +334,7 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
     if states:
         records = [r for r in records if r.state.value in states]
     if as_json:
-        click.echo(json.dumps([record_json(r) for r in records], indent=2))
+        click.echo(json.dumps([plain(r) for r in records], indent=2))
         return
     if not records:
         click.echo("no downloads in the journal", err=True)
@@ -376,7 +368,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
         results = [(r.id, engine.cancel(r.id)) for r in picked]
         final = [engine.get(i) for i, _ in results]
     if as_json:
-        click.echo(json.dumps([record_json(r) for r in final], indent=2))
+        click.echo(json.dumps([plain(r) for r in final], indent=2))
     else:
         for (download_id, cancelled), record in zip(results, final, strict=True):
             click.echo(f"{download_id}: " + ("cancelled" if cancelled else f"already {record.state.value}"))
@@ -390,7 +382,7 @@ def clean(as_json: bool) -> None:
     with _journaled_engine(None) as engine:
         removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
     if as_json:
-        click.echo(json.dumps([record_json(r) for r in removed], indent=2))
+        click.echo(json.dumps([plain(r) for r in removed], indent=2))
     else:
         click.echo(f"removed {len(removed)} ended download(s) from the journal")
 

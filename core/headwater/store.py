@@ -173,8 +173,10 @@ class MemoryStore:
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
     """``value`` as JSON values: enums by value, attrs instances as dicts, tuples as lists.
+
+    What the journal stores and ``--json`` prints for a record.
 
     Raises TypeError for anything else, naming its type.
     """
@@ -183,11 +185,11 @@ def _plain(value: object) -> object:
     if isinstance(value, enum.Enum):
         return value.value
     if attrs.has(type(value)):
-        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}  # type: ignore[arg-type]
+        return {k: plain(v) for k, v in attrs.asdict(value, recurse=False).items()}  # type: ignore[arg-type]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     raise TypeError(f"cannot journal a value of type {type(value).__name__}: {value!r}")
 
 
@@ -197,7 +199,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _build(hint: Any, value: object) -> object:
-    """The value of type ``hint`` that :func:`_plain` turned into ``value``."""
+    """The value of type ``hint`` that :func:`plain` turned into ``value``."""
     if value is None:
         return None
     origin = typing.get_origin(hint)
@@ -216,7 +218,7 @@ def _build(hint: Any, value: object) -> object:
 
 
 def _data(record: Record) -> str:
-    return json.dumps(_plain(record), separators=(",", ":"))
+    return json.dumps(plain(record), separators=(",", ":"))
 
 
 def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
