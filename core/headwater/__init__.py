@@ -7,6 +7,7 @@ from headwater.chains import Chain
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (
+    ConfigError,
     DownloadCancelled,
     EngineClosedError,
     FieldConflictError,
@@ -19,6 +20,7 @@ from headwater.errors import (
     PluginError,
     RetryAfter,
     SourceSkippedWarning,
+    StoreError,
     TargetRejectedError,
     TransferError,
     TransientError,
@@ -31,12 +33,14 @@ from headwater.files import PartFile, destination, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State, Tried
-from headwater.sources import SourceInfo
+from headwater.sources import PolicyOverride, SourceInfo
+from headwater.store import MemoryStore, RecordStore, SQLiteStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Chain",
+    "ConfigError",
     "DownloadCancelled",
     "DownloadContext",
     "Engine",
@@ -49,11 +53,15 @@ __all__ = [
     "Job",
     "MissingDependencyError",
     "PartFile",
+    "MemoryStore",
     "PluginConflictError",
+    "PolicyOverride",
     "PluginError",
     "RatePolicy",
     "Record",
+    "RecordStore",
     "RetryAfter",
+    "SQLiteStore",
     "SourceInfo",
     "SourceSkippedWarning",
     "State",
@@ -61,6 +69,7 @@ __all__ = [
     "TargetRejectedError",
     "TransientError",
     "Tried",
+    "StoreError",
     "UnknownDownloadError",
     "UnknownSourceError",
     "UnsafePathError",

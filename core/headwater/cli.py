@@ -1,27 +1,97 @@
 """The ``headwater`` command.
 
-Exit status: 0 when everything asked for succeeded; 1 when a download failed
-or was cancelled; 2 for bad usage (an unknown source, a bad option); 130
-when interrupted.
+Results go to stdout, errors and progress bars to stderr. Exit status:
+
+- 0: everything asked for succeeded;
+- 1: a download failed, was cancelled or timed out (or ``cancel`` found one
+  already ended);
+- 2: bad usage or configuration (an unknown source or id, a bad option, a
+  bad ``headwater.toml``);
+- 3: the journal cannot be used (it is damaged, another program's, or from a
+  newer headwater), or ``cancel`` named a download another running headwater
+  process owns;
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
 import click
+from rich.console import Console
 
 from headwater import __version__
+from headwater.config import Config, load_config
+from headwater.discovery import discover
+from headwater.display import follow
 from headwater.engine import Engine
-from headwater.errors import HeadwaterError
+from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
 from headwater.plugin_new import plugin
-from headwater.records import State
-from headwater.sources import SourceInfo
+from headwater.records import Record, State
+from headwater.sources import PolicyOverride, SourceInfo
+from headwater.store import SQLiteStore, default_journal, plain, read_records
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+#: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C.
+INTERRUPT_GRACE = 1.5
+
+
+class Failure(click.ClickException):
+    """An error to print on stderr (``Error: ...``) and exit with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc, unused-ignore]  # click reads it per instance
+
+
+@attrs.define
+class App:
+    """What every subcommand shares: the configuration (read on first use) and the journal."""
+
+    config_path: Path | None
+    journal: Path
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise Failure(str(exc), EXIT_USAGE) from exc
+        return self._config
+
+    def engine(self, dest: Path | None, *, journaled: bool = True) -> Engine:
+        """An engine over the configured sources; ``journaled``: with a journal session (nothing resumed)."""
+        config = self.config
+        try:
+            store = SQLiteStore(self.journal) if journaled else None
+        except StoreError as exc:
+            raise Failure(str(exc), EXIT_JOURNAL) from exc
+        try:
+            return Engine(
+                dest or config.destination or Path.cwd(),
+                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+                store=store,
+                hold=True,
+                load=config.load,
+                block=config.block,
+            )
+        except UnknownSourceError as exc:
+            where = f" (config file {config.path})" if config.path else ""
+            raise Failure(f"{exc}{where}", EXIT_USAGE) from exc
+        except StoreError as exc:
+            raise Failure(str(exc), EXIT_JOURNAL) from exc
+        except (HeadwaterError, TypeError) as exc:
+            raise Failure(str(exc), EXIT_USAGE) from exc
 
 
 def _info_json(info: SourceInfo) -> dict[str, object]:
@@ -36,20 +106,71 @@ def _info_json(info: SourceInfo) -> dict[str, object]:
     }
 
 
-@click.group()
-@click.version_option(__version__, prog_name="headwater")
-def main() -> None:
+def _print_version(verbose: int) -> None:
+    click.echo(f"headwater {__version__}")
+    if not verbose:
+        return
+    found = discover()
+    click.echo("installed source plugins:" if found else "installed source plugins: none")
+    for cand in found:
+        dist = f"{cand.distribution}-{cand.version}" if cand.distribution else "(no distribution)"
+        line = f"  {cand.name}: {dist}"
+        click.echo(line + (f"  [broken: {cand.error}]" if cand.error else ""))
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, help="Print the version and exit; with -v also the source plugins.")
+@click.option(
+    "-v", "--verbose", count=True, help="Log more to stderr (-vv: debug); with --version, list plugins."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read this headwater.toml instead of the one in the user config folder.",
+)
+@click.pass_context
+def main(ctx: click.Context, version: bool, verbose: int, config_path: Path | None) -> None:
     """headwater: download from any source through one engine."""
+    if version:
+        _print_version(verbose)
+        ctx.exit(EXIT_OK)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_OK)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), format="headwater: %(levelname)s: %(message)s"
+    )
+    ctx.obj = App(config_path, default_journal())
+
+
+def _app() -> App:
+    app = click.get_current_context().find_object(App)
+    return app if app is not None else App(None, default_journal())
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+_dest_option = click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder the files land in (default: the config's destination, else the current folder).",
+)
+_quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars: one plain line per download."
+)
+_timeout_option = click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 
 
 main.add_command(plugin)
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_json_option
 def sources(as_json: bool) -> None:
     """List installed sources, their aliases and policies, and broken ones with their error."""
-    engine = Engine(dest_dir=Path.cwd())
+    engine = _app().engine(Path.cwd(), journaled=False)
     try:
         infos = engine.sources(include_broken=True)
     finally:
@@ -72,34 +193,211 @@ def sources(as_json: bool) -> None:
 @click.argument("source")
 @click.argument("targets", nargs=-1, required=True)
 @click.option(
-    "--dest",
-    "dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder the files land in.",
+    "--via",
+    default="",
+    metavar="A,B,...",
+    help="Fallback sources, tried in order when SOURCE fails or cannot take a target.",
 )
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-def get(source: str, targets: tuple[str, ...], dest: Path, timeout: float | None) -> None:
-    """Download TARGETS from SOURCE (a name or alias), wait, and print where each file went."""
-    with Engine(dest_dir=dest) as engine:
+@_dest_option
+@_timeout_option
+@_quiet_option
+@_json_option
+def get(
+    source: str,
+    targets: tuple[str, ...],
+    via: str,
+    dest: Path | None,
+    timeout: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Download TARGETS from SOURCE (a name or alias), wait, and print where each file went.
+
+    Ctrl-C cancels the running downloads; queued ones stay in the journal
+    for `headwater resume`.
+    """
+    chain = [source, *(name.strip() for name in via.split(",") if name.strip())]
+    with _journaled_engine(dest) as engine:
         try:
-            ids = [engine.submit(source, t) for t in targets]
-        except HeadwaterError as exc:
-            raise click.UsageError(str(exc)) from exc
-        try:
-            records = engine.wait(ids, timeout=timeout)
-        except TimeoutError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            ids = [engine.submit(chain if len(chain) > 1 else source, t) for t in targets]
+        except (HeadwaterError, ValueError) as exc:
+            raise Failure(str(exc), EXIT_USAGE) from exc
         except KeyboardInterrupt:
-            click.echo("interrupted; cancelling", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-    failed = 0
-    for record in records:
-        if record.state is State.COMPLETED:
-            click.echo(f"{record.target} -> {record.file_path}")
+            raise Failure(
+                "interrupted while queueing; what was queued stays in the journal", EXIT_INTERRUPTED
+            ) from None
+        engine.flush()
+        records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
+    _finish(records, as_json)
+
+
+@main.command()
+@_dest_option
+@_timeout_option
+@_quiet_option
+@_json_option
+def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool) -> None:
+    """Run the downloads the journal holds unfinished (queued, or running when a process died)."""
+    with _journaled_engine(dest) as engine:
+        ids = engine.start_held()
+        if not ids:
+            if as_json:
+                click.echo("[]")
+            else:
+                click.echo("nothing to resume", err=True)
+            return
+        records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
+    _finish(records, as_json)
+
+
+@contextmanager
+def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
+    engine = _app().engine(dest)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _watch(
+    engine: Engine, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
+) -> list[Record]:
+    """Follow ``ids`` to their end; on Ctrl-C or timeout, stop cleanly and exit."""
+    err = Console(stderr=True)
+    console = err if err.is_terminal and not quiet and not as_json else None
+
+    def report(record: Record) -> None:
+        if as_json:
+            return
+        if console is not None:
+            mark = "[green]done[/]" if record.state is State.COMPLETED else f"[red]{record.state.value}[/]"
+            console.print(f"{mark} {record.name}", highlight=False)
         else:
-            failed += 1
-            click.echo(f"{record.target}: {record.state.value}: {record.error or ''}".rstrip(": "), err=True)
+            _result_line(record)
+
+    try:
+        records = follow(engine, ids, report, console=console, timeout=timeout)
+    except (KeyboardInterrupt, TimeoutError) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
+        running = sum(1 for i in ids if engine.get(i).state is State.RUNNING)
+        engine.close(timeout=INTERRUPT_GRACE)
+        queued = sum(1 for i in ids if engine.get(i).state is State.QUEUED)
+        why = "interrupted" if interrupted else str(exc)
+        message = f"{why}: cancelled {running} running download(s)"
+        if queued:
+            message += f"; {queued} queued stay in the journal: run `headwater resume`"
+        raise Failure(message, EXIT_INTERRUPTED if interrupted else EXIT_FAILED) from None
+    if console is not None:
+        for record in records:
+            _result_line(record)
+    return records
+
+
+def _result_line(record: Record) -> None:
+    if record.state is State.COMPLETED:
+        click.echo(f"{record.name} -> {record.file_path}")
+    else:
+        click.echo(
+            f"{record.name}: {record.state.value}" + (f": {record.error}" if record.error else ""), err=True
+        )
+
+
+def _finish(records: Sequence[Record], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in records], indent=2))
+    failed = sum(1 for r in records if r.state is not State.COMPLETED)
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _pick(records: Sequence[Record], wanted: Sequence[str]) -> list[Record]:
+    """The records ``wanted`` names, by id or unique id prefix; Failure for an unknown or ambiguous one."""
+    picked: list[Record] = []
+    for key in wanted:
+        matches = [r for r in records if r.id == key] or [r for r in records if r.id.startswith(key)]
+        if len(matches) != 1:
+            problem = "no download" if not matches else f"{len(matches)} downloads"
+            raise Failure(f"{problem} with an id starting {key!r} in the journal", EXIT_USAGE)
+        picked.append(matches[0])
+    return picked
+
+
+@main.command()
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in State]),
+    help="Only downloads in this state (repeatable).",
+)
+@_json_option
+def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None:
+    """Show downloads in the journal (all, or those IDS name; an id prefix will do).
+
+    Works while another headwater process is running downloads.
+    """
+    try:
+        records = read_records(_app().journal)
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    if ids:
+        records = _pick(records, ids)
+    if states:
+        records = [r for r in records if r.state.value in states]
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no downloads in the journal", err=True)
+    for r in records:
+        where = r.file_path or r.error or ""
+        click.echo(
+            f"{r.id[:12]}  {r.state.value:<9} {r.progress:5.1f}%  {r.source:<10} {r.name}  {where}".rstrip()
+        )
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@_json_option
+def cancel(ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel queued downloads in the journal (IDS: ids or unique id prefixes).
+
+    Exit status 1 if one had already ended. Downloads that a running
+    `headwater get` owns are cancelled there, with Ctrl-C.
+    """
+    with _journaled_engine(None) as engine:
+        mine = {r.id for r in engine.records()}
+        journal = read_records(_app().journal)
+        picked = _pick(journal, ids)
+        elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
+        if elsewhere:
+            raise Failure(
+                f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
+                "cancel them there (Ctrl-C)",
+                EXIT_JOURNAL,
+            )
+        results = [(r.id, engine.cancel(r.id)) for r in picked]
+        final = [engine.get(i) for i, _ in results]
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in final], indent=2))
+    else:
+        for (download_id, cancelled), record in zip(results, final, strict=True):
+            click.echo(f"{download_id}: " + ("cancelled" if cancelled else f"already {record.state.value}"))
+    sys.exit(EXIT_OK if all(c for _, c in results) else EXIT_FAILED)
+
+
+@main.command()
+@_json_option
+def clean(as_json: bool) -> None:
+    """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
+    with _journaled_engine(None) as engine:
+        removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in removed], indent=2))
+    else:
+        click.echo(f"removed {len(removed)} ended download(s) from the journal")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ Environment:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import attrs
 import importlib_metadata
@@ -53,13 +53,25 @@ def wanted_names(environ: Mapping[str, str]) -> frozenset[str] | None:
     return None
 
 
-def discover(environ: Mapping[str, str] | None = None) -> list[Candidate]:
+def discover(
+    environ: Mapping[str, str] | None = None,
+    *,
+    only: Collection[str] | None = None,
+    block: Collection[str] = (),
+) -> list[Candidate]:
     """Load every installed ``headwater.sources`` entry point the environment allows.
 
+    ``only`` (a configuration's list) restricts loading like
+    ``HEADWATER_LOAD_PLUGINS`` when the environment sets neither variable;
+    names in ``block`` are never loaded, whatever else asks for them.
     Entry points are taken in order of (name, distribution) so that which of
     two clashing sources wins does not depend on the order of ``sys.path``.
     """
     wanted = wanted_names(os.environ if environ is None else environ)
+    if wanted is None and only is not None:
+        wanted = frozenset(only)
+    if wanted is not None and block:
+        wanted = wanted - frozenset(block)
     if wanted is not None and not wanted:
         return []
     points = sorted(
@@ -68,7 +80,7 @@ def discover(environ: Mapping[str, str] | None = None) -> list[Candidate]:
     )
     found: list[Candidate] = []
     for ep in points:
-        if wanted is not None and ep.name not in wanted:
+        if (wanted is not None and ep.name not in wanted) or ep.name in block:
             continue
         dist = ep.dist.name if ep.dist else None
         version = ep.dist.version if ep.dist else None

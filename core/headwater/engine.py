@@ -9,6 +9,9 @@ A download of a fallback chain moves from shard to shard: the move holds
 both sources' locks (taken in name order) and updates ``Engine._home``, the
 id -> shard map kept for chain downloads only, so a reader or a cancel that
 finds the record gone from a shard looks again where it went.
+
+Every change is committed to the engine's :class:`~headwater.store.RecordStore`
+before anyone can see it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
@@ -32,8 +35,10 @@ from headwater.discovery import Candidate, discover, one_line
 from headwater.errors import (
     EngineClosedError,
     FieldConflictError,
+    HeadwaterError,
     PluginError,
     RetryAfter,
+    StoreError,
     TargetRejectedError,
     UnknownDownloadError,
     is_transient,
@@ -41,7 +46,8 @@ from headwater.errors import (
 from headwater.files import discard_landed, landed_file
 from headwater.policy import RatePolicy
 from headwater.records import CORE_FIELDS, Job, Record, State, Tried, may_transition
-from headwater.sources import Source, SourceInfo, SourceRegistry
+from headwater.sources import PolicyOverride, Source, SourceInfo, SourceRegistry
+from headwater.store import MemoryStore, RecordStore
 from headwater.watchdog import Watchdog
 from headwater.worker import SourceWorker
 
@@ -55,6 +61,7 @@ class _Shard:
 
     def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
         self.source = source
+        self.store = engine._store
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}
         self.contexts: dict[str, DownloadContext] = {}
@@ -67,12 +74,20 @@ class _Shard:
         """Write ``record`` in ``state`` if the transition is legal; the lock must be held.
 
         ``record`` must be the current record. Returns the new record, or None
-        (and writes nothing) when the transition is illegal.
+        (and writes nothing) when the transition is illegal. The new record is
+        committed to the store before it replaces the old one. If the store
+        cannot write it, the error is logged and the engine goes on in memory:
+        a download never hangs on a full disk, and what the journal missed is
+        redone after a restart.
         """
         if not may_transition(record.state, state):
             log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
             return None
         new = attrs.evolve(record, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        try:
+            self.store.commit((new,))
+        except StoreError as exc:
+            log.error("%s; %s -> %s of %s kept in memory only", exc, record.state.name, state.name, record.id)
         self.records[record.id] = new
         return new
 
@@ -135,40 +150,67 @@ class Engine:
         plugins: a mapping of source name to plugin object. When given, only
             these are used and installed sources are not discovered.
         policies: source name or alias -> :class:`RatePolicy`, overriding the
-            policy each plugin declares.
+            policy each plugin declares, or a :class:`PolicyOverride` changing
+            some of its fields (``PolicyOverride({"delay": 5})``).
         idle_timeout: seconds a worker thread with nothing to do waits before
             it ends.
         clock: the clock delays, quotas, backoffs, pauses and timeouts are
             measured on (default: the real monotonic clock); tests pass a
             :class:`~headwater.clock.ManualClock`.
+        store: where records are journaled; None keeps them in memory only
+            (:class:`~headwater.store.MemoryStore`). Records the store holds
+            are loaded now: downloads that were QUEUED or RUNNING when the
+            last engine on it stopped are QUEUED again (a RUNNING one's next
+            attempt counts one more), terminal ones stay as history.
+        hold: keep those requeued downloads from starting until
+            :meth:`start_held` (default: they start at once).
+        load: discover only these installed sources (when the environment
+            does not restrict loading itself); ignored with ``plugins``.
+        block: never load these installed sources; ignored with ``plugins``.
 
     Raises :class:`~headwater.errors.UnknownSourceError` for a policy naming a
-    source that does not exist. Use as a context manager, or call
-    :meth:`close`.
+    source that does not exist, and StoreError (the store is closed again)
+    when the store cannot be read. The engine owns ``store`` and closes it in
+    :meth:`close`. Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
         self,
         dest_dir: str | os.PathLike[str],
         plugins: Mapping[str, object] | None = None,
-        policies: Mapping[str, RatePolicy] | None = None,
+        policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
         *,
         idle_timeout: float = 2.0,
         clock: Clock | None = None,
+        store: RecordStore | None = None,
+        hold: bool = False,
+        load: Collection[str] | None = None,
+        block: Collection[str] = (),
     ) -> None:
-        self.dest_dir = Path(dest_dir).expanduser()
-        self.dest_dir.mkdir(parents=True, exist_ok=True)
-        self.dest_dir = self.dest_dir.resolve()
-        candidates = discover() if plugins is None else [Candidate(n, p) for n, p in plugins.items()]
-        self._registry = SourceRegistry(candidates, policies)
-        self._idle_timeout = idle_timeout
-        self._clock: Clock = SystemClock() if clock is None else clock
-        self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
-        self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
-        self._shards: dict[str, _Shard] = {}
-        self._meta = threading.Lock()
-        self._closed = False
-        self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
+        self._store: RecordStore = MemoryStore() if store is None else store
+        try:
+            self.dest_dir = Path(dest_dir).expanduser()
+            self.dest_dir.mkdir(parents=True, exist_ok=True)
+            self.dest_dir = self.dest_dir.resolve()
+            if plugins is None:
+                candidates = discover(only=load, block=block)
+            else:
+                candidates = [Candidate(n, p) for n, p in plugins.items()]
+            self._registry = SourceRegistry(candidates, policies)
+            self._idle_timeout = idle_timeout
+            self._clock: Clock = SystemClock() if clock is None else clock
+            self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
+            self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
+            self._shards: dict[str, _Shard] = {}
+            self._meta = threading.Lock()
+            self._closed = False
+            self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
+            self._held: dict[str, Job] = {}  # requeued at start, waiting for start_held()
+            self._recover(self._store.load(), hold)
+        except BaseException:
+            self._store.close()
+            raise
+        self._store.attach(self._running_snapshots)
 
     # -- sources ---------------------------------------------------------
 
@@ -198,6 +240,73 @@ class Engine:
             if download_id in shard.records:
                 return shard
         raise UnknownDownloadError(download_id)
+
+    # -- the journal ---------------------------------------------------------
+
+    def _recover(self, records: list[Record], hold: bool) -> None:
+        """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
+        now = time.time()
+        requeued: list[tuple[_Shard, Record]] = []
+        orphans: dict[str, int] = {}
+        for record in records:
+            try:
+                shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
+            except HeadwaterError:
+                orphans[record.source] = orphans.get(record.source, 0) + 1
+                continue
+            if not record.state.terminal:
+                record = attrs.evolve(
+                    record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None
+                )
+                requeued.append((shard, record))
+            shard.records[record.id] = record
+        for source, count in orphans.items():
+            log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
+        if not requeued:
+            return
+        self._store.commit([record for _, record in requeued])
+        for shard, record in requeued:
+            name = shard.source.name
+            mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
+            job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
+            if hold:
+                self._held[record.id] = job
+            else:
+                with shard.lock:
+                    shard.worker.put(job)
+        log.info("%d unfinished download(s) from the journal queued again", len(requeued))
+
+    def start_held(self) -> list[str]:
+        """Start the downloads requeued from the store but held back (``hold=True``).
+
+        Returns their ids, oldest first; those cancelled or removed meanwhile
+        are skipped. Calling it again returns an empty list.
+        """
+        started: list[str] = []
+        while self._held:
+            download_id, job = next(iter(self._held.items()))
+            del self._held[download_id]
+            shard = self._shards[job.source]
+            with shard.lock:
+                record = shard.records.get(download_id)
+                if record is not None and record.state is State.QUEUED:
+                    shard.worker.put(job)
+                    started.append(download_id)
+        return started
+
+    def flush(self) -> None:
+        """Make every download submitted so far durable in the store (see :mod:`headwater.store`)."""
+        self._store.flush()
+
+    def _running_snapshots(self) -> list[Record]:
+        """Snapshots of the running records, for the store's progress writes (any thread)."""
+        found: list[Record] = []
+        for shard in list(self._shards.values()):
+            for download_id in list(shard.contexts):
+                record = shard.records.get(download_id)
+                if record is not None:
+                    found.append(shard.snapshot(record))
+        return found
 
     # -- submitting --------------------------------------------------------
 
@@ -240,6 +349,7 @@ class Engine:
             record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
             self._home[job.id] = shard
         with shard.lock:
+            self._store.add(record)
             shard.records[job.id] = record
             shard.worker.put(job)
         return job.id
@@ -546,6 +656,7 @@ class Engine:
                 record = shard.records.get(download_id)
                 if record is not None:
                     self._cancel_locked(shard, record)
+                    self._store.delete(download_id)
                     final = shard.records.pop(download_id)
                     self._home.pop(download_id, None)
                     break
@@ -700,6 +811,7 @@ class Engine:
                 record.target,
                 record.source,
             )
+        self._store.close()
         return stuck
 
     def __enter__(self) -> Engine:

@@ -152,3 +152,14 @@ def is_transient(exc: BaseException) -> bool:
     ``OSError`` s, and :class:`DownloadCancelled`: those fail the download at once.
     """
     return isinstance(exc, TRANSIENT_TYPES)
+
+
+class StoreError(HeadwaterError):
+    """The journal cannot be used: damaged, another program's file, a newer schema, a failed write.
+
+    The message names the file. headwater never wipes or rewrites such a file.
+    """
+
+
+class ConfigError(HeadwaterError, ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""

@@ -28,6 +28,25 @@ from headwater.policy import RatePolicy
 
 log = logging.getLogger("headwater")
 
+
+@attrs.frozen
+class PolicyOverride:
+    """Some fields of a source's :class:`RatePolicy` to change, keeping the rest as the plugin declares.
+
+    ``PolicyOverride({"delay": 5})``. :meth:`apply` raises TypeError for a
+    field RatePolicy does not have and InvalidPolicyError for a bad value.
+    """
+
+    changes: Mapping[str, object]
+
+    def apply(self, policy: RatePolicy) -> RatePolicy:
+        """``policy`` with the changes made (validated as a new RatePolicy)."""
+        unknown = sorted(set(self.changes) - {a.name for a in attrs.fields(RatePolicy)})
+        if unknown:
+            raise TypeError(f"RatePolicy has no field(s) {', '.join(unknown)}")
+        return attrs.evolve(policy, **self.changes)  # type: ignore[arg-type]  # attrs validates
+
+
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -115,7 +134,7 @@ class SourceRegistry:
     def __init__(
         self,
         candidates: Iterable[Candidate],
-        policies: Mapping[str, RatePolicy] | None = None,
+        policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
     ) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
@@ -241,11 +260,20 @@ class SourceRegistry:
         for name in (cand.name, *aliases):
             self._names[name] = cand.name
 
-    def _apply_overrides(self, policies: Mapping[str, RatePolicy]) -> None:
+    def _apply_overrides(self, policies: Mapping[str, RatePolicy | PolicyOverride]) -> None:
+        """Replace a source's policy, or change some of its fields."""
         broken = {b.name for b in self._broken}
         for key, policy in policies.items():
-            if not isinstance(policy, RatePolicy):
-                raise TypeError(f"policies[{key!r}] must be a RatePolicy, got {type(policy).__name__}")
+            if not isinstance(policy, RatePolicy | PolicyOverride):
+                raise TypeError(
+                    f"policies[{key!r}] must be a RatePolicy or a PolicyOverride, got {type(policy).__name__}"
+                )
             if key in broken and key not in self._names:
                 continue  # the source is reported broken; its policy has nothing to act on
-            self.resolve(key).policy = policy
+            source = self.resolve(key)
+            if isinstance(policy, PolicyOverride):
+                try:
+                    policy = policy.apply(source.policy)
+                except TypeError as exc:
+                    raise TypeError(f"policies[{key!r}]: {exc}") from exc
+            source.policy = policy

@@ -1,0 +1,645 @@
+"""Where the engine keeps its records: in memory, or in a SQLite journal.
+
+The engine's shards hold the records it reads from; a :class:`RecordStore`
+is the journal it writes every change to, and reads once when it starts.
+
+What is durable when (for :class:`SQLiteStore`):
+
+- A state change (QUEUED -> RUNNING, a terminal write, a record requeued
+  after a restart) and a removal are committed by :meth:`RecordStore.commit`
+  and :meth:`RecordStore.delete`, which the engine calls under the source's
+  lock before the change is visible to any reader. "Committed" means it
+  survives the process being killed; SQLite runs with ``synchronous=NORMAL``
+  in WAL mode, so a power loss may roll back the last few commits, never
+  corrupt the file.
+- A new record (:meth:`RecordStore.add`) is buffered, so that ``submit``
+  stays cheap; the flusher thread commits it within ``flush_interval``
+  seconds (in transactions of a few hundred), and :meth:`RecordStore.flush`
+  and ``close`` commit every buffered one. A submit is therefore durable
+  once ``Engine.flush()`` returns. A record whose first state change comes
+  before its insert is written whole by that change, and the late insert
+  then changes nothing.
+- Progress is best effort: the flusher thread writes the running records'
+  snapshots (from :meth:`RecordStore.attach`'s callback) at most once per
+  ``flush_interval``, only those that changed, and never over a newer
+  state. After a crash the figure may be stale; the ``.part`` file on disk
+  is what a source resumes from.
+
+Several engines, in one process or many, may share a journal: SQLite's
+locking serializes their transactions, and each engine only runs and writes
+its own records. An engine's session holds a lock file the operating system
+releases when the process dies; the next engine to open the journal takes
+over the unfinished records of dead sessions (see :meth:`SQLiteStore.load`).
+Readers (:func:`read_records`) work beside them at any time.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import types
+import typing
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO, Any, Protocol
+
+import attrs
+import platformdirs
+
+from headwater.errors import StoreError
+from headwater.records import Record
+
+log = logging.getLogger("headwater.store")
+
+HOME_ENV = "HEADWATER_HOME"
+JOURNAL_NAME = "journal.sqlite3"
+
+#: ``PRAGMA application_id`` of a headwater journal ("HDWR"): a file with
+#: tables and another id belongs to something else and is never touched.
+APPLICATION_ID = 0x48445752
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+#: Statements that bring a journal from version ``n - 1`` to ``n``; version 1
+#: creates the schema. A later schema adds ``MIGRATIONS[2]`` and so on; they
+#: run in order, in one transaction, when an older journal is opened.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE records (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            data TEXT NOT NULL,
+            owner TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+}
+
+
+def home() -> Path:
+    """The folder for headwater's journal and config: ``$HEADWATER_HOME``, else the user data folder."""
+    given = os.environ.get(HOME_ENV, "").strip()
+    if given:
+        return Path(given).expanduser()
+    return platformdirs.user_data_path("headwater", appauthor=False)
+
+
+def default_journal() -> Path:
+    """The journal file the command line uses: ``journal.sqlite3`` in :func:`home`."""
+    return home() / JOURNAL_NAME
+
+
+class RecordStore(Protocol):
+    """The journal an engine writes its records to.
+
+    The engine calls ``add``, ``commit`` and ``delete`` with the record's
+    source lock held, from whichever thread made the change; implementations
+    must be thread-safe and must not call back into the engine.
+    """
+
+    def load(self) -> list[Record]:
+        """Every record the journal holds, oldest first (called once, before any write)."""
+        ...
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        """Start periodic work; ``running`` returns snapshots of the running records."""
+        ...
+
+    def add(self, record: Record) -> None:
+        """Journal a new record; must be cheap. Durable once :meth:`flush` returns."""
+        ...
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Write state changes (whole records, added or not); durable when this returns.
+
+        Raises :class:`~headwater.errors.StoreError` if the write fails.
+        """
+        ...
+
+    def delete(self, download_id: str) -> None:
+        """Forget a record; durable when this returns."""
+        ...
+
+    def flush(self) -> None:
+        """Make every record added so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Flush, stop periodic work and release the journal. Later calls do nothing."""
+        ...
+
+
+class MemoryStore:
+    """No journal: records live only in the engine. Every method is (nearly) free."""
+
+    def load(self) -> list[Record]:
+        return []
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        pass
+
+    def add(self, record: Record) -> None:
+        pass
+
+    def commit(self, records: Sequence[Record]) -> None:
+        pass
+
+    def delete(self, download_id: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def plain(value: object) -> object:
+    """``value`` as JSON values: enums by value, attrs instances as dicts, tuples as lists.
+
+    What the journal stores and ``--json`` prints for a record.
+
+    Raises TypeError for anything else, naming its type.
+    """
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {k: plain(v) for k, v in attrs.asdict(value, recurse=False).items()}  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    raise TypeError(f"cannot journal a value of type {type(value).__name__}: {value!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(hint: Any, value: object) -> object:
+    """The value of type ``hint`` that :func:`plain` turned into ``value``."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return _build(next(a for a in typing.get_args(hint) if a is not type(None)), value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(_build(typing.get_args(hint)[0], v) for v in value)
+    if origin in (Mapping, dict) and isinstance(value, dict):
+        return MappingProxyType(dict(value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    if isinstance(hint, type) and attrs.has(hint) and isinstance(value, dict):
+        fields = _hints(hint)
+        return hint(**{k: _build(fields[k], v) for k, v in value.items() if k in fields})
+    return value
+
+
+def _data(record: Record) -> str:
+    return json.dumps(plain(record), separators=(",", ":"))
+
+
+def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
+    """The journal row of ``record``; raises StoreError for a field that cannot be journaled."""
+    try:
+        data = _data(record)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"cannot journal record {record.id}: {exc}") from exc
+    return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
+
+
+def _decode(path: Path, text: str) -> Record:
+    """A record from its journal row; fields this version does not know are ignored."""
+    try:
+        record = _build(Record, json.loads(text))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(
+            f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}"
+        ) from exc
+    if not isinstance(record, Record):
+        raise StoreError(f"journal {path} holds a record that cannot be read: {text[:200]!r}")
+    return record
+
+
+# -- opening -------------------------------------------------------------------
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> int:
+    """The journal's schema version; raise StoreError for a damaged, foreign or newer file."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a headwater journal or is damaged: {exc}") from exc
+    if tables and app_id != APPLICATION_ID:
+        raise StoreError(
+            f"{path} is a SQLite database of another program (application_id {app_id:#x}); "
+            "headwater leaves it alone: move it away or set HEADWATER_HOME"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer headwater (schema {version}, this one knows up to "
+            f"{SCHEMA_VERSION}); upgrade headwater"
+        )
+    return int(version)
+
+
+def _integrity(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    if result != [("ok",)]:
+        problems = "; ".join(str(r[0]) for r in result[:3])
+        raise StoreError(f"journal {path} is damaged: {problems}")
+
+
+def read_records(path: Path) -> list[Record]:
+    """The records in the journal at ``path``, read-only, oldest first.
+
+    Safe while another process owns the journal (WAL readers never block the
+    writer). A missing file means no records. Raises StoreError for a damaged,
+    foreign or newer file.
+    """
+    if not path.exists():
+        return []
+    try:
+        conn = _connect(path, read_only=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open journal {path}: {exc}") from exc
+    try:
+        version = _check(conn, path)
+        if version < SCHEMA_VERSION:
+            if version == 0:
+                return []
+            raise StoreError(f"journal {path} has schema {version}; run any headwater command that writes")
+        rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    finally:
+        conn.close()
+    return [_decode(path, row[0]) for row in rows]
+
+
+class _Session:
+    """One engine's claim on a journal: an exclusive lock on ``<journal>.sessions/<id>.lock``.
+
+    The operating system drops the lock when the process ends, however it
+    ends, so a session whose file can be locked by someone else is dead and
+    its unfinished records may be taken over.
+    """
+
+    def __init__(self, journal: Path) -> None:
+        self.folder = journal.with_name(journal.name + ".sessions")
+        self.id = uuid.uuid4().hex
+        self.folder.mkdir(exist_ok=True)
+        # Locked under a name no one scans, then renamed: no one can see it unlocked.
+        starting = self.folder / f"{self.id}.starting"
+        self._file: IO[str] | None = open(starting, "w")  # noqa: SIM115 (held open for the session)
+        _lock_file(self._file)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        starting.replace(self.folder / f"{self.id}.lock")
+
+    def scan(self) -> tuple[list[str], list[str]]:
+        """(live, dead): ids of the other sessions whose lock is held, and of those whose is free."""
+        live, dead = [], []
+        for path in self.folder.glob("*.lock"):
+            if path.stem == self.id:
+                continue
+            try:
+                with open(path, "a") as handle:
+                    _lock_file(handle)  # released again when the handle closes
+            except OSError:
+                live.append(path.stem)
+            else:
+                dead.append(path.stem)
+        return live, dead
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            (self.folder / f"{session_id}.lock").unlink(missing_ok=True)
+
+    def end(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+            self.forget([self.id])
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock_file(handle: IO[str]) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_file(handle: IO[str]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+class SQLiteStore:
+    """A journal in one SQLite file (WAL mode) that several engines, in any processes, may share.
+
+    Each store is a session: the unfinished records it writes carry its
+    session id, and :meth:`load` returns the history (terminal records) plus
+    the unfinished records of sessions whose process has ended, which it
+    takes over in one transaction (so two engines starting at once never
+    both take the same record). Unfinished records of a live session are
+    left to it.
+
+    Args:
+        path: the journal file; its folder is created if missing. Default:
+            :func:`default_journal`.
+        flush_interval: seconds between writes of buffered new records and
+            of progress.
+
+    Opening raises :class:`~headwater.errors.StoreError` for a
+    file that is damaged, belongs to another program or was written by a
+    newer schema; the file is never changed in those cases. An older schema
+    is migrated in one transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, flush_interval: float = 0.25) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_journal()
+        self.flush_interval = flush_interval
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of journal {self.path}: {exc}") from exc
+        try:
+            self._session = _Session(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot start a session on journal {self.path}: {exc}") from exc
+        try:
+            self._conn = self._open()
+        except BaseException:
+            self._session.end()
+            raise
+        self._lock = threading.Lock()  # one transaction at a time on the connection
+        self._pending: deque[Record] = deque()
+        self._inserting = threading.Lock()  # one _insert_pending at a time
+        self._written: dict[str, tuple[float, int]] = {}  # flusher only: id -> last progress written
+        self._closed = False
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self.path, read_only=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
+        try:
+            version = _check(conn, self.path)
+            if version:
+                _integrity(conn, self.path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # A checkpoint syncs the disk: let the flusher do it (see _flush_loop), off the
+            # commit path; a writer checkpoints only if the WAL grows past this many pages.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
+            if version < SCHEMA_VERSION:
+                self._migrate(conn, version)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
+        if version:
+            log.info("migrated journal %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
+
+    # -- the protocol ------------------------------------------------------------
+
+    def load(self) -> list[Record]:
+        """The terminal records, and the unfinished ones of ended sessions, now taken over."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # other processes' takeovers wait for this one
+                live, dead = self._session.scan()
+                keep = [self._session.id, *live]  # every other owner has ended, file or not
+                conn.execute(
+                    "UPDATE records SET owner = ? WHERE state IN ('queued', 'running') "
+                    f"AND owner NOT IN ({', '.join('?' * len(keep))})",
+                    (self._session.id, *keep),
+                )
+                rows = conn.execute(
+                    "SELECT data FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
+                    "ORDER BY created_at",
+                    (self._session.id,),
+                ).fetchall()
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
+        self._session.forget(dead)
+        return [_decode(self.path, row[0]) for row in rows]
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        if self._flusher is not None or self._closed:
+            return
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(running,), name="headwater-journal", daemon=True
+        )
+        self._flusher.start()
+
+    def add(self, record: Record) -> None:
+        self._pending.append(record)  # deque.append is atomic: no lock on the submit path
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Upsert whole rows, so a record whose insert is still buffered is written complete.
+
+        The buffered insert, when it comes, changes nothing (``ON CONFLICT DO
+        NOTHING``): the committed state is never overwritten by an older one.
+        """
+        owner = self._session.id
+        rows = [_encode(r, owner) for r in records]  # outside the lock
+        with self._lock:
+            if self._closed:
+                log.debug("journal %s is closed; write dropped", self.path)
+                return
+            try:
+                if len(rows) == 1:
+                    self._conn.execute(_UPSERT, rows[0])  # autocommit: one statement, one transaction
+                else:
+                    with self._transaction() as conn:
+                        conn.executemany(_UPSERT, rows)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
+    def delete(self, download_id: str) -> None:
+        self._insert_pending()  # else a buffered insert could bring the record back
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._conn.execute("DELETE FROM records WHERE id = ?", (download_id,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
+    def flush(self) -> None:
+        self._insert_pending()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(5)
+        try:
+            self._insert_pending()
+        except StoreError as exc:
+            log.error("%s; new records not written at close", exc)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+        self._session.end()
+
+    # -- writing -----------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT on the connection (``self._lock`` held); ROLLBACK on error."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _insert_pending(self) -> None:
+        """Commit every record added so far, in transactions of at most ``_BATCH`` rows.
+
+        Encoding happens outside the connection lock and the lock is released
+        between batches, so a state change waits for one batch at most. Callers
+        are serialized, so whoever returns knows every earlier ``add`` is
+        committed. Raises StoreError, keeping the unwritten records buffered.
+        """
+        owner = self._session.id
+        with self._inserting:
+            while self._pending:
+                batch: list[Record] = []
+                while self._pending and len(batch) < _BATCH:
+                    batch.append(self._pending.popleft())
+                rows = [_encode(r, owner) for r in batch]
+                with self._lock:
+                    if self._closed:
+                        return
+                    try:
+                        with self._transaction() as conn:
+                            conn.executemany(_INSERT_NEW, rows)
+                    except sqlite3.Error as exc:
+                        self._pending.extendleft(reversed(batch))
+                        raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
+    def _write_progress(self, records: Iterable[Record]) -> None:
+        rows = []
+        written: dict[str, tuple[float, int]] = {}
+        for r in records:
+            mark = written[r.id] = (r.updated_at, r.transferred)
+            if self._written.get(r.id) != mark:
+                rows.append((_data(r), r.id, r.updated_at))
+        self._written = written  # only running records: the map never outgrows them
+        if not rows:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                with self._transaction() as conn:
+                    # Only onto the very state the snapshot was taken in: never over a newer write.
+                    conn.executemany(
+                        "UPDATE records SET data = ? WHERE id = ? AND state = 'running' AND updated_at = ?",
+                        rows,
+                    )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
+    def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
+        """Every ``flush_interval``: write buffered new records and changed progress, checkpoint the WAL.
+
+        The checkpoint is PASSIVE, on a connection of its own: commits never
+        wait for it, and the WAL starts over at the first quiet moment.
+        """
+        checkpoints = _connect(self.path, read_only=False)
+        try:
+            while not self._stop.wait(self.flush_interval):
+                try:
+                    self._insert_pending()
+                    self._write_progress(running())
+                    checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (StoreError, sqlite3.Error) as exc:
+                    log.error("journal %s: %s", self.path, exc)
+                except Exception:  # the flusher must outlive any one bad round
+                    log.exception("journal %s: flushing failed", self.path)
+        finally:
+            checkpoints.close()
+
+
+_BATCH = 500  # new records per transaction
+_WAL_PAGES = 8192  # 32 MiB of 4 KiB pages: the writers' own checkpoint, a safety net
+_WAL_KEEP_BYTES = 4 << 20  # what a WAL file is cut back to when it starts over
+
+_UPSERT = (
+    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
+    "data = excluded.data, owner = excluded.owner"
+)
+_INSERT_NEW = (
+    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)

@@ -1,0 +1,72 @@
+"""headwater.toml: what it may say, and clear errors naming the key for everything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from instrumented import InstrumentedSource
+
+from headwater import Engine, InvalidPolicyError, PolicyOverride, RatePolicy
+from headwater.config import load_config
+from headwater.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "headwater.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_config(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            'destination = "~/dl"\n[plugins]\nload = ["a", "b"]\nblock = ["c"]\n'
+            "[sources.youtube]\nconcurrency = 1\ndelay = 5\n",
+        )
+    )
+    assert config.destination == Path("~/dl").expanduser()
+    assert (config.load, config.block) == (("a", "b"), ("c",))
+    assert dict(config.policies["youtube"]) == {"concurrency": 1, "delay": 5}
+
+
+def test_no_file_at_the_default_place_is_an_empty_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADWATER_HOME", str(tmp_path / "nothing"))
+    config = load_config()
+    assert (config.path, config.destination, dict(config.policies), config.load) == (None, None, {}, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("destinaton = 'x'", "unknown key 'destinaton'"),
+        ("destination = 3", "'destination' must be a folder path"),
+        ("[plugins]\nlaod = []", "unknown key 'plugins.laod'"),
+        ("[plugins]\nblock = 'file'", "'plugins.block' must be a list of source names"),
+        ("[sources.yt]\nconcurency = 1", "unknown key 'sources.yt.concurency'"),
+        ("[sources.yt]\nconcurrency = '1'", "'sources.yt.concurrency' must be a whole number, got '1'"),
+        ("[sources.yt]\nconcurrency = true", "'sources.yt.concurrency' must be a whole number"),
+        ("[sources.yt]\ndelay = 'five'", "'sources.yt.delay' must be a number"),
+        ("[sources.yt]\nconcurrency = 0", "concurrency must be a whole number of at least 1"),
+        ("sources = 3", "'sources' must be a table"),
+        ("[sources\n", "is not valid TOML"),
+    ],
+)
+def test_bad_configs_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=str(path)) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_a_partial_policy_override_keeps_the_plugins_other_fields(make_engine) -> None:
+    src = InstrumentedSource("yt", RatePolicy(concurrency=3, delay=1), aliases=("youtube",))
+    engine: Engine = make_engine({"yt": src}, policies={"youtube": PolicyOverride({"delay": 5})})
+    assert engine.sources()[0].policy == RatePolicy(concurrency=3, delay=5)
+    with pytest.raises(TypeError, match=r"policies\['yt'\]: RatePolicy has no field\(s\) speed"):
+        make_engine({"yt": InstrumentedSource("yt")}, policies={"yt": PolicyOverride({"speed": 5})})
+    with pytest.raises(InvalidPolicyError, match="delay"):
+        make_engine({"yt": InstrumentedSource("yt")}, policies={"yt": PolicyOverride({"delay": -1})})

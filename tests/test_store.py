@@ -1,0 +1,429 @@
+"""The SQLite journal: durability, recovery, bad files, schema versions, two processes."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+import attrs
+import pytest
+from instrumented import InstrumentedSource
+
+from headwater import Engine, RatePolicy, Record, State
+from headwater import store as store_module
+from headwater.errors import StoreError
+from headwater.store import SQLiteStore, read_records
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    return tmp_path / "home" / "journal.sqlite3"
+
+
+def test_records_survive_and_unfinished_ones_are_queued_again(tmp_path: Path, journal: Path) -> None:
+    src = InstrumentedSource("a")
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
+    done, failed, running, queued = (engine.submit("a", t) for t in ("ok:x", "raise", "block:k", "block:q"))
+    assert [r.state for r in engine.wait([done, failed], timeout=10)] == [State.COMPLETED, State.FAILED]
+    src.wait_started(3)
+    # Simulate a dead process: the journal stays as it is (no close, no cancel).
+    engine._store.close()
+    engine.close(timeout=0.1)
+    src.release_all()
+    on_disk = {r.id: r for r in read_records(journal)}
+    assert on_disk[running].state is State.RUNNING and on_disk[running].attempts == 1
+    assert on_disk[queued].state is State.QUEUED
+
+    src2 = InstrumentedSource("a")
+    again = Engine(tmp_path / "dest", plugins={"a": src2}, store=SQLiteStore(journal), hold=True)
+    try:
+        states = {r.id: r.state for r in again.records()}
+        assert states == {
+            done: State.COMPLETED,
+            failed: State.FAILED,
+            running: State.QUEUED,
+            queued: State.QUEUED,
+        }
+        assert src2.starts() == 0, "hold=True must not start anything"
+        assert {r.id: r.state for r in read_records(journal)}[running] is State.QUEUED
+        assert again.start_held() == [running, queued]
+        src2.release("k")
+        src2.release("q")
+        recs = again.wait([running, queued], timeout=10)
+        assert [(r.state, r.attempts) for r in recs] == [(State.COMPLETED, 2), (State.COMPLETED, 1)]
+        assert again.start_held() == []
+        again.remove(done)
+    finally:
+        again.close()
+    assert done not in {r.id for r in read_records(journal)}
+
+
+class _Watching(SQLiteStore):
+    """Checks, on every commit, that readers of the engine do not see the change yet."""
+
+    engine: Engine | None = None
+    seen: list[tuple[State, State]]
+
+    def commit(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if self.engine is not None:
+                visible = {r.id: r.state for r in self.engine.records()}.get(record.id)
+                self.seen.append((visible, record.state))  # type: ignore[arg-type]
+        super().commit(records)
+
+
+def test_a_state_change_is_committed_before_it_is_visible(tmp_path: Path, journal: Path) -> None:
+    store = _Watching(journal)
+    store.seen = []
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=store)
+    store.engine = engine
+    try:
+        engine.wait([engine.submit("a", "ok:x")], timeout=10)
+    finally:
+        engine.close()
+    assert store.seen == [(State.QUEUED, State.RUNNING), (State.RUNNING, State.COMPLETED)]
+
+
+def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path, journal: Path) -> None:
+    src = InstrumentedSource("a", RatePolicy(concurrency=1))
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.02))
+    try:
+        rid = engine.submit("a", "block:k")
+        src.wait_started(1)
+        ctx = engine._shards["a"].contexts[rid]
+        ctx.progress(5, 10)
+        stale = engine.get(rid)  # a snapshot of the running record, as the flusher takes them
+        deadline = threading.Event()
+        for _ in range(200):
+            if read_records(journal)[0].transferred == 5:
+                break
+            deadline.wait(0.01)
+        assert read_records(journal)[0].transferred == 5
+        src.release("k")
+        engine.wait([rid], timeout=10)
+        ctx.progress(7, 10)  # too late: dropped
+        engine._store._write_progress([attrs.evolve(stale, transferred=6)])  # a flush racing the end
+        deadline.wait(0.1)
+        (final,) = read_records(journal)
+        assert (final.state, final.transferred) == (State.COMPLETED, 10)
+    finally:
+        engine.close()
+
+
+def test_progress_is_written_a_few_times_a_second_however_often_it_is_reported(
+    tmp_path: Path, journal: Path
+) -> None:
+    src = InstrumentedSource("a")
+    store = SQLiteStore(journal, flush_interval=0.1)
+    updates: list[str] = []
+    store._conn.set_trace_callback(lambda sql: updates.append(sql) if sql.startswith("UPDATE") else None)
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
+    try:
+        rid = engine.submit("a", "block:k")
+        src.wait_started(1)
+        ctx = engine._shards["a"].contexts[rid]
+        start = time.monotonic()
+        reports = 0
+        while time.monotonic() - start < 1.0:
+            reports += 1
+            ctx.progress(reports, 10**9)
+        src.release("k")
+        engine.wait([rid], timeout=10)
+    finally:
+        engine.close()
+    assert reports > 10_000
+    assert 3 <= len(updates) <= 12, f"{len(updates)} progress writes for {reports} reports in 1 s"
+
+
+def test_a_damaged_file_is_named_and_left_alone(tmp_path: Path, journal: Path) -> None:
+    journal.parent.mkdir(parents=True)
+    junk = b"this is not a database" * 100
+    journal.write_bytes(junk)
+    with pytest.raises(StoreError, match=str(journal)):
+        Engine(tmp_path / "dest", plugins={}, store=SQLiteStore(journal))
+    with pytest.raises(StoreError, match=str(journal)):
+        read_records(journal)
+    assert journal.read_bytes() == junk
+
+
+def test_a_truncated_journal_is_reported(tmp_path: Path, journal: Path) -> None:
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=SQLiteStore(journal))
+    engine.wait([engine.submit("a", f"ok:{i}") for i in range(200)], timeout=10)
+    engine.close()
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) // 2] + b"\xff" * 4096 + data[len(data) // 2 + 4096 :])
+    with pytest.raises(StoreError, match="damaged"):
+        SQLiteStore(journal)
+
+
+def test_a_foreign_database_is_refused(journal: Path) -> None:
+    journal.parent.mkdir(parents=True)
+    with sqlite3.connect(journal) as conn:
+        conn.execute("CREATE TABLE songs (title TEXT)")
+        conn.execute("INSERT INTO songs VALUES ('keep me')")
+    with pytest.raises(StoreError, match=f"{journal}.*another program"):
+        SQLiteStore(journal)
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("SELECT title FROM songs").fetchall() == [("keep me",)]
+
+
+def test_a_newer_schema_is_refused(journal: Path) -> None:
+    SQLiteStore(journal).close()
+    with sqlite3.connect(journal) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer headwater"):
+        SQLiteStore(journal)
+
+
+def test_an_older_schema_is_migrated(tmp_path: Path, journal: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=SQLiteStore(journal))
+    rid = engine.submit("a", "ok:x")
+    engine.wait([rid], timeout=10)
+    engine.close()
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(store_module.MIGRATIONS, 2, ("ALTER TABLE records ADD COLUMN note TEXT",))
+    SQLiteStore(journal).close()
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT note FROM records").fetchall() == [(None,)]
+    assert [r.id for r in read_records(journal)] == [rid]
+
+
+_OTHER = """
+import json, sys
+from pathlib import Path
+from headwater import Engine, hookimpl
+from headwater.store import SQLiteStore
+
+class Quick:
+    @hookimpl
+    def download_impl(self, job, ctx):
+        path = ctx.dest_dir / f"quick-{job.id}"
+        path.write_text(job.target)
+        return path
+
+engine = Engine(sys.argv[2], plugins={"a": Quick()}, store=SQLiteStore(sys.argv[1]))
+loaded = [r.state.value for r in engine.records()]
+ids = [engine.submit("a", f"other-{i}") for i in range(20)]
+done = engine.wait(ids, timeout=20)
+engine.close()
+print(json.dumps({"loaded": loaded, "done": [r.state.value for r in done]}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_two_processes_work_side_by_side_on_one_journal(tmp_path: Path, journal: Path) -> None:
+    src = InstrumentedSource("a", RatePolicy(concurrency=1))
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
+    try:
+        finished = engine.submit("a", "ok:first")
+        engine.wait([finished], timeout=10)
+        running, queued = engine.submit("a", "block:k"), engine.submit("a", "block:q")
+        src.wait_started(2)
+        engine.flush()
+        other = subprocess.run(
+            [sys.executable, "-c", _OTHER, str(journal), str(tmp_path / "other")],
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+        assert other.returncode == 0, other.stderr
+        seen = json.loads(other.stdout)
+        # The other process sees the history but leaves this one's unfinished downloads alone.
+        assert seen == {"loaded": ["completed"], "done": ["completed"] * 20}
+        assert {r.id: r.state for r in read_records(journal)}[running] is State.RUNNING
+        src.release("k")
+        src.release("q")
+        assert [r.state for r in engine.wait([running, queued], timeout=10)] == [State.COMPLETED] * 2
+    finally:
+        engine.close()
+    states = [r.state for r in read_records(journal)]
+    assert states == [State.COMPLETED] * 23
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert not list(journal.with_name(journal.name + ".sessions").iterdir()), "a session file was left"
+
+
+_DIES = """
+import sys, time
+from pathlib import Path
+from headwater import Engine, RatePolicy, hookimpl
+from headwater.store import SQLiteStore
+
+class Stuck:
+    @hookimpl
+    def download_impl(self, job, ctx):
+        time.sleep(60)
+
+    @hookimpl
+    def rate_policy(self):
+        return RatePolicy(concurrency=2)
+
+engine = Engine(sys.argv[2], plugins={"a": Stuck()}, store=SQLiteStore(sys.argv[1]))
+for i in range(30):
+    engine.submit("a", f"job-{i}")
+engine.flush()
+time.sleep(0.3)
+print("READY", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_process_records_are_taken_over_exactly_once(tmp_path: Path, journal: Path) -> None:
+    dying = subprocess.Popen(
+        [sys.executable, "-c", _DIES, str(journal), str(tmp_path / "dest")], stdout=subprocess.PIPE, text=True
+    )
+    assert dying.stdout is not None and dying.stdout.readline().strip() == "READY"
+    # While it lives, its records are its own.
+    alive = SQLiteStore(journal)
+    assert alive.load() == []
+    alive.close()
+    dying.kill()
+    dying.wait(10)
+    before = {r.id: r for r in read_records(journal)}
+    assert sorted(r.state.value for r in before.values()) == ["queued"] * 28 + ["running"] * 2
+
+    barrier = threading.Barrier(2)
+    loaded: list[list[Record]] = [[], []]
+    stores = [SQLiteStore(journal), SQLiteStore(journal)]
+
+    def take(i: int) -> None:
+        barrier.wait()
+        loaded[i] = stores[i].load()
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    for store in stores:
+        store.close()
+    taken = [{r.id for r in records} for records in loaded]
+    assert taken[0] | taken[1] == set(before) and not taken[0] & taken[1]
+    assert sorted(len(t) for t in taken) == [0, 30]
+    # The dead session's lock file is gone; the takers' own ended with them.
+    assert not list(journal.with_name(journal.name + ".sessions").iterdir())
+
+
+@pytest.mark.timeout(60)
+def test_readers_in_other_processes_never_see_a_torn_journal(tmp_path: Path, journal: Path) -> None:
+    src = InstrumentedSource("a", RatePolicy(concurrency=4))
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.01))
+    engine.flush()
+    reader = (
+        "import sys\nfrom pathlib import Path\nfrom headwater.store import read_records\n"
+        "n = 0\nfor _ in range(100):\n    n = max(n, len(read_records(Path(sys.argv[1]))))\nprint(n)\n"
+    )
+    readers = [
+        subprocess.Popen([sys.executable, "-c", reader, str(journal)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    ids = [engine.submit("a", f"ok:{i}") for i in range(1000)]
+    engine.wait(ids, timeout=30)
+    engine.close()
+    for proc in readers:
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert [r.state for r in read_records(journal)] == [State.COMPLETED] * 1000
+
+
+class _Failing(SQLiteStore):
+    """A journal whose disk is full: every state commit fails."""
+
+    def commit(self, records: Sequence[Record]) -> None:
+        raise StoreError(f"cannot write journal {self.path}: database or disk is full")
+
+
+def test_a_failing_journal_is_logged_and_downloads_go_on(
+    tmp_path: Path, journal: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=_Failing(journal))
+    try:
+        (record,) = engine.wait([engine.submit("a", "ok:x")], timeout=10)
+    finally:
+        engine.close()
+    assert record.state is State.COMPLETED
+    failures = [r.getMessage() for r in caplog.records if "disk is full" in r.getMessage()]
+    assert len(failures) == 2 and "RUNNING -> COMPLETED" in failures[1]
+    # The buffered insert still reached the journal: a restart runs the download again.
+    assert [r.state for r in read_records(journal)] == [State.QUEUED]
+
+
+def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_stay(
+    tmp_path: Path, journal: Path
+) -> None:
+    old = InstrumentedSource("old", RatePolicy(concurrency=1))
+    gone = InstrumentedSource("gone", RatePolicy(concurrency=1))
+    engine = Engine(tmp_path / "dest", plugins={"old": old, "gone": gone}, store=SQLiteStore(journal))
+    renamed, orphan = engine.submit("old", "block:k"), engine.submit("gone", "block:k")
+    old.wait_started(1)
+    engine._store.close()  # the process "dies" with both queued or running
+    engine.close(timeout=0.1)
+
+    old.release_all()
+    gone.release_all()
+    new = InstrumentedSource("new", aliases=("old",))
+    new.release("k")
+    again = Engine(tmp_path / "dest", plugins={"new": new}, store=SQLiteStore(journal))
+    try:
+        (record,) = again.wait([renamed], timeout=10)
+        assert (record.state, record.attempts, new.starts()) == (State.COMPLETED, 2, 1)
+        assert [r.id for r in again.records(source="new")] == [renamed]
+    finally:
+        again.close()
+    left = {r.id: r.state for r in read_records(journal)}
+    assert left[orphan] in (State.QUEUED, State.RUNNING)  # untouched, for when "gone" is back
+
+
+def test_a_late_insert_never_overwrites_a_state_and_never_revives_a_removed_record(journal: Path) -> None:
+    store = SQLiteStore(journal, flush_interval=3600)  # no flusher round during the test
+    now = time.time()
+    started, removed = (
+        Record(f"{i:032x}", "a", f"t{i}", None, "a", State.QUEUED, now, now) for i in range(2)
+    )
+    store.add(started)
+    store.add(removed)
+    store.commit((attrs.evolve(started, state=State.RUNNING),))  # before its insert was written
+    store.delete(removed.id)
+    store.flush()
+    store.close()
+    assert [(r.id, r.state) for r in read_records(journal)] == [(started.id, State.RUNNING)]
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.frozen
+class _Inner:
+    source: str
+    error: str | None = None
+
+
+@attrs.frozen
+class _Outer:
+    """The shapes a record field may take: nested attrs values in a tuple, enums, optionals, mappings."""
+
+    tried: tuple[_Inner, ...] = ()
+    colour: _Colour | None = None
+    extra: Mapping[str, object] = attrs.field(factory=lambda: MappingProxyType({}))
+
+
+def test_nested_record_values_survive_the_journal() -> None:
+    value = _Outer((_Inner("http", "HTTP 503"), _Inner("file")), _Colour.RED, MappingProxyType({"k": 1}))
+    text = json.dumps(store_module.plain(value))
+    assert store_module._build(_Outer, json.loads(text)) == value
+    assert store_module._build(_Outer, {"tried": [], "unknown": 1}) == _Outer()  # unknown fields ignored
+    with pytest.raises(TypeError, match="cannot journal a value of type object"):
+        store_module.plain(_Outer(colour=object()))  # type: ignore[arg-type]
