@@ -17,6 +17,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from table import print_table
+
 from headwater import DownloadContext, Engine, Job, RatePolicy, hookimpl
 
 
@@ -126,10 +128,7 @@ def main() -> None:
         ("bare threads, same sleeps (s)", f"{floor:.2f}", "the machine's floor"),
         ("drain over bare threads", f"{(drain / floor - 1) * 100:+.1f}%", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>14}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>14}  {target}")
+    print_table(("measure", "value", "target"), rows)
 
 
 if __name__ == "__main__":

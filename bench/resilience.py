@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from table import print_table
+
 from headwater import DownloadContext, Engine, Job, RatePolicy, hookimpl
 
 
@@ -113,10 +115,9 @@ def main() -> None:
                 "",
             ),
         ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>10}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>10,.0f}  {target}")
+    print_table(
+        ("measure", "value", "target"), [(name, f"{value:,.0f}", target) for name, value, target in rows]
+    )
 
 
 if __name__ == "__main__":

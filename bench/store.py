@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine import SleepSource  # noqa: E402  (bench/engine.py)
+from table import print_table
 
 from headwater import Engine, RatePolicy, Record, State  # noqa: E402
 from headwater.store import MemoryStore, RecordStore, SQLiteStore  # noqa: E402
@@ -105,10 +106,7 @@ def main() -> None:
         ("journal size (MB)", "", "", f"{size / 1e6:.1f}", ""),
         ("one commit, one thread (us)", "", "", f"{latency * 1e6:.0f}", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'memory':>10}  {'yield':>10}  {'sqlite':>10}  target")
-    for name, mem, yielding, sql, target in rows:
-        print(f"{name:<{width}}  {mem:>10}  {yielding:>10}  {sql:>10}  {target}")
+    print_table(("measure", "memory", "yield", "sqlite", "target"), rows)
 
 
 if __name__ == "__main__":
