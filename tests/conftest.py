@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, settings
 
 from headwater import Engine, RatePolicy
 
+# The conformance kit (headwater_engine fixture) and pytester, for the kit's own tests.
+pytest_plugins = ["headwater.testing", "pytester"]
+
 # Steps run real threads and wait for them, so example time varies with the
 # machine's load: no per-example deadline, and no "too slow" health check.
 _THREADED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}

@@ -14,11 +14,15 @@ catch.
 
 from __future__ import annotations
 
+import functools
+import logging
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import pytest
@@ -50,6 +54,29 @@ BEHAVIOURS = {
     "ignore": "ignore-cancel:{key}",
 }
 HELD = ("block", "ignore")  # behaviours that run until released
+
+
+log = logging.getLogger("headwater.tests.stateful")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def logged(step: F) -> F:
+    """Log a failed check before raising it.
+
+    A race may fail on one run and not on Hypothesis's replay, which then
+    reports a Flaky error; the log (pytest shows it under "Captured log")
+    keeps what the first run saw.
+    """
+
+    @functools.wraps(step)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            step(*args, **kwargs)
+        except (AssertionError, TimeoutError) as exc:
+            log.error("%s failed: %s", step.__name__, exc)
+            raise
+
+    return run  # type: ignore[return-value]
 
 
 @attrs.define
@@ -118,10 +145,12 @@ class EngineMachine(RuleBasedStateMachine):
     # -- rules -------------------------------------------------------------------
 
     @rule(source=st.sampled_from(sorted(CANONICAL)), behaviour=st.sampled_from(sorted(BEHAVIOURS)))
+    @logged
     def submit(self, source: str, behaviour: str) -> None:
         self.submit_one(source, behaviour)
 
     @rule(source=st.sampled_from(["duo", "quad_dl"]), count=st.integers(5, 30))
+    @logged
     def flood(self, source: str, count: int) -> None:
         """Queue many blocking jobs: threads must stay bounded by the concurrency."""
         for _ in range(count):
@@ -129,6 +158,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: any(j.behaviour in HELD and not j.released for j in self.live()))
     @rule(data=st.data())
+    @logged
     def release(self, data: st.DataObject) -> None:
         held = [j for j in self.live() if j.behaviour in HELD and not j.released]
         job = data.draw(st.sampled_from(held), label="release")
@@ -148,21 +178,25 @@ class EngineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.live()))
     @rule(data=st.data())
+    @logged
     def cancel_before_start(self, data: st.DataObject) -> None:
         self.cancel_in(data, {State.QUEUED})
 
     @precondition(lambda self: bool(self.live()))
     @rule(data=st.data())
+    @logged
     def cancel_while_running(self, data: st.DataObject) -> None:
         self.cancel_in(data, {State.RUNNING})
 
     @precondition(lambda self: bool(self.live()))
     @rule(data=st.data())
+    @logged
     def cancel_after_end(self, data: st.DataObject) -> None:
         self.cancel_in(data, {State.COMPLETED, State.FAILED, State.CANCELLED})
 
     @precondition(lambda self: any(j.behaviour == "ignore" and not j.released for j in self.live()))
     @rule(data=st.data())
+    @logged
     def cancel_then_land(self, data: st.DataObject) -> None:
         """Cancel a running job that ignores the cancel, then let it land its file."""
         held = [j for j in self.live() if j.behaviour == "ignore" and not j.released]
@@ -177,6 +211,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.live()))
     @rule(data=st.data())
+    @logged
     def remove(self, data: st.DataObject) -> None:
         job = data.draw(st.sampled_from(self.live()), label="remove")
         with self.engine._shards[job.source].lock:
@@ -194,6 +229,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.engine.get(job.id)
 
     @rule(pair=st.permutations(NAMES).map(lambda names: names[:2]))
+    @logged
     def lock_held_on_another_source(self, pair: list[str]) -> None:
         """With one source's lock held by another thread, the other source still takes writes."""
         held, other = pair
@@ -231,12 +267,14 @@ class EngineMachine(RuleBasedStateMachine):
         assert finished_while_held, f"with the lock of {held!r} held, a write on {other!r} did not finish"
 
     @rule()
+    @logged
     def drain(self) -> None:
         self.drain_and_check()
 
     # -- invariants, after every step -----------------------------------------------
 
     @invariant()
+    @logged
     def records_are_conserved(self) -> None:
         for name in NAMES:
             ids = [r.id for r in self.engine.records(name)]
@@ -247,6 +285,7 @@ class EngineMachine(RuleBasedStateMachine):
             )
 
     @invariant()
+    @logged
     def states_are_consistent(self) -> None:
         for job in self.live():
             record = self.engine.get(job.id)
@@ -266,6 +305,7 @@ class EngineMachine(RuleBasedStateMachine):
                 assert record.error, "a FAILED record has no error"
 
     @invariant()
+    @logged
     def cancelled_while_queued_never_started(self) -> None:
         for name in NAMES:
             started = self.started_ids(name)
@@ -276,6 +316,7 @@ class EngineMachine(RuleBasedStateMachine):
                     )
 
     @invariant()
+    @logged
     def concurrency_is_respected(self) -> None:
         stats = self.engine.worker_stats()
         for name in NAMES:
@@ -287,6 +328,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert threads <= limit and running <= limit, f"{name}: {threads} threads, {running} running"
 
     @invariant()
+    @logged
     def threads_are_bounded(self) -> None:
         alive = [t for t in threading.enumerate() if t.name.startswith("headwater-")]
         queued = sum(q for _, _, q in self.engine.worker_stats().values())
@@ -296,6 +338,7 @@ class EngineMachine(RuleBasedStateMachine):
         )
 
     @invariant()
+    @logged
     def delay_is_kept(self) -> None:
         last_end: float | None = None
         for seen in self.plugins["solo"].snapshot():
@@ -344,6 +387,7 @@ class EngineMachine(RuleBasedStateMachine):
                 assert not landed.exists(), "a file landed after a cancel still exists"
         self.states_are_consistent()
 
+    @logged
     def teardown(self) -> None:
         try:
             self.drain_and_check()
