@@ -156,6 +156,16 @@ class EngineMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.submit_one(source, "block")
 
+    @rule(source=st.sampled_from(NAMES), count=st.integers(2, 20))
+    @logged
+    def cancel_racing_the_worker(self, source: str, count: int) -> None:
+        """Submit quick jobs and cancel each one still QUEUED while the worker is starting them."""
+        jobs = [self.submit_one(source, "ok") for _ in range(count)]
+        for job in jobs:
+            with self.engine._shards[source].lock:
+                if self.engine.get(job.id).state is State.QUEUED:
+                    self.cancel_locked(job)
+
     @precondition(lambda self: any(j.behaviour in HELD and not j.released for j in self.live()))
     @rule(data=st.data())
     @logged
