@@ -321,6 +321,7 @@ def check_cancel(
     within: float = 2.0,
     reports: int = 1,
     max_examples: int = 10,
+    timeout: float = 60.0,
 ) -> None:
     """Rule "cancel": set ``ctx.cancelled`` before the start or at a progress report; it must stop.
 
@@ -329,6 +330,8 @@ def check_cancel(
     :func:`check_download`); the call must return within ``within`` seconds
     of the cancel. What it returns or raises then is free (the engine deletes
     a file landed after a cancel), except a path outside ``ctx.dest_dir``.
+    A download that never gets to the chosen report has ``timeout`` seconds
+    to end.
     """
     if not targets:
         raise ValueError("check_cancel needs at least one target the source can download")
@@ -341,7 +344,12 @@ def check_cancel(
         with tempfile.TemporaryDirectory(prefix="headwater-contract-") as tmp:
             dest_dir = Path(tmp).resolve()
             ctx, outcome, thread = _download(pm, name, target, dest_dir, cancel_at)
+            deadline = time.monotonic() + timeout
             while not outcome.done.wait(0.01):
+                if time.monotonic() > deadline:
+                    raise ContractError(
+                        name, "download", f"download_impl of {target!r} ran past {timeout:g} s."
+                    )
                 if ctx.cancelled_at is not None and time.monotonic() - ctx.cancelled_at > within:
                     raise ContractError(
                         name,
