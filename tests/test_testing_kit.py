@@ -10,8 +10,8 @@ import importlib_metadata
 import pytest
 
 from headwater import DownloadContext, Job, hookimpl
-from headwater.errors import ContractError
-from headwater.testing import RULES, check_source
+from headwater.errors import ContractError, PluginError
+from headwater.testing import RULES, EngineFactory, check_source
 
 
 class Good:
@@ -261,3 +261,8 @@ def test_without_opting_in_there_is_no_fixture(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'headwater_engine' not found*"])
+
+
+def test_the_engine_fixture_refuses_a_source_that_is_not_installed(headwater_engine: EngineFactory) -> None:
+    with pytest.raises(PluginError, match="installed source 'no-such-source' cannot be used: not installed"):
+        headwater_engine("no-such-source")
