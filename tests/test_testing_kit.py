@@ -100,6 +100,12 @@ class BadAlias(Good):
         return ["Good DL"]
 
 
+class RaisingAliases(Good):
+    @hookimpl
+    def aliases(self) -> list[str]:
+        raise RuntimeError("no configuration file")
+
+
 class DictPolicy(Good):
     @hookimpl
     def rate_policy(self) -> dict[str, int]:
@@ -201,6 +207,7 @@ def test_declining_a_downloadable_target() -> None:
     [
         (StringAlias(), "aliases", "aliases() returned 'gooddl', not an iterable of names"),
         (BadAlias(), "aliases", "alias 'Good DL' is not a valid name"),
+        (RaisingAliases(), "aliases", "aliases() raised RuntimeError: no configuration file"),
         (DictPolicy(), "rate-policy", "rate_policy() returned dict, not a RatePolicy or None"),
         (CoreField(), "record-fields", "record_fields returned 'state', a core record field"),
         (ObjectField(), "record-fields", "record_fields returned when=<object object"),

@@ -105,7 +105,12 @@ def check_hooks(plugin: object, name: str = "source") -> None:
 
 def check_aliases(plugin: object, name: str = "source") -> None:
     """Rule "aliases": every alias is a valid source name."""
-    for result in _manager(plugin, name).hook.aliases():
+    hook = _manager(plugin, name).hook.aliases
+    try:
+        results = hook()
+    except Exception as exc:  # a plugin's hook can raise anything
+        raise ContractError(name, "aliases", f"aliases() raised {one_line(exc)}.") from exc
+    for result in results:
         if result is None:
             continue
         if isinstance(result, str) or not isinstance(result, Iterable):
