@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import attrs
 import pytest
-from hypothesis import event
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from instrumented import InstrumentedSource
@@ -411,4 +411,6 @@ class EngineMachine(RuleBasedStateMachine):
         assert not stuck, f"close() left {len(stuck)} downloads running"
 
 
-TestEngineMachine = pytest.mark.timeout(600)(EngineMachine.TestCase)
+# A bound for a hang, not a timing claim: about a second an example, never under ten minutes
+# (read when the module is imported, after --hypothesis-profile has been applied).
+TestEngineMachine = pytest.mark.timeout(max(600, settings.default.max_examples))(EngineMachine.TestCase)
