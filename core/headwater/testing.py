@@ -61,8 +61,9 @@ RULES: Mapping[str, str] = {
     "aliases": "aliases() returns an iterable of valid names (lowercase [a-z0-9][a-z0-9_-]*), not a string",
     "rate-policy": "rate_policy() returns a RatePolicy or None",
     "record-fields": (
-        "record_fields(job) returns None or a mapping of str keys to plain values "
-        "(str, int, float, bool, None) and sets no core field but a non-empty 'username'"
+        "record_fields(job) does not raise, even for a strange target, and returns None or a mapping "
+        "of str keys to plain values (str, int, float, bool, None) that sets no core field but a "
+        "non-empty 'username'"
     ),
     "download": "download_impl returns a path for every target the test names as downloadable",
     "download-path": "download_impl returns the path of a regular file inside ctx.dest_dir",
