@@ -1,4 +1,8 @@
-"""Shared fixtures: an engine factory that closes what it builds."""
+"""Shared fixtures, and the Hypothesis profiles.
+
+Profiles: ``ci`` (the default) and ``stress`` (``pytest --hypothesis-profile=stress``);
+docs/regression-suite.md says what each runs.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,19 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from headwater import Engine, RatePolicy
+
+# The conformance kit (headwater_engine fixture) and pytester, for the kit's own tests.
+pytest_plugins = ["headwater.testing", "pytester"]
+
+# Steps run real threads and wait for them, so example time varies with the
+# machine's load: no per-example deadline, and no "too slow" health check.
+_THREADED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", max_examples=300, stateful_step_count=40, **_THREADED)
+settings.register_profile("stress", max_examples=3000, stateful_step_count=60, **_THREADED)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

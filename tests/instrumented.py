@@ -82,6 +82,15 @@ class InstrumentedSource:
         with self.lock:
             return [e.target for e in self.events if e.kind == "start"]
 
+    def snapshot(self) -> list[Event]:
+        """A copy of the start and end events so far, in the order they happened."""
+        with self.lock:
+            return list(self.events)
+
+    def landed_path(self, dest_dir: Path, job_id: str) -> Path:
+        """Where a download of ``job_id`` lands its file (whether or not it did)."""
+        return dest_dir / f"{self.name}-{job_id}.bin"
+
     # -- hooks -----------------------------------------------------------------
 
     @hookimpl
@@ -111,7 +120,7 @@ class InstrumentedSource:
                     return None
         elif kind == "ignore-cancel":
             self.gate(arg).wait(30)
-        path = ctx.dest_dir / f"{self.name}-{job.id}.bin"
+        path = self.landed_path(ctx.dest_dir, job.id)
         path.write_bytes(b"x" * 10)
         ctx.progress(10, 10)
         return path

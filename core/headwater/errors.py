@@ -163,3 +163,17 @@ class StoreError(HeadwaterError):
 
 class ConfigError(HeadwaterError, ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class ContractError(HeadwaterError, AssertionError):
+    """A source broke a rule of the plugin contract (raised by :mod:`headwater.testing`).
+
+    ``rule`` is the rule's short name (a key of ``headwater.testing.RULES``);
+    the message is one sentence naming the source, the rule and what it did.
+    Derives from AssertionError so test runners report it as a failed check.
+    """
+
+    def __init__(self, source: str, rule: str, detail: str) -> None:
+        self.source = source
+        self.rule = rule
+        super().__init__(f"source {source!r} broke the {rule!r} rule: {detail}")
