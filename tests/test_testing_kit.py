@@ -194,6 +194,25 @@ def test_ignoring_cancel(ignores_cancel: IgnoresCancel) -> None:
     assert "was still running 0.3 s after ctx.cancelled was set" in str(error)
 
 
+class FastIgnoresCancel:
+    """Copies 40 chunks at full speed and never looks at ctx.cancelled."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        path = ctx.dest_dir / "fast.bin"
+        with path.open("wb") as out:
+            for i in range(1, 41):
+                out.write(b"x" * 10)
+                ctx.progress(10 * i, 400)
+        return path
+
+
+def test_ignoring_cancel_while_finishing_fast() -> None:
+    error = broken(FastIgnoresCancel())
+    assert error.rule == "cancel"
+    assert "reported progress" in str(error) and "it must stop within one chunk" in str(error)
+
+
 def test_declining_a_downloadable_target() -> None:
     error = broken(Declines())
     assert (

@@ -213,6 +213,7 @@ class _WatchedContext(DownloadContext):
         self.reports: list[tuple[int, int | None]] = []
         self.cancel_at = cancel_at
         self.cancelled_at: float | None = None  # monotonic time ``cancelled`` was set
+        self.reports_after_cancel = 0
         if cancel_at == 0:
             self.cancel()
 
@@ -222,6 +223,8 @@ class _WatchedContext(DownloadContext):
 
     def progress(self, transferred: int, total: int | None = None) -> None:
         super().progress(transferred, total)
+        if self.cancelled_at is not None:
+            self.reports_after_cancel += 1
         self.reports.append((transferred, total))
         if self.cancel_at is not None and len(self.reports) == self.cancel_at:
             self.cancel()
@@ -320,6 +323,11 @@ def check_download(
     return most
 
 
+#: Progress reports a download may still make once ``ctx.cancelled`` is set:
+#: the chunk in flight, and one final report.
+REPORTS_AFTER_CANCEL = 2
+
+
 def check_cancel(
     plugin: object,
     targets: Sequence[str],
@@ -330,6 +338,10 @@ def check_cancel(
     timeout: float = 60.0,
 ) -> None:
     """Rule "cancel": set ``ctx.cancelled`` before the start or at a progress report; it must stop.
+
+    Stopping means returning within ``within`` seconds of the cancel, and
+    reporting progress at most :data:`REPORTS_AFTER_CANCEL` more times (so a
+    fast download that ignores the cancel is caught too, not only a slow one).
 
     Hypothesis picks the target and the report (0 = before download_impl
     starts, up to ``reports``, the most a download made in
@@ -364,6 +376,14 @@ def check_cancel(
                         f"ctx.cancelled was set (at progress report {cancel_at}).",
                     )
             thread.join()
+            if ctx.reports_after_cancel > REPORTS_AFTER_CANCEL:
+                raise ContractError(
+                    name,
+                    "cancel",
+                    f"download_impl of {target!r} reported progress {ctx.reports_after_cancel} times "
+                    f"after ctx.cancelled was set (at progress report {cancel_at}); it must stop "
+                    "within one chunk.",
+                )
             if outcome.returned is not None and outcome.error is None:
                 _check_path(name, target, dest_dir, outcome.returned)
 
