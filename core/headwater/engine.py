@@ -431,7 +431,6 @@ class Engine:
             shard.logger.debug("download %s failed", job.id, exc_info=True)
         fall_back = False
         with shard.lock:
-            shard.worker.finish()
             ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
             if ours:
                 del shard.contexts[job.id]
@@ -456,8 +455,10 @@ class Engine:
                     fall_back = bool(record.fallbacks)
                     if not fall_back:
                         wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
-        if wrote is None and returned is not None:
-            discard_landed(self.dest_dir, returned)  # cancelled or removed meanwhile
+            if wrote is None and returned is not None:
+                # Cancelled or removed meanwhile: the file goes before the job counts as ended.
+                discard_landed(self.dest_dir, returned)
+            shard.worker.finish()
         if fall_back:
             self._fall_back(shard, job.id, error)
         elif wrote is not None and wrote.state is State.FAILED:
