@@ -188,11 +188,12 @@ def test_an_older_schema_is_migrated(tmp_path: Path, journal: Path, monkeypatch:
     rid = engine.submit("a", "ok:x")
     engine.wait([rid], timeout=10)
     engine.close()
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 2, ("ALTER TABLE records ADD COLUMN note TEXT",))
+    later = store_module.SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", later)
+    monkeypatch.setitem(store_module.MIGRATIONS, later, ("ALTER TABLE records ADD COLUMN note TEXT",))
     SQLiteStore(journal).close()
     with sqlite3.connect(journal) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (later,)
         assert conn.execute("SELECT note FROM records").fetchall() == [(None,)]
     assert [r.id for r in read_records(journal)] == [rid]
 
@@ -427,3 +428,46 @@ def test_nested_record_values_survive_the_journal() -> None:
     assert store_module._build(_Outer, {"tried": [], "unknown": 1}) == _Outer()  # unknown fields ignored
     with pytest.raises(TypeError, match="cannot journal a value of type object"):
         store_module.plain(_Outer(colour=object()))  # type: ignore[arg-type]
+
+
+def test_a_schema_1_journal_gains_the_paused_table(tmp_path: Path, journal: Path) -> None:
+    engine = Engine(tmp_path / "dest", plugins={"a": InstrumentedSource("a")}, store=SQLiteStore(journal))
+    rid = engine.wait([engine.submit("a", "ok:x")], timeout=10)[0].id
+    engine.close()
+    with sqlite3.connect(journal) as conn:  # make it a journal as schema 1 wrote it
+        conn.execute("DROP TABLE paused")
+        conn.execute("PRAGMA user_version = 1")
+    store = SQLiteStore(journal)
+    assert store.paused() == []
+    store.set_paused("a", True)
+    store.close()
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (store_module.SCHEMA_VERSION,)
+    assert [r.id for r in read_records(journal)] == [rid]
+
+
+def test_a_pause_survives_a_restart(tmp_path: Path, journal: Path) -> None:
+    plugins = {"a": InstrumentedSource("a", aliases=("a_dl",)), "b": InstrumentedSource("b")}
+    first = Engine(tmp_path / "dest", plugins=plugins, store=SQLiteStore(journal))
+    first.pause("a_dl")
+    queued = first.submit("a", "ok:waits")
+    first.flush()
+    assert first.get(queued).state is State.QUEUED
+    first.close()
+
+    second = Engine(tmp_path / "dest", plugins=plugins, store=SQLiteStore(journal))
+    try:
+        assert second.paused() == ["a"]
+        other = second.submit("b", "ok:runs")
+        assert second.wait([other], timeout=10)[0].state is State.COMPLETED
+        assert second.get(queued).state is State.QUEUED  # recovered, and held by the pause
+        assert plugins["a"].starts() == 0
+        second.resume("a")
+        assert second.wait([queued], timeout=10)[0].state is State.COMPLETED
+    finally:
+        second.close()
+    third = Engine(tmp_path / "dest", plugins=plugins, store=SQLiteStore(journal))
+    try:
+        assert third.paused() == []  # the resume was recorded too
+    finally:
+        third.close()

@@ -206,6 +206,7 @@ class Engine:
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
             self._held: dict[str, Job] = {}  # requeued at start, waiting for start_held()
+            self._restore_pauses()
             self._recover(self._store.load(), hold)
         except BaseException:
             self._store.close()
@@ -242,6 +243,17 @@ class Engine:
         raise UnknownDownloadError(download_id)
 
     # -- the journal ---------------------------------------------------------
+
+    def _restore_pauses(self) -> None:
+        """Pause again the sources the store says were paused (before any job is queued)."""
+        for name in self._store.paused():
+            try:
+                shard = self._shard(self._registry.resolve(name).name)
+            except HeadwaterError:
+                log.warning("source %r is paused in the journal but is not loaded", name)
+                continue
+            with shard.lock:
+                shard.worker.pause()
 
     def _recover(self, records: list[Record], hold: bool) -> None:
         """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
@@ -751,20 +763,29 @@ class Engine:
         """Start no more downloads of ``source`` (a name or alias), or of every source if None.
 
         Queued downloads wait, running ones finish; submitting still works.
-        Raises UnknownSourceError.
+        With a journal (``store=``) the pause is recorded and survives a
+        restart. Raises UnknownSourceError.
         """
-        for shard in self._chosen(source):
-            with shard.lock:
-                shard.worker.pause()
+        self._set_paused(source, True)
 
     def resume(self, source: str | None = None) -> None:
         """Undo :meth:`pause` for ``source`` (or every source): its queued downloads start again."""
+        self._set_paused(source, False)
+
+    def _set_paused(self, source: str | None, paused: bool) -> None:
         for shard in self._chosen(source):
             with shard.lock:
-                shard.worker.resume()
+                try:
+                    self._store.set_paused(shard.source.name, paused)
+                except StoreError as exc:
+                    log.error("%s; the pause of %r is kept in memory only", exc, shard.source.name)
+                if paused:
+                    shard.worker.pause()
+                else:
+                    shard.worker.resume()
 
     def paused(self) -> list[str]:
-        """The names of the paused sources, sorted (for a store to persist across restarts)."""
+        """The names of the paused sources, sorted."""
         return sorted(n for n, s in list(self._shards.items()) if s.worker.paused)
 
     def _chosen(self, source: str | None) -> list[_Shard]:

@@ -69,7 +69,7 @@ JOURNAL_NAME = "journal.sqlite3"
 APPLICATION_ID = 0x48445752
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statements that bring a journal from version ``n - 1`` to ``n``; version 1
 #: creates the schema. A later schema adds ``MIGRATIONS[2]`` and so on; they
@@ -86,6 +86,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             owner TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),
+    2: ("CREATE TABLE paused (source TEXT PRIMARY KEY) WITHOUT ROWID",),
 }
 
 
@@ -137,6 +138,17 @@ class RecordStore(Protocol):
         """Make every record added so far durable."""
         ...
 
+    def paused(self) -> list[str]:
+        """The names of the sources the journal says are paused, sorted."""
+        ...
+
+    def set_paused(self, source: str, paused: bool) -> None:
+        """Record that ``source`` is paused (or not); durable when this returns.
+
+        Raises :class:`~headwater.errors.StoreError` if the write fails.
+        """
+        ...
+
     def close(self) -> None:
         """Flush, stop periodic work and release the journal. Later calls do nothing."""
         ...
@@ -161,6 +173,12 @@ class MemoryStore:
         pass
 
     def flush(self) -> None:
+        pass
+
+    def paused(self) -> list[str]:
+        return []
+
+    def set_paused(self, source: str, paused: bool) -> None:
         pass
 
     def close(self) -> None:
@@ -529,6 +547,28 @@ class SQLiteStore:
 
     def flush(self) -> None:
         self._insert_pending()
+
+    def paused(self) -> list[str]:
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT source FROM paused ORDER BY source").fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
+        return [row[0] for row in rows]
+
+    def set_paused(self, source: str, paused: bool) -> None:
+        statement = (
+            "INSERT INTO paused (source) VALUES (?) ON CONFLICT DO NOTHING"
+            if paused
+            else "DELETE FROM paused WHERE source = ?"
+        )
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._conn.execute(statement, (source,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self._stop.set()
