@@ -99,7 +99,11 @@ DISTRIBUTIONS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     "headwater-importfail": (
         "0.2.0",
         {
-            "importfail": ("hw_importfail", 'raise RuntimeError("cannot reach\\n    the moon")\n'),
+            # It prints first: `headwater sources --json` must keep stdout clean all the same.
+            "importfail": (
+                "hw_importfail",
+                'print("noisy plugin at import")\nraise RuntimeError("cannot reach\\n    the moon")\n',
+            ),
             "exits": ("hw_exits", 'raise SystemExit("bye")\n'),
             "noattr": ("hw_noattr:plugin", "x = 1\n"),
         },
@@ -279,7 +283,7 @@ class PluginVenv:
         dest = tempfile.mkdtemp(prefix="dest-", dir=self.work)
         done = self.run(self.python, self.work / "probe.py", dest, json.dumps(submits), **env)
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        return json.loads(done.stdout.splitlines()[-1])  # a plugin may print while it loads
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -77,14 +78,15 @@ class App:
         except StoreError as exc:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         try:
-            return Engine(
-                dest or config.destination or Path.cwd(),
-                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
-                store=store,
-                hold=True,
-                load=config.load,
-                block=config.block,
-            )
+            with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+                return Engine(
+                    dest or config.destination or Path.cwd(),
+                    policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+                    store=store,
+                    hold=True,
+                    load=config.load,
+                    block=config.block,
+                )
         except UnknownSourceError as exc:
             where = f" (config file {config.path})" if config.path else ""
             raise Failure(f"{exc}{where}", EXIT_USAGE) from exc
