@@ -180,13 +180,14 @@ def sources(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_info_json(i) for i in infos], indent=2))
         return
+    alias_width = max([20, *(len(",".join(i.aliases)) for i in infos)])
     for info in infos:
         dist = f"{info.distribution} {info.version}" if info.distribution else "-"
         if info.error is None:
             assert info.policy is not None
             policy = f"concurrency={info.policy.concurrency} delay={info.policy.delay:g}"
             aliases = ",".join(info.aliases) or "-"
-            click.echo(f"{info.name:<16} ok      {aliases:<20} {policy:<28} {dist}")
+            click.echo(f"{info.name:<16} ok      {aliases:<{alias_width}} {policy:<28} {dist}")
         else:
             click.echo(f"{info.name:<16} broken  {dist}: {info.error}")
 
