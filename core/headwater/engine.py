@@ -45,7 +45,7 @@ from headwater.errors import (
 )
 from headwater.files import discard_landed, landed_file
 from headwater.policy import RatePolicy
-from headwater.records import CORE_FIELDS, Job, Record, State, Tried, may_transition
+from headwater.records import CORE_FIELDS, NO_EXTRA, Job, Record, State, Tried, may_transition
 from headwater.sources import PolicyOverride, Source, SourceInfo, SourceRegistry
 from headwater.store import MemoryStore, RecordStore
 from headwater.watchdog import Watchdog
@@ -369,7 +369,7 @@ class Engine:
     def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
         """The record's username label and extra fields from ``record_fields``."""
         if src.record_fields is None:
-            return src.name, MappingProxyType({})
+            return src.name, NO_EXTRA
         try:
             results = src.record_fields(job=job)
         except Exception as exc:

@@ -51,7 +51,8 @@ def may_transition(current: State, new: State) -> bool:
     return new in TRANSITIONS[current]
 
 
-_EMPTY: Mapping[str, object] = MappingProxyType({})
+#: The ``extra`` of a record whose source returned no fields (shared, read-only).
+NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 
 @attrs.frozen
@@ -122,7 +123,7 @@ class Record:
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
-    extra: Mapping[str, object] = _EMPTY
+    extra: Mapping[str, object] = NO_EXTRA
     tried: tuple[Tried, ...] = ()
     fallbacks: tuple[str, ...] = ()
     retries: int = 0
