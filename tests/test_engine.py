@@ -262,6 +262,29 @@ def test_a_file_landed_after_cancel_is_deleted(make_engine):
     assert engine.get(rid).state is State.CANCELLED
 
 
+def test_a_landed_file_is_gone_before_the_job_counts_as_ended(make_engine, monkeypatch):
+    import headwater.engine as engine_module
+
+    running_at_delete: list[int] = []
+    delete = engine_module.discard_landed
+
+    def watched(dest_dir, returned):
+        running_at_delete.append(engine.worker_stats()["alpha"][1])
+        delete(dest_dir, returned)
+
+    monkeypatch.setattr(engine_module, "discard_landed", watched)
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "ignore-cancel:k")
+    src.wait_started(1)
+    engine.cancel(rid)
+    src.release("k")
+    engine.wait([engine.submit("alpha", "ok:next")], timeout=10)
+    # The worker still counted the download as running while its file was deleted,
+    # so "no download running" implies "no file landed after a cancel is left".
+    assert running_at_delete == [1]
+
+
 def test_cancel_racing_completion_leaves_one_terminal_state(make_engine):
     src = InstrumentedSource("alpha", RatePolicy(concurrency=4))
     engine = make_engine({"alpha": src})
