@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from engine import SleepSource  # noqa: E402  (bench/engine.py)
+from engine import run_workload  # noqa: E402  (bench/engine.py)
 from table import print_table
 
-from headwater import Engine, RatePolicy, Record, State  # noqa: E402
+from headwater import Record, State  # noqa: E402
 from headwater.store import MemoryStore, RecordStore, SQLiteStore  # noqa: E402
 
 
@@ -42,21 +42,7 @@ class YieldingStore(MemoryStore):
 
 def drain(dest: Path, store: RecordStore | None, args: argparse.Namespace) -> tuple[float, float]:
     """(submit seconds, drain seconds) of the workload on ``store``."""
-    names = [f"s{i}" for i in range(args.sources)]
-    engine = Engine(
-        dest,
-        plugins={n: SleepSource(args.sleep) for n in names},
-        policies={n: RatePolicy(concurrency=args.concurrency) for n in names},
-        store=store,
-    )
-    t0 = time.perf_counter()
-    ids = [engine.submit(names[i % len(names)], f"https://example.org/{i}") for i in range(args.jobs)]
-    submitted = time.perf_counter()
-    records = engine.wait(ids, timeout=3600)
-    drained = time.perf_counter()
-    engine.close()
-    assert all(r.state.value == "completed" for r in records), "some jobs did not complete"
-    return submitted - t0, drained - t0
+    return run_workload(dest, args, store=store)
 
 
 def commit_latency(journal: Path, count: int = 10_000) -> float:
