@@ -92,6 +92,84 @@ def test_a_state_change_is_committed_before_it_is_visible(tmp_path: Path, journa
     assert store.seen == [(State.QUEUED, State.RUNNING), (State.RUNNING, State.COMPLETED)]
 
 
+class _Batches(SQLiteStore):
+    """Keeps each commit's records as (id, state visible to readers during the commit, new state)."""
+
+    engine: Engine | None = None
+    batches: list[list[tuple[str, State | None, State]]]
+
+    def commit(self, records: Sequence[Record]) -> None:
+        assert self.engine is not None
+        visible = {r.id: r.state for r in self.engine.records()}
+        self.batches.append([(r.id, visible.get(r.id), r.state) for r in records])
+        super().commit(records)
+
+
+def test_the_end_of_a_download_and_the_start_of_the_next_share_one_commit(
+    tmp_path: Path, journal: Path
+) -> None:
+    store = _Batches(journal)
+    store.batches = []
+    src = InstrumentedSource("a", RatePolicy(concurrency=1))
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
+    store.engine = engine
+    try:
+        first, second = engine.submit("a", "block:1"), engine.submit("a", "block:2")
+        src.wait_started(1)
+        src.release("1")
+        src.wait_started(2)
+        src.release("2")
+        engine.wait([first, second], timeout=10)
+    finally:
+        engine.close()
+    queued, running, completed = State.QUEUED, State.RUNNING, State.COMPLETED
+    assert store.batches == [
+        [(first, queued, running)],
+        [(first, running, completed), (second, queued, running)],  # one transaction, seen after
+        [(second, running, completed)],
+    ]
+    assert [(r.id, r.state) for r in read_records(journal)] == [(first, completed), (second, completed)]
+
+
+def test_the_wal_starts_over_although_commits_keep_coming(tmp_path: Path, journal: Path) -> None:
+    """Pages the flusher's first checkpoint could not copy must not keep the WAL from starting over.
+
+    A reader pins a snapshot taken before the last commit, so the first
+    (unlocked) checkpoint leaves that commit's pages in the WAL, as a commit
+    landing while it runs would; the reader ends right after it.
+    """
+    store = SQLiteStore(journal)
+    now = time.time()
+
+    def record(i: int) -> Record:
+        return Record(f"{i:032x}", "a", f"t{i}", None, "a", State.RUNNING, now, now)
+
+    reader = sqlite3.connect(journal, isolation_level=None)
+
+    class _ReaderEndsAfterFirst(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            cursor = super().execute(sql, *args)
+            if reader.in_transaction:
+                reader.execute("COMMIT")
+            return cursor
+
+    try:
+        for i in range(500):
+            store.commit([record(i)])
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM records").fetchone()
+        store.commit([record(500)])
+        checkpoints = sqlite3.connect(journal, factory=_ReaderEndsAfterFirst, isolation_level=None)
+        store._checkpoint(checkpoints)
+        checkpoints.close()
+        store.commit([record(501)])  # starts the WAL over if every frame was copied
+        _, frames, _ = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        reader.close()
+        store.close()
+    assert 0 < frames < 10, f"the WAL went on from frame {frames} instead of starting over"
+
+
 def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path, journal: Path) -> None:
     src = InstrumentedSource("a", RatePolicy(concurrency=1))
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.02))

@@ -22,7 +22,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
@@ -63,7 +64,8 @@ class _Shard:
         self.source = source
         self.store = engine._store
         self.lock = threading.RLock()
-        self.records: dict[str, Record] = {}
+        self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
+        self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
         self.contexts: dict[str, DownloadContext] = {}
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         self.worker: SourceWorker[DownloadContext] = SourceWorker(
@@ -73,23 +75,57 @@ class _Shard:
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
         """Write ``record`` in ``state`` if the transition is legal; the lock must be held.
 
-        ``record`` must be the current record. Returns the new record, or None
-        (and writes nothing) when the transition is illegal. The new record is
-        committed to the store before it replaces the old one. If the store
-        cannot write it, the error is logged and the engine goes on in memory:
-        a download never hangs on a full disk, and what the journal missed is
-        redone after a restart.
+        ``record`` must be the current record (see :meth:`current`). Returns
+        the new record, or None (and writes nothing) when the transition is
+        illegal. The new record is committed to the store before it replaces
+        the old one, at once or, inside :meth:`batch`, when the batch ends. If
+        the store cannot write it, the error is logged and the engine goes on
+        in memory: a download never hangs on a full disk, and what the journal
+        missed is redone after a restart.
         """
         if not may_transition(record.state, state):
             log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
             return None
         new = attrs.evolve(record, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
-        try:
-            self.store.commit((new,))
-        except StoreError as exc:
-            log.error("%s; %s -> %s of %s kept in memory only", exc, record.state.name, state.name, record.id)
-        self.records[record.id] = new
+        if self._unwritten is None:
+            self._write({new.id: (record.state, new)})
+        else:
+            first = self._unwritten.get(new.id)
+            self._unwritten[new.id] = (record.state if first is None else first[0], new)
         return new
+
+    def current(self, download_id: str) -> Record | None:
+        """The record as the locked step in progress left it (moves of an open batch included)."""
+        if self._unwritten:
+            moved = self._unwritten.get(download_id)
+            if moved is not None:
+                return moved[1]
+        return self.records.get(download_id)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within it (lock held), moves are committed together at its end, then become visible.
+
+        One store commit instead of one per move: the end of a download and
+        the start of the next share a transaction.
+        """
+        self._unwritten = {}
+        try:
+            yield
+        finally:
+            moved, self._unwritten = self._unwritten, None
+            if moved:
+                self._write(moved)
+
+    def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
+        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current."""
+        try:
+            self.store.commit([new for _, new in moves.values()])
+        except StoreError as exc:
+            changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
+            log.error("%s; %s kept in memory only", exc, changes)
+        for _, new in moves.values():
+            self.records[new.id] = new
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
@@ -414,7 +450,7 @@ class Engine:
         download's start for its timeout and its speed.
         """
         shard = self._shards[job.source]
-        record = shard.records.get(job.id)
+        record = shard.current(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
         ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now)
@@ -424,8 +460,13 @@ class Engine:
             self._watchdog.poke()
         return ctx
 
-    def _run(self, job: Job, ctx: DownloadContext) -> None:
-        """Call the source's ``download_impl`` and write the outcome, unless cancelled."""
+    def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
+        """Call the source's ``download_impl`` and write the outcome, unless cancelled.
+
+        In the same locked step, and the same store commit, it begins the
+        source's next job if one may start right now, and returns it for the
+        worker thread to run next (None if none was due).
+        """
         shard = self._shards[job.source]
         returned: str | os.PathLike[str] | None = None
         path: Path | None = None
@@ -442,7 +483,7 @@ class Engine:
             error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)
         fall_back = False
-        with shard.lock:
+        with shard.lock, shard.batch():
             ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
             if ours:
                 del shard.contexts[job.id]
@@ -471,11 +512,13 @@ class Engine:
                 # Cancelled or removed meanwhile: the file goes before the job counts as ended.
                 discard_landed(self.dest_dir, returned)
             shard.worker.finish()
+            follow = shard.worker.next_due()
         if fall_back:
             self._fall_back(shard, job.id, error)
         elif wrote is not None and wrote.state is State.FAILED:
             shard.logger.info("download %s of %r failed: %s", job.id, job.target, error)
         self._notify_ended(job.id)
+        return follow
 
     def _try_again_locked(
         self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None

@@ -188,7 +188,25 @@ class MemoryStore:
 # -- encoding ------------------------------------------------------------------
 
 
-_SCALARS = (str, int, float, bool, type(None))
+def _jsonable(value: object) -> object:
+    """``value`` one step nearer JSON: an enum as its value, an attrs instance or a mapping as a dict.
+
+    :class:`json.JSONEncoder` calls this for what it cannot encode itself
+    (it takes str, int, float, bool, None, dict, list and tuple as they are).
+    Raises TypeError for anything else, naming its type.
+    """
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return {a.name: getattr(value, a.name) for a in attrs.fields(type(value))}  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    raise TypeError(f"cannot journal a value of type {type(value).__name__}: {value!r}")
+
+
+#: The one encoder of journal rows: compact, and built once (``json.dumps``
+#: with options builds a new encoder on every call).
+_ENCODER = json.JSONEncoder(default=_jsonable, separators=(",", ":"))
 
 
 def plain(value: object) -> object:
@@ -198,17 +216,7 @@ def plain(value: object) -> object:
 
     Raises TypeError for anything else, naming its type.
     """
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, enum.Enum):
-        return value.value
-    if attrs.has(type(value)):
-        return {k: plain(v) for k, v in attrs.asdict(value, recurse=False).items()}  # type: ignore[arg-type]
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [plain(v) for v in value]
-    raise TypeError(f"cannot journal a value of type {type(value).__name__}: {value!r}")
+    return json.loads(_ENCODER.encode(value))
 
 
 @functools.cache
@@ -236,7 +244,7 @@ def _build(hint: Any, value: object) -> object:
 
 
 def _data(record: Record) -> str:
-    return json.dumps(plain(record), separators=(",", ":"))
+    return _ENCODER.encode(record)
 
 
 def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
@@ -521,17 +529,13 @@ class SQLiteStore:
         NOTHING``): the committed state is never overwritten by an older one.
         """
         owner = self._session.id
-        rows = [_encode(r, owner) for r in records]  # outside the lock
+        rows = json.dumps([_encode(r, owner) for r in records])  # outside the lock
         with self._lock:
             if self._closed:
                 log.debug("journal %s is closed; write dropped", self.path)
                 return
             try:
-                if len(rows) == 1:
-                    self._conn.execute(_UPSERT, rows[0])  # autocommit: one statement, one transaction
-                else:
-                    with self._transaction() as conn:
-                        conn.executemany(_UPSERT, rows)
+                self._conn.execute(_UPSERT, (rows,))  # one statement: one transaction
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
@@ -601,12 +605,15 @@ class SQLiteStore:
             raise
 
     def _insert_pending(self) -> None:
-        """Commit every record added so far, in transactions of at most ``_BATCH`` rows.
+        """Commit every record added so far, ``_BATCH`` rows to a statement.
 
-        Encoding happens outside the connection lock and the lock is released
-        between batches, so a state change waits for one batch at most. Callers
-        are serialized, so whoever returns knows every earlier ``add`` is
-        committed. Raises StoreError, keeping the unwritten records buffered.
+        Each batch is one ``INSERT ... SELECT FROM json_each(?)`` statement:
+        one implicit transaction, and one release of the GIL, however many
+        rows. Encoding happens outside the connection lock and the lock is
+        released between batches, so a state change waits for one short batch
+        at most. Callers are serialized, so whoever returns knows every earlier
+        ``add`` is committed. Raises StoreError, keeping the unwritten records
+        buffered.
         """
         owner = self._session.id
         with self._inserting:
@@ -614,13 +621,12 @@ class SQLiteStore:
                 batch: list[Record] = []
                 while self._pending and len(batch) < _BATCH:
                     batch.append(self._pending.popleft())
-                rows = [_encode(r, owner) for r in batch]
+                rows = json.dumps([_encode(r, owner) for r in batch])
                 with self._lock:
                     if self._closed:
                         return
                     try:
-                        with self._transaction() as conn:
-                            conn.executemany(_INSERT_NEW, rows)
+                        self._conn.execute(_INSERT_NEW, (rows,))
                     except sqlite3.Error as exc:
                         self._pending.extendleft(reversed(batch))
                         raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
@@ -649,18 +655,14 @@ class SQLiteStore:
                 raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     def _flush_loop(self, running: Callable[[], list[Record]]) -> None:
-        """Every ``flush_interval``: write buffered new records and changed progress, checkpoint the WAL.
-
-        The checkpoint is PASSIVE, on a connection of its own: commits never
-        wait for it, and the WAL starts over at the first quiet moment.
-        """
+        """Every ``flush_interval``: write buffered new records and changed progress, checkpoint the WAL."""
         checkpoints = _connect(self.path, read_only=False)
         try:
             while not self._stop.wait(self.flush_interval):
                 try:
                     self._insert_pending()
                     self._write_progress(running())
-                    checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self._checkpoint(checkpoints)
                 except (StoreError, sqlite3.Error) as exc:
                     log.error("journal %s: %s", self.path, exc)
                 except Exception:  # the flusher must outlive any one bad round
@@ -668,18 +670,39 @@ class SQLiteStore:
         finally:
             checkpoints.close()
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file, so that the next commit starts the WAL over.
 
-_BATCH = 500  # new records per transaction
+        ``conn`` is the flusher's own connection. A first PASSIVE checkpoint
+        copies the bulk while commits go on. Commits that came meanwhile
+        leave the WAL partly copied, and SQLite starts a WAL over only when
+        all of it is; under a steady stream of commits that never happens by
+        itself, and the WAL would grow until SQLite checkpointed inside a
+        commit, stalling it. So a second checkpoint, with the connection lock
+        held, copies just the pages written during the first.
+        """
+        _, logged, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if logged > 0:
+            with self._lock:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+_BATCH = 64  # new records per statement: a state change waits for one batch at most
 _WAL_PAGES = 8192  # 32 MiB of 4 KiB pages: the writers' own checkpoint, a safety net
 _WAL_KEEP_BYTES = 4 << 20  # what a WAL file is cut back to when it starts over
 
+#: Both take one parameter: a JSON array of rows, each an array in column order.
+_FROM_JSON = (
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+    "json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), "
+    "json_extract(value, '$[6]') FROM json_each(?) WHERE true"
+)
 _UPSERT = (
-    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO records (id, source, state, created_at, updated_at, data, owner) {_FROM_JSON} "
     "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
     "data = excluded.data, owner = excluded.owner"
 )
 _INSERT_NEW = (
-    "INSERT INTO records (id, source, state, created_at, updated_at, data, owner) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO records (id, source, state, created_at, updated_at, data, owner) {_FROM_JSON} "
+    "ON CONFLICT (id) DO NOTHING"
 )

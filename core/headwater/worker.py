@@ -51,6 +51,9 @@ class SourceWorker(Generic[T]):
             with, or None to drop it (it was cancelled).
         run: called without the lock to do the job; must not raise, and must
             call :meth:`finish` (with the lock held) when the job has ended.
+            Returns None, or the next job and token when it began one with
+            :meth:`next_due` in that same locked step; the thread runs that
+            one next.
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
     """
@@ -61,7 +64,7 @@ class SourceWorker(Generic[T]):
         lock: threading.RLock,
         policy: RatePolicy,
         begin: Callable[[Job, float], T | None],
-        run: Callable[[Job, T], None],
+        run: Callable[[Job, T], tuple[Job, T] | None],
         idle_timeout: float,
         clock: Clock,
     ) -> None:
@@ -171,6 +174,14 @@ class SourceWorker(Generic[T]):
         self._last_end = self._clock.now()
         self._changed.notify()
 
+    def next_due(self) -> tuple[Job, T] | None:
+        """Begin the next job if one may start right now, else None; call with the lock held.
+
+        For ``run``, right after :meth:`finish`: the thread that just ended a
+        job begins the next one in the same locked step, without waiting.
+        """
+        return self._next(wait=False)
+
     def close(self) -> None:
         """Start nothing more; idle and waiting threads end."""
         self._closed = True
@@ -197,20 +208,23 @@ class SourceWorker(Generic[T]):
         thread.start()
 
     def _loop(self) -> None:
+        picked: tuple[Job, T] | None = None
         while True:
-            with self._lock:
-                picked = self._next()
-                if picked is None:
-                    self._threads.discard(threading.current_thread())
-                    return
+            if picked is None:
+                with self._lock:
+                    picked = self._next()
+                    if picked is None:
+                        self._threads.discard(threading.current_thread())
+                        return
             job, token = picked
-            self._run(job, token)
+            picked = self._run(job, token)
 
-    def _next(self) -> tuple[Job, T] | None:
+    def _next(self, wait: bool = True) -> tuple[Job, T] | None:
         """Wait (lock held) for a job that is due, mark it started, and return it.
 
         Returns None when the worker is closed, the thread has been idle for
-        ``idle_timeout``, or there are more threads than the concurrency.
+        ``idle_timeout``, or there are more threads than the concurrency; and,
+        if not ``wait``, when no job may start right now.
         """
         idle_since: float | None = None
         while not self._closed:
@@ -224,6 +238,8 @@ class SourceWorker(Generic[T]):
                     due.append(heapq.heappop(self._later)[2])
                 self._queue.extendleft(reversed(due))
             if self._paused or not (self._queue or self._later):
+                if not wait:
+                    return None
                 real = time.monotonic()
                 if idle_since is None:
                     idle_since = real
@@ -238,6 +254,8 @@ class SourceWorker(Generic[T]):
             if limited or not self._queue or self._resume_at > now:
                 start_at = self._start_allowed_at(policy, now)
                 if start_at > now:
+                    if not wait:
+                        return None
                     self._clock.wait(self._changed, start_at - now)
                     continue
             job = self._queue.popleft()
