@@ -25,6 +25,7 @@ from headwater import (
     destination,
     resolve_inside,
 )
+from headwater_http.direct import body_socket, read_body
 from headwater_http.naming import Target, disposition_name, retry_after_seconds, url_name
 
 
@@ -152,6 +153,7 @@ class Transfer:
         self._settings = settings
         self._part: _Part | None = None
         self._received = 0  # body bytes written by the current request
+        self._done = 0  # bytes in the .part while a body is being written
 
     def run(self) -> Path:
         """Fetch, verify and land the file; return its final path.
@@ -252,21 +254,34 @@ class Transfer:
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:
-        """Append the body at ``start``, reporting progress and stopping within a chunk of a cancel."""
-        ctx = self._ctx
+        """Append the body at ``start``, reporting progress and stopping within a chunk of a cancel.
+
+        A large plain body (see :func:`body_socket`) is read past h11 after
+        its first chunk, and its connection is then closed, not pooled.
+        """
         out = part.file.stream
         out.seek(start)
         out.truncate()
-        done, total = start, part.total
-        ctx.progress(done, total)
+        self._done = start
+        self._ctx.progress(start, part.total)
+        sock = body_socket(response)
         for chunk in response.iter_raw():
-            if ctx.cancelled.is_set():
-                raise DownloadCancelled(f"cancelled after {done} bytes of {self._target.url}")
-            out.write(chunk)
-            self._received += len(chunk)
-            done += len(chunk)
-            ctx.progress(done, total if total is None or total >= done else done)
+            self._append(out, chunk, part.total)
+            if sock is not None and self._received < int(response.headers["content-length"]):
+                for view in read_body(sock, response, self._received):
+                    self._append(out, view, part.total)
+                response.close()  # h11 still counts the body unread: drop the connection
+                break
         out.flush()
+
+    def _append(self, out: io.BufferedRandom, chunk: bytes | memoryview, total: int | None) -> None:
+        """Write one chunk of the body and report progress; raise :class:`DownloadCancelled` first after a cancel."""
+        if self._ctx.cancelled.is_set():
+            raise DownloadCancelled(f"cancelled after {self._done} bytes of {self._target.url}")
+        out.write(chunk)
+        self._received += len(chunk)
+        self._done += len(chunk)
+        self._ctx.progress(self._done, total if total is None or total >= self._done else self._done)
 
     # -- finishing -----------------------------------------------------------
 
