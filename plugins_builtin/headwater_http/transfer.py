@@ -275,7 +275,10 @@ class Transfer:
         out.flush()
 
     def _append(self, out: io.BufferedRandom, chunk: bytes | memoryview, total: int | None) -> None:
-        """Write one chunk of the body and report progress; raise :class:`DownloadCancelled` first after a cancel."""
+        """Write one chunk of the body and report progress.
+
+        Raises :class:`DownloadCancelled`, writing nothing, once the download is cancelled.
+        """
         if self._ctx.cancelled.is_set():
             raise DownloadCancelled(f"cancelled after {self._done} bytes of {self._target.url}")
         out.write(chunk)
