@@ -8,6 +8,10 @@ folder on the same file system; headwater fsyncs each file before its
 rename, curl and aria2c do not, so curl is also timed with an fsync after.
 
     python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
+                         [--also-jobs 4 8]
+
+``--also-jobs`` adds rows for headwater at other concurrencies on (b), to
+show how the client's throughput depends on the number of worker threads.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also-jobs", type=int, nargs="*", default=[], help="more concurrencies for (b)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put files (default: a temp folder)")
     args = parser.parse_args()
     for tool in ("curl", "aria2c"):
@@ -200,8 +205,9 @@ def main() -> None:
                 shutil.rmtree(base / "curl")
                 dest = fresh(base, "aria")
                 measure(f"aria2c -j {args.jobs}", partial(aria2c_fetch, list_file, dest, args.jobs))
-                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(args.jobs)}) as engine:
-                    measure(f"headwater c={args.jobs}", partial(headwater_fetch, engine, small_urls))
+                for jobs in [args.jobs, *args.also_jobs]:
+                    with Engine(fresh(base, "hw"), policies={"http": RatePolicy(jobs)}) as engine:
+                        measure(f"headwater c={jobs}", partial(headwater_fetch, engine, small_urls))
                 shutil.rmtree(base / "hw")
                 shutil.rmtree(base / "aria")
         finally:
@@ -228,6 +234,8 @@ def main() -> None:
     print(f"(a) headwater vs curl:         {median['curl'] / median['headwater']:.2f}x  (target >= 0.9x)")
     print(f"(a) headwater vs curl + fsync: {median['curl + fsync'] / median['headwater']:.2f}x")
     print(f"(b) headwater vs aria2c:       {aria / hw_small:.2f}x  (target >= 1.0x)")
+    for jobs in args.also_jobs:
+        print(f"(b) headwater c={jobs} vs aria2c: {aria / median[f'headwater c={jobs}']:.2f}x")
     print(
         f"CPU per GiB, (a): curl {cpu['curl'] * (1 << 30) / big_bytes:.2f} s, headwater "
         f"{cpu['headwater'] * (1 << 30) / big_bytes:.2f} s"

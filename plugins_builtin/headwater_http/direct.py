@@ -40,11 +40,11 @@ def body_socket(response: httpx.Response) -> socket.socket | None:
     headers = response.headers
     length = headers.get("content-length", "")
     if (
-        response.http_version != "HTTP/1.1"
+        not length.isdigit()
+        or int(length) < DIRECT_MIN_BYTES  # the common case for small files: decided on one header
+        or response.http_version != "HTTP/1.1"
         or "transfer-encoding" in headers
         or headers.get("content-encoding", "identity").strip().lower() != "identity"
-        or not length.isdigit()
-        or int(length) < DIRECT_MIN_BYTES
     ):
         return None
     stream = response.extensions.get("network_stream")
