@@ -3,9 +3,12 @@
 The files are made in a temporary folder (never committed) and served from
 127.0.0.1 by :func:`serve`, an asyncio HTTP/1.1 keep-alive server in its own
 process that sends file bodies with ``sendfile(2)`` (zero-copy), so the
-server is not what limits the clients. Every client writes into a fresh
-folder on the same file system; headwater fsyncs each file before its
-rename, curl and aria2c do not, so curl is also timed with an fsync after.
+server is not what limits the clients. Every client writes into one folder,
+emptied and synced just before it runs, so no client writes while another's
+output still holds page cache (on a VM, memory the guest has not used lately
+costs page faults to fill: the first GiB written can take four times as long
+as the next). headwater fsyncs each file before its rename, curl and aria2c
+do not, so curl is also timed with an fsync after.
 
     python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
                          [--also-jobs 4 8]
@@ -195,21 +198,20 @@ def main() -> None:
             def measure(client: str, run: Callable[[], object]) -> None:
                 runs.setdefault(client, []).append(timed(run))
 
+            # Every client writes into the same folder, emptied (and synced) just before it runs,
+            # so each starts with the page cache the previous client's output was using freed.
             for _ in range(args.rounds):
-                out = fresh(base, "curl") / "big.bin"
-                measure("curl", partial(curl_fetch, big_url, out, fsync=False))
-                out = fresh(base, "curl") / "big.bin"
-                measure("curl + fsync", partial(curl_fetch, big_url, out, fsync=True))
-                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(concurrency=1)}) as engine:
+                for client, sync in (("curl", False), ("curl + fsync", True)):
+                    out = fresh(base, "out") / "big.bin"
+                    measure(client, partial(curl_fetch, big_url, out, fsync=sync))
+                with Engine(fresh(base, "out"), policies={"http": RatePolicy(concurrency=1)}) as engine:
                     measure("headwater", partial(headwater_fetch, engine, [big_url]))
-                shutil.rmtree(base / "curl")
-                dest = fresh(base, "aria")
+                dest = fresh(base, "out")
                 measure(f"aria2c -j {args.jobs}", partial(aria2c_fetch, list_file, dest, args.jobs))
                 for jobs in [args.jobs, *args.also_jobs]:
-                    with Engine(fresh(base, "hw"), policies={"http": RatePolicy(jobs)}) as engine:
+                    with Engine(fresh(base, "out"), policies={"http": RatePolicy(jobs)}) as engine:
                         measure(f"headwater c={jobs}", partial(headwater_fetch, engine, small_urls))
-                shutil.rmtree(base / "hw")
-                shutil.rmtree(base / "aria")
+            shutil.rmtree(base / "out")
         finally:
             server.terminate()
             server.join(5)
