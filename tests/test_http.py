@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +326,27 @@ def test_a_connection_read_directly_is_not_reused(server, http, monkeypatch):
         assert Path(rec.file_path).read_bytes() == DATA
         os.unlink(rec.file_path)
     assert len(set(res.peers)) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_large_bodies_are_handed_to_the_disk_as_they_arrive(server, http, monkeypatch, body):
+    monkeypatch.setattr(transfer, "WRITEBACK_BYTES", 65536)
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    rec = fetch(http(), server.add("/wb.bin", Resource(DATA)))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    ends = [length for _, length, _ in advised]
+    assert len(ends) >= 3 and ends[-1] <= len(DATA)
+    assert all(later - earlier >= 65536 for earlier, later in pairwise([0, *ends]))
+    assert {(offset, advice) for offset, _, advice in advised} == {(0, os.POSIX_FADV_DONTNEED)}
+    body.check()
 
 
 def test_two_downloads_of_one_name_do_not_interleave(server, http):
