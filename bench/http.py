@@ -3,11 +3,18 @@
 The files are made in a temporary folder (never committed) and served from
 127.0.0.1 by :func:`serve`, an asyncio HTTP/1.1 keep-alive server in its own
 process that sends file bodies with ``sendfile(2)`` (zero-copy), so the
-server is not what limits the clients. Every client writes into a fresh
-folder on the same file system; headwater fsyncs each file before its
-rename, curl and aria2c do not, so curl is also timed with an fsync after.
+server is not what limits the clients. Every client writes into one folder,
+emptied and synced just before it runs, so no client writes while another's
+output still holds page cache (on a VM, memory the guest has not used lately
+costs page faults to fill: the first GiB written can take four times as long
+as the next). headwater fsyncs each file before its rename, curl and aria2c
+do not, so curl is also timed with an fsync after.
 
     python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
+                         [--also-jobs 4 8]
+
+``--also-jobs`` adds rows for headwater at other concurrencies on (b), to
+show how the client's throughput depends on the number of worker threads.
 """
 
 from __future__ import annotations
@@ -162,6 +169,7 @@ def main() -> None:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also-jobs", type=int, nargs="*", default=[], help="more concurrencies for (b)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put files (default: a temp folder)")
     args = parser.parse_args()
     for tool in ("curl", "aria2c"):
@@ -190,20 +198,20 @@ def main() -> None:
             def measure(client: str, run: Callable[[], object]) -> None:
                 runs.setdefault(client, []).append(timed(run))
 
+            # Every client writes into the same folder, emptied (and synced) just before it runs,
+            # so each starts with the page cache the previous client's output was using freed.
             for _ in range(args.rounds):
-                out = fresh(base, "curl") / "big.bin"
-                measure("curl", partial(curl_fetch, big_url, out, fsync=False))
-                out = fresh(base, "curl") / "big.bin"
-                measure("curl + fsync", partial(curl_fetch, big_url, out, fsync=True))
-                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(concurrency=1)}) as engine:
+                for client, sync in (("curl", False), ("curl + fsync", True)):
+                    out = fresh(base, "out") / "big.bin"
+                    measure(client, partial(curl_fetch, big_url, out, fsync=sync))
+                with Engine(fresh(base, "out"), policies={"http": RatePolicy(concurrency=1)}) as engine:
                     measure("headwater", partial(headwater_fetch, engine, [big_url]))
-                shutil.rmtree(base / "curl")
-                dest = fresh(base, "aria")
+                dest = fresh(base, "out")
                 measure(f"aria2c -j {args.jobs}", partial(aria2c_fetch, list_file, dest, args.jobs))
-                with Engine(fresh(base, "hw"), policies={"http": RatePolicy(args.jobs)}) as engine:
-                    measure(f"headwater c={args.jobs}", partial(headwater_fetch, engine, small_urls))
-                shutil.rmtree(base / "hw")
-                shutil.rmtree(base / "aria")
+                for jobs in [args.jobs, *args.also_jobs]:
+                    with Engine(fresh(base, "out"), policies={"http": RatePolicy(jobs)}) as engine:
+                        measure(f"headwater c={jobs}", partial(headwater_fetch, engine, small_urls))
+            shutil.rmtree(base / "out")
         finally:
             server.terminate()
             server.join(5)
@@ -228,6 +236,8 @@ def main() -> None:
     print(f"(a) headwater vs curl:         {median['curl'] / median['headwater']:.2f}x  (target >= 0.9x)")
     print(f"(a) headwater vs curl + fsync: {median['curl + fsync'] / median['headwater']:.2f}x")
     print(f"(b) headwater vs aria2c:       {aria / hw_small:.2f}x  (target >= 1.0x)")
+    for jobs in args.also_jobs:
+        print(f"(b) headwater c={jobs} vs aria2c: {aria / median[f'headwater c={jobs}']:.2f}x")
     print(
         f"CPU per GiB, (a): curl {cpu['curl'] * (1 << 30) / big_bytes:.2f} s, headwater "
         f"{cpu['headwater'] * (1 << 30) / big_bytes:.2f} s"

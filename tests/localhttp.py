@@ -54,6 +54,7 @@ class Resource:
     chunk: int = 16384
     gate: threading.Semaphore | None = None  # when set: send one chunk per gate.release()
     requests: list[dict[str, str]] = attrs.Factory(list)
+    peers: list[int] = attrs.Factory(list)  # the client's port of each request: a new port, a new connection
     release: threading.Event = attrs.Factory(threading.Event)
 
 
@@ -110,6 +111,7 @@ class LocalServer:
             return
         with self.lock:
             res.requests.append({k.lower(): v for k, v in req.headers.items()})
+            res.peers.append(req.client_address[1])
             step = res.script.pop(0) if res.script else Step()
         if step.status is not None:
             req.send_response(step.status)

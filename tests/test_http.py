@@ -7,11 +7,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 from localhttp import LocalServer, Resource, Step, serving
 
+import headwater_http.direct as direct
+import headwater_http.transfer as transfer
 from headwater import Engine, InvalidTargetError, State
 from headwater_http import HttpSource
 from headwater_http.naming import parse_target, retry_after_seconds
@@ -38,6 +42,46 @@ def http(make_engine: Callable[..., Engine]) -> Callable[..., Engine]:
     return build
 
 
+class BodyPath:
+    """Which reader carries response bodies in a test, counting what direct.py's reader did."""
+
+    def __init__(self, direct: bool) -> None:
+        self.direct = direct
+        self.bodies = 0  # bodies direct.py's reader took over
+        self.views = 0  # pieces it handed out
+
+    def check(self) -> None:
+        """Fail unless the bodies went the way this path names."""
+        assert (self.bodies > 0) == self.direct, f"direct={self.direct} but {self.bodies} direct bodies"
+
+
+def count_direct_reads(monkeypatch: pytest.MonkeyPatch, path: BodyPath) -> None:
+    """Count, in ``path``, the bodies and pieces that direct.py's reader hands to the transfer."""
+    real = transfer.read_body
+
+    def counted(*args: Any) -> Iterator[memoryview]:
+        path.bodies += 1
+        for view in real(*args):
+            path.views += 1
+            yield view
+
+    monkeypatch.setattr(transfer, "read_body", counted)
+
+
+@pytest.fixture(params=["h11", "direct"])
+def body(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> BodyPath:
+    """Run the test with bodies read through httpx (h11) and again straight from the socket.
+
+    For "direct", every body of at least 1 byte takes direct.py's reader
+    (instead of only those of 4 MiB and up).
+    """
+    path = BodyPath(request.param == "direct")
+    if path.direct:
+        monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 1)
+    count_direct_reads(monkeypatch, path)
+    return path
+
+
 def fetch(engine: Engine, url: str, timeout: float = 30) -> object:
     return engine.wait([engine.submit("http", url)], timeout=timeout)[0]
 
@@ -46,7 +90,7 @@ def leftovers(engine: Engine) -> list[str]:
     return sorted(p.name for p in engine.dest_dir.iterdir())
 
 
-def test_plain_download(server, http):
+def test_plain_download(server, http, body):
     url = server.add("/files/data.bin", Resource(DATA))
     engine = http()
     rec = fetch(engine, url)
@@ -55,6 +99,7 @@ def test_plain_download(server, http):
     assert Path(rec.file_path).read_bytes() == DATA
     assert (rec.size, rec.transferred) == (len(DATA), len(DATA))
     assert leftovers(engine) == ["data.bin"]
+    body.check()
 
 
 def test_https_alias_and_bad_targets(server, http):
@@ -70,7 +115,7 @@ def test_https_alias_and_bad_targets(server, http):
         parse_target("file:///etc/passwd")
 
 
-def test_resume_after_drop_mid_body(server, http):
+def test_resume_after_drop_mid_body(server, http, body):
     res = Resource(DATA, script=[Step(drop_after=100_000)])
     url = server.add("/d.bin", res)
     rec = fetch(http(), url)
@@ -79,6 +124,7 @@ def test_resume_after_drop_mid_body(server, http):
     assert len(res.requests) == 2
     assert res.requests[1]["range"] == "bytes=100000-"
     assert res.requests[1]["if-range"] == '"v1"'
+    body.check()
 
 
 def test_resume_with_last_modified_when_etag_is_weak(server, http):
@@ -97,23 +143,25 @@ def test_no_validator_means_no_range_request(server, http):
     assert "range" not in res.requests[1]
 
 
-def test_server_ignoring_range_restarts_cleanly(server, http):
+def test_server_ignoring_range_restarts_cleanly(server, http, body):
     res = Resource(DATA, script=[Step(drop_after=100_000), Step(ignore_range=True)])
     rec = fetch(http(), server.add("/ir.bin", res))
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).read_bytes() == DATA
     assert res.requests[1]["range"] == "bytes=100000-"
+    body.check()
 
 
-def test_changed_resource_restarts_cleanly(server, http):
+def test_changed_resource_restarts_cleanly(server, http, body):
     new = os.urandom(200_000)
     res = Resource(DATA, script=[Step(drop_after=100_000), Step(data=new, etag='"v2"')])
     rec = fetch(http(), server.add("/ch.bin", res))
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).read_bytes() == new
+    body.check()
 
 
-def test_resume_across_calls_from_the_part_file(server, http):
+def test_resume_across_calls_from_the_part_file(server, http, body):
     res = Resource(DATA, script=[Step(drop_after=120_000)])
     url = server.add("/x.bin", res)
     engine = http(max_resumes=0)
@@ -126,9 +174,10 @@ def test_resume_across_calls_from_the_part_file(server, http):
     assert Path(second.file_path).read_bytes() == DATA
     assert res.requests[-1]["range"] == "bytes=120000-"
     assert leftovers(engine) == ["x.bin"]
+    body.check()
 
 
-def test_wrong_content_length_fails(server, http):
+def test_wrong_content_length_fails(server, http, body):
     res = Resource(DATA, script=[Step(length=len(DATA) + 5000) for _ in range(10)])
     engine = http(max_resumes=2)
     rec = fetch(engine, server.add("/wl.bin", res))
@@ -136,6 +185,7 @@ def test_wrong_content_length_fails(server, http):
     assert f"{len(DATA)} of {len(DATA) + 5000} announced bytes" in rec.error
     assert not (engine.dest_dir / "wl.bin").exists()
     assert len(res.requests) == 5  # the first try, then each of 2 resumes: a refused range and a restart
+    body.check()
 
 
 def test_checksum_match_and_mismatch(server, http):
@@ -176,17 +226,19 @@ def test_client_errors_fail_at_once(server, http, status):
     assert len(res.requests) == 1
 
 
-def test_stall_is_detected_and_resumed(server, http):
+def test_stall_is_detected_and_resumed(server, http, body):
     res = Resource(DATA, script=[Step(stall_after=50_000)])
     rec = fetch(http(read_timeout=0.3), server.add("/st.bin", res))
     assert rec.state is State.COMPLETED, rec.error
     assert res.requests[1]["range"] == "bytes=50000-"
+    body.check()
 
 
-def test_stall_without_resumes_fails(server, http):
+def test_stall_without_resumes_fails(server, http, body):
     res = Resource(DATA, script=[Step(stall_after=50_000)])
     rec = fetch(http(read_timeout=0.3, max_resumes=0), server.add("/st2.bin", res))
     assert rec.state is State.FAILED and "stalled" in rec.error
+    body.check()
 
 
 def test_connection_refused_fails_clearly(http):
@@ -202,7 +254,7 @@ def test_retry_after_http_date():
     assert retry_after_seconds("soon") is None
 
 
-def test_cancel_takes_effect_within_one_chunk(server, http):
+def test_cancel_takes_effect_within_one_chunk(server, http, body):
     gate = threading.Semaphore(0)
     res = Resource(DATA, gate=gate, chunk=10_000)
     url = server.add("/slow.bin", res)
@@ -222,6 +274,81 @@ def test_cancel_takes_effect_within_one_chunk(server, http):
         time.sleep(0.01)
     assert engine.get(rid).state is State.CANCELLED
     assert leftovers(engine) == []
+    body.check()
+
+
+def test_direct_body_split_across_many_reads(server, http, monkeypatch):
+    path = BodyPath(direct=True)
+    monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 1)
+    monkeypatch.setattr(direct, "BUFFER_BYTES", 4096)
+    count_direct_reads(monkeypatch, path)
+    rec = fetch(http(), server.add("/many.bin", Resource(DATA, chunk=1000)))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert path.bodies == 1 and path.views >= (len(DATA) - 65536) // 4096
+
+
+@pytest.mark.parametrize("size_past_threshold", [-1, 0])
+def test_only_bodies_from_the_threshold_up_go_direct(server, http, monkeypatch, size_past_threshold):
+    path = BodyPath(direct=size_past_threshold >= 0)
+    count_direct_reads(monkeypatch, path)
+    data = os.urandom(direct.DIRECT_MIN_BYTES + size_past_threshold)
+    rec = fetch(http(), server.add("/edge.bin", Resource(data)))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == data
+    path.check()
+
+
+def test_compressed_bodies_stay_with_httpx(server, http, monkeypatch):
+    path = BodyPath(direct=False)
+    monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 1)
+    count_direct_reads(monkeypatch, path)
+    res = Resource(DATA, headers={"content-encoding": "gzip"})
+    rec = fetch(http(), server.add("/gz.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA  # raw bytes, as served
+    path.check()
+
+
+def test_a_connection_read_directly_is_not_reused(server, http, monkeypatch):
+    small = server.add("/s.bin", Resource(DATA[:1000]))
+    engine = http()
+    for _ in range(2):
+        assert fetch(engine, small).state is State.COMPLETED
+    assert len(set(server.resources["/s.bin"].peers)) == 1  # httpx keeps a connection it read to the end
+
+    monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 1)
+    res = Resource(DATA)
+    url = server.add("/big.bin", res)
+    for _ in range(2):
+        rec = fetch(engine, url)
+        assert rec.state is State.COMPLETED, rec.error
+        assert Path(rec.file_path).read_bytes() == DATA
+        os.unlink(rec.file_path)
+    assert len(set(res.peers)) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_large_bodies_are_handed_to_the_disk_as_they_arrive(server, http, monkeypatch, body):
+    monkeypatch.setattr(transfer, "WRITEBACK_BYTES", 65536)
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def recorded(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded)
+    rec = fetch(http(), server.add("/wb.bin", Resource(DATA)))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    ends = [length for _, length, _ in advised]
+    # One call each time 64 KiB more have been written since the last: never sooner, and
+    # less than 64 KiB left without one at the end (how many depends on the chunk sizes).
+    assert all(later - earlier >= 65536 for earlier, later in pairwise([0, *ends]))
+    assert ends and 0 <= len(DATA) - ends[-1] < 65536
+    assert {(offset, advice) for offset, _, advice in advised} == {(0, os.POSIX_FADV_DONTNEED)}
+    body.check()
 
 
 def test_two_downloads_of_one_name_do_not_interleave(server, http):
@@ -242,8 +369,6 @@ def test_two_downloads_of_one_name_do_not_interleave(server, http):
 
 
 def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http, monkeypatch):
-    import headwater_http.transfer as transfer
-
     monkeypatch.setattr(transfer, "EARLY_META_BYTES", 100_000)
     gate = threading.Semaphore(0)
     url = server.add("/big.bin", Resource(DATA, gate=gate, chunk=50_000))

@@ -7,9 +7,11 @@ two downloads of the same name cannot interleave their bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -25,6 +27,7 @@ from headwater import (
     destination,
     resolve_inside,
 )
+from headwater_http.direct import body_socket, read_body
 from headwater_http.naming import Target, disposition_name, retry_after_seconds, url_name
 
 
@@ -44,6 +47,9 @@ class Settings:
 #: written before the first byte, so a resume survives even a killed process;
 #: smaller ones write it only when a transfer breaks off.
 EARLY_META_BYTES = 8 << 20
+
+#: Every this many bytes written, the body so far is handed to the disk early (see :func:`_write_back`).
+WRITEBACK_BYTES = 8 << 20
 
 
 @attrs.define
@@ -152,6 +158,8 @@ class Transfer:
         self._settings = settings
         self._part: _Part | None = None
         self._received = 0  # body bytes written by the current request
+        self._done = 0  # bytes in the .part while a body is being written
+        self._written_back = 0  # self._done when _write_back last ran
 
     def run(self) -> Path:
         """Fetch, verify and land the file; return its final path.
@@ -252,21 +260,40 @@ class Transfer:
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:
-        """Append the body at ``start``, reporting progress and stopping within a chunk of a cancel."""
-        ctx = self._ctx
+        """Append the body at ``start``, reporting progress and stopping within a chunk of a cancel.
+
+        A large plain body (see :func:`body_socket`) is read past h11 after
+        its first chunk, and its connection is then closed, not pooled.
+        """
         out = part.file.stream
         out.seek(start)
         out.truncate()
-        done, total = start, part.total
-        ctx.progress(done, total)
+        self._done = self._written_back = start
+        self._ctx.progress(start, part.total)
+        sock = body_socket(response)
         for chunk in response.iter_raw():
-            if ctx.cancelled.is_set():
-                raise DownloadCancelled(f"cancelled after {done} bytes of {self._target.url}")
-            out.write(chunk)
-            self._received += len(chunk)
-            done += len(chunk)
-            ctx.progress(done, total if total is None or total >= done else done)
+            self._append(out, chunk, part.total)
+            if sock is not None and self._received < int(response.headers["content-length"]):
+                for view in read_body(sock, response, self._received):
+                    self._append(out, view, part.total)
+                response.close()  # h11 still counts the body unread: drop the connection
+                break
         out.flush()
+
+    def _append(self, out: io.BufferedRandom, chunk: bytes | memoryview, total: int | None) -> None:
+        """Write one chunk of the body and report progress.
+
+        Raises :class:`DownloadCancelled`, writing nothing, once the download is cancelled.
+        """
+        if self._ctx.cancelled.is_set():
+            raise DownloadCancelled(f"cancelled after {self._done} bytes of {self._target.url}")
+        out.write(chunk)
+        self._received += len(chunk)
+        self._done += len(chunk)
+        if self._done - self._written_back >= WRITEBACK_BYTES:
+            _write_back(out, self._done)
+            self._written_back = self._done
+        self._ctx.progress(self._done, total if total is None or total >= self._done else self._done)
 
     # -- finishing -----------------------------------------------------------
 
@@ -299,6 +326,24 @@ class Transfer:
                 self._part.file.close()
         else:
             self._part.discard()
+
+
+def _write_back(out: io.BufferedRandom, upto: int) -> None:
+    """Start writing ``out``'s first ``upto`` bytes to disk now; drop what is already written from the cache.
+
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` starts writeback without waiting
+    for it and evicts only pages already on disk. So the fsync before the
+    rename finds little left to write, and a large download neither piles up
+    dirty pages nor pushes other files out of the page cache; the price is
+    that reading the file right after (the sha256 check) reads the disk.
+    Durability still comes from that fsync alone. Does nothing where
+    ``posix_fadvise`` does not exist (macOS, Windows); an error from it is
+    ignored, because it is only advice.
+    """
+    out.flush()
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(out.fileno(), 0, upto, os.POSIX_FADV_DONTNEED)
 
 
 def _sha256(file: io.BufferedRandom) -> str:
