@@ -18,7 +18,7 @@ from headwater import DownloadCancelled, RatePolicy, hookimpl
 @hookimpl
 def download_impl(job, ctx):
     chunks = int(job.target)
-    final = ctx.dest_dir / f"slow-{job.target}-{job.id[:8]}.bin"
+    final = ctx.dest_dir / f"slow-{job.target}-{job.id}.bin"
     part = final.with_name(final.name + ".part")
     with part.open("wb") as out:
         for i in range(chunks):

@@ -59,8 +59,12 @@ def test_get_prints_where_each_file_went_and_journals_it(
     code, out, _ = run("status", "--json")
     assert code == 0
     assert [r["file_path"] for r in json.loads(out)] == [str(dest / f.name) for f in files]
-    code, out, _ = run("status", records[1].id[:6])
-    assert code == 0 and out.startswith(records[1].id[:12]) and "completed" in out
+    code, out, _ = run("status", records[1].id[-6:])  # the end of the id the list shows
+    assert code == 0 and out.startswith(records[1].id[-12:]) and "completed" in out
+    code, out, _ = run("status", records[0].id[:20])
+    assert code == 0 and out.startswith(records[0].id[-12:]) and len(out.splitlines()) == 1
+    code, _, err = run("status", records[0].id[:4])  # both were made in the same minute
+    assert code == 2 and "2 downloads with an id starting or ending" in err
 
 
 def test_a_failed_download_exits_1_with_the_error_on_stderr(home: Path, tmp_path: Path) -> None:
@@ -83,7 +87,7 @@ def test_an_unknown_source_is_a_usage_error(home: Path) -> None:
 
 def test_unknown_ids_are_usage_errors(home: Path) -> None:
     code, _, err = run("status", "abcdef")
-    assert code == 2 and "no download with an id starting 'abcdef'" in err
+    assert code == 2 and "no download with an id starting or ending 'abcdef'" in err
 
 
 def _leave_queued(home: Path, files: list[Path], tmp_path: Path) -> list[str]:
@@ -110,7 +114,7 @@ def test_resume_runs_what_the_journal_holds(home: Path, files: list[Path], tmp_p
 
 def test_cancel_and_clean(home: Path, files: list[Path], tmp_path: Path) -> None:
     first, *ids = _leave_queued(home, files, tmp_path)
-    code, out, _ = run("cancel", ids[0][:10])
+    code, out, _ = run("cancel", ids[0][-10:])
     assert code == 0 and out.strip() == f"{ids[0]}: cancelled"
     code, out, _ = run("cancel", first)
     assert code == 1 and "already cancelled" in out

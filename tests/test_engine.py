@@ -59,6 +59,22 @@ def test_outcomes_and_record_fields(make_engine):
     assert done.attempts == 1 and done.started_at <= done.finished_at
 
 
+def test_ids_start_with_the_time_they_were_made(make_engine):
+    """32 hex digits, the first 12 the submit time in ms: ids sort by creation, as a journal wants."""
+    engine = make_engine({"alpha": InstrumentedSource("alpha")})
+    ids = []
+    for _ in range(3):
+        before = time.time_ns() // 1_000_000
+        ids.append(engine.submit("alpha", "ok:a"))
+        after = time.time_ns() // 1_000_000
+        assert len(ids[-1]) == 32 and int(ids[-1], 16) >= 0
+        assert before <= int(ids[-1][:12], 16) <= after
+        while time.time_ns() // 1_000_000 == after:  # the next id is made in a later millisecond
+            time.sleep(0.0005)
+    assert sorted(ids) == ids and len({i[12:] for i in ids}) == 3
+    engine.wait(ids, timeout=10)
+
+
 def test_record_fields_cannot_override_core_fields(make_engine):
     engine = make_engine({"alpha": InstrumentedSource("alpha", fields={"state": "completed"})})
     with pytest.raises(FieldConflictError, match=r"'alpha'.*'state'.*only 'username'"):

@@ -314,13 +314,20 @@ def _finish(records: Sequence[Record], as_json: bool) -> None:
 
 
 def _pick(records: Sequence[Record], wanted: Sequence[str]) -> list[Record]:
-    """The records ``wanted`` names, by id or unique id prefix; Failure for an unknown or ambiguous one."""
+    """The records ``wanted`` names, by id or a unique start or end of one; else Failure.
+
+    The status list shows an id's last 12 characters (its random part: the
+    first 12 are the time it was made), so an end names a download as well
+    as a start does.
+    """
     picked: list[Record] = []
     for key in wanted:
-        matches = [r for r in records if r.id == key] or [r for r in records if r.id.startswith(key)]
+        matches = [r for r in records if r.id == key] or [
+            r for r in records if r.id.startswith(key) or r.id.endswith(key)
+        ]
         if len(matches) != 1:
             problem = "no download" if not matches else f"{len(matches)} downloads"
-            raise Failure(f"{problem} with an id starting {key!r} in the journal", EXIT_USAGE)
+            raise Failure(f"{problem} with an id starting or ending {key!r} in the journal", EXIT_USAGE)
         picked.append(matches[0])
     return picked
 
@@ -336,7 +343,7 @@ def _pick(records: Sequence[Record], wanted: Sequence[str]) -> list[Record]:
 )
 @_json_option
 def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None:
-    """Show downloads in the journal (all, or those IDS name; an id prefix will do).
+    """Show downloads in the journal (all, or those IDS name; the start or end of an id will do).
 
     Works while another headwater process is running downloads.
     """
@@ -356,7 +363,7 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
     for r in records:
         where = r.file_path or r.error or ""
         click.echo(
-            f"{r.id[:12]}  {r.state.value:<9} {r.progress:5.1f}%  {r.source:<10} {r.name}  {where}".rstrip()
+            f"{r.id[-12:]}  {r.state.value:<9} {r.progress:5.1f}%  {r.source:<10} {r.name}  {where}".rstrip()
         )
 
 
@@ -364,7 +371,7 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
 @click.argument("ids", nargs=-1, required=True)
 @_json_option
 def cancel(ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel queued downloads in the journal (IDS: ids or unique id prefixes).
+    """Cancel queued downloads in the journal (IDS: ids, or unique starts or ends of ids).
 
     Exit status 1 if one had already ended. Downloads that a running
     `headwater get` owns are cancelled there, with Ctrl-C.
