@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import threading
@@ -416,3 +417,31 @@ def test_content_disposition_names(server, http, header, expected):
     rec = fetch(http(), url)
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).name == expected
+
+
+def test_each_worker_thread_has_its_own_client_closed_when_the_thread_ends() -> None:
+    """No connection pool (and its lock) is shared between threads; none outlives its thread."""
+    source = HttpSource()
+    seen: dict[str, list[Any]] = {}
+    in_a = threading.Event()
+    b_done = threading.Event()
+
+    def use(name: str) -> None:
+        seen[name] = [source.client(), source.client()]
+        if name == "a":
+            in_a.set()
+            b_done.wait(10)  # both threads alive at once
+
+    a = threading.Thread(target=use, args=("a",))
+    a.start()
+    in_a.wait(10)
+    b = threading.Thread(target=use, args=("b",))
+    b.start()
+    b.join(10)
+    b_done.set()
+    a.join(10)
+    (a1, a2), (b1, _) = seen["a"], seen["b"]
+    assert a1 is a2 and a1 is not b1
+    del a, b  # the finalizer runs once the ended thread is gone
+    gc.collect()
+    assert a1.is_closed and b1.is_closed

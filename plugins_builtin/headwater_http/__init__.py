@@ -11,6 +11,7 @@ with default settings; build your own instance to change timeouts::
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import httpx
@@ -37,8 +38,12 @@ class HttpSource:
         concurrency: the default number of simultaneous downloads.
         user_agent: the User-Agent header sent.
 
-    One :class:`httpx.Client` (a connection pool) is shared by all downloads
-    of this instance; it is created on first use.
+    Each engine worker thread gets its own :class:`httpx.Client` (a
+    connection pool), created on its first download and closed when the
+    thread ends: with one pool shared by all threads, each request and each
+    response close waited for the pool's lock, which httpcore holds while it
+    checks every pooled connection, and 16 concurrent small downloads spent
+    most of their time there.
     """
 
     def __init__(
@@ -55,20 +60,18 @@ class HttpSource:
         self._settings = Settings(max_resumes=max_resumes)
         self._policy = RatePolicy(concurrency=concurrency, max_retry_after=max_retry_after)
         self._user_agent = user_agent
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
+        self._clients = threading.local()
 
     def client(self) -> httpx.Client:
-        """The shared client, created on first call (thread-safe)."""
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    timeout=self._timeout,
-                    follow_redirects=True,
-                    headers={"user-agent": self._user_agent},
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-                )
-            return self._client
+        """The calling thread's client, created on its first call and closed when the thread ends."""
+        client: httpx.Client | None = getattr(self._clients, "client", None)
+        if client is None:
+            client = httpx.Client(
+                timeout=self._timeout, follow_redirects=True, headers={"user-agent": self._user_agent}
+            )
+            self._clients.client = client
+            weakref.finalize(threading.current_thread(), client.close)
+        return client
 
     @hookimpl
     def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
