@@ -14,7 +14,7 @@ What is durable when (for :class:`SQLiteStore`):
   corrupt the file.
 - A new record (:meth:`RecordStore.add`) is buffered, so that ``submit``
   stays cheap; the flusher thread commits it within ``flush_interval``
-  seconds (in transactions of a few hundred), and :meth:`RecordStore.flush`
+  seconds (in transactions of up to 64), and :meth:`RecordStore.flush`
   and ``close`` commit every buffered one. A submit is therefore durable
   once ``Engine.flush()`` returns. A record whose first state change comes
   before its insert is written whole by that change, and the late insert
