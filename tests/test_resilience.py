@@ -248,6 +248,27 @@ def test_later_source_declining_the_target_is_skipped(make_engine):
     assert b.starts() == 0
 
 
+def test_a_move_down_the_chain_asks_no_source_after_the_taker(make_engine):
+    clock = SystemClock()
+    asked: list[str] = []
+
+    def taking(name: str) -> Callable[[str], str | None]:
+        def translate(target: str) -> str | None:
+            asked.append(name)
+            return target.replace("fail", "ok")
+
+        return translate
+
+    a = ScriptedSource("a", clock)
+    b = TranslatingSource("b", clock, taking("b"))
+    c = TranslatingSource("c", clock, taking("c"))
+    engine = make_engine({"a": a, "b": b, "c": c})
+    rec = engine.wait([engine.submit(["a", "b", "c"], "fail")], timeout=10)[0]
+    assert rec.state is State.COMPLETED and rec.source == "b" and rec.fallbacks == ("c",)
+    assert [t.source for t in rec.tried] == ["a"]
+    assert asked == ["b"] and c.starts() == 0
+
+
 # -- retries -------------------------------------------------------------------
 
 

@@ -1,21 +1,23 @@
 """Fallback chains: one download tried on several sources in turn.
 
-A :class:`Chain` names sources in order; :func:`resolve_chain` turns the
-names into loaded sources (aliases resolved, duplicates dropped keeping the
-first) and :func:`translate` asks a source whether it can take a target.
-How a download moves along its chain is the engine's business (see
-``docs/resilience.md``).
+A :class:`Chain` names sources in order; :func:`resolve_chain` turns it (or
+one source name) into loaded sources (aliases resolved, duplicates dropped
+keeping the first). :func:`translate` asks one source whether it can take a
+target; :func:`find_taker` and :func:`first_taker` ask the sources of a chain
+in turn, for the submit and for each move down the chain. The move itself,
+which holds both sources' locks, is the engine's (see ``docs/resilience.md``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
 from headwater.discovery import one_line
-from headwater.errors import SourceSkippedWarning, UnknownSourceError
+from headwater.errors import SourceSkippedWarning, TargetRejectedError, UnknownSourceError
+from headwater.records import Tried
 from headwater.sources import Source, SourceRegistry
 
 
@@ -51,12 +53,20 @@ class Chain:
     strict: bool = True
 
 
-def resolve_chain(registry: SourceRegistry, chain: Chain) -> tuple[Source, ...]:
-    """The chain's sources, aliases resolved and duplicates dropped keeping the first.
+def resolve_chain(registry: SourceRegistry, names: str | Sequence[str] | Chain) -> tuple[Source, ...]:
+    """The sources ``names`` names, aliases resolved and duplicates dropped keeping the first.
 
-    Raises UnknownSourceError for unknown names (all of them when strict,
-    or when none is known); warns with SourceSkippedWarning otherwise.
+    ``names`` is one source name or alias (a chain of one), a sequence of
+    them (a strict :class:`Chain`) or a :class:`Chain`. Raises
+    UnknownSourceError for unknown names (all of them when strict, or when
+    none is known; a single name raises as ``SourceRegistry.resolve`` does),
+    TypeError or ValueError for a sequence that is no valid :class:`Chain`,
+    and warns with SourceSkippedWarning otherwise, attributed to the caller's
+    caller (``Engine.submit``'s).
     """
+    if isinstance(names, str):
+        return (registry.resolve(names),)
+    chain = names if isinstance(names, Chain) else Chain(names)
     found: dict[str, Source] = {}
     unknown: list[str] = []
     for name in chain.sources:
@@ -94,3 +104,48 @@ def translate(source: Source, target: str) -> tuple[str | None, str]:
     if not isinstance(mapped, str) or not mapped:
         return None, f"translate_target returned {mapped!r}, not a non-empty string"
     return mapped, ""
+
+
+@attrs.frozen
+class Taker:
+    """The source of a chain that takes a target, found by :func:`find_taker`.
+
+    Attributes:
+        index: its position among the sources asked (0 for the first).
+        source: the source.
+        target: the target in the source's own form (from ``translate_target``).
+    """
+
+    index: int
+    source: Source
+    target: str
+
+
+def find_taker(sources: Iterable[Source], target: str) -> tuple[Taker | None, tuple[Tried, ...]]:
+    """The first of ``sources`` that takes ``target`` (None if none does), and who declined before it.
+
+    ``sources`` is consumed lazily: those after the taker are not asked (nor,
+    if it is a generator, made). Each declining source becomes a
+    ``Tried(name, reason)``, in order. Runs ``translate_target`` hooks, so
+    call it without holding any engine lock. Never raises (see :func:`translate`).
+    """
+    declined: list[Tried] = []
+    for i, src in enumerate(sources):
+        mapped, why = translate(src, target)
+        if mapped is not None:
+            return Taker(i, src, mapped), tuple(declined)
+        declined.append(Tried(src.name, why))
+    return None, tuple(declined)
+
+
+def first_taker(chain: tuple[Source, ...], target: str) -> tuple[tuple[Source, ...], str, tuple[Tried, ...]]:
+    """The chain from its first source that takes ``target``, that source's target, and who declined.
+
+    Raises TargetRejectedError, naming every source and its reason, when no
+    source of the chain takes it.
+    """
+    taker, declined = find_taker(chain, target)
+    if taker is None:
+        reasons = "; ".join(f"{t.source}: {t.error}" for t in declined)
+        raise TargetRejectedError(f"no source can take target {target!r}: {reasons}")
+    return chain[taker.index :], taker.target, declined

@@ -29,7 +29,7 @@ from types import MappingProxyType, TracebackType
 
 import attrs
 
-from headwater.chains import Chain, resolve_chain, translate
+from headwater.chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
 from headwater.clock import Clock, SystemClock
 from headwater.context import DownloadContext
 from headwater.discovery import Candidate, discover, one_line
@@ -40,7 +40,6 @@ from headwater.errors import (
     PluginError,
     RetryAfter,
     StoreError,
-    TargetRejectedError,
     UnknownDownloadError,
     is_transient,
 )
@@ -158,21 +157,6 @@ def _with_progress(record: Record, ctx: DownloadContext) -> Record:
     return attrs.evolve(
         record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
     )
-
-
-def _first_taker(chain: tuple[Source, ...], target: str) -> tuple[tuple[Source, ...], str, tuple[Tried, ...]]:
-    """The chain from its first source that takes ``target``, that source's target, and who declined.
-
-    Raises TargetRejectedError when no source of the chain takes it.
-    """
-    declined: list[Tried] = []
-    for i, src in enumerate(chain):
-        mapped, why = translate(src, target)
-        if mapped is not None:
-            return chain[i:], mapped, tuple(declined)
-        declined.append(Tried(src.name, why))
-    reasons = "; ".join(f"{t.source}: {t.error}" for t in declined)
-    raise TargetRejectedError(f"no source can take target {target!r}: {reasons}")
 
 
 def _deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
@@ -386,16 +370,13 @@ class Engine:
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        if isinstance(source, str):
-            chain: tuple[Source, ...] = (self._registry.resolve(source),)
-        else:
-            chain = resolve_chain(self._registry, source if isinstance(source, Chain) else Chain(source))
+        chain = resolve_chain(self._registry, source)
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
         job_target: str = target
         tried: tuple[Tried, ...] = ()
         if chain[0].translate is not None:
-            chain, job_target, tried = _first_taker(chain, target)
+            chain, job_target, tried = first_taker(chain, target)
         src = chain[0]
         job = Job(_new_id(), src.name, job_target, display_name)
         username, extra = self._fields(src, job)
@@ -577,58 +558,70 @@ class Engine:
         return wrote
 
     def _fall_back(self, shard: _Shard, download_id: str, error: str) -> None:
-        """Move a chain download that failed on ``shard`` to the next source that takes it.
+        """Move a chain download that failed on ``shard`` with ``error`` to the next source that takes it.
 
         Called without locks by the thread that ended the attempt, while the
-        record is still RUNNING on ``shard``. Each candidate's
-        ``translate_target`` runs without locks; the move itself holds both
-        sources' locks (in name order), so a cancel either lands before it
-        (and the move is dropped) or finds the record on its new source.
-        Fails the download when no source is left.
+        record is still RUNNING on ``shard``. The fallbacks'
+        ``translate_target`` hooks run without locks; the move itself is
+        :meth:`_move_down`. Fails the download when no source is left, unless
+        it was cancelled or removed meanwhile.
         """
         record = shard.records.get(download_id)
         if record is None:
             return
-        failed = [Tried(record.source, error)]
-        for i, name in enumerate(record.fallbacks):
-            mapped, why = translate(self._registry.resolve(name), record.target)
-            if mapped is None:
-                failed.append(Tried(name, why))
-                continue
-            dest = self._shard(name)
-            first, second = sorted((shard, dest), key=lambda s: s.source.name)
-            with first.lock, second.lock:
-                current = shard.records.get(download_id)
-                if current is None or current.state is not State.RUNNING:
-                    return  # cancelled or removed meanwhile
-                moved = shard.move(
-                    current,
-                    State.QUEUED,
-                    source=name,
-                    tried=(*current.tried, *failed),
-                    fallbacks=current.fallbacks[i + 1 :],
-                    error=error,
-                    retries=0,
-                    progress=0.0,
-                    size=None,
-                    transferred=0,
-                    speed=0.0,
-                    time_remaining=None,
-                )
-                assert moved is not None, "RUNNING -> QUEUED is always legal"
-                dest.records[download_id] = moved
-                self._home[download_id] = dest
-                del shard.records[download_id]
-                dest.worker.put(Job(download_id, name, mapped, moved.display_name))
-            shard.logger.info(
-                "download %s failed on %s (%s); trying %s", download_id, failed[0].source, error, name
-            )
+        fallbacks = (self._registry.resolve(name) for name in record.fallbacks)
+        taker, declined = find_taker(fallbacks, record.target)
+        if taker is not None:
+            self._move_down(shard, record, error, taker, declined)
             return
         with shard.lock:
             current = shard.records.get(download_id)
             if current is not None and current.state is State.RUNNING:
-                self._fail_locked(shard, current, error, tuple(failed[1:]))
+                self._fail_locked(shard, current, error, declined)
                 shard.logger.info("download %s failed on every source of its chain", download_id)
+
+    def _move_down(
+        self, shard: _Shard, record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]
+    ) -> None:
+        """Requeue ``record``'s download, which failed with ``error`` on ``shard``, on ``taker``'s source.
+
+        ``record`` is as read without a lock while it was RUNNING on
+        ``shard``; ``taker`` and ``declined`` are :func:`find_taker`'s answer
+        for its ``fallbacks``. Its ``tried`` gains this source's failure and
+        ``declined``. Call it with no lock held: it takes both sources' locks
+        in name order, so a cancel either lands first (and nothing moves) or
+        finds the record on its new source. The QUEUED record is committed
+        through :meth:`_Shard.move`, entered in ``_home`` before it leaves
+        ``shard`` (see :meth:`_raise_unless_moved`), then queued on the new
+        source's worker.
+        """
+        download_id, name = record.id, record.fallbacks[taker.index]
+        dest = self._shard(name)
+        first, second = sorted((shard, dest), key=lambda s: s.source.name)
+        with first.lock, second.lock:
+            current = shard.records.get(download_id)
+            if current is None or current.state is not State.RUNNING:
+                return  # cancelled or removed meanwhile
+            moved = shard.move(
+                current,
+                State.QUEUED,
+                source=name,
+                tried=(*current.tried, Tried(record.source, error), *declined),
+                fallbacks=current.fallbacks[taker.index + 1 :],
+                error=error,
+                retries=0,
+                progress=0.0,
+                size=None,
+                transferred=0,
+                speed=0.0,
+                time_remaining=None,
+            )
+            assert moved is not None, "RUNNING -> QUEUED is always legal"
+            dest.records[download_id] = moved
+            self._home[download_id] = dest
+            del shard.records[download_id]
+            dest.worker.put(Job(download_id, name, taker.target, moved.display_name))
+        shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)
 
     def _expire(self, now: float) -> float | None:
         """End every watched download past its timeout or stall timeout; the watchdog's check.
