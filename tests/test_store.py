@@ -465,6 +465,25 @@ def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_sta
     assert left[orphan] in (State.QUEUED, State.RUNNING)  # untouched, for when "gone" is back
 
 
+def test_a_chain_from_an_old_journal_moves_to_a_renamed_source_and_not_beside_it(
+    tmp_path: Path, journal: Path
+) -> None:
+    """A fallback saved under a name that is now an alias runs on that source's one worker."""
+    now = time.time()
+    saved = Record(f"{7:032x}", "first", "raise", None, "first", State.QUEUED, now, now, fallbacks=("old",))
+    store = SQLiteStore(journal)
+    store.commit([saved])
+    store.close()
+    first, new = InstrumentedSource("first"), InstrumentedSource("new", aliases=("old",))
+    again = Engine(tmp_path / "dest", plugins={"first": first, "new": new}, store=SQLiteStore(journal))
+    try:
+        (record,) = again.wait([saved.id], timeout=10)
+        assert record.state is State.FAILED and [t.source for t in record.tried] == ["first", "new"]
+        assert sorted(again.worker_stats()) == ["first", "new"]  # no second worker under "old"
+    finally:
+        again.close()
+
+
 def test_a_late_insert_never_overwrites_a_state_and_never_revives_a_removed_record(journal: Path) -> None:
     store = SQLiteStore(journal, flush_interval=3600)  # no flusher round during the test
     now = time.time()

@@ -249,13 +249,18 @@ class Engine:
         return self._registry.infos(include_broken)
 
     def _shard(self, name: str) -> _Shard:
+        """The shard of the source ``name`` names, made on first use; one per source, aliases included.
+
+        Raises UnknownSourceError for a name no loaded source has.
+        """
         shard = self._shards.get(name)
         if shard is None:
             with self._meta:
-                shard = self._shards.get(name)
+                source = self._registry.resolve(name)  # an alias (from an old journal) finds its source
+                shard = self._shards.get(source.name)
                 if shard is None:
-                    shard = _Shard(self, self._registry.resolve(name), self._idle_timeout)
-                    self._shards[name] = shard
+                    shard = _Shard(self, source, self._idle_timeout)
+                    self._shards[source.name] = shard
         return shard
 
     def _find(self, download_id: str, source_hint: str | None = None) -> _Shard:
@@ -595,7 +600,7 @@ class Engine:
         ``shard`` (see :meth:`_raise_unless_moved`), then queued on the new
         source's worker.
         """
-        download_id, name = record.id, record.fallbacks[taker.index]
+        download_id, name = record.id, taker.source.name  # the name now, should the chain say an alias
         dest = self._shard(name)
         first, second = sorted((shard, dest), key=lambda s: s.source.name)
         with first.lock, second.lock:
