@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -34,18 +35,24 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
         raise TypeError(f"download_impl must return a text path, got {given!r}")
     base = str(dest_dir)
     joined = os.path.normpath(os.path.join(base, given))
-    if os.path.dirname(joined) == base and not os.path.islink(joined):
+    info: os.stat_result | None = None
+    if os.path.dirname(joined) == base:
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(joined)
+    if info is not None and not stat.S_ISLNK(info.st_mode):
         resolved = joined  # the common case: a plain file right in dest_dir, no links to follow
     else:
         resolved = os.path.realpath(joined)
+        info = None
     if not resolved.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePathError(
             f"download_impl returned {given!r}, which is outside the destination folder {base!r}"
         )
-    try:
-        info = os.stat(resolved)
-    except FileNotFoundError:
-        info = None
+    if info is None:
+        try:
+            info = os.stat(resolved)
+        except FileNotFoundError:
+            info = None
     if info is None or not stat.S_ISREG(info.st_mode):
         raise FileNotFoundError(f"download_impl returned {given!r}, but no regular file is there")
     return Path(resolved), info.st_size
@@ -182,7 +189,8 @@ class PartFile:
             except BlockingIOError:
                 os.close(fd)
                 raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
-        self.stream: io.BufferedRandom = os.fdopen(fd, "r+b")
+        # Built directly: os.fdopen would also ask the file whether it is a terminal.
+        self.stream = io.BufferedRandom(io.FileIO(fd, "r+"))
 
     def size(self) -> int:
         """Bytes in the ``.part`` so far, counting what is still buffered."""

@@ -266,8 +266,9 @@ class Transfer:
         its first chunk, and its connection is then closed, not pooled.
         """
         out = part.file.stream
-        out.seek(start)
-        out.truncate()
+        if out.tell() != start or part.file.size() != start:  # not a fresh or exactly resumed .part
+            out.seek(start)
+            out.truncate()
         self._done = self._written_back = start
         self._ctx.progress(start, part.total)
         sock = body_socket(response)
