@@ -530,24 +530,11 @@ class SQLiteStore:
         """
         owner = self._session.id
         rows = json.dumps([_encode(r, owner) for r in records])  # outside the lock
-        with self._lock:
-            if self._closed:
-                log.debug("journal %s is closed; write dropped", self.path)
-                return
-            try:
-                self._conn.execute(_UPSERT, (rows,))  # one statement: one transaction
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+        self._write(_UPSERT, rows)
 
     def delete(self, download_id: str) -> None:
         self._insert_pending()  # else a buffered insert could bring the record back
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._conn.execute("DELETE FROM records WHERE id = ?", (download_id,))
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+        self._write("DELETE FROM records WHERE id = ?", download_id)
 
     def flush(self) -> None:
         self._insert_pending()
@@ -566,13 +553,7 @@ class SQLiteStore:
             if paused
             else "DELETE FROM paused WHERE source = ?"
         )
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._conn.execute(statement, (source,))
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+        self._write(statement, source)
 
     def close(self) -> None:
         self._stop.set()
@@ -590,6 +571,21 @@ class SQLiteStore:
         self._session.end()
 
     # -- writing -----------------------------------------------------------------
+
+    def _write(self, statement: str, parameter: str) -> None:
+        """Run one write ``statement`` with its one parameter, under ``self._lock``: one transaction.
+
+        Once the store is closed the write is dropped (a plugin thread still
+        running after ``close``). Raises StoreError if SQLite refuses it.
+        """
+        with self._lock:
+            if self._closed:
+                log.debug("journal %s is closed; write dropped", self.path)
+                return
+            try:
+                self._conn.execute(statement, (parameter,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -621,15 +617,11 @@ class SQLiteStore:
                 batch: list[Record] = []
                 while self._pending and len(batch) < _BATCH:
                     batch.append(self._pending.popleft())
-                rows = json.dumps([_encode(r, owner) for r in batch])
-                with self._lock:
-                    if self._closed:
-                        return
-                    try:
-                        self._conn.execute(_INSERT_NEW, (rows,))
-                    except sqlite3.Error as exc:
-                        self._pending.extendleft(reversed(batch))
-                        raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+                try:
+                    self._write(_INSERT_NEW, json.dumps([_encode(r, owner) for r in batch]))
+                except StoreError:
+                    self._pending.extendleft(reversed(batch))
+                    raise
 
     def _write_progress(self, records: Iterable[Record]) -> None:
         rows = []
