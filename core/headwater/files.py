@@ -164,42 +164,56 @@ def resolve_inside(dest_dir: Path, path: str, what: str | None = None) -> str:
 
 
 class PartFile:
-    """``<final>.part`` beside ``final``, open for writing and locked, until it is landed or discarded.
+    """``<final>.part`` beside ``final``, open for appending and locked, until it is landed or discarded.
 
     A file at its final path is always complete: bytes go to the ``.part``,
-    and :meth:`land` flushes, fsyncs and renames it in one atomic step. The
-    ``.part`` is opened without following a symbolic link and is checked to
-    lie inside ``dest_dir`` (resolved). An exclusive advisory lock is held
-    while it is open, so a second download of the same name fails with
+    and :meth:`land` fsyncs and renames it in one atomic step. The ``.part``
+    is opened without following a symbolic link and is checked to lie
+    inside ``dest_dir`` (resolved); an existing ``.part`` is kept, so a
+    source can resume it. An exclusive advisory lock is held while it is
+    open, so a second download of the same name fails with
     :class:`FileExistsError` instead of interleaving its bytes. Used by the
     worker thread that runs one download; not shared between threads.
+
+    Attributes:
+        final: where the file lands.
+        path: the ``.part``.
+        stream: the open ``.part``, unbuffered (:class:`io.FileIO`) and in
+            append mode: every write goes to its end at once, whatever the
+            position; seek to read it back, ``truncate(n)`` to drop bytes.
     """
 
     def __init__(self, dest_dir: Path, final: Path) -> None:
         self.final = final
-        self.path = final.with_name(final.name + ".part")
-        if self.path.parent != dest_dir or os.sep in final.name:
-            raise UnsafePathError(f"{str(self.path)!r} is not directly inside {str(dest_dir)!r}")
+        path = f"{final}.part"
+        if os.path.dirname(path) != str(dest_dir) or os.sep in final.name:
+            raise UnsafePathError(f"{path!r} is not directly inside {str(dest_dir)!r}")
+        self.path = Path(path)
         # O_NOFOLLOW: a link planted at the .part name fails the open (ELOOP) instead of
         # sending the bytes elsewhere, so no realpath check is needed here.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o644)
         if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise FileExistsError(f"another download is already writing {str(self.path)!r}") from None
-        # Built directly: os.fdopen would also ask the file whether it is a terminal.
-        self.stream = io.BufferedRandom(io.FileIO(fd, "r+"))
+                raise FileExistsError(f"another download is already writing {path!r}") from None
+        # Unbuffered, so no buffer position has to be kept in step with the file by lseek(2).
+        self.stream = io.FileIO(fd, "r+")
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append all of ``data`` to the ``.part``."""
+        view = memoryview(data)
+        while view:
+            view = view[self.stream.write(view) :]
 
     def size(self) -> int:
-        """Bytes in the ``.part`` so far, counting what is still buffered."""
-        self.stream.flush()
+        """Bytes in the ``.part`` so far."""
         return os.fstat(self.stream.fileno()).st_size
 
     def land(self) -> Path:
-        """Flush, fsync and rename the ``.part`` onto the final path; return that path."""
-        self.stream.flush()
+        """Fsync and rename the ``.part`` onto the final path; return that path."""
         os.fsync(self.stream.fileno())
         os.replace(self.path, self.final)
         self.stream.close()

@@ -93,7 +93,7 @@ def download_impl(job: Job, ctx: DownloadContext) -> Path:
             while chunk := reader.read(CHUNK_SIZE):
                 if ctx.cancelled.is_set():
                     raise DownloadCancelled(f"cancelled after {done} of {total} bytes")
-                part.stream.write(chunk)
+                part.write(chunk)
                 done += len(chunk)
                 ctx.progress(done, max(total, done))
             return part.land()

@@ -59,6 +59,7 @@ class _Part:
     file: PartFile
     meta: Path
     url: str
+    size: int  # bytes in the .part, kept by the transfer as it writes
     validator: str | None = None  # a strong ETag or a Last-Modified date
     total: int | None = None
     meta_written: bool = False
@@ -158,8 +159,7 @@ class Transfer:
         self._settings = settings
         self._part: _Part | None = None
         self._received = 0  # body bytes written by the current request
-        self._done = 0  # bytes in the .part while a body is being written
-        self._written_back = 0  # self._done when _write_back last ran
+        self._written_back = 0  # the .part's size when _write_back last ran
 
     def run(self) -> Path:
         """Fetch, verify and land the file; return its final path.
@@ -212,7 +212,9 @@ class Transfer:
         """One request. True when the body is complete; False to ask again (with a Range)."""
         part = self._part
         headers = {"accept-encoding": "identity"}
-        offset = part.file.size() if part is not None else 0
+        if part is not None:  # asking again: count what really reached the file
+            part.size = part.file.size()
+        offset = part.size if part is not None else 0
         if part is not None and offset > 0 and part.validator is not None:
             headers["range"] = f"bytes={offset}-"
             headers["if-range"] = part.validator
@@ -225,13 +227,14 @@ class Transfer:
                     "server refused the range from %d (HTTP %d); restarting", offset, status
                 )
                 part.file.stream.truncate(0)
+                part.size = 0
                 part.validator = None
                 return False
             raise_for_status(response)
             if part is None:
                 part = self._open(response)
-                saved = part.saved_validator()
-                if saved is not None and saved == validator_of(response) and part.file.size() > 0:
+                saved = part.saved_validator() if part.size > 0 else None  # nothing to resume in an empty one
+                if saved is not None and saved == validator_of(response):
                     part.validator = saved
                     return False  # a previous call left a resumable .part: ask for the rest
             if status == 206:
@@ -256,7 +259,7 @@ class Transfer:
             file = PartFile(self._ctx.dest_dir, final)
         except FileExistsError as exc:
             raise TransferError(str(exc)) from None
-        self._part = _Part(file, meta, self._target.url)
+        self._part = _Part(file, meta, self._target.url, file.size())
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:
@@ -265,36 +268,35 @@ class Transfer:
         A large plain body (see :func:`body_socket`) is read past h11 after
         its first chunk, and its connection is then closed, not pooled.
         """
-        out = part.file.stream
-        if out.tell() != start or part.file.size() != start:  # not a fresh or exactly resumed .part
-            out.seek(start)
-            out.truncate()
-        self._done = self._written_back = start
+        if part.size != start:  # a restart over bytes already there
+            part.file.stream.truncate(start)
+            part.size = start
+        self._written_back = start
         self._ctx.progress(start, part.total)
         sock = body_socket(response)
         for chunk in response.iter_raw():
-            self._append(out, chunk, part.total)
+            self._append(part, chunk)
             if sock is not None and self._received < int(response.headers["content-length"]):
                 for view in read_body(sock, response, self._received):
-                    self._append(out, view, part.total)
+                    self._append(part, view)
                 response.close()  # h11 still counts the body unread: drop the connection
                 break
-        out.flush()
 
-    def _append(self, out: io.BufferedRandom, chunk: bytes | memoryview, total: int | None) -> None:
-        """Write one chunk of the body and report progress.
+    def _append(self, part: _Part, chunk: bytes | memoryview) -> None:
+        """Append one chunk of the body to the ``.part`` and report progress.
 
         Raises :class:`DownloadCancelled`, writing nothing, once the download is cancelled.
         """
         if self._ctx.cancelled.is_set():
-            raise DownloadCancelled(f"cancelled after {self._done} bytes of {self._target.url}")
-        out.write(chunk)
+            raise DownloadCancelled(f"cancelled after {part.size} bytes of {self._target.url}")
+        part.file.write(chunk)
         self._received += len(chunk)
-        self._done += len(chunk)
-        if self._done - self._written_back >= WRITEBACK_BYTES:
-            _write_back(out, self._done)
-            self._written_back = self._done
-        self._ctx.progress(self._done, total if total is None or total >= self._done else self._done)
+        part.size += len(chunk)
+        if part.size - self._written_back >= WRITEBACK_BYTES:
+            _write_back(part.file.stream.fileno(), part.size)
+            self._written_back = part.size
+        total = part.total
+        self._ctx.progress(part.size, total if total is None or total >= part.size else part.size)
 
     # -- finishing -----------------------------------------------------------
 
@@ -302,7 +304,7 @@ class Transfer:
         """Check size and checksum, fsync, rename onto the final path; return it."""
         part = self._part
         assert part is not None
-        size = part.file.size()
+        size = part.size
         if part.total is not None and size != part.total:
             raise IntegrityError(
                 f"{self._target.url}: received {size} bytes but the server announced {part.total}"
@@ -313,9 +315,8 @@ class Transfer:
                 raise IntegrityError(
                     f"{self._target.url}: sha256 is {actual}, expected {self._target.sha256}"
                 )
-        final = part.file.land()
-        part.forget_meta()
-        return final
+        part.forget_meta()  # first: a .part.json never outlives its .part's landing
+        return part.file.land()
 
     def _close(self, keep: bool) -> None:
         """Close the ``.part``; keep it (and its validator) for a later resume, or delete it."""
@@ -329,8 +330,8 @@ class Transfer:
             self._part.discard()
 
 
-def _write_back(out: io.BufferedRandom, upto: int) -> None:
-    """Start writing ``out``'s first ``upto`` bytes to disk now; drop what is already written from the cache.
+def _write_back(fd: int, upto: int) -> None:
+    """Start writing file ``fd``'s first ``upto`` bytes to disk now; drop what is on disk from the cache.
 
     ``posix_fadvise(POSIX_FADV_DONTNEED)`` starts writeback without waiting
     for it and evicts only pages already on disk. So the fsync before the
@@ -341,13 +342,12 @@ def _write_back(out: io.BufferedRandom, upto: int) -> None:
     ``posix_fadvise`` does not exist (macOS, Windows); an error from it is
     ignored, because it is only advice.
     """
-    out.flush()
     if hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
-            os.posix_fadvise(out.fileno(), 0, upto, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, 0, upto, os.POSIX_FADV_DONTNEED)
 
 
-def _sha256(file: io.BufferedRandom) -> str:
+def _sha256(file: io.FileIO) -> str:
     """The sha256 hex digest of ``file``'s whole content (read from the start)."""
     file.seek(0)
     digest = hashlib.file_digest(file, "sha256")
