@@ -4,18 +4,24 @@ A :class:`Resource` is served at a path. Each request takes the next
 :class:`Step` of the resource's script (when the script runs out, requests
 are served normally), and every request's headers are logged so tests can
 assert on what the client sent.
+
+Served plain by default; given a server :class:`ssl.SSLContext` (see
+:func:`tls_contexts`), the same server speaks HTTPS.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import attrs
+import trustme
 
 
 @attrs.define
@@ -61,17 +67,62 @@ class Resource:
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        """Serve one connection (on its own thread); a TLS one shakes hands here first.
+
+        The listening socket of a TLS server hands out connections that have
+        not shaken hands yet, so one slow or refusing client holds up only its
+        own thread, never the accept loop.
+        """
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
+        super().finish_request(request, client_address)
+
     def handle_error(self, request: object, client_address: object) -> None:
-        """Connections the client dropped (resets, broken pipes) are part of the tests; stay quiet."""
+        """Stay quiet about connections the client dropped: they are part of the tests.
+
+        That is resets and broken pipes, and TLS handshakes the client refused.
+        """
         exc = sys.exc_info()[1]
-        if not isinstance(exc, ConnectionError):
+        if not isinstance(exc, ConnectionError | ssl.SSLError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
-class LocalServer:
-    """Serves :class:`Resource` objects at paths on 127.0.0.1, in a daemon thread."""
+@attrs.frozen
+class TLSContexts:
+    """A matching pair of SSL contexts from one throwaway trustme CA.
 
-    def __init__(self) -> None:
+    Attributes:
+        server: presents a certificate for 127.0.0.1 signed by the CA; hand it to :class:`LocalServer`.
+        client: trusts that CA (and nothing else); hand it to the client under test.
+    """
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def tls_contexts() -> TLSContexts:
+    """A new CA, a server context with its certificate for ``127.0.0.1``, and a client context trusting it."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+    ca.configure_trust(client)
+    return TLSContexts(server, client)
+
+
+class LocalServer:
+    """Serves :class:`Resource` objects at paths on 127.0.0.1, in a daemon thread.
+
+    Args:
+        ssl_context: when given, a server context (see :func:`tls_contexts`):
+            the listening socket is wrapped with it, so every connection is
+            TLS and :meth:`url` gives ``https://`` URLs. None serves plain HTTP.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.resources: dict[str, Resource] = {}
         self.lock = threading.Lock()
         server = self
@@ -90,11 +141,17 @@ class LocalServer:
 
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if ssl_context is not None:
+            self.httpd.socket = ssl_context.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, resource: Resource) -> str:
         """Serve ``resource`` at ``path``; return its URL."""
@@ -175,9 +232,9 @@ class LocalServer:
 
 
 @contextmanager
-def serving() -> Iterator[LocalServer]:
-    """A started :class:`LocalServer`, shut down on exit."""
-    server = LocalServer()
+def serving(ssl_context: ssl.SSLContext | None = None) -> Iterator[LocalServer]:
+    """A started :class:`LocalServer` (over TLS when given a server ``ssl_context``), shut down on exit."""
+    server = LocalServer(ssl_context)
     server.thread.start()
     try:
         yield server

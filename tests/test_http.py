@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localhttp import LocalServer, Resource, Step, serving
+from localhttp import LocalServer, Resource, Step, TLSContexts, serving, tls_contexts
 
 import headwater_http.direct as direct
 import headwater_http.transfer as transfer
@@ -29,6 +29,19 @@ DATA = os.urandom(300_000)
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
     with serving() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def tls() -> TLSContexts:
+    """One throwaway CA for the module: a server context for 127.0.0.1 and a client context trusting it."""
+    return tls_contexts()
+
+
+@pytest.fixture
+def tls_server(tls: TLSContexts) -> Iterator[LocalServer]:
+    """A :class:`LocalServer` speaking HTTPS with a certificate from the ``tls`` CA."""
+    with serving(tls.server) as srv:
         yield srv
 
 
@@ -445,3 +458,83 @@ def test_each_worker_thread_has_its_own_client_closed_when_the_thread_ends() -> 
     del a, b  # the finalizer runs once the ended thread is gone
     gc.collect()
     assert a1.is_closed and b1.is_closed
+
+
+# -- HTTPS -------------------------------------------------------------------
+
+
+def wait_for_parts(engine: Engine, names: list[str], timeout: float = 10) -> None:
+    """Return once every ``<name>.part`` exists in the engine's destination at the same time."""
+    deadline = time.monotonic() + timeout
+    while not all((engine.dest_dir / f"{name}.part").exists() for name in names):
+        assert time.monotonic() < deadline, leftovers(engine)
+        time.sleep(0.01)
+
+
+def test_https_with_a_given_ssl_context_on_every_worker_thread(
+    tls: TLSContexts, tls_server: LocalServer, http: Callable[..., Engine]
+) -> None:
+    """Every worker thread's client verifies with the given context (a client without it cannot connect)."""
+    gate = threading.Semaphore(0)
+    files = {f"t{i}.bin": os.urandom(100_000 + i) for i in range(4)}
+    resources = {name: Resource(data, gate=gate, chunk=25_000) for name, data in files.items()}
+    urls = [tls_server.add(f"/tls/{name}", res) for name, res in resources.items()]
+    assert all(url.startswith("https://127.0.0.1:") for url in urls)
+    engine = http(ssl_context=tls.client, concurrency=4)
+    ids = [engine.submit("https", url) for url in urls]
+    # Each .part appears once its response headers arrived, i.e. after a verified handshake; the
+    # gate holds every body back, so four at once means four threads, each with its own client.
+    wait_for_parts(engine, list(files))
+    gate.release(1000)
+    recs = engine.wait(ids, timeout=30)
+    for rec, (name, data) in zip(recs, files.items(), strict=True):
+        assert rec.state is State.COMPLETED, rec.error
+        assert Path(rec.file_path) == engine.dest_dir / name
+        assert Path(rec.file_path).read_bytes() == data
+    assert len({port for res in resources.values() for port in res.peers}) == 4  # four TLS connections
+    assert leftovers(engine) == sorted(files)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_large_bodies_are_read_directly_over_plain_http_only(
+    tls: TLSContexts, http: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """A body past the direct reader's threshold goes through httpx when it comes over TLS."""
+    path = BodyPath(direct=scheme == "http")
+    count_direct_reads(monkeypatch, path)
+    data = os.urandom(direct.DIRECT_MIN_BYTES + 1000)
+    with serving(tls.server if scheme == "https" else None) as srv:
+        url = srv.add("/large.bin", Resource(data, chunk=256 << 10))
+        assert url.startswith(f"{scheme}://")
+        rec = fetch(http(ssl_context=tls.client), url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == data
+    path.check()
+
+
+def test_resume_after_drop_mid_body_over_tls(
+    tls: TLSContexts, tls_server: LocalServer, http: Callable[..., Engine]
+) -> None:
+    """A TLS connection closed mid-body (no close_notify) is resumed with a Range like a plain one."""
+    res = Resource(DATA, script=[Step(drop_after=100_000)])
+    rec = fetch(http(ssl_context=tls.client), tls_server.add("/tls-drop.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert len(res.requests) == 2
+    assert res.requests[1]["range"] == "bytes=100000-"
+    assert res.requests[1]["if-range"] == '"v1"'
+
+
+def test_default_context_refuses_an_untrusted_certificate(
+    tls_server: LocalServer, http: Callable[..., Engine]
+) -> None:
+    """Without ``ssl_context`` the source trusts certifi's CAs only: a private CA's certificate fails."""
+    res = Resource(DATA)
+    url = tls_server.add("/untrusted.bin", res)
+    engine = http()
+    rec = fetch(engine, url)
+    assert rec.state is State.FAILED
+    assert "TransferError" in rec.error and "certificate verify failed" in rec.error, rec.error
+    assert url in rec.error
+    assert res.requests == []  # no request got past the handshake
+    assert leftovers(engine) == []

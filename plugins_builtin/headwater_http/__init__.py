@@ -3,7 +3,8 @@
 Targets are ``http://`` or ``https://`` URLs, optionally ending in
 ``#sha256=<64 hex digits>``. See docs/sources.md for naming, resume and
 errors. The entry point object is :data:`source`, an :class:`HttpSource`
-with default settings; build your own instance to change timeouts::
+with default settings; build your own instance to change timeouts or the
+SSL context::
 
     Engine(dest, plugins={"http": HttpSource(read_timeout=5)})
 """
@@ -38,15 +39,24 @@ class HttpSource:
             the download with the time to retry in its error.
         concurrency: the default number of simultaneous downloads.
         user_agent: the User-Agent header sent.
+        ssl_context: the SSL context every https connection verifies the
+            server with (``verify=`` of each thread's client), for example
+            one that trusts a private CA or presents a client certificate.
+            It is used as given, shared by all threads, and must not be
+            changed once downloads have started. None (the default) means
+            httpx's default: certifi's CA certificates (or those that the
+            ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` environment variable
+            names), with host names checked.
 
     Each engine worker thread gets its own :class:`httpx.Client` (a
     connection pool), created on its first download and closed when the
     thread ends: with one pool shared by all threads, each request and each
     response close waited for the pool's lock, which httpcore holds while it
     checks every pooled connection, and 16 concurrent small downloads spent
-    most of their time there. The clients share one SSL context (loading
-    the CA certificates takes tens of milliseconds of CPU), made on the
-    first download.
+    most of their time there. The clients share one SSL context: the
+    ``ssl_context`` given, or else one :func:`httpx.create_ssl_context` made
+    on the first download (loading the CA certificates takes tens of
+    milliseconds of CPU).
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class HttpSource:
         max_retry_after: float = 60.0,
         concurrency: int = 4,
         user_agent: str = "headwater",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._settings = Settings(max_resumes=max_resumes)
@@ -65,7 +76,7 @@ class HttpSource:
         self._user_agent = user_agent
         self._clients = threading.local()
         self._ssl_lock = threading.Lock()
-        self._ssl_context: ssl.SSLContext | None = None
+        self._ssl_context: ssl.SSLContext | None = ssl_context  # None: made on first use
 
     def client(self) -> httpx.Client:
         """The calling thread's client, created on its first call and closed when the thread ends."""
@@ -82,6 +93,7 @@ class HttpSource:
         return client
 
     def _shared_ssl_context(self) -> ssl.SSLContext:
+        """The context all clients verify with: the one given, else httpx's default made once, now."""
         with self._ssl_lock:
             if self._ssl_context is None:
                 self._ssl_context = httpx.create_ssl_context()
