@@ -3,12 +3,21 @@
 The files are made in a temporary folder (never committed) and served from
 127.0.0.1 by :func:`serve`, an asyncio HTTP/1.1 keep-alive server in its own
 process that sends file bodies with ``sendfile(2)`` (zero-copy), so the
-server is not what limits the clients. Every client writes into one folder,
-emptied and synced just before it runs, so no client writes while another's
-output still holds page cache (on a VM, memory the guest has not used lately
-costs page faults to fill: the first GiB written can take four times as long
-as the next). headwater fsyncs each file before its rename, curl and aria2c
-do not, so curl is also timed with an fsync after.
+server is not what limits the clients. headwater fsyncs each file before its
+rename, curl and aria2c do not, so curl is also timed with an fsync after.
+
+Every run writes into a folder of its own that no file was ever deleted
+from, after a ``sync``. (a)'s 1 GiB file is deleted right after it is timed,
+so no client writes while another's output still holds page cache (on a VM,
+memory the guest has not used lately costs page faults to fill). (b)'s files
+are kept until the end: on an ext4 without a journal (this machine's root)
+the inode allocator skips, one by one, inodes deleted in the last minute, so
+creating 2,000 files right after deleting 2,000 others spends most of its
+time there; aria2c then managed about 480 files/s instead of over 1,000.
+
+(b) also times httpx alone: the same 16 threads, one ``httpx.Client`` each,
+bodies read and thrown away, no files and no engine; the ceiling for any
+client built on httpx on this machine.
 
     python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
                          [--also-jobs 4 8]
@@ -35,11 +44,15 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from urllib.parse import unquote  # noqa: E402
+
+import httpx  # noqa: E402
 
 from headwater import Engine, RatePolicy, State  # noqa: E402
 
@@ -141,13 +154,32 @@ def aria2c_fetch(list_file: Path, dest: Path, jobs: int) -> None:
     )
 
 
-def fresh(base: Path, name: str) -> Path:
-    """An empty folder ``base/name``, with earlier output gone and written back (``sync``)."""
-    path = base / name
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+def new_folder(base: Path) -> Path:
+    """A new empty folder under ``base``, made after everything written so far is on disk (``sync``)."""
     os.sync()
-    return path
+    return Path(tempfile.mkdtemp(dir=base))
+
+
+def httpx_fetch(urls: list[str], jobs: int) -> None:
+    """GET ``urls`` on ``jobs`` threads, one httpx.Client each, reading each body and discarding it."""
+    clients = threading.local()
+    made: list[httpx.Client] = []
+    ssl_context = httpx.create_ssl_context()
+
+    def get(url: str) -> None:
+        client = getattr(clients, "client", None)
+        if client is None:
+            client = clients.client = httpx.Client(verify=ssl_context)
+            made.append(client)
+        with client.stream("GET", url) as response:
+            response.raise_for_status()
+            for _ in response.iter_raw():
+                pass
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(get, urls))
+    for client in made:
+        client.close()
 
 
 def make_files(root: Path, big_mib: int, small: int, small_kib: int) -> None:
@@ -198,28 +230,34 @@ def main() -> None:
             def measure(client: str, run: Callable[[], object]) -> None:
                 runs.setdefault(client, []).append(timed(run))
 
-            # Every client writes into the same folder, emptied (and synced) just before it runs,
-            # so each starts with the page cache the previous client's output was using freed.
+            out = base / "out"
+            out.mkdir()
+
             def aria() -> None:
-                dest = fresh(base, "out")
+                dest = new_folder(out)
                 measure(f"aria2c -j {args.jobs}", partial(aria2c_fetch, list_file, dest, args.jobs))
 
             def headwater_small(jobs: int) -> None:
-                with Engine(fresh(base, "out"), policies={"http": RatePolicy(jobs)}) as engine:
+                with Engine(new_folder(out), policies={"http": RatePolicy(jobs)}) as engine:
                     measure(f"headwater c={jobs}", partial(headwater_fetch, engine, small_urls))
 
-            small = [aria, *(partial(headwater_small, jobs) for jobs in [args.jobs, *args.also_jobs])]
+            def bare_httpx() -> None:
+                measure(f"httpx alone x{args.jobs}", partial(httpx_fetch, small_urls, args.jobs))
+
+            headwaters = [partial(headwater_small, jobs) for jobs in [args.jobs, *args.also_jobs]]
+            small = [aria, *headwaters, bare_httpx]
             for round_ in range(args.rounds):
                 for client, sync in (("curl", False), ("curl + fsync", True)):
-                    out = fresh(base, "out") / "big.bin"
-                    measure(client, partial(curl_fetch, big_url, out, fsync=sync))
-                with Engine(fresh(base, "out"), policies={"http": RatePolicy(concurrency=1)}) as engine:
+                    folder = new_folder(out)
+                    measure(client, partial(curl_fetch, big_url, folder / "big.bin", fsync=sync))
+                    shutil.rmtree(folder)
+                folder = new_folder(out)
+                with Engine(folder, policies={"http": RatePolicy(concurrency=1)}) as engine:
                     measure("headwater", partial(headwater_fetch, engine, [big_url]))
-                # (b) in alternating order: on this VM whoever writes its 2,000 files right
-                # after another client's 2,000 were deleted runs slower.
-                for run in small if round_ % 2 == 0 else reversed(small):
+                shutil.rmtree(folder)
+                for run in small if round_ % 2 == 0 else reversed(small):  # each (b) client first as often
                     run()
-            shutil.rmtree(base / "out")
+            shutil.rmtree(out)
         finally:
             server.terminate()
             server.join(5)
@@ -233,6 +271,8 @@ def main() -> None:
     for client, seconds in median.items():
         big = client in ("curl", "curl + fsync", "headwater")
         work = f"(a) 1 x {args.big_mib} MiB" if big else f"(b) {args.small} x {args.small_kib} KiB"
+        if client.startswith("httpx alone"):
+            work += " *"
         size = big_bytes if big else small_bytes
         count = 1 if big else args.small
         rate = size / seconds / (1 << 20)
@@ -244,6 +284,8 @@ def main() -> None:
     print(f"(a) headwater vs curl:         {median['curl'] / median['headwater']:.2f}x  (target >= 0.9x)")
     print(f"(a) headwater vs curl + fsync: {median['curl + fsync'] / median['headwater']:.2f}x")
     print(f"(b) headwater vs aria2c:       {aria / hw_small:.2f}x  (target >= 1.0x)")
+    bare = median[f"httpx alone x{args.jobs}"]
+    print(f"(b) httpx alone vs aria2c:     {aria / bare:.2f}x  (* no files written: the ceiling for httpx)")
     for jobs in args.also_jobs:
         print(f"(b) headwater c={jobs} vs aria2c: {aria / median[f'headwater c={jobs}']:.2f}x")
     print(
