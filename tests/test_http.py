@@ -534,7 +534,8 @@ def test_default_context_refuses_an_untrusted_certificate(
     engine = http()
     rec = fetch(engine, url)
     assert rec.state is State.FAILED
-    assert "TransferError" in rec.error and "certificate verify failed" in rec.error, rec.error
+    assert "TransferError: TLS certificate verify failed: " in rec.error, rec.error
+    assert "ssl_context" in rec.error  # says how to trust the CA
     assert url in rec.error
     assert res.requests == []  # no request got past the handshake
     assert leftovers(engine) == []

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 from pathlib import Path
 
 import attrs
@@ -355,6 +356,15 @@ def _sha256(file: io.FileIO) -> str:
 
 
 def _describe(exc: httpx.TransportError) -> str:
+    """What went wrong with the connection, in words for the download's error."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return (
+            f"TLS certificate verify failed: {cause.verify_message} "
+            "(to trust another CA, give the source an ssl_context)"
+        )
     if isinstance(exc, httpx.ConnectTimeout):
         return "timed out connecting"
     if isinstance(exc, httpx.ReadTimeout):
