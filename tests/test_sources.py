@@ -65,17 +65,33 @@ def test_same_plugin_object_under_two_names_loads_once_and_says_why(make_engine)
     assert engine.wait([rid], timeout=10)[0].state is State.COMPLETED
 
 
-def test_unknown_source_lists_the_loaded_ones_only(make_engine):
-    class NoDownload:
-        @hookimpl
-        def aliases(self) -> list[str]:
-            return ["nd"]
+class NoDownload:
+    @hookimpl
+    def aliases(self) -> list[str]:
+        return ["nd"]
 
+
+def test_unknown_source_lists_the_loaded_and_the_broken_apart(make_engine):
     engine = make_engine({"beta": Plain(), "alpha": Plain(), "gone": NoDownload()})
     with pytest.raises(UnknownSourceError) as err:
         engine.submit("alpah", "x")
-    assert err.value.known == ["alpha", "beta"]
-    assert "'alpah'" in str(err.value) and "alpha, beta" in str(err.value)
+    assert err.value.known == ["alpha", "beta"] and err.value.broken == ["gone"]
+    assert "'alpah'" in str(err.value) and "known sources: alpha, beta;" in str(err.value)
+    assert "left out as broken (see `headwater sources`): gone" in str(err.value)
+
+
+def test_a_policy_for_an_alias_of_a_broken_source_names_the_broken_source(make_engine):
+    """A broken source's aliases are never read, so its alias is unknown; the error says which source broke."""
+    with pytest.raises(UnknownSourceError) as err:
+        make_engine({"ok": Plain(), "gone": NoDownload()}, policies={"nd": RatePolicy(concurrency=1)})
+    assert err.value.name == "nd" and err.value.broken == ["gone"], str(err.value)
+
+
+def test_no_broken_sources_no_broken_listing(make_engine):
+    engine = make_engine({"ok": Plain()})
+    with pytest.raises(UnknownSourceError) as err:
+        engine.submit("ko", "x")
+    assert "broken" not in str(err.value)
 
 
 # -- validation of hooks -------------------------------------------------------

@@ -77,7 +77,7 @@ def resolve_chain(registry: SourceRegistry, names: str | Sequence[str] | Chain) 
             continue
         found.setdefault(source.name, source)
     if unknown and (chain.strict or not found):
-        raise UnknownSourceError(unknown, [i.name for i in registry.infos()])
+        raise registry.unknown(unknown)
     if unknown:
         warnings.warn(
             f"fallback chain: left out unknown source(s) {', '.join(map(repr, unknown))}",

@@ -20,16 +20,21 @@ class UnknownSourceError(HeadwaterError, LookupError):
 
     ``name`` is the first unknown name, ``names`` all of them (a fallback
     chain may name several). The message names the known sources so a typo
-    is easy to spot.
+    is easy to spot, and the installed sources left out as broken
+    (``broken``), whose aliases cannot be known.
     """
 
-    def __init__(self, name: str | Sequence[str], known: list[str]) -> None:
+    def __init__(self, name: str | Sequence[str], known: list[str], broken: Sequence[str] = ()) -> None:
         self.names = (name,) if isinstance(name, str) else tuple(name)
         self.name = self.names[0]
         self.known = sorted(known)
+        self.broken = sorted(broken)
         listing = ", ".join(self.known) if self.known else "none are loaded"
         what = "unknown source" if len(self.names) == 1 else "unknown sources"
-        super().__init__(f"{what} {', '.join(map(repr, self.names))}; known sources: {listing}")
+        message = f"{what} {', '.join(map(repr, self.names))}; known sources: {listing}"
+        if self.broken:
+            message += f"; left out as broken (see `headwater sources`): {', '.join(self.broken)}"
+        super().__init__(message)
 
 
 class SourceSkippedWarning(UserWarning):

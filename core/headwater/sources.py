@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import pluggy
@@ -153,8 +153,12 @@ class SourceRegistry:
         """The source called ``name`` (a canonical name or an alias)."""
         canonical = self._names.get(name)
         if canonical is None:
-            raise UnknownSourceError(name, list(self._sources))
+            raise self.unknown(name)
         return self._sources[canonical]
+
+    def unknown(self, names: str | Sequence[str]) -> UnknownSourceError:
+        """The error for ``names`` that no loaded source answers to, listing the loaded and the broken."""
+        return UnknownSourceError(names, list(self._sources), [b.name for b in self._broken])
 
     def infos(self, include_broken: bool = False) -> list[SourceInfo]:
         loaded = [s.info() for s in self._sources.values()]
