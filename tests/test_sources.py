@@ -81,7 +81,7 @@ def test_unknown_source_lists_the_loaded_and_the_broken_apart(make_engine):
 
 
 def test_a_policy_for_an_alias_of_a_broken_source_names_the_broken_source(make_engine):
-    """A broken source's aliases are never read, so its alias is unknown; the error says which source broke."""
+    """A broken source's aliases are never read, so its alias is unknown; the error names the broken."""
     with pytest.raises(UnknownSourceError) as err:
         make_engine({"ok": Plain(), "gone": NoDownload()}, policies={"nd": RatePolicy(concurrency=1)})
     assert err.value.name == "nd" and err.value.broken == ["gone"], str(err.value)
