@@ -109,3 +109,15 @@ def test_cancel_stops_within_one_chunk_and_removes_the_part(tmp_path):
 def test_bad_target_type_is_invalid_target():
     with pytest.raises(InvalidTargetError):
         headwater_file.source_path("file://host/x")
+
+
+def test_a_part_left_by_a_killed_copy_is_not_prefixed(engine, tmp_path):
+    """A .part from an earlier run that died mid-copy is emptied, not appended to."""
+    src = tmp_path / "song.flac"
+    src.write_bytes(b"REAL CONTENT")
+    engine.dest_dir.mkdir(parents=True, exist_ok=True)
+    (engine.dest_dir / "song.flac.part").write_bytes(b"STALE-")
+    rec = copy(engine, str(src))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == b"REAL CONTENT"
+    assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["song.flac"]

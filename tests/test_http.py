@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import threading
 import time
@@ -188,6 +189,39 @@ def test_resume_across_calls_from_the_part_file(server, http, body):
     assert Path(second.file_path).read_bytes() == DATA
     assert res.requests[-1]["range"] == "bytes=120000-"
     assert leftovers(engine) == ["x.bin"]
+    body.check()
+
+
+@pytest.mark.parametrize("part_bytes", [None, b""], ids=["no-part", "empty-part"])
+def test_a_resume_record_left_without_bytes_is_removed(server, http, part_bytes):
+    """A record whose .part is gone or empty resumes nothing, and does not outlive the download."""
+    res = Resource(DATA)
+    url = server.add("/rec.bin", res)
+    engine = http()
+    engine.dest_dir.mkdir(parents=True, exist_ok=True)
+    if part_bytes is not None:
+        (engine.dest_dir / "rec.bin.part").write_bytes(part_bytes)
+    record = {"url": url, "validator": '"v1"', "total": len(DATA)}
+    (engine.dest_dir / "rec.bin.part.json").write_text(json.dumps(record))
+    rec = fetch(engine, url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert "range" not in res.requests[0]
+    assert leftovers(engine) == ["rec.bin"]
+
+
+def test_a_part_without_a_matching_record_restarts_from_zero(server, http, body):
+    """Bytes of unknown origin in a .part are dropped, never prefixed to the new body."""
+    res = Resource(DATA)
+    url = server.add("/old.bin", res)
+    engine = http()
+    engine.dest_dir.mkdir(parents=True, exist_ok=True)
+    (engine.dest_dir / "old.bin.part").write_bytes(b"bytes from some other download")
+    rec = fetch(engine, url)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert [r.get("range") for r in res.requests] == [None]
+    assert leftovers(engine) == ["old.bin"]
     body.check()
 
 

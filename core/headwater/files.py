@@ -169,9 +169,10 @@ class PartFile:
     A file at its final path is always complete: bytes go to the ``.part``,
     and :meth:`land` fsyncs and renames it in one atomic step. The ``.part``
     is opened without following a symbolic link and is checked to lie
-    inside ``dest_dir`` (resolved); an existing ``.part`` is kept, so a
-    source can resume it. An exclusive advisory lock is held while it is
-    open, so a second download of the same name fails with
+    inside ``dest_dir`` (resolved). An existing ``.part`` (left by a killed
+    process, say) is emptied, unless ``keep`` is true: a source that resumes
+    keeps its bytes and checks them itself. An exclusive advisory lock is
+    held while it is open, so a second download of the same name fails with
     :class:`FileExistsError` instead of interleaving its bytes. Used by the
     worker thread that runs one download; not shared between threads.
 
@@ -183,7 +184,7 @@ class PartFile:
             position; seek to read it back, ``truncate(n)`` to drop bytes.
     """
 
-    def __init__(self, dest_dir: Path, final: Path) -> None:
+    def __init__(self, dest_dir: Path, final: Path, keep: bool = False) -> None:
         self.final = final
         path = f"{final}.part"
         if os.path.dirname(path) != str(dest_dir) or os.sep in final.name:
@@ -192,19 +193,25 @@ class PartFile:
         # O_NOFOLLOW: a link planted at the .part name fails the open (ELOOP) instead of
         # sending the bytes elsewhere, so no realpath check is needed here.
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
         fd = os.open(path, flags, 0o644)
-        if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise FileExistsError(f"another download is already writing {path!r}") from None
+        try:
+            if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise FileExistsError(f"another download is already writing {path!r}") from None
+            if not keep:
+                os.ftruncate(fd, 0)  # only once the lock is ours: never cut another download's bytes
+        except BaseException:
+            os.close(fd)
+            raise
         # Unbuffered, so no buffer position has to be kept in step with the file by lseek(2).
         self.stream = io.FileIO(fd, "r+")
 
     def write(self, data: bytes | memoryview) -> None:
         """Append all of ``data`` to the ``.part``."""
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
             view = view[self.stream.write(view) :]
 

@@ -145,7 +145,7 @@ class Transfer:
     """Downloads one :class:`Target` into ``ctx.dest_dir``; :meth:`run` does it.
 
     Args:
-        client: the shared httpx client (thread-safe; connection pooling).
+        client: the calling worker thread's httpx client.
         target: what to fetch.
         ctx: the download's context (dest_dir, cancelled, progress).
         settings: resume limits.
@@ -234,8 +234,8 @@ class Transfer:
             raise_for_status(response)
             if part is None:
                 part = self._open(response)
-                saved = part.saved_validator() if part.size > 0 else None  # nothing to resume in an empty one
-                if saved is not None and saved == validator_of(response):
+                saved = part.saved_validator()  # even for an empty .part: a record found is ours to remove
+                if saved is not None and saved == validator_of(response) and part.size > 0:
                     part.validator = saved
                     return False  # a previous call left a resumable .part: ask for the rest
             if status == 206:
@@ -257,7 +257,7 @@ class Transfer:
         final = destination(self._ctx.dest_dir, name)
         meta = final.with_name(final.name + ".part.json")
         try:
-            file = PartFile(self._ctx.dest_dir, final)
+            file = PartFile(self._ctx.dest_dir, final, keep=True)
         except FileExistsError as exc:
             raise TransferError(str(exc)) from None
         self._part = _Part(file, meta, self._target.url, file.size())

@@ -1,0 +1,65 @@
+"""PartFile, the locked ``.part`` every builtin source writes through."""
+
+from __future__ import annotations
+
+import array
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from headwater import PartFile, destination
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = (tmp_path / "dest").resolve()
+    path.mkdir()
+    return path
+
+
+def test_a_part_left_from_before_starts_empty(dest: Path) -> None:
+    (dest / "song.flac.part").write_bytes(b"STALE-")
+    part = PartFile(dest, destination(dest, "song.flac"))
+    assert part.size() == 0
+    part.write(b"REAL CONTENT")
+    assert part.land().read_bytes() == b"REAL CONTENT"
+
+
+def test_keep_leaves_the_bytes_for_a_resume_and_appends(dest: Path) -> None:
+    (dest / "song.flac.part").write_bytes(b"first half, ")
+    part = PartFile(dest, destination(dest, "song.flac"), keep=True)
+    assert part.size() == len(b"first half, ")
+    part.stream.seek(0)  # reading back moves the position; writes still append
+    assert part.stream.read(5) == b"first"
+    part.write(b"second half")
+    assert part.land().read_bytes() == b"first half, second half"
+
+
+def test_a_second_writer_is_refused_and_cuts_nothing(dest: Path) -> None:
+    first = PartFile(dest, destination(dest, "a.bin"))
+    first.write(b"0123456789")
+    with pytest.raises(FileExistsError, match="already writing"):
+        PartFile(dest, destination(dest, "a.bin"))  # not keep: would empty it if it got the lock
+    assert first.size() == 10
+    first.discard()
+    assert list(dest.iterdir()) == []
+
+
+class _Dribble(io.FileIO):
+    """A file that takes at most three bytes a write, as a short write may."""
+
+    def write(self, data: object) -> int:
+        return super().write(memoryview(data)[:3])  # type: ignore[arg-type]
+
+
+def test_write_finishes_short_writes_and_counts_bytes_not_items(dest: Path) -> None:
+    part = PartFile(dest, destination(dest, "w.bin"))
+    plain = part.stream
+    part.stream = _Dribble(os.dup(plain.fileno()), "r+")  # same open file, same lock
+    plain.close()
+    part.write(b"abcdefghij")
+    wide = array.array("i", range(5))  # items of 4 bytes: a byte count, not an item count
+    part.write(memoryview(wide))
+    assert part.land().read_bytes() == b"abcdefghij" + wide.tobytes()
