@@ -97,10 +97,12 @@ class TLSContexts:
     Attributes:
         server: presents a certificate for 127.0.0.1 signed by the CA; hand it to :class:`LocalServer`.
         client: trusts that CA (and nothing else); hand it to the client under test.
+        ca: the CA itself (``ca.cert_pem.write_to_path(...)`` for a CA file).
     """
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+    ca: trustme.CA
 
 
 def tls_contexts() -> TLSContexts:
@@ -110,7 +112,7 @@ def tls_contexts() -> TLSContexts:
     ca.issue_cert("127.0.0.1").configure_cert(server)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
     ca.configure_trust(client)
-    return TLSContexts(server, client)
+    return TLSContexts(server, client, ca)
 
 
 class LocalServer:

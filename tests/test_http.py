@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 from localhttp import LocalServer, Resource, Step, TLSContexts, serving, tls_contexts
 
+import headwater_http
 import headwater_http.direct as direct
 import headwater_http.transfer as transfer
 from headwater import Engine, InvalidTargetError, State
 from headwater_http import HttpSource
 from headwater_http.naming import parse_target, retry_after_seconds
+from headwater_http.tls import default_context as tls_default
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -527,6 +530,46 @@ def test_https_with_a_given_ssl_context_on_every_worker_thread(
         assert Path(rec.file_path).read_bytes() == data
     assert len({port for res in resources.values() for port in res.peers}) == 4  # four TLS connections
     assert leftovers(engine) == sorted(files)
+
+
+def test_the_default_context_is_made_once_and_never_changed_by_connections(
+    tls: TLSContexts,
+    tls_server: LocalServer,
+    http: Callable[..., Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Four threads' TLS connections share one default context, which httpcore's ALPN call leaves alone."""
+    ca_file = tmp_path / "ca.pem"
+    tls.ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the default context trusts the test CA
+    made: list[ssl.SSLContext] = []
+
+    def counted_default() -> ssl.SSLContext:
+        made.append(tls_default())
+        return made[-1]
+
+    monkeypatch.setattr(headwater_http, "default_context", counted_default)
+    alpn_sets: list[list[str]] = []
+    real_set = ssl.SSLContext.set_alpn_protocols
+
+    def counted(self: ssl.SSLContext, protocols: list[str]) -> None:
+        alpn_sets.append(list(protocols))
+        real_set(self, protocols)
+
+    monkeypatch.setattr(ssl.SSLContext, "set_alpn_protocols", counted)
+    gate = threading.Semaphore(0)
+    files = {f"d{i}.bin": os.urandom(50_000 + i) for i in range(4)}
+    resources = {name: Resource(data, gate=gate, chunk=25_000) for name, data in files.items()}
+    engine = http(concurrency=4)
+    ids = [engine.submit("https", tls_server.add(f"/d/{name}", res)) for name, res in resources.items()]
+    wait_for_parts(engine, list(files))  # four handshakes done, one per thread
+    gate.release(1000)
+    recs = engine.wait(ids, timeout=30)
+    assert [r.state for r in recs] == [State.COMPLETED] * 4, [r.error for r in recs]
+    assert len({port for res in resources.values() for port in res.peers}) == 4  # four TLS connections
+    assert len(made) == 1
+    assert alpn_sets == [["http/1.1"]]  # set once, before sharing; the four connections changed nothing
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

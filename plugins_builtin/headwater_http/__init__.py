@@ -20,6 +20,7 @@ import httpx
 
 from headwater import DownloadContext, Job, RatePolicy, hookimpl
 from headwater_http.naming import parse_target
+from headwater_http.tls import default_context
 from headwater_http.transfer import Settings, Transfer
 
 __all__ = ["HttpSource", "source"]
@@ -42,11 +43,17 @@ class HttpSource:
         ssl_context: the SSL context every https connection verifies the
             server with (``verify=`` of each thread's client), for example
             one that trusts a private CA or presents a client certificate.
-            It is used as given, shared by all threads, and must not be
-            changed once downloads have started. None (the default) means
-            httpx's default: certifi's CA certificates (or those that the
-            ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` environment variable
-            names), with host names checked.
+            It is shared by all threads and must not be changed once
+            downloads have started. httpcore sets its ALPN protocols before
+            each new connection, which on a plain :class:`ssl.SSLContext`
+            replaces what other threads' handshakes may be reading: build it
+            as a :class:`~headwater_http.tls.SharedSSLContext` and set
+            :data:`~headwater_http.tls.ALPN` on it, and it stays as it is
+            (docs/sources.md has an example). None (the
+            default) means httpx's default verification: certifi's CA
+            certificates (or those that the ``SSL_CERT_FILE`` or
+            ``SSL_CERT_DIR`` environment variable names), with host names
+            checked; see :func:`~headwater_http.tls.default_context`.
 
     Each engine worker thread gets its own :class:`httpx.Client` (a
     connection pool), created on its first download and closed when the
@@ -54,9 +61,8 @@ class HttpSource:
     response close waited for the pool's lock, which httpcore holds while it
     checks every pooled connection, and 16 concurrent small downloads spent
     most of their time there. The clients share one SSL context: the
-    ``ssl_context`` given, or else one :func:`httpx.create_ssl_context` made
-    on the first download (loading the CA certificates takes tens of
-    milliseconds of CPU).
+    ``ssl_context`` given, or else one made on the first download (loading
+    the CA certificates takes tens of milliseconds of CPU).
     """
 
     def __init__(
@@ -93,10 +99,10 @@ class HttpSource:
         return client
 
     def _shared_ssl_context(self) -> ssl.SSLContext:
-        """The context all clients verify with: the one given, else httpx's default made once, now."""
+        """The context all clients verify with: the one given, else :func:`default_context` made once, now."""
         with self._ssl_lock:
             if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
+                self._ssl_context = default_context()
             return self._ssl_context
 
     @hookimpl
