@@ -8,9 +8,9 @@ rename, curl and aria2c do not, so curl is also timed with an fsync after.
 
 Every run writes into a folder of its own that no file was ever deleted
 from, after a ``sync``. (a)'s 1 GiB file is deleted right after it is timed,
-so no client writes while another's output still holds page cache (on a VM,
-memory the guest has not used lately costs page faults to fill). (b)'s files
-are kept until the end: on an ext4 without a journal (this machine's root)
+so no client writes its 1 GiB while another's still holds page cache (on a
+VM, memory the guest has not used lately costs page faults to fill). (b)'s
+files are kept until the end: on an ext4 without a journal (this machine's root)
 the inode allocator skips, one by one, inodes deleted in the last minute, so
 creating 2,000 files right after deleting 2,000 others spends most of its
 time there; aria2c then managed about 480 files/s instead of over 1,000.
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=4, help="even, so each (b) client goes first as often")
+    parser.add_argument("--rounds", type=int, default=4, help="even: odd rounds reverse (b)")
     parser.add_argument("--also-jobs", type=int, nargs="*", default=[], help="more concurrencies for (b)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put files (default: a temp folder)")
     args = parser.parse_args()
@@ -255,7 +255,7 @@ def main() -> None:
                 with Engine(folder, policies={"http": RatePolicy(concurrency=1)}) as engine:
                     measure("headwater", partial(headwater_fetch, engine, [big_url]))
                 shutil.rmtree(folder)
-                for run in small if round_ % 2 == 0 else reversed(small):  # each (b) client first as often
+                for run in small if round_ % 2 == 0 else reversed(small):  # odd rounds: reverse order
                     run()
             shutil.rmtree(out)
         finally:

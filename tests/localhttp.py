@@ -34,6 +34,7 @@ class Step:
         drop_after: send this many body bytes, then close the connection.
         stall_after: send this many body bytes, then wait for ``release`` (or 10 s).
         ignore_range: send the whole resource with 200 even if a Range was asked.
+        range_from: answer a Range with a 206 starting here instead (a server that misreads Range).
         length: announce this Content-Length instead of the true one (body still cut to it or the data).
         data: serve these bytes instead of the resource's data (a changed resource).
         etag: announce this ETag instead of the resource's.
@@ -45,6 +46,7 @@ class Step:
     drop_after: int | None = None
     stall_after: int | None = None
     ignore_range: bool = False
+    range_from: int | None = None
     length: int | None = None
     data: bytes | None = None
     etag: str | None = None
@@ -186,6 +188,8 @@ class LocalServer:
         if_range = req.headers.get("if-range")
         if wanted and not step.ignore_range and (if_range is None or if_range == etag):
             start = int(wanted.removeprefix("bytes=").split("-")[0])
+            if step.range_from is not None:
+                start = step.range_from
         if start >= len(data) > 0:
             req.send_response(416)
             req.send_header("content-range", f"bytes */{len(data)}")

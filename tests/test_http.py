@@ -170,6 +170,16 @@ def test_server_ignoring_range_restarts_cleanly(server, http, body):
     body.check()
 
 
+def test_a_206_from_the_wrong_offset_restarts_cleanly(server, http, body):
+    """A 206 whose Content-Range starts elsewhere than asked is not appended; the download starts over."""
+    res = Resource(DATA, script=[Step(drop_after=100_000), Step(range_from=50_000)])
+    rec = fetch(http(), server.add("/wr.bin", res))
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert [r.get("range") for r in res.requests] == [None, "bytes=100000-", None]
+    body.check()
+
+
 def test_changed_resource_restarts_cleanly(server, http, body):
     new = os.urandom(200_000)
     res = Resource(DATA, script=[Step(drop_after=100_000), Step(data=new, etag='"v2"')])
@@ -570,6 +580,17 @@ def test_the_default_context_is_made_once_and_never_changed_by_connections(
     assert len({port for res in resources.values() for port in res.peers}) == 4  # four TLS connections
     assert len(made) == 1
     assert alpn_sets == [["http/1.1"]]  # set once, before sharing; the four connections changed nothing
+
+
+def test_a_certificate_for_another_host_name_fails_saying_so(
+    tls: TLSContexts, tls_server: LocalServer, http: Callable[..., Engine]
+) -> None:
+    """A certificate for 127.0.0.1 fetched as localhost fails, without the CA hint (its CA is trusted)."""
+    url = tls_server.add("/host.bin", Resource(DATA)).replace("127.0.0.1", "localhost")
+    rec = fetch(http(ssl_context=tls.client), url)
+    assert rec.state is State.FAILED
+    assert "TLS certificate verify failed: " in rec.error and "localhost" in rec.error, rec.error
+    assert "ssl_context" not in rec.error
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

@@ -355,16 +355,19 @@ def _sha256(file: io.FileIO) -> str:
     return digest.hexdigest()
 
 
+#: OpenSSL's verify codes for a certificate whose issuer is not trusted (2, 18, 19, 20).
+_UNTRUSTED = frozenset({2, 18, 19, 20})
+
+
 def _describe(exc: httpx.TransportError) -> str:
     """What went wrong with the connection, in words for the download's error."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
         cause = cause.__cause__ or cause.__context__
     if cause is not None:
-        return (
-            f"TLS certificate verify failed: {cause.verify_message} "
-            "(to trust another CA, give the source an ssl_context)"
-        )
+        untrusted = cause.verify_code in _UNTRUSTED
+        hint = " (to trust another CA, give the source an ssl_context)" if untrusted else ""
+        return f"TLS certificate verify failed: {cause.verify_message}{hint}"
     if isinstance(exc, httpx.ConnectTimeout):
         return "timed out connecting"
     if isinstance(exc, httpx.ReadTimeout):
