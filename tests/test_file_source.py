@@ -14,6 +14,7 @@ from headwater import (
     DownloadCancelled,
     DownloadContext,
     Engine,
+    IntegrityError,
     InvalidTargetError,
     Job,
     State,
@@ -121,3 +122,28 @@ def test_a_part_left_by_a_killed_copy_is_not_prefixed(engine, tmp_path):
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).read_bytes() == b"REAL CONTENT"
     assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["song.flac"]
+
+
+class _GrowsWhileCopied(DownloadContext):
+    """Appends to the file being copied after the first chunk is reported: a file still being written."""
+
+    def __init__(self, dest: Path, src: Path) -> None:
+        super().__init__(dest, logging.getLogger("test"))
+        self.src = src
+
+    def progress(self, transferred: int, total: int | None = None) -> None:
+        super().progress(transferred, total)
+        if transferred == headwater_file.CHUNK_SIZE:
+            with self.src.open("ab") as more:
+                more.write(b"late bytes")
+
+
+def test_a_file_that_changes_size_while_copied_fails_and_lands_nothing(tmp_path):
+    src = tmp_path / "growing.wav"
+    src.write_bytes(b"x" * (2 * headwater_file.CHUNK_SIZE))
+    dest = (tmp_path / "dest").resolve()
+    dest.mkdir()
+    grown = r"changed size while being copied: 2097152 bytes when opened, 2097162 read"
+    with pytest.raises(IntegrityError, match=grown):
+        headwater_file.download_impl(Job("id", "file", str(src)), _GrowsWhileCopied(dest, src))
+    assert list(dest.iterdir()) == []

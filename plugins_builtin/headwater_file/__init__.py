@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from headwater import (
     DownloadCancelled,
     DownloadContext,
+    IntegrityError,
     InvalidTargetError,
     Job,
     PartFile,
@@ -79,8 +80,9 @@ def download_impl(job: Job, ctx: DownloadContext) -> Path:
 
     Raises FileNotFoundError, InvalidTargetError, UnsafePathError (a name
     that would land outside the destination), FileExistsError (the same name
-    is being written by another download) or DownloadCancelled; the ``.part``
-    is removed in every case.
+    is being written by another download), IntegrityError (the source file
+    changed size while being copied) or DownloadCancelled; the ``.part`` is
+    removed in every case.
     """
     src = source_path(job.target)
     fd = open_regular(src)
@@ -96,6 +98,10 @@ def download_impl(job: Job, ctx: DownloadContext) -> Path:
                 part.write(chunk)
                 done += len(chunk)
                 ctx.progress(done, max(total, done))
+            if done != total:
+                raise IntegrityError(
+                    f"{str(src)!r} changed size while being copied: {total} bytes when opened, {done} read"
+                )
             return part.land()
         except BaseException:
             part.discard()
