@@ -415,6 +415,20 @@ def test_hung_plugin_times_out(make_engine):
     assert engine.get(rid).state is State.FAILED
 
 
+def test_close_lists_a_timed_out_download_whose_plugin_still_hangs(make_engine):
+    clock = ManualClock()
+    src = ScriptedSource("a", clock, RatePolicy(timeout=5.0))
+    engine = make_engine({"a": src}, clock=clock)
+    rid = engine.submit("a", "hang:h")
+    src.wait_started(1)
+    clock.advance(5.1)
+    assert engine.wait([rid], timeout=5)[0].state is State.FAILED  # ended; its thread still runs
+    stuck = engine.close(timeout=0.3)
+    assert [(r.id, r.state) for r in stuck] == [(rid, State.FAILED)]
+    src.release("h")
+    src.wait_ended(1)
+
+
 def test_stalled_plugin_caught_by_watchdog(make_engine):
     clock = ManualClock()
     src = ScriptedSource("a", clock, RatePolicy(stall_timeout=3.0, timeout=100.0))

@@ -66,6 +66,7 @@ class _Shard:
         self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
         self.contexts: dict[str, DownloadContext] = {}
+        self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         self.worker: SourceWorker[DownloadContext] = SourceWorker(
             source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
@@ -482,6 +483,8 @@ class Engine:
             ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
             if ours:
                 del shard.contexts[job.id]
+            elif shard.expired.get(job.id) is ctx:
+                del shard.expired[job.id]
             record = shard.records.get(job.id)
             wrote = None
             if ours and record is not None and record.state is State.RUNNING:
@@ -649,6 +652,7 @@ class Engine:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
                     del shard.contexts[download_id]
+                    shard.expired[download_id] = ctx
                     ctx.cancelled.set()
                     record = shard.records.get(download_id)
                     if record is None or record.state is not State.RUNNING:
@@ -850,7 +854,8 @@ class Engine:
 
         Returns within about ``timeout`` seconds even if a plugin hangs, with
         the records of downloads whose ``download_impl`` had not returned by
-        then (also logged). Closing twice is harmless.
+        then (also logged), those the watchdog had already ended included
+        (their records say how they ended). Closing twice is harmless.
         """
         self._closed = True
         deadline = time.monotonic() + timeout
@@ -873,13 +878,14 @@ class Engine:
         stuck = [
             shard.records[i]
             for shard in self._shards.values()
-            for i in list(shard.contexts)
+            for i in [*shard.contexts, *shard.expired]
             if i in shard.records
         ]
         for record in stuck:
             log.warning(
-                "closed while download %s of %r from %r was still running",
+                "closed while download_impl of download %s (%s) of %r from %r had not returned",
                 record.id,
+                record.state.value,
                 record.target,
                 record.source,
             )
