@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -477,6 +478,33 @@ def test_content_disposition_names(server, http, header, expected):
     rec = fetch(http(), url)
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).name == expected
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Set exactly these proxy variables (both spellings cleared first)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_proxies_come_from_the_environment(server, http, monkeypatch):
+    """HTTP_PROXY sends requests through the proxy; NO_PROXY lets a host go direct."""
+    with socket.socket() as probe:  # a port nothing listens on: a direct request is refused
+        probe.bind(("127.0.0.1", 0))
+        origin = f"http://127.0.0.1:{probe.getsockname()[1]}/via/proxy.bin"
+    res = Resource(DATA)
+    server.resources[origin] = res  # a proxy receives the absolute URL as the request target
+    _proxy_env(monkeypatch, HTTP_PROXY=server.url(""))
+    rec = fetch(http(), origin)
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == DATA
+    assert len(res.requests) == 1
+    _proxy_env(monkeypatch, HTTP_PROXY=server.url(""), NO_PROXY="127.0.0.1")
+    rec = fetch(http(), origin)
+    assert rec.state is State.FAILED and "could not connect" in rec.error, rec.error
+    assert len(res.requests) == 1
 
 
 def test_each_worker_thread_has_its_own_client_closed_when_the_thread_ends() -> None:
