@@ -31,6 +31,11 @@ def test_a_full_config(tmp_path: Path) -> None:
     assert dict(config.policies["youtube"]) == {"concurrency": 1, "delay": 5}
 
 
+def test_a_source_may_say_what_to_do_with_a_taken_name(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[sources.http]\nexisting = "skip"\n'))
+    assert dict(config.policies["http"]) == {"existing": "skip"}
+
+
 def test_no_file_at_the_default_place_is_an_empty_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,6 +56,11 @@ def test_no_file_at_the_default_place_is_an_empty_config(
         ("[sources.yt]\nconcurrency = true", "'sources.yt.concurrency' must be a whole number"),
         ("[sources.yt]\ndelay = 'five'", "'sources.yt.delay' must be a number"),
         ("[sources.yt]\nconcurrency = 0", "concurrency must be a whole number of at least 1"),
+        (
+            "[sources.yt]\nexisting = 'keep'",
+            "existing must be one of 'rename', 'skip', 'overwrite', got 'keep'",
+        ),
+        ("[sources.yt]\nexisting = true", "'sources.yt.existing' must be a string, got True"),
         ("sources = 3", "'sources' must be a table"),
         ("[sources\n", "is not valid TOML"),
     ],

@@ -38,13 +38,13 @@ def test_copies_a_path_and_a_file_url(engine, tmp_path):
     src = tmp_path / "song one.flac"
     data = os.urandom(3 * headwater_file.CHUNK_SIZE + 5)
     src.write_bytes(data)
-    for target in (str(src), src.as_uri()):
+    for target, name in ((str(src), "song one.flac"), (src.as_uri(), "song one (1).flac")):
         rec = copy(engine, target)
         assert rec.state is State.COMPLETED, rec.error
-        assert Path(rec.file_path) == engine.dest_dir / "song one.flac"
+        assert Path(rec.file_path) == engine.dest_dir / name  # the second finds the name taken
         assert Path(rec.file_path).read_bytes() == data
         assert rec.size == len(data)
-    assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["song one.flac"]
+    assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["song one (1).flac", "song one.flac"]
 
 
 def test_refuses_directories_and_special_files(engine, tmp_path):

@@ -413,21 +413,22 @@ def test_large_bodies_are_handed_to_the_disk_as_they_arrive(server, http, monkey
     body.check()
 
 
-def test_two_downloads_of_one_name_do_not_interleave(server, http):
+def test_two_downloads_of_one_name_at_once_write_two_parts_and_land_two_files(server, http):
     gate = threading.Semaphore(0)
     url = server.add("/same.bin", Resource(DATA, gate=gate, chunk=50_000))
     engine = http()
-    first = engine.submit("http", url)
+    ids = [engine.submit("http", url), engine.submit("http", url)]
+    parts = [engine.dest_dir / "same.bin.part", engine.dest_dir / "same (1).bin.part"]
     deadline = time.monotonic() + 10
-    while not (engine.dest_dir / "same.bin.part").exists():
-        assert time.monotonic() < deadline
+    while not all(p.exists() for p in parts):  # both are writing, each its own .part
+        assert time.monotonic() < deadline, list(engine.dest_dir.iterdir())
         time.sleep(0.01)
-    second = fetch(engine, url)
-    assert second.state is State.FAILED and "already writing" in second.error
     gate.release(100)
-    done = engine.wait([first], timeout=20)[0]
-    assert done.state is State.COMPLETED, done.error
-    assert Path(done.file_path).read_bytes() == DATA
+    records = engine.wait(ids, timeout=20)
+    assert all(r.state is State.COMPLETED for r in records), [r.error for r in records]
+    assert {Path(r.file_path).name for r in records} == {"same.bin", "same (1).bin"}
+    assert all(Path(r.file_path).read_bytes() == DATA for r in records)
+    assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["same (1).bin", "same.bin"]
 
 
 def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http, monkeypatch):

@@ -37,14 +37,16 @@ def test_keep_leaves_the_bytes_for_a_resume_and_appends(dest: Path) -> None:
     assert part.land().read_bytes() == b"first half, second half"
 
 
-def test_a_second_writer_is_refused_and_cuts_nothing(dest: Path) -> None:
+def test_a_second_writer_of_one_name_gets_its_own_part_and_cuts_nothing(dest: Path) -> None:
     first = PartFile(dest, destination(dest, "a.bin"))
     first.write(b"0123456789")
-    with pytest.raises(FileExistsError, match="already writing"):
-        PartFile(dest, destination(dest, "a.bin"))  # not keep: would empty it if it got the lock
+    second = PartFile(dest, destination(dest, "a.bin"))  # not keep: would empty it if it got the lock
+    assert (first.path.name, second.path.name) == ("a.bin.part", "a (1).bin.part")
+    second.write(b"second")
     assert first.size() == 10
     first.discard()
-    assert list(dest.iterdir()) == []
+    assert second.land() == dest / "a.bin"  # the name is decided at landing, and a.bin is free
+    assert sorted(p.name for p in dest.iterdir()) == ["a.bin"]
 
 
 class _Dribble(io.FileIO):

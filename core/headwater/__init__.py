@@ -10,6 +10,7 @@ from headwater.errors import (
     ConfigError,
     DownloadCancelled,
     EngineClosedError,
+    ExistingFileKept,
     FieldConflictError,
     HeadwaterError,
     IntegrityError,
@@ -29,7 +30,7 @@ from headwater.errors import (
     UnsafePathError,
     is_transient,
 )
-from headwater.files import PartFile, destination, resolve_inside, safe_filename
+from headwater.files import PartFile, check_existing, destination, land, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State, Tried
@@ -45,6 +46,7 @@ __all__ = [
     "DownloadContext",
     "Engine",
     "EngineClosedError",
+    "ExistingFileKept",
     "FieldConflictError",
     "HeadwaterError",
     "IntegrityError",
@@ -74,8 +76,10 @@ __all__ = [
     "UnknownSourceError",
     "UnsafePathError",
     "__version__",
+    "check_existing",
     "destination",
     "hookimpl",
+    "land",
     "resolve_inside",
     "is_transient",
     "safe_filename",

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from headwater.files import Existing
+
 
 class DownloadContext:
     """What the engine hands to ``download_impl`` beside the job.
@@ -19,9 +21,14 @@ class DownloadContext:
             cancel is deleted.
         logger: a logger named ``headwater.source.<name>``.
         started: when the download started, on the engine's clock (``now``).
+        existing: what to do when a file already has the final name:
+            ``"rename"``, ``"skip"`` or ``"overwrite"`` (the download's own
+            choice, else its source's ``RatePolicy.existing``). Hand it to
+            :class:`~headwater.PartFile` or :func:`~headwater.land`, which
+            carry it out.
     """
 
-    __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last", "_now")
+    __slots__ = ("dest_dir", "cancelled", "logger", "started", "existing", "_last", "_now")
 
     def __init__(
         self,
@@ -29,8 +36,10 @@ class DownloadContext:
         logger: logging.Logger,
         now: Callable[[], float] = time.monotonic,
         started: float | None = None,
+        existing: Existing = "rename",
     ) -> None:
         self.dest_dir = dest_dir
+        self.existing: Existing = existing
         self.cancelled = threading.Event()
         self.logger = logger
         self._now = now

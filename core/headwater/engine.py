@@ -35,6 +35,7 @@ from headwater.context import DownloadContext
 from headwater.discovery import Candidate, discover, one_line
 from headwater.errors import (
     EngineClosedError,
+    ExistingFileKept,
     FieldConflictError,
     HeadwaterError,
     PluginError,
@@ -43,7 +44,7 @@ from headwater.errors import (
     UnknownDownloadError,
     is_transient,
 )
-from headwater.files import discard_landed, landed_file
+from headwater.files import Existing, discard_landed, existing_choice, landed_file
 from headwater.policy import RatePolicy
 from headwater.records import CORE_FIELDS, NO_EXTRA, Job, Record, State, Tried, may_transition
 from headwater.sources import PolicyOverride, Source, SourceInfo, SourceRegistry
@@ -358,7 +359,12 @@ class Engine:
     # -- submitting --------------------------------------------------------
 
     def submit(
-        self, source: str | Sequence[str] | Chain, target: str, *, display_name: str | None = None
+        self,
+        source: str | Sequence[str] | Chain,
+        target: str,
+        *,
+        display_name: str | None = None,
+        existing: Existing | None = None,
     ) -> str:
         """Queue a download of ``target``; return its id.
 
@@ -366,10 +372,13 @@ class Engine:
         names or a :class:`~headwater.Chain`, tried in order until one
         delivers (see ``docs/resilience.md``). Sources whose
         ``translate_target`` declines the target are skipped and listed in the
-        record's ``tried``.
+        record's ``tried``. ``existing`` is this download's choice when a
+        file already has its final name (``"rename"``, ``"skip"``,
+        ``"overwrite"``; see :func:`headwater.land`), kept in the record;
+        None leaves it to the policy of the source that runs it.
 
         Returns at once: no thread is started per job. Raises
-        UnknownSourceError, ValueError for an empty target,
+        UnknownSourceError, ValueError for an empty target or an unknown ``existing``,
         TargetRejectedError when no source can take the target,
         FieldConflictError or PluginError when the first source's
         ``record_fields`` misbehaves, and EngineClosedError after :meth:`close`.
@@ -379,6 +388,8 @@ class Engine:
         chain = resolve_chain(self._registry, source)
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
+        if existing is not None:
+            existing_choice(existing)
         job_target: str = target
         tried: tuple[Tried, ...] = ()
         if chain[0].translate is not None:
@@ -388,6 +399,8 @@ class Engine:
         username, extra = self._fields(src, job)
         now = time.time()
         record = Record(job.id, src.name, target, display_name, username, State.QUEUED, now, now, extra=extra)
+        if existing is not None:
+            record = attrs.evolve(record, existing=existing)
         shard = self._shard(src.name)
         if len(chain) > 1 or tried:
             record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
@@ -449,7 +462,8 @@ class Engine:
         record = shard.current(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
-        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now)
+        existing = record.existing or shard.source.policy.existing
+        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now, existing)
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
         if shard.source.policy.watched:
@@ -469,8 +483,12 @@ class Engine:
         size = 0
         error = ""
         failure: BaseException | None = None
+        skipped = False  # a file already at the name was kept (existing="skip"): not ours to delete
         try:
-            returned = shard.source.download(job=job, ctx=ctx)
+            try:
+                returned = shard.source.download(job=job, ctx=ctx)
+            except ExistingFileKept as kept:
+                returned, skipped = kept.path, True
             if returned is None:
                 error = "declined: download_impl returned None"
             else:
@@ -496,17 +514,18 @@ class Engine:
                         finished_at=time.time(),
                         progress=100.0,
                         size=size,
-                        transferred=size,
+                        transferred=0 if skipped else size,
                         speed=0.0,
                         time_remaining=None,
                         error=None,
+                        skipped=skipped,
                     )
                 elif not self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure):
                     wrote = record
                     fall_back = bool(record.fallbacks)
                     if not fall_back:
                         wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
-            if wrote is None and returned is not None:
+            if wrote is None and returned is not None and not skipped:
                 # Cancelled or removed meanwhile: the file goes before the job counts as ended.
                 discard_landed(self.dest_dir, returned)
             shard.worker.finish()

@@ -8,6 +8,7 @@ recorded on the download's record.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -182,3 +183,17 @@ class ContractError(HeadwaterError, AssertionError):
         self.source = source
         self.rule = rule
         super().__init__(f"source {source!r} broke the {rule!r} rule: {detail}")
+
+
+class ExistingFileKept(HeadwaterError):
+    """A download whose final name is already taken, under the ``skip`` choice: nothing lands.
+
+    Raised by :func:`headwater.land` and :class:`headwater.PartFile` (and by
+    any ``download_impl`` that checks ``ctx.existing`` itself) to end a
+    download early. The engine records it COMPLETED with ``file_path`` the
+    file already there and ``skipped`` true; ``path`` is that file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"a file is already at {self.path!r}; it was kept and nothing landed")

@@ -1,4 +1,4 @@
-"""Where downloads may land: the one check that a path lies inside the destination."""
+"""Where downloads may land: the check that a path lies inside the destination, and the landing rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import os
 import stat
 import sys
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
-from headwater.errors import UnsafePathError
+from headwater.errors import ExistingFileKept, UnsafePathError
 
 if sys.platform != "win32":
     import fcntl
@@ -163,49 +165,243 @@ def resolve_inside(dest_dir: Path, path: str, what: str | None = None) -> str:
     return resolved
 
 
+#: What a landing does when a file (or anything else) already has its final name:
+#: ``"rename"`` lands under the first free ``name (1).ext``, ``name (2).ext``, ...;
+#: ``"skip"`` lands nothing and keeps what is there (:class:`ExistingFileKept`);
+#: ``"overwrite"`` replaces it.
+Existing = Literal["rename", "skip", "overwrite"]
+
+#: Every value of :data:`Existing`, the default first.
+EXISTING_CHOICES: tuple[Existing, ...] = ("rename", "skip", "overwrite")
+
+
+def existing_choice(value: object, what: str = "existing") -> Existing:
+    """``value``, checked to be one of :data:`EXISTING_CHOICES`; else ValueError naming them and ``what``."""
+    if value not in EXISTING_CHOICES:
+        choices = ", ".join(map(repr, EXISTING_CHOICES))
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+    return value
+
+
+#: The highest number a renamed landing tries: ``name (9999).ext``.
+MAX_NUMBER = 9999
+
+#: Compression suffixes that keep a short extension before them in a numbered name:
+#: ``archive (1).tar.gz``, ``data (1).csv.xz``.
+_COMPRESSIONS = frozenset({"br", "bz", "bz2", "gz", "lz", "lz4", "lzma", "lzo", "xz", "z", "zst"})
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """``name`` as (stem, extension), the extension with its dot, or ``""`` if it has none.
+
+    An extension is the text after the last dot: at most
+    :data:`MAX_EXTENSION_BYTES` UTF-8 bytes, without spaces, after a
+    non-empty stem. A compression suffix (``.gz``, ``.xz``, ``.zst``, ...)
+    takes the extension of up to 4 letters or digits before it along:
+    ``("archive", ".tar.gz")``. Pure.
+    """
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or not ext or " " in ext or len(ext.encode()) > MAX_EXTENSION_BYTES:
+        return name, ""
+    if ext.lower() in _COMPRESSIONS:
+        inner_stem, inner_dot, inner = stem.rpartition(".")
+        if inner_dot and inner_stem and len(inner) <= 4 and inner.isascii() and inner.isalnum():
+            return inner_stem, f".{inner}.{ext}"
+    return stem, f".{ext}"
+
+
+def numbered(final: Path, number: int) -> Path:
+    """``final`` with `` (number)`` before its extension: ``a.txt`` -> ``a (2).txt``.
+
+    The stem is cut (at a character boundary, trailing dots and spaces
+    dropped) so that the name stays within :data:`MAX_NAME_BYTES` UTF-8
+    bytes, like every name :func:`safe_filename` makes. Pure.
+    """
+    stem, ext = split_extension(final.name)
+    tail = f" ({number}){ext}"
+    budget = MAX_NAME_BYTES - len(tail.encode())
+    if len(stem.encode()) > budget:
+        stem = stem.encode()[:budget].decode(errors="ignore").rstrip(". ") or "download"
+    return final.with_name(stem + tail)
+
+
+def _names(final: Path) -> Iterator[Path]:
+    """``final``, then ``numbered(final, 1)`` up to ``numbered(final, MAX_NUMBER)``."""
+    yield final
+    for number in range(1, MAX_NUMBER + 1):
+        yield numbered(final, number)
+
+
+def _taken(final: Path) -> ExistingFileKept | FileExistsError:
+    """The error for ``final`` being taken under ``skip``: kept if a regular file is there."""
+    if os.path.isfile(final):
+        return ExistingFileKept(final)
+    return FileExistsError(f"{str(final)!r} is taken by something that is not a regular file; nothing landed")
+
+
+def check_existing(final: Path, existing: Existing) -> None:
+    """Under ``skip``, raise before fetching when ``final`` is already taken; otherwise do nothing.
+
+    For a source that knows its final name before it downloads: it saves
+    the transfer. :class:`PartFile` calls it when it is opened.
+    :func:`land` checks again, atomically. Raises
+    :class:`ExistingFileKept` for a regular file at ``final`` (a link to
+    one counts), FileExistsError for anything else there.
+    """
+    if existing == "skip" and os.path.lexists(final):
+        raise _taken(final)
+
+
+def land(part: Path, final: Path, existing: Existing = "rename") -> Path:
+    """Move the complete file ``part`` to ``final`` or a free name beside it; return where it landed.
+
+    The one rule every landing of the builtin sources goes through, so a
+    file headwater did not write for this download is never replaced
+    (except under ``overwrite``):
+
+    - ``rename`` (the default): the first free name of ``final``,
+      ``name (1).ext``, ``name (2).ext``, ... (:func:`numbered`), up to
+      :data:`MAX_NUMBER`. Each name is claimed atomically, so concurrent
+      landings, in this process or another, never take the same one: a
+      hard link from ``part`` that fails if the name exists, then ``part``
+      is unlinked. Where the filesystem has no hard links, an empty
+      placeholder is created with ``O_EXCL`` and ``part`` renamed onto it
+      (an empty file shows at the name for that moment, and stays if the
+      process is killed right then).
+    - ``skip``: ``final`` only, claimed the same way. If it is taken,
+      ``part`` is deleted and :class:`ExistingFileKept` raised (or
+      FileExistsError when what is there is not a regular file).
+    - ``overwrite``: ``part`` is renamed over ``final`` in one atomic step.
+
+    ``part`` and ``final`` must be in the same folder; the caller has
+    fsynced ``part`` and checked ``final`` (:func:`destination`). A symbolic
+    link at a name counts as taken and is never followed. Raises
+    FileExistsError when all the names are taken, ValueError for an unknown
+    ``existing``, and OSError from the filesystem; ``part`` then stays.
+    """
+    if existing_choice(existing) == "overwrite":
+        os.replace(part, final)
+        return final
+    if existing == "skip":
+        if _claim(part, final):
+            return final
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        raise _taken(final)
+    for candidate in _names(final):
+        if _claim(part, candidate):
+            if candidate != final:
+                log.info("%s was taken; landed as %s", final.name, candidate.name)
+            return candidate
+    last = numbered(final, MAX_NUMBER).name
+    raise FileExistsError(f"no free name for {final.name!r}: it and every number up to {last!r} are taken")
+
+
+def _claim(part: Path, candidate: Path) -> bool:
+    """Move ``part`` to ``candidate`` unless something has that name; whether it did.
+
+    A hard link, which fails if ``candidate`` exists, then ``part`` is
+    unlinked. Where linking fails for another reason (a filesystem without
+    hard links: FAT, some network and FUSE filesystems), see
+    :func:`_claim_by_placeholder`.
+    """
+    try:
+        os.link(part, candidate)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        log.debug("cannot hard-link %s (%s); claiming %s with a placeholder", part, exc, candidate.name)
+        return _claim_by_placeholder(part, candidate)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
+    return True
+
+
+def _claim_by_placeholder(part: Path, candidate: Path) -> bool:
+    """Create ``candidate`` empty with ``O_EXCL`` (False if it exists), then rename ``part`` onto it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(candidate, flags, 0o644))
+    except FileExistsError:
+        return False
+    try:
+        os.replace(part, candidate)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(candidate)
+        raise
+    return True
+
+
 class PartFile:
     """``<final>.part`` beside ``final``, open for appending and locked, until it is landed or discarded.
 
     A file at its final path is always complete: bytes go to the ``.part``,
-    and :meth:`land` fsyncs and renames it in one atomic step. The ``.part``
-    is opened without following a symbolic link and is checked to lie
-    inside ``dest_dir`` (resolved). An existing ``.part`` (left by a killed
-    process, say) is emptied, unless ``keep`` is true: a source that resumes
-    keeps its bytes and checks them itself. An exclusive advisory lock is
-    held while it is open, so a second download of the same name fails with
-    :class:`FileExistsError` instead of interleaving its bytes. Used by the
-    worker thread that runs one download; not shared between threads.
+    and :meth:`land` fsyncs it and lands it through :func:`land` under the
+    ``existing`` choice (pass ``ctx.existing``): by default a file already
+    at ``final`` is kept and this one lands as ``name (1).ext``. Under
+    ``skip``, a file already at ``final`` raises :class:`ExistingFileKept`
+    here, before anything is written.
+
+    The ``.part`` is opened without following a symbolic link and is checked
+    to lie inside ``dest_dir`` (resolved). An exclusive advisory lock is
+    held while it is open. When another download holds the lock on
+    ``<final>.part`` (the same name downloading at the same time), the
+    ``.part`` of ``numbered(final, 1)`` is tried, and so on: each download
+    writes its own. An existing ``.part`` (left by a killed process, say) is
+    emptied, unless ``keep`` is true: a source that resumes keeps its bytes
+    and checks them itself; ``mine``, if given, is then asked about a
+    non-empty one and False leaves it for the download it belongs to (the
+    next name is tried). A ``.part`` that is a second link to a landed file
+    (left by a process killed while landing) is unlinked, never written.
+    Used by the worker thread that runs one download; not shared between
+    threads.
+
+    Raises :class:`UnsafePathError`, :class:`ExistingFileKept` (``skip``),
+    FileExistsError when every ``.part`` name is taken, ValueError for an
+    unknown ``existing``, and OSError.
 
     Attributes:
-        final: where the file lands.
+        final: where the file is meant to land; after :meth:`land`, where it landed.
         path: the ``.part``.
+        existing: what :meth:`land` does when ``final`` is taken.
         stream: the open ``.part``, unbuffered (:class:`io.FileIO`) and in
             append mode: every write goes to its end at once, whatever the
             position; seek to read it back, ``truncate(n)`` to drop bytes.
     """
 
-    def __init__(self, dest_dir: Path, final: Path, keep: bool = False) -> None:
+    def __init__(
+        self,
+        dest_dir: Path,
+        final: Path,
+        keep: bool = False,
+        existing: Existing = "rename",
+        *,
+        mine: Callable[[Path], bool] | None = None,
+    ) -> None:
+        if os.path.dirname(f"{final}.part") != str(dest_dir) or os.sep in final.name:
+            raise UnsafePathError(f"{str(final) + '.part'!r} is not directly inside {str(dest_dir)!r}")
+        self.existing = existing_choice(existing)
+        check_existing(final, existing)
         self.final = final
-        path = f"{final}.part"
-        if os.path.dirname(path) != str(dest_dir) or os.sep in final.name:
-            raise UnsafePathError(f"{path!r} is not directly inside {str(dest_dir)!r}")
-        self.path = Path(path)
-        # O_NOFOLLOW: a link planted at the .part name fails the open (ELOOP) instead of
-        # sending the bytes elsewhere, so no realpath check is needed here.
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
-        flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-        fd = os.open(path, flags, 0o644)
+        for candidate in _names(final):
+            path = Path(f"{candidate}.part")
+            fd = _open_locked(path)
+            if fd is None:
+                continue  # another download is writing this name right now
+            if keep and mine is not None and os.fstat(fd).st_size > 0 and not mine(path):
+                os.close(fd)
+                continue
+            break
+        else:
+            raise FileExistsError(f"every .part name for {final.name!r} is being written by another download")
         try:
-            if sys.platform != "win32":  # Windows has no flock; there a second writer is not refused
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise FileExistsError(f"another download is already writing {path!r}") from None
             if not keep:
                 os.ftruncate(fd, 0)  # only once the lock is ours: never cut another download's bytes
         except BaseException:
             os.close(fd)
             raise
+        self.path = path
         # Unbuffered, so no buffer position has to be kept in step with the file by lseek(2).
         self.stream = io.FileIO(fd, "r+")
 
@@ -220,9 +416,19 @@ class PartFile:
         return os.fstat(self.stream.fileno()).st_size
 
     def land(self) -> Path:
-        """Fsync and rename the ``.part`` onto the final path; return that path."""
+        """Fsync and land the ``.part`` (see :func:`land`); return where it landed.
+
+        Raises :class:`ExistingFileKept` under ``skip`` when ``final`` was
+        taken meanwhile (the ``.part`` is deleted and closed). On any other
+        error (no free name left, say) the ``.part`` stays open: close or
+        discard it.
+        """
         os.fsync(self.stream.fileno())
-        os.replace(self.path, self.final)
+        try:
+            self.final = land(self.path, self.final, self.existing)
+        except ExistingFileKept:
+            self.stream.close()
+            raise
         self.stream.close()
         return self.final
 
@@ -234,3 +440,32 @@ class PartFile:
         """Close and delete the ``.part``."""
         self.stream.close()
         self.path.unlink(missing_ok=True)
+
+
+def _open_locked(path: Path) -> int | None:
+    """``path`` opened (created if missing) for appending and locked; None if another holds the lock.
+
+    O_NOFOLLOW: a link planted at the name fails the open (ELOOP) instead of
+    sending the bytes elsewhere. A file with a second link (a landed file
+    whose ``.part`` name a killed landing left) is unlinked and a new one
+    created. Windows has no flock: there a second writer is not refused.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+    while True:
+        fd = os.open(path, flags, 0o644)
+        try:
+            if sys.platform != "win32":
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+            if os.fstat(fd).st_nlink <= 1:
+                return fd
+            log.info("%s is a second name of a landed file; removing that name", path)
+            path.unlink()
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)

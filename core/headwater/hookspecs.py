@@ -36,7 +36,10 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     Returns the path of the finished file (a ``str`` or ``os.PathLike``;
     relative paths are taken relative to ``ctx.dest_dir``). The file must
     exist and lie inside ``ctx.dest_dir``, or the download FAILS and the engine
-    leaves the file alone. Return ``None`` to decline: the download FAILS as
+    leaves the file alone. Land it with :class:`~headwater.PartFile` or
+    :func:`~headwater.land`, passing ``ctx.existing``, so that a file
+    already at the name is never replaced unless the user chose
+    ``overwrite``. Return ``None`` to decline: the download FAILS as
     "declined by the source".
 
     Raising records the exception as the record's ``error``. A transient
@@ -44,9 +47,10 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     ``TimeoutError``; see :func:`~headwater.errors.is_transient`) is retried
     after a backoff while the policy's ``retries`` last;
     :class:`~headwater.errors.RetryAfter` pauses the whole source for its
-    seconds and then tries again; anything else fails the download at once
-    (in a fallback chain the next source gets it). A file returned after a
-    cancel is deleted.
+    seconds and then tries again; :class:`~headwater.errors.ExistingFileKept`
+    (under ``skip``, the name is taken) COMPLETES it with the file that was
+    there; anything else fails the download at once (in a fallback chain
+    the next source gets it). A file returned after a cancel is deleted.
     """
 
 

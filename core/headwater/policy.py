@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from headwater.errors import InvalidPolicyError
+from headwater.files import Existing, existing_choice
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -42,9 +43,16 @@ def _positive_or_none(_: object, attribute: attrs.Attribute[float | None], value
         )
 
 
+def _existing_choice(_: object, attribute: attrs.Attribute[Existing], value: Existing) -> None:
+    try:
+        existing_choice(value, f"RatePolicy.{attribute.name}")
+    except ValueError as exc:
+        raise InvalidPolicyError(str(exc)) from None
+
+
 @attrs.frozen
 class RatePolicy:
-    """How the shared worker schedules one source.
+    """How the shared worker schedules one source, and what its downloads do with a name already taken.
 
     All times are seconds on the engine's monotonic clock.
 
@@ -69,6 +77,12 @@ class RatePolicy:
             a download asked to wait longer FAILS at once with the
             ``RetryAfter`` as its error (in a chain the next source gets it).
             None (the default) honours any wait.
+        existing: what a download of this source does when a file already
+            has its final name (``ctx.existing``, unless the download was
+            submitted with its own choice): ``"rename"`` (the default) lands
+            it as ``name (1).ext``, ``"skip"`` keeps the file there and
+            fetches nothing, ``"overwrite"`` replaces it. See
+            :func:`headwater.land`.
 
     Invalid values raise :class:`~headwater.errors.InvalidPolicyError` when the
     policy is built, so a bad policy is refused at load, never a deadlock.
@@ -83,6 +97,7 @@ class RatePolicy:
     timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     stall_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     max_retry_after: float | None = attrs.field(default=None, validator=_positive_or_none)
+    existing: Existing = attrs.field(default="rename", validator=_existing_choice)
 
     @property
     def watched(self) -> bool:

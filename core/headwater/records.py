@@ -13,6 +13,8 @@ from types import MappingProxyType
 
 import attrs
 
+from headwater.files import Existing
+
 
 class State(enum.Enum):
     """Where a download is in its life. COMPLETED, FAILED and CANCELLED are final."""
@@ -103,6 +105,13 @@ class Record:
     ``fallbacks`` the sources still to try. ``attempts`` counts every start
     on every source; ``retries`` the retries used on the current source.
     ``error`` is the latest error, also while a retry is queued.
+
+    ``existing`` is the download's own choice for a final name already
+    taken (``"rename"``, ``"skip"``, ``"overwrite"``), or None for its
+    source's ``RatePolicy.existing``. ``file_path`` is where the file
+    landed, ``name (1).ext`` when the name was taken; ``skipped`` is true
+    when, under ``skip``, a file was already there: the download is
+    COMPLETED, fetched nothing, and ``file_path`` is that file.
     """
 
     id: str
@@ -127,6 +136,8 @@ class Record:
     tried: tuple[Tried, ...] = ()
     fallbacks: tuple[str, ...] = ()
     retries: int = 0
+    existing: Existing | None = None
+    skipped: bool = False
 
     @property
     def name(self) -> str:

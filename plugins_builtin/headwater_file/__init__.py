@@ -5,8 +5,9 @@ host. Only regular files are copied (a symbolic link to one is followed);
 a directory, device, pipe or socket is refused with
 :class:`~headwater.InvalidTargetError`. The name goes through
 :func:`headwater.destination`, and the copy is written to ``<name>.part``
-beside its final path, fsynced, then renamed, so a file at its final path is
-always complete.
+beside its final path, fsynced, then landed through :func:`headwater.land`
+under ``ctx.existing``, so a file at its final path is always complete and
+a file already there is never replaced unless the choice is ``overwrite``.
 """
 
 from __future__ import annotations
@@ -79,16 +80,16 @@ def download_impl(job: Job, ctx: DownloadContext) -> Path:
     """Copy ``job.target`` into ``ctx.dest_dir`` with progress; stop within one chunk of a cancel.
 
     Raises FileNotFoundError, InvalidTargetError, UnsafePathError (a name
-    that would land outside the destination), FileExistsError (the same name
-    is being written by another download), IntegrityError (the source file
-    changed size while being copied) or DownloadCancelled; the ``.part`` is
-    removed in every case.
+    that would land outside the destination), ExistingFileKept (under
+    ``skip``, a file already has the name: nothing is copied),
+    IntegrityError (the source file changed size while being copied) or
+    DownloadCancelled; the ``.part`` is removed in every case.
     """
     src = source_path(job.target)
     fd = open_regular(src)
     with os.fdopen(fd, "rb") as reader:
         total = os.fstat(reader.fileno()).st_size
-        part = PartFile(ctx.dest_dir, destination(ctx.dest_dir, src.name))
+        part = PartFile(ctx.dest_dir, destination(ctx.dest_dir, src.name), existing=ctx.existing)
         done = 0
         ctx.progress(0, total)
         try:

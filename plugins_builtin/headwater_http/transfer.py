@@ -1,8 +1,11 @@
-"""One HTTP download: stream to ``<name>.part``, resume, verify, fsync, rename.
+"""One HTTP download: stream to ``<name>.part``, resume, verify, fsync, land.
 
 Runs on the engine's worker thread that called ``download_impl``; nothing
 here starts a thread. The ``.part`` file is locked for the whole transfer so
-two downloads of the same name cannot interleave their bytes.
+two downloads of the same name cannot interleave their bytes: the second
+writes its own ``.part`` (see :class:`~headwater.PartFile`), and landing
+(:func:`headwater.land`) never replaces a file unless ``ctx.existing`` says
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import httpx
 from headwater import (
     DownloadCancelled,
     DownloadContext,
+    ExistingFileKept,
     IntegrityError,
     PartFile,
     RetryAfter,
@@ -81,12 +85,11 @@ class _Part:
 
     def saved_validator(self) -> str | None:
         """The validator a previous call saved for this same URL, or None."""
-        try:
-            saved = json.loads(self.meta.read_text())
-        except (OSError, ValueError):
+        saved = _read_meta(self.meta)
+        if saved is None:
             return None
         self.meta_written = True  # whatever is there is ours to replace or remove
-        if not isinstance(saved, dict) or saved.get("url") != self.url:
+        if saved.get("url") != self.url:
             return None
         validator = saved.get("validator")
         return validator if isinstance(validator, str) else None
@@ -171,12 +174,15 @@ class Transfer:
         stall or a connection that kept breaking (the ``.part`` is kept when
         it can be resumed); :class:`IntegrityError` for a wrong size or
         checksum and :class:`~headwater.UnsafePathError` for a name that would
-        land outside the destination (nothing kept).
+        land outside the destination (nothing kept); and, when ``ctx.existing``
+        is ``skip`` and a file already has the name,
+        :class:`~headwater.ExistingFileKept` (no body read, or the finished
+        ``.part`` deleted if the file appeared meanwhile).
         """
         try:
             self._fetch()
             part = self._finish()
-        except (DownloadCancelled, IntegrityError):
+        except (DownloadCancelled, IntegrityError, ExistingFileKept):
             if self._part is not None:
                 self._part.discard()
             raise
@@ -252,15 +258,26 @@ class Transfer:
         return True
 
     def _open(self, response: httpx.Response) -> _Part:
-        """Choose the file name from the response; open and lock ``<name>.part``."""
+        """Choose the file name from the response; open and lock ``<name>.part``.
+
+        A ``.part`` another download of this name is writing, or one whose
+        resume record names another URL, is left alone: the next ``.part``
+        name is used (see :class:`~headwater.PartFile`).
+        """
         name = disposition_name(response.headers.get("content-disposition")) or url_name(str(response.url))
         final = destination(self._ctx.dest_dir, name)
-        meta = final.with_name(final.name + ".part.json")
+        url = self._target.url
         try:
-            file = PartFile(self._ctx.dest_dir, final, keep=True)
+            file = PartFile(
+                self._ctx.dest_dir,
+                final,
+                keep=True,
+                existing=self._ctx.existing,
+                mine=lambda path: _resume_url(_meta_path(path)) in (None, url),
+            )
         except FileExistsError as exc:
             raise TransferError(str(exc)) from None
-        self._part = _Part(file, meta, self._target.url, file.size())
+        self._part = _Part(file, _meta_path(file.path), url, file.size())
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:
@@ -329,6 +346,26 @@ class Transfer:
                 self._part.file.close()
         else:
             self._part.discard()
+
+
+def _meta_path(part: Path) -> Path:
+    """The resume record beside the ``.part`` ``part``: ``<name>.part.json``."""
+    return part.with_name(part.name + ".json")
+
+
+def _read_meta(meta: Path) -> dict[str, object] | None:
+    """The resume record ``meta``: None if missing or unreadable, ``{}`` if it is not a JSON object."""
+    try:
+        saved = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else {}
+
+
+def _resume_url(meta: Path) -> str | None:
+    """The URL the resume record ``meta`` was written for, or None if it names none."""
+    url = (_read_meta(meta) or {}).get("url")
+    return url if isinstance(url, str) else None
 
 
 def _write_back(fd: int, upto: int) -> None:

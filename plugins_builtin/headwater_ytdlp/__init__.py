@@ -25,8 +25,10 @@ from headwater import (
     MissingDependencyError,
     RatePolicy,
     UnsafePathError,
+    check_existing,
     destination,
     hookimpl,
+    land,
     resolve_inside,
 )
 
@@ -122,8 +124,14 @@ class YtDlpSource:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self._options = dict(options or {})
 
-    def _params(self, ctx: DownloadContext, hook: _Hook) -> dict[str, Any]:
-        """YoutubeDL parameters that keep every file inside ``ctx.dest_dir``."""
+    def _params(self, job: Job, ctx: DownloadContext, hook: _Hook) -> dict[str, Any]:
+        """YoutubeDL parameters that keep every file inside ``ctx.dest_dir``.
+
+        yt-dlp's own file is ``<id>.<download id>.<ext>``: no file of the
+        user's or of another download has that name, so yt-dlp never takes
+        one for "already downloaded", and a retry of this download
+        continues its own ``.part``.
+        """
         return {
             "quiet": True,
             "no_warnings": False,
@@ -133,7 +141,7 @@ class YtDlpSource:
             "retries": 3,
             **self._options,
             "paths": {"home": str(ctx.dest_dir), "temp": str(ctx.dest_dir)},
-            "outtmpl": {"default": "%(id)s.%(ext)s"},
+            "outtmpl": {"default": f"%(id)s.{job.id}.%(ext)s"},
             "restrictfilenames": True,
             "windowsfilenames": True,
             "progress_hooks": [hook],
@@ -142,22 +150,28 @@ class YtDlpSource:
 
     @hookimpl
     def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
-        """Download one video or track; return the file, renamed to ``<title> [<id>].<ext>``.
+        """Download one video or track; return the file, landed as ``<title> [<id>].<ext>``.
 
-        yt-dlp writes ``<id>.<ext>`` (with its own ``.part``) inside
-        ``ctx.dest_dir``; the finished file is then renamed to a name from the
-        title and id through :func:`headwater.destination`. Raises
-        MissingDependencyError without yt-dlp, InvalidTargetError for a target
-        that is not an http(s) URL or a playlist, DownloadCancelled after a
-        cancel (partial files removed), and yt-dlp's own DownloadError for
-        anything yt-dlp cannot fetch.
+        yt-dlp writes ``<id>.<download id>.<ext>`` (with its own ``.part``)
+        inside ``ctx.dest_dir``; the finished file is then landed through
+        :func:`headwater.land` under ``ctx.existing``, with a name from the
+        title and id made by :func:`headwater.destination`. Under ``skip``,
+        a file already at that name (with the extension yt-dlp picked before
+        downloading) stops the download before any media is fetched.
+        Raises MissingDependencyError without yt-dlp, InvalidTargetError for
+        a target that is not an http(s) URL or a playlist, ExistingFileKept
+        under ``skip``, DownloadCancelled after a cancel (partial files
+        removed), and yt-dlp's own DownloadError for anything yt-dlp cannot
+        fetch.
         """
         if urlsplit(job.target).scheme.lower() not in ("http", "https"):
             raise InvalidTargetError(f"{job.target!r} is not an http:// or https:// URL")
         yt_dlp = load_yt_dlp()
         hook = _Hook(ctx)
         try:
-            with yt_dlp.YoutubeDL(self._params(ctx, hook)) as ydl:
+            with yt_dlp.YoutubeDL(self._params(job, ctx, hook)) as ydl:
+                if ctx.existing == "skip":
+                    ydl.add_post_processor(_skip_if_there(yt_dlp, ctx), when="before_dl")
                 info = ydl.extract_info(job.target, download=True)
         except BaseException:
             self._remove_partials(ctx, hook.files)
@@ -169,10 +183,11 @@ class YtDlpSource:
         if not isinstance(written, str):
             raise InvalidTargetError(f"yt-dlp downloaded nothing for {job.target!r}")
         landed = Path(resolve_inside(ctx.dest_dir, written, f"yt-dlp's output {written!r}"))
-        title = str(info.get("title") or info.get("id") or "download")
-        final = destination(ctx.dest_dir, f"{title} [{info.get('id')}]{landed.suffix}")
-        landed.replace(final)
-        return final
+        try:
+            return land(landed, _final(ctx, info, landed.suffix), ctx.existing)
+        except BaseException:
+            landed.unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def _remove_partials(ctx: DownloadContext, files: set[str]) -> None:
@@ -205,6 +220,28 @@ class YtDlpSource:
     def rate_policy(self) -> RatePolicy:
         """One at a time, 3 s apart (YouTube answers bursts with HTTP 429); users may override."""
         return RatePolicy(concurrency=1, delay=3.0)
+
+
+def _final(ctx: DownloadContext, info: Mapping[str, Any], suffix: str) -> Path:
+    """Where a video lands: ``<title> [<id>]<suffix>`` in ``ctx.dest_dir``, through :func:`destination`."""
+    title = str(info.get("title") or info.get("id") or "download")
+    return destination(ctx.dest_dir, f"{title} [{info.get('id')}]{suffix}")
+
+
+def _skip_if_there(yt_dlp: ModuleType, ctx: DownloadContext) -> Any:
+    """A yt-dlp post-processor, run before the download, raising ExistingFileKept if the file is there.
+
+    It sees the format yt-dlp picked, so the extension is known; a later
+    post-processor that changes it (extracting audio, say) is caught at
+    landing instead, after the download.
+    """
+
+    class SkipIfThere(yt_dlp.postprocessor.PostProcessor):
+        def run(self, info: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+            check_existing(_final(ctx, info, f".{info.get('ext')}"), ctx.existing)
+            return [], info
+
+    return SkipIfThere()
 
 
 #: The instance the ``headwater.sources`` entry point names.
