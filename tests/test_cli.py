@@ -91,6 +91,59 @@ def test_get_dest_defaults_to_the_working_folder(tmp_path, sample):
     assert (work / "sample.bin").read_bytes() == sample.read_bytes()
 
 
+def test_get_keeps_a_file_already_there_and_prints_the_numbered_name(tmp_path, sample):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "sample.bin").write_bytes(b"the user's own")
+    done = headwater("get", "file", sample, "--dest", dest, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (dest / "sample.bin").read_bytes() == b"the user's own"
+    assert (dest / "sample (1).bin").read_bytes() == sample.read_bytes()
+    assert done.stdout.strip().endswith("sample (1).bin")
+    assert names(done.stdout, dest / "sample (1).bin", tmp_path)
+
+
+def test_get_existing_skip_and_overwrite(tmp_path, sample):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "sample.bin").write_bytes(b"the user's own")
+    skipped = headwater("get", "file", sample, "--dest", dest, "--existing", "skip", cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stdout.strip().endswith("sample.bin (already there, not downloaded)")
+    assert sorted(p.name for p in dest.iterdir()) == ["sample.bin"]
+    assert (dest / "sample.bin").read_bytes() == b"the user's own"
+    as_json = headwater("get", "file", sample, "--dest", dest, "--existing", "skip", "--json", cwd=tmp_path)
+    [record] = json.loads(as_json.stdout)
+    assert (record["state"], record["skipped"], record["existing"]) == ("completed", True, "skip")
+    replaced = headwater("get", "file", sample, "--dest", dest, "--existing", "overwrite", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["sample.bin"]
+    assert (dest / "sample.bin").read_bytes() == sample.read_bytes()
+
+
+def test_get_existing_refuses_an_unknown_choice(tmp_path, sample):
+    done = headwater("get", "file", sample, "--dest", tmp_path / "out", "--existing", "keep", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Invalid value for '--existing'" in done.stderr and "'rename', 'skip', 'overwrite'" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_config_sets_a_sources_choice_and_the_option_wins(tmp_path, sample):
+    config = tmp_path / "headwater.toml"
+    config.write_text('[sources.file]\nexisting = "skip"\n')
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "sample.bin").write_bytes(b"the user's own")
+    by_config = headwater("--config", config, "get", "file", sample, "--dest", dest, cwd=tmp_path)
+    assert by_config.returncode == 0, by_config.stderr
+    assert "(already there, not downloaded)" in by_config.stdout
+    by_option = headwater(
+        "--config", config, "get", "file", sample, "--dest", dest, "--existing", "rename", cwd=tmp_path
+    )
+    assert by_option.returncode == 0, by_option.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["sample (1).bin", "sample.bin"]
+
+
 def test_sources_lists_the_builtin_file_source(tmp_path):
     done = headwater("sources", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

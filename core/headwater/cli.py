@@ -34,6 +34,7 @@ from headwater.discovery import discover
 from headwater.display import follow
 from headwater.engine import Engine
 from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
+from headwater.files import EXISTING_CHOICES, Existing
 from headwater.plugin_new import plugin
 from headwater.records import Record, State
 from headwater.sources import PolicyOverride, SourceInfo
@@ -202,6 +203,13 @@ def sources(as_json: bool) -> None:
     help="Fallback sources, tried in order when SOURCE fails or cannot take a target.",
 )
 @_dest_option
+@click.option(
+    "--existing",
+    type=click.Choice(EXISTING_CHOICES),
+    default=None,
+    help="When a file already has the name: land as 'name (1).ext' (rename), keep it and fetch "
+    "nothing (skip), or replace it (overwrite). Default: the source's policy (rename).",
+)
 @_timeout_option
 @_quiet_option
 @_json_option
@@ -210,6 +218,7 @@ def get(
     targets: tuple[str, ...],
     via: str,
     dest: Path | None,
+    existing: Existing | None,
     timeout: float | None,
     quiet: bool,
     as_json: bool,
@@ -222,7 +231,7 @@ def get(
     chain = [source, *(name.strip() for name in via.split(",") if name.strip())]
     with _journaled_engine(dest) as engine:
         try:
-            ids = [engine.submit(chain if len(chain) > 1 else source, t) for t in targets]
+            ids = [engine.submit(chain if len(chain) > 1 else source, t, existing=existing) for t in targets]
         except (HeadwaterError, ValueError) as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
         except KeyboardInterrupt:
@@ -299,7 +308,8 @@ def _watch(
 
 def _result_line(record: Record) -> None:
     if record.state is State.COMPLETED:
-        click.echo(f"{record.name} -> {record.file_path}")
+        kept = " (already there, not downloaded)" if record.skipped else ""
+        click.echo(f"{record.name} -> {record.file_path}{kept}")
     else:
         click.echo(
             f"{record.name}: {record.state.value}" + (f": {record.error}" if record.error else ""), err=True
