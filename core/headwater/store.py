@@ -43,6 +43,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 import types
 import typing
 import uuid
@@ -272,17 +273,40 @@ def _decode(path: Path, text: str) -> Record:
 # -- opening -------------------------------------------------------------------
 
 
+#: How long (milliseconds) any step waits for another process's lock before it fails.
+_BUSY_MS = 5000
+
+
 def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are explicit) that waits out locks."""
     if read_only:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
     return conn
 
 
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: every read inside it sees the same committed state."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # it only read: nothing to keep
+
+
 def _check(conn: sqlite3.Connection, path: Path) -> int:
-    """The journal's schema version; raise StoreError for a damaged, foreign or newer file."""
+    """The journal's schema version; raise StoreError for a damaged, foreign or newer file.
+
+    Call it inside a transaction, so that the three values it reads agree
+    although another process may be creating or migrating the journal. A
+    new, empty file (no tables, application_id 0) is version 0.
+    """
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -326,17 +350,36 @@ def read_records(path: Path) -> list[Record]:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open journal {path}: {exc}") from exc
     try:
-        version = _check(conn, path)
-        if version < SCHEMA_VERSION:
-            if version == 0:
+        with _snapshot(conn):
+            if _check(conn, path) == 0:
                 return []
-            raise StoreError(f"journal {path} has schema {version}; run any headwater command that writes")
-        rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+            # Every schema since 1 has this table: a reader needs no migration.
+            rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"journal {path} is damaged: {exc}") from exc
     finally:
         conn.close()
     return [_decode(path, row[0]) for row in rows]
+
+
+def _wal_mode(conn: sqlite3.Connection) -> None:
+    """Put the journal in WAL mode (it stays so), retrying while other processes hold it busy.
+
+    Switching the mode can fail at once with SQLITE_BUSY, without waiting
+    on the busy timeout, while another process opens the same new file; so
+    this retries for as long as that timeout, then lets the error pass.
+    """
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not exc.sqlite_errorname.startswith("SQLITE_BUSY") or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 class _Session:
@@ -418,7 +461,8 @@ class SQLiteStore:
     Opening raises :class:`~headwater.errors.StoreError` for a
     file that is damaged, belongs to another program or was written by a
     newer schema; the file is never changed in those cases. An older schema
-    is migrated in one transaction.
+    is migrated in one transaction. Any number of processes may open one
+    journal at the same moment, new or older: exactly one migrates it.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, flush_interval: float = 0.25) -> None:
@@ -446,41 +490,59 @@ class SQLiteStore:
         self._flusher: threading.Thread | None = None
 
     def _open(self) -> sqlite3.Connection:
+        """The store's connection: the file checked, in WAL mode, at this schema.
+
+        Safe with any number of processes opening the journal at once: the
+        checks read in one transaction, and the migration re-reads the version
+        under the write lock. Raises StoreError; a file that fails a check is
+        not changed.
+        """
         try:
             conn = _connect(self.path, read_only=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
         try:
-            version = _check(conn, self.path)
-            if version:
-                _integrity(conn, self.path)
-            conn.execute("PRAGMA journal_mode = WAL")
+            with _snapshot(conn):
+                version = _check(conn, self.path)
+                if version:
+                    _integrity(conn, self.path)
+            _wal_mode(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             # A checkpoint syncs the disk: let the flusher do it (see _flush_loop), off the
             # commit path; a writer checkpoints only if the WAL grows past this many pages.
             conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
             if version < SCHEMA_VERSION:
-                self._migrate(conn, version)
+                self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the journal to this schema in one transaction, unless another process just did."""
         try:
             conn.execute("BEGIN IMMEDIATE")
+            version = _check(conn, self.path)  # again, under the write lock: the latest word
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
-        if version:
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if 0 < version < SCHEMA_VERSION:
             log.info("migrated journal %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
 
     # -- the protocol ------------------------------------------------------------
