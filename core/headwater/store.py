@@ -40,6 +40,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -277,11 +278,17 @@ def _decode(path: Path, text: str) -> Record:
 _BUSY_MS = 5000
 
 
-def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
-    """A connection to ``path`` in autocommit mode (transactions are explicit) that waits out locks."""
+def _connect(path: Path, *, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are explicit) that waits out locks.
+
+    ``read_only`` opens the file read-only; ``immutable`` also tells SQLite
+    that nothing changes it, so it takes no locks and needs no ``-shm`` or
+    ``-wal`` file (see :func:`read_records` for when that holds).
+    """
     if read_only:
+        flags = "mode=ro&immutable=1" if immutable else "mode=ro"
         conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            f"{path.resolve().as_uri()}?{flags}", uri=True, check_same_thread=False, isolation_level=None
         )
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -301,18 +308,16 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _check(conn: sqlite3.Connection, path: Path) -> int:
-    """The journal's schema version; raise StoreError for a damaged, foreign or newer file.
+    """The journal's schema version; StoreError for a foreign or newer file.
 
     Call it inside a transaction, so that the three values it reads agree
     although another process may be creating or migrating the journal. A
-    new, empty file (no tables, application_id 0) is version 0.
+    new, empty file (no tables, application_id 0) is version 0. SQLite's
+    errors (a file that is not a database) pass through as sqlite3.Error.
     """
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a headwater journal or is damaged: {exc}") from exc
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     if tables and app_id != APPLICATION_ID:
         raise StoreError(
             f"{path} is a SQLite database of another program (application_id {app_id:#x}); "
@@ -327,39 +332,131 @@ def _check(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _integrity(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        result = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    """StoreError if ``PRAGMA quick_check`` finds the journal damaged; SQLite's errors pass through."""
+    result = conn.execute("PRAGMA quick_check").fetchall()
     if result != [("ok",)]:
         problems = "; ".join(str(r[0]) for r in result[:3])
         raise StoreError(f"journal {path} is damaged: {problems}")
 
 
-def read_records(path: Path) -> list[Record]:
-    """The records in the journal at ``path``, read-only, oldest first.
+def _failure(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The StoreError for ``exc``, which SQLite raised on journal ``path``, saying what went wrong.
 
-    Safe while another process owns the journal (WAL readers never block the
-    writer). A missing file means no records. Raises StoreError for a damaged,
-    foreign or newer file.
+    ``doing`` is the verb of the message ("cannot open journal ...": "open",
+    "read", "migrate"). Only SQLite's verdict on the file's contents calls it
+    damaged; a full disk, a read-only file system, a permission, a file that
+    cannot be opened, a lock held too long and an I/O error are each named
+    as such.
     """
-    if not path.exists():
-        return []
+    name = getattr(exc, "sqlite_errorname", None) or "SQLITE_ERROR"
+    if name.startswith("SQLITE_NOTADB"):
+        return StoreError(f"{path} is not a headwater journal or is damaged: {exc}")
+    if name.startswith("SQLITE_CORRUPT"):
+        return StoreError(f"journal {path} is damaged: {exc}")
+    if name.startswith("SQLITE_FULL") or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
+        why = "the disk is full"
+    elif name.startswith("SQLITE_READONLY"):
+        why = "it, or the file system it is on, is read-only"
+    elif name.startswith(("SQLITE_PERM", "SQLITE_AUTH")):
+        why = "permission denied"
+    elif name.startswith("SQLITE_CANTOPEN"):
+        why = _why_not_open(path)
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        why = f"another process kept it locked for over {_BUSY_MS / 1000:g} s"
+    elif name.startswith("SQLITE_IOERR"):
+        why = "the disk failed to read or write it"
+    else:
+        why = "SQLite failed"
+    return StoreError(f"cannot {doing} journal {path}: {why} (SQLite: {exc}, {name})")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the disk that holds ``path`` has (next to) no room left."""
     try:
-        conn = _connect(path, read_only=True)
+        return shutil.disk_usage(path.parent).free < _FULL_BYTES
+    except OSError:
+        return False
+
+
+def _why_not_open(path: Path) -> str:
+    """Why SQLite cannot open ``path``, as far as the file system tells."""
+    if os.path.isdir(path):
+        return "it is a folder"
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return "permission denied"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"its folder cannot be written (SQLite keeps {path.name}-wal and -shm beside it)"
+    return "SQLite cannot open it"
+
+
+_FULL_BYTES = 64 << 10  # less room than this on a disk is a full disk
+
+
+def _at_rest(path: Path) -> tuple[int, int, int] | None:
+    """The journal file's (inode, size, mtime) if that file holds every commit, else None.
+
+    It does when there is no rollback journal beside it and no write-ahead
+    log, or an empty one: no process has a commit that is not in the file yet.
+    """
+    wal, rollback = Path(f"{path}-wal"), Path(f"{path}-journal")
+    try:
+        if (wal.exists() and wal.stat().st_size) or rollback.exists():
+            return None
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _read_rows(path: Path, *, immutable: bool) -> list[tuple[str]]:
+    """The ``(data,)`` rows of the journal at ``path``, oldest first, in one read transaction."""
+    try:
+        conn = _connect(path, read_only=True, immutable=immutable)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open journal {path}: {exc}") from exc
+        raise _failure(exc, path, "open") from exc
     try:
         with _snapshot(conn):
             if _check(conn, path) == 0:
                 return []
             # Every schema since 1 has this table: a reader needs no migration.
-            rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+            return conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+    except sqlite3.Error as exc:
+        raise _failure(exc, path, "read") from exc
     finally:
         conn.close()
-    return [_decode(path, row[0]) for row in rows]
+
+
+def read_records(path: Path) -> list[Record]:
+    """The records in the journal at ``path``, read-only, oldest first.
+
+    Reading writes nothing. A journal whose commits are all in its file (no
+    process has it open, or none has written since it did) is read from that
+    file alone, without locks, so a full disk or a read-only folder does not
+    stop it; the read counts only if the file did not change meanwhile. Else
+    it is read beside the processes writing it, through SQLite's WAL (WAL
+    readers never block the writer). A missing file means no records.
+
+    Raises StoreError, naming the file, for a damaged, foreign or newer
+    file, and for one that cannot be read, saying why (a full disk, a
+    permission, a lock held too long).
+    """
+    try:
+        if not path.exists():
+            return []
+    except OSError as exc:
+        raise StoreError(f"cannot read journal {path}: {exc}") from exc
+    before = _at_rest(path)
+    if before is not None:
+        try:
+            rows = _read_rows(path, immutable=True)
+        except StoreError:
+            if _at_rest(path) == before:
+                raise
+        else:
+            if _at_rest(path) == before:
+                return [_decode(path, row[0]) for row in rows]
+        # A process wrote the journal meanwhile: read it as a reader beside writers does.
+    return [_decode(path, row[0]) for row in _read_rows(path, immutable=False)]
 
 
 def _wal_mode(conn: sqlite3.Connection) -> None:
@@ -462,7 +559,9 @@ class SQLiteStore:
     file that is damaged, belongs to another program or was written by a
     newer schema; the file is never changed in those cases. An older schema
     is migrated in one transaction. Any number of processes may open one
-    journal at the same moment, new or older: exactly one migrates it.
+    journal at the same moment, new or older: exactly one migrates it. A
+    file that cannot be opened for another reason (a full disk, a
+    permission, a lock held over 5 s) raises StoreError saying so.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, flush_interval: float = 0.25) -> None:
@@ -500,7 +599,7 @@ class SQLiteStore:
         try:
             conn = _connect(self.path, read_only=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
+            raise _failure(exc, self.path, "open") from exc
         try:
             with _snapshot(conn):
                 version = _check(conn, self.path)
@@ -516,7 +615,7 @@ class SQLiteStore:
                 self._migrate(conn)
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
+            raise _failure(exc, self.path, "open") from exc
         except BaseException:
             conn.close()
             raise
@@ -537,7 +636,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
+            raise _failure(exc, self.path, "migrate") from exc
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
