@@ -12,11 +12,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
+import attrs
 import pytest
 
-from headwater import Record, State
+from headwater import Engine, Record, State
 from headwater import store as store_module
 from headwater.errors import StoreError
 from headwater.store import SQLiteStore, read_records
@@ -200,3 +202,97 @@ def test_a_journal_locked_too_long_is_named_so(journal_path: Path, monkeypatch: 
     finally:
         holder.close()
     assert len(read_records(journal_path)) == 2
+
+
+# -- rows that are not records ------------------------------------------------------
+
+#: Rows no version of headwater wrote, as a bit flip or a hand edit leaves them: (id, state, data).
+_BAD_ROWS = [
+    ("bad-json", "completed", b'{"id": "bad-json", "source": '),
+    (
+        "bad-state",
+        "completed",
+        b'{"id":"bad-state","source":"file","target":"t","display_name":null,'
+        b'"username":"file","state":"exploded","created_at":1.0,"updated_at":1.0}',
+    ),
+    (
+        "bad-type",
+        "queued",
+        b'{"id":"bad-type","source":"file","target":"t","display_name":null,'
+        b'"username":"file","state":"queued","created_at":1.0,"updated_at":1.0,"progress":"half"}',
+    ),
+    ("bad-utf8", "completed", b'{"id":"bad-utf8","target":"\xff\xfe"}'),
+    ("bad-shape", "failed", b"[1, 2, 3]"),
+]
+
+
+def _add_bad_rows(journal: Path) -> None:
+    with closing(sqlite3.connect(journal)) as conn, conn:
+        for row_id, state, data in _BAD_ROWS:
+            conn.execute(
+                "INSERT INTO records VALUES (?, 'file', ?, 0.5, 0.5, CAST(? AS TEXT), 'gone-session')",
+                (row_id, state, data),
+            )
+
+
+def _bad_rows_as_they_are(journal: Path) -> list[tuple[str, str, bytes]]:
+    with closing(sqlite3.connect(journal)) as conn:
+        return conn.execute(
+            "SELECT id, state, CAST(data AS BLOB) FROM records WHERE id LIKE 'bad-%' ORDER BY id"
+        ).fetchall()
+
+
+def test_rows_that_are_not_records_are_named_and_left_out(
+    tmp_path: Path, journal_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _records(4)
+    good[3] = attrs.evolve(good[3], state=State.QUEUED)  # its takeover must not touch the bad rows
+    _journal_with(journal_path, good)
+    _add_bad_rows(journal_path)
+    assert read_records(journal_path) == good
+    warned = {
+        message.split(" record ")[1].split()[0]: message
+        for message in (r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    }
+    assert sorted(warned) == sorted(row_id for row_id, _, _ in _BAD_ROWS)
+    assert all(f"journal {journal_path}: record {row_id} cannot be read" in m for row_id, m in warned.items())
+    assert "'exploded' is not a valid State" in warned["bad-state"]
+    assert "float expected, found str 'half'" in warned["bad-type"]
+    assert "can't decode byte 0xff" in warned["bad-utf8"]
+
+    caplog.clear()
+    store = SQLiteStore(journal_path)
+    try:
+        assert store.load() == good
+    finally:
+        store.close()
+    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == len(_BAD_ROWS)
+    assert _bad_rows_as_they_are(journal_path) == sorted((r, s, d) for r, s, d in _BAD_ROWS)
+
+
+def test_commands_work_around_rows_that_are_not_records_and_never_touch_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    journal = home / "journal.sqlite3"
+    good = _records(2)
+    _journal_with(journal, good)
+    _add_bad_rows(journal)
+    as_they_were = _bad_rows_as_they_are(journal)
+
+    status = _headwater(home, "status")
+    assert status.returncode == 0, status.stderr
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [r.id[-12:] for r in good]
+    for row_id, _, _ in _BAD_ROWS:
+        assert f"record {row_id} cannot be read" in status.stderr
+
+    (tmp_path / "song.flac").write_bytes(b"la la")
+    got = _headwater(home, "get", "file", str(tmp_path / "song.flac"), "--dest", str(tmp_path / "out"))
+    assert got.returncode == 0, got.stderr
+    assert _headwater(home, "resume").returncode == 0
+    cleaned = _headwater(home, "clean")
+    assert cleaned.returncode == 0 and "removed 3 ended download(s)" in cleaned.stdout
+    assert read_records(journal) == []
+    assert _bad_rows_as_they_are(journal) == as_they_were
+
+    engine = Engine(tmp_path / "out", plugins={}, store=SQLiteStore(journal))  # the library, too
+    engine.close()
+    assert _bad_rows_as_they_are(journal) == as_they_were

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 import platformdirs
@@ -62,6 +62,8 @@ from headwater.errors import StoreError
 from headwater.records import Record
 
 log = logging.getLogger("headwater.store")
+
+_T = TypeVar("_T")
 
 HOME_ENV = "HEADWATER_HOME"
 JOURNAL_NAME = "journal.sqlite3"
@@ -226,22 +228,43 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def _shape(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``hint``'s origin and arguments (``typing.get_origin``, ``typing.get_args``), looked up once."""
+    return typing.get_origin(hint), typing.get_args(hint)
+
+
 def _build(hint: Any, value: object) -> object:
-    """The value of type ``hint`` that :func:`plain` turned into ``value``."""
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
+    """The value of type ``hint`` that :func:`plain` turned into ``value``.
+
+    Raises TypeError or ValueError if ``value`` cannot be one (a wrong type,
+    an unknown enum value, a missing field).
+    """
+    if type(value) is hint:  # the common case: a str, int, float or bool, as declared
+        return value
+    origin, args = _shape(hint)
     if origin is typing.Union or origin is types.UnionType:
-        return _build(next(a for a in typing.get_args(hint) if a is not type(None)), value)
-    if origin is tuple and isinstance(value, list):
-        return tuple(_build(typing.get_args(hint)[0], v) for v in value)
-    if origin in (Mapping, dict) and isinstance(value, dict):
-        return MappingProxyType(dict(value))
+        if value is None and type(None) in args:
+            return None
+        return _build(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_build(args[0], v) for v in _expect(list, value))
+    if origin in (Mapping, dict):
+        return MappingProxyType(dict(_expect(dict, value)))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
-    if isinstance(hint, type) and attrs.has(hint) and isinstance(value, dict):
+    if isinstance(hint, type) and attrs.has(hint):
         fields = _hints(hint)
-        return hint(**{k: _build(fields[k], v) for k, v in value.items() if k in fields})
+        return hint(**{k: _build(fields[k], v) for k, v in _expect(dict, value).items() if k in fields})
+    if hint is float and type(value) is int:
+        return float(value)
+    return _expect(hint, value)
+
+
+def _expect(kind: type[_T], value: object) -> _T:
+    """``value`` if it is a ``kind`` (a bool is no int here); else TypeError."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"{kind.__name__} expected, found {type(value).__name__} {value!r:.60}")
     return value
 
 
@@ -258,17 +281,40 @@ def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, st
     return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
 
 
-def _decode(path: Path, text: str) -> Record:
-    """A record from its journal row; fields this version does not know are ignored."""
-    try:
-        record = _build(Record, json.loads(text))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StoreError(
-            f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}"
-        ) from exc
-    if not isinstance(record, Record):
-        raise StoreError(f"journal {path} holds a record that cannot be read: {text[:200]!r}")
-    return record
+def _decode(data: bytes) -> Record:
+    """A record from its journal row; fields this version does not know are ignored.
+
+    Raises ValueError, TypeError or RecursionError, saying why, for a row
+    that is not a record.
+    """
+    return typing.cast(Record, _build(Record, json.loads(data)))  # a Record, or it raised
+
+
+#: The columns the readers decode: id and data as bytes, so that a row whose
+#: text is not UTF-8 is one undecodable row and not an error of the query.
+_ROW = "CAST(id AS BLOB), CAST(data AS BLOB)"
+
+
+def _decode_rows(path: Path, rows: Iterable[tuple[bytes, bytes]]) -> list[Record]:
+    """The records of ``(id, data)`` rows, in order.
+
+    A row that is not a record is logged (a warning naming the journal, the
+    row's id and why) and left out; nothing here changes the journal.
+    """
+    records = []
+    for row_id, data in rows:
+        try:
+            records.append(_decode(data))
+        except (ValueError, TypeError, RecursionError) as exc:
+            log.warning(
+                "journal %s: record %s cannot be read (%s), so it is left out; it stays in the journal "
+                "as it is: %.120r",
+                path,
+                row_id.decode("utf-8", "replace"),
+                exc,
+                data,
+            )
+    return records
 
 
 # -- opening -------------------------------------------------------------------
@@ -408,8 +454,8 @@ def _at_rest(path: Path) -> tuple[int, int, int] | None:
     return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
-def _read_rows(path: Path, *, immutable: bool) -> list[tuple[str]]:
-    """The ``(data,)`` rows of the journal at ``path``, oldest first, in one read transaction."""
+def _read_rows(path: Path, *, immutable: bool) -> list[tuple[bytes, bytes]]:
+    """The ``(id, data)`` rows of the journal at ``path``, oldest first, in one read transaction."""
     try:
         conn = _connect(path, read_only=True, immutable=immutable)
     except sqlite3.Error as exc:
@@ -419,7 +465,7 @@ def _read_rows(path: Path, *, immutable: bool) -> list[tuple[str]]:
             if _check(conn, path) == 0:
                 return []
             # Every schema since 1 has this table: a reader needs no migration.
-            return conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
+            return conn.execute(f"SELECT {_ROW} FROM records ORDER BY created_at").fetchall()
     except sqlite3.Error as exc:
         raise _failure(exc, path, "read") from exc
     finally:
@@ -436,9 +482,11 @@ def read_records(path: Path) -> list[Record]:
     it is read beside the processes writing it, through SQLite's WAL (WAL
     readers never block the writer). A missing file means no records.
 
-    Raises StoreError, naming the file, for a damaged, foreign or newer
-    file, and for one that cannot be read, saying why (a full disk, a
-    permission, a lock held too long).
+    A record that cannot be decoded is logged (a warning with its id and
+    why) and left out; it stays in the journal as it is. Raises StoreError,
+    naming the file, for a damaged, foreign or newer file, and for one that
+    cannot be read, saying why (a full disk, a permission, a lock held too
+    long).
     """
     try:
         if not path.exists():
@@ -454,9 +502,9 @@ def read_records(path: Path) -> list[Record]:
                 raise
         else:
             if _at_rest(path) == before:
-                return [_decode(path, row[0]) for row in rows]
+                return _decode_rows(path, rows)
         # A process wrote the journal meanwhile: read it as a reader beside writers does.
-    return [_decode(path, row[0]) for row in _read_rows(path, immutable=False)]
+    return _decode_rows(path, _read_rows(path, immutable=False))
 
 
 def _wal_mode(conn: sqlite3.Connection) -> None:
@@ -647,7 +695,11 @@ class SQLiteStore:
     # -- the protocol ------------------------------------------------------------
 
     def load(self) -> list[Record]:
-        """The terminal records, and the unfinished ones of ended sessions, now taken over."""
+        """The terminal records, and the unfinished ones of ended sessions, now taken over.
+
+        A row that cannot be decoded is logged (a warning with its id and why)
+        and left out, and stays in the journal as it is.
+        """
         with self._lock:
             conn = self._conn
             try:
@@ -660,7 +712,7 @@ class SQLiteStore:
                     (self._session.id, *keep),
                 )
                 rows = conn.execute(
-                    "SELECT data FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
+                    f"SELECT {_ROW} FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
                     "ORDER BY created_at",
                     (self._session.id,),
                 ).fetchall()
@@ -670,7 +722,7 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
         self._session.forget(dead)
-        return [_decode(self.path, row[0]) for row in rows]
+        return _decode_rows(self.path, rows)
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
         if self._flusher is not None or self._closed:
