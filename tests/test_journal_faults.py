@@ -171,15 +171,24 @@ def _read_as_nobody(journal: Path) -> str:
     return said.get(timeout=5)
 
 
-def test_a_journal_one_may_not_read_is_named_so(tmp_path: Path) -> None:
-    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # reachable by nobody through the chmods below
-    journal = folder / "journal.sqlite3"
+@pytest.fixture
+def shared_folder() -> Iterator[Path]:
+    """A folder that every user can reach (pytest's own temporary folders are private), removed after."""
+    folder = Path(tempfile.mkdtemp())
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_journal_one_may_not_read_is_named_so(shared_folder: Path) -> None:
+    journal = shared_folder / "journal.sqlite3"
     _journal_with(journal, _records(2))
     journal.chmod(0o600)
     if os.geteuid() == 0:
-        for level in (folder, *folder.parents):
-            if level.stat().st_mode & 0o001 == 0:
-                level.chmod(level.stat().st_mode | 0o001)
+        if not all(os.stat(level).st_mode & 0o001 for level in shared_folder.parents):
+            pytest.skip(f"user nobody cannot reach the temporary folder {shared_folder.parent}")
         message = _read_as_nobody(journal)
     else:
         journal.chmod(0)
