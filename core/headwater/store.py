@@ -322,6 +322,7 @@ def _decode_rows(path: Path, rows: Iterable[tuple[bytes, bytes]]) -> list[Record
 
 #: How long (milliseconds) any step waits for another process's lock before it fails.
 _BUSY_MS = 5000
+_FULL_BYTES = 64 << 10  # less room than this on a disk is a full disk
 
 
 def _connect(path: Path, *, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
@@ -433,9 +434,6 @@ def _why_not_open(path: Path) -> str:
     if not os.access(path.parent, os.W_OK | os.X_OK):
         return f"its folder cannot be written (SQLite keeps {path.name}-wal and -shm beside it)"
     return "SQLite cannot open it"
-
-
-_FULL_BYTES = 64 << 10  # less room than this on a disk is a full disk
 
 
 def _at_rest(path: Path) -> tuple[int, int, int] | None:
