@@ -161,9 +161,11 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class StoreError(HeadwaterError):
-    """The journal cannot be used: damaged, another program's file, a newer schema, a failed write.
+    """The journal cannot be used: damaged, another program's file, a newer schema, a failed read or write.
 
-    The message names the file. headwater never wipes or rewrites such a file.
+    The message names the file, and for a failed read or write why (a full
+    disk, a permission, a lock held too long). headwater never wipes or
+    rewrites such a file.
     """
 
 

@@ -40,9 +40,11 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
+import time
 import types
 import typing
 import uuid
@@ -51,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 import platformdirs
@@ -60,6 +62,8 @@ from headwater.errors import StoreError
 from headwater.records import Record
 
 log = logging.getLogger("headwater.store")
+
+_T = TypeVar("_T")
 
 HOME_ENV = "HEADWATER_HOME"
 JOURNAL_NAME = "journal.sqlite3"
@@ -224,22 +228,43 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def _shape(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``hint``'s origin and arguments (``typing.get_origin``, ``typing.get_args``), looked up once."""
+    return typing.get_origin(hint), typing.get_args(hint)
+
+
 def _build(hint: Any, value: object) -> object:
-    """The value of type ``hint`` that :func:`plain` turned into ``value``."""
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
+    """The value of type ``hint`` that :func:`plain` turned into ``value``.
+
+    Raises TypeError or ValueError if ``value`` cannot be one (a wrong type,
+    an unknown enum value, a missing field).
+    """
+    if type(value) is hint:  # the common case: a str, int, float or bool, as declared
+        return value
+    origin, args = _shape(hint)
     if origin is typing.Union or origin is types.UnionType:
-        return _build(next(a for a in typing.get_args(hint) if a is not type(None)), value)
-    if origin is tuple and isinstance(value, list):
-        return tuple(_build(typing.get_args(hint)[0], v) for v in value)
-    if origin in (Mapping, dict) and isinstance(value, dict):
-        return MappingProxyType(dict(value))
+        if value is None and type(None) in args:
+            return None
+        return _build(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_build(args[0], v) for v in _expect(list, value))
+    if origin in (Mapping, dict):
+        return MappingProxyType(dict(_expect(dict, value)))
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
-    if isinstance(hint, type) and attrs.has(hint) and isinstance(value, dict):
+    if isinstance(hint, type) and attrs.has(hint):
         fields = _hints(hint)
-        return hint(**{k: _build(fields[k], v) for k, v in value.items() if k in fields})
+        return hint(**{k: _build(fields[k], v) for k, v in _expect(dict, value).items() if k in fields})
+    if hint is float and type(value) is int:
+        return float(value)
+    return _expect(hint, value)
+
+
+def _expect(kind: type[_T], value: object) -> _T:
+    """``value`` if it is a ``kind`` (a bool is no int here); else TypeError."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"{kind.__name__} expected, found {type(value).__name__} {value!r:.60}")
     return value
 
 
@@ -256,39 +281,90 @@ def _encode(record: Record, owner: str) -> tuple[str, str, str, float, float, st
     return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
 
 
-def _decode(path: Path, text: str) -> Record:
-    """A record from its journal row; fields this version does not know are ignored."""
-    try:
-        record = _build(Record, json.loads(text))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StoreError(
-            f"journal {path} holds a record that cannot be read ({exc}): {text[:200]!r}"
-        ) from exc
-    if not isinstance(record, Record):
-        raise StoreError(f"journal {path} holds a record that cannot be read: {text[:200]!r}")
-    return record
+def _decode(data: bytes) -> Record:
+    """A record from its journal row; fields this version does not know are ignored.
+
+    Raises ValueError, TypeError or RecursionError, saying why, for a row
+    that is not a record.
+    """
+    return typing.cast(Record, _build(Record, json.loads(data)))  # a Record, or it raised
+
+
+#: The columns the readers decode: id and data as bytes, so that a row whose
+#: text is not UTF-8 is one undecodable row and not an error of the query.
+_ROW = "CAST(id AS BLOB), CAST(data AS BLOB)"
+
+
+def _decode_rows(path: Path, rows: Iterable[tuple[bytes, bytes]]) -> list[Record]:
+    """The records of ``(id, data)`` rows, in order.
+
+    A row that is not a record is logged (a warning naming the journal, the
+    row's id and why) and left out; nothing here changes the journal.
+    """
+    records = []
+    for row_id, data in rows:
+        try:
+            records.append(_decode(data))
+        except (ValueError, TypeError, RecursionError) as exc:
+            log.warning(
+                "journal %s: record %s cannot be read (%s), so it is left out; it stays in the journal "
+                "as it is: %.120r",
+                path,
+                row_id.decode("utf-8", "replace"),
+                exc,
+                data,
+            )
+    return records
 
 
 # -- opening -------------------------------------------------------------------
 
 
-def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+#: How long (milliseconds) any step waits for another process's lock before it fails.
+_BUSY_MS = 5000
+_FULL_BYTES = 64 << 10  # less room than this on a disk is a full disk
+
+
+def _connect(path: Path, *, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are explicit) that waits out locks.
+
+    ``read_only`` opens the file read-only; ``immutable`` also tells SQLite
+    that nothing changes it, so it takes no locks and needs no ``-shm`` or
+    ``-wal`` file (see :func:`read_records` for when that holds).
+    """
     if read_only:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?{flags}", uri=True, check_same_thread=False, isolation_level=None
+        )
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
     return conn
 
 
-def _check(conn: sqlite3.Connection, path: Path) -> int:
-    """The journal's schema version; raise StoreError for a damaged, foreign or newer file."""
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: every read inside it sees the same committed state."""
+    conn.execute("BEGIN")
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a headwater journal or is damaged: {exc}") from exc
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # it only read: nothing to keep
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> int:
+    """The journal's schema version; StoreError for a foreign or newer file.
+
+    Call it inside a transaction, so that the three values it reads agree
+    although another process may be creating or migrating the journal. A
+    new, empty file (no tables, application_id 0) is version 0. SQLite's
+    errors (a file that is not a database) pass through as sqlite3.Error.
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     if tables and app_id != APPLICATION_ID:
         raise StoreError(
             f"{path} is a SQLite database of another program (application_id {app_id:#x}); "
@@ -303,40 +379,150 @@ def _check(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def _integrity(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        result = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"journal {path} is damaged: {exc}") from exc
+    """StoreError if ``PRAGMA quick_check`` finds the journal damaged; SQLite's errors pass through."""
+    result = conn.execute("PRAGMA quick_check").fetchall()
     if result != [("ok",)]:
         problems = "; ".join(str(r[0]) for r in result[:3])
         raise StoreError(f"journal {path} is damaged: {problems}")
 
 
+def _failure(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The StoreError for ``exc``, which SQLite raised on journal ``path``, saying what went wrong.
+
+    ``doing`` is the verb of the message ("cannot open journal ...": "open",
+    "read", "migrate"). Only SQLite's verdict on the file's contents calls it
+    damaged; a full disk, a read-only file system, a permission, a file that
+    cannot be opened, a lock held too long and an I/O error are each named
+    as such.
+    """
+    name = getattr(exc, "sqlite_errorname", None) or "SQLITE_ERROR"
+    if name.startswith("SQLITE_NOTADB"):
+        return StoreError(f"{path} is not a headwater journal or is damaged: {exc}")
+    if name.startswith("SQLITE_CORRUPT"):
+        return StoreError(f"journal {path} is damaged: {exc}")
+    if name.startswith("SQLITE_FULL") or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
+        why = "the disk is full"
+    elif name.startswith("SQLITE_READONLY"):
+        why = "it, or the file system it is on, is read-only"
+    elif name.startswith(("SQLITE_PERM", "SQLITE_AUTH")):
+        why = "permission denied"
+    elif name.startswith("SQLITE_CANTOPEN"):
+        why = _why_not_open(path)
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        why = f"another process kept it locked for over {_BUSY_MS / 1000:g} s"
+    elif name.startswith("SQLITE_IOERR"):
+        why = "the disk failed to read or write it"
+    else:
+        why = "SQLite failed"
+    return StoreError(f"cannot {doing} journal {path}: {why} (SQLite: {exc}, {name})")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the disk that holds ``path`` has (next to) no room left."""
+    try:
+        return shutil.disk_usage(path.parent).free < _FULL_BYTES
+    except OSError:
+        return False
+
+
+def _why_not_open(path: Path) -> str:
+    """Why SQLite cannot open ``path``, as far as the file system tells."""
+    if os.path.isdir(path):
+        return "it is a folder"
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return "permission denied"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"its folder cannot be written (SQLite keeps {path.name}-wal and -shm beside it)"
+    return "SQLite cannot open it"
+
+
+def _at_rest(path: Path) -> tuple[int, int, int] | None:
+    """The journal file's (inode, size, mtime) if that file holds every commit, else None.
+
+    It does when there is no rollback journal beside it and no write-ahead
+    log, or an empty one: no process has a commit that is not in the file yet.
+    """
+    wal, rollback = Path(f"{path}-wal"), Path(f"{path}-journal")
+    try:
+        if (wal.exists() and wal.stat().st_size) or rollback.exists():
+            return None
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _read_rows(path: Path, *, immutable: bool) -> list[tuple[bytes, bytes]]:
+    """The ``(id, data)`` rows of the journal at ``path``, oldest first, in one read transaction."""
+    try:
+        conn = _connect(path, read_only=True, immutable=immutable)
+    except sqlite3.Error as exc:
+        raise _failure(exc, path, "open") from exc
+    try:
+        with _snapshot(conn):
+            if _check(conn, path) == 0:
+                return []
+            # Every schema since 1 has this table: a reader needs no migration.
+            return conn.execute(f"SELECT {_ROW} FROM records ORDER BY created_at").fetchall()
+    except sqlite3.Error as exc:
+        raise _failure(exc, path, "read") from exc
+    finally:
+        conn.close()
+
+
 def read_records(path: Path) -> list[Record]:
     """The records in the journal at ``path``, read-only, oldest first.
 
-    Safe while another process owns the journal (WAL readers never block the
-    writer). A missing file means no records. Raises StoreError for a damaged,
-    foreign or newer file.
+    Reading writes nothing. A journal whose commits are all in its file (no
+    process has it open, or none has written since it did) is read from that
+    file alone, without locks, so a full disk or a read-only folder does not
+    stop it; the read counts only if the file did not change meanwhile. Else
+    it is read beside the processes writing it, through SQLite's WAL (WAL
+    readers never block the writer). A missing file means no records.
+
+    A record that cannot be decoded is logged (a warning with its id and
+    why) and left out; it stays in the journal as it is. Raises StoreError,
+    naming the file, for a damaged, foreign or newer file, and for one that
+    cannot be read, saying why (a full disk, a permission, a lock held too
+    long).
     """
-    if not path.exists():
-        return []
     try:
-        conn = _connect(path, read_only=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open journal {path}: {exc}") from exc
-    try:
-        version = _check(conn, path)
-        if version < SCHEMA_VERSION:
-            if version == 0:
-                return []
-            raise StoreError(f"journal {path} has schema {version}; run any headwater command that writes")
-        rows = conn.execute("SELECT data FROM records ORDER BY created_at").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"journal {path} is damaged: {exc}") from exc
-    finally:
-        conn.close()
-    return [_decode(path, row[0]) for row in rows]
+        if not path.exists():
+            return []
+    except OSError as exc:
+        raise StoreError(f"cannot read journal {path}: {exc}") from exc
+    before = _at_rest(path)
+    if before is not None:
+        try:
+            rows = _read_rows(path, immutable=True)
+        except StoreError:
+            if _at_rest(path) == before:
+                raise
+        else:
+            if _at_rest(path) == before:
+                return _decode_rows(path, rows)
+        # A process wrote the journal meanwhile: read it as a reader beside writers does.
+    return _decode_rows(path, _read_rows(path, immutable=False))
+
+
+def _wal_mode(conn: sqlite3.Connection) -> None:
+    """Put the journal in WAL mode (it stays so), retrying while other processes hold it busy.
+
+    Switching the mode can fail at once with SQLITE_BUSY, without waiting
+    on the busy timeout, while another process opens the same new file; so
+    this retries for as long as that timeout, then lets the error pass.
+    """
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not exc.sqlite_errorname.startswith("SQLITE_BUSY") or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 class _Session:
@@ -418,7 +604,10 @@ class SQLiteStore:
     Opening raises :class:`~headwater.errors.StoreError` for a
     file that is damaged, belongs to another program or was written by a
     newer schema; the file is never changed in those cases. An older schema
-    is migrated in one transaction.
+    is migrated in one transaction. Any number of processes may open one
+    journal at the same moment, new or older: exactly one migrates it. A
+    file that cannot be opened for another reason (a full disk, a
+    permission, a lock held over 5 s) raises StoreError saying so.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, flush_interval: float = 0.25) -> None:
@@ -446,47 +635,69 @@ class SQLiteStore:
         self._flusher: threading.Thread | None = None
 
     def _open(self) -> sqlite3.Connection:
+        """The store's connection: the file checked, in WAL mode, at this schema.
+
+        Safe with any number of processes opening the journal at once: the
+        checks read in one transaction, and the migration re-reads the version
+        under the write lock. Raises StoreError; a file that fails a check is
+        not changed.
+        """
         try:
             conn = _connect(self.path, read_only=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open journal {self.path}: {exc}") from exc
+            raise _failure(exc, self.path, "open") from exc
         try:
-            version = _check(conn, self.path)
-            if version:
-                _integrity(conn, self.path)
-            conn.execute("PRAGMA journal_mode = WAL")
+            with _snapshot(conn):
+                version = _check(conn, self.path)
+                if version:
+                    _integrity(conn, self.path)
+            _wal_mode(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             # A checkpoint syncs the disk: let the flusher do it (see _flush_loop), off the
             # commit path; a writer checkpoints only if the WAL grows past this many pages.
             conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
             if version < SCHEMA_VERSION:
-                self._migrate(conn, version)
+                self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _failure(exc, self.path, "open") from exc
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the journal to this schema in one transaction, unless another process just did."""
         try:
             conn.execute("BEGIN IMMEDIATE")
+            version = _check(conn, self.path)  # again, under the write lock: the latest word
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"cannot migrate journal {self.path} to schema {SCHEMA_VERSION}: {exc}") from exc
-        if version:
+            raise _failure(exc, self.path, "migrate") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if 0 < version < SCHEMA_VERSION:
             log.info("migrated journal %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
 
     # -- the protocol ------------------------------------------------------------
 
     def load(self) -> list[Record]:
-        """The terminal records, and the unfinished ones of ended sessions, now taken over."""
+        """The terminal records, and the unfinished ones of ended sessions, now taken over.
+
+        A row that cannot be decoded is logged (a warning with its id and why)
+        and left out, and stays in the journal as it is.
+        """
         with self._lock:
             conn = self._conn
             try:
@@ -499,7 +710,7 @@ class SQLiteStore:
                     (self._session.id, *keep),
                 )
                 rows = conn.execute(
-                    "SELECT data FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
+                    f"SELECT {_ROW} FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
                     "ORDER BY created_at",
                     (self._session.id,),
                 ).fetchall()
@@ -509,7 +720,7 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
         self._session.forget(dead)
-        return [_decode(self.path, row[0]) for row in rows]
+        return _decode_rows(self.path, rows)
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
         if self._flusher is not None or self._closed:
