@@ -230,6 +230,12 @@ _BAD_ROWS = [
         b'{"id":"bad-type","source":"file","target":"t","display_name":null,'
         b'"username":"file","state":"queued","created_at":1.0,"updated_at":1.0,"progress":"half"}',
     ),
+    (
+        "bad-choice",
+        "completed",
+        b'{"id":"bad-choice","source":"file","target":"t","display_name":null,'
+        b'"username":"file","state":"completed","created_at":1.0,"updated_at":1.0,"existing":"explode"}',
+    ),
     ("bad-utf8", "completed", b'{"id":"bad-utf8","target":"\xff\xfe"}'),
     ("bad-shape", "failed", b"[1, 2, 3]"),
 ]

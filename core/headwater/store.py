@@ -247,6 +247,10 @@ def _build(hint: Any, value: object) -> object:
         if value is None and type(None) in args:
             return None
         return _build(next(a for a in args if a is not type(None)), value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"one of {', '.join(map(repr, args))} expected, found {value!r:.60}")
+        return value
     if origin is tuple:
         return tuple(_build(args[0], v) for v in _expect(list, value))
     if origin in (Mapping, dict):
