@@ -122,14 +122,12 @@ def test_plain_download(server, http, body):
 
 
 def test_https_alias_and_bad_targets(server, http):
+    """Another scheme fails when run (a chain moves on); malformed http URLs: test_http_faults.py."""
     engine = http()
     assert engine.sources()[0].aliases == ("https",)
-    bad = [engine.submit("https", t) for t in ("ftp://example.org/x", "http:///nohost", "http://h/x#md5=1")]
-    recs = engine.wait(bad, timeout=10)
-    assert all(r.state is State.FAILED for r in recs)
-    assert "InvalidTargetError" in recs[0].error and "not an http" in recs[0].error
-    assert "names no host" in recs[1].error
-    assert "#sha256=" in recs[2].error
+    rec = engine.wait([engine.submit("https", "ftp://example.org/x")], timeout=10)[0]
+    assert rec.state is State.FAILED
+    assert "InvalidTargetError" in rec.error and "not an http" in rec.error
     with pytest.raises(InvalidTargetError):
         parse_target("file:///etc/passwd")
 

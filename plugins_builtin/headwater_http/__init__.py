@@ -1,7 +1,7 @@
 """The builtin ``http`` source (alias ``https``): downloads a URL with httpx.
 
 Targets are ``http://`` or ``https://`` URLs, optionally ending in
-``#sha256=<64 hex digits>``. See docs/sources.md for naming, resume and
+``#sha256=<64 hex digits>``; a malformed URL is refused at submit. See docs/sources.md for naming, resume and
 errors. The entry point object is :data:`source`, an :class:`HttpSource`
 with default settings; build your own instance to change timeouts or the
 SSL context::
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from headwater import DownloadContext, Job, RatePolicy, hookimpl
-from headwater_http.naming import parse_target
+from headwater_http.naming import parse_target, refuse_malformed
 from headwater_http.tls import default_context
 from headwater_http.transfer import Settings, Transfer
 
@@ -109,6 +109,11 @@ class HttpSource:
     def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
         """Download ``job.target`` into ``ctx.dest_dir``; see :meth:`Transfer.run` for what raises."""
         return Transfer(self.client(), parse_target(job.target), ctx, self._settings).run()
+
+    @hookimpl
+    def record_fields(self, job: Job) -> None:
+        """Refuse a malformed http(s) URL at submit (see :func:`refuse_malformed`)."""
+        refuse_malformed(job.target)
 
     @hookimpl
     def aliases(self) -> tuple[str, ...]:
