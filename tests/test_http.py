@@ -244,7 +244,7 @@ def test_wrong_content_length_fails(server, http, body):
     assert rec.state is State.FAILED
     assert f"{len(DATA)} of {len(DATA) + 5000} announced bytes" in rec.error
     assert not (engine.dest_dir / "wl.bin").exists()
-    assert len(res.requests) == 5  # the first try, then each of 2 resumes: a refused range and a restart
+    assert len(res.requests) == 3  # a break (resume 1), a refused range (restart 2), a break with none left
     body.check()
 
 
