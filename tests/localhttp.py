@@ -34,10 +34,14 @@ class Step:
         drop_after: send this many body bytes, then close the connection.
         stall_after: send this many body bytes, then wait for ``release`` (or 10 s).
         ignore_range: send the whole resource with 200 even if a Range was asked.
-        range_from: answer a Range with a 206 starting here instead (a server that misreads Range).
+        range_from: answer with a 206 starting here, whatever Range was asked or none (a server that
+            misreads Range).
         length: announce this Content-Length instead of the true one (body still cut to it or the data).
         data: serve these bytes instead of the resource's data (a changed resource).
         etag: announce this ETag instead of the resource's.
+        ignore_if_range: answer a Range with a 206 even when If-Range does not match the ETag.
+        content_range: send this Content-Range with a 206 instead of the true one.
+        unframed: send no Content-Length: the body ends when the connection closes.
         ungated: send the body without waiting on the resource's gate.
     """
 
@@ -50,6 +54,9 @@ class Step:
     length: int | None = None
     data: bytes | None = None
     etag: str | None = None
+    ignore_if_range: bool = False
+    content_range: str | None = None
+    unframed: bool = False
     ungated: bool = False
 
 
@@ -186,10 +193,11 @@ class LocalServer:
         start = 0
         wanted = req.headers.get("range")
         if_range = req.headers.get("if-range")
-        if wanted and not step.ignore_range and (if_range is None or if_range == etag):
+        matches = if_range is None or if_range == etag or step.ignore_if_range
+        if wanted and not step.ignore_range and matches:
             start = int(wanted.removeprefix("bytes=").split("-")[0])
-            if step.range_from is not None:
-                start = step.range_from
+        if step.range_from is not None:
+            start = step.range_from
         if start >= len(data) > 0:
             req.send_response(416)
             req.send_header("content-range", f"bytes */{len(data)}")
@@ -199,8 +207,10 @@ class LocalServer:
         body = data[start:]
         req.send_response(206 if start else 200)
         if start:
-            req.send_header("content-range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        req.send_header("content-length", str(step.length if step.length is not None else len(body)))
+            true_range = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            req.send_header("content-range", step.content_range or true_range)
+        if not step.unframed:
+            req.send_header("content-length", str(step.length if step.length is not None else len(body)))
         req.send_header("accept-ranges", "bytes")
         if etag is not None:
             req.send_header("etag", etag)
@@ -232,7 +242,7 @@ class LocalServer:
             req.wfile.write(piece)
             sent += len(piece)
         req.wfile.flush()
-        if step.length is not None and step.length > len(body):
+        if step.unframed or (step.length is not None and step.length > len(body)):
             req.close_connection = True
             req.connection.shutdown(socket.SHUT_RDWR)
 

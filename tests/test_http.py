@@ -122,14 +122,12 @@ def test_plain_download(server, http, body):
 
 
 def test_https_alias_and_bad_targets(server, http):
+    """Another scheme fails when run (a chain moves on); malformed http URLs: test_http_faults.py."""
     engine = http()
     assert engine.sources()[0].aliases == ("https",)
-    bad = [engine.submit("https", t) for t in ("ftp://example.org/x", "http:///nohost", "http://h/x#md5=1")]
-    recs = engine.wait(bad, timeout=10)
-    assert all(r.state is State.FAILED for r in recs)
-    assert "InvalidTargetError" in recs[0].error and "not an http" in recs[0].error
-    assert "names no host" in recs[1].error
-    assert "#sha256=" in recs[2].error
+    rec = engine.wait([engine.submit("https", "ftp://example.org/x")], timeout=10)[0]
+    assert rec.state is State.FAILED
+    assert "InvalidTargetError" in rec.error and "not an http" in rec.error
     with pytest.raises(InvalidTargetError):
         parse_target("file:///etc/passwd")
 
@@ -246,7 +244,7 @@ def test_wrong_content_length_fails(server, http, body):
     assert rec.state is State.FAILED
     assert f"{len(DATA)} of {len(DATA) + 5000} announced bytes" in rec.error
     assert not (engine.dest_dir / "wl.bin").exists()
-    assert len(res.requests) == 5  # the first try, then each of 2 resumes: a refused range and a restart
+    assert len(res.requests) == 3  # a break (resume 1), a refused range (restart 2), a break with none left
     body.check()
 
 

@@ -10,7 +10,7 @@ import importlib_metadata
 import pytest
 
 from headwater import DownloadContext, Job, hookimpl
-from headwater.errors import ContractError, PluginError
+from headwater.errors import ContractError, InvalidTargetError, PluginError
 from headwater.testing import RULES, EngineFactory, check_source
 
 
@@ -124,6 +124,22 @@ class ObjectField(Good):
         return {"when": object()} if len(job.target) > 3 else {}
 
 
+class RefusesStrange(Good):
+    """Refuses at submit every target that is not lowercase letters and dashes."""
+
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object]:
+        if not job.target or job.target.strip("abcdefghijklmnopqrstuvwxyz-"):
+            raise InvalidTargetError(f"{job.target!r} is not a name")
+        return {}
+
+
+class RefusesAll(Good):
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object]:
+        raise InvalidTargetError(f"{job.target!r} is never good")
+
+
 class WrongArgument:
     @hookimpl
     def download_impl(self, job: Job, context: DownloadContext) -> None:
@@ -161,6 +177,11 @@ def broken(plugin: object, **kwargs: object) -> ContractError:
 
 def test_a_good_plugin_passes() -> None:
     check_source(Good(), ["a", "b-c"], name="good", max_examples=10)
+
+
+def test_record_fields_may_refuse_strange_targets() -> None:
+    """InvalidTargetError from record_fields refuses a target at submit, which the contract allows."""
+    check_source(RefusesStrange(), ["a", "b-c"], name="strict", max_examples=50)
 
 
 def test_a_path_outside_dest_dir(tmp_path: Path) -> None:
@@ -230,6 +251,11 @@ def test_declining_a_downloadable_target() -> None:
         (DictPolicy(), "rate-policy", "rate_policy() returned dict, not a RatePolicy or None"),
         (CoreField(), "record-fields", "record_fields returned 'state', a core record field"),
         (ObjectField(), "record-fields", "record_fields returned when=<object object"),
+        (
+            RefusesAll(),
+            "record-fields",
+            "raised InvalidTargetError: 'a-target' is never good for the downloadable",
+        ),
         (WrongArgument(), "hooks", "pluggy refused it"),
         (Misspelt(), "hooks", "it implements downlaod_impl, which headwater has no hook for"),
         (NoDownload(), "hooks", "it does not implement download_impl"),

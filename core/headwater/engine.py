@@ -38,6 +38,7 @@ from headwater.errors import (
     ExistingFileKept,
     FieldConflictError,
     HeadwaterError,
+    InvalidTargetError,
     PluginError,
     RetryAfter,
     StoreError,
@@ -380,8 +381,9 @@ class Engine:
         Returns at once: no thread is started per job. Raises
         UnknownSourceError, ValueError for an empty target or an unknown ``existing``,
         TargetRejectedError when no source can take the target,
-        FieldConflictError or PluginError when the first source's
-        ``record_fields`` misbehaves, and EngineClosedError after :meth:`close`.
+        InvalidTargetError when the first source's ``record_fields`` refuses
+        it, FieldConflictError or PluginError when that hook misbehaves, and
+        EngineClosedError after :meth:`close`. Nothing is recorded when it raises.
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
@@ -412,11 +414,18 @@ class Engine:
         return job.id
 
     def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
-        """The record's username label and extra fields from ``record_fields``."""
+        """The record's username label and extra fields from ``record_fields``.
+
+        An InvalidTargetError the hook raises (it refuses the target) is
+        raised as it is; anything else it raises or returns wrongly raises
+        PluginError (FieldConflictError for a core field).
+        """
         if src.record_fields is None:
             return src.name, NO_EXTRA
         try:
             results = src.record_fields(job=job)
+        except InvalidTargetError:
+            raise
         except Exception as exc:
             raise PluginError(f"record_fields of source {src.label()} raised {one_line(exc)}") from exc
         username = src.name

@@ -63,7 +63,15 @@ def record_fields(job: Job) -> Mapping[str, object] | None:
     float, bool, None) or None. The key ``username`` sets the record's label
     (a legacy name such as ``deezer_dl``); any other core record field name
     fails the submit with :class:`~headwater.errors.FieldConflictError` naming
-    the plugin. Raising fails the submit with that error.
+    the plugin.
+
+    Raise :class:`~headwater.errors.InvalidTargetError`, with a message naming
+    the target and what is wrong with it, to refuse a target the source can
+    never download (a malformed URL, say): ``submit`` raises that same error
+    and records nothing, so bad input is refused before it is queued. Only the
+    first source of a submit is asked; a fallback later in a chain finds out
+    when it runs. Raising anything else fails the submit with a
+    :class:`~headwater.errors.PluginError` naming the plugin.
     """
 
 

@@ -35,7 +35,7 @@ from headwater import hookspecs
 from headwater.context import DownloadContext
 from headwater.discovery import LOAD_ENV, discover, one_line
 from headwater.engine import Engine
-from headwater.errors import ContractError, PluginError, UnsafePathError
+from headwater.errors import ContractError, InvalidTargetError, PluginError, UnsafePathError
 from headwater.files import landed_file
 from headwater.policy import RatePolicy
 from headwater.records import CORE_FIELDS, Job
@@ -61,9 +61,9 @@ RULES: Mapping[str, str] = {
     "aliases": "aliases() returns an iterable of valid names (lowercase [a-z0-9][a-z0-9_-]*), not a string",
     "rate-policy": "rate_policy() returns a RatePolicy or None",
     "record-fields": (
-        "record_fields(job) does not raise, even for a strange target, and returns None or a mapping "
-        "of str keys to plain values (str, int, float, bool, None) that sets no core field but a "
-        "non-empty 'username'"
+        "record_fields(job) raises nothing but InvalidTargetError, even for a strange target, and "
+        "that for none of the downloadable targets; it returns None or a mapping of str keys to plain "
+        "values (str, int, float, bool, None) that sets no core field but a non-empty 'username'"
     ),
     "download": "download_impl returns a path for every target the test names as downloadable",
     "download-path": "download_impl returns the path of a regular file inside ctx.dest_dir",
@@ -196,6 +196,14 @@ def check_record_fields(
     def fields_are_plain(job: Job) -> None:
         try:
             results = hook(job=job)
+        except InvalidTargetError as exc:
+            if job.target in targets:
+                raise ContractError(
+                    name,
+                    "record-fields",
+                    f"record_fields raised {one_line(exc)} for the downloadable target {job.target!r}.",
+                ) from exc
+            return  # a target refused at submit, as the hook may do
         except Exception as exc:  # a plugin's hook can raise anything
             raise ContractError(
                 name, "record-fields", f"record_fields raised {one_line(exc)} for target {job.target!r}."

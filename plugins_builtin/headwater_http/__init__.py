@@ -1,7 +1,7 @@
 """The builtin ``http`` source (alias ``https``): downloads a URL with httpx.
 
 Targets are ``http://`` or ``https://`` URLs, optionally ending in
-``#sha256=<64 hex digits>``. See docs/sources.md for naming, resume and
+``#sha256=<64 hex digits>``; a malformed URL is refused at submit. See docs/sources.md for naming, resume and
 errors. The entry point object is :data:`source`, an :class:`HttpSource`
 with default settings; build your own instance to change timeouts or the
 SSL context::
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from headwater import DownloadContext, Job, RatePolicy, hookimpl
-from headwater_http.naming import parse_target
+from headwater_http.naming import parse_target, refuse_malformed
 from headwater_http.tls import default_context
 from headwater_http.transfer import Settings, Transfer
 
@@ -31,10 +31,17 @@ class HttpSource:
 
     Args:
         connect_timeout: seconds to wait for a connection.
-        read_timeout: seconds without a byte arriving before a transfer counts
-            as stalled.
+        read_timeout: seconds without a byte arriving before a read counts as
+            stalled; a stall after data arrived is resumed like a broken
+            connection.
+        stall_timeout: the most seconds one download spends, in total, in
+            stalled reads (summed over its resumes; no read waits longer than
+            what is left); then it fails as stalled, keeping its ``.part`` for
+            a later call. With the defaults, a body that stops fails within a
+            minute.
         max_resumes: how often one download continues after its connection
-            breaks mid-body.
+            breaks mid-body, or starts over because the answer to a resume
+            was not the rest of the same resource (the two share the count).
         max_retry_after: the longest Retry-After (seconds) the engine waits
             out, pausing the source, before it tries again; a longer one fails
             the download with the time to retry in its error.
@@ -70,14 +77,17 @@ class HttpSource:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        stall_timeout: float = 60.0,
         max_resumes: int = 5,
         max_retry_after: float = 60.0,
         concurrency: int = 4,
         user_agent: str = "headwater",
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if not 0 < stall_timeout < float("inf"):
+            raise ValueError(f"stall_timeout must be a finite number of seconds > 0, got {stall_timeout!r}")
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._settings = Settings(max_resumes=max_resumes)
+        self._settings = Settings(max_resumes=max_resumes, stall_timeout=stall_timeout)
         self._policy = RatePolicy(concurrency=concurrency, max_retry_after=max_retry_after)
         self._user_agent = user_agent
         self._clients = threading.local()
@@ -109,6 +119,11 @@ class HttpSource:
     def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
         """Download ``job.target`` into ``ctx.dest_dir``; see :meth:`Transfer.run` for what raises."""
         return Transfer(self.client(), parse_target(job.target), ctx, self._settings).run()
+
+    @hookimpl
+    def record_fields(self, job: Job) -> None:
+        """Refuse a malformed http(s) URL at submit (see :func:`refuse_malformed`)."""
+        refuse_malformed(job.target)
 
     @hookimpl
     def aliases(self) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import attrs
 
 from headwater import InvalidTargetError
 
-_SHA256 = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @attrs.frozen
@@ -41,13 +41,27 @@ def parse_target(target: str) -> Target:
         raise InvalidTargetError(f"{target!r} names no host")
     digest = None
     if parts.fragment:
-        found = _SHA256.fullmatch(parts.fragment)
-        if found is None:
+        kind, equals, value = parts.fragment.partition("=")
+        if kind != "sha256" or not equals:
             raise InvalidTargetError(
                 f"{target!r}: the fragment {parts.fragment!r} is not a checksum; use #sha256=<64 hex digits>"
             )
-        digest = found.group(1).lower()
+        if _HEX64.fullmatch(value) is None:
+            raise InvalidTargetError(
+                f"{target!r}: the sha256 {value!r} is not 64 hex digits ({len(value)} characters)"
+            )
+        digest = value.lower()
     return Target(urlunsplit(parts._replace(fragment="")), digest)
+
+
+def refuse_malformed(target: str) -> None:
+    """Raise :class:`InvalidTargetError` for an ``http(s)://`` target that :func:`parse_target` refuses.
+
+    Other targets pass: they are not this source's to judge at submit, and
+    fail when run, so that a fallback chain moves on to its next source.
+    """
+    if urlsplit(target.strip()).scheme.lower() in ("http", "https"):
+        parse_target(target)
 
 
 def disposition_name(header: str | None) -> str | None:

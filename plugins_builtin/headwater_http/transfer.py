@@ -41,11 +41,18 @@ class Settings:
     """How patient a transfer is.
 
     Attributes:
-        max_resumes: how many times a transfer whose connection broke after
-            data arrived is continued from where it stopped, within one call.
+        max_resumes: how many times, within one call, a transfer is continued
+            after its connection broke once data had arrived, or started over
+            because the server's answer to a resume was not the rest of the
+            same resource; the two share this count.
+        stall_timeout: the most seconds one call spends, in total, in reads
+            that time out (no byte within the read timeout), summed over its
+            resumes; each read waits at most what is left of it. Once it is
+            spent the transfer fails as stalled.
     """
 
     max_resumes: int = 5
+    stall_timeout: float = 60.0
 
 
 #: Bodies at least this large (or of unknown size) get their resume record
@@ -56,6 +63,62 @@ EARLY_META_BYTES = 8 << 20
 #: Every this many bytes written, the body so far is handed to the disk early (see :func:`_write_back`).
 WRITEBACK_BYTES = 8 << 20
 
+#: Less than this many seconds left of the stall timeout counts as none: no read is started with it.
+MIN_READ_SECONDS = 0.01
+
+
+@attrs.frozen
+class Announced:
+    """What the response that started a body said the resource is; each resumed 206 must say the same.
+
+    Attributes:
+        total: the resource's size in bytes, or None if it was not given.
+        etag: its ETag (strong or weak), or None.
+        last_modified: its Last-Modified date, or None.
+    """
+
+    total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, response: httpx.Response, total: int | None) -> Announced:
+        """What ``response`` announces, with ``total`` the size it gives (see :func:`total_size`)."""
+        return cls(total, response.headers.get("etag"), response.headers.get("last-modified"))
+
+    @property
+    def validator(self) -> str | None:
+        """The value to send in If-Range: a strong ETag, else Last-Modified, else None (no safe resume)."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+
+@attrs.frozen
+class ContentRange:
+    """A 206's ``Content-Range: bytes first-last/total``; ``total`` is None for ``*`` (unknown)."""
+
+    first: int
+    last: int
+    total: int | None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ContentRange | None:
+        """The Content-Range of ``response`` parsed, or None if it has none or a malformed one."""
+        unit, _, spec = response.headers.get("content-range", "").strip().partition(" ")
+        span, _, total = spec.partition("/")
+        first, dash, last = span.partition("-")
+        first, last, total = first.strip(), last.strip(), total.strip()
+        if unit.lower() != "bytes" or not (dash and first.isdigit() and last.isdigit()):
+            return None
+        if total != "*" and not total.isdigit():
+            return None
+        return cls(int(first), int(last), None if total == "*" else int(total))
+
+
+class _NotTheRest(Exception):
+    """A 206 (or 416) that is not the rest of the resource asked for; the message says why."""
+
 
 @attrs.define
 class _Part:
@@ -65,47 +128,76 @@ class _Part:
     meta: Path
     url: str
     size: int  # bytes in the .part, kept by the transfer as it writes
-    validator: str | None = None  # a strong ETag or a Last-Modified date
-    total: int | None = None
-    meta_written: bool = False
+    announced: Announced = Announced()  # by the response the bytes in the .part come from
+    meta_written: bool = False  # a record is (or may be) at ``meta``: ours to replace or remove
+
+    @property
+    def total(self) -> int | None:
+        return self.announced.total
+
+    @property
+    def validator(self) -> str | None:
+        return self.announced.validator
 
     def save_meta(self) -> None:
-        """Write the resume record (URL, validator, total); remove it when there is no validator."""
+        """Write the resume record (URL, validator, total); remove it when there is no validator.
+
+        A write that fails leaves no record behind (and raises).
+        """
         if self.validator is None:
             self.forget_meta()
             return
         resolve_inside(self.meta.parent, self.meta.name)  # never write through a link planted there
-        self.meta.write_text(json.dumps({"url": self.url, "validator": self.validator, "total": self.total}))
-        self.meta_written = True
+        self.meta_written = True  # even a write that fails half way leaves a file to remove
+        try:
+            self.meta.write_text(
+                json.dumps({"url": self.url, "validator": self.validator, "total": self.total})
+            )
+        except BaseException:
+            with contextlib.suppress(OSError):  # the write's own error is the one to raise
+                self.forget_meta()
+            raise
 
     def forget_meta(self) -> None:
+        """Remove the record if one may be there; an OSError from that is raised, and not tried again."""
         if self.meta_written:
-            self.meta.unlink(missing_ok=True)
             self.meta_written = False
+            self.meta.unlink(missing_ok=True)
 
-    def saved_validator(self) -> str | None:
-        """The validator a previous call saved for this same URL, or None."""
-        saved = _read_meta(self.meta)
-        if saved is None:
+    def saved(self) -> tuple[str | None, int | None] | None:
+        """The (validator, total) a previous call recorded for this same URL, or None.
+
+        Whatever file is at the record's name, even an empty or torn one, is
+        taken as this name's record: replaced or removed with the ``.part``.
+        """
+        try:
+            text = self.meta.read_text()
+        except OSError:  # none there, or nothing a record could be: left alone
             return None
-        self.meta_written = True  # whatever is there is ours to replace or remove
-        if saved.get("url") != self.url:
+        except ValueError:  # undecodable bytes
+            text = ""
+        self.meta_written = True
+        try:
+            saved = json.loads(text)
+        except ValueError:
             return None
-        validator = saved.get("validator")
-        return validator if isinstance(validator, str) else None
+        if not isinstance(saved, dict) or saved.get("url") != self.url:
+            return None
+        validator, total = saved.get("validator"), saved.get("total")
+        if not isinstance(validator, str) or not (total is None or isinstance(total, int)):
+            return None
+        return validator, total
+
+    def restart(self) -> None:
+        """Empty the ``.part`` and drop its record: the next request asks for the whole resource."""
+        self.file.stream.truncate(0)
+        self.size = 0
+        self.announced = Announced()
+        self.forget_meta()
 
     def discard(self) -> None:
         self.file.discard()
         self.forget_meta()
-
-
-def validator_of(response: httpx.Response) -> str | None:
-    """The value to send in If-Range: a strong ETag, else Last-Modified, else None (no safe resume)."""
-    etag: str | None = response.headers.get("etag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    modified: str | None = response.headers.get("last-modified")
-    return modified
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -128,30 +220,53 @@ def raise_for_status(response: httpx.Response) -> None:
 def total_size(response: httpx.Response, offset: int) -> int | None:
     """The full size of the resource from Content-Range or Content-Length, or None if unknown."""
     if response.status_code == 206:
-        content_range = response.headers.get("content-range", "")
-        _, _, total = content_range.rpartition("/")
-        return int(total) if total.isdigit() else None
+        content_range = ContentRange.of(response)
+        return content_range.total if content_range is not None else None
     length = response.headers.get("content-length", "")
     return offset + int(length) if length.isdigit() else None
 
 
-def range_start(response: httpx.Response) -> int | None:
-    """Where a 206 response's bytes begin (from ``Content-Range: bytes A-B/N``), or None."""
-    unit, _, spec = response.headers.get("content-range", "").partition(" ")
-    start, dash, _ = spec.partition("-")
-    if unit.strip().lower() != "bytes" or not dash or not start.strip().isdigit():
-        return None
-    return int(start)
+def not_the_rest(response: httpx.Response, offset: int, announced: Announced) -> str | None:
+    """Why the 206 ``response`` is not ``announced``'s bytes from ``offset`` to its end; None if it is.
+
+    The rest is: a well-formed Content-Range starting at ``offset``; when a
+    total was announced, the same total and a range to its last byte (a
+    Content-Range total of ``*`` does not match a total); the same ETag when
+    one was announced; the same Last-Modified when both give one (a 206 need
+    not repeat it). With nothing announced (``Announced()``) only the start
+    and the form are checked.
+    """
+    header = response.headers.get("content-range")
+    got = ContentRange.of(response)
+    if got is None:
+        return f"its Content-Range {header!r} is not 'bytes first-last/total'"
+    if got.first != offset:
+        return f"it starts at byte {got.first}, not at {offset}"
+    total = announced.total if announced.total is not None else got.total
+    if announced.total is not None and got.total != announced.total:
+        said = "unknown" if got.total is None else got.total
+        return f"its total is {said}, not the {total} bytes announced"
+    if total is not None and got.last != total - 1:
+        return f"it ends at byte {got.last}, not at the last byte {total - 1}"
+    etag = response.headers.get("etag")
+    if announced.etag is not None and etag != announced.etag:
+        return f"its ETag is {etag!r}, not {announced.etag!r}"
+    modified = response.headers.get("last-modified")
+    if announced.last_modified is not None and modified not in (None, announced.last_modified):
+        return f"its Last-Modified is {modified!r}, not {announced.last_modified!r}"
+    return None
 
 
 class Transfer:
     """Downloads one :class:`Target` into ``ctx.dest_dir``; :meth:`run` does it.
 
     Args:
-        client: the calling worker thread's httpx client.
+        client: the calling worker thread's httpx client; its timeouts are
+            the transfer's, except that no read waits longer than what is
+            left of ``settings.stall_timeout``.
         target: what to fetch.
         ctx: the download's context (dest_dir, cancelled, progress).
-        settings: resume limits.
+        settings: resume and stall limits.
     """
 
     def __init__(
@@ -164,6 +279,8 @@ class Transfer:
         self._part: _Part | None = None
         self._received = 0  # body bytes written by the current request
         self._written_back = 0  # the .part's size when _write_back last ran
+        self._stalled = 0.0  # seconds spent in reads that timed out
+        self._read_timeout = 0.0  # the read timeout of the current request
 
     def run(self) -> Path:
         """Fetch, verify and land the file; return its final path.
@@ -173,9 +290,10 @@ class Transfer:
         :class:`TransferError` for an error status, a refused connection, a
         stall or a connection that kept breaking (the ``.part`` is kept when
         it can be resumed); :class:`IntegrityError` for a wrong size or
-        checksum and :class:`~headwater.UnsafePathError` for a name that would
-        land outside the destination (nothing kept); and, when ``ctx.existing``
-        is ``skip`` and a file already has the name,
+        checksum, or a server whose answers to a resume kept not being the
+        rest of the same resource, and :class:`~headwater.UnsafePathError` for
+        a name that would land outside the destination (nothing kept); and,
+        when ``ctx.existing`` is ``skip`` and a file already has the name,
         :class:`~headwater.ExistingFileKept` (no body read, or the finished
         ``.part`` deleted if the file appeared meanwhile).
         """
@@ -195,19 +313,40 @@ class Transfer:
     # -- fetching ----------------------------------------------------------
 
     def _fetch(self) -> None:
-        """Stream the body into the ``.part``, resuming after breaks; leaves it complete and checked."""
-        resumes = 0
+        """Stream the body into the ``.part``, resuming after breaks; leaves it complete and checked.
+
+        Each pass of the loop is one request; every pass but the one that
+        resumes from a record a previous call left counts against
+        ``max_resumes``, so the loop ends.
+        """
+        tries = 0  # resumes and restarts so far
+        most = self._settings.max_resumes
         while True:
             self._received = 0
             try:
                 if self._attempt():
                     return
+            except _NotTheRest as exc:
+                tries += 1
+                if tries > most:
+                    raise IntegrityError(
+                        f"{self._target.url}: the server's answer to a resume was not the rest of the "
+                        f"same resource ({exc}); gave up after {most} resumes and restarts"
+                    ) from None
+                self._ctx.logger.info("answer to a resume not the same resource (%s); restarting", exc)
+                if self._part is not None:
+                    self._part.restart()
             except httpx.TransportError as exc:
+                stalled = isinstance(exc, httpx.ReadTimeout)
+                if stalled:
+                    self._stalled += self._read_timeout
                 after = self._part.file.size() if self._part is not None else 0
                 what = _describe(exc)
-                if self._received > 0 and resumes < self._settings.max_resumes:
-                    resumes += 1
-                    self._ctx.logger.info("%s after %d bytes; resuming (%d)", what, after, resumes)
+                if stalled and self._stall_left() < MIN_READ_SECONDS:
+                    what = f"stalled: no data for {self._settings.stall_timeout:g} s in total"
+                elif self._received > 0 and tries < most:
+                    tries += 1
+                    self._ctx.logger.info("%s after %d bytes; resuming (%d)", what, after, tries)
                     continue
                 total = self._part.total if self._part else None
                 got = f" after {after} of {total} announced bytes" if total is not None else ""
@@ -215,43 +354,59 @@ class Transfer:
             except httpx.TooManyRedirects as exc:
                 raise TransferError(f"{exc} from {self._target.url}") from exc
 
+    def _stall_left(self) -> float:
+        return self._settings.stall_timeout - self._stalled
+
+    def _timeout(self) -> httpx.Timeout:
+        """The client's timeouts, with the read timeout cut to what is left of the stall timeout."""
+        base = self._client.timeout
+        read = self._stall_left() if base.read is None else min(base.read, self._stall_left())
+        self._read_timeout = read
+        return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
+
     def _attempt(self) -> bool:
-        """One request. True when the body is complete; False to ask again (with a Range)."""
+        """One request. True when the body is complete; False to ask again for the rest (with a Range).
+
+        Raises :class:`_NotTheRest` when the answer is not the rest of what
+        was asked for: the caller empties the ``.part`` and asks again.
+        """
         part = self._part
         headers = {"accept-encoding": "identity"}
         if part is not None:  # asking again: count what really reached the file
             part.size = part.file.size()
         offset = part.size if part is not None else 0
-        if part is not None and offset > 0 and part.validator is not None:
+        validator = part.validator if part is not None else None
+        if offset > 0 and validator is not None:
             headers["range"] = f"bytes={offset}-"
-            headers["if-range"] = part.validator
-        with self._client.stream("GET", self._target.url, headers=headers) as response:
+            headers["if-range"] = validator
+        ranged = "range" in headers
+        asked = part.announced if part is not None and ranged else Announced()
+        with self._client.stream(
+            "GET", self._target.url, headers=headers, timeout=self._timeout()
+        ) as response:
             status = response.status_code
-            if part is not None and (
-                (status == 416 and "range" in headers) or (status == 206 and range_start(response) != offset)
-            ):
-                self._ctx.logger.info(
-                    "server refused the range from %d (HTTP %d); restarting", offset, status
-                )
-                part.file.stream.truncate(0)
-                part.size = 0
-                part.validator = None
-                return False
+            if status == 416 and ranged:
+                raise _NotTheRest(f"HTTP 416 to a range from byte {offset}")
+            if status == 206:
+                why = not_the_rest(response, offset if ranged else 0, asked)
+                if why is not None:
+                    raise _NotTheRest(f"HTTP 206: {why}")
             raise_for_status(response)
             if part is None:
                 part = self._open(response)
-                saved = part.saved_validator()  # even for an empty .part: a record found is ours to remove
-                if saved is not None and saved == validator_of(response) and part.size > 0:
-                    part.validator = saved
-                    return False  # a previous call left a resumable .part: ask for the rest
-            if status == 206:
+                fresh = Announced.of(response, total_size(response, 0))
+                if part.saved() == (fresh.validator, fresh.total) and fresh.validator and part.size > 0:
+                    part.announced = fresh  # a previous call left a resumable .part: ask for the rest
+                    return False
+            if status == 206 and ranged:
                 start = offset
+                if part.total is None:  # first told now
+                    part.announced = attrs.evolve(part.announced, total=total_size(response, start))
             else:
                 if offset:
                     self._ctx.logger.info("server sent the whole resource again; restarting")
                 start = 0
-            part.validator = validator_of(response)
-            part.total = total_size(response, start)
+                part.announced = Announced.of(response, total_size(response, start))
             if part.total is None or part.total >= EARLY_META_BYTES or part.meta_written:
                 part.save_meta()
             self._write(response, part, start)
@@ -303,18 +458,24 @@ class Transfer:
     def _append(self, part: _Part, chunk: bytes | memoryview) -> None:
         """Append one chunk of the body to the ``.part`` and report progress.
 
-        Raises :class:`DownloadCancelled`, writing nothing, once the download is cancelled.
+        Raises, writing nothing, :class:`DownloadCancelled` once the download
+        is cancelled, and :class:`IntegrityError` for a chunk that would take
+        the file past the announced total.
         """
         if self._ctx.cancelled.is_set():
             raise DownloadCancelled(f"cancelled after {part.size} bytes of {self._target.url}")
+        total = part.total
+        if total is not None and part.size + len(chunk) > total:
+            raise IntegrityError(
+                f"{self._target.url}: the server sent more than the {total} bytes it announced"
+            )
         part.file.write(chunk)
         self._received += len(chunk)
         part.size += len(chunk)
         if part.size - self._written_back >= WRITEBACK_BYTES:
             _write_back(part.file.stream.fileno(), part.size)
             self._written_back = part.size
-        total = part.total
-        self._ctx.progress(part.size, total if total is None or total >= part.size else part.size)
+        self._ctx.progress(part.size, total)
 
     # -- finishing -----------------------------------------------------------
 
@@ -337,15 +498,24 @@ class Transfer:
         return part.file.land()
 
     def _close(self, keep: bool) -> None:
-        """Close the ``.part``; keep it (and its validator) for a later resume, or delete it."""
-        assert self._part is not None
-        if keep and self._part.file.size() > 0:
+        """Close the ``.part``; keep it (and its resume record) for a later resume, or delete it.
+
+        When the record cannot be written (a full disk), the ``.part`` is
+        deleted too: without a record no later call would resume it.
+        """
+        part = self._part
+        assert part is not None
+        if keep and part.file.size() > 0:
             try:
-                self._part.save_meta()
-            finally:
-                self._part.file.close()
-        else:
-            self._part.discard()
+                part.save_meta()
+            except OSError as exc:
+                self._ctx.logger.warning(
+                    "cannot write the resume record %s (%s); not keeping the .part", part.meta, exc
+                )
+            else:
+                part.file.close()
+                return
+        part.discard()
 
 
 def _meta_path(part: Path) -> Path:
