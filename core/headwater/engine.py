@@ -501,11 +501,12 @@ class Engine:
                         time_remaining=None,
                         error=None,
                     )
-                elif not self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure):
-                    wrote = record
-                    fall_back = bool(record.fallbacks)
-                    if not fall_back:
-                        wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
+                else:
+                    ended = self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure)
+                    if ended is not None:
+                        error, wrote, fall_back = ended, record, bool(record.fallbacks)
+                        if not fall_back:
+                            wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
             if wrote is None and returned is not None:
                 # Cancelled or removed meanwhile: the file goes before the job counts as ended.
                 discard_landed(self.dest_dir, returned)
@@ -520,35 +521,53 @@ class Engine:
 
     def _try_again_locked(
         self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
-    ) -> bool:
+    ) -> str | None:
         """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
 
         A RetryAfter pauses the whole source for its seconds and puts the job
-        back at the front without using a retry (one longer than the policy's
-        ``max_retry_after`` is not retried); another transient error queues a
-        retry after the policy's backoff while retries are left.
-        Returns whether the job was queued again (the record is then QUEUED).
+        back at the front without using a retry, within the policy's bounds:
+        one longer than ``max_retry_after``, or one past
+        ``max_retry_after_rounds`` pauses or ``max_retry_after_total`` seconds
+        of pauses of this job, is not waited out. Another transient error
+        queues a retry after the policy's backoff while retries are left.
+        Returns None when the job was queued again (the record is then
+        QUEUED), else the error to end the attempt with: ``error``, followed
+        by how often and how long the job was asked to wait when a RetryAfter
+        bound made it give up.
         """
         if failure is None or not is_transient(failure):
-            return False
+            return error
         policy = shard.source.policy
         again = attrs.evolve(job, attempt=job.attempt + 1)
         now = self._clock.now()
         if isinstance(failure, RetryAfter):
             cap = policy.max_retry_after
             if not math.isfinite(failure.seconds) or (cap is not None and failure.seconds > cap):
-                return False
-            shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
-            shard.worker.pause_until(now + max(0.0, failure.seconds))
-            shard.worker.put_front(again)
-            shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
-            return True
+                return error
+            wait, rounds, waited = max(0.0, failure.seconds), job.retry_after_rounds, job.retry_after_total
+            if rounds >= policy.max_retry_after_rounds:
+                bound = f"max_retry_after_rounds is {policy.max_retry_after_rounds}"
+            elif waited + wait > policy.max_retry_after_total:
+                total = policy.max_retry_after_total
+                bound = f"{wait:g} s more would pass max_retry_after_total, {total:g} s"
+            else:
+                again = attrs.evolve(again, retry_after_rounds=rounds + 1, retry_after_total=waited + wait)
+                shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+                shard.worker.pause_until(now + wait)
+                shard.worker.put_front(again)
+                shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
+                return None
+            asked = rounds + 1
+            return (
+                f"{error}; asked to retry later {asked} time{'s' if asked > 1 else ''} "
+                f"over {waited:g} s; giving up ({bound})"
+            )
         if record.retries >= policy.retries:
-            return False
+            return error
         retry = record.retries + 1
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
         shard.worker.put_later(again, now + policy.retry_wait(retry, random.random()))
-        return True
+        return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
         """RUNNING -> FAILED with ``error``; ``tried`` gains ``skipped`` and this source. Lock held."""
