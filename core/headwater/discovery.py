@@ -38,10 +38,27 @@ class Candidate:
     error: str | None = None
 
 
+#: The most characters :func:`one_line` returns.
+ONE_LINE_MAX = 1000
+
+
 def one_line(exc: BaseException) -> str:
-    """``ExcType: message``, folded onto one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``ExcType: message``, folded onto one line of at most :data:`ONE_LINE_MAX` characters.
+
+    Never raises, whatever ``exc`` is (it often comes from a plugin): an
+    exception whose ``str()`` fails gives its type name alone, and the middle
+    of a longer line is cut out, so both ends stay.
+    """
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(line) <= ONE_LINE_MAX:
+        return line
+    gap = f" [... cut from {len(line)} characters ...] "
+    head = (ONE_LINE_MAX - len(gap)) * 2 // 3
+    return line[:head] + gap + line[len(line) - (ONE_LINE_MAX - len(gap) - head) :]
 
 
 def wanted_names(environ: Mapping[str, str]) -> frozenset[str] | None:
