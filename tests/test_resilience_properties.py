@@ -2,7 +2,7 @@
 
 - A job never starts while its source is paused.
 - A retry never overlaps its previous attempt, and retries stop at the limit
-  (Retry-After waits use none of them).
+  (Retry-After waits use none of them, and stop at their own limit).
 """
 
 from __future__ import annotations
@@ -83,10 +83,16 @@ jobs = st.lists(
 
 
 @SETTINGS
-@given(specs=jobs, retries=st.integers(0, 3), concurrency=st.integers(1, 3))
-def test_retries_never_overlap_and_stop_at_the_limit(tmp_path_factory, specs, retries, concurrency):
+@given(specs=jobs, retries=st.integers(0, 3), rounds=st.integers(0, 3), concurrency=st.integers(1, 3))
+def test_retries_never_overlap_and_stop_at_the_limit(tmp_path_factory, specs, retries, rounds, concurrency):
     src = ScriptedSource("a", SystemClock())
-    policy = RatePolicy(concurrency=concurrency, retries=retries, backoff=0.001, backoff_max=0.002)
+    policy = RatePolicy(
+        concurrency=concurrency,
+        retries=retries,
+        backoff=0.001,
+        backoff_max=0.002,
+        max_retry_after_rounds=rounds,
+    )
     dest = tmp_path_factory.mktemp("dest")
     engine = Engine(dest, plugins={"a": src}, policies={"a": policy})
     try:
@@ -104,8 +110,11 @@ def test_retries_never_overlap_and_stop_at_the_limit(tmp_path_factory, specs, re
                 expect = min(n, retries) + 1
                 assert rec.attempts == len(mine) == expect
                 assert rec.state is (State.COMPLETED if n <= retries else State.FAILED)
-            elif kind == "retry-after":
+            elif kind == "retry-after" and n <= rounds:
                 assert (rec.state, rec.attempts, rec.retries) == (State.COMPLETED, n + 1, 0)
+            elif kind == "retry-after":
+                assert (rec.state, rec.attempts, rec.retries) == (State.FAILED, rounds + 1, 0)
+                assert f"asked to retry later {rounds + 1} time" in rec.error
             else:
                 assert (rec.state, rec.attempts) == (State.FAILED, 1)
     finally:

@@ -97,7 +97,7 @@ def translate(source: Source, target: str) -> tuple[str | None, str]:
         return target, ""
     try:
         mapped = source.translate(target=target)
-    except Exception as exc:  # the plugin boundary
+    except (Exception, SystemExit) as exc:  # the plugin boundary (a Ctrl-C still stops a submit)
         return None, f"translate_target raised {one_line(exc)}"
     if mapped is None:
         return None, "cannot take the target (translate_target returned None)"

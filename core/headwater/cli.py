@@ -6,7 +6,7 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
 - 1: a download failed, was cancelled or timed out (or ``cancel`` found one
   already ended);
 - 2: bad usage or configuration (an unknown source or id, a bad option, a
-  bad ``headwater.toml``);
+  destination folder that cannot be created, a bad ``headwater.toml``);
 - 3: the journal cannot be used (it is damaged, another program's, or from a
   newer headwater), or ``cancel`` named a download another running headwater
   process owns;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -81,7 +82,7 @@ class App:
         try:
             with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
                 return Engine(
-                    dest or config.destination or Path.cwd(),
+                    _made_folder(dest or config.destination or Path.cwd()),
                     policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
                     store=store,
                     hold=True,
@@ -95,6 +96,29 @@ class App:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         except (HeadwaterError, TypeError) as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
+
+
+def _made_folder(folder: Path) -> Path:
+    """``folder`` (``~`` expanded), created if missing; Failure (exit 2) naming it and why if it cannot be."""
+    folder = folder.expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        for path in (folder, *folder.parents):  # the nearest that exists: a file in the way?
+            if path.exists():
+                if not path.is_dir():
+                    why = f"{path} is a file, not a folder"
+                break
+        raise Failure(f"cannot create the destination folder {folder}: {why}", EXIT_USAGE) from None
+    return folder
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse a number of seconds that is not finite and above 0 (``-1``, ``0``, ``nan``, ``inf``)."""
+    if value is not None and not 0 < value < math.inf:
+        raise click.BadParameter(f"must be a finite number of seconds above 0, got {value:g}")
+    return value
 
 
 def _info_json(info: SourceInfo) -> dict[str, object]:
@@ -163,7 +187,9 @@ _dest_option = click.option(
 _quiet_option = click.option(
     "-q", "--quiet", is_flag=True, help="No progress bars: one plain line per download."
 )
-_timeout_option = click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+_timeout_option = click.option(
+    "--timeout", type=float, default=None, callback=_seconds, help="Give up after this many seconds."
+)
 
 
 main.add_command(plugin)

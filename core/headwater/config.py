@@ -28,6 +28,7 @@ from types import MappingProxyType
 import attrs
 import platformdirs
 
+from headwater.discovery import NamedSources
 from headwater.errors import ConfigError, InvalidPolicyError
 from headwater.policy import RatePolicy
 from headwater.store import HOME_ENV
@@ -100,7 +101,7 @@ def _parse(path: Path, data: Mapping[str, object]) -> Config:
     plugins = _table(path, "plugins", data.get("plugins", {}))
     _only_keys(path, "plugins.", plugins, {"load", "block"})
     if "load" in plugins:
-        load = _names(path, "plugins.load", plugins["load"])
+        load = NamedSources(_names(path, "plugins.load", plugins["load"]), f"plugins.load of {path}")
     if "block" in plugins:
         block = _names(path, "plugins.block", plugins["block"])
     policies: dict[str, Mapping[str, object]] = {}

@@ -17,7 +17,7 @@ Environment:
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import attrs
 import importlib_metadata
@@ -25,6 +25,21 @@ import importlib_metadata
 ENTRY_POINT_GROUP = "headwater.sources"
 DISABLE_ENV = "HEADWATER_DISABLE_PLUGIN_AUTOLOAD"
 LOAD_ENV = "HEADWATER_LOAD_PLUGINS"
+
+
+class NamedSources(tuple[str, ...]):
+    """Source names to load, with ``origin``: where they were named, for the report of one not installed.
+
+    ``NamedSources(["file", "http"], "plugins.load of /path/headwater.toml")``
+    is an ordinary tuple of names otherwise.
+    """
+
+    origin: str
+
+    def __new__(cls, names: Iterable[str], origin: str) -> NamedSources:
+        made = super().__new__(cls, names)
+        made.origin = origin
+        return made
 
 
 @attrs.frozen
@@ -38,10 +53,27 @@ class Candidate:
     error: str | None = None
 
 
+#: The most characters :func:`one_line` returns.
+ONE_LINE_MAX = 1000
+
+
 def one_line(exc: BaseException) -> str:
-    """``ExcType: message``, folded onto one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``ExcType: message``, folded onto one line of at most :data:`ONE_LINE_MAX` characters.
+
+    Never raises, whatever ``exc`` is (it often comes from a plugin): an
+    exception whose ``str()`` fails gives its type name alone, and the middle
+    of a longer line is cut out, so both ends stay.
+    """
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(line) <= ONE_LINE_MAX:
+        return line
+    gap = f" [... cut from {len(line)} characters ...] "
+    head = (ONE_LINE_MAX - len(gap)) * 2 // 3
+    return line[:head] + gap + line[len(line) - (ONE_LINE_MAX - len(gap) - head) :]
 
 
 def wanted_names(environ: Mapping[str, str]) -> frozenset[str] | None:
@@ -63,13 +95,18 @@ def discover(
 
     ``only`` (a configuration's list) restricts loading like
     ``HEADWATER_LOAD_PLUGINS`` when the environment sets neither variable;
-    names in ``block`` are never loaded, whatever else asks for them.
+    names in ``block`` are never loaded, whatever else asks for them. A name
+    that is not installed becomes a broken candidate whose error says where
+    it was named: the variable, ``only.origin`` for :class:`NamedSources`, or
+    else "the list of sources to load".
     Entry points are taken in order of (name, distribution) so that which of
     two clashing sources wins does not depend on the order of ``sys.path``.
     """
     wanted = wanted_names(os.environ if environ is None else environ)
+    origin = LOAD_ENV
     if wanted is None and only is not None:
         wanted = frozenset(only)
+        origin = only.origin if isinstance(only, NamedSources) else "the list of sources to load"
     if wanted is not None and block:
         wanted = wanted - frozenset(block)
     if wanted is not None and not wanted:
@@ -93,5 +130,5 @@ def discover(
     if wanted is not None:
         seen = {c.name for c in found}
         for name in sorted(wanted - seen):
-            found.append(Candidate(name, None, error=f"not installed (named in {LOAD_ENV})"))
+            found.append(Candidate(name, None, error=f"not installed (named in {origin})"))
     return found

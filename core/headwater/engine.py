@@ -484,7 +484,10 @@ class Engine:
 
         In the same locked step, and the same store commit, it begins the
         source's next job if one may start right now, and returns it for the
-        worker thread to run next (None if none was due).
+        worker thread to run next (None if none was due). Never raises, and
+        always calls the worker's ``finish``: nothing ``download_impl`` returns
+        or raises stops the source's worker (a step that breaks on it FAILS the
+        download instead; see :meth:`_end_broken_locked`).
         """
         shard = self._shards[job.source]
         returned: str | os.PathLike[str] | None = None
@@ -506,39 +509,46 @@ class Engine:
             error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)
         fall_back = False
+        wrote: Record | None = None
         with shard.lock, shard.batch():
-            ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
-            if ours:
-                del shard.contexts[job.id]
-            elif shard.expired.get(job.id) is ctx:
-                del shard.expired[job.id]
-            record = shard.records.get(job.id)
-            wrote = None
-            if ours and record is not None and record.state is State.RUNNING:
-                if path is not None:
-                    wrote = shard.move(
-                        record,
-                        State.COMPLETED,
-                        file_path=str(path),
-                        finished_at=time.time(),
-                        progress=100.0,
-                        size=size,
-                        transferred=0 if skipped else size,
-                        speed=0.0,
-                        time_remaining=None,
-                        error=None,
-                        skipped=skipped,
-                    )
-                elif not self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure):
-                    wrote = record
-                    fall_back = bool(record.fallbacks)
-                    if not fall_back:
-                        wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
-            if wrote is None and returned is not None and not skipped:
-                # Cancelled or removed meanwhile: the file goes before the job counts as ended.
-                discard_landed(self.dest_dir, returned)
-            shard.worker.finish()
-            follow = shard.worker.next_due()
+            try:
+                ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
+                if ours:
+                    del shard.contexts[job.id]
+                elif shard.expired.get(job.id) is ctx:
+                    del shard.expired[job.id]
+                record = shard.records.get(job.id)
+                if ours and record is not None and record.state is State.RUNNING:
+                    if path is not None:
+                        wrote = shard.move(
+                            record,
+                            State.COMPLETED,
+                            file_path=str(path),
+                            finished_at=time.time(),
+                            progress=100.0,
+                            size=size,
+                            transferred=0 if skipped else size,
+                            speed=0.0,
+                            time_remaining=None,
+                            error=None,
+                            skipped=skipped,
+                        )
+                    else:
+                        latest = _with_progress(record, ctx)
+                        ended = self._try_again_locked(shard, job, latest, error, failure)
+                        if ended is not None:
+                            error, wrote, fall_back = ended, record, bool(record.fallbacks)
+                            if not fall_back:
+                                wrote = self._fail_locked(shard, latest, error, ())
+                if wrote is None and returned is not None and not skipped:
+                    # Cancelled or removed meanwhile: the file goes before the job counts as ended.
+                    discard_landed(self.dest_dir, returned)
+            except BaseException as exc:  # the last resort: whatever broke here, the job ends
+                fall_back = False
+                self._end_broken_locked(shard, job.id, exc)
+            finally:
+                shard.worker.finish()
+                follow = shard.worker.next_due()
         if fall_back:
             self._fall_back(shard, job.id, error)
         elif wrote is not None and wrote.state is State.FAILED:
@@ -548,35 +558,53 @@ class Engine:
 
     def _try_again_locked(
         self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
-    ) -> bool:
+    ) -> str | None:
         """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
 
         A RetryAfter pauses the whole source for its seconds and puts the job
-        back at the front without using a retry (one longer than the policy's
-        ``max_retry_after`` is not retried); another transient error queues a
-        retry after the policy's backoff while retries are left.
-        Returns whether the job was queued again (the record is then QUEUED).
+        back at the front without using a retry, within the policy's bounds:
+        one longer than ``max_retry_after``, or one past
+        ``max_retry_after_rounds`` pauses or ``max_retry_after_total`` seconds
+        of pauses of this job, is not waited out. Another transient error
+        queues a retry after the policy's backoff while retries are left.
+        Returns None when the job was queued again (the record is then
+        QUEUED), else the error to end the attempt with: ``error``, followed
+        by how often and how long the job was asked to wait when a RetryAfter
+        bound made it give up.
         """
         if failure is None or not is_transient(failure):
-            return False
+            return error
         policy = shard.source.policy
         again = attrs.evolve(job, attempt=job.attempt + 1)
         now = self._clock.now()
         if isinstance(failure, RetryAfter):
             cap = policy.max_retry_after
             if not math.isfinite(failure.seconds) or (cap is not None and failure.seconds > cap):
-                return False
-            shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
-            shard.worker.pause_until(now + max(0.0, failure.seconds))
-            shard.worker.put_front(again)
-            shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
-            return True
+                return error
+            wait, rounds, waited = max(0.0, failure.seconds), job.retry_after_rounds, job.retry_after_total
+            if rounds >= policy.max_retry_after_rounds:
+                bound = f"max_retry_after_rounds is {policy.max_retry_after_rounds}"
+            elif waited + wait > policy.max_retry_after_total:
+                total = policy.max_retry_after_total
+                bound = f"{wait:g} s more would pass max_retry_after_total, {total:g} s"
+            else:
+                again = attrs.evolve(again, retry_after_rounds=rounds + 1, retry_after_total=waited + wait)
+                shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+                shard.worker.pause_until(now + wait)
+                shard.worker.put_front(again)
+                shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
+                return None
+            asked = rounds + 1
+            return (
+                f"{error}; asked to retry later {asked} time{'s' if asked > 1 else ''} "
+                f"over {waited:g} s; giving up ({bound})"
+            )
         if record.retries >= policy.retries:
-            return False
+            return error
         retry = record.retries + 1
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
         shard.worker.put_later(again, now + policy.retry_wait(retry, random.random()))
-        return True
+        return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
         """RUNNING -> FAILED with ``error``; ``tried`` gains ``skipped`` and this source. Lock held."""
@@ -593,6 +621,21 @@ class Engine:
         assert wrote is not None, "RUNNING -> FAILED is always legal"
         return wrote
 
+    def _end_broken_locked(self, shard: _Shard, download_id: str, exc: BaseException) -> None:
+        """End ``download_id`` on ``shard`` after the engine's own step ending it raised ``exc``; lock held.
+
+        The last resort of the steps after ``download_impl``, which a plugin's
+        odd return value or exception could break: logs the traceback, takes
+        the attempt's context away and, if the record is still RUNNING on
+        ``shard``, writes it FAILED with ``exc`` as its error, so the download
+        ends and whoever waits for it can be woken.
+        """
+        shard.logger.error("ending download %s failed: %s", download_id, one_line(exc), exc_info=exc)
+        shard.contexts.pop(download_id, None)
+        record = shard.current(download_id)
+        if record is not None and record.state is State.RUNNING:
+            self._fail_locked(shard, record, f"could not end the download: {one_line(exc)}", ())
+
     def _fall_back(self, shard: _Shard, download_id: str, error: str) -> None:
         """Move a chain download that failed on ``shard`` with ``error`` to the next source that takes it.
 
@@ -600,21 +643,27 @@ class Engine:
         record is still RUNNING on ``shard``. The fallbacks'
         ``translate_target`` hooks run without locks; the move itself is
         :meth:`_move_down`. Fails the download when no source is left, unless
-        it was cancelled or removed meanwhile.
+        it was cancelled or removed meanwhile. Never raises: if a step fails
+        (a fallback's ``translate_target`` raising what its boundary lets
+        through, such as KeyboardInterrupt), the download FAILS instead.
         """
-        record = shard.records.get(download_id)
-        if record is None:
-            return
-        fallbacks = (self._registry.resolve(name) for name in record.fallbacks)
-        taker, declined = find_taker(fallbacks, record.target)
-        if taker is not None:
-            self._move_down(shard, record, error, taker, declined)
-            return
-        with shard.lock:
-            current = shard.records.get(download_id)
-            if current is not None and current.state is State.RUNNING:
-                self._fail_locked(shard, current, error, declined)
-                shard.logger.info("download %s failed on every source of its chain", download_id)
+        try:
+            record = shard.records.get(download_id)
+            if record is None:
+                return
+            fallbacks = (self._registry.resolve(name) for name in record.fallbacks)
+            taker, declined = find_taker(fallbacks, record.target)
+            if taker is not None:
+                self._move_down(shard, record, error, taker, declined)
+                return
+            with shard.lock:
+                current = shard.records.get(download_id)
+                if current is not None and current.state is State.RUNNING:
+                    self._fail_locked(shard, current, error, declined)
+                    shard.logger.info("download %s failed on every source of its chain", download_id)
+        except BaseException as exc:  # the last resort: this runs on a worker or the watchdog thread
+            with shard.lock:
+                self._end_broken_locked(shard, download_id, exc)
 
     def _move_down(
         self, shard: _Shard, record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]

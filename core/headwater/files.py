@@ -63,13 +63,15 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
 def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
     """Delete a file a plugin landed after its download was cancelled.
 
-    Only a regular file inside ``dest_dir`` is ever deleted; anything else is
-    left alone and logged.
+    Only a regular file inside ``dest_dir`` is ever deleted; anything else
+    (whatever the plugin returned: a path with a NUL byte, an object whose
+    ``__fspath__`` raises) is left alone and logged. Never raises but for a
+    failed delete.
     """
     try:
         path, _ = landed_file(dest_dir, returned)
-    except (OSError, TypeError, UnsafePathError) as exc:
-        log.debug("not deleting %r after cancel: %s", returned, exc)
+    except Exception as exc:  # what a plugin returned: any value at all
+        log.debug("not deleting what download_impl returned after cancel: %s", exc)
         return
     path.unlink(missing_ok=True)
     log.debug("deleted %s, landed after its download was cancelled", path)

@@ -76,7 +76,14 @@ class RatePolicy:
         max_retry_after: the longest ``RetryAfter`` the source is paused for;
             a download asked to wait longer FAILS at once with the
             ``RetryAfter`` as its error (in a chain the next source gets it).
-            None (the default) honours any wait.
+            None (the default) honours any wait up to ``max_retry_after_total``.
+        max_retry_after_rounds: the most ``RetryAfter`` pauses one download
+            waits out on this source (>= 0); asked once more, it gives up:
+            FAILED (in a chain the next source gets it) with an error saying
+            how often and for how long it was asked to wait.
+        max_retry_after_total: the most seconds of ``RetryAfter`` pauses one
+            download waits out on this source in all (>= 0); a ``RetryAfter``
+            that would take it past this gives up the same way.
         existing: what a download of this source does when a file already
             has its final name (``ctx.existing``, unless the download was
             submitted with its own choice): ``"rename"`` (the default) lands
@@ -97,6 +104,8 @@ class RatePolicy:
     timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     stall_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     max_retry_after: float | None = attrs.field(default=None, validator=_positive_or_none)
+    max_retry_after_rounds: int = attrs.field(default=10, validator=_count)
+    max_retry_after_total: float = attrs.field(default=600.0, validator=_not_negative)
     existing: Existing = attrs.field(default="rename", validator=_existing_choice)
 
     @property

@@ -68,6 +68,11 @@ class Job:
         display_name: a human name for the download, or None.
         attempt: 1 for the first try on this source, counting up on each new
             attempt on it (a retry, or a try again after a Retry-After pause).
+        retry_after_rounds: the Retry-After pauses this download has waited
+            out on this source so far (``RatePolicy.max_retry_after_rounds``
+            bounds them); counted afresh on each source and by each engine.
+        retry_after_total: the seconds of those pauses in all
+            (``RatePolicy.max_retry_after_total`` bounds them).
     """
 
     id: str
@@ -75,6 +80,8 @@ class Job:
     target: str
     display_name: str | None = None
     attempt: int = 1
+    retry_after_rounds: int = 0
+    retry_after_total: float = 0.0
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -33,6 +34,8 @@ from headwater.policy import RatePolicy
 from headwater.records import Job
 
 T = TypeVar("T")
+
+log = logging.getLogger("headwater")
 
 #: The window ``RatePolicy.per_minute`` counts starts in, in seconds.
 WINDOW = 60.0
@@ -49,11 +52,12 @@ class SourceWorker(Generic[T]):
         begin: called with the lock held when a job is due to start, with the
             clock time the start was decided at; returns a token to run it
             with, or None to drop it (it was cancelled).
-        run: called without the lock to do the job; must not raise, and must
-            call :meth:`finish` (with the lock held) when the job has ended.
-            Returns None, or the next job and token when it began one with
-            :meth:`next_due` in that same locked step; the thread runs that
-            one next.
+        run: called without the lock to do the job; must call :meth:`finish`
+            (with the lock held) once when the job has ended, and should not
+            raise: if it does, the exception is logged and the thread goes on
+            with the next job. Returns None, or the next job and token when it
+            began one with :meth:`next_due` in that same locked step; the
+            thread runs that one next.
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
     """
@@ -217,7 +221,11 @@ class SourceWorker(Generic[T]):
                         self._threads.discard(threading.current_thread())
                         return
             job, token = picked
-            picked = self._run(job, token)
+            try:
+                picked = self._run(job, token)
+            except BaseException:  # the last resort: one job must not end the source's thread
+                log.exception("worker of %s: running job %s raised; going on", self._name, job.id)
+                picked = None
 
     def _next(self, wait: bool = True) -> tuple[Job, T] | None:
         """Wait (lock held) for a job that is due, mark it started, and return it.
