@@ -9,6 +9,7 @@ from headwater.engine import Engine
 from headwater.errors import (
     ConfigError,
     DownloadCancelled,
+    DownloadOwnedError,
     EngineClosedError,
     FieldConflictError,
     HeadwaterError,
@@ -43,6 +44,7 @@ __all__ = [
     "ConfigError",
     "DownloadCancelled",
     "DownloadContext",
+    "DownloadOwnedError",
     "Engine",
     "EngineClosedError",
     "FieldConflictError",

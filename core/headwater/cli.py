@@ -33,7 +33,14 @@ from headwater.config import Config, load_config
 from headwater.discovery import discover
 from headwater.display import follow
 from headwater.engine import Engine
-from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
+from headwater.errors import (
+    ConfigError,
+    DownloadOwnedError,
+    HeadwaterError,
+    StoreError,
+    UnknownDownloadError,
+    UnknownSourceError,
+)
 from headwater.plugin_new import plugin
 from headwater.records import Record, State
 from headwater.sources import PolicyOverride, SourceInfo
@@ -240,7 +247,12 @@ def get(
 @_quiet_option
 @_json_option
 def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool) -> None:
-    """Run the downloads the journal holds unfinished (queued, or running when a process died)."""
+    """Run the downloads headwater processes that have ended left unfinished in the journal.
+
+    Those left queued, and those that were running when their process was
+    interrupted or died. Downloads of headwater processes still running are
+    left to them.
+    """
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()
         if not ids:
@@ -255,6 +267,7 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
 
 @contextmanager
 def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
+    """An engine on the journal that takes nothing over by itself (``start_held`` does)."""
     engine = _app().engine(dest)
     try:
         yield engine
@@ -371,30 +384,40 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
 @click.argument("ids", nargs=-1, required=True)
 @_json_option
 def cancel(ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel queued downloads in the journal (IDS: ids, or unique starts or ends of ids).
+    """Cancel unfinished downloads in the journal (IDS: ids, or unique starts or ends of ids).
 
-    Exit status 1 if one had already ended. Downloads that a running
-    `headwater get` owns are cancelled there, with Ctrl-C.
+    Downloads that headwater processes which have ended (interrupted,
+    killed, crashed) left queued or running are cancelled here. One that a
+    headwater process still running owns is refused, naming the process
+    (exit status 3): stop it, then cancel. Exit status 1 if one had already
+    ended.
     """
+    journal = _app().journal
+    try:
+        picked = _pick(read_records(journal), ids)
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    results: list[tuple[str, bool, str | None]] = []  # id, cancelled by this call, why it was refused
     with _journaled_engine(None) as engine:
-        mine = {r.id for r in engine.records()}
-        journal = read_records(_app().journal)
-        picked = _pick(journal, ids)
-        elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
-        if elsewhere:
-            raise Failure(
-                f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
-                "cancel them there (Ctrl-C)",
-                EXIT_JOURNAL,
-            )
-        results = [(r.id, engine.cancel(r.id)) for r in picked]
-        final = [engine.get(i) for i, _ in results]
+        for record in picked:
+            try:
+                results.append((record.id, engine.cancel(record.id), None))
+            except (DownloadOwnedError, UnknownDownloadError) as exc:
+                results.append((record.id, False, str(exc)))
+            except StoreError as exc:
+                raise Failure(str(exc), EXIT_JOURNAL) from exc
+    final = {r.id: r for r in read_records(journal)}  # as journaled, now that the engine is closed
     if as_json:
-        click.echo(json.dumps([plain(r) for r in final], indent=2))
-    else:
-        for (download_id, cancelled), record in zip(results, final, strict=True):
-            click.echo(f"{download_id}: " + ("cancelled" if cancelled else f"already {record.state.value}"))
-    sys.exit(EXIT_OK if all(c for _, c in results) else EXIT_FAILED)
+        click.echo(json.dumps([plain(final[i]) for i, _, _ in results if i in final], indent=2))
+    for download_id, cancelled, refused in results:
+        if refused is not None:
+            click.echo(f"not cancelled: {refused}", err=True)
+        elif not as_json:
+            state = "cancelled" if cancelled else f"already {final[download_id].state.value}"
+            click.echo(f"{download_id}: {state}")
+    if any(refused for _, _, refused in results):
+        sys.exit(EXIT_JOURNAL)
+    sys.exit(EXIT_OK if all(cancelled for _, cancelled, _ in results) else EXIT_FAILED)
 
 
 @main.command()

@@ -188,12 +188,16 @@ class Engine:
             measured on (default: the real monotonic clock); tests pass a
             :class:`~headwater.clock.ManualClock`.
         store: where records are journaled; None keeps them in memory only
-            (:class:`~headwater.store.MemoryStore`). Records the store holds
-            are loaded now: downloads that were QUEUED or RUNNING when the
-            last engine on it stopped are QUEUED again (a RUNNING one's next
-            attempt counts one more), terminal ones stay as history.
-        hold: keep those requeued downloads from starting until
-            :meth:`start_held` (default: they start at once).
+            (:class:`~headwater.store.MemoryStore`). The store's terminal
+            records are loaded now, as history. Unless ``hold``, the
+            downloads that engines no longer running left QUEUED or RUNNING
+            there (of the loaded sources) are taken over and QUEUED again
+            now (a RUNNING one's next attempt counts one more); those of
+            running engines are left to them.
+        hold: take nothing over until :meth:`start_held` (default: take over
+            and start at once). An engine that is not going to run them
+            (one that only reads, cancels or cleans) passes True, so that
+            they stay free for one that will.
         load: discover only these installed sources (when the environment
             does not restrict loading itself); ignored with ``plugins``.
         block: never load these installed sources; ignored with ``plugins``.
@@ -235,9 +239,10 @@ class Engine:
             self._meta = threading.Lock()
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
-            self._held: dict[str, Job] = {}  # requeued at start, waiting for start_held()
             self._restore_pauses()
-            self._recover(self._store.load(), hold)
+            self._load_history(self._store.load())
+            if not hold:
+                self._requeue(self._store.take_over(self._registry.names()))
         except BaseException:
             self._store.close()
             raise
@@ -290,10 +295,8 @@ class Engine:
             with shard.lock:
                 shard.worker.pause()
 
-    def _recover(self, records: list[Record], hold: bool) -> None:
-        """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
-        now = time.time()
-        requeued: list[tuple[_Shard, Record]] = []
+    def _load_history(self, records: list[Record]) -> None:
+        """Put the store's terminal records in their shards (before any job is queued)."""
         orphans: dict[str, int] = {}
         for record in records:
             try:
@@ -301,45 +304,47 @@ class Engine:
             except HeadwaterError:
                 orphans[record.source] = orphans.get(record.source, 0) + 1
                 continue
-            if not record.state.terminal:
-                record = attrs.evolve(
-                    record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None
-                )
-                requeued.append((shard, record))
             shard.records[record.id] = record
         for source, count in orphans.items():
             log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
+
+    def _requeue(self, records: list[Record]) -> list[str]:
+        """Queue again and start the unfinished ``records`` taken over from the store; return their ids.
+
+        One store commit for all of them, before any is visible or queued.
+        """
+        now = time.time()
+        requeued: list[tuple[_Shard, Record]] = []
+        for record in records:
+            shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
+            record = attrs.evolve(record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None)
+            requeued.append((shard, record))
         if not requeued:
-            return
+            return []
         self._store.commit([record for _, record in requeued])
         for shard, record in requeued:
             name = shard.source.name
             mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
-            if hold:
-                self._held[record.id] = job
-            else:
-                with shard.lock:
-                    shard.worker.put(job)
+            with shard.lock:
+                shard.records[record.id] = record
+                shard.worker.put(job)
         log.info("%d unfinished download(s) from the journal queued again", len(requeued))
+        return [record.id for _, record in requeued]
 
     def start_held(self) -> list[str]:
-        """Start the downloads requeued from the store but held back (``hold=True``).
+        """Take over and start the downloads that engines no longer running left unfinished in the store.
 
-        Returns their ids, oldest first; those cancelled or removed meanwhile
-        are skipped. Calling it again returns an empty list.
+        For an engine made with ``hold=True`` (one made without took them
+        over when it started; a later call takes what has been left since).
+        Only the loaded sources' downloads are taken; those of running
+        engines are left to them. Returns their ids, oldest first (empty
+        when there are none). Raises EngineClosedError after :meth:`close`,
+        StoreError when the store cannot be read.
         """
-        started: list[str] = []
-        while self._held:
-            download_id, job = next(iter(self._held.items()))
-            del self._held[download_id]
-            shard = self._shards[job.source]
-            with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None and record.state is State.QUEUED:
-                    shard.worker.put(job)
-                    started.append(download_id)
-        return started
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        return self._requeue(self._store.take_over(self._registry.names()))
 
     def flush(self) -> None:
         """Make every download submitted so far durable in the store (see :mod:`headwater.store`)."""
@@ -680,10 +685,21 @@ class Engine:
 
         A queued download never starts; a running one is CANCELLED at once and
         its ``ctx.cancelled`` is set. ``source_hint`` (a name or alias) says
-        where to look first. Raises UnknownDownloadError for an unknown id.
+        where to look first.
+
+        An id this engine does not hold is looked up in the store: a download
+        an engine no longer running left unfinished there is CANCELLED in the
+        store directly, without taking over anything else, and one that has
+        ended since gives False; either way this engine holds its record from
+        then on (if its source is loaded). Raises UnknownDownloadError for an
+        id neither knows, DownloadOwnedError for one a running engine
+        elsewhere owns, and StoreError when the store cannot be used.
         """
         while True:
-            shard = self._find(download_id, source_hint)
+            try:
+                shard = self._find(download_id, source_hint)
+            except UnknownDownloadError:
+                return self._cancel_left(download_id)
             with shard.lock:
                 record = shard.records.get(download_id)
                 if record is not None:
@@ -692,6 +708,17 @@ class Engine:
             self._raise_unless_moved(download_id, shard)
         if cancelled:
             self._notify_ended(download_id)
+        return cancelled
+
+    def _cancel_left(self, download_id: str) -> bool:
+        """Cancel in the store a download this engine does not hold (see :meth:`cancel`)."""
+        record, cancelled = self._store.cancel_left(download_id)
+        try:
+            shard = self._shard(self._registry.resolve(record.source).name)
+        except HeadwaterError:
+            return cancelled  # a source not loaded: the store alone holds its record
+        with shard.lock:
+            shard.records.setdefault(download_id, record)
         return cancelled
 
     def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
