@@ -1,5 +1,7 @@
-"""What a killed ``headwater`` leaves, with real processes and real signals.
+"""What an interrupted or killed ``headwater`` leaves, with real processes and real signals.
 
+- Ctrl-C (SIGINT) and SIGTERM stop ``get`` without cancelling: the record
+  stays unfinished, the ``.part`` is kept, ``resume`` continues it.
 - What a dead process left is resumable and cancellable while other
   headwater processes run; a live process's downloads are refused to others.
 """
@@ -7,19 +9,25 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from localhttp import LocalServer, Resource, serving
 from slow_plugin import install
 
 from headwater import Record, State
 from headwater.store import read_records
 
 pytestmark = pytest.mark.timeout(120)
+
+CHUNK = 16 << 10
+DATA = os.urandom(256 * CHUNK)  # 4 MiB, sent a chunk per gate release
 
 
 def env_for(home: Path, plugins: Path | None = None) -> dict[str, str]:
@@ -31,6 +39,11 @@ def env_for(home: Path, plugins: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as Python expects it, even if the test runner ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "headwater.cli", *args],
@@ -39,6 +52,7 @@ def start(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
@@ -62,6 +76,61 @@ def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
 
 def journaled(home: Path) -> dict[str, Record]:
     return {r.id: r for r in read_records(home / "journal.sqlite3")}
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with serving() as srv:
+        yield srv
+
+
+# -- item 6: Ctrl-C and SIGTERM interrupt, only cancel cancels ---------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_keeps_the_part_and_resume_continues_it(
+    tmp_path: Path, server: LocalServer, signum: int, code: int, word: str
+) -> None:
+    gate = threading.Semaphore(0)
+    res = Resource(DATA, gate=gate, chunk=CHUNK)
+    url = server.add("/big.bin", res)
+    home, dest = tmp_path / "home", tmp_path / "out"
+    env = env_for(home)
+    child = start(env, "get", "http", url, "--dest", str(dest), cwd=tmp_path)
+    part = dest / "big.bin.part"
+    gate.release(32)  # 512 KiB, then nothing until the signal
+    until("512 KiB in the .part", lambda: part.exists() and part.stat().st_size == 32 * CHUNK)
+    until(
+        "the download journaled RUNNING",
+        lambda: [r.state for r in journaled(home).values()] == [State.RUNNING],
+    )
+    child.send_signal(signum)
+    while child.poll() is None:  # a chunk at a time, so the source sees the stop between two of them
+        gate.release(1)
+        time.sleep(0.02)
+    _, err = child.communicate(timeout=10)
+    assert child.returncode == code, err
+    assert f"{word}: stopped 1 running download(s); 1 unfinished stay in the journal" in err
+    assert "headwater resume" in err
+
+    (record,) = journaled(home).values()
+    assert record.state is State.QUEUED, record  # not CANCELLED, not FAILED
+    kept = part.stat().st_size
+    assert kept >= 32 * CHUNK and record.transferred > 0 and record.attempts == 1
+    assert (dest / "big.bin.part.json").exists()
+    assert not (dest / "big.bin").exists()
+
+    gate.release(10 * len(DATA) // CHUNK)  # plenty: requests the client dropped take their share too
+    resumed = run(env, "resume", "--dest", str(dest), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == f"{url} -> {dest.resolve() / 'big.bin'}"
+    assert (dest / "big.bin").read_bytes() == DATA
+    assert res.requests[-1]["range"] == f"bytes={kept}-" and res.requests[-1]["if-range"] == '"v1"'
+    assert sorted(p.name for p in dest.iterdir()) == ["big.bin"]
+    (record,) = journaled(home).values()
+    assert record.state is State.COMPLETED and record.attempts == 2
 
 
 # -- item 5: ownership follows liveness ------------------------------------------

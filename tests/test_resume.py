@@ -1,4 +1,4 @@
-"""What a stopped engine leaves is the next runner's, and cancellable by anyone.
+"""What a stopped engine leaves: whose it is, and that stopping keeps it resumable.
 
 An engine "dies" here by ending its journal session (its store is closed
 under it, which drops the session's lock as a killed process would) while
@@ -9,6 +9,7 @@ does the same with real processes and real signals.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -16,11 +17,15 @@ import pytest
 from instrumented import InstrumentedSource
 
 from headwater import (
+    DownloadCancelled,
+    DownloadContext,
     DownloadOwnedError,
     Engine,
+    Job,
     RatePolicy,
     State,
     UnknownDownloadError,
+    hookimpl,
 )
 from headwater.store import SQLiteStore, read_records
 
@@ -148,3 +153,101 @@ def test_a_cancel_and_a_takeover_at_once_never_both_win(
     assert (outcome["cancel"], taken) in ((True, False), ("refused", True)), outcome
     state = {r.id: r.state for r in read_records(journal)}[running]
     assert state is (State.CANCELLED if not taken else State.RUNNING)
+
+
+# -- item 6: an interrupt stops without cancelling -----------------------------------
+
+
+class Resumable:
+    """A source that writes ``<target>.part`` a piece at a time and keeps it only when interrupted.
+
+    Each piece waits on ``pieces`` (released by the test), so the test knows
+    how far a download got; the next call carries on from the ``.part``.
+    """
+
+    PIECE = b"0123456789" * 100
+    PIECES = 5
+
+    def __init__(self) -> None:
+        self.pieces = threading.Semaphore(0)
+        self.started = threading.Semaphore(0)
+        self.resumed_from: list[int] = []  # .part size at each start
+        self.saw: list[tuple[bool, bool]] = []  # (cancelled, interrupted) when it stopped
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        part = ctx.dest_dir / f"{job.target}.part"
+        done = part.stat().st_size if part.exists() else 0
+        self.resumed_from.append(done)
+        self.started.release()
+        with part.open("ab") as out:
+            while done < self.PIECES * len(self.PIECE):
+                while not self.pieces.acquire(timeout=0.01):
+                    if ctx.cancelled.is_set():
+                        self.saw.append((ctx.cancelled.is_set(), ctx.interrupted.is_set()))
+                        out.close()
+                        if not ctx.interrupted.is_set():
+                            part.unlink()
+                        raise DownloadCancelled(f"stopped after {done} bytes")
+                out.write(self.PIECE)
+                out.flush()
+                done += len(self.PIECE)
+                ctx.progress(done, self.PIECES * len(self.PIECE))
+        return part.replace(ctx.dest_dir / job.target)
+
+    @hookimpl
+    def rate_policy(self) -> RatePolicy:
+        return RatePolicy(concurrency=2)
+
+
+def test_close_with_interrupt_leaves_running_downloads_unfinished_and_resumable(
+    on_journal: OnJournal, journal: Path
+) -> None:
+    src = Resumable()
+    first = on_journal({"r": src})
+    rid = first.submit("r", "file.bin")
+    assert src.started.acquire(timeout=10)
+    src.pieces.release(2)
+    part = first.dest_dir / "file.bin.part"
+    deadline = time.monotonic() + 10
+    while first.get(rid).transferred < 2 * len(Resumable.PIECE):
+        assert time.monotonic() < deadline, "the first two pieces never arrived"
+        time.sleep(0.01)
+    assert first.close(timeout=10, interrupt=True) == []  # download_impl returned within the timeout
+    assert src.saw == [(True, True)]
+    record = {r.id: r for r in read_records(journal)}[rid]
+    assert record.state is State.QUEUED, record  # not CANCELLED, not FAILED: unfinished
+    assert record.transferred == 2 * len(Resumable.PIECE) and record.attempts == 1 and record.error is None
+    assert part.stat().st_size == 2 * len(Resumable.PIECE)
+
+    second = on_journal({"r": src})
+    src.pieces.release(Resumable.PIECES)
+    done = second.wait([rid], timeout=10)[0]
+    assert done.state is State.COMPLETED and done.attempts == 2
+    assert src.resumed_from == [0, 2 * len(Resumable.PIECE)]
+    assert Path(done.file_path or "").read_bytes() == Resumable.PIECE * Resumable.PIECES
+
+
+def test_close_without_interrupt_still_cancels(on_journal: OnJournal, journal: Path) -> None:
+    src = Resumable()
+    engine = on_journal({"r": src})
+    rid = engine.submit("r", "file.bin")
+    assert src.started.acquire(timeout=10)
+    assert engine.close(timeout=10) == []
+    assert src.saw == [(True, False)]
+    assert {r.id: r.state for r in read_records(journal)}[rid] is State.CANCELLED
+    assert not (engine.dest_dir / "file.bin.part").exists()
+
+
+def test_a_download_that_lands_its_file_while_interrupted_is_completed(
+    on_journal: OnJournal, journal: Path
+) -> None:
+    src = InstrumentedSource("a")
+    engine = on_journal({"a": src})
+    rid = engine.submit("a", "ignore-cancel:k")
+    src.wait_started(1)
+    threading.Timer(0.2, src.release, ("k",)).start()  # lands its file after the interrupt
+    assert engine.close(timeout=10, interrupt=True) == []
+    record = {r.id: r for r in read_records(journal)}[rid]
+    assert record.state is State.COMPLETED
+    assert Path(record.file_path or "").exists()

@@ -14,14 +14,21 @@ class DownloadContext:
 
     Attributes:
         dest_dir: an existing folder; the download must land inside it.
-        cancelled: set when the download is cancelled (or the engine closes).
+        cancelled: set when the download must stop: it was cancelled, it
+            timed out, or it was interrupted.
             Check it between chunks and stop promptly; what lands after a
             cancel is deleted.
+        interrupted: set, before ``cancelled``, when the download is
+            stopped without being cancelled (the engine closes with
+            ``interrupt=True``: Ctrl-C or SIGTERM in the command line). The
+            record stays unfinished and a later engine resumes it: keep
+            what a resume continues from (a ``.part``), where on a cancel
+            you would remove it.
         logger: a logger named ``headwater.source.<name>``.
         started: when the download started, on the engine's clock (``now``).
     """
 
-    __slots__ = ("dest_dir", "cancelled", "logger", "started", "_last", "_now")
+    __slots__ = ("dest_dir", "cancelled", "interrupted", "logger", "started", "_last", "_now")
 
     def __init__(
         self,
@@ -32,6 +39,7 @@ class DownloadContext:
     ) -> None:
         self.dest_dir = dest_dir
         self.cancelled = threading.Event()
+        self.interrupted = threading.Event()
         self.logger = logger
         self._now = now
         self.started = now() if started is None else started

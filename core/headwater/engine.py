@@ -464,6 +464,9 @@ class Engine:
     def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
 
+        An interrupted download (see :meth:`close`) that did not land its
+        file goes back to QUEUED, whatever ``download_impl`` raised.
+
         In the same locked step, and the same store commit, it begins the
         source's next job if one may start right now, and returns it for the
         worker thread to run next (None if none was due).
@@ -506,6 +509,9 @@ class Engine:
                         time_remaining=None,
                         error=None,
                     )
+                elif ctx.interrupted.is_set():  # stopped, not ended: unfinished, for a later engine to resume
+                    stopped = _with_progress(record, ctx)
+                    wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                 elif not self._try_again_locked(shard, job, _with_progress(record, ctx), error, failure):
                     wrote = record
                     fall_back = bool(record.fallbacks)
@@ -876,8 +882,15 @@ class Engine:
 
     # -- closing -----------------------------------------------------------
 
-    def close(self, timeout: float = 5.0) -> list[Record]:
+    def close(self, timeout: float = 5.0, *, interrupt: bool = False) -> list[Record]:
         """Stop: cancel running downloads, leave queued ones QUEUED, end the threads.
+
+        With ``interrupt``, running downloads are stopped without being
+        cancelled: their ``ctx.interrupted`` and then ``ctx.cancelled`` are
+        set, and each whose ``download_impl`` then returns without a file
+        goes back to QUEUED (one that lands its file is COMPLETED), so that a
+        later engine on the store resumes it; one whose ``download_impl``
+        has not returned stays RUNNING, which a later engine resumes too.
 
         Returns within about ``timeout`` seconds even if a plugin hangs, with
         the records of downloads whose ``download_impl`` had not returned by
@@ -890,10 +903,15 @@ class Engine:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.worker.close()
-                for download_id in list(shard.contexts):
+                for download_id, ctx in list(shard.contexts.items()):
                     record = shard.records.get(download_id)
-                    if record is not None:
+                    if record is None:
+                        continue
+                    if not interrupt:
                         self._cancel_locked(shard, record)
+                    elif record.state is State.RUNNING:  # not one cancelled meanwhile
+                        ctx.interrupted.set()
+                        ctx.cancelled.set()
                 threads += shard.worker.thread_objects()
         watchdog = self._watchdog.close()
         if watchdog is not None:

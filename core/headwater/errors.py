@@ -91,7 +91,8 @@ class DownloadOwnedError(HeadwaterError):
     ``download_id`` is the download, ``owner`` says who owns it
     (``"headwater process 1234"``, or ``"another engine in this process"``).
     The message says how to get it: through that engine, or by stopping it
-    first.
+    first (Ctrl-C or SIGTERM leave a ``headwater`` process's downloads
+    resumable by anyone).
     """
 
     def __init__(self, download_id: str, owner: str) -> None:
@@ -99,7 +100,7 @@ class DownloadOwnedError(HeadwaterError):
         self.owner = owner
         super().__init__(
             f"download {download_id} belongs to {owner}, which is still running: cancel it through "
-            "that engine, or stop it and cancel it then"
+            "that engine, or stop it (Ctrl-C or SIGTERM keep its downloads resumable) and cancel it then"
         )
 
 
