@@ -4,6 +4,7 @@
   stays unfinished, the ``.part`` is kept, ``resume`` continues it.
 - What a dead process left is resumable and cancellable while other
   headwater processes run; a live process's downloads are refused to others.
+- ``resume`` lands each download in the folder its ``get`` sent it to.
 """
 
 from __future__ import annotations
@@ -193,3 +194,24 @@ def test_a_dead_process_downloads_stay_resumable_and_cancellable_beside_a_live_o
     finally:
         live.kill()
         live.communicate(timeout=10)
+
+
+# -- item 7: resume lands files where get sent them ---------------------------------
+
+
+def test_resume_lands_files_in_the_folder_get_sent_them_to(tmp_path: Path) -> None:
+    plugins = install(tmp_path / "plugins")
+    home, sent_to, elsewhere = tmp_path / "home", tmp_path / "sent-to", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = env_for(home, plugins)
+    crashed = start(env, "get", "slow", "40", "--dest", str(sent_to), cwd=tmp_path)
+    until("the download running", lambda: [r.state for r in journaled(home).values()] == [State.RUNNING])
+    crashed.kill()
+    crashed.wait(10)
+
+    resumed = run(env, "resume", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    (record,) = journaled(home).values()
+    assert record.state is State.COMPLETED and record.dest_dir == str(sent_to.resolve())
+    assert Path(record.file_path or "").parent == sent_to.resolve()
+    assert list(elsewhere.iterdir()) == []

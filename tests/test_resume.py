@@ -1,4 +1,4 @@
-"""What a stopped engine leaves: whose it is, and that stopping keeps it resumable.
+"""What a stopped engine leaves: whose it is, that stopping keeps it resumable, and where it lands.
 
 An engine "dies" here by ending its journal session (its store is closed
 under it, which drops the session's lock as a killed process would) while
@@ -8,6 +8,8 @@ does the same with real processes and real signals.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -251,3 +253,73 @@ def test_a_download_that_lands_its_file_while_interrupted_is_completed(
     record = {r.id: r for r in read_records(journal)}[rid]
     assert record.state is State.COMPLETED
     assert Path(record.file_path or "").exists()
+
+
+# -- item 7: each download keeps its own destination -------------------------------
+
+
+def test_each_download_lands_in_its_own_folder(tmp_path: Path, on_journal: OnJournal) -> None:
+    engine = on_journal({"a": InstrumentedSource("a")})
+    mine = engine.submit("a", "ok:x", dest_dir=tmp_path / "new" / "folder")
+    default = engine.submit("a", "ok:y")
+    ended = engine.wait([mine, default], timeout=10)
+    assert [r.state for r in ended] == [State.COMPLETED, State.COMPLETED]
+    folder = (tmp_path / "new" / "folder").resolve()
+    assert ended[0].dest_dir == str(folder) and Path(ended[0].file_path or "").parent == folder
+    assert (
+        ended[1].dest_dir == str(engine.dest_dir) and Path(ended[1].file_path or "").parent == engine.dest_dir
+    )
+
+
+class LandsElsewhere:
+    """Writes its file into the folder named by the target, whatever ``ctx.dest_dir`` says."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        path = Path(job.target) / "file.bin"
+        path.write_bytes(b"data")
+        return path
+
+
+def test_a_file_outside_the_download_folder_fails_even_inside_the_engine_folder(
+    tmp_path: Path, on_journal: OnJournal
+) -> None:
+    engine = on_journal({"x": LandsElsewhere()})
+    rid = engine.submit("x", str(engine.dest_dir), dest_dir=tmp_path / "own")
+    record = engine.wait([rid], timeout=10)[0]
+    assert record.state is State.FAILED and "outside the destination folder" in (record.error or "")
+    assert str((tmp_path / "own").resolve()) in (record.error or "")
+
+
+def test_a_resumed_download_lands_where_it_was_sent(
+    tmp_path: Path, on_journal: OnJournal, journal: Path
+) -> None:
+    running, queued = left_behind(on_journal, journal)
+    src = InstrumentedSource("a")
+    elsewhere = on_journal({"a": src}, "elsewhere")
+    src.release("r")
+    src.release("q")
+    ended = elsewhere.wait([running, queued], timeout=10)
+    assert [r.state for r in ended] == [State.COMPLETED, State.COMPLETED]
+    sent_to = (tmp_path / "dest").resolve()
+    assert all(Path(r.file_path or "").parent == sent_to and r.dest_dir == str(sent_to) for r in ended)
+    assert not list(elsewhere.dest_dir.iterdir())
+
+
+def test_a_record_of_an_older_journal_lands_in_the_resuming_engine_folder(
+    on_journal: OnJournal, journal: Path
+) -> None:
+    running, _ = left_behind(on_journal, journal)
+    conn = sqlite3.connect(journal)  # make it a journal written before records had dest_dir
+    with conn:
+        conn.execute("UPDATE records SET data = json_remove(data, '$.dest_dir')")
+    rows = conn.execute("SELECT data FROM records").fetchall()
+    conn.close()
+    assert rows and all("dest_dir" not in json.loads(data) for (data,) in rows)
+    assert all(r.dest_dir is None for r in read_records(journal))
+    src = InstrumentedSource("a")
+    resumer = on_journal({"a": src}, "resumer")
+    src.release("r")
+    record = resumer.wait([running], timeout=10)[0]
+    assert record.state is State.COMPLETED and record.dest_dir == str(resumer.dest_dir)
+    assert Path(record.file_path or "").parent == resumer.dest_dir

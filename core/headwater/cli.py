@@ -277,7 +277,13 @@ def get(
 
 
 @main.command()
-@_dest_option
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for downloads whose record names none (journals of older versions); "
+    "every other download lands where its `get` sent it.",
+)
 @_timeout_option
 @_quiet_option
 @_json_option
@@ -285,8 +291,8 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
     """Run the downloads headwater processes that have ended left unfinished in the journal.
 
     Those left queued, and those that were running when their process was
-    interrupted or died. Downloads of headwater processes still running are
-    left to them.
+    interrupted or died; each lands in the folder its `get` sent it to.
+    Downloads of headwater processes still running are left to them.
     """
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()

@@ -13,7 +13,8 @@ class DownloadContext:
     """What the engine hands to ``download_impl`` beside the job.
 
     Attributes:
-        dest_dir: an existing folder; the download must land inside it.
+        dest_dir: the download's own folder (existing, resolved); it must
+            land inside it.
         cancelled: set when the download must stop: it was cancelled, it
             timed out, or it was interrupted.
             Check it between chunks and stop promptly; what lands after a

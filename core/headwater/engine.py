@@ -312,12 +312,21 @@ class Engine:
         """Queue again and start the unfinished ``records`` taken over from the store; return their ids.
 
         One store commit for all of them, before any is visible or queued.
+        A record of an older journal, which names no ``dest_dir``, lands in
+        this engine's.
         """
         now = time.time()
         requeued: list[tuple[_Shard, Record]] = []
         for record in records:
             shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
-            record = attrs.evolve(record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None)
+            record = attrs.evolve(
+                record,
+                state=State.QUEUED,
+                updated_at=now,
+                speed=0.0,
+                time_remaining=None,
+                dest_dir=record.dest_dir or str(self.dest_dir),
+            )
             requeued.append((shard, record))
         if not requeued:
             return []
@@ -363,7 +372,12 @@ class Engine:
     # -- submitting --------------------------------------------------------
 
     def submit(
-        self, source: str | Sequence[str] | Chain, target: str, *, display_name: str | None = None
+        self,
+        source: str | Sequence[str] | Chain,
+        target: str,
+        *,
+        display_name: str | None = None,
+        dest_dir: str | os.PathLike[str] | None = None,
     ) -> str:
         """Queue a download of ``target``; return its id.
 
@@ -373,17 +387,27 @@ class Engine:
         ``translate_target`` declines the target are skipped and listed in the
         record's ``tried``.
 
-        Returns at once: no thread is started per job. Raises
-        UnknownSourceError, ValueError for an empty target,
-        TargetRejectedError when no source can take the target,
-        FieldConflictError or PluginError when the first source's
-        ``record_fields`` misbehaves, and EngineClosedError after :meth:`close`.
+        ``dest_dir`` is the folder this download lands in (default: the
+        engine's ``dest_dir``); it is created if missing, resolved, and kept
+        in the record, so that whoever resumes the download lands it there.
+
+        Returns at once: no thread is started per job (a ``dest_dir`` costs
+        one ``mkdir`` and one ``resolve``). Raises UnknownSourceError,
+        ValueError for an empty target, TargetRejectedError when no source can
+        take the target, FieldConflictError or PluginError when the first
+        source's ``record_fields`` misbehaves, OSError when ``dest_dir``
+        cannot be created, and EngineClosedError after :meth:`close`.
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
         chain = resolve_chain(self._registry, source)
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
+        folder = self.dest_dir
+        if dest_dir is not None:
+            folder = Path(dest_dir).expanduser()
+            folder.mkdir(parents=True, exist_ok=True)
+            folder = folder.resolve()
         job_target: str = target
         tried: tuple[Tried, ...] = ()
         if chain[0].translate is not None:
@@ -392,7 +416,18 @@ class Engine:
         job = Job(_new_id(), src.name, job_target, display_name)
         username, extra = self._fields(src, job)
         now = time.time()
-        record = Record(job.id, src.name, target, display_name, username, State.QUEUED, now, now, extra=extra)
+        record = Record(
+            job.id,
+            src.name,
+            target,
+            display_name,
+            username,
+            State.QUEUED,
+            now,
+            now,
+            extra=extra,
+            dest_dir=str(folder),
+        )
         shard = self._shard(src.name)
         if len(chain) > 1 or tried:
             record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
@@ -454,7 +489,8 @@ class Engine:
         record = shard.current(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
-        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now)
+        folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
+        ctx = DownloadContext(folder, shard.logger, self._clock.now, now)
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
         if shard.source.policy.watched:
@@ -482,7 +518,7 @@ class Engine:
             if returned is None:
                 error = "declined: download_impl returned None"
             else:
-                path, size = landed_file(self.dest_dir, returned)
+                path, size = landed_file(ctx.dest_dir, returned)
         except BaseException as exc:  # the boundary: nothing a plugin raises escapes
             error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)
@@ -519,7 +555,7 @@ class Engine:
                         wrote = self._fail_locked(shard, _with_progress(record, ctx), error, ())
             if wrote is None and returned is not None:
                 # Cancelled or removed meanwhile: the file goes before the job counts as ended.
-                discard_landed(self.dest_dir, returned)
+                discard_landed(ctx.dest_dir, returned)
             shard.worker.finish()
             follow = shard.worker.next_due()
         if fall_back:

@@ -103,6 +103,11 @@ class Record:
     ``fallbacks`` the sources still to try. ``attempts`` counts every start
     on every source; ``retries`` the retries used on the current source.
     ``error`` is the latest error, also while a retry is queued.
+
+    ``dest_dir`` is the folder the download lands in (absolute, resolved),
+    chosen at submit and kept across restarts; None only in records of
+    journals written before it existed, which an engine that runs them
+    reads as its own ``dest_dir``.
     """
 
     id: str
@@ -127,6 +132,7 @@ class Record:
     tried: tuple[Tried, ...] = ()
     fallbacks: tuple[str, ...] = ()
     retries: int = 0
+    dest_dir: str | None = None
 
     @property
     def name(self) -> str:
