@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from localhttp import LocalServer, Resource, Step, serving
 
-from headwater import Engine, RatePolicy, State
+from headwater import Engine, RatePolicy, SQLiteStore, State
 from headwater_ytdlp import YtDlpSource, youtube_id
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,18 +50,29 @@ def test_downloads_a_direct_media_link(server, engine):
     assert sorted(p.name for p in engine.dest_dir.iterdir()) == ["clip [clip].mp4"]
 
 
-def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
-    pytest.importorskip("yt_dlp")
+def slow_media(server: LocalServer) -> tuple[Resource, threading.Semaphore, str]:
+    """A media file served a 10 kB chunk per release of the returned gate (the probe ungated)."""
     gate = threading.Semaphore(0)
     # the first request is the generic extractor's probe: let it through ungated
     slow = Resource(MEDIA, headers=VIDEO, gate=gate, chunk=10_000, script=[Step(ungated=True)])
-    url = server.add("/media/slow.mp4", slow)
+    return slow, gate, server.add("/media/slow.mp4", slow)
+
+
+def started_with_progress(engine: Engine, url: str, gate: threading.Semaphore) -> str:
+    """Submit ``url``, let three chunks through, return the id once progress reached the record."""
     rid = engine.submit("yt-dlp", url)
     gate.release(3)
     deadline = time.monotonic() + 20
     while engine.get(rid).transferred == 0:
         assert time.monotonic() < deadline, "no progress reached the record"
         time.sleep(0.02)
+    return rid
+
+
+def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
+    pytest.importorskip("yt_dlp")
+    slow, gate, url = slow_media(server)
+    rid = started_with_progress(engine, url, gate)
     assert engine.cancel(rid)
     gate.release(2)
     deadline = time.monotonic() + 20
@@ -125,3 +136,30 @@ def test_hostile_titles_go_through_the_sanitiser(server, engine):
     assert "\u202e" not in path.name and "/" not in path.name
     assert path.name.startswith("_CON")
     assert path.read_bytes() == MEDIA
+
+
+def test_an_interrupt_keeps_the_partial_file_and_the_next_engine_continues_it(server, tmp_path):
+    pytest.importorskip("yt_dlp")
+    slow, gate, url = slow_media(server)
+    journal, dest = tmp_path / "journal.sqlite3", tmp_path / "dest"
+    policies = {"yt-dlp": RatePolicy(1, 0)}
+    first = Engine(dest, plugins={"yt-dlp": YtDlpSource()}, policies=policies, store=SQLiteStore(journal))
+    rid = started_with_progress(first, url, gate)
+    stopper = threading.Thread(target=first.close, kwargs={"timeout": 20, "interrupt": True})
+    stopper.start()
+    while stopper.is_alive():  # a chunk at a time until the hook sees the stop
+        gate.release(1)
+        stopper.join(0.05)
+    assert first.get(rid).state is State.QUEUED
+    (part,) = dest.glob("*.part")
+    kept = part.stat().st_size
+    assert kept > 0
+
+    gate.release(1000)
+    with Engine(
+        dest, plugins={"yt-dlp": YtDlpSource()}, policies=policies, store=SQLiteStore(journal)
+    ) as again:
+        rec = again.wait([rid], timeout=50)[0]
+    assert rec.state is State.COMPLETED, rec.error
+    assert Path(rec.file_path).read_bytes() == MEDIA
+    assert slow.requests[-1].get("range") == f"bytes={kept}-"

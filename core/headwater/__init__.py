@@ -9,6 +9,7 @@ from headwater.engine import Engine
 from headwater.errors import (
     ConfigError,
     DownloadCancelled,
+    DownloadOwnedError,
     EngineClosedError,
     ExistingFileKept,
     FieldConflictError,
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "DownloadCancelled",
     "DownloadContext",
+    "DownloadOwnedError",
     "Engine",
     "EngineClosedError",
     "ExistingFileKept",

@@ -10,7 +10,8 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
 - 3: the journal cannot be used (it is damaged, another program's, or from a
   newer headwater), or ``cancel`` named a download another running headwater
   process owns;
-- 130: interrupted (Ctrl-C).
+- 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); either way the
+  unfinished downloads stay in the journal for ``resume``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import logging
 import math
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import attrs
 import click
@@ -34,17 +37,59 @@ from headwater.config import Config, load_config
 from headwater.discovery import discover
 from headwater.display import follow
 from headwater.engine import Engine
-from headwater.errors import ConfigError, HeadwaterError, StoreError, UnknownSourceError
+from headwater.errors import (
+    ConfigError,
+    DownloadOwnedError,
+    HeadwaterError,
+    StoreError,
+    UnknownDownloadError,
+    UnknownSourceError,
+)
 from headwater.files import EXISTING_CHOICES, Existing
 from headwater.plugin_new import plugin
 from headwater.records import Record, State
 from headwater.sources import PolicyOverride, SourceInfo
 from headwater.store import SQLiteStore, default_journal, plain, read_records
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
-#: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C.
+#: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
 INTERRUPT_GRACE = 1.5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while a command holds the journal: handled as Ctrl-C is."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within it, SIGTERM raises :class:`Terminated` in the main thread (elsewhere it changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_interrupts() -> None:
+    """A second Ctrl-C or SIGTERM must not break the shutdown that the first one began."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _interrupted(exc: KeyboardInterrupt, what: str) -> Failure:
+    """The error to exit with after Ctrl-C (130) or SIGTERM (143): ``interrupted: what``."""
+    if isinstance(exc, Terminated):
+        return Failure(f"terminated: {what}", EXIT_TERMINATED)
+    return Failure(f"interrupted: {what}", EXIT_INTERRUPTED)
 
 
 class Failure(click.ClickException):
@@ -251,8 +296,9 @@ def get(
 ) -> None:
     """Download TARGETS from SOURCE (a name or alias), wait, and print where each file went.
 
-    Ctrl-C cancels the running downloads; queued ones stay in the journal
-    for `headwater resume`.
+    Ctrl-C (or SIGTERM) stops the running downloads without cancelling them:
+    they and the queued ones stay in the journal, partial files kept, for
+    `headwater resume`.
     """
     chain = [source, *(name.strip() for name in via.split(",") if name.strip())]
     with _journaled_engine(dest) as engine:
@@ -260,22 +306,29 @@ def get(
             ids = [engine.submit(chain if len(chain) > 1 else source, t, existing=existing) for t in targets]
         except (HeadwaterError, ValueError) as exc:
             raise Failure(str(exc), EXIT_USAGE) from exc
-        except KeyboardInterrupt:
-            raise Failure(
-                "interrupted while queueing; what was queued stays in the journal", EXIT_INTERRUPTED
-            ) from None
         engine.flush()
         records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
     _finish(records, as_json)
 
 
 @main.command()
-@_dest_option
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for downloads whose record names none (journals of older versions); "
+    "every other download lands where its `get` sent it.",
+)
 @_timeout_option
 @_quiet_option
 @_json_option
 def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool) -> None:
-    """Run the downloads the journal holds unfinished (queued, or running when a process died)."""
+    """Run the downloads headwater processes that have ended left unfinished in the journal.
+
+    Those left queued, and those that were running when their process was
+    interrupted or died; each lands in the folder its `get` sent it to.
+    Downloads of headwater processes still running are left to them.
+    """
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()
         if not ids:
@@ -290,17 +343,28 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
 
 @contextmanager
 def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
+    """An engine on the journal that takes nothing over by itself (``start_held`` does).
+
+    Within it SIGTERM is handled as Ctrl-C. It is closed with ``interrupt``:
+    nothing is ever cancelled by stopping, and a Ctrl-C or SIGTERM that
+    :func:`_watch` did not handle exits with 130 or 143.
+    """
     engine = _app().engine(dest)
     try:
-        yield engine
+        with _sigterm_interrupts():
+            yield engine
+    except KeyboardInterrupt as exc:
+        _ignore_interrupts()
+        engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
+        raise _interrupted(exc, "unfinished downloads stay in the journal for `headwater resume`") from None
     finally:
-        engine.close()
+        engine.close(interrupt=True)
 
 
 def _watch(
     engine: Engine, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
-    """Follow ``ids`` to their end; on Ctrl-C or timeout, stop cleanly and exit."""
+    """Follow ``ids`` to their end; on Ctrl-C, SIGTERM or timeout, stop them (nothing cancelled) and exit."""
     err = Console(stderr=True)
     console = err if err.is_terminal and not quiet and not as_json else None
 
@@ -316,16 +380,16 @@ def _watch(
     try:
         records = follow(engine, ids, report, console=console, timeout=timeout)
     except (KeyboardInterrupt, TimeoutError) as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the shutdown
+        _ignore_interrupts()
         running = sum(1 for i in ids if engine.get(i).state is State.RUNNING)
-        engine.close(timeout=INTERRUPT_GRACE)
-        queued = sum(1 for i in ids if engine.get(i).state is State.QUEUED)
-        why = "interrupted" if interrupted else str(exc)
-        message = f"{why}: cancelled {running} running download(s)"
-        if queued:
-            message += f"; {queued} queued stay in the journal: run `headwater resume`"
-        raise Failure(message, EXIT_INTERRUPTED if interrupted else EXIT_FAILED) from None
+        engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
+        unfinished = sum(1 for i in ids if not engine.get(i).state.terminal)
+        what = f"stopped {running} running download(s)"
+        if unfinished:
+            what += f"; {unfinished} unfinished stay in the journal: run `headwater resume` to continue them"
+        if isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(exc, what) from None
+        raise Failure(f"{exc}: {what}", EXIT_FAILED) from None
     if console is not None:
         for record in records:
             _result_line(record)
@@ -407,30 +471,40 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
 @click.argument("ids", nargs=-1, required=True)
 @_json_option
 def cancel(ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel queued downloads in the journal (IDS: ids, or unique starts or ends of ids).
+    """Cancel unfinished downloads in the journal (IDS: ids, or unique starts or ends of ids).
 
-    Exit status 1 if one had already ended. Downloads that a running
-    `headwater get` owns are cancelled there, with Ctrl-C.
+    Downloads that headwater processes which have ended (interrupted,
+    killed, crashed) left queued or running are cancelled here. One that a
+    headwater process still running owns is refused, naming the process
+    (exit status 3): stop it (Ctrl-C keeps its downloads resumable), then
+    cancel. Exit status 1 if one had already ended.
     """
+    journal = _app().journal
+    try:
+        picked = _pick(read_records(journal), ids)
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    results: list[tuple[str, bool, str | None]] = []  # id, cancelled by this call, why it was refused
     with _journaled_engine(None) as engine:
-        mine = {r.id for r in engine.records()}
-        journal = read_records(_app().journal)
-        picked = _pick(journal, ids)
-        elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
-        if elsewhere:
-            raise Failure(
-                f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
-                "cancel them there (Ctrl-C)",
-                EXIT_JOURNAL,
-            )
-        results = [(r.id, engine.cancel(r.id)) for r in picked]
-        final = [engine.get(i) for i, _ in results]
+        for record in picked:
+            try:
+                results.append((record.id, engine.cancel(record.id), None))
+            except (DownloadOwnedError, UnknownDownloadError) as exc:
+                results.append((record.id, False, str(exc)))
+            except StoreError as exc:
+                raise Failure(str(exc), EXIT_JOURNAL) from exc
+    final = {r.id: r for r in read_records(journal)}  # as journaled, now that the engine is closed
     if as_json:
-        click.echo(json.dumps([plain(r) for r in final], indent=2))
-    else:
-        for (download_id, cancelled), record in zip(results, final, strict=True):
-            click.echo(f"{download_id}: " + ("cancelled" if cancelled else f"already {record.state.value}"))
-    sys.exit(EXIT_OK if all(c for _, c in results) else EXIT_FAILED)
+        click.echo(json.dumps([plain(final[i]) for i, _, _ in results if i in final], indent=2))
+    for download_id, cancelled, refused in results:
+        if refused is not None:
+            click.echo(f"not cancelled: {refused}", err=True)
+        elif not as_json:
+            state = "cancelled" if cancelled else f"already {final[download_id].state.value}"
+            click.echo(f"{download_id}: {state}")
+    if any(refused for _, _, refused in results):
+        sys.exit(EXIT_JOURNAL)
+    sys.exit(EXIT_OK if all(cancelled for _, cancelled, _ in results) else EXIT_FAILED)
 
 
 @main.command()

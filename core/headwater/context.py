@@ -15,10 +15,18 @@ class DownloadContext:
     """What the engine hands to ``download_impl`` beside the job.
 
     Attributes:
-        dest_dir: an existing folder; the download must land inside it.
-        cancelled: set when the download is cancelled (or the engine closes).
+        dest_dir: the download's own folder (existing, resolved); it must
+            land inside it.
+        cancelled: set when the download must stop: it was cancelled, it
+            timed out, or it was interrupted.
             Check it between chunks and stop promptly; what lands after a
             cancel is deleted.
+        interrupted: set, before ``cancelled``, when the download is
+            stopped without being cancelled (the engine closes with
+            ``interrupt=True``: Ctrl-C or SIGTERM in the command line). The
+            record stays unfinished and a later engine resumes it: keep
+            what a resume continues from (a ``.part``), where on a cancel
+            you would remove it.
         logger: a logger named ``headwater.source.<name>``.
         started: when the download started, on the engine's clock (``now``).
         existing: what to do when a file already has the final name:
@@ -28,7 +36,7 @@ class DownloadContext:
             carry it out.
     """
 
-    __slots__ = ("dest_dir", "cancelled", "logger", "started", "existing", "_last", "_now")
+    __slots__ = ("dest_dir", "cancelled", "interrupted", "logger", "started", "existing", "_last", "_now")
 
     def __init__(
         self,
@@ -41,6 +49,7 @@ class DownloadContext:
         self.dest_dir = dest_dir
         self.existing: Existing = existing
         self.cancelled = threading.Event()
+        self.interrupted = threading.Event()
         self.logger = logger
         self._now = now
         self.started = now() if started is None else started

@@ -190,12 +190,16 @@ class Engine:
             measured on (default: the real monotonic clock); tests pass a
             :class:`~headwater.clock.ManualClock`.
         store: where records are journaled; None keeps them in memory only
-            (:class:`~headwater.store.MemoryStore`). Records the store holds
-            are loaded now: downloads that were QUEUED or RUNNING when the
-            last engine on it stopped are QUEUED again (a RUNNING one's next
-            attempt counts one more), terminal ones stay as history.
-        hold: keep those requeued downloads from starting until
-            :meth:`start_held` (default: they start at once).
+            (:class:`~headwater.store.MemoryStore`). The store's terminal
+            records are loaded now, as history. Unless ``hold``, the
+            downloads that engines no longer running left QUEUED or RUNNING
+            there (of the loaded sources) are taken over and QUEUED again
+            now (a RUNNING one's next attempt counts one more); those of
+            running engines are left to them.
+        hold: take nothing over until :meth:`start_held` (default: take over
+            and start at once). An engine that is not going to run them
+            (one that only reads, cancels or cleans) passes True, so that
+            they stay free for one that will.
         load: discover only these installed sources (when the environment
             does not restrict loading itself); ignored with ``plugins``.
         block: never load these installed sources; ignored with ``plugins``.
@@ -237,9 +241,10 @@ class Engine:
             self._meta = threading.Lock()
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
-            self._held: dict[str, Job] = {}  # requeued at start, waiting for start_held()
             self._restore_pauses()
-            self._recover(self._store.load(), hold)
+            self._load_history(self._store.load())
+            if not hold:
+                self._requeue(self._store.take_over(self._registry.names()))
         except BaseException:
             self._store.close()
             raise
@@ -292,10 +297,8 @@ class Engine:
             with shard.lock:
                 shard.worker.pause()
 
-    def _recover(self, records: list[Record], hold: bool) -> None:
-        """Load the store's records: terminal ones as they are, unfinished ones QUEUED again."""
-        now = time.time()
-        requeued: list[tuple[_Shard, Record]] = []
+    def _load_history(self, records: list[Record]) -> None:
+        """Put the store's terminal records in their shards (before any job is queued)."""
         orphans: dict[str, int] = {}
         for record in records:
             try:
@@ -303,45 +306,56 @@ class Engine:
             except HeadwaterError:
                 orphans[record.source] = orphans.get(record.source, 0) + 1
                 continue
-            if not record.state.terminal:
-                record = attrs.evolve(
-                    record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None
-                )
-                requeued.append((shard, record))
             shard.records[record.id] = record
         for source, count in orphans.items():
             log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
+
+    def _requeue(self, records: list[Record]) -> list[str]:
+        """Queue again and start the unfinished ``records`` taken over from the store; return their ids.
+
+        One store commit for all of them, before any is visible or queued.
+        A record of an older journal, which names no ``dest_dir``, lands in
+        this engine's.
+        """
+        now = time.time()
+        requeued: list[tuple[_Shard, Record]] = []
+        for record in records:
+            shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
+            record = attrs.evolve(
+                record,
+                state=State.QUEUED,
+                updated_at=now,
+                speed=0.0,
+                time_remaining=None,
+                dest_dir=record.dest_dir or str(self.dest_dir),
+            )
+            requeued.append((shard, record))
         if not requeued:
-            return
+            return []
         self._store.commit([record for _, record in requeued])
         for shard, record in requeued:
             name = shard.source.name
             mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
-            if hold:
-                self._held[record.id] = job
-            else:
-                with shard.lock:
-                    shard.worker.put(job)
+            with shard.lock:
+                shard.records[record.id] = record
+                shard.worker.put(job)
         log.info("%d unfinished download(s) from the journal queued again", len(requeued))
+        return [record.id for _, record in requeued]
 
     def start_held(self) -> list[str]:
-        """Start the downloads requeued from the store but held back (``hold=True``).
+        """Take over and start the downloads that engines no longer running left unfinished in the store.
 
-        Returns their ids, oldest first; those cancelled or removed meanwhile
-        are skipped. Calling it again returns an empty list.
+        For an engine made with ``hold=True`` (one made without took them
+        over when it started; a later call takes what has been left since).
+        Only the loaded sources' downloads are taken; those of running
+        engines are left to them. Returns their ids, oldest first (empty
+        when there are none). Raises EngineClosedError after :meth:`close`,
+        StoreError when the store cannot be read.
         """
-        started: list[str] = []
-        while self._held:
-            download_id, job = next(iter(self._held.items()))
-            del self._held[download_id]
-            shard = self._shards[job.source]
-            with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None and record.state is State.QUEUED:
-                    shard.worker.put(job)
-                    started.append(download_id)
-        return started
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+        return self._requeue(self._store.take_over(self._registry.names()))
 
     def flush(self) -> None:
         """Make every download submitted so far durable in the store (see :mod:`headwater.store`)."""
@@ -366,6 +380,7 @@ class Engine:
         *,
         display_name: str | None = None,
         existing: Existing | None = None,
+        dest_dir: str | os.PathLike[str] | None = None,
     ) -> str:
         """Queue a download of ``target``; return its id.
 
@@ -378,12 +393,18 @@ class Engine:
         ``"overwrite"``; see :func:`headwater.land`), kept in the record;
         None leaves it to the policy of the source that runs it.
 
-        Returns at once: no thread is started per job. Raises
-        UnknownSourceError, ValueError for an empty target or an unknown ``existing``,
+        ``dest_dir`` is the folder this download lands in (default: the
+        engine's ``dest_dir``); it is created if missing, resolved, and kept
+        in the record, so that whoever resumes the download lands it there.
+
+        Returns at once: no thread is started per job (a ``dest_dir`` costs
+        one ``mkdir`` and one ``resolve``). Raises UnknownSourceError,
+        ValueError for an empty target or an unknown ``existing``,
         TargetRejectedError when no source can take the target,
         InvalidTargetError when the first source's ``record_fields`` refuses
-        it, FieldConflictError or PluginError when that hook misbehaves, and
-        EngineClosedError after :meth:`close`. Nothing is recorded when it raises.
+        it, FieldConflictError or PluginError when that hook misbehaves,
+        OSError when ``dest_dir`` cannot be created, and EngineClosedError
+        after :meth:`close`. Nothing is recorded when it raises.
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
@@ -392,6 +413,11 @@ class Engine:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
         if existing is not None:
             existing_choice(existing)
+        folder = self.dest_dir
+        if dest_dir is not None:
+            folder = Path(dest_dir).expanduser()
+            folder.mkdir(parents=True, exist_ok=True)
+            folder = folder.resolve()
         job_target: str = target
         tried: tuple[Tried, ...] = ()
         if chain[0].translate is not None:
@@ -400,9 +426,19 @@ class Engine:
         job = Job(_new_id(), src.name, job_target, display_name)
         username, extra = self._fields(src, job)
         now = time.time()
-        record = Record(job.id, src.name, target, display_name, username, State.QUEUED, now, now, extra=extra)
-        if existing is not None:
-            record = attrs.evolve(record, existing=existing)
+        record = Record(
+            job.id,
+            src.name,
+            target,
+            display_name,
+            username,
+            State.QUEUED,
+            now,
+            now,
+            extra=extra,
+            dest_dir=str(folder),
+            existing=existing,
+        )
         shard = self._shard(src.name)
         if len(chain) > 1 or tried:
             record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
@@ -471,8 +507,9 @@ class Engine:
         record = shard.current(job.id)
         if record is None or record.state is not State.QUEUED:
             return None
+        folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
         existing = record.existing or shard.source.policy.existing
-        ctx = DownloadContext(self.dest_dir, shard.logger, self._clock.now, now, existing)
+        ctx = DownloadContext(folder, shard.logger, self._clock.now, now, existing)
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
         if shard.source.policy.watched:
@@ -481,6 +518,9 @@ class Engine:
 
     def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
+
+        An interrupted download (see :meth:`close`) that did not land its
+        file goes back to QUEUED, whatever ``download_impl`` raised.
 
         In the same locked step, and the same store commit, it begins the
         source's next job if one may start right now, and returns it for the
@@ -504,7 +544,7 @@ class Engine:
             if returned is None:
                 error = "declined: download_impl returned None"
             else:
-                path, size = landed_file(self.dest_dir, returned)
+                path, size = landed_file(ctx.dest_dir, returned)
         except BaseException as exc:  # the boundary: nothing a plugin raises escapes
             error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)
@@ -533,6 +573,9 @@ class Engine:
                             error=None,
                             skipped=skipped,
                         )
+                    elif ctx.interrupted.is_set():  # stopped, not ended: unfinished, for a later engine
+                        stopped = _with_progress(record, ctx)
+                        wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                     else:
                         latest = _with_progress(record, ctx)
                         ended = self._try_again_locked(shard, job, latest, error, failure)
@@ -542,7 +585,7 @@ class Engine:
                                 wrote = self._fail_locked(shard, latest, error, ())
                 if wrote is None and returned is not None and not skipped:
                     # Cancelled or removed meanwhile: the file goes before the job counts as ended.
-                    discard_landed(self.dest_dir, returned)
+                    discard_landed(ctx.dest_dir, returned)
             except BaseException as exc:  # the last resort: whatever broke here, the job ends
                 fall_back = False
                 self._end_broken_locked(shard, job.id, exc)
@@ -757,10 +800,21 @@ class Engine:
 
         A queued download never starts; a running one is CANCELLED at once and
         its ``ctx.cancelled`` is set. ``source_hint`` (a name or alias) says
-        where to look first. Raises UnknownDownloadError for an unknown id.
+        where to look first.
+
+        An id this engine does not hold is looked up in the store: a download
+        an engine no longer running left unfinished there is CANCELLED in the
+        store directly, without taking over anything else, and one that has
+        ended since gives False; either way this engine holds its record from
+        then on (if its source is loaded). Raises UnknownDownloadError for an
+        id neither knows, DownloadOwnedError for one a running engine
+        elsewhere owns, and StoreError when the store cannot be used.
         """
         while True:
-            shard = self._find(download_id, source_hint)
+            try:
+                shard = self._find(download_id, source_hint)
+            except UnknownDownloadError:
+                return self._cancel_left(download_id)
             with shard.lock:
                 record = shard.records.get(download_id)
                 if record is not None:
@@ -769,6 +823,17 @@ class Engine:
             self._raise_unless_moved(download_id, shard)
         if cancelled:
             self._notify_ended(download_id)
+        return cancelled
+
+    def _cancel_left(self, download_id: str) -> bool:
+        """Cancel in the store a download this engine does not hold (see :meth:`cancel`)."""
+        record, cancelled = self._store.cancel_left(download_id)
+        try:
+            shard = self._shard(self._registry.resolve(record.source).name)
+        except HeadwaterError:
+            return cancelled  # a source not loaded: the store alone holds its record
+        with shard.lock:
+            shard.records.setdefault(download_id, record)
         return cancelled
 
     def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
@@ -926,8 +991,15 @@ class Engine:
 
     # -- closing -----------------------------------------------------------
 
-    def close(self, timeout: float = 5.0) -> list[Record]:
+    def close(self, timeout: float = 5.0, *, interrupt: bool = False) -> list[Record]:
         """Stop: cancel running downloads, leave queued ones QUEUED, end the threads.
+
+        With ``interrupt``, running downloads are stopped without being
+        cancelled: their ``ctx.interrupted`` and then ``ctx.cancelled`` are
+        set, and each whose ``download_impl`` then returns without a file
+        goes back to QUEUED (one that lands its file is COMPLETED), so that a
+        later engine on the store resumes it; one whose ``download_impl``
+        has not returned stays RUNNING, which a later engine resumes too.
 
         Returns within about ``timeout`` seconds even if a plugin hangs, with
         the records of downloads whose ``download_impl`` had not returned by
@@ -940,10 +1012,15 @@ class Engine:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.worker.close()
-                for download_id in list(shard.contexts):
+                for download_id, ctx in list(shard.contexts.items()):
                     record = shard.records.get(download_id)
-                    if record is not None:
+                    if record is None:
+                        continue
+                    if not interrupt:
                         self._cancel_locked(shard, record)
+                    elif record.state is State.RUNNING:  # not one cancelled meanwhile
+                        ctx.interrupted.set()
+                        ctx.cancelled.set()
                 threads += shard.worker.thread_objects()
         watchdog = self._watchdog.close()
         if watchdog is not None:

@@ -86,6 +86,25 @@ class DownloadCancelled(HeadwaterError):
     """
 
 
+class DownloadOwnedError(HeadwaterError):
+    """A download another running engine owns: only that engine may run or cancel it.
+
+    ``download_id`` is the download, ``owner`` says who owns it
+    (``"headwater process 1234"``, or ``"another engine in this process"``).
+    The message says how to get it: through that engine, or by stopping it
+    first (Ctrl-C or SIGTERM leave a ``headwater`` process's downloads
+    resumable by anyone).
+    """
+
+    def __init__(self, download_id: str, owner: str) -> None:
+        self.download_id = download_id
+        self.owner = owner
+        super().__init__(
+            f"download {download_id} belongs to {owner}, which is still running: cancel it through "
+            "that engine, or stop it (Ctrl-C or SIGTERM keep its downloads resumable) and cancel it then"
+        )
+
+
 class EngineClosedError(HeadwaterError, RuntimeError):
     """The engine has been closed and takes no more work."""
 

@@ -119,6 +119,10 @@ class Record:
     landed, ``name (1).ext`` when the name was taken; ``skipped`` is true
     when, under ``skip``, a file was already there: the download is
     COMPLETED, fetched nothing, and ``file_path`` is that file.
+    ``dest_dir`` is the folder the download lands in (absolute, resolved),
+    chosen at submit and kept across restarts; None only in records of
+    journals written before it existed, which an engine that runs them
+    reads as its own ``dest_dir``.
     """
 
     id: str
@@ -145,6 +149,7 @@ class Record:
     retries: int = 0
     existing: Existing | None = None
     skipped: bool = False
+    dest_dir: str | None = None
 
     @property
     def name(self) -> str:

@@ -156,6 +156,10 @@ class SourceRegistry:
             raise self.unknown(name)
         return self._sources[canonical]
 
+    def names(self) -> frozenset[str]:
+        """Every name and alias a loaded source answers to."""
+        return frozenset(self._names)
+
     def unknown(self, names: str | Sequence[str]) -> UnknownSourceError:
         """The error for ``names`` that no loaded source answers to, listing the loaded and the broken."""
         return UnknownSourceError(names, list(self._sources), [b.name for b in self._broken])

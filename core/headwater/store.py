@@ -28,9 +28,11 @@ What is durable when (for :class:`SQLiteStore`):
 Several engines, in one process or many, may share a journal: SQLite's
 locking serializes their transactions, and each engine only runs and writes
 its own records. An engine's session holds a lock file the operating system
-releases when the process dies; the next engine to open the journal takes
-over the unfinished records of dead sessions (see :meth:`SQLiteStore.load`).
-Readers (:func:`read_records`) work beside them at any time.
+releases when the process dies; the unfinished records of dead sessions are
+taken over only by an engine that is going to run them
+(:meth:`SQLiteStore.take_over`), and may be cancelled by anyone
+(:meth:`SQLiteStore.cancel_left`). Readers (:func:`read_records`) work
+beside them at any time.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import types
 import typing
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -58,8 +60,8 @@ from typing import IO, Any, Protocol, TypeVar
 import attrs
 import platformdirs
 
-from headwater.errors import StoreError
-from headwater.records import Record
+from headwater.errors import DownloadOwnedError, StoreError, UnknownDownloadError
+from headwater.records import Record, State
 
 log = logging.getLogger("headwater.store")
 
@@ -116,7 +118,28 @@ class RecordStore(Protocol):
     """
 
     def load(self) -> list[Record]:
-        """Every record the journal holds, oldest first (called once, before any write)."""
+        """The terminal records (the history), oldest first (called once, before any write)."""
+        ...
+
+    def take_over(self, sources: Collection[str]) -> list[Record]:
+        """The unfinished records that ended engines left, of ``sources`` (names), now this store's.
+
+        Oldest first. Atomic: two stores taking over at once never both get
+        a record, and a record of a running engine is never taken. Raises
+        :class:`~headwater.errors.StoreError` if the journal cannot be used.
+        """
+        ...
+
+    def cancel_left(self, download_id: str) -> tuple[Record, bool]:
+        """Cancel ``download_id`` in the journal if an ended engine left it unfinished.
+
+        Returns the record as the journal now holds it, and True if this call
+        cancelled it (False: it had already ended). Atomic. Raises
+        :class:`~headwater.errors.UnknownDownloadError` when the journal has
+        no such record, :class:`~headwater.errors.DownloadOwnedError` when a
+        running engine (this one included) owns it unfinished, and
+        :class:`~headwater.errors.StoreError` if the journal cannot be used.
+        """
         ...
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
@@ -163,6 +186,12 @@ class MemoryStore:
 
     def load(self) -> list[Record]:
         return []
+
+    def take_over(self, sources: Collection[str]) -> list[Record]:
+        return []
+
+    def cancel_left(self, download_id: str) -> tuple[Record, bool]:
+        raise UnknownDownloadError(download_id)
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
         pass
@@ -297,6 +326,14 @@ def _decode(data: bytes) -> Record:
 #: The columns the readers decode: id and data as bytes, so that a row whose
 #: text is not UTF-8 is one undecodable row and not an error of the query.
 _ROW = "CAST(id AS BLOB), CAST(data AS BLOB)"
+
+
+def _decode_or_fail(path: Path, download_id: str, data: bytes) -> Record:
+    """The record ``data`` holds; StoreError naming the journal and the id if it is not one."""
+    try:
+        return _decode(data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StoreError(f"journal {path}: record {download_id} cannot be read ({exc})") from exc
 
 
 def _decode_rows(path: Path, rows: Iterable[tuple[bytes, bytes]]) -> list[Record]:
@@ -564,6 +601,14 @@ class _Session:
                 dead.append(path.stem)
         return live, dead
 
+    def describe(self, session_id: str) -> str:
+        """Who runs session ``session_id``, for a message: ``"headwater process 1234"`` or the like."""
+        try:
+            pid = int((self.folder / f"{session_id}.lock").read_text())
+        except (OSError, ValueError):
+            return "another headwater process"
+        return "another engine in this process" if pid == os.getpid() else f"headwater process {pid}"
+
     def forget(self, session_ids: Iterable[str]) -> None:
         for session_id in session_ids:
             (self.folder / f"{session_id}.lock").unlink(missing_ok=True)
@@ -593,11 +638,12 @@ class SQLiteStore:
     """A journal in one SQLite file (WAL mode) that several engines, in any processes, may share.
 
     Each store is a session: the unfinished records it writes carry its
-    session id, and :meth:`load` returns the history (terminal records) plus
-    the unfinished records of sessions whose process has ended, which it
-    takes over in one transaction (so two engines starting at once never
-    both take the same record). Unfinished records of a live session are
-    left to it.
+    session id. :meth:`load` returns the history (terminal records);
+    :meth:`take_over` takes the unfinished records of sessions whose process
+    has ended, in one transaction (so two engines starting at once never
+    both take the same record), and :meth:`cancel_left` cancels one of them
+    without taking the rest. Unfinished records of a live session are left
+    to it.
 
     Args:
         path: the journal file; its folder is created if missing. Default:
@@ -697,34 +743,78 @@ class SQLiteStore:
     # -- the protocol ------------------------------------------------------------
 
     def load(self) -> list[Record]:
-        """The terminal records, and the unfinished ones of ended sessions, now taken over.
+        """The terminal records, oldest first; unfinished ones are left to :meth:`take_over`.
 
         A row that cannot be decoded is logged (a warning with its id and why)
         and left out, and stays in the journal as it is.
         """
         with self._lock:
+            try:
+                rows = self._conn.execute(
+                    f"SELECT {_ROW} FROM records WHERE state NOT IN ('queued', 'running') ORDER BY created_at"
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
+        return _decode_rows(self.path, rows)
+
+    def take_over(self, sources: Collection[str]) -> list[Record]:
+        """The unfinished records of ended sessions whose source is in ``sources``, now this session's.
+
+        One ``BEGIN IMMEDIATE`` transaction: the sessions are checked for
+        life inside it, so a session that takes records over meanwhile is
+        seen alive. Lock files of ended sessions are removed afterwards.
+        """
+        me = self._session.id
+        with self._lock:
             conn = self._conn
             try:
-                conn.execute("BEGIN IMMEDIATE")  # other processes' takeovers wait for this one
-                live, dead = self._session.scan()
-                keep = [self._session.id, *live]  # every other owner has ended, file or not
-                conn.execute(
-                    "UPDATE records SET owner = ? WHERE state IN ('queued', 'running') "
-                    f"AND owner NOT IN ({', '.join('?' * len(keep))})",
-                    (self._session.id, *keep),
-                )
-                rows = conn.execute(
-                    f"SELECT {_ROW} FROM records WHERE state NOT IN ('queued', 'running') OR owner = ? "
-                    "ORDER BY created_at",
-                    (self._session.id,),
-                ).fetchall()
-                conn.execute("COMMIT")
+                with self._transaction():  # other processes' takeovers and cancels wait for this one
+                    live, dead = self._session.scan()
+                    rows = conn.execute(
+                        f"SELECT {_ROW} FROM records WHERE state IN ('queued', 'running') "
+                        "AND owner NOT IN (SELECT value FROM json_each(?)) "
+                        "AND source IN (SELECT value FROM json_each(?)) ORDER BY created_at",
+                        (json.dumps([me, *live]), json.dumps(sorted(sources))),
+                    ).fetchall()
+                    taken = [(me, row_id.decode()) for row_id, _ in rows]
+                    conn.executemany("UPDATE records SET owner = ? WHERE id = ?", taken)
             except sqlite3.DatabaseError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
         self._session.forget(dead)
         return _decode_rows(self.path, rows)
+
+    def cancel_left(self, download_id: str) -> tuple[Record, bool]:
+        """Cancel ``download_id`` if its session has ended, in one transaction (see :class:`RecordStore`)."""
+        with self._lock:
+            try:
+                with self._transaction() as conn:
+                    found = conn.execute(
+                        "SELECT CAST(data AS BLOB), owner FROM records WHERE id = ?", (download_id,)
+                    )
+                    row = found.fetchone()
+                    if row is None:
+                        raise UnknownDownloadError(download_id)
+                    record = _decode_or_fail(self.path, download_id, row[0])
+                    if record.state.terminal:
+                        return record, False
+                    live, _ = self._session.scan()
+                    if row[1] == self._session.id:
+                        raise DownloadOwnedError(download_id, "this engine")
+                    if row[1] in live:
+                        raise DownloadOwnedError(download_id, self._session.describe(row[1]))
+                    now = time.time()
+                    record = attrs.evolve(
+                        record,
+                        state=State.CANCELLED,
+                        updated_at=now,
+                        finished_at=now,
+                        speed=0.0,
+                        time_remaining=None,
+                    )
+                    conn.execute(_UPSERT, (json.dumps([_encode(record, self._session.id)]),))
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+        return record, True
 
     def attach(self, running: Callable[[], list[Record]]) -> None:
         if self._flusher is not None or self._closed:

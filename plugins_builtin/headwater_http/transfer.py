@@ -286,7 +286,8 @@ class Transfer:
         """Fetch, verify and land the file; return its final path.
 
         Raises :class:`DownloadCancelled` after a cancel (the ``.part`` is
-        removed); :class:`RetryAfter` when the server asks to come back later;
+        removed) or an interrupt (the ``.part`` is kept when it can be
+        resumed); :class:`RetryAfter` when the server asks to come back later;
         :class:`TransferError` for an error status, a refused connection, a
         stall or a connection that kept breaking (the ``.part`` is kept when
         it can be resumed); :class:`IntegrityError` for a wrong size or
@@ -300,9 +301,10 @@ class Transfer:
         try:
             self._fetch()
             part = self._finish()
-        except (DownloadCancelled, IntegrityError, ExistingFileKept):
+        except (DownloadCancelled, IntegrityError, ExistingFileKept) as exc:
             if self._part is not None:
-                self._part.discard()
+                interrupted = isinstance(exc, DownloadCancelled) and self._ctx.interrupted.is_set()
+                self._close(keep=interrupted and self._part.validator is not None)
             raise
         except BaseException:
             if self._part is not None:

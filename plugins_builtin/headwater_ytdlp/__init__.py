@@ -161,7 +161,8 @@ class YtDlpSource:
         Raises MissingDependencyError without yt-dlp, InvalidTargetError for
         a target that is not an http(s) URL or a playlist, ExistingFileKept
         under ``skip``, DownloadCancelled after a cancel (partial files
-        removed), and yt-dlp's own DownloadError for anything yt-dlp cannot
+        removed; kept after an interrupt, for yt-dlp to continue on the next
+        call), and yt-dlp's own DownloadError for anything yt-dlp cannot
         fetch.
         """
         if urlsplit(job.target).scheme.lower() not in ("http", "https"):
@@ -174,7 +175,8 @@ class YtDlpSource:
                     ydl.add_post_processor(_skip_if_there(yt_dlp, ctx), when="before_dl")
                 info = ydl.extract_info(job.target, download=True)
         except BaseException:
-            self._remove_partials(ctx, hook.files)
+            if not ctx.interrupted.is_set():
+                self._remove_partials(ctx, hook.files)
             raise
         if info is None or info.get("_type") in ("playlist", "multi_video"):
             raise InvalidTargetError(f"{job.target!r} is a playlist; give one video or track per download")
