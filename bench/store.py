@@ -30,7 +30,7 @@ from engine import run_workload  # noqa: E402  (bench/engine.py)
 from table import print_table
 
 from headwater import Record, State  # noqa: E402
-from headwater.store import MemoryStore, RecordStore, SQLiteStore  # noqa: E402
+from headwater._store import MemoryStore, RecordStore, SQLiteStore  # noqa: E402
 
 
 class YieldingStore(MemoryStore):

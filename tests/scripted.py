@@ -26,7 +26,7 @@ import attrs
 from instrumented import InstrumentedSource
 
 from headwater import DownloadContext, Job, RatePolicy, RetryAfter, hookimpl
-from headwater.clock import Clock
+from headwater._clock import Clock
 
 _order = itertools.count()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import headwater_script
 
-from headwater.discovery import LOAD_ENV, NamedSources, discover
+from headwater._discovery import LOAD_ENV, NamedSources, discover
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,8 @@ from instrumented import InstrumentedSource
 from slow_plugin import install
 
 from headwater import Engine, RatePolicy, State
+from headwater._store import SQLiteStore, read_records
 from headwater.cli import main
-from headwater.store import SQLiteStore, read_records
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from instrumented import InstrumentedSource
 
 from headwater import Engine, InvalidPolicyError, PolicyOverride, RatePolicy
-from headwater.config import load_config
-from headwater.errors import ConfigError
+from headwater._config import load_config
+from headwater._errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -519,7 +519,7 @@ def test_get_from_a_broken_source_is_a_usage_error(venv):
 
 def test_interrupt_while_importing_a_plugin_is_not_swallowed(tmp_path, monkeypatch):
     """Ctrl-C during a slow plugin import stops discovery instead of marking the plugin broken."""
-    from headwater.discovery import discover
+    from headwater._discovery import discover
 
     info = tmp_path / "headwater_interrupt-0.1.dist-info"
     info.mkdir()

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from localhttp import LocalServer, Resource, serving
 
-import headwater.files as files
+import headwater._files as files
 import headwater_file
 from headwater import (
     Engine,
@@ -31,7 +31,7 @@ from headwater import (
     land,
     safe_filename,
 )
-from headwater.files import MAX_NAME_BYTES, numbered, split_extension
+from headwater._files import MAX_NAME_BYTES, numbered, split_extension
 from headwater_http import HttpSource
 from headwater_ytdlp import YtDlpSource
 

@@ -20,8 +20,8 @@ import pytest
 
 from headwater import Engine, Record, State
 from headwater import store as store_module
-from headwater.errors import StoreError
-from headwater.store import SQLiteStore, read_records
+from headwater._errors import StoreError
+from headwater._store import SQLiteStore, read_records
 
 
 def _headwater(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +117,7 @@ def test_status_reads_a_healthy_journal_on_a_full_or_read_only_disk(
 _KILLED = """
 import sys, time
 from headwater import Record, State
-from headwater.store import SQLiteStore
+from headwater._store import SQLiteStore
 store = SQLiteStore(sys.argv[1])
 now = time.time()
 store.commit([Record(f"{i:032x}", "file", "t", None, "file", State.COMPLETED, now, now) for i in range(20)])

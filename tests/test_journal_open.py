@@ -13,7 +13,7 @@ from journal_openers import open_each
 
 from headwater import Record, State
 from headwater import store as store_module
-from headwater.store import read_records
+from headwater._store import read_records
 
 OPENERS = 4  # processes opening each journal to write, beside one reading it
 ROUNDS = 25

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from localhttp import LocalServer, Resource, Step, serving
 
 from headwater import Engine, State, UnsafePathError, destination, safe_filename
-from headwater.files import MAX_NAME_BYTES
+from headwater._files import MAX_NAME_BYTES
 from headwater_http import HttpSource
 
 HOSTILE = [

@@ -31,9 +31,9 @@ from child_env import isolated_env
 from click.testing import CliRunner
 
 import headwater
+from headwater._errors import TemplateError
+from headwater._plugin_new import find_template, render_plugin
 from headwater.cli import main
-from headwater.errors import TemplateError
-from headwater.plugin_new import find_template, render_plugin
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "plugin_template"
@@ -271,7 +271,7 @@ def test_the_wheel_ships_the_template_and_renders_from_it(tmp_path: Path) -> Non
 
     python = make_venv(tmp_path / "venv")
     run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], tmp_path, env)
-    where = run([python, "-c", "import headwater.plugin_new as p; print(p.find_template())"], tmp_path, env)
+    where = run([python, "-c", "import headwater._plugin_new as p; print(p.find_template())"], tmp_path, env)
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
     project = tmp_path / "made-from-wheel"
     run([*headwater_cli(python), "plugin", "new", "acme", "--dest", project], tmp_path, env)

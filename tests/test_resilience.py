@@ -21,7 +21,7 @@ from headwater import (
     UnknownDownloadError,
     UnknownSourceError,
 )
-from headwater.clock import ManualClock, SystemClock
+from headwater._clock import ManualClock, SystemClock
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scripted import ScriptedSource
 
 from headwater import Engine, InvalidPolicyError, RatePolicy, State
-from headwater.clock import SystemClock
+from headwater._clock import SystemClock
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,7 +29,7 @@ from headwater import (
     UnknownDownloadError,
     hookimpl,
 )
-from headwater.store import SQLiteStore, read_records
+from headwater._store import SQLiteStore, read_records
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,7 +22,7 @@ from scripted import ScriptedSource, TranslatingSource
 from test_cli import headwater_script
 
 from headwater import Engine, PolicyOverride, RatePolicy, Record, State
-from headwater.clock import ManualClock
+from headwater._clock import ManualClock
 from headwater_http import HttpSource
 
 pytestmark = pytest.mark.timeout(60)

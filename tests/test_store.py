@@ -19,8 +19,8 @@ from instrumented import InstrumentedSource
 
 from headwater import Engine, RatePolicy, Record, State
 from headwater import store as store_module
-from headwater.errors import StoreError
-from headwater.store import SQLiteStore, read_records
+from headwater._errors import StoreError
+from headwater._store import SQLiteStore, read_records
 
 
 @pytest.fixture
@@ -277,7 +277,7 @@ _OTHER = """
 import json, sys
 from pathlib import Path
 from headwater import Engine, hookimpl
-from headwater.store import SQLiteStore
+from headwater._store import SQLiteStore
 
 class Quick:
     @hookimpl
@@ -332,7 +332,7 @@ _DIES = """
 import sys, time
 from pathlib import Path
 from headwater import Engine, RatePolicy, hookimpl
-from headwater.store import SQLiteStore
+from headwater._store import SQLiteStore
 
 class Stuck:
     @hookimpl
@@ -396,7 +396,7 @@ def test_readers_in_other_processes_never_see_a_torn_journal(tmp_path: Path, jou
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.01))
     engine.flush()
     reader = (
-        "import sys\nfrom pathlib import Path\nfrom headwater.store import read_records\n"
+        "import sys\nfrom pathlib import Path\nfrom headwater._store import read_records\n"
         "n = 0\nfor _ in range(100):\n    n = max(n, len(read_records(Path(sys.argv[1]))))\nprint(n)\n"
     )
     readers = [

@@ -10,7 +10,7 @@ import importlib_metadata
 import pytest
 
 from headwater import DownloadContext, Job, hookimpl
-from headwater.errors import ContractError, InvalidTargetError, PluginError
+from headwater._errors import ContractError, InvalidTargetError, PluginError
 from headwater.testing import RULES, EngineFactory, check_source
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from headwater import DownloadContext, Engine, Job, RatePolicy, RetryAfter, State, TransientError, hookimpl
-from headwater.clock import ManualClock, SystemClock
-from headwater.discovery import ONE_LINE_MAX
-from headwater.worker import SourceWorker
+from headwater._clock import ManualClock, SystemClock
+from headwater._discovery import ONE_LINE_MAX
+from headwater._worker import SourceWorker
 
 pytestmark = pytest.mark.timeout(60)
 

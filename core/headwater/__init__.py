@@ -3,11 +3,13 @@
 The public surface is what this module exports; everything else is private.
 """
 
-from headwater.chains import Chain
-from headwater.context import DownloadContext
-from headwater.engine import Engine
-from headwater.errors import (
+from headwater._chains import Chain
+from headwater._clock import Clock, ManualClock, SystemClock
+from headwater._context import DownloadContext
+from headwater._engine import Engine
+from headwater._errors import (
     ConfigError,
+    ContractError,
     DownloadCancelled,
     DownloadOwnedError,
     EngineClosedError,
@@ -31,18 +33,20 @@ from headwater.errors import (
     UnsafePathError,
     is_transient,
 )
-from headwater.files import PartFile, check_existing, destination, land, resolve_inside, safe_filename
+from headwater._files import PartFile, check_existing, destination, land, resolve_inside, safe_filename
+from headwater._policy import RatePolicy
+from headwater._records import TRANSITIONS, Job, Record, State, Tried
+from headwater._sources import PolicyOverride, SourceInfo
+from headwater._store import MemoryStore, RecordStore, SQLiteStore
 from headwater.hookspecs import hookimpl
-from headwater.policy import RatePolicy
-from headwater.records import Job, Record, State, Tried
-from headwater.sources import PolicyOverride, SourceInfo
-from headwater.store import MemoryStore, RecordStore, SQLiteStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Chain",
+    "Clock",
     "ConfigError",
+    "ContractError",
     "DownloadCancelled",
     "DownloadContext",
     "DownloadOwnedError",
@@ -55,6 +59,7 @@ __all__ = [
     "InvalidPolicyError",
     "InvalidTargetError",
     "Job",
+    "ManualClock",
     "MissingDependencyError",
     "PartFile",
     "MemoryStore",
@@ -67,8 +72,10 @@ __all__ = [
     "RetryAfter",
     "SQLiteStore",
     "SourceInfo",
+    "SystemClock",
     "SourceSkippedWarning",
     "State",
+    "TRANSITIONS",
     "TransferError",
     "TargetRejectedError",
     "TransientError",

@@ -33,11 +33,11 @@ import click
 from rich.console import Console
 
 from headwater import __version__
-from headwater.config import Config, load_config
-from headwater.discovery import discover
-from headwater.display import follow
-from headwater.engine import Engine
-from headwater.errors import (
+from headwater._config import Config, load_config
+from headwater._discovery import discover
+from headwater._display import follow
+from headwater._engine import Engine
+from headwater._errors import (
     ConfigError,
     DownloadOwnedError,
     HeadwaterError,
@@ -45,11 +45,11 @@ from headwater.errors import (
     UnknownDownloadError,
     UnknownSourceError,
 )
-from headwater.files import EXISTING_CHOICES, Existing
-from headwater.plugin_new import plugin
-from headwater.records import Record, State
-from headwater.sources import PolicyOverride, SourceInfo
-from headwater.store import SQLiteStore, default_journal, plain, read_records
+from headwater._files import EXISTING_CHOICES, Existing
+from headwater._plugin_new import plugin
+from headwater._records import Record, State
+from headwater._sources import PolicyOverride, SourceInfo
+from headwater._store import SQLiteStore, default_journal, plain, read_records
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 

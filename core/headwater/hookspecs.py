@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 
 import pluggy
 
-from headwater.context import DownloadContext
-from headwater.policy import RatePolicy
-from headwater.records import Job
+from headwater._context import DownloadContext
+from headwater._policy import RatePolicy
+from headwater._records import Job
 
 PROJECT = "headwater"
 
@@ -43,11 +43,11 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     "declined by the source".
 
     Raising records the exception as the record's ``error``. A transient
-    error (:class:`~headwater.errors.TransientError`, ``ConnectionError``,
-    ``TimeoutError``; see :func:`~headwater.errors.is_transient`) is retried
+    error (:class:`~headwater.TransientError`, ``ConnectionError``,
+    ``TimeoutError``; see :func:`~headwater.is_transient`) is retried
     after a backoff while the policy's ``retries`` last;
-    :class:`~headwater.errors.RetryAfter` pauses the whole source for its
-    seconds and then tries again; :class:`~headwater.errors.ExistingFileKept`
+    :class:`~headwater.RetryAfter` pauses the whole source for its
+    seconds and then tries again; :class:`~headwater.ExistingFileKept`
     (under ``skip``, the name is taken) COMPLETES it with the file that was
     there; anything else fails the download at once (in a fallback chain
     the next source gets it). A file returned after a cancel is deleted.
@@ -62,16 +62,16 @@ def record_fields(job: Job) -> Mapping[str, object] | None:
     must be quick and do no I/O. Return a mapping of plain values (str, int,
     float, bool, None) or None. The key ``username`` sets the record's label
     (a legacy name such as ``deezer_dl``); any other core record field name
-    fails the submit with :class:`~headwater.errors.FieldConflictError` naming
+    fails the submit with :class:`~headwater.FieldConflictError` naming
     the plugin.
 
-    Raise :class:`~headwater.errors.InvalidTargetError`, with a message naming
+    Raise :class:`~headwater.InvalidTargetError`, with a message naming
     the target and what is wrong with it, to refuse a target the source can
     never download (a malformed URL, say): ``submit`` raises that same error
     and records nothing, so bad input is refused before it is queued. Only the
     first source of a submit is asked; a fallback later in a chain finds out
     when it runs. Raising anything else fails the submit with a
-    :class:`~headwater.errors.PluginError` naming the plugin.
+    :class:`~headwater.PluginError` naming the plugin.
     """
 
 
@@ -112,5 +112,5 @@ def translate_target(target: str) -> str | None:
     the chain skips this source and records why. Raising, or returning
     anything else, skips the source the same way with the error recorded. A
     submit that no source of it can take raises
-    :class:`~headwater.errors.TargetRejectedError`.
+    :class:`~headwater.TargetRejectedError`.
     """

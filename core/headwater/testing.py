@@ -8,7 +8,7 @@ loaded into anyone's pytest on its own)::
 That gives the :func:`headwater_engine` fixture. :func:`check_source` runs
 every rule of :data:`RULES` against a plugin, and :class:`SourceContract` runs
 them as one test each when subclassed. A broken rule raises
-:class:`~headwater.errors.ContractError` whose message is one sentence naming
+:class:`~headwater.ContractError` whose message is one sentence naming
 the source, the rule and what the plugin did.
 
 Needs the ``testing`` extra (pytest and Hypothesis):
@@ -32,14 +32,14 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from headwater import hookspecs
-from headwater.context import DownloadContext
-from headwater.discovery import LOAD_ENV, discover, one_line
-from headwater.engine import Engine
-from headwater.errors import ContractError, InvalidTargetError, PluginError, UnsafePathError
-from headwater.files import landed_file
-from headwater.policy import RatePolicy
-from headwater.records import CORE_FIELDS, Job
-from headwater.sources import is_valid_name
+from headwater._context import DownloadContext
+from headwater._discovery import LOAD_ENV, discover, one_line
+from headwater._engine import Engine
+from headwater._errors import ContractError, InvalidTargetError, PluginError, UnsafePathError
+from headwater._files import landed_file
+from headwater._policy import RatePolicy
+from headwater._records import CORE_FIELDS, Job
+from headwater._sources import is_valid_name
 
 __all__ = [
     "RULES",

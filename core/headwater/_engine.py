@@ -3,14 +3,14 @@
 Records are sharded by source: each source has one re-entrant lock that
 guards its records and its worker's queue, so a source whose lock is held
 never delays another. Every state change goes through :meth:`_Shard.move`,
-which enforces :data:`headwater.records.TRANSITIONS`.
+which enforces :data:`headwater.TRANSITIONS`.
 
 A download of a fallback chain moves from shard to shard: the move holds
 both sources' locks (taken in name order) and updates ``Engine._home``, the
 id -> shard map kept for chain downloads only, so a reader or a cancel that
 finds the record gone from a shard looks again where it went.
 
-Every change is committed to the engine's :class:`~headwater.store.RecordStore`
+Every change is committed to the engine's :class:`~headwater.RecordStore`
 before anyone can see it.
 """
 
@@ -29,11 +29,11 @@ from types import MappingProxyType, TracebackType
 
 import attrs
 
-from headwater.chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
-from headwater.clock import Clock, SystemClock
-from headwater.context import DownloadContext
-from headwater.discovery import Candidate, discover, one_line
-from headwater.errors import (
+from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
+from headwater._clock import Clock, SystemClock
+from headwater._context import DownloadContext
+from headwater._discovery import Candidate, discover, one_line
+from headwater._errors import (
     EngineClosedError,
     ExistingFileKept,
     FieldConflictError,
@@ -45,13 +45,13 @@ from headwater.errors import (
     UnknownDownloadError,
     is_transient,
 )
-from headwater.files import Existing, discard_landed, existing_choice, landed_file
-from headwater.policy import RatePolicy
-from headwater.records import CORE_FIELDS, NO_EXTRA, Job, Record, State, Tried, may_transition
-from headwater.sources import PolicyOverride, Source, SourceInfo, SourceRegistry
-from headwater.store import MemoryStore, RecordStore
-from headwater.watchdog import Watchdog
-from headwater.worker import SourceWorker
+from headwater._files import Existing, discard_landed, existing_choice, landed_file
+from headwater._policy import RatePolicy
+from headwater._records import CORE_FIELDS, NO_EXTRA, Job, Record, State, Tried, may_transition
+from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
+from headwater._store import MemoryStore, RecordStore
+from headwater._watchdog import Watchdog
+from headwater._worker import SourceWorker
 
 log = logging.getLogger("headwater")
 
@@ -188,9 +188,9 @@ class Engine:
             it ends.
         clock: the clock delays, quotas, backoffs, pauses and timeouts are
             measured on (default: the real monotonic clock); tests pass a
-            :class:`~headwater.clock.ManualClock`.
+            :class:`~headwater.ManualClock`.
         store: where records are journaled; None keeps them in memory only
-            (:class:`~headwater.store.MemoryStore`). The store's terminal
+            (:class:`~headwater.MemoryStore`). The store's terminal
             records are loaded now, as history. Unless ``hold``, the
             downloads that engines no longer running left QUEUED or RUNNING
             there (of the loaded sources) are taken over and QUEUED again
@@ -204,7 +204,7 @@ class Engine:
             does not restrict loading itself); ignored with ``plugins``.
         block: never load these installed sources; ignored with ``plugins``.
 
-    Raises :class:`~headwater.errors.UnknownSourceError` for a policy naming a
+    Raises :class:`~headwater.UnknownSourceError` for a policy naming a
     source that does not exist, and StoreError (the store is closed again)
     when the store cannot be read. The engine owns ``store`` and closes it in
     :meth:`close`. Use as a context manager, or call :meth:`close`.
@@ -358,7 +358,7 @@ class Engine:
         return self._requeue(self._store.take_over(self._registry.names()))
 
     def flush(self) -> None:
-        """Make every download submitted so far durable in the store (see :mod:`headwater.store`)."""
+        """Make every download submitted so far durable in the store (see :mod:`headwater._store`)."""
         self._store.flush()
 
     def _running_snapshots(self) -> list[Record]:

@@ -22,9 +22,9 @@ import attrs
 import pluggy
 
 from headwater import hookspecs
-from headwater.discovery import Candidate, one_line
-from headwater.errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
-from headwater.policy import RatePolicy
+from headwater._discovery import Candidate, one_line
+from headwater._errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
+from headwater._policy import RatePolicy
 
 log = logging.getLogger("headwater")
 

@@ -60,8 +60,8 @@ from typing import IO, Any, Protocol, TypeVar
 import attrs
 import platformdirs
 
-from headwater.errors import DownloadOwnedError, StoreError, UnknownDownloadError
-from headwater.records import Record, State
+from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
+from headwater._records import Record, State
 
 log = logging.getLogger("headwater.store")
 
@@ -126,7 +126,7 @@ class RecordStore(Protocol):
 
         Oldest first. Atomic: two stores taking over at once never both get
         a record, and a record of a running engine is never taken. Raises
-        :class:`~headwater.errors.StoreError` if the journal cannot be used.
+        :class:`~headwater.StoreError` if the journal cannot be used.
         """
         ...
 
@@ -135,10 +135,10 @@ class RecordStore(Protocol):
 
         Returns the record as the journal now holds it, and True if this call
         cancelled it (False: it had already ended). Atomic. Raises
-        :class:`~headwater.errors.UnknownDownloadError` when the journal has
-        no such record, :class:`~headwater.errors.DownloadOwnedError` when a
+        :class:`~headwater.UnknownDownloadError` when the journal has
+        no such record, :class:`~headwater.DownloadOwnedError` when a
         running engine (this one included) owns it unfinished, and
-        :class:`~headwater.errors.StoreError` if the journal cannot be used.
+        :class:`~headwater.StoreError` if the journal cannot be used.
         """
         ...
 
@@ -153,7 +153,7 @@ class RecordStore(Protocol):
     def commit(self, records: Sequence[Record]) -> None:
         """Write state changes (whole records, added or not); durable when this returns.
 
-        Raises :class:`~headwater.errors.StoreError` if the write fails.
+        Raises :class:`~headwater.StoreError` if the write fails.
         """
         ...
 
@@ -172,7 +172,7 @@ class RecordStore(Protocol):
     def set_paused(self, source: str, paused: bool) -> None:
         """Record that ``source`` is paused (or not); durable when this returns.
 
-        Raises :class:`~headwater.errors.StoreError` if the write fails.
+        Raises :class:`~headwater.StoreError` if the write fails.
         """
         ...
 
@@ -651,7 +651,7 @@ class SQLiteStore:
         flush_interval: seconds between writes of buffered new records and
             of progress.
 
-    Opening raises :class:`~headwater.errors.StoreError` for a
+    Opening raises :class:`~headwater.StoreError` for a
     file that is damaged, belongs to another program or was written by a
     newer schema; the file is never changed in those cases. An older schema
     is migrated in one transaction. Any number of processes may open one

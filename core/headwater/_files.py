@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from headwater.errors import ExistingFileKept, UnsafePathError
+from headwater._errors import ExistingFileKept, UnsafePathError
 
 if sys.platform != "win32":
     import fcntl

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
-from headwater.engine import Engine
-from headwater.records import Record, State
+from headwater._engine import Engine
+from headwater._records import Record, State
 
 POLL_SECONDS = 0.1
 

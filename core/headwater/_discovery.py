@@ -4,7 +4,7 @@ Each entry point is loaded on its own; one that fails to import (any
 exception, ``SystemExit`` included) becomes a :class:`Candidate` with an
 error instead of stopping the rest. A ``KeyboardInterrupt`` is not caught.
 Whether a loaded object is a usable source is decided by
-:mod:`headwater.sources`.
+:mod:`headwater._sources`.
 
 Environment:
     HEADWATER_DISABLE_PLUGIN_AUTOLOAD: any value but "", "0", "false" or "no"

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-from headwater.discovery import one_line
-from headwater.errors import SourceSkippedWarning, TargetRejectedError, UnknownSourceError
-from headwater.records import Tried
-from headwater.sources import Source, SourceRegistry
+from headwater._discovery import one_line
+from headwater._errors import SourceSkippedWarning, TargetRejectedError, UnknownSourceError
+from headwater._records import Tried
+from headwater._sources import Source, SourceRegistry
 
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ work arrives and no idle thread can take it, never more than the policy's
 concurrency, and a thread ends after ``idle_timeout`` seconds with nothing
 to do. Queued jobs cost a queue entry, not a thread.
 
-Before each start a thread waits, on the engine's :class:`~headwater.clock.Clock`,
+Before each start a thread waits, on the engine's :class:`~headwater.Clock`,
 until the start is allowed: the source is not paused, any Retry-After pause
 is over, the policy's ``delay`` has passed since the last end, and the
 ``per_minute`` window has room. Retries wait apart from the queue until their
@@ -29,9 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from headwater.clock import Clock
-from headwater.policy import RatePolicy
-from headwater.records import Job
+from headwater._clock import Clock
+from headwater._policy import RatePolicy
+from headwater._records import Job
 
 T = TypeVar("T")
 

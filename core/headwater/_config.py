@@ -13,7 +13,7 @@
     delay = 5
 
 The file is read with :mod:`tomllib`; an unknown key or a value of the
-wrong type raises :class:`~headwater.errors.ConfigError` naming the file and
+wrong type raises :class:`~headwater.ConfigError` naming the file and
 the key. A missing file at the default place means an empty configuration.
 """
 
@@ -28,10 +28,10 @@ from types import MappingProxyType
 import attrs
 import platformdirs
 
-from headwater.discovery import NamedSources
-from headwater.errors import ConfigError, InvalidPolicyError
-from headwater.policy import RatePolicy
-from headwater.store import HOME_ENV
+from headwater._discovery import NamedSources
+from headwater._errors import ConfigError, InvalidPolicyError
+from headwater._policy import RatePolicy
+from headwater._store import HOME_ENV
 
 CONFIG_NAME = "headwater.toml"
 

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import attrs
 
-from headwater.files import Existing
+from headwater._files import Existing
 
 
 class State(enum.Enum):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import attrs
 
-from headwater.errors import InvalidPolicyError
-from headwater.files import Existing, existing_choice
+from headwater._errors import InvalidPolicyError
+from headwater._files import Existing, existing_choice
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -63,7 +63,7 @@ class RatePolicy:
         per_minute: at most this many starts of this source in any 60 second
             window, or None for no cap.
         retries: how many more attempts a download gets on this source after a
-            transient error (see :func:`headwater.errors.is_transient`); 0 for none.
+            transient error (see :func:`headwater.is_transient`); 0 for none.
         backoff: the base of the wait before a retry: retry ``n`` (from 1)
             waits a random time in ``[0, min(backoff_max, backoff * 2 ** (n - 1))]``
             ("full jitter"), during which other downloads of the source run.
@@ -91,7 +91,7 @@ class RatePolicy:
             fetches nothing, ``"overwrite"`` replaces it. See
             :func:`headwater.land`.
 
-    Invalid values raise :class:`~headwater.errors.InvalidPolicyError` when the
+    Invalid values raise :class:`~headwater.InvalidPolicyError` when the
     policy is built, so a bad policy is refused at load, never a deadlock.
     """
 

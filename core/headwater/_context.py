@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from headwater.files import Existing
+from headwater._files import Existing
 
 
 class DownloadContext:

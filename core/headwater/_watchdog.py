@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from headwater.clock import Clock
+from headwater._clock import Clock
 
 
 class Watchdog:
