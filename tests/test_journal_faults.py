@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from headwater import Engine, Record, State
-from headwater import store as store_module
+from headwater import _store as store_module
 from headwater._errors import StoreError
 from headwater._store import SQLiteStore, read_records
 

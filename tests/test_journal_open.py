@@ -12,7 +12,7 @@ import pytest
 from journal_openers import open_each
 
 from headwater import Record, State
-from headwater import store as store_module
+from headwater import _store as store_module
 from headwater._store import read_records
 
 OPENERS = 4  # processes opening each journal to write, beside one reading it

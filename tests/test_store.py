@@ -18,7 +18,7 @@ import pytest
 from instrumented import InstrumentedSource
 
 from headwater import Engine, RatePolicy, Record, State
-from headwater import store as store_module
+from headwater import _store as store_module
 from headwater._errors import StoreError
 from headwater._store import SQLiteStore, read_records
 
