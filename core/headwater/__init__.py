@@ -17,6 +17,7 @@ from headwater.errors import (
     InvalidPolicyError,
     InvalidTargetError,
     MissingDependencyError,
+    NeedsConfigurationError,
     PluginConflictError,
     PluginError,
     RetryAfter,
@@ -32,8 +33,10 @@ from headwater.errors import (
 )
 from headwater.files import PartFile, destination, resolve_inside, safe_filename
 from headwater.hookspecs import hookimpl
+from headwater.keystore import KeyStore
 from headwater.policy import RatePolicy
 from headwater.records import Job, Record, State, Tried
+from headwater.settings import SettingInfo, SettingProblem, SettingsLayers, setting
 from headwater.sources import PolicyOverride, SourceInfo
 from headwater.store import MemoryStore, RecordStore, SQLiteStore
 
@@ -53,7 +56,9 @@ __all__ = [
     "InvalidPolicyError",
     "InvalidTargetError",
     "Job",
+    "KeyStore",
     "MissingDependencyError",
+    "NeedsConfigurationError",
     "PartFile",
     "MemoryStore",
     "PluginConflictError",
@@ -64,6 +69,9 @@ __all__ = [
     "RecordStore",
     "RetryAfter",
     "SQLiteStore",
+    "SettingInfo",
+    "SettingProblem",
+    "SettingsLayers",
     "SourceInfo",
     "SourceSkippedWarning",
     "State",
@@ -81,4 +89,5 @@ __all__ = [
     "resolve_inside",
     "is_transient",
     "safe_filename",
+    "setting",
 ]

@@ -22,6 +22,8 @@ from collections.abc import Collection, Mapping
 import attrs
 import importlib_metadata
 
+from headwater.redact import redact
+
 ENTRY_POINT_GROUP = "headwater.sources"
 DISABLE_ENV = "HEADWATER_DISABLE_PLUGIN_AUTOLOAD"
 LOAD_ENV = "HEADWATER_LOAD_PLUGINS"
@@ -39,8 +41,12 @@ class Candidate:
 
 
 def one_line(exc: BaseException) -> str:
-    """``ExcType: message``, folded onto one line."""
-    text = " ".join(str(exc).split())
+    """``ExcType: message`` on one line, secret setting values taken out (see :mod:`headwater.redact`).
+
+    How every exception a plugin raises becomes text: a record's error, a
+    fallback chain's reason, a broken source's error.
+    """
+    text = redact(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -152,6 +152,20 @@ class InvalidHeaderError(HeadwaterError, ValueError):
     """An HTTP header value that cannot be read (``RetryAfter.from_header`` of garbage); names the value."""
 
 
+class NeedsConfigurationError(HeadwaterError):
+    """A submit to a source whose required settings are missing or invalid.
+
+    ``source`` is the source's name, ``problems`` one line per problem
+    (the field, what is wrong, where it can be set). The message never holds
+    a secret value. ``headwater sources`` lists the same problems.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(f"source {source!r} needs configuration: {'; '.join(self.problems)}")
+
+
 class InvalidTargetError(HeadwaterError, ValueError):
     """A target the source cannot download as given: a bad URL, a directory, a device.
 
