@@ -1,8 +1,11 @@
-"""The environment for child processes that tests start: no headwater settings, a private home."""
+"""Child processes that tests start: their environment (no headwater settings, a private home), the
+plugins they find installed, and the ``headwater`` command run in them."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -18,3 +21,32 @@ def isolated_env(home: Path) -> dict[str, str]:
         PYTHONDONTWRITEBYTECODE="1",
     )
     return env
+
+
+def install_plugin(folder: Path, module: str, code: str, entry: str, distribution: str) -> Path:
+    """Make ``folder`` hold ``module`` (``code``), which ``distribution 1.0`` declares as source ``entry``.
+
+    Put ``folder`` on PYTHONPATH and discovery finds the source like any
+    installed plugin. Returns ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(code)
+    info = folder / f"{distribution}-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[headwater.sources]\n{entry} = {module}\n")
+    return folder
+
+
+def run_headwater(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m headwater.cli ARGS`` in ``env`` with ``stdin`` as its input (not a terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "headwater.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

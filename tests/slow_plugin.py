@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from child_env import install_plugin
+
 MODULE = """
 import time
 from pathlib import Path
@@ -40,10 +42,4 @@ def rate_policy():
 
 def install(folder: Path) -> Path:
     """Make ``folder`` hold the ``slow`` source plugin (distribution ``slowsource 1.0``); return it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "slow_source.py").write_text(MODULE)
-    info = folder / "slowsource-1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slowsource\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[headwater.sources]\nslow = slow_source\n")
-    return folder
+    return install_plugin(folder, "slow_source", MODULE, "slow", "slowsource")

@@ -468,7 +468,7 @@ def test_sources_json_carries_every_field(venv, everything):
     done = venv.run(venv.headwater, "sources", "--json")
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
-    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error"}
+    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error", "settings", "problems"}
     assert all(set(entry) == keys for entry in listing)
     good = next(e for e in listing if e["name"] == "good")
     assert good["aliases"] == ["good_dl", "goodie"]

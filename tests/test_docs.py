@@ -21,6 +21,8 @@ import attrs
 import pytest
 from child_env import isolated_env
 
+from headwater import hookspecs
+
 REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 
@@ -149,7 +151,9 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     hooks = (site / "hooks" / "index.html").read_text()
-    for hook in ("download_impl", "record_fields", "aliases", "rate_policy"):
+    specs = [name for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT}_spec")]
+    assert len(specs) == 6
+    for hook in specs:
         assert f'id="headwater.hookspecs.{hook}"' in hooks, f"the hook reference lacks {hook}"
     assert ":class:" not in hooks, "a Sphinx role was left unconverted in the hook reference"
 

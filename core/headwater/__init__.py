@@ -17,9 +17,11 @@ from headwater._errors import (
     FieldConflictError,
     HeadwaterError,
     IntegrityError,
+    InvalidHeaderError,
     InvalidPolicyError,
     InvalidTargetError,
     MissingDependencyError,
+    NeedsConfigurationError,
     PluginConflictError,
     PluginError,
     RetryAfter,
@@ -34,8 +36,10 @@ from headwater._errors import (
     is_transient,
 )
 from headwater._files import PartFile, check_existing, destination, land, resolve_inside, safe_filename
+from headwater._keystore import KeyStore
 from headwater._policy import RatePolicy
 from headwater._records import TRANSITIONS, Job, Record, State, Tried
+from headwater._settings import SettingInfo, SettingProblem, SettingsLayers, setting
 from headwater._sources import PolicyOverride, SourceInfo
 from headwater._store import MemoryStore, RecordStore, SQLiteStore
 from headwater.hookspecs import hookimpl
@@ -56,11 +60,14 @@ __all__ = [
     "FieldConflictError",
     "HeadwaterError",
     "IntegrityError",
+    "InvalidHeaderError",
     "InvalidPolicyError",
     "InvalidTargetError",
     "Job",
+    "KeyStore",
     "ManualClock",
     "MissingDependencyError",
+    "NeedsConfigurationError",
     "PartFile",
     "MemoryStore",
     "PluginConflictError",
@@ -71,6 +78,9 @@ __all__ = [
     "RecordStore",
     "RetryAfter",
     "SQLiteStore",
+    "SettingInfo",
+    "SettingProblem",
+    "SettingsLayers",
     "SourceInfo",
     "SystemClock",
     "SourceSkippedWarning",
@@ -92,4 +102,5 @@ __all__ = [
     "resolve_inside",
     "is_transient",
     "safe_filename",
+    "setting",
 ]

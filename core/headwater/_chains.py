@@ -90,13 +90,17 @@ def resolve_chain(registry: SourceRegistry, names: str | Sequence[str] | Chain) 
 def translate(source: Source, target: str) -> tuple[str | None, str]:
     """The target ``source`` wants for ``target`` and, if it declines, why (one line).
 
-    Returns ``(target, "")`` or ``(None, reason)``. Never raises: whatever the
+    Returns ``(target, "")`` or ``(None, reason)``. A source that needs
+    configuration declines without being asked. Never raises: whatever the
     plugin's ``translate_target`` raises becomes the reason.
     """
+    settings = source.settings
+    if settings.needs_configuration:
+        return None, "needs configuration: " + "; ".join(map(str, settings.problems))
     if source.translate is None:
         return target, ""
     try:
-        mapped = source.translate(target=target)
+        mapped = source.translate(target=target, settings=settings.values)
     except (Exception, SystemExit) as exc:  # the plugin boundary (a Ctrl-C still stops a submit)
         return None, f"translate_target raised {one_line(exc)}"
     if mapped is None:

@@ -12,6 +12,9 @@
     concurrency = 1                      # any RatePolicy field
     delay = 5
 
+    [sources.tidal.settings]             # the source's own settings (see headwater._settings)
+    quality = "lossless"
+
 The file is read with :mod:`tomllib`; an unknown key or a value of the
 wrong type raises :class:`~headwater.ConfigError` naming the file and
 the key. A missing file at the default place means an empty configuration.
@@ -52,6 +55,8 @@ class Config:
         path: the file read, or None when there was none.
         destination: where downloads land, or None for the current folder.
         policies: source name or alias -> the RatePolicy fields to change.
+        settings: source name or alias -> its ``settings`` table (checked
+            against the source's settings class when an engine loads it).
         load: the only installed sources to load, or None for all.
         block: installed sources never to load.
     """
@@ -61,6 +66,7 @@ class Config:
     policies: Mapping[str, Mapping[str, object]] = attrs.field(factory=lambda: MappingProxyType({}))
     load: tuple[str, ...] | None = None
     block: tuple[str, ...] = ()
+    settings: Mapping[str, Mapping[str, object]] = attrs.field(factory=lambda: MappingProxyType({}))
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -105,9 +111,14 @@ def _parse(path: Path, data: Mapping[str, object]) -> Config:
     if "block" in plugins:
         block = _names(path, "plugins.block", plugins["block"])
     policies: dict[str, Mapping[str, object]] = {}
+    settings: dict[str, Mapping[str, object]] = {}
     for name, table in _table(path, "sources", data.get("sources", {})).items():
-        policies[name] = _policy(path, f"sources.{name}", _table(path, f"sources.{name}", table))
-    return Config(path, destination, MappingProxyType(policies), load, block)
+        fields = dict(_table(path, f"sources.{name}", table))
+        if "settings" in fields:
+            own = _table(path, f"sources.{name}.settings", fields.pop("settings"))
+            settings[name] = MappingProxyType(dict(own))
+        policies[name] = _policy(path, f"sources.{name}", fields)
+    return Config(path, destination, MappingProxyType(policies), load, block, MappingProxyType(settings))
 
 
 def _only_keys(path: Path, prefix: str, table: Mapping[str, object], allowed: set[str]) -> None:
@@ -152,7 +163,8 @@ def _policy(path: Path, key: str, table: Mapping[str, object]) -> Mapping[str, o
         if name not in fields:
             raise ConfigError(
                 f"config file {path}: unknown key {key + '.' + name!r}; "
-                f"a source's policy has {', '.join(sorted(fields))}"
+                f"a source's policy has {', '.join(sorted(fields))} (its own settings go under "
+                f"[{key}.settings])"
             )
         kind = _KINDS.get(type(getattr(_POLICY_DEFAULTS, name)))
         if kind is not None and type(value) not in kind[0]:

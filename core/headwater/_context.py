@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from headwater._fields import plain_fields
 from headwater._files import Existing
+
+#: What the engine does with a described download: ``(ctx, display_name, username, fields)``;
+#: None for what stays as it was.
+Describe = Callable[["DownloadContext", str | None, str | None, Mapping[str, object]], None]
 
 
 class DownloadContext:
@@ -27,8 +32,11 @@ class DownloadContext:
             record stays unfinished and a later engine resumes it: keep
             what a resume continues from (a ``.part``), where on a cancel
             you would remove it.
-        logger: a logger named ``headwater.source.<name>``.
+        logger: a logger named ``headwater.source.<name>``; secret setting
+            values are taken out of what is logged on it.
         started: when the download started, on the engine's clock (``now``).
+        settings: the source's settings instance (see ``settings_schema``),
+            or None when it declares none.
         existing: what to do when a file already has the final name:
             ``"rename"``, ``"skip"`` or ``"overwrite"`` (the download's own
             choice, else its source's ``RatePolicy.existing``). Hand it to
@@ -36,7 +44,18 @@ class DownloadContext:
             carry it out.
     """
 
-    __slots__ = ("dest_dir", "cancelled", "interrupted", "logger", "started", "existing", "_last", "_now")
+    __slots__ = (
+        "dest_dir",
+        "cancelled",
+        "interrupted",
+        "logger",
+        "started",
+        "existing",
+        "settings",
+        "_last",
+        "_now",
+        "_describe",
+    )
 
     def __init__(
         self,
@@ -45,15 +64,19 @@ class DownloadContext:
         now: Callable[[], float] = time.monotonic,
         started: float | None = None,
         existing: Existing = "rename",
+        settings: object = None,
+        describe: Describe | None = None,
     ) -> None:
         self.dest_dir = dest_dir
         self.existing: Existing = existing
         self.cancelled = threading.Event()
         self.interrupted = threading.Event()
         self.logger = logger
+        self.settings = settings
         self._now = now
         self.started = now() if started is None else started
         self._last: tuple[int, int | None, float] = (0, None, self.started)
+        self._describe = describe
 
     def progress(self, transferred: int, total: int | None = None) -> None:
         """Report that ``transferred`` bytes of ``total`` (None: unknown) are done.
@@ -67,6 +90,26 @@ class DownloadContext:
         if total is not None and (type(total) is not int or total < 0):  # noqa: E721
             raise ValueError(f"progress: total must be None or an int >= 0, got {total!r}")
         self._last = (transferred, total, self._now())
+
+    def describe(self, display_name: str | None = None, **fields: object) -> None:
+        """Set the record's display name and extra fields now that the source knows them.
+
+        ``display_name`` (a non-empty str; None leaves it as it is) replaces
+        the record's; ``fields`` are merged into ``record.extra`` under the
+        rules of ``record_fields`` (no core field; ``username`` sets the
+        record's label; values str, int, float, bool or None). The record is changed and journaled
+        at once (``status``, the progress bars and ``--json`` show it, and a
+        restart keeps it); a call after the download has ended, or was
+        cancelled, changes nothing. Takes the source's lock briefly: call it
+        when something is learned, not per chunk. Raises ValueError for a
+        bad display name, and FieldConflictError or PluginError for fields
+        that break the rules.
+        """
+        if display_name is not None and (not isinstance(display_name, str) or not display_name):
+            raise ValueError(f"describe: display_name must be a non-empty str or None, got {display_name!r}")
+        username, extra = plain_fields(fields, "ctx.describe")
+        if self._describe is not None:
+            self._describe(self, display_name, username, extra)
 
     @property
     def last_progress(self) -> tuple[int, int | None, float]:

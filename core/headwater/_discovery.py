@@ -22,6 +22,8 @@ from collections.abc import Collection, Iterable, Mapping
 import attrs
 import importlib_metadata
 
+from headwater._redact import redact
+
 ENTRY_POINT_GROUP = "headwater.sources"
 DISABLE_ENV = "HEADWATER_DISABLE_PLUGIN_AUTOLOAD"
 LOAD_ENV = "HEADWATER_LOAD_PLUGINS"
@@ -60,12 +62,16 @@ ONE_LINE_MAX = 1000
 def one_line(exc: BaseException) -> str:
     """``ExcType: message``, folded onto one line of at most :data:`ONE_LINE_MAX` characters.
 
+    Secret setting values are taken out (see :mod:`headwater._redact`). How
+    every exception a plugin raises becomes text: a record's error, a
+    fallback chain's reason, a broken source's error.
+
     Never raises, whatever ``exc`` is (it often comes from a plugin): an
     exception whose ``str()`` fails gives its type name alone, and the middle
     of a longer line is cut out, so both ends stay.
     """
     try:
-        text = " ".join(str(exc).split())
+        text = redact(" ".join(str(exc).split()))
     except Exception:
         text = ""
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -112,6 +112,7 @@ class _Bars:
                 self._bars[download_id] = progress.add_task(_label(record), total=None, detail="")
             progress.update(
                 self._bars[download_id],
+                description=_label(record),  # a name the source learned (ctx.describe) shows at once
                 total=record.size,
                 completed=record.transferred,
                 detail=detail(record),

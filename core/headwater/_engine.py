@@ -16,6 +16,7 @@ before anyone can see it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -36,26 +37,27 @@ from headwater._discovery import Candidate, discover, one_line
 from headwater._errors import (
     EngineClosedError,
     ExistingFileKept,
-    FieldConflictError,
     HeadwaterError,
     InvalidTargetError,
+    NeedsConfigurationError,
     PluginError,
     RetryAfter,
     StoreError,
     UnknownDownloadError,
     is_transient,
 )
+from headwater._fields import plain_fields
 from headwater._files import Existing, discard_landed, existing_choice, landed_file
 from headwater._policy import RatePolicy
-from headwater._records import CORE_FIELDS, NO_EXTRA, Job, Record, State, Tried, may_transition
+from headwater._records import NO_EXTRA, Job, Record, State, Tried, may_transition
+from headwater._redact import protect, redact, register
+from headwater._settings import SettingsInput, SettingsLayers
 from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
 from headwater._store import MemoryStore, RecordStore
 from headwater._watchdog import Watchdog
 from headwater._worker import SourceWorker
 
 log = logging.getLogger("headwater")
-
-_PLAIN = (str, int, float, bool, type(None))
 
 
 class _Shard:
@@ -70,6 +72,7 @@ class _Shard:
         self.contexts: dict[str, DownloadContext] = {}
         self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
+        protect(self.logger)  # settings: no secret value in what the source logs
         self.worker: SourceWorker[DownloadContext] = SourceWorker(
             source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
         )
@@ -88,7 +91,14 @@ class _Shard:
         if not may_transition(record.state, state):
             log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
             return None
-        new = attrs.evolve(record, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        return self.amend(record, state=state, **changes)
+
+    def amend(self, record: Record, **changes: object) -> Record:
+        """Write ``record`` with ``changes``, committed as :meth:`move` does; the lock must be held.
+
+        Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
+        """
+        new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
         if self._unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
@@ -148,6 +158,11 @@ def _new_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+def _redacted(fields: Mapping[str, object]) -> dict[str, object]:
+    """``fields`` with secret setting values taken out of its strings (see :mod:`headwater._redact`)."""
+    return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+
+
 def _with_progress(record: Record, ctx: DownloadContext) -> Record:
     """``record`` carrying the latest progress ``ctx`` has seen."""
     transferred, total, at = ctx.last_progress
@@ -203,11 +218,19 @@ class Engine:
         load: discover only these installed sources (when the environment
             does not restrict loading itself); ignored with ``plugins``.
         block: never load these installed sources; ignored with ``plugins``.
+        settings: source name or alias -> setting name -> value; the
+            highest layer of each source's settings (see ``settings_schema``).
+        settings_layers: the layers below ``settings``: the environment
+            (read always; ``HEADWATER_<SOURCE>_<FIELD>``), and the secrets
+            store and headwater.toml's tables, read only when given here.
 
-    Raises :class:`~headwater.UnknownSourceError` for a policy naming a
-    source that does not exist, and StoreError (the store is closed again)
-    when the store cannot be read. The engine owns ``store`` and closes it in
-    :meth:`close`. Use as a context manager, or call :meth:`close`.
+    Raises :class:`~headwater.UnknownSourceError` for a policy or
+    settings naming a source that does not exist, ConfigError for a secrets
+    store that cannot be read, and StoreError (the store is closed again)
+    when the store cannot be read. A source whose settings are missing or
+    invalid is no error here: it needs configuration (see :meth:`submit`).
+    The engine owns ``store`` and closes it in :meth:`close`. Use as a
+    context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -222,8 +245,11 @@ class Engine:
         hold: bool = False,
         load: Collection[str] | None = None,
         block: Collection[str] = (),
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+        settings_layers: SettingsLayers | None = None,
     ) -> None:
         self._store: RecordStore = MemoryStore() if store is None else store
+        self._secrets = register(())
         try:
             self.dest_dir = Path(dest_dir).expanduser()
             self.dest_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +258,9 @@ class Engine:
                 candidates = discover(only=load, block=block)
             else:
                 candidates = [Candidate(n, p) for n, p in plugins.items()]
-            self._registry = SourceRegistry(candidates, policies)
+            inputs = SettingsInput.read(settings, settings_layers)
+            self._registry = SourceRegistry(candidates, policies, inputs)
+            self._secrets = register(self._registry.secret_values())  # settings: redacted until close
             self._idle_timeout = idle_timeout
             self._clock: Clock = SystemClock() if clock is None else clock
             self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
@@ -247,13 +275,18 @@ class Engine:
                 self._requeue(self._store.take_over(self._registry.names()))
         except BaseException:
             self._store.close()
+            self._secrets.release()
             raise
         self._store.attach(self._running_snapshots)
 
     # -- sources ---------------------------------------------------------
 
     def sources(self, include_broken: bool = False) -> list[SourceInfo]:
-        """The loaded sources by name, and with ``include_broken`` those left out."""
+        """The loaded sources by name, and with ``include_broken`` those left out.
+
+        A loaded source that needs configuration is listed with its problems
+        (``SourceInfo.status`` is ``"needs-configuration"``).
+        """
         return self._registry.infos(include_broken)
 
     def _shard(self, name: str) -> _Shard:
@@ -311,7 +344,9 @@ class Engine:
             log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
 
     def _requeue(self, records: list[Record]) -> list[str]:
-        """Queue again and start the unfinished ``records`` taken over from the store; return their ids.
+        """Queue again and start the unfinished ``records`` taken over from the store; return the ids started.
+
+        Those of a source that needs configuration stay QUEUED, not started.
 
         One store commit for all of them, before any is visible or queued.
         A record of an older journal, which names no ``dest_dir``, lands in
@@ -333,15 +368,30 @@ class Engine:
         if not requeued:
             return []
         self._store.commit([record for _, record in requeued])
+        waiting: dict[str, int] = {}
+        started: list[str] = []
         for shard, record in requeued:
             name = shard.source.name
+            if shard.source.settings.needs_configuration:  # settings: kept QUEUED, not run
+                waiting[name] = waiting.get(name, 0) + 1
+                with shard.lock:
+                    shard.records[record.id] = record
+                continue
             mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
                 shard.records[record.id] = record
                 shard.worker.put(job)
-        log.info("%d unfinished download(s) from the journal queued again", len(requeued))
-        return [record.id for _, record in requeued]
+            started.append(record.id)
+        for name, count in waiting.items():
+            log.warning(
+                "%d unfinished download(s) of source %r stay queued until it is configured "
+                "(see `headwater sources`)",
+                count,
+                name,
+            )
+        log.info("%d unfinished download(s) from the journal queued again", len(started))
+        return started
 
     def start_held(self) -> list[str]:
         """Take over and start the downloads that engines no longer running left unfinished in the store.
@@ -399,6 +449,7 @@ class Engine:
 
         Returns at once: no thread is started per job (a ``dest_dir`` costs
         one ``mkdir`` and one ``resolve``). Raises UnknownSourceError,
+        NeedsConfigurationError when a source named needs configuration,
         ValueError for an empty target or an unknown ``existing``,
         TargetRejectedError when no source can take the target,
         InvalidTargetError when the first source's ``record_fields`` refuses
@@ -409,6 +460,9 @@ class Engine:
         if self._closed:
             raise EngineClosedError("the engine is closed")
         chain = resolve_chain(self._registry, source)
+        for src in chain:  # settings: refused at once, naming what to set
+            if src.settings.needs_configuration:
+                raise NeedsConfigurationError(src.name, [str(p) for p in src.settings.problems])
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
         if existing is not None:
@@ -458,42 +512,20 @@ class Engine:
         """
         if src.record_fields is None:
             return src.name, NO_EXTRA
+        what = f"record_fields of source {src.label()}"
         try:
-            results = src.record_fields(job=job)
+            results = src.record_fields(job=job, settings=src.settings.values)
         except InvalidTargetError:
             raise
         except Exception as exc:
-            raise PluginError(f"record_fields of source {src.label()} raised {one_line(exc)}") from exc
+            raise PluginError(f"{what} raised {one_line(exc)}") from exc
         username = src.name
         extra: dict[str, object] = {}
         for result in results:
-            if result is None:
-                continue
-            if not isinstance(result, Mapping):
-                raise PluginError(
-                    f"record_fields of source {src.label()} returned {type(result).__name__}, not a mapping"
-                )
-            for key, value in result.items():
-                if not isinstance(value, _PLAIN):
-                    raise PluginError(
-                        f"record_fields of source {src.label()} returned "
-                        f"{key!r}={value!r}; values must be str, int, float, bool or None"
-                    )
-                if key == "username":
-                    if not isinstance(value, str) or not value:
-                        raise PluginError(
-                            f"record_fields of source {src.label()} returned "
-                            f"username={value!r}; it must be a non-empty string"
-                        )
-                    username = value
-                elif key in CORE_FIELDS:
-                    raise FieldConflictError(
-                        f"record_fields of source {src.label()} returned {key!r}, a core record "
-                        "field; only 'username' may be set"
-                    )
-                else:
-                    extra[key] = value
-        return username, MappingProxyType(extra)
+            named, fields = plain_fields(result, what)
+            username = named or username
+            extra.update(fields)
+        return username, MappingProxyType(_redacted(extra))
 
     # -- running (called by the worker) ----------------------------------------
 
@@ -509,12 +541,47 @@ class Engine:
             return None
         folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
         existing = record.existing or shard.source.policy.existing
-        ctx = DownloadContext(folder, shard.logger, self._clock.now, now, existing)
+        ctx = DownloadContext(
+            folder,
+            shard.logger,
+            self._clock.now,
+            now,
+            existing,
+            shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
+            functools.partial(self._describe, shard, job.id),
+        )
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
         shard.contexts[job.id] = ctx
         if shard.source.policy.watched:
             self._watchdog.poke()
         return ctx
+
+    def _describe(
+        self,
+        shard: _Shard,
+        download_id: str,
+        ctx: DownloadContext,
+        display_name: str | None,
+        username: str | None,
+        fields: Mapping[str, object],
+    ) -> None:
+        """``ctx.describe``'s effect: the RUNNING record gains the name and fields, journaled at once.
+
+        Runs on the download's worker thread, takes the source's lock. Does
+        nothing once ``ctx`` is no longer the download's running context (it
+        ended, was cancelled or expired).
+        """
+        with shard.lock:
+            record = shard.current(download_id)
+            ours = shard.contexts.get(download_id) is ctx
+            if not ours or record is None or record.state is not State.RUNNING:
+                return
+            changes: dict[str, object] = {"extra": MappingProxyType({**record.extra, **_redacted(fields)})}
+            if display_name is not None:
+                changes["display_name"] = redact(display_name)
+            if username is not None:
+                changes["username"] = redact(username)
+            shard.amend(record, **changes)
 
     def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
@@ -1044,6 +1111,7 @@ class Engine:
                 record.source,
             )
         self._store.close()
+        self._secrets.release()
         return stuck
 
     def __enter__(self) -> Engine:

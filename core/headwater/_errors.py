@@ -8,8 +8,11 @@ recorded on the download's record.
 
 from __future__ import annotations
 
+import email.utils
 import os
+import time
 from collections.abc import Sequence
+from datetime import UTC
 
 
 class HeadwaterError(Exception):
@@ -131,6 +134,56 @@ class RetryAfter(TransientError):
         self.seconds = float(seconds)
         text = message or "the service asked to retry later"
         super().__init__(f"{text}; retry after {self.seconds:g} s")
+
+    @classmethod
+    def from_header(cls, value: str, message: str = "", *, now: float | None = None) -> RetryAfter:
+        """A RetryAfter for the value of an HTTP ``Retry-After`` header.
+
+        ``value`` is delta-seconds (``"120"``) or an HTTP date
+        (``"Wed, 21 Oct 2015 07:28:00 GMT"``, and the obsolete RFC 850 and
+        asctime forms, read as GMT); a date in the past gives 0 seconds.
+        ``now`` is the time (seconds since the epoch) a date is measured
+        from; default: the current time. ``message`` is as for the
+        constructor. Raises :class:`InvalidHeaderError`, naming the value,
+        for anything else (so ``raise RetryAfter.from_header(...)`` never
+        raises a RetryAfter built from garbage).
+        """
+        return cls(_retry_after_seconds(value, now), message)
+
+
+def _retry_after_seconds(value: str, now: float | None) -> float:
+    """Seconds to wait for a ``Retry-After`` value; InvalidHeaderError if it is none (see from_header)."""
+    if not isinstance(value, str):
+        raise InvalidHeaderError(f"Retry-After must be a str, got {type(value).__name__} {value!r}")
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        raise InvalidHeaderError(
+            f"Retry-After {value!r} is neither a number of seconds nor an HTTP date"
+        ) from None
+    seconds = when.timestamp() if when.tzinfo is not None else when.replace(tzinfo=UTC).timestamp()
+    return max(0.0, seconds - (time.time() if now is None else now))
+
+
+class InvalidHeaderError(HeadwaterError, ValueError):
+    """An HTTP header value that cannot be read (``RetryAfter.from_header`` of garbage); names the value."""
+
+
+class NeedsConfigurationError(HeadwaterError):
+    """A submit to a source whose required settings are missing or invalid.
+
+    ``source`` is the source's name, ``problems`` one line per problem
+    (the field, what is wrong, where it can be set). The message never holds
+    a secret value. ``headwater sources`` lists the same problems.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(f"source {source!r} needs configuration: {'; '.join(self.problems)}")
 
 
 class InvalidTargetError(HeadwaterError, ValueError):

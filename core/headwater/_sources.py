@@ -1,9 +1,11 @@
-"""Turning candidate plugins into sources: validation, names, aliases, policies.
+"""Turning candidate plugins into sources: validation, names, aliases, settings, policies.
 
 A :class:`SourceRegistry` registers each candidate with pluggy on its own.
 A candidate that fails validation, lacks ``download_impl``, declares a bad
-policy or claims a taken name or alias is left out and reported as a broken
-:class:`SourceInfo`; the others are usable. A hook implementation whose name
+policy or settings class or claims a taken name or alias is left out and
+reported as a broken :class:`SourceInfo`; the others are usable. A usable
+source whose settings lack a required value or hold an invalid one is kept,
+as needing configuration (see :mod:`headwater._settings`). A hook implementation whose name
 headwater does not define (a misspelling) leaves the source out too, unless
 it is marked ``hookimpl(optionalhook=True)``.
 
@@ -25,6 +27,15 @@ from headwater import hookspecs
 from headwater._discovery import Candidate, one_line
 from headwater._errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
 from headwater._policy import RatePolicy
+from headwater._settings import (
+    NO_SETTINGS,
+    SettingInfo,
+    SettingProblem,
+    SettingsInput,
+    SourceSettings,
+    build_settings,
+    check_settings_class,
+)
 
 log = logging.getLogger("headwater")
 
@@ -60,7 +71,9 @@ class SourceInfo:
     """What is known of one source, loaded or broken.
 
     ``policy`` is the one in force (the user's override if any); ``error`` is
-    None for a loaded source and one line for a broken one.
+    None for a loaded source and one line for a broken one. ``settings``
+    describes each of its settings; ``problems`` says why a loaded source
+    needs configuration (empty when it does not).
     """
 
     name: str
@@ -69,11 +82,15 @@ class SourceInfo:
     distribution: str | None = None
     version: str | None = None
     error: str | None = None
+    settings: tuple[SettingInfo, ...] = ()
+    problems: tuple[SettingProblem, ...] = ()
 
     @property
     def status(self) -> str:
-        """``"ok"`` for a loaded source, ``"broken"`` for one left out."""
-        return "ok" if self.error is None else "broken"
+        """``"ok"`` or ``"needs-configuration"`` for a loaded source, ``"broken"`` for one left out."""
+        if self.error is not None:
+            return "broken"
+        return "needs-configuration" if self.problems else "ok"
 
 
 @attrs.define
@@ -88,13 +105,22 @@ class Source:
     download: pluggy.HookCaller
     record_fields: pluggy.HookCaller | None
     translate: pluggy.HookCaller | None = None
+    settings: SourceSettings = NO_SETTINGS
 
     def label(self) -> str:
         """``name (distribution version)``, for messages."""
         return f"{self.name!r} ({_dist_label(self.distribution, self.version)})"
 
     def info(self) -> SourceInfo:
-        return SourceInfo(self.name, self.aliases, self.policy, self.distribution, self.version)
+        return SourceInfo(
+            self.name,
+            self.aliases,
+            self.policy,
+            self.distribution,
+            self.version,
+            settings=self.settings.fields,
+            problems=self.settings.problems,
+        )
 
 
 def _alias_names(results: list[object]) -> list[str]:
@@ -135,6 +161,7 @@ class SourceRegistry:
         self,
         candidates: Iterable[Candidate],
         policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
+        settings: SettingsInput | None = None,
     ) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
@@ -142,10 +169,12 @@ class SourceRegistry:
         self._names: dict[str, str] = {}  # name or alias -> canonical name
         self._owner: dict[str, Candidate] = {}  # name or alias -> who claimed it
         self._broken: list[SourceInfo] = []
+        self._settings = SettingsInput() if settings is None else settings
         registered = [c for c in candidates if self._register(c)]
         for cand in registered:
             self._admit(cand, [c.plugin for c in registered if c is not cand])
         self._apply_overrides(policies or {})
+        self._check_named(self._settings.named_sources())
 
     # -- lookups ---------------------------------------------------------
 
@@ -163,6 +192,10 @@ class SourceRegistry:
     def unknown(self, names: str | Sequence[str]) -> UnknownSourceError:
         """The error for ``names`` that no loaded source answers to, listing the loaded and the broken."""
         return UnknownSourceError(names, list(self._sources), [b.name for b in self._broken])
+
+    def secret_values(self) -> frozenset[str]:
+        """Every value read for a secret setting of a loaded source."""
+        return frozenset().union(*(s.settings.secret_values for s in self._sources.values()))
 
     def infos(self, include_broken: bool = False) -> list[SourceInfo]:
         loaded = [s.info() for s in self._sources.values()]
@@ -234,12 +267,16 @@ class SourceRegistry:
 
         try:
             names = tuple(dict.fromkeys(_alias_names(caller("aliases")())))
-            policy = caller("rate_policy")()
+            aliases = tuple(n for n in names if n != cand.name)
+            schema = caller("settings_schema")()
+            if schema is not None:
+                schema = check_settings_class(schema)
+            settings = build_settings((cand.name, *aliases), schema, self._settings)
+            policy = caller("rate_policy")(settings=settings.values)
             if policy is None:
                 policy = RatePolicy()
             elif not isinstance(policy, RatePolicy):
                 raise PluginError(f"rate_policy returned {type(policy).__name__}, not a RatePolicy")
-            aliases = tuple(n for n in names if n != cand.name)
             for i, alias in enumerate(aliases):
                 try:
                     self._claim(cand, alias, "alias")
@@ -263,10 +300,18 @@ class SourceRegistry:
             caller("download_impl"),
             fields if _implements(fields, cand.plugin) else None,
             translate if _implements(translate, cand.plugin) else None,
+            settings,
         )
         self._sources[cand.name] = source
         for name in (cand.name, *aliases):
             self._names[name] = cand.name
+
+    def _check_named(self, names: Iterable[str]) -> None:
+        """Raise UnknownSourceError for settings given to a name no source has (but a broken one)."""
+        broken = {b.name for b in self._broken}
+        unknown = sorted(n for n in names if n not in self._names and n not in broken)
+        if unknown:
+            raise self.unknown(unknown)
 
     def _apply_overrides(self, policies: Mapping[str, RatePolicy | PolicyOverride]) -> None:
         """Replace a source's policy, or change some of its fields."""

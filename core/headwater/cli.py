@@ -6,7 +6,8 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
 - 1: a download failed, was cancelled or timed out (or ``cancel`` found one
   already ended);
 - 2: bad usage or configuration (an unknown source or id, a bad option, a
-  destination folder that cannot be created, a bad ``headwater.toml``);
+  destination folder that cannot be created, a bad ``headwater.toml`` or secrets
+  store, a source that needs configuration);
 - 3: the journal cannot be used (it is damaged, another program's, or from a
   newer headwater), or ``cancel`` named a download another running headwater
   process owns;
@@ -23,7 +24,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -46,8 +47,11 @@ from headwater._errors import (
     UnknownSourceError,
 )
 from headwater._files import EXISTING_CHOICES, Existing
+from headwater._keystore import KeyStore, default_keystore
 from headwater._plugin_new import plugin
 from headwater._records import Record, State
+from headwater._redact import protect
+from headwater._settings import SettingInfo, SettingsLayers
 from headwater._sources import PolicyOverride, SourceInfo
 from headwater._store import SQLiteStore, default_journal, plain, read_records
 
@@ -106,6 +110,7 @@ class App:
 
     config_path: Path | None
     journal: Path
+    keystore: KeyStore = attrs.field(factory=KeyStore)
     _config: Config | None = None
 
     @property
@@ -117,8 +122,18 @@ class App:
                 raise Failure(str(exc), EXIT_USAGE) from exc
         return self._config
 
-    def engine(self, dest: Path | None, *, journaled: bool = True) -> Engine:
-        """An engine over the configured sources; ``journaled``: with a journal session (nothing resumed)."""
+    def engine(
+        self,
+        dest: Path | None,
+        *,
+        journaled: bool = True,
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> Engine:
+        """An engine over the configured sources; ``journaled``: with a journal session (nothing resumed).
+
+        ``settings`` is given to the engine as its highest layer of settings,
+        above the environment, the secrets store and the configuration.
+        """
         config = self.config
         try:
             store = SQLiteStore(self.journal) if journaled else None
@@ -133,6 +148,10 @@ class App:
                     hold=True,
                     load=config.load,
                     block=config.block,
+                    settings=settings,
+                    settings_layers=SettingsLayers(
+                        keystore=self.keystore, config=config.settings, config_path=config.path
+                    ),
                 )
         except UnknownSourceError as exc:
             where = f" (config file {config.path})" if config.path else ""
@@ -175,7 +194,21 @@ def _info_json(info: SourceInfo) -> dict[str, object]:
         "version": info.version,
         "status": info.status,
         "error": info.error,
+        "settings": [{**attrs.asdict(s), "places": list(s.places)} for s in info.settings],
+        "problems": [{"field": p.field, "problem": p.message} for p in info.problems],
     }
+
+
+def _setting_line(setting: SettingInfo) -> str:
+    """``token (str, secret, required): the API token; set in environment variable HEADWATER_X_TOKEN``."""
+    traits = [setting.type, *(["secret"] if setting.secret else [])]
+    traits.append("required" if setting.required else f"default {json.dumps(setting.default)}")
+    line = f"{setting.name} ({', '.join(traits)})" + (f": {setting.help}" if setting.help else "")
+    if setting.origin is None:
+        return line + "; not set"
+    if setting.secret:
+        return line + f"; set in {setting.origin}"
+    return line + f"; {json.dumps(setting.value)} from {setting.origin}"
 
 
 def _print_version(verbose: int) -> None:
@@ -214,7 +247,9 @@ def main(ctx: click.Context, version: bool, verbose: int, config_path: Path | No
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2), format="headwater: %(levelname)s: %(message)s"
     )
-    ctx.obj = App(config_path, default_journal())
+    for handler in logging.getLogger().handlers:
+        protect(handler)  # no secret setting value on stderr, whichever library logs it
+    ctx.obj = App(config_path, default_journal(), KeyStore(default_keystore()))
 
 
 def _app() -> App:
@@ -243,7 +278,11 @@ main.add_command(plugin)
 @main.command()
 @_json_option
 def sources(as_json: bool) -> None:
-    """List installed sources, their aliases and policies, and broken ones with their error."""
+    """List installed sources, their aliases, policies and settings, and broken ones with their error.
+
+    A source that needs configuration is listed with each setting that is
+    missing or invalid and where it can be set. Secret values are never shown.
+    """
     engine = _app().engine(Path.cwd(), journaled=False)
     try:
         infos = engine.sources(include_broken=True)
@@ -255,13 +294,20 @@ def sources(as_json: bool) -> None:
     alias_width = max([20, *(len(",".join(i.aliases)) for i in infos)])
     for info in infos:
         dist = f"{info.distribution} {info.version}" if info.distribution else "-"
-        if info.error is None:
+        if info.error is not None:
+            click.echo(f"{info.name:<16} broken  {dist}: {info.error}")
+            continue
+        if info.problems:
+            click.echo(f"{info.name:<16} needs configuration  {dist}:")
+            for problem in info.problems:
+                click.echo(f"    {problem}")
+        else:
             assert info.policy is not None
             policy = f"concurrency={info.policy.concurrency} delay={info.policy.delay:g}"
             aliases = ",".join(info.aliases) or "-"
             click.echo(f"{info.name:<16} ok      {aliases:<{alias_width}} {policy:<28} {dist}")
-        else:
-            click.echo(f"{info.name:<16} broken  {dist}: {info.error}")
+        for setting in info.settings:
+            click.echo(f"    setting {_setting_line(setting)}")
 
 
 @main.command()
@@ -517,6 +563,101 @@ def clean(as_json: bool) -> None:
         click.echo(json.dumps([plain(r) for r in removed], indent=2))
     else:
         click.echo(f"removed {len(removed)} ended download(s) from the journal")
+
+
+@main.group()
+def keys() -> None:
+    """Keep source settings (tokens, passwords) in the secrets store instead of headwater.toml.
+
+    The store is secrets.json in HEADWATER_HOME or the user data folder,
+    readable by you alone (mode 0600).
+    """
+
+
+def _source_info(source: str, settings: Mapping[str, Mapping[str, object]] | None = None) -> SourceInfo:
+    """The loaded source ``source`` names (a name or alias), with ``settings`` as its highest layer."""
+    engine = _app().engine(Path.cwd(), journaled=False, settings=settings)
+    try:
+        infos = engine.sources(include_broken=True)
+    finally:
+        engine.close()
+    for info in infos:
+        if source == info.name or source in info.aliases:
+            if info.error is not None:
+                raise Failure(f"source {info.name!r} is broken: {info.error}", EXIT_USAGE)
+            return info
+    known = [i.name for i in infos if i.error is None]
+    raise Failure(str(UnknownSourceError(source, known, [i.name for i in infos if i.error])), EXIT_USAGE)
+
+
+def _read_secret(prompt: str) -> str:
+    """A value from the terminal without echo, or all of stdin (less one line end) when it is not one."""
+    if sys.stdin.isatty():
+        value: str = click.prompt(prompt, hide_input=True, prompt_suffix=": ")
+    else:
+        value = sys.stdin.read()
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+    if not value:
+        raise Failure("an empty value; nothing stored", EXIT_USAGE)
+    return value
+
+
+@keys.command("set")
+@click.argument("source")
+@click.argument("field")
+def keys_set(source: str, field: str) -> None:
+    """Store setting FIELD of SOURCE (a name or alias); the value is read without echo.
+
+    On a terminal it is prompted for; otherwise it is all of standard input
+    (less a final line end). A value the setting cannot take is refused
+    (exit status 2) and nothing is stored.
+    """
+    info = _source_info(source)
+    declared = [s.name for s in info.settings]
+    if field not in declared:
+        listing = ", ".join(declared) if declared else "it declares none"
+        raise Failure(f"source {info.name!r} has no setting {field!r}; its settings: {listing}", EXIT_USAGE)
+    value = _read_secret(f"{info.name} {field}")
+    checked = _source_info(info.name, {info.name: {field: value}})
+    refused = [str(p) for p in checked.problems if p.field == field]
+    if refused:
+        raise Failure(f"not stored: {'; '.join(refused)}", EXIT_USAGE)
+    try:
+        _app().keystore.set(info.name, field, value)
+    except ConfigError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+    click.echo(f"stored {field} of {info.name} in {_app().keystore.path}", err=True)
+
+
+@keys.command("list")
+@_json_option
+def keys_list(as_json: bool) -> None:
+    """List the settings the secrets store holds a value for (never the values)."""
+    try:
+        names = _app().keystore.names()
+    except ConfigError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+    if as_json:
+        click.echo(json.dumps([{"source": s, "field": f} for s, f in names], indent=2))
+        return
+    if not names:
+        click.echo("the secrets store is empty", err=True)
+    for source, field in names:
+        click.echo(f"{source} {field}")
+
+
+@keys.command("remove")
+@click.argument("source")
+@click.argument("field")
+def keys_remove(source: str, field: str) -> None:
+    """Forget the stored value of FIELD of SOURCE (the source's name, as `keys list` shows it)."""
+    try:
+        removed = _app().keystore.remove(source, field)
+    except ConfigError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+    if not removed:
+        raise Failure(f"the secrets store holds no {field} of {source} (`headwater keys list`)", EXIT_USAGE)
+    click.echo(f"removed {field} of {source}", err=True)
 
 
 if __name__ == "__main__":

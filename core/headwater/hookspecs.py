@@ -5,6 +5,11 @@ canonical name. Mark implementations with :data:`headwater.hookimpl`.
 Only ``download_impl`` is required. Per-source calls reach only that
 source's implementation; plugins that are not sources may wrap every
 source with ``hookimpl(wrapper=True)``.
+
+Hooks that take ``settings`` get the source's settings instance (built
+from the class ``settings_schema`` returns; see :mod:`headwater._settings`),
+or None when the source declares none. An implementation may leave the
+argument out (pluggy passes only the arguments an implementation names).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
     Runs on a worker thread of the source, inside its concurrency limit and
     after its delay; never on the caller's thread. Call
     ``ctx.progress(transferred, total)`` as bytes arrive and check
-    ``ctx.cancelled`` between chunks.
+    ``ctx.cancelled`` between chunks. ``ctx.settings`` holds the source's
+    settings; ``ctx.describe(display_name=..., **fields)`` sets the record's
+    display name and extra fields as soon as the source learns them.
 
     Returns the path of the finished file (a ``str`` or ``os.PathLike``;
     relative paths are taken relative to ``ctx.dest_dir``). The file must
@@ -55,15 +62,16 @@ def download_impl(job: Job, ctx: DownloadContext) -> str | os.PathLike[str] | No
 
 
 @hookspec
-def record_fields(job: Job) -> Mapping[str, object] | None:
+def record_fields(job: Job, settings: object) -> Mapping[str, object] | None:
     """Extra fields for the record of ``job``, merged into ``record.extra``.
 
     Called once on the caller's thread when the download is submitted, so it
-    must be quick and do no I/O. Return a mapping of plain values (str, int,
-    float, bool, None) or None. The key ``username`` sets the record's label
-    (a legacy name such as ``deezer_dl``); any other core record field name
-    fails the submit with :class:`~headwater.FieldConflictError` naming
-    the plugin.
+    must be quick and do no I/O. Return a mapping of ``str`` keys to plain
+    values (str, int, float, bool, None) or None. The key ``username`` sets
+    the record's label (a legacy name such as ``deezer_dl``); any other core
+    record field name fails the submit with
+    :class:`~headwater.FieldConflictError` naming the plugin, and anything
+    else that breaks these rules with :class:`~headwater.PluginError`.
 
     Raise :class:`~headwater.InvalidTargetError`, with a message naming
     the target and what is wrong with it, to refuse a target the source can
@@ -87,10 +95,34 @@ def aliases() -> Iterable[str]:  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def rate_policy() -> RatePolicy | None:
+def settings_schema() -> type | None:
+    """The attrs class of the source's settings, or None if it has none.
+
+    Called once when the source is loaded (on the thread that builds the
+    engine), after ``aliases``. Each field of the class is one setting: its
+    type (str, int, float, bool, pathlib.Path, an Enum, a list or
+    ``tuple[X, ...]`` of those, or any of them ``| None``), its default (none:
+    required), and in its metadata ``help`` and ``secret``;
+    :func:`headwater.setting` writes such a field. The class must be frozen
+    and name its fields lowercase ``[a-z][a-z0-9_]*``.
+
+    headwater builds one instance per engine from ``Engine(settings=...)``,
+    ``HEADWATER_<SOURCE>_<FIELD>``, the secrets store and headwater.toml, in
+    that order. When a required setting is missing or a value is invalid, the
+    source *needs configuration*: it is listed so by ``headwater sources``
+    and a submit to it raises
+    :class:`~headwater.NeedsConfigurationError`; other sources run.
+    Returning anything but such a class, or raising, leaves the source out,
+    reported with the error.
+    """
+
+
+@hookspec(firstresult=True)
+def rate_policy(settings: object) -> RatePolicy | None:
     """The :class:`~headwater.RatePolicy` the source asks for.
 
-    Called once when the source is loaded. Return None for the default
+    Called once when the source is loaded, after its settings are built
+    (``settings`` is None when the source needs configuration). Return None for the default
     (concurrency 1, no delay). The user's ``Engine(policies=...)`` or
     configuration overrides it. Anything but a RatePolicy or None, or
     raising, leaves the source out, reported with the error.
@@ -98,7 +130,7 @@ def rate_policy() -> RatePolicy | None:
 
 
 @hookspec(firstresult=True)
-def translate_target(target: str) -> str | None:
+def translate_target(target: str, settings: object) -> str | None:
     """The target this source should download for ``target``, or None if it cannot take it.
 
     Optional. Lets one fallback chain carry a target that each source reads
@@ -109,7 +141,8 @@ def translate_target(target: str) -> str | None:
     no I/O. Without this hook a source gets ``target`` unchanged.
 
     Return a non-empty string (the source's ``job.target``) or None to decline:
-    the chain skips this source and records why. Raising, or returning
+    the chain skips this source and records why (a source that needs
+    configuration is skipped so without being asked). Raising, or returning
     anything else, skips the source the same way with the error recorded. A
     submit that no source of it can take raises
     :class:`~headwater.TargetRejectedError`.

@@ -39,6 +39,7 @@ from headwater._errors import ContractError, InvalidTargetError, PluginError, Un
 from headwater._files import landed_file
 from headwater._policy import RatePolicy
 from headwater._records import CORE_FIELDS, Job
+from headwater._settings import build_settings, check_settings_class
 from headwater._sources import is_valid_name
 
 __all__ = [
@@ -99,6 +100,20 @@ def _manager(plugin: object, name: str) -> pluggy.PluginManager:
     return pm
 
 
+def _default_settings(pm: pluggy.PluginManager, name: str) -> object:
+    """The settings the checks hand the hooks: built from the class's defaults alone.
+
+    None when the source declares no settings class, or its defaults leave
+    it needing configuration (a required setting), or the hook raises or
+    returns an unusable class.
+    """
+    try:
+        schema = pm.hook.settings_schema()
+        return build_settings((name,), check_settings_class(schema)).values if schema is not None else None
+    except Exception:  # a plugin's hook can raise anything; judging it is not these checks' rule
+        return None
+
+
 def check_hooks(plugin: object, name: str = "source") -> None:
     """Rule "hooks": ``plugin`` registers cleanly and implements ``download_impl``."""
     _manager(plugin, name)
@@ -126,7 +141,8 @@ def check_aliases(plugin: object, name: str = "source") -> None:
 def check_rate_policy(plugin: object, name: str = "source") -> None:
     """Rule "rate-policy": ``rate_policy()`` returns a RatePolicy or None."""
     try:
-        policy = _manager(plugin, name).hook.rate_policy()
+        pm = _manager(plugin, name)
+        policy = pm.hook.rate_policy(settings=_default_settings(pm, name))
     except Exception as exc:  # a plugin's hook can raise anything
         raise ContractError(name, "rate-policy", f"rate_policy() raised {one_line(exc)}.") from exc
     if policy is not None and not isinstance(policy, RatePolicy):
@@ -187,15 +203,17 @@ def check_record_fields(
     plugin: object, name: str = "source", targets: Sequence[str] = (), max_examples: int = 50
 ) -> None:
     """Rule "record-fields", for jobs Hypothesis makes from ``targets`` and arbitrary text."""
-    hook = _manager(plugin, name).hook.record_fields
+    pm = _manager(plugin, name)
+    hook = pm.hook.record_fields
     if not hook.get_hookimpls():
         return
+    values = _default_settings(pm, name)
 
     @settings(_CHECK_SETTINGS, max_examples=max_examples)
     @given(job=_jobs(name, targets))
     def fields_are_plain(job: Job) -> None:
         try:
-            results = hook(job=job)
+            results = hook(job=job, settings=values)
         except InvalidTargetError as exc:
             if job.target in targets:
                 raise ContractError(
@@ -216,8 +234,10 @@ def check_record_fields(
 class _WatchedContext(DownloadContext):
     """A DownloadContext that keeps every progress report and can set ``cancelled`` at the n-th."""
 
-    def __init__(self, dest_dir: Path, logger: logging.Logger, cancel_at: int | None) -> None:
-        super().__init__(dest_dir, logger)
+    def __init__(
+        self, dest_dir: Path, logger: logging.Logger, cancel_at: int | None, settings: object
+    ) -> None:
+        super().__init__(dest_dir, logger, settings=settings)
         self.reports: list[tuple[int, int | None]] = []
         self.cancel_at = cancel_at
         self.cancelled_at: float | None = None  # monotonic time ``cancelled`` was set
@@ -251,7 +271,8 @@ def _download(
     pm: pluggy.PluginManager, name: str, target: str, dest_dir: Path, cancel_at: int | None
 ) -> tuple[_WatchedContext, _Outcome, threading.Thread]:
     """Start download_impl of ``target`` on its own thread, as a worker of the engine would."""
-    ctx = _WatchedContext(dest_dir, logging.getLogger(f"headwater.source.{name}"), cancel_at)
+    logger = logging.getLogger(f"headwater.source.{name}")
+    ctx = _WatchedContext(dest_dir, logger, cancel_at, _default_settings(pm, name))
     outcome = _Outcome()
     job = Job(os.urandom(16).hex(), name, target)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import email.message
 import email.utils
 import re
-import time
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
-from headwater import InvalidTargetError
+from headwater import InvalidHeaderError, InvalidTargetError, RetryAfter
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -95,17 +94,11 @@ def url_name(url: str) -> str:
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent or bad.
 
-    A date in the past gives 0.
+    A date in the past gives 0. Read by :meth:`headwater.RetryAfter.from_header`.
     """
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return RetryAfter.from_header(value, now=now).seconds
+    except InvalidHeaderError:
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
