@@ -30,6 +30,7 @@ from types import MappingProxyType, TracebackType
 import attrs
 
 from headwater.chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
+from headwater.changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater.clock import Clock, SystemClock
 from headwater.context import DownloadContext
 from headwater.discovery import Candidate, discover, one_line
@@ -63,6 +64,7 @@ class _Shard:
     def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
         self.source = source
         self.store = engine._store
+        self.feed = engine._feed
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
@@ -127,6 +129,7 @@ class _Shard:
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
             self.records[new.id] = new
+        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
@@ -219,6 +222,7 @@ class Engine:
         block: Collection[str] = (),
     ) -> None:
         self._store: RecordStore = MemoryStore() if store is None else store
+        self._feed = ChangeFeed()
         try:
             self.dest_dir = Path(dest_dir).expanduser()
             self.dest_dir.mkdir(parents=True, exist_ok=True)
@@ -408,6 +412,7 @@ class Engine:
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
+            self._feed.publish([Change(ChangeKind.RECORD, record)])
             shard.worker.put(job)
         return job.id
 
@@ -745,12 +750,26 @@ class Engine:
                     self._store.delete(download_id)
                     final = shard.records.pop(download_id)
                     self._home.pop(download_id, None)
+                    self._feed.publish([Change(ChangeKind.REMOVED, final)])
                     break
             self._raise_unless_moved(download_id, shard)
         self._notify_ended(download_id)
         return final
 
     # -- reading -----------------------------------------------------------
+
+    def subscribe(self, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        """A new subscription to record changes: new records, state changes, removals.
+
+        The changes come without polling, on a bounded queue the engine never
+        waits on; progress is not among them (read it with :meth:`get`). See
+        :mod:`headwater.changes` for the contract: which thread delivers, the
+        order per download, and what an overflow past ``maxsize`` changes
+        does. Subscribe before reading :meth:`records` to miss nothing.
+        Closed by ``close()`` on it or by :meth:`close`; after :meth:`close`
+        the subscription is closed from the start.
+        """
+        return self._feed.subscribe(maxsize)
 
     def get(self, download_id: str) -> Record:
         """A snapshot of one download's record. Raises UnknownDownloadError."""
@@ -909,6 +928,7 @@ class Engine:
                 record.source,
             )
         self._store.close()
+        self._feed.close()
         return stuck
 
     def __enter__(self) -> Engine:
