@@ -91,7 +91,9 @@ class Service:
         for view in self.sources():
             if view.status == "ok" and (view.name == name or name in view.aliases):
                 return view
-        raise _problem(404, "unknown_source", f"no source named {name!r}; GET {API_PREFIX}/sources lists them")
+        raise _problem(
+            404, "unknown_source", f"no source named {name!r}; GET {API_PREFIX}/sources lists them"
+        )
 
 
 def _problem(status: int, code: str, message: str, queued: list[str] | None = None) -> HTTPException:
@@ -228,7 +230,9 @@ def submit(data: SubmitBody, service: Service) -> Submitted:
         raise _problem(400, "bad_target", f"{len(data.targets)} targets; at most {MAX_TARGETS} per request")
     empty = [i for i, t in enumerate(data.targets) if not t]
     if empty:
-        raise _problem(400, "bad_target", f"target {empty[0]} is empty; every target must be a non-empty string")
+        raise _problem(
+            400, "bad_target", f"target {empty[0]} is empty; every target must be a non-empty string"
+        )
     if data.display_name is not None and len(data.targets) > 1:
         raise _problem(400, "bad_request", "display_name names one download: give one target with it")
     ids: list[str] = []
@@ -236,7 +240,9 @@ def submit(data: SubmitBody, service: Service) -> Submitted:
         for at, target in enumerate(data.targets):
             try:
                 ids.append(
-                    service.engine.submit(chain, target, display_name=data.display_name, existing=data.existing)
+                    service.engine.submit(
+                        chain, target, display_name=data.display_name, existing=data.existing
+                    )
                 )
             except UnknownSourceError as exc:
                 raise _problem(400, "unknown_source", str(exc), ids or None) from None
@@ -323,10 +329,9 @@ def clear_downloads(service: Service) -> Cleared:
         records, cursor = service.live.page(states=ended, limit=1000, cursor=cursor)
         for record in records:
             try:
-                service.engine.remove(record.id)
+                removed.append(service.engine.remove(record.id))
             except UnknownDownloadError:
                 continue
-            removed.append(record.id)
         if cursor is None:
             break
     service.live.catch_up()
@@ -394,7 +399,9 @@ def logout() -> Response[None]:
 @get("/", include_in_schema=False, sync_to_thread=False)
 def page() -> File:
     """The web page."""
-    return File(PAGE_DIR / "index.html", media_type="text/html; charset=utf-8", content_disposition_type="inline")
+    return File(
+        PAGE_DIR / "index.html", media_type="text/html; charset=utf-8", content_disposition_type="inline"
+    )
 
 
 _API = [

@@ -331,7 +331,7 @@ class Live:
         chosen = sorted({**recent, **active}.values(), key=lambda r: r.id, reverse=True)
         return {"downloads": [self._live(r) for r in chosen], "sources": self._sources()}
 
-    def _deliver(self, events: list[tuple[int, bytes]] | list[tuple[int | None, bytes]]) -> None:
+    def _deliver(self, events: Sequence[tuple[int | None, bytes]]) -> None:
         """Hand ``events`` to the streams on the loop; the lock is held (so the order is the log's)."""
         loop = self._loop
         if loop is not None and self._streams and events:
@@ -409,10 +409,7 @@ class Live:
         """
         with self._lock:
             replay = self._log.since(last_event_id) if last_event_id else None
-            if replay is None:
-                first = [self._log.add("snapshot", self._snapshot_locked())[1]]
-            else:
-                first = replay
+            first = replay if replay is not None else [self._log.add("snapshot", self._snapshot_locked())[1]]
             stream = _Stream(after=self._log.seq, limit=self._backlog)
             self._streams = (*self._streams, stream)
         if replay is not None:
@@ -433,7 +430,7 @@ class Live:
             while not stream.ended:
                 try:
                     await asyncio.wait_for(stream.ready.wait(), keepalive)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
                 stream.ready.clear()

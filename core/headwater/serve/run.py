@@ -27,7 +27,7 @@ from headwater.serve.live import Live
 from headwater.serve.security import ASGIApp, Security, check_bind, guard, host_allow_list
 
 #: Seconds uvicorn gives requests in flight at shutdown before it cancels them.
-GRACE = 5.0
+GRACE = 5
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -70,7 +70,8 @@ def build(
     """
     live = Live(engine, lambda: service.sources(), **live_options)
     service = Service(engine, live, security.token, config or {})
-    return guard(make_app(service), security), live
+    litestar: ASGIApp = make_app(service)  # type: ignore[assignment]  # Litestar's scope types are narrower
+    return guard(litestar, security), live
 
 
 class _Uvicorn(uvicorn.Server):

@@ -144,9 +144,9 @@ class Cancelled:
 
 @attrs.frozen
 class Cleared:
-    """The ids of the ended downloads a clear removed (their files stay)."""
+    """The last records of the ended downloads a clear removed (their files stay)."""
 
-    removed: list[str]
+    removed: list[Record]
 
 
 @attrs.frozen
