@@ -4,6 +4,7 @@ The public surface is what this module exports; everything else is private.
 """
 
 from headwater.chains import Chain
+from headwater.changes import Change, ChangeKind, Subscription
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (
@@ -20,8 +21,11 @@ from headwater.errors import (
     PluginConflictError,
     PluginError,
     RetryAfter,
+    ServeError,
+    ServerError,
     SourceSkippedWarning,
     StoreError,
+    SubscriptionOverflow,
     TargetRejectedError,
     TransferError,
     TransientError,
@@ -41,6 +45,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Chain",
+    "Change",
+    "ChangeKind",
     "ConfigError",
     "DownloadCancelled",
     "DownloadContext",
@@ -64,9 +70,13 @@ __all__ = [
     "RecordStore",
     "RetryAfter",
     "SQLiteStore",
+    "ServeError",
+    "ServerError",
     "SourceInfo",
     "SourceSkippedWarning",
     "State",
+    "Subscription",
+    "SubscriptionOverflow",
     "TransferError",
     "TargetRejectedError",
     "TransientError",

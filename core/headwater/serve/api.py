@@ -20,13 +20,13 @@ import anyio.to_thread
 import attrs
 from litestar import Litestar, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 
@@ -58,6 +58,7 @@ from headwater.serve.views import (
     ErrorDetail,
     Health,
     Login,
+    Session,
     SourceView,
     SubmitBody,
     Submitted,
@@ -142,7 +143,7 @@ _DESCRIPTIONS = {
 
 
 @get("/health", sync_to_thread=True, responses=_errors())
-def health(service: Service) -> Health:
+def health(service: NamedDependency[Service]) -> Health:
     """The server is up; what it runs."""
     return Health(
         status="ok",
@@ -155,13 +156,15 @@ def health(service: Service) -> Health:
 
 
 @get("/sources", sync_to_thread=True, responses=_errors())
-def list_sources(service: Service) -> list[SourceView]:
+def list_sources(service: NamedDependency[Service]) -> list[SourceView]:
     """Every source: loaded ones with their policy and pause state, broken ones with their error."""
     return service.sources()
 
 
 @patch("/sources/{name:str}/policy", sync_to_thread=True, responses=_errors(404))
-def set_policy(name: str, data: dict[str, Any], service: Service) -> SourceView:
+def set_policy(
+    name: FromPath[str], data: JSONBody[dict[str, Any]], service: NamedDependency[Service]
+) -> SourceView:
     """Change some fields of a source's rate policy (the others stay); in force from its next start."""
     view = service.source(name)
     assert view.policy is not None
@@ -175,7 +178,7 @@ def set_policy(name: str, data: dict[str, Any], service: Service) -> SourceView:
 
 
 @post("/sources/{name:str}/pause", status_code=200, sync_to_thread=True, responses=_errors(404))
-def pause_source(name: str, service: Service) -> SourceView:
+def pause_source(name: FromPath[str], service: NamedDependency[Service]) -> SourceView:
     """Start no more downloads of this source; running ones finish. Kept across restarts."""
     view = service.source(name)
     service.engine.pause(view.name)
@@ -184,7 +187,7 @@ def pause_source(name: str, service: Service) -> SourceView:
 
 
 @post("/sources/{name:str}/resume", status_code=200, sync_to_thread=True, responses=_errors(404))
-def resume_source(name: str, service: Service) -> SourceView:
+def resume_source(name: FromPath[str], service: NamedDependency[Service]) -> SourceView:
     """Start this source's queued downloads again."""
     view = service.source(name)
     service.engine.resume(view.name)
@@ -193,7 +196,7 @@ def resume_source(name: str, service: Service) -> SourceView:
 
 
 @post("/sources/pause", status_code=200, sync_to_thread=True, responses=_errors())
-def pause_all(service: Service) -> list[SourceView]:
+def pause_all(service: NamedDependency[Service]) -> list[SourceView]:
     """Pause every source."""
     service.engine.pause()
     views = service.sources()
@@ -202,7 +205,7 @@ def pause_all(service: Service) -> list[SourceView]:
 
 
 @post("/sources/resume", status_code=200, sync_to_thread=True, responses=_errors())
-def resume_all(service: Service) -> list[SourceView]:
+def resume_all(service: NamedDependency[Service]) -> list[SourceView]:
     """Resume every source."""
     service.engine.resume()
     views = service.sources()
@@ -214,7 +217,7 @@ def resume_all(service: Service) -> list[SourceView]:
 
 
 @post("/downloads", status_code=201, sync_to_thread=True, responses=_errors(502, 503))
-def submit(data: SubmitBody, service: Service) -> Submitted:
+def submit(data: JSONBody[SubmitBody], service: NamedDependency[Service]) -> Submitted:
     """Queue one download per target, on a source or a fallback chain; 201 with their ids.
 
     Every target is checked before any is queued; if a source's plugin
@@ -264,31 +267,37 @@ def _submit_problem(exc: Exception, at: int, target: str, ids: list[str]) -> HTT
 
 @get("/downloads", sync_to_thread=True, responses=_errors())
 def list_downloads(
-    service: Service,
-    states: Annotated[list[State] | None, Parameter(query="state")] = None,
-    source: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
-    order: Literal["newest", "oldest"] = "newest",
+    service: NamedDependency[Service],
+    states: Annotated[list[State] | None, QueryParameter(name="state")] = None,
+    source: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    cursor: FromQuery[str | None] = None,
+    order: FromQuery[Literal["newest", "oldest"]] = "newest",
 ) -> DownloadPage:
     """A page of downloads, newest first (``order=oldest``: oldest first), filtered by state and source.
+
+    ``source`` is a name or alias (records of a source no longer loaded are
+    found by its name).
 
     ``next`` is the cursor for the following page (None on the last).
     """
     sources: Sequence[str] = ()
-    if source is not None:
+    if source is not None:  # an alias means its source; any other name is taken as it is
         try:
             sources = (service.source(source).name,)
         except HTTPException:
-            raise _problem(400, "unknown_source", f"no source named {source!r}") from None
-    records, after = service.live.page(
-        states=states or (), sources=sources, limit=limit, cursor=cursor, newest_first=order == "newest"
-    )
+            sources = (source,)
+    try:
+        records, after = service.live.page(
+            states=states or (), sources=sources, limit=limit, cursor=cursor, newest_first=order == "newest"
+        )
+    except ValueError as exc:
+        raise _problem(400, "bad_request", str(exc)) from None
     return DownloadPage(records, after)
 
 
 @get("/downloads/{download_id:str}", sync_to_thread=True, responses=_errors(404))
-def get_download(download_id: str, service: Service) -> Record:
+def get_download(download_id: FromPath[str], service: NamedDependency[Service]) -> Record:
     """One download's record, with live progress if it is running."""
     try:
         return service.engine.get(download_id)
@@ -297,7 +306,7 @@ def get_download(download_id: str, service: Service) -> Record:
 
 
 @post("/downloads/{download_id:str}/cancel", status_code=200, sync_to_thread=True, responses=_errors(404))
-def cancel_download(download_id: str, service: Service) -> Cancelled:
+def cancel_download(download_id: FromPath[str], service: NamedDependency[Service]) -> Cancelled:
     """Cancel a download: a queued one never starts, a running one is stopped."""
     try:
         cancelled = service.engine.cancel(download_id)
@@ -309,7 +318,7 @@ def cancel_download(download_id: str, service: Service) -> Cancelled:
 
 
 @delete("/downloads/{download_id:str}", status_code=200, sync_to_thread=True, responses=_errors(404))
-def remove_download(download_id: str, service: Service) -> Record:
+def remove_download(download_id: FromPath[str], service: NamedDependency[Service]) -> Record:
     """Forget a download (cancelling it first if it has not ended); its file stays. Its last record."""
     try:
         record = service.engine.remove(download_id)
@@ -320,7 +329,7 @@ def remove_download(download_id: str, service: Service) -> Record:
 
 
 @post("/downloads/clear", status_code=200, sync_to_thread=True, responses=_errors())
-def clear_downloads(service: Service) -> Cleared:
+def clear_downloads(service: NamedDependency[Service]) -> Cleared:
     """Remove every ended download (completed, failed, cancelled); files stay."""
     removed = []
     ended = [State.COMPLETED, State.FAILED, State.CANCELLED]
@@ -348,9 +357,9 @@ def clear_downloads(service: Service) -> Cleared:
     description="Server-sent events: snapshot, download, removed, source, progress (see docs/serve.md).",
 )
 async def events(
-    service: Service,
-    last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
-    keepalive: Annotated[float, Parameter(ge=1, le=300)] = 15.0,
+    service: NamedDependency[Service],
+    last_event_id: Annotated[str | None, HeaderParameter(name="last-event-id")] = None,
+    keepalive: Annotated[float, QueryParameter(ge=1, le=300)] = 15.0,
 ) -> Stream:
     """The live event stream (``text/event-stream``); ``keepalive``: seconds between keep-alive comments."""
     stream, first = await anyio.to_thread.run_sync(service.live.open_stream, last_event_id)
@@ -366,31 +375,28 @@ async def events(
 
 @post(
     "/session",
-    status_code=204,
+    status_code=200,
     sync_to_thread=False,
     security=[{}],
     responses={401: ResponseSpec(ErrorBody, description="wrong token")},
 )
-def login(data: Login, service: Service) -> Response[None]:
+def login(data: JSONBody[Login], service: NamedDependency[Service]) -> Response[Session]:
     """Log the page in: give the token once, get an HttpOnly SameSite=Strict session cookie."""
     if not same_secret(data.token, service.token):
         raise _problem(401, "unauthorized", "wrong token; `headwater token` prints the right one")
-    cookie = Cookie(
-        key=SESSION_COOKIE,
-        value=session_value(service.token),
-        path="/",
-        max_age=SESSION_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-    )
-    return Response(None, status_code=204, cookies=[cookie])
+    return Response(Session(True), cookies=[_session_cookie(session_value(service.token), SESSION_MAX_AGE)])
 
 
-@delete("/session", status_code=204, sync_to_thread=False, security=[{}])
-def logout() -> Response[None]:
+@delete("/session", status_code=200, sync_to_thread=False, security=[{}])
+def logout() -> Response[Session]:
     """Log the page out (the session cookie is cleared)."""
-    cookie = Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True, samesite="strict")
-    return Response(None, status_code=204, cookies=[cookie])
+    return Response(Session(False), cookies=[_session_cookie("", 0)])
+
+
+def _session_cookie(value: str, max_age: int) -> Cookie:
+    return Cookie(
+        key=SESSION_COOKIE, value=value, path="/", max_age=max_age, httponly=True, samesite="strict"
+    )
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -424,7 +430,7 @@ _API = [
 ]
 
 
-def make_app(service: Service) -> Litestar:
+def make_app(service: NamedDependency[Service]) -> Litestar:
     """The Litestar application serving ``service`` (wrap it with :func:`headwater.serve.security.guard`).
 
     Its startup starts ``service.live`` on the server's event loop, its

@@ -14,9 +14,10 @@ those whose figures moved.
 
 The event stream (server-sent events), in order on each connection:
 
-- ``snapshot`` (with an id): the downloads queued or running, and the
-  ``recent`` newest ones, and every source; sent on connect, and again to
-  everyone if the server had to read the engine afresh;
+- ``snapshot``: the downloads queued or running, the ``recent`` newest
+  ones, and every source; sent on connect, and again to everyone if the
+  server had to read the engine afresh. Its id is that of the latest event
+  it already reflects; it is sent to one connection and never replayed;
 - ``download`` (with an id): a record that is new or changed state;
 - ``removed`` (with an id): ``{"id": ...}`` of a download removed;
 - ``source`` (with an id): a source whose pause or policy changed;
@@ -60,36 +61,39 @@ _ACTIVE = frozenset({State.QUEUED, State.RUNNING})
 
 
 class RecordIndex:
-    """The records by id, in id order (ids sort by creation), for pages and filters.
+    """The records by id, in the order they were made, for pages and filters.
 
-    Not thread-safe: :class:`Live` guards it with its lock.
+    The order is (``created_at``, ``id``); a page's cursor names a place in
+    it (see :func:`cursor_of`). Not thread-safe: :class:`Live` guards it
+    with its lock.
     """
 
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
-        self._ids: list[str] = []  # sorted
+        self._keys: list[tuple[float, str]] = []  # sorted
         self._active: set[str] = set()
 
     def reset(self, records: Iterable[Record]) -> None:
         """Hold exactly ``records``."""
         self._records = {r.id: r for r in records}
-        self._ids = sorted(self._records)
+        self._keys = sorted((r.created_at, r.id) for r in self._records.values())
         self._active = {i for i, r in self._records.items() if r.state in _ACTIVE}
 
     def apply(self, change: Change) -> None:
         """Bring the index up to date with one change."""
         record = change.record
         if change.kind is ChangeKind.REMOVED:
-            if self._records.pop(record.id, None) is not None:
-                at = bisect.bisect_left(self._ids, record.id)
-                del self._ids[at]
+            known = self._records.pop(record.id, None)
+            if known is not None:
+                del self._keys[bisect.bisect_left(self._keys, (known.created_at, known.id))]
             self._active.discard(record.id)
             return
         if record.id not in self._records:
-            if not self._ids or record.id > self._ids[-1]:
-                self._ids.append(record.id)
+            key = (record.created_at, record.id)
+            if not self._keys or key > self._keys[-1]:
+                self._keys.append(key)
             else:
-                bisect.insort(self._ids, record.id)
+                bisect.insort(self._keys, key)
         self._records[record.id] = record
         if record.state in _ACTIVE:
             self._active.add(record.id)
@@ -97,11 +101,11 @@ class RecordIndex:
             self._active.discard(record.id)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._keys)
 
     def active(self) -> list[Record]:
         """The queued and running records, oldest first."""
-        return [self._records[i] for i in sorted(self._active)]
+        return sorted((self._records[i] for i in self._active), key=_made)
 
     def running(self) -> list[str]:
         """The ids of the running records."""
@@ -118,33 +122,54 @@ class RecordIndex:
     ) -> tuple[list[Record], str | None]:
         """Up to ``limit`` records after ``cursor`` that match; and the cursor of the next page or None.
 
-        The cursor is the id of the last record of the previous page: the
-        page goes on from where that id sorts, whether or not it still exists.
+        A cursor is what an earlier page returned: the page goes on from that
+        place, whether or not its record still exists. Raises ValueError for
+        a cursor no page returned.
         """
         wanted_states = set(states)
         wanted_sources = set(sources)
-        ids = self._ids
+        keys = self._keys
+        after = None if cursor is None else _place(cursor)
         if newest_first:
-            start = len(ids) if cursor is None else bisect.bisect_left(ids, cursor)
+            start = len(keys) if after is None else bisect.bisect_left(keys, after)
             order: Iterable[int] = range(start - 1, -1, -1)
         else:
-            start = 0 if cursor is None else bisect.bisect_right(ids, cursor)
-            order = range(start, len(ids))
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            order = range(start, len(keys))
         found: list[Record] = []
         for at in order:
-            record = self._records[ids[at]]
+            record = self._records[keys[at][1]]
             if wanted_states and record.state not in wanted_states:
                 continue
             if wanted_sources and record.source not in wanted_sources:
                 continue
             if len(found) == limit:
-                return found, found[-1].id
+                return found, cursor_of(found[-1])
             found.append(record)
         return found, None
 
     def newest(self, count: int) -> list[Record]:
         """The ``count`` newest records, newest first."""
-        return [self._records[i] for i in reversed(self._ids[-count:])] if count else []
+        return [self._records[i] for _, i in reversed(self._keys[-count:])] if count else []
+
+
+def _made(record: Record) -> tuple[float, str]:
+    return record.created_at, record.id
+
+
+def cursor_of(record: Record) -> str:
+    """The cursor naming ``record``'s place in the order of making: ``<created_at>_<id>``."""
+    return f"{record.created_at!r}_{record.id}"
+
+
+def _place(cursor: str) -> tuple[float, str]:
+    made, sep, download_id = cursor.partition("_")
+    try:
+        if not sep:
+            raise ValueError
+        return float(made), download_id
+    except ValueError:
+        raise ValueError(f"cursor {cursor!r} is not one a page of this server returned") from None
 
 
 def _event(kind: str, data: object, event_id: str | None = None) -> bytes:
@@ -172,9 +197,14 @@ class EventLog:
         self._kept.append((self.seq, chunk))
         return self.seq, chunk
 
+    def mark(self) -> str:
+        """The id of the latest event: a snapshot taken now carries it (and is not kept)."""
+        return f"{self.run}-{self.seq}"
+
     def forget(self) -> None:
-        """Keep nothing from before now: a reconnect with an older id gets a snapshot."""
+        """Keep nothing from before now: a reconnect with any earlier id gets a snapshot."""
         self._kept.clear()
+        self.seq += 1  # the ids up to now cannot be replayed from here, not even the latest
 
     def since(self, event_id: str) -> list[bytes] | None:
         """The kept events after ``event_id``, or None when it cannot be replayed from here."""
@@ -305,7 +335,7 @@ class Live:
                 log.warning("the event stream fell behind the engine; every stream gets a new snapshot")
                 self._index.reset(self.engine.records())
                 self._log.forget()
-                self._deliver([self._log.add("snapshot", self._snapshot_locked())])
+                self._deliver([(None, self._snapshot_locked())])
                 return
             if not changes:
                 return
@@ -325,11 +355,13 @@ class Live:
         with self._lock:
             self._deliver([self._log.add("source", v) for v in views])
 
-    def _snapshot_locked(self) -> dict[str, object]:
+    def _snapshot_locked(self) -> bytes:
+        """A ``snapshot`` event as of the log's latest event (the lock is held); not kept in the log."""
         active = {r.id: r for r in self._index.active()}
         recent = {r.id: r for r in self._index.newest(self._recent)}
-        chosen = sorted({**recent, **active}.values(), key=lambda r: r.id, reverse=True)
-        return {"downloads": [self._live(r) for r in chosen], "sources": self._sources()}
+        chosen = sorted({**recent, **active}.values(), key=_made, reverse=True)
+        data = {"downloads": [self._live(r) for r in chosen], "sources": self._sources()}
+        return _event("snapshot", data, self._log.mark())
 
     def _deliver(self, events: Sequence[tuple[int | None, bytes]]) -> None:
         """Hand ``events`` to the streams on the loop; the lock is held (so the order is the log's)."""
@@ -409,7 +441,7 @@ class Live:
         """
         with self._lock:
             replay = self._log.since(last_event_id) if last_event_id else None
-            first = replay if replay is not None else [self._log.add("snapshot", self._snapshot_locked())[1]]
+            first = replay if replay is not None else [self._snapshot_locked()]
             stream = _Stream(after=self._log.seq, limit=self._backlog)
             self._streams = (*self._streams, stream)
         if replay is not None:

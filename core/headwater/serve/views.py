@@ -199,3 +199,10 @@ class Login:
     """The page's login: the token, as ``headwater token`` prints it."""
 
     token: str
+
+
+@attrs.frozen
+class Session:
+    """Whether the page is logged in after a login or logout."""
+
+    logged_in: bool

@@ -114,10 +114,17 @@ function follow() {
   });
 }
 
+// Newest first: by when they were made, then by id (the order of the API's pages).
+function newestFirst(a, b) {
+  if (a.created_at !== b.created_at) return b.created_at - a.created_at;
+  return a.id < b.id ? 1 : -1;
+}
+
 async function loadOlder() {
-  const ids = [...downloads.keys()].sort();
+  const shown = [...downloads.values()].sort(newestFirst);
   const query = new URLSearchParams({ limit: "100" });
-  if (ids.length) query.set("cursor", ids[0]);
+  const oldest = shown[shown.length - 1];
+  if (oldest) query.set("cursor", `${oldest.created_at}_${oldest.id}`);
   try {
     const page = await api("GET", "/downloads?" + query);
     for (const record of page.downloads) if (!downloads.has(record.id)) downloads.set(record.id, record);
@@ -209,7 +216,7 @@ function fill(row, record) {
 
 function drawDownloads() {
   const body = $("download-rows");
-  const ids = [...downloads.keys()].sort().reverse();
+  const ids = [...downloads.values()].sort(newestFirst).map((record) => record.id);
   for (const [id, row] of rowsShown) {
     if (!downloads.has(id)) { row.remove(); rowsShown.delete(id); }
   }
