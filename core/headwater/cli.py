@@ -620,7 +620,7 @@ def _watch_through(
     """Follow the server's ``ids`` to their end; on Ctrl-C or timeout they go on in the server."""
     console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
-        with _call_server(lambda: Watch(client, ids).__enter__()) as watch:
+        with _call_server(Watch(client, ids).start) as watch:
             records = follow(watch, ids, report, console=console, timeout=timeout)
     except (KeyboardInterrupt, TimeoutError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)

@@ -301,7 +301,7 @@ class Watch:
     """The latest records of some downloads, kept up to date from the event stream on a thread.
 
     ``get(id)`` answers from memory, so a display may ask it as often as it
-    likes. Entering it opens the stream and waits for the first snapshot;
+    likes. :meth:`start` (or entering it) opens the stream and waits for the first snapshot;
     downloads the snapshot does not hold (they ended earlier) are read once.
     A broken stream is reopened with ``Last-Event-ID``, so nothing is missed.
 
@@ -327,9 +327,17 @@ class Watch:
         self._closed = False
         self._failure: BaseException | None = None
         self._last_id: str | None = None
+        self._started = False
         self._thread = threading.Thread(target=self._follow, name="headwater-watch", daemon=True)
 
-    def __enter__(self) -> Watch:
+    def start(self) -> Watch:
+        """Open the stream and wait for the first snapshot (once; later calls return at once).
+
+        Raises ServerError if the stream cannot be followed.
+        """
+        if self._started:
+            return self
+        self._started = True
         self._thread.start()
         with self._changed:
             ready = self._changed.wait_for(
@@ -340,6 +348,9 @@ class Watch:
             self.close()
             raise self._failure or ServerError(f"no answer on the event stream of {self._client.url}")
         return self
+
+    def __enter__(self) -> Watch:
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
