@@ -241,7 +241,9 @@ class Live:
         keepalive: seconds between keep-alive comments on a quiet stream.
         log_size: events kept for reconnecting clients.
         recent: how many of the newest downloads a snapshot carries beside the active ones.
-        backlog: events a stream may have unsent before it is ended (it reconnects).
+        backlog: events a stream may have unsent before it is ended (it reconnects);
+            room for a burst such as a 10,000-target submit (three events each).
+            The events are shared by every stream: a stream holds references only.
     """
 
     def __init__(
@@ -253,7 +255,7 @@ class Live:
         keepalive: float = 15.0,
         log_size: int = 4096,
         recent: int = 100,
-        backlog: int = 10_000,
+        backlog: int = 100_000,
     ) -> None:
         self.engine = engine
         self.tick = tick
@@ -372,11 +374,14 @@ class Live:
     def _to_streams(self, streams: tuple[_Stream, ...], events: list[tuple[int | None, bytes]]) -> None:
         """On the loop: queue ``events`` on each stream (a stream past its backlog is ended)."""
         for stream in streams:
+            if stream.ended:
+                continue
             for seq, chunk in events:
                 if seq is None or seq > stream.after:
                     stream.pending.append((seq, chunk))
             if len(stream.pending) > stream.limit:
                 stream.ended = True
+                stream.pending.clear()
             stream.ready.set()
 
     # -- the pump ----------------------------------------------------------------
@@ -413,7 +418,9 @@ class Live:
             except UnknownDownloadError:
                 continue
             mark = shown[download_id] = (record.transferred, record.size)
-            if record.state is State.RUNNING and self._shown.get(download_id) != mark:
+            # (0, None): nothing reported yet, or a snapshot read as the download ends (its
+            # context already gone, its end not yet visible): no figure worth sending.
+            if record.state is State.RUNNING and mark != (0, None) and self._shown.get(download_id) != mark:
                 moved.append(_progress_of(record))
         self._shown = shown
         if moved:
