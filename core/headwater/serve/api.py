@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,7 +41,7 @@ from headwater.errors import (
     UnknownSourceError,
 )
 from headwater.records import Record, State
-from headwater.serve.live import Live
+from headwater.serve.live import Live, Query
 from headwater.serve.security import (
     API_PREFIX,
     SESSION_COOKIE,
@@ -180,17 +180,18 @@ def set_policy(
 @post("/sources/{name:str}/pause", status_code=200, sync_to_thread=True, responses=_errors(404))
 def pause_source(name: FromPath[str], service: NamedDependency[Service]) -> SourceView:
     """Start no more downloads of this source; running ones finish. Kept across restarts."""
-    view = service.source(name)
-    service.engine.pause(view.name)
-    service.live.source_changed([view.name])
-    return service.source(view.name)
+    return _set_paused(service, name, True)
 
 
 @post("/sources/{name:str}/resume", status_code=200, sync_to_thread=True, responses=_errors(404))
 def resume_source(name: FromPath[str], service: NamedDependency[Service]) -> SourceView:
     """Start this source's queued downloads again."""
+    return _set_paused(service, name, False)
+
+
+def _set_paused(service: Service, name: str, paused: bool) -> SourceView:
     view = service.source(name)
-    service.engine.resume(view.name)
+    (service.engine.pause if paused else service.engine.resume)(view.name)
     service.live.source_changed([view.name])
     return service.source(view.name)
 
@@ -198,16 +199,17 @@ def resume_source(name: FromPath[str], service: NamedDependency[Service]) -> Sou
 @post("/sources/pause", status_code=200, sync_to_thread=True, responses=_errors())
 def pause_all(service: NamedDependency[Service]) -> list[SourceView]:
     """Pause every source."""
-    service.engine.pause()
-    views = service.sources()
-    service.live.source_changed(v.name for v in views)
-    return views
+    return _set_all_paused(service, True)
 
 
 @post("/sources/resume", status_code=200, sync_to_thread=True, responses=_errors())
 def resume_all(service: NamedDependency[Service]) -> list[SourceView]:
     """Resume every source."""
-    service.engine.resume()
+    return _set_all_paused(service, False)
+
+
+def _set_all_paused(service: Service, paused: bool) -> list[SourceView]:
+    (service.engine.pause if paused else service.engine.resume)()
     views = service.sources()
     service.live.source_changed(v.name for v in views)
     return views
@@ -281,16 +283,21 @@ def list_downloads(
 
     ``next`` is the cursor for the following page (None on the last).
     """
-    sources: Sequence[str] = ()
+    sources: tuple[str, ...] = ()
     if source is not None:  # an alias means its source; any other name is taken as it is
         try:
             sources = (service.source(source).name,)
         except HTTPException:
             sources = (source,)
+    query = Query(
+        states=tuple(states or ()),
+        sources=sources,
+        limit=limit,
+        cursor=cursor,
+        newest_first=order == "newest",
+    )
     try:
-        records, after = service.live.page(
-            states=states or (), sources=sources, limit=limit, cursor=cursor, newest_first=order == "newest"
-        )
+        records, after = service.live.page(query)
     except ValueError as exc:
         raise _problem(400, "bad_request", str(exc)) from None
     return DownloadPage(records, after)
@@ -332,10 +339,10 @@ def remove_download(download_id: FromPath[str], service: NamedDependency[Service
 def clear_downloads(service: NamedDependency[Service]) -> Cleared:
     """Remove every ended download (completed, failed, cancelled); files stay."""
     removed = []
-    ended = [State.COMPLETED, State.FAILED, State.CANCELLED]
+    ended = (State.COMPLETED, State.FAILED, State.CANCELLED)
     cursor: str | None = None
     while True:
-        records, cursor = service.live.page(states=ended, limit=1000, cursor=cursor)
+        records, cursor = service.live.page(Query(states=ended, limit=1000, cursor=cursor))
         for record in records:
             try:
                 removed.append(service.engine.remove(record.id))

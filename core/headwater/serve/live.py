@@ -60,6 +60,27 @@ log = logging.getLogger("headwater.serve")
 _ACTIVE = frozenset({State.QUEUED, State.RUNNING})
 
 
+@attrs.frozen
+class Query:
+    """Which records one page holds.
+
+    Attributes:
+        states: only records in these states (empty: any).
+        sources: only records of these sources (empty: any).
+        limit: at most this many.
+        cursor: go on after the place this cursor names (what an earlier
+            page returned, see :func:`cursor_of`; its record need not exist
+            any more), or None to start at the newest (or the oldest).
+        newest_first: newest first, else oldest first.
+    """
+
+    states: tuple[State, ...] = ()
+    sources: tuple[str, ...] = ()
+    limit: int = 100
+    cursor: str | None = None
+    newest_first: bool = True
+
+
 class RecordIndex:
     """The records by id, in the order they were made, for pages and filters.
 
@@ -111,26 +132,16 @@ class RecordIndex:
         """The ids of the running records."""
         return [i for i in self._active if self._records[i].state is State.RUNNING]
 
-    def page(
-        self,
-        *,
-        states: Sequence[State] = (),
-        sources: Sequence[str] = (),
-        limit: int = 100,
-        cursor: str | None = None,
-        newest_first: bool = True,
-    ) -> tuple[list[Record], str | None]:
-        """Up to ``limit`` records after ``cursor`` that match; and the cursor of the next page or None.
+    def page(self, query: Query) -> tuple[list[Record], str | None]:
+        """The records of one page (see :class:`Query`), and the cursor of the next page or None.
 
-        A cursor is what an earlier page returned: the page goes on from that
-        place, whether or not its record still exists. Raises ValueError for
-        a cursor no page returned.
+        Raises ValueError for a cursor no page returned.
         """
-        wanted_states = set(states)
-        wanted_sources = set(sources)
+        wanted_states = set(query.states)
+        wanted_sources = set(query.sources)
         keys = self._keys
-        after = None if cursor is None else _place(cursor)
-        if newest_first:
+        after = None if query.cursor is None else _place(query.cursor)
+        if query.newest_first:
             start = len(keys) if after is None else bisect.bisect_left(keys, after)
             order: Iterable[int] = range(start - 1, -1, -1)
         else:
@@ -143,7 +154,7 @@ class RecordIndex:
                 continue
             if wanted_sources and record.source not in wanted_sources:
                 continue
-            if len(found) == limit:
+            if len(found) == query.limit:
                 return found, cursor_of(found[-1])
             found.append(record)
         return found, None
@@ -297,21 +308,11 @@ class Live:
 
     # -- reading ---------------------------------------------------------------
 
-    def page(
-        self,
-        *,
-        states: Sequence[State] = (),
-        sources: Sequence[str] = (),
-        limit: int = 100,
-        cursor: str | None = None,
-        newest_first: bool = True,
-    ) -> tuple[list[Record], str | None]:
+    def page(self, query: Query) -> tuple[list[Record], str | None]:
         """A page of records (see :meth:`RecordIndex.page`), running ones with live progress."""
         self.catch_up()
         with self._lock:
-            records, cursor = self._index.page(
-                states=states, sources=sources, limit=limit, cursor=cursor, newest_first=newest_first
-            )
+            records, cursor = self._index.page(query)
         return [self._live(r) for r in records], cursor
 
     def active_count(self) -> int:
