@@ -114,6 +114,13 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
         code, out, err = finished(headwater(env, "clean", "--json"))
         assert code == 0 and len(json.loads(out)) == 3
         assert client.records() == []
+
+        client.pause("http")  # a download that stays queued while the server stops under it
+        waiting = headwater(env, "get", "http", slow, "--quiet")
+        for _ in range(400):
+            if client.records(states=[State.QUEUED]):
+                break
+            time.sleep(0.025)
     finally:
         client.close()
         server.send_signal(signal.SIGTERM)
@@ -121,6 +128,8 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
     assert code == 0, err
     assert "server stopped" in err
     assert not (Path(env["HEADWATER_HOME"]) / "serve.json").exists()
+    code, out, err = finished(waiting)
+    assert code == 3 and "the server's downloads are in its journal" in err
 
 
 def test_a_state_file_of_a_dead_server_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

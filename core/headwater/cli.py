@@ -631,6 +631,8 @@ def _watch_through(
         ) from None
     except UnknownDownloadError as exc:
         raise Failure(f"{exc}: it was removed while this command followed it", EXIT_FAILED) from None
+    except ServerError as exc:
+        raise Failure(f"{exc}; the server's downloads are in its journal", EXIT_JOURNAL) from None
     if console is not None:
         for record in records:
             _result_line(record)

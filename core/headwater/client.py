@@ -36,6 +36,9 @@ from headwater.sources import SourceInfo
 
 API = "/api/v1"
 
+#: The most targets the server takes in one submit.
+MAX_TARGETS = 10_000
+
 
 def record_from_json(data: Mapping[str, Any]) -> Record:
     """A :class:`~headwater.Record` from its JSON form; fields this version does not know are ignored."""
@@ -165,13 +168,19 @@ class Client:
     def submit_many(
         self, source: str | Sequence[str], targets: Sequence[str], *, existing: Existing | None = None
     ) -> list[str]:
-        """Queue one download per target in one request; their ids, in order.
+        """Queue one download per target, in one request per 10,000; their ids, in order.
 
         If the server rejects one target, the ServerError's message says
         which; the downloads of the targets before it stay queued.
         """
-        body = {"source": _chain(source), "targets": list(targets), "existing": existing}
-        ids: list[str] = self._call("POST", "/downloads", json=body)["ids"]
+        ids: list[str] = []
+        for at in range(0, len(targets), MAX_TARGETS):
+            body = {
+                "source": _chain(source),
+                "targets": list(targets[at : at + MAX_TARGETS]),
+                "existing": existing,
+            }
+            ids += self._call("POST", "/downloads", json=body)["ids"]
         return ids
 
     def get(self, download_id: str) -> Record:
@@ -364,8 +373,14 @@ class Watch:
             self._changed.notify_all()
 
     def get(self, download_id: str) -> Record:
-        """The latest record of a watched download. Raises UnknownDownloadError if it is gone."""
+        """The latest record of a watched download.
+
+        Raises UnknownDownloadError if it is gone, and the ServerError that
+        broke the stream for good.
+        """
         with self._changed:
+            if self._failure is not None:
+                raise self._failure
             record = self._records.get(download_id)
             if record is None or download_id in self._missing:
                 raise UnknownDownloadError(download_id)

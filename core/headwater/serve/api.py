@@ -31,6 +31,7 @@ from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 
 from headwater import __version__
+from headwater.client import MAX_TARGETS
 from headwater.engine import Engine
 from headwater.errors import (
     EngineClosedError,
@@ -69,9 +70,6 @@ from headwater.sources import PolicyOverride
 log = logging.getLogger("headwater.serve")
 
 PAGE_DIR = Path(__file__).with_name("page")
-
-#: Most targets one submit may carry.
-MAX_TARGETS = 10_000
 
 
 @attrs.define
