@@ -141,6 +141,10 @@ def test_a_non_loopback_bind_without_a_token_is_refused(
     assert "refusing to listen on 0.0.0.0" in result.stderr and "headwater token" in result.stderr
     assert not (home / "serve.token").exists()  # refused before anything was made
     assert not (home / "serve.json").exists()
+    made = CliRunner().invoke(main, ["token"])
+    assert made.exit_code == 0 and made.stdout.strip() == read_token(home / "serve.token")
+    assert stat.S_IMODE((home / "serve.token").stat().st_mode) == 0o600
+    assert CliRunner().invoke(main, ["token"]).stdout == made.stdout  # printed again, not replaced
     with pytest.raises(ServeError, match="without a token configured"):
         BackgroundServer(None, TOKEN, host="0.0.0.0", token_configured=False)  # type: ignore[arg-type]
     check_bind("0.0.0.0", True, "t")  # with a token configured it may
