@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from instrumented import InstrumentedSource
 
-from headwater import ChangeKind, Engine, RatePolicy, State, SubscriptionOverflow
-from headwater.changes import Change, Subscription
+from headwater import Change, ChangeKind, Engine, RatePolicy, State, Subscription, SubscriptionOverflow
 
 pytestmark = pytest.mark.timeout(60)
 

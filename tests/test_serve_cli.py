@@ -20,7 +20,7 @@ from localhttp import LocalServer, Resource, serving
 from headwater import State
 from headwater.cli import main
 from headwater.client import Client
-from headwater.serve.state import running_server
+from headwater.serve._state import running_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,9 +15,9 @@ from served import TOKEN, Served, serving
 import headwater_file
 from headwater import ServeError
 from headwater.cli import main
+from headwater.serve._security import SESSION_COOKIE, check_bind, check_cors_origins, is_loopback
+from headwater.serve._state import ensure_token, read_token
 from headwater.serve.run import BackgroundServer
-from headwater.serve.security import SESSION_COOKIE, check_bind, check_cors_origins, is_loopback
-from headwater.serve.state import ensure_token, read_token
 
 pytestmark = pytest.mark.timeout(60)
 

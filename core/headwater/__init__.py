@@ -3,8 +3,8 @@
 The public surface is what this module exports; everything else is private.
 """
 
+from headwater._changes import Change, ChangeKind, Subscription
 from headwater.chains import Chain
-from headwater.changes import Change, ChangeKind, Subscription
 from headwater.context import DownloadContext
 from headwater.engine import Engine
 from headwater.errors import (

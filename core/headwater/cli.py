@@ -49,7 +49,7 @@ from headwater.errors import (
 from headwater.files import EXISTING_CHOICES, Existing
 from headwater.plugin_new import plugin
 from headwater.records import Record, State
-from headwater.serve.state import ServerState, ensure_token, read_token, running_server, token_path
+from headwater.serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater.sources import PolicyOverride, SourceInfo
 from headwater.store import SQLiteStore, default_journal, plain, read_records
 
@@ -497,8 +497,8 @@ def serve(
     """
     try:
         from headwater.serve import run as serving
-        from headwater.serve.security import Security, check_bind, check_cors_origins, host_allow_list
-        from headwater.serve.state import remove_state, write_state
+        from headwater.serve._security import Security, check_bind, check_cors_origins, host_allow_list
+        from headwater.serve._state import remove_state, write_state
     except ImportError as exc:
         raise Failure(
             f"headwater serve needs the serve extra ({exc.name} is missing): pip install 'headwater[serve]'",

@@ -23,18 +23,17 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import httpx
 
-from headwater.errors import ServerError, UnknownDownloadError
-from headwater.files import Existing
-from headwater.policy import RatePolicy
-from headwater.records import Record, State, Tried
-from headwater.sources import SourceInfo
+from headwater import RatePolicy, Record, ServerError, SourceInfo, State, Tried, UnknownDownloadError
 
 API = "/api/v1"
+
+#: A download's choice for a final name already taken (see ``headwater.land``).
+Existing = Literal["rename", "skip", "overwrite"]
 
 #: The most targets the server takes in one submit.
 MAX_TARGETS = 10_000

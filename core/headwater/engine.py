@@ -29,8 +29,8 @@ from types import MappingProxyType, TracebackType
 
 import attrs
 
+from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater.chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
-from headwater.changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater.clock import Clock, SystemClock
 from headwater.context import DownloadContext
 from headwater.discovery import Candidate, discover, one_line
@@ -763,9 +763,9 @@ class Engine:
 
         The changes come without polling, on a bounded queue the engine never
         waits on; progress is not among them (read it with :meth:`get`). See
-        :mod:`headwater.changes` for the contract: which thread delivers, the
-        order per download, and what an overflow past ``maxsize`` changes
-        does. Subscribe before reading :meth:`records` to miss nothing.
+        :class:`~headwater.Subscription` for the contract: which thread
+        delivers, the order per download, and what an overflow past
+        ``maxsize`` changes does. Subscribe before reading :meth:`records` to miss nothing.
         Closed by ``close()`` on it or by :meth:`close`; after :meth:`close`
         the subscription is closed from the start.
         """

@@ -202,8 +202,8 @@ class ExistingFileKept(HeadwaterError):
 class SubscriptionOverflow(HeadwaterError):
     """A change-feed subscription fell behind: changes were dropped, read the records afresh.
 
-    Raised once by :meth:`headwater.changes.Subscription.get`; see
-    :mod:`headwater.changes` for what to do next.
+    Raised once by :meth:`headwater.Subscription.get`; its docstring says
+    what to do next.
     """
 
 

@@ -20,11 +20,10 @@ from typing import Any
 
 import uvicorn
 
-from headwater.engine import Engine
-from headwater.errors import ServeError
-from headwater.serve.api import Service, make_app
-from headwater.serve.live import Live
-from headwater.serve.security import ASGIApp, Security, check_bind, guard, host_allow_list
+from headwater import Engine, ServeError
+from headwater.serve._api import Service, make_app
+from headwater.serve._live import Live
+from headwater.serve._security import ASGIApp, Security, check_bind, guard, host_allow_list
 
 #: Seconds uvicorn gives requests in flight at shutdown before it cancels them.
 GRACE = 5
@@ -65,7 +64,7 @@ def build(
 ) -> tuple[ASGIApp, Live]:
     """The guarded ASGI application serving ``engine``, and its live view.
 
-    ``live_options`` go to :class:`~headwater.serve.live.Live` (``tick``,
+    ``live_options`` go to :class:`~headwater.serve._live.Live` (``tick``,
     ``keepalive``...); ``config`` is headwater.toml's ``[sources]`` tables.
     """
     live = Live(engine, lambda: service.sources(), **live_options)
@@ -130,9 +129,9 @@ class BackgroundServer:
         token: the API token.
         host: where to listen; loopback unless ``token_configured``.
         port: 0 for a free port.
-        allow_hosts: more ``Host`` names to answer (see :func:`~headwater.serve.security.host_allow_list`).
+        allow_hosts: more ``Host`` names to answer (see :func:`~headwater.serve._security.host_allow_list`).
         cors_origins: origins allowed to call the API from a browser.
-        live_options: for :class:`~headwater.serve.live.Live` (``tick``, ``keepalive``...).
+        live_options: for :class:`~headwater.serve._live.Live` (``tick``, ``keepalive``...).
 
     ``url`` is the base URL once constructed. Raises ServeError for an unsafe bind.
     """

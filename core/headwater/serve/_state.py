@@ -23,7 +23,7 @@ from pathlib import Path
 
 import attrs
 
-from headwater.errors import ServeError
+from headwater import ServeError
 
 TOKEN_NAME = "serve.token"
 STATE_NAME = "serve.json"

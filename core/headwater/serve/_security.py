@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from headwater.errors import ServeError
+from headwater import ServeError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

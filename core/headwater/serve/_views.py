@@ -14,9 +14,7 @@ from typing import Any, Literal
 import attrs
 import msgspec
 
-from headwater.engine import Engine
-from headwater.policy import RatePolicy
-from headwater.records import Record
+from headwater import Engine, RatePolicy, Record
 
 Existing = Literal["rename", "skip", "overwrite"]
 

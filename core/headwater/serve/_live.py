@@ -49,11 +49,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from headwater.changes import Change, ChangeKind
-from headwater.engine import Engine
-from headwater.errors import SubscriptionOverflow, UnknownDownloadError
-from headwater.records import Record, State
-from headwater.serve.views import ENCODER, SourceView
+from headwater import Change, ChangeKind, Engine, Record, State, SubscriptionOverflow, UnknownDownloadError
+from headwater.serve._views import ENCODER, SourceView
 
 log = logging.getLogger("headwater.serve")
 

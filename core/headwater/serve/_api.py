@@ -3,7 +3,7 @@
 :func:`make_app` builds it around an engine. Handlers that call the engine
 are plain functions Litestar runs on a worker thread (``sync_to_thread``),
 so the event loop never waits for the engine; none of them calls
-``Engine.wait``. Errors answer with :class:`~headwater.serve.views.ErrorBody`
+``Engine.wait``. Errors answer with :class:`~headwater.serve._views.ErrorBody`
 and the status codes listed in ``docs/serve.md``.
 """
 
@@ -30,27 +30,29 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 
-from headwater import __version__
-from headwater.client import MAX_TARGETS
-from headwater.engine import Engine
-from headwater.errors import (
+from headwater import (
+    Engine,
     EngineClosedError,
     HeadwaterError,
     InvalidPolicyError,
     PluginError,
+    PolicyOverride,
+    Record,
+    State,
     UnknownDownloadError,
     UnknownSourceError,
+    __version__,
 )
-from headwater.records import Record, State
-from headwater.serve.live import Live, Query
-from headwater.serve.security import (
+from headwater.client import MAX_TARGETS
+from headwater.serve._live import Live, Query
+from headwater.serve._security import (
     API_PREFIX,
     SESSION_COOKIE,
     SESSION_MAX_AGE,
     same_secret,
     session_value,
 )
-from headwater.serve.views import (
+from headwater.serve._views import (
     TYPE_ENCODERS,
     Cancelled,
     Cleared,
@@ -65,7 +67,6 @@ from headwater.serve.views import (
     Submitted,
     source_views,
 )
-from headwater.sources import PolicyOverride
 
 log = logging.getLogger("headwater.serve")
 
@@ -436,7 +437,7 @@ _API = [
 
 
 def make_app(service: NamedDependency[Service]) -> Litestar:
-    """The Litestar application serving ``service`` (wrap it with :func:`headwater.serve.security.guard`).
+    """The Litestar application serving ``service`` (wrap it with :func:`headwater.serve._security.guard`).
 
     Its startup starts ``service.live`` on the server's event loop, its
     shutdown stops it; the engine is the caller's to close.

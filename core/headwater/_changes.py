@@ -1,35 +1,7 @@
-"""The engine's change feed: subscribe to record changes without polling.
+"""The engine's change feed: :class:`Subscription`, :class:`Change`, and the engine's side of it.
 
-:meth:`headwater.Engine.subscribe` returns a :class:`Subscription`, a
-bounded, thread-safe queue of :class:`Change` values. The contract:
-
-- **What is fed**: every record that becomes visible to readers (a new
-  QUEUED record, each state change, each change of fields written with a
-  state change, such as a move down a fallback chain) as a ``RECORD`` change
-  carrying the new record, and every removal as a ``REMOVED`` change
-  carrying the last record. Progress is not fed: it is read from the
-  running records' snapshots (:meth:`headwater.Engine.get`).
-- **Which thread delivers**: the thread that made the change puts it on
-  every open subscription while it holds the lock that orders that
-  download's changes (today its source's lock). The put never blocks, never
-  calls out of this module and costs one append per subscription.
-- **Order**: the changes of one download arrive in the order they were
-  made. Changes of different downloads keep the order of their making
-  within one source; across sources there is no order to rely on.
-- **Overflow**: a subscription holds at most ``maxsize`` changes. A change
-  that finds it full is not queued: the queued changes are dropped and the
-  next :meth:`Subscription.get` raises
-  :class:`~headwater.errors.SubscriptionOverflow` (once). The engine never
-  waits for a slow subscriber. A subscriber that sees the overflow reads
-  :meth:`headwater.Engine.records` afresh; every change made after the
-  overflow is queued again as usual, so that snapshot plus the changes that
-  follow it is the whole truth (a change may repeat what the snapshot
-  already shows: records are whole values, so applying one again is
-  harmless).
-- **Closing**: :meth:`Subscription.close` (or leaving its ``with`` block)
-  ends it; :meth:`headwater.Engine.close` closes every subscription.
-  A closed subscription's :meth:`~Subscription.get` returns what was still
-  queued, then empty lists at once.
+:meth:`headwater.Engine.subscribe` returns a :class:`Subscription`; its
+docstring states the contract.
 """
 
 from __future__ import annotations
@@ -72,10 +44,38 @@ class Change:
 
 
 class Subscription:
-    """A bounded queue of changes fed by the engine; read it with :meth:`get`.
+    """A bounded, thread-safe queue of :class:`Change` values fed by the engine; read it with :meth:`get`.
 
-    Made by :meth:`headwater.Engine.subscribe`; see the module docstring for
-    the contract. Reading is thread-safe; one reader is the intended use.
+    Made by :meth:`headwater.Engine.subscribe`. Reading is thread-safe; one
+    reader is the intended use. The contract:
+
+    - **What is fed**: every record that becomes visible to readers (a new
+      QUEUED record, each state change, each change of fields written with a
+      state change, such as a move down a fallback chain) as a ``RECORD`` change
+      carrying the new record, and every removal as a ``REMOVED`` change
+      carrying the last record. Progress is not fed: it is read from the
+      running records' snapshots (:meth:`headwater.Engine.get`).
+    - **Which thread delivers**: the thread that made the change puts it on
+      every open subscription while it holds the lock that orders that
+      download's changes (today its source's lock). The put never blocks, never
+      calls out of this module and costs one append per subscription.
+    - **Order**: the changes of one download arrive in the order they were
+      made. Changes of different downloads keep the order of their making
+      within one source; across sources there is no order to rely on.
+    - **Overflow**: a subscription holds at most ``maxsize`` changes. A change
+      that finds it full is not queued: the queued changes are dropped and the
+      next :meth:`get` raises
+      :class:`~headwater.SubscriptionOverflow` (once). The engine never
+      waits for a slow subscriber. A subscriber that sees the overflow reads
+      :meth:`headwater.Engine.records` afresh; every change made after the
+      overflow is queued again as usual, so that snapshot plus the changes that
+      follow it is the whole truth (a change may repeat what the snapshot
+      already shows: records are whole values, so applying one again is
+      harmless).
+    - **Closing**: :meth:`close` (or leaving its ``with`` block)
+      ends it; :meth:`headwater.Engine.close` closes every subscription.
+      A closed subscription's :meth:`get` returns what was still
+      queued, then empty lists at once.
     """
 
     def __init__(self, feed: ChangeFeed, maxsize: int) -> None:
@@ -99,7 +99,7 @@ class Subscription:
         ``timeout=0`` never waits; None waits until there is a change or the
         subscription closes. Returns an empty list when the time ran out or
         the subscription is closed and empty. Raises SubscriptionOverflow
-        once after changes were dropped (see the module docstring).
+        once after changes were dropped (see the class docstring).
         """
         with self._ready:
             if not self._queue and not self._overflowed and not self._closed and timeout != 0:
