@@ -418,21 +418,21 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     """
     through = _server()
     if through is not None:
-        results, final = _cancel_through(through[0], ids)
-    else:
-        with _journaled_engine(None) as engine:
-            mine = {r.id for r in engine.records()}
-            journal = read_records(_app().journal)
-            picked = _pick(journal, ids)
-            elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
-            if elsewhere:
-                raise Failure(
-                    f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
-                    "cancel them there (Ctrl-C)",
-                    EXIT_JOURNAL,
-                )
-            results = [(r.id, engine.cancel(r.id)) for r in picked]
-            final = [engine.get(i) for i, _ in results]
+        _cancel_through(through[0], ids, as_json)
+        return
+    with _journaled_engine(None) as engine:
+        mine = {r.id for r in engine.records()}
+        journal = read_records(_app().journal)
+        picked = _pick(journal, ids)
+        elsewhere = [r.id for r in picked if r.id not in mine and not r.state.terminal]
+        if elsewhere:
+            raise Failure(
+                f"download(s) {', '.join(elsewhere)} belong to another running headwater process; "
+                "cancel them there (Ctrl-C)",
+                EXIT_JOURNAL,
+            )
+        results = [(r.id, engine.cancel(r.id)) for r in picked]
+        final = [engine.get(i) for i, _ in results]
     if as_json:
         click.echo(json.dumps([plain(r) for r in final], indent=2))
     else:
@@ -521,8 +521,8 @@ def serve(
     security = Security(token, host_allow_list(host, port, allow_hosts), origins)
     engine = app.engine(dest)
     try:
+        engine.start_held()  # first: the server's view subscribes, then reads every record
         asgi, live = serving.build(engine, security, app.config.policies)
-        engine.start_held()
         url = serving.url_of(sock)
         state = ServerState(url, os.getpid(), str(tokens), str(journal), str(engine.dest_dir))
         write_state(journal, state)
@@ -643,10 +643,18 @@ def _records_through(client: Client) -> list[Record]:
     return _call_server(client.records)
 
 
-def _cancel_through(client: Client, ids: tuple[str, ...]) -> tuple[list[tuple[str, bool]], list[Record]]:
+def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel in the server, running downloads included; print and exit as `cancel` does."""
     picked = _pick(_records_through(client), ids)
-    results = [(r.id, _call_server(functools.partial(client.cancel, r.id))) for r in picked]
-    return results, [_call_server(functools.partial(client.get, i)) for i, _ in results]
+    cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
+    final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in final], indent=2))
+    else:
+        for record in final:
+            outcome = "cancelled" if cancelled[record.id] else f"already {record.state.value}"
+            click.echo(f"{record.id}: {outcome}")
+    sys.exit(EXIT_OK if all(cancelled.values()) else EXIT_FAILED)
 
 
 if __name__ == "__main__":
