@@ -17,7 +17,7 @@ from child_env import isolated_env
 from click.testing import CliRunner
 from localhttp import LocalServer, Resource, serving
 
-from headwater import State
+from headwater import Record, SQLiteStore, State
 from headwater.cli import main
 from headwater.client import Client
 from headwater.serve._state import running_server
@@ -53,6 +53,16 @@ def env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def journal_a_queued_download(journal: Path, target: Path) -> Record:
+    """A QUEUED file download in ``journal``, left by a session that has ended."""
+    now = time.time()
+    record = Record("0" * 12 + "1" * 20, "file", str(target), None, "file", State.QUEUED, now - 60, now - 60)
+    store = SQLiteStore(journal)
+    store.commit([record])
+    store.close()
+    return record
+
+
 def started_server(env: dict[str, str], dest: Path) -> tuple[subprocess.Popen[str], Client]:
     """`headwater serve` on a free port; returns once its state file says where it listens."""
     server = headwater(env, "serve", "--port", "0", "--dest", str(dest))
@@ -72,8 +82,15 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
     env: dict[str, str], tmp_path: Path, web: LocalServer
 ) -> None:
     dest = tmp_path / "out"
+    left = tmp_path / "left.txt"
+    left.write_text("left")
+    unfinished = journal_a_queued_download(Path(env["HEADWATER_HOME"]) / "journal.sqlite3", left)
     server, client = started_server(env, dest)
     try:
+        # The journal's unfinished download is taken over, run, and in the server's list.
+        (record,) = client.wait([unfinished.id], timeout=30)
+        assert record.state is State.COMPLETED and (dest / "left.txt").read_text() == "left"
+
         gate = threading.Semaphore(0)
         slow = web.add("/slow.bin", Resource(b"s" * 100_000, gate=gate, chunk=10_000))
         gate.release(1)  # some progress, then it hangs until cancelled
@@ -95,10 +112,10 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
         assert out.splitlines() == [f"{f} -> {dest / f.name}" for f in files]
 
         queue = client.records()  # one queue: the first shell's download and the second's
-        assert [r.target for r in queue] == [slow, *map(str, files)]
-        assert [r.state for r in queue] == [State.RUNNING, State.COMPLETED, State.COMPLETED]
+        assert [r.target for r in queue] == [str(left), slow, *map(str, files)]
+        assert [r.state for r in queue] == [State.COMPLETED, State.RUNNING, State.COMPLETED, State.COMPLETED]
         code, out, err = finished(headwater(env, "status"))
-        assert code == 0 and len(out.splitlines()) == 3 and "running" in out.splitlines()[0]
+        assert code == 0 and len(out.splitlines()) == 4 and "running" in out.splitlines()[1]
 
         code, out, err = finished(headwater(env, "cancel", slow_record.id[-12:]))
         assert code == 0, err
@@ -112,7 +129,7 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
         code, out, err = finished(headwater(env, "resume"))
         assert code == 0 and "nothing to resume" in err
         code, out, err = finished(headwater(env, "clean", "--json"))
-        assert code == 0 and len(json.loads(out)) == 3
+        assert code == 0 and len(json.loads(out)) == 4
         assert client.records() == []
 
         client.pause("http")  # a download that stays queued while the server stops under it
