@@ -4,6 +4,7 @@ The public surface is what this module exports; everything else is private.
 """
 
 from headwater._chains import Chain
+from headwater._changes import Change, ChangeKind, Subscription
 from headwater._clock import Clock, ManualClock, SystemClock
 from headwater._context import DownloadContext
 from headwater._engine import Engine
@@ -25,8 +26,11 @@ from headwater._errors import (
     PluginConflictError,
     PluginError,
     RetryAfter,
+    ServeError,
+    ServerError,
     SourceSkippedWarning,
     StoreError,
+    SubscriptionOverflow,
     TargetRejectedError,
     TransferError,
     TransientError,
@@ -48,6 +52,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Chain",
+    "Change",
+    "ChangeKind",
     "Clock",
     "ConfigError",
     "ContractError",
@@ -78,6 +84,8 @@ __all__ = [
     "RecordStore",
     "RetryAfter",
     "SQLiteStore",
+    "ServeError",
+    "ServerError",
     "SettingInfo",
     "SettingProblem",
     "SettingsLayers",
@@ -85,6 +93,8 @@ __all__ = [
     "SystemClock",
     "SourceSkippedWarning",
     "State",
+    "Subscription",
+    "SubscriptionOverflow",
     "TRANSITIONS",
     "TransferError",
     "TargetRejectedError",

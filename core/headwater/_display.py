@@ -11,17 +11,23 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
-from headwater._engine import Engine
 from headwater._records import Record, State
 
 POLL_SECONDS = 0.1
 
 #: Called once per download as it ends, with its final record.
 Report = Callable[[Record], None]
+
+
+class Records(Protocol):
+    """What :func:`follow` reads: an Engine, or a :class:`headwater.client.Watch` of a server's downloads."""
+
+    def get(self, download_id: str) -> Record: ...
 
 
 def _size(n: float) -> str:
@@ -44,7 +50,7 @@ def detail(record: Record) -> str:
 
 
 def follow(
-    engine: Engine,
+    engine: Records,
     ids: Sequence[str],
     report: Report,
     *,
@@ -96,7 +102,7 @@ class _Bars:
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
-    def show(self, engine: Engine, pending: Sequence[str], final: Mapping[str, Record]) -> None:
+    def show(self, engine: Records, pending: Sequence[str], final: Mapping[str, Record]) -> None:
         """Bring the bars up to date: drop ended downloads, add and advance running ones."""
         progress = self._progress
         failed = sum(1 for r in final.values() if r.state is not State.COMPLETED)
@@ -124,7 +130,7 @@ def _label(record: Record, width: int = 28) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
-def _sweep(engine: Engine, pending: list[str], final: dict[str, Record], report: Report) -> list[str]:
+def _sweep(engine: Records, pending: list[str], final: dict[str, Record], report: Report) -> list[str]:
     """Report the downloads in ``pending`` that have ended; return those still going."""
     still: list[str] = []
     for download_id in pending:

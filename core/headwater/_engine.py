@@ -31,6 +31,7 @@ from types import MappingProxyType, TracebackType
 import attrs
 
 from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
+from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._discovery import Candidate, discover, one_line
@@ -66,6 +67,7 @@ class _Shard:
     def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
         self.source = source
         self.store = engine._store
+        self.feed = engine._feed
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
@@ -138,6 +140,7 @@ class _Shard:
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
             self.records[new.id] = new
+        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
@@ -250,6 +253,7 @@ class Engine:
     ) -> None:
         self._store: RecordStore = MemoryStore() if store is None else store
         self._secrets = register(())
+        self._feed = ChangeFeed()
         try:
             self.dest_dir = Path(dest_dir).expanduser()
             self.dest_dir.mkdir(parents=True, exist_ok=True)
@@ -383,6 +387,7 @@ class Engine:
                 shard.records[record.id] = record
                 shard.worker.put(job)
             started.append(record.id)
+        self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
         for name, count in waiting.items():
             log.warning(
                 "%d unfinished download(s) of source %r stay queued until it is configured "
@@ -500,6 +505,7 @@ class Engine:
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
+            self._feed.publish([Change(ChangeKind.RECORD, record)])
             shard.worker.put(job)
         return job.id
 
@@ -935,12 +941,26 @@ class Engine:
                     self._store.delete(download_id)
                     final = shard.records.pop(download_id)
                     self._home.pop(download_id, None)
+                    self._feed.publish([Change(ChangeKind.REMOVED, final)])
                     break
             self._raise_unless_moved(download_id, shard)
         self._notify_ended(download_id)
         return final
 
     # -- reading -----------------------------------------------------------
+
+    def subscribe(self, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        """A new subscription to record changes: new records, state changes, removals.
+
+        The changes come without polling, on a bounded queue the engine never
+        waits on; progress is not among them (read it with :meth:`get`). See
+        :class:`~headwater.Subscription` for the contract: which thread
+        delivers, the order per download, and what an overflow past
+        ``maxsize`` changes does. Subscribe before reading :meth:`records` to miss nothing.
+        Closed by ``close()`` on it or by :meth:`close`; after :meth:`close`
+        the subscription is closed from the start.
+        """
+        return self._feed.subscribe(maxsize)
 
     def get(self, download_id: str) -> Record:
         """A snapshot of one download's record. Raises UnknownDownloadError."""
@@ -1112,6 +1132,7 @@ class Engine:
             )
         self._store.close()
         self._secrets.release()
+        self._feed.close()
         return stuck
 
     def __enter__(self) -> Engine:

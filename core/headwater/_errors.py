@@ -271,3 +271,32 @@ class ExistingFileKept(HeadwaterError):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         super().__init__(f"a file is already at {self.path!r}; it was kept and nothing landed")
+
+
+class SubscriptionOverflow(HeadwaterError):
+    """A change-feed subscription fell behind: changes were dropped, read the records afresh.
+
+    Raised once by :meth:`headwater.Subscription.get`; its docstring says
+    what to do next.
+    """
+
+
+class ServeError(HeadwaterError):
+    """``headwater serve`` cannot start as asked: an unsafe bind, a bad allow-list, a taken port.
+
+    The message says what was refused and how to do it safely.
+    """
+
+
+class ServerError(HeadwaterError):
+    """A headwater server answered a request with an error, or could not be reached.
+
+    ``status`` is the HTTP status (None when no answer came), ``code`` the
+    error's short name from the JSON error body (``"unknown_source"``,
+    ``"bad_request"``...), or None.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)

@@ -10,7 +10,7 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
   store, a source that needs configuration);
 - 3: the journal cannot be used (it is damaged, another program's, or from a
   newer headwater), or ``cancel`` named a download another running headwater
-  process owns;
+  process owns, or the server running on the journal cannot be reached;
 - 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); either way the
   unfinished downloads stay in the journal for ``resume``.
 """
@@ -18,16 +18,19 @@ Results go to stdout, errors and progress bars to stderr. Exit status:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import attrs
 import click
@@ -42,6 +45,8 @@ from headwater._errors import (
     ConfigError,
     DownloadOwnedError,
     HeadwaterError,
+    ServeError,
+    ServerError,
     StoreError,
     UnknownDownloadError,
     UnknownSourceError,
@@ -51,11 +56,15 @@ from headwater._keystore import KeyStore, default_keystore
 from headwater._plugin_new import plugin
 from headwater._records import Record, State
 from headwater._redact import protect
+from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater._settings import SettingInfo, SettingsLayers
 from headwater._sources import PolicyOverride, SourceInfo
 from headwater._store import SQLiteStore, default_journal, plain, read_records
+from headwater.client import Client, Watch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+_T = TypeVar("_T")
 
 #: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
 INTERRUPT_GRACE = 1.5
@@ -347,6 +356,10 @@ def get(
     `headwater resume`.
     """
     chain = [source, *(name.strip() for name in via.split(",") if name.strip())]
+    through = _server()
+    if through is not None:
+        _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
+        return
     with _journaled_engine(dest) as engine:
         try:
             ids = [engine.submit(chain if len(chain) > 1 else source, t, existing=existing) for t in targets]
@@ -375,6 +388,10 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
     interrupted or died; each lands in the folder its `get` sent it to.
     Downloads of headwater processes still running are left to them.
     """
+    through = _server()
+    if through is not None:
+        _resume_through(*through, timeout, quiet, as_json)
+        return
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()
         if not ids:
@@ -411,18 +428,7 @@ def _watch(
     engine: Engine, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
     """Follow ``ids`` to their end; on Ctrl-C, SIGTERM or timeout, stop them (nothing cancelled) and exit."""
-    err = Console(stderr=True)
-    console = err if err.is_terminal and not quiet and not as_json else None
-
-    def report(record: Record) -> None:
-        if as_json:
-            return
-        if console is not None:
-            mark = "[green]done[/]" if record.state is State.COMPLETED else f"[red]{record.state.value}[/]"
-            console.print(f"{mark} {record.name}", highlight=False)
-        else:
-            _result_line(record)
-
+    console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
         records = follow(engine, ids, report, console=console, timeout=timeout)
     except (KeyboardInterrupt, TimeoutError) as exc:
@@ -440,6 +446,23 @@ def _watch(
         for record in records:
             _result_line(record)
     return records
+
+
+def _reporter(*, quiet: bool, as_json: bool) -> tuple[Console | None, Callable[[Record], None]]:
+    """The console to draw bars on (None: none), and what to print as each download ends."""
+    err = Console(stderr=True)
+    console = err if err.is_terminal and not quiet and not as_json else None
+
+    def report(record: Record) -> None:
+        if as_json:
+            return
+        if console is not None:
+            mark = "[green]done[/]" if record.state is State.COMPLETED else f"[red]{record.state.value}[/]"
+            console.print(f"{mark} {record.name}", highlight=False)
+        else:
+            _result_line(record)
+
+    return console, report
 
 
 def _result_line(record: Record) -> None:
@@ -493,8 +516,9 @@ def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None
 
     Works while another headwater process is running downloads.
     """
+    through = _server()
     try:
-        records = read_records(_app().journal)
+        records = read_records(_app().journal) if through is None else _records_through(through[0])
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     if ids:
@@ -525,6 +549,10 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     (exit status 3): stop it (Ctrl-C keeps its downloads resumable), then
     cancel. Exit status 1 if one had already ended.
     """
+    through = _server()
+    if through is not None:
+        _cancel_through(through[0], ids, as_json)
+        return
     journal = _app().journal
     try:
         picked = _pick(read_records(journal), ids)
@@ -557,8 +585,12 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
 @_json_option
 def clean(as_json: bool) -> None:
     """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
-    with _journaled_engine(None) as engine:
-        removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
+    through = _server()
+    if through is not None:
+        removed = _call_server(through[0].clear)
+    else:
+        with _journaled_engine(None) as engine:
+            removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
     if as_json:
         click.echo(json.dumps([plain(r) for r in removed], indent=2))
     else:
@@ -658,6 +690,206 @@ def keys_remove(source: str, field: str) -> None:
     if not removed:
         raise Failure(f"the secrets store holds no {field} of {source} (`headwater keys list`)", EXIT_USAGE)
     click.echo(f"removed {field} of {source}", err=True)
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; other than loopback only with a token configured (`headwater token`).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to listen on (0: any free one).",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests for this host name (a reverse proxy's, the machine's own); repeatable.",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages from this origin (https://host[:port]) call the API; repeatable; never '*'.",
+)
+@_dest_option
+def serve(
+    host: str, port: int, allow_hosts: tuple[str, ...], cors_origins: tuple[str, ...], dest: Path | None
+) -> None:
+    """Run one engine on the journal and serve the API, the event stream and the web page.
+
+    The journal's unfinished downloads start at once. While it runs, `get`,
+    `status`, `cancel`, `resume` and `clean` in any shell go through it.
+    Ctrl-C (or SIGTERM) stops it.
+    """
+    try:
+        from headwater._serve import run as serving
+        from headwater._serve._security import Security, check_bind, check_cors_origins, host_allow_list
+        from headwater._serve._state import remove_state, write_state
+    except ImportError as exc:
+        raise Failure(
+            f"headwater serve needs the serve extra ({exc.name} is missing): pip install 'headwater[serve]'",
+            EXIT_USAGE,
+        ) from exc
+    app = _app()
+    journal = app.journal.resolve()
+    other = running_server(journal)
+    if other is not None:
+        raise Failure(f"a server already runs on this journal: {other.url} (pid {other.pid})", EXIT_USAGE)
+    tokens = token_path(journal)
+    try:
+        check_bind(host, read_token(tokens) is not None, str(tokens))
+        origins = check_cors_origins(cors_origins)
+        token = ensure_token(tokens)
+        sock = serving.bind(host, port)
+    except ServeError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+    port = sock.getsockname()[1]
+    security = Security(token, host_allow_list(host, port, allow_hosts), origins)
+    engine = app.engine(dest)
+    try:
+        engine.start_held()  # first: the server's view subscribes, then reads every record
+        asgi, live = serving.build(engine, security, app.config.policies)
+        url = serving.url_of(sock)
+        state = ServerState(url, os.getpid(), str(tokens), str(journal), str(engine.dest_dir))
+        write_state(journal, state)
+        click.echo(f"headwater: serving {url} (journal {journal}; files land in {engine.dest_dir})", err=True)
+        click.echo(f"headwater: log in with the token in {tokens} (`headwater token` prints it)", err=True)
+        serving.serve_forever(asgi, live, sock)
+    finally:
+        remove_state(journal, os.getpid())
+        engine.close()
+        sock.close()
+    click.echo("headwater: server stopped", err=True)
+
+
+@main.command()
+@click.option(
+    "--new", is_flag=True, help="Replace the token (a running server keeps the old one until restarted)."
+)
+def token(new: bool) -> None:
+    """Print the API token of `headwater serve`, making it first if there is none.
+
+    It is kept beside the journal, readable by you alone (mode 0600).
+    """
+    try:
+        click.echo(ensure_token(token_path(_app().journal), new=new))
+    except ServeError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+
+
+# -- through a running server ----------------------------------------------------------
+#
+# When `headwater serve` runs on this journal, these commands ask it instead of
+# opening the journal themselves, so that one queue serves every shell.
+
+
+def _server() -> tuple[Client, ServerState] | None:
+    """A client of the server running on the journal (and its state), or None; says so on stderr."""
+    state = running_server(_app().journal)
+    if state is None:
+        return None
+    try:
+        token = state.token()
+    except ServeError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    click.echo(f"headwater: through the server at {state.url} (pid {state.pid})", err=True)
+    return Client(state.url, token), state
+
+
+def _call_server(call: Callable[[], _T]) -> _T:
+    """``call()``, its errors as Failures: 2 for what the server refused, 3 for no answer."""
+    try:
+        return call()
+    except ServerError as exc:
+        usage = exc.status is not None and 400 <= exc.status < 500
+        raise Failure(str(exc), EXIT_USAGE if usage else EXIT_JOURNAL) from exc
+    except UnknownDownloadError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from exc
+
+
+def _get_through(
+    client: Client,
+    state: ServerState,
+    chain: list[str],
+    targets: tuple[str, ...],
+    dest: Path | None,
+    existing: Existing | None,
+    timeout: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    if dest is not None and dest.expanduser().resolve() != Path(state.dest_dir):
+        raise Failure(
+            f"the server at {state.url} lands files in {state.dest_dir}; --dest cannot change that: "
+            "leave --dest out, or stop the server",
+            EXIT_USAGE,
+        )
+    source = chain if len(chain) > 1 else chain[0]
+    ids = _call_server(lambda: client.submit_many(source, targets, existing=existing))
+    _finish(_watch_through(client, state, ids, quiet=quiet, as_json=as_json, timeout=timeout), as_json)
+
+
+def _resume_through(
+    client: Client, state: ServerState, timeout: float | None, quiet: bool, as_json: bool
+) -> None:
+    ids = [r.id for r in _call_server(lambda: client.records(states=(State.QUEUED, State.RUNNING)))]
+    if not ids:
+        click.echo("[]" if as_json else "nothing to resume", err=not as_json)
+        return
+    click.echo(f"headwater: the server runs the unfinished downloads; following {len(ids)}", err=True)
+    _finish(_watch_through(client, state, ids, quiet=quiet, as_json=as_json, timeout=timeout), as_json)
+
+
+def _watch_through(
+    client: Client, state: ServerState, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
+) -> list[Record]:
+    """Follow the server's ``ids`` to their end; on Ctrl-C or timeout they go on in the server."""
+    console, report = _reporter(quiet=quiet, as_json=as_json)
+    try:
+        with _call_server(Watch(client, ids).start) as watch:
+            records = follow(watch, ids, report, console=console, timeout=timeout)
+    except (KeyboardInterrupt, TimeoutError) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        why = "interrupted" if interrupted else str(exc)
+        raise Failure(
+            f"{why}: the downloads go on in the server at {state.url}; `headwater cancel ID` stops one",
+            EXIT_INTERRUPTED if interrupted else EXIT_FAILED,
+        ) from None
+    except UnknownDownloadError as exc:
+        raise Failure(f"{exc}: it was removed while this command followed it", EXIT_FAILED) from None
+    except ServerError as exc:
+        raise Failure(f"{exc}; the server's downloads are in its journal", EXIT_JOURNAL) from None
+    if console is not None:
+        for record in records:
+            _result_line(record)
+    return records
+
+
+def _records_through(client: Client) -> list[Record]:
+    return _call_server(client.records)
+
+
+def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel in the server, running downloads included; print and exit as `cancel` does."""
+    picked = _pick(_records_through(client), ids)
+    cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
+    final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
+    if as_json:
+        click.echo(json.dumps([plain(r) for r in final], indent=2))
+    else:
+        for record in final:
+            outcome = "cancelled" if cancelled[record.id] else f"already {record.state.value}"
+            click.echo(f"{record.id}: {outcome}")
+    sys.exit(EXIT_OK if all(cancelled.values()) else EXIT_FAILED)
 
 
 if __name__ == "__main__":
