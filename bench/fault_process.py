@@ -1,0 +1,391 @@
+"""Process faults: kill -9, Ctrl-C and SIGTERM at random moments, races on one journal, bad disks, scale.
+
+Each function here is one fault: it sets up its sandbox, drives real
+``headwater`` processes (signals sent with ``os.kill`` through
+:class:`~faultbox.Process`), and returns what it observed for the checks.
+Random moments come from the sandbox's seeded ``rng``.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fault_journal import old_journal
+from fault_server import D2, LARGE, SMALL, D
+from faultbox import KIB, LIMIT, MIB, Process, Sandbox, Skipped, blob, sha256, snapshot, want
+from faultcheck import Case, Run, Want
+from hostile import Reply, Served
+
+# -- process faults: kills, signals, races ----------------------------------------
+
+
+def usual(box: Sandbox, pace: float = 0.03, count: int = 4, tag: str = "") -> tuple[list[str], list[Want]]:
+    """Mount ``count`` paced 256 KiB downloads and one paced 9 MiB one; their targets and wants."""
+    served = [Served(f"{tag}s{i}.bin", blob(100 + i, SMALL), (Reply(pace=pace),)) for i in range(count)]
+    served.append(Served(f"{tag}big.bin", blob(99, LARGE), (Reply(pace=pace / 10),)))
+    return box.serve(served)
+
+
+INTERRUPTED = frozenset({130, 143})
+
+
+def interrupt_then_resume(sig: signal.Signals, twice: bool = False) -> Callable[[Sandbox], Case]:
+    """``get`` gets ``sig`` at a random moment of its downloads; then ``resume`` must finish them."""
+
+    def run(box: Sandbox) -> Case:
+        targets, wants = usual(box)
+        box.freeze()
+        process = box.start(*box.get(*targets))
+        box.started()
+        time.sleep(box.rng.uniform(0.0, 1.5))
+        process.send(sig)
+        if twice:
+            time.sleep(0.05)
+            process.send(sig)
+        interrupted(process)
+        note = after_kill(box, wants)
+        box.headwater(*box.resume(), limit=60.0)
+        return box.observe(wants, notes=[note])
+
+    return run
+
+
+def after_kill(box: Sandbox, wants: list[Want]) -> str:
+    """Snapshot the destination for the checks (what a kill left); "3/5 left": how many had not completed."""
+    box.midway.append(snapshot(box.dest))
+    records, _ = box.status()
+    done = {r.get("target") for r in records or [] if r.get("state") == "completed"}
+    return f"{sum(1 for w in wants if w.target not in done)}/{len(wants)} left"
+
+
+def interrupted(process: Process) -> Run:
+    """Wait for a command the harness signalled: after SIGINT or SIGTERM, exit 130 or 143 and say so."""
+    if process.signals in ([], ["SIGKILL"]):  # none sent (it had ended), or no message possible
+        return process.finish(LIMIT)
+    return process.finish(LIMIT, INTERRUPTED, says=("interrupt",))
+
+
+def interrupt_at_start(box: Sandbox) -> Case:
+    """Ctrl-C while ``get`` is still starting up (loading plugins, opening the journal)."""
+    targets, wants = usual(box)
+    box.freeze()
+    process = box.start(*box.get(*targets))
+    time.sleep(box.rng.uniform(0.05, 0.4))
+    process.send(signal.SIGINT)
+    interrupted(process)
+    box.headwater(*box.resume(), limit=60.0)
+    return box.observe(wants)
+
+
+def kill_resume_too(box: Sandbox) -> Case:
+    """kill -9 a ``get``, then kill -9 the ``resume`` too; a last ``resume`` must finish everything."""
+    targets, wants = usual(box)
+    box.freeze()
+    first = box.start(*box.get(*targets))
+    box.started()
+    time.sleep(box.rng.uniform(0.0, 1.0))
+    first.send(signal.SIGKILL)
+    first.finish(LIMIT)
+    notes = [after_kill(box, wants)]
+    asked = box.server.requests(box.prefix)
+    second = box.start(*box.resume())
+    box.started(asked + 1)
+    time.sleep(box.rng.uniform(0.0, 1.0))
+    second.send(signal.SIGKILL)
+    second.finish(LIMIT)
+    notes.append(after_kill(box, wants))
+    box.headwater(*box.resume(), limit=60.0)
+    return box.observe(wants, notes=[" then ".join(notes)])
+
+
+def two_gets_at_once(schema: int) -> Callable[[Sandbox], Case]:
+    """Two ``get`` s started together on one journal (none yet, or one of an older ``schema``)."""
+
+    def run(box: Sandbox) -> Case:
+        if schema:
+            old_journal(box.journal, schema)
+        first, first_wants = usual(box, pace=0.0, count=2, tag="a")
+        second, second_wants = usual(box, pace=0.0, count=2, tag="b")
+        box.freeze()
+        processes = [box.start(*box.get(*first)), box.start(*box.get(*second))]
+        for process in processes:
+            process.finish(LIMIT, frozenset({0}))
+        return box.observe(first_wants + second_wants)
+
+    return run
+
+
+#: A process that opens a journal the moment a file appears, through the Python API, and says how it went.
+OPENER = """
+import os, sys
+from headwater.store import SQLiteStore
+journal, go = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+while not os.path.exists(go):
+    pass
+try:
+    SQLiteStore(journal).close()
+except Exception as exc:
+    sys.exit(f"{type(exc).__name__}: {exc}")
+"""
+
+
+def openers_at_once(schema: int, count: int = 4) -> Callable[[Sandbox], Case]:
+    """``count`` processes open one journal (new, or of an older ``schema``) at the same instant.
+
+    Issue item 4. They wait, spinning, for one file to appear, so they open
+    within microseconds of each other; every one must succeed.
+    """
+
+    def run(box: Sandbox) -> Case:
+        if schema:
+            old_journal(box.journal, schema)
+        go = box.root / "go"
+        box.freeze()
+        argv = [sys.executable, "-c", OPENER, str(box.journal), str(go)]
+        began = time.monotonic()
+        children = [
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(count)
+        ]
+        box.processes.extend(children)  # type: ignore[arg-type]
+        for child in children:
+            assert child.stdout is not None
+            child.stdout.readline()
+        go.write_text("")
+        for child in children:
+            try:
+                out, err = child.communicate(timeout=LIMIT)
+                code: int | None = child.returncode
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, err = child.communicate()
+                code = None
+            box.runs.append(
+                Run(
+                    ("SQLiteStore(journal)",),
+                    code,
+                    out,
+                    box.tidy(err),
+                    time.monotonic() - began,
+                    LIMIT,
+                    allowed=frozenset({0}),
+                    program="python",
+                )
+            )
+        go.unlink()
+        return box.observe([])
+
+    return run
+
+
+def two_resumes_at_once(box: Sandbox) -> Case:
+    """After a kill -9, two ``resume`` s at once: each download runs once and lands whole."""
+    targets, wants = usual(box)
+    box.freeze()
+    first = box.start(*box.get(*targets))
+    box.started()
+    time.sleep(box.rng.uniform(0.2, 1.0))
+    first.send(signal.SIGKILL)
+    first.finish(LIMIT)
+    resumes = [box.start(*box.resume()), box.start(*box.resume())]
+    for process in resumes:
+        process.finish(60.0, frozenset({0}))
+    return box.observe(wants)
+
+
+def crash_then_live(action: str) -> Callable[[Sandbox], Case]:
+    """A ``get`` is killed; while another ``get`` runs, ``resume`` (or ``cancel``) the dead one's work.
+
+    Issue item 5: what a dead process left must stay resumable and
+    cancellable whatever else runs.
+    """
+
+    def run(box: Sandbox) -> Case:
+        dead_targets, dead_wants = usual(box, pace=0.05, count=3, tag="dead")
+        live_targets, live_wants = usual(box, pace=0.2, count=1, tag="live")
+        box.freeze()
+        dead = box.start(*box.get(*dead_targets))
+        box.started()
+        time.sleep(0.3)
+        dead.send(signal.SIGKILL)
+        dead.finish(LIMIT)
+        asked = box.server.requests(box.prefix)
+        live = box.start(*box.get(*live_targets))
+        box.started(asked + 1)
+        wants = dead_wants + live_wants
+        finisher = len(box.runs)
+        if action == "resume":
+            box.headwater(*box.resume(), limit=60.0, allowed=frozenset({0}))
+        else:
+            records, _ = box.status()
+            left = [
+                r
+                for r in records or []
+                if r["state"] in ("queued", "running") and r["target"] in dead_targets
+            ]
+            if left:
+                box.headwater("cancel", str(left[0]["id"]), limit=LIMIT, allowed=frozenset({0}))
+                wants = [w for w in wants if w.target != left[0]["target"]]
+            live.finish(60.0, frozenset({0}))
+            box.headwater(*box.resume(), limit=60.0)
+            return box.observe(wants)
+        live.finish(60.0, frozenset({0}))
+        return box.observe(wants, finisher=finisher)
+
+    return run
+
+
+def resume_elsewhere(box: Sandbox) -> Case:
+    """``get --dest X`` is killed; ``resume`` (no --dest, as its message says) runs in another folder."""
+    targets, wants = usual(box)
+    box.freeze()
+    process = box.start(*box.get(*targets))
+    box.started()
+    time.sleep(box.rng.uniform(0.0, 0.5))
+    process.send(signal.SIGKILL)
+    process.finish(LIMIT)
+    box.headwater("resume", "-q", limit=60.0)
+    return box.observe(wants)
+
+
+# -- destinations and disks -----------------------------------------------------------
+
+
+def read_only_destination(box: Sandbox) -> Case:
+    """The destination cannot be written: a clear error, nothing lost, no hang."""
+    box.dest.rmdir()
+    if not box.mount_tmpfs(box.dest, "ro,size=1m"):
+        box.dest.mkdir()
+        box.dest.chmod(0o555)
+    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    box.freeze()
+    box.headwater(*box.get(*targets), limit=LIMIT)
+    return box.observe(
+        [Want(targets[0], frozenset({sha256(D)}), False, "a.bin")], words=("read-only", "permission")
+    )
+
+
+def uncreatable_destination(box: Sandbox) -> Case:
+    """``--dest`` lies under a regular file, so it cannot be created (issue item 9)."""
+    blocker = box.plant(box.root / "work" / "afile", b"a file, not a folder\n")
+    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    box.freeze()
+    box.headwater(
+        "get",
+        "http",
+        *targets,
+        "--dest",
+        str(blocker / "sub"),
+        "-q",
+        limit=LIMIT,
+        allowed=frozenset({1, 2}),
+        says=("afile",),
+    )
+    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+
+
+def destination_is_a_file(box: Sandbox) -> Case:
+    blocker = box.plant(box.root / "work" / "afile", b"a file, not a folder\n")
+    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    box.freeze()
+    box.headwater(
+        "get",
+        "http",
+        *targets,
+        "--dest",
+        str(blocker),
+        "-q",
+        limit=LIMIT,
+        allowed=frozenset({2}),
+        says=("afile",),
+    )
+    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+
+
+def read_only_home(box: Sandbox) -> Case:
+    """``HEADWATER_HOME`` cannot be written, so there can be no journal: refuse clearly (exit 3)."""
+    if not box.mount_tmpfs(box.home, "ro,size=1m"):
+        box.home.chmod(0o555)
+    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    box.freeze()
+    box.headwater(*box.get(*targets), limit=LIMIT, allowed=frozenset({3}), says=("journal",))
+    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+
+
+def full_destination(box: Sandbox) -> Case:
+    """The destination is a 2 MiB disk; a 4 MiB download fills it."""
+    if not box.mount_tmpfs(box.dest, "size=2m"):
+        raise Skipped("cannot mount a tmpfs (not root): no full disk to try")
+    served = [
+        Served("big.bin", blob(7, 4 * MIB), deliver=False),
+        Served("small.bin", blob(8, 100 * KIB), deliver=False),
+    ]
+    targets = box.server.mount(box.prefix, served)
+    box.freeze()
+    box.headwater(*box.get(*targets), limit=LIMIT)
+    return box.observe([want(t, s) for t, s in zip(targets, served, strict=True)], words=("space",))
+
+
+def full_home(box: Sandbox) -> Case:
+    """The journal's disk fills up after a first download: ``status`` must still read it (issue item 9)."""
+    if not box.mount_tmpfs(box.home, "size=2m"):
+        raise Skipped("cannot mount a tmpfs (not root): no full disk to try")
+    first = box.server.mount(box.prefix, [Served("first.bin", D)])
+    box.headwater(*box.get(*first), limit=LIMIT)
+    fill(box.home / "filler")
+    second = box.server.mount(box.prefix, [Served("second.bin", D2, deliver=False)])
+    box.freeze()
+    box.headwater(*box.get(*second), limit=LIMIT, allowed=frozenset({0, 1, 3}))
+    wants = [
+        Want(first[0], frozenset({sha256(D)}), True, "first.bin"),
+        Want(second[0], frozenset({sha256(D2)}), False, "second.bin"),
+    ]
+    return box.observe(wants)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its disk is full."""
+    with path.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * MIB)
+                out.flush()
+        except OSError:
+            pass
+
+
+# -- many targets -------------------------------------------------------------------
+
+
+def many_targets(count: int, kill: bool = False) -> Callable[[Sandbox], Case]:
+    """``count`` small local files in one ``get file`` (if ``kill``: killed at a random moment, resumed)."""
+
+    def run(box: Sandbox) -> Case:
+        contents = [b"%d\n" % i * 8 for i in range(count)]
+        wants = [
+            Want(f"f{i:05d}", frozenset({sha256(data)}), True, f"f{i:05d}") for i, data in enumerate(contents)
+        ]
+        for wanted, data in zip(wants, contents, strict=True):
+            (box.src / wanted.target).write_bytes(data)
+        box.freeze()
+        argv = ("get", "file", *(w.target for w in wants), "--dest", str(box.dest), "-q")
+        notes = []
+        if kill:
+            process = box.start(*argv, cwd=box.src)
+            time.sleep(box.rng.uniform(1.0, 6.0))
+            process.send(signal.SIGKILL)
+            process.finish(600.0)
+            notes.append(after_kill(box, wants))
+            box.headwater(*box.resume(), limit=600.0, cwd=box.src)
+        else:
+            box.headwater(*argv, limit=600.0, cwd=box.src)
+        seconds = sum(run.seconds for run in box.runs)
+        return box.observe(wants, notes=[*notes, f"{count:,} targets in {seconds:.1f} s"])
+
+    return run
