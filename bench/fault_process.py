@@ -150,10 +150,10 @@ def openers_at_once(schema: int, count: int = 4) -> Callable[[Sandbox], Case]:
         argv = [sys.executable, "-c", OPENER, str(box.journal), str(go)]
         began = time.monotonic()
         children = [
-            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(argv, env=box.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(count)
         ]
-        box.processes.extend(children)  # type: ignore[arg-type]
+        box.processes.extend(children)
         for child in children:
             assert child.stdout is not None
             child.stdout.readline()
@@ -199,46 +199,45 @@ def two_resumes_at_once(box: Sandbox) -> Case:
     return box.observe(wants)
 
 
-def crash_then_live(action: str) -> Callable[[Sandbox], Case]:
-    """A ``get`` is killed; while another ``get`` runs, ``resume`` (or ``cancel``) the dead one's work.
+def dead_beside_live(box: Sandbox) -> tuple[list[str], list[Want], Process]:
+    """A ``get`` killed mid-way, then another ``get`` of other files started and downloading.
 
-    Issue item 5: what a dead process left must stay resumable and
-    cancellable whatever else runs.
+    Returns the dead one's targets, every wanted download, and the live ``get``.
     """
+    dead_targets, dead_wants = usual(box, pace=0.05, count=3, tag="dead")
+    live_targets, live_wants = usual(box, pace=0.2, count=1, tag="live")
+    box.freeze()
+    dead = box.start(*box.get(*dead_targets))
+    box.started()
+    time.sleep(0.3)
+    dead.send(signal.SIGKILL)
+    dead.finish(LIMIT)
+    asked = box.server.requests(box.prefix)
+    live = box.start(*box.get(*live_targets))
+    box.started(asked + 1)
+    return dead_targets, dead_wants + live_wants, live
 
-    def run(box: Sandbox) -> Case:
-        dead_targets, dead_wants = usual(box, pace=0.05, count=3, tag="dead")
-        live_targets, live_wants = usual(box, pace=0.2, count=1, tag="live")
-        box.freeze()
-        dead = box.start(*box.get(*dead_targets))
-        box.started()
-        time.sleep(0.3)
-        dead.send(signal.SIGKILL)
-        dead.finish(LIMIT)
-        asked = box.server.requests(box.prefix)
-        live = box.start(*box.get(*live_targets))
-        box.started(asked + 1)
-        wants = dead_wants + live_wants
-        finisher = len(box.runs)
-        if action == "resume":
-            box.headwater(*box.resume(), limit=60.0, allowed=frozenset({0}))
-        else:
-            records, _ = box.status()
-            left = [
-                r
-                for r in records or []
-                if r["state"] in ("queued", "running") and r["target"] in dead_targets
-            ]
-            if left:
-                box.headwater("cancel", str(left[0]["id"]), limit=LIMIT, allowed=frozenset({0}))
-                wants = [w for w in wants if w.target != left[0]["target"]]
-            live.finish(60.0, frozenset({0}))
-            box.headwater(*box.resume(), limit=60.0)
-            return box.observe(wants)
-        live.finish(60.0, frozenset({0}))
-        return box.observe(wants, finisher=finisher)
 
-    return run
+def resume_beside_live(box: Sandbox) -> Case:
+    """Issue item 5: while another ``get`` runs, ``resume`` must run what a dead ``get`` left."""
+    _, wants, live = dead_beside_live(box)
+    box.headwater(*box.resume(), limit=60.0, allowed=frozenset({0}))
+    finisher = len(box.runs) - 1
+    live.finish(60.0, frozenset({0}))
+    return box.observe(wants, finisher=finisher)
+
+
+def cancel_beside_live(box: Sandbox) -> Case:
+    """Issue item 5: while another ``get`` runs, ``cancel`` must cancel what a dead ``get`` left."""
+    dead_targets, wants, live = dead_beside_live(box)
+    records, _ = box.status()
+    left = [r for r in records or [] if r["state"] in ("queued", "running") and r["target"] in dead_targets]
+    if left:
+        box.headwater("cancel", str(left[0]["id"]), limit=LIMIT, allowed=frozenset({0}))
+        wants = [w for w in wants if w.target != left[0]["target"]]
+    live.finish(60.0, frozenset({0}))
+    box.headwater(*box.resume(), limit=60.0)
+    return box.observe(wants)
 
 
 def resume_elsewhere(box: Sandbox) -> Case:

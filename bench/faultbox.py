@@ -118,7 +118,7 @@ class Sandbox:
     before: dict[Path, str] | None = None
     midway: list[dict[Path, str]] = attrs.Factory(list)
     mounts: list[Path] = attrs.Factory(list)
-    processes: list[subprocess.Popen[bytes]] = attrs.Factory(list)
+    processes: list[subprocess.Popen[Any]] = attrs.Factory(list)
     _count: int = 0
 
     @property

@@ -39,7 +39,7 @@ class Run:
     """One command the fault ran, and how it ended.
 
     Attributes:
-        argv: the arguments after ``headwater``.
+        argv: the arguments after the program's name.
         code: its exit status (negative: the signal that ended it); None if it had to be killed.
         out, err: what it printed.
         seconds: how long it ran.
@@ -309,8 +309,10 @@ def check_outside(case: Case) -> list[Problem]:
 
 
 def check_messages(case: Case) -> list[Problem]:
-    """A command that printed a traceback, ended with the wrong exit status, said nothing, or not what it
-    had to; and a failed download whose error names none of the fault's words. One problem per command.
+    """A command with a traceback, a wrong exit status, or no (or the wrong) message; a vague error.
+
+    One problem per command at most; and one per failed download whose
+    error names none of the fault's words.
     """
     problems = []
     for index, run in enumerate(case.runs):

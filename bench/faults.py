@@ -2,21 +2,25 @@
 
 Every fault runs the real ``headwater`` command in a sandbox of its own
 (``HEADWATER_HOME``, destination and working folder in one temporary
-folder), against a hostile HTTP server on 127.0.0.1 (bench/hostile.py) or
-local files, then judges what is left with the checks of
-bench/faultcheck.py against independent truth: the bytes the server meant to
-serve, snapshots of the folders, and the journal as ``headwater status
+folder; bench/faultbox.py), against a hostile HTTP server on 127.0.0.1
+(bench/hostile.py) or local files, then judges what is left with the checks
+of bench/faultcheck.py against independent truth: the bytes the server meant
+to serve, snapshots of the folders, and the journal as ``headwater status
 --json`` reads it back. It reports what it observes: a fault survives when
-no check finds a problem.
+no check finds a problem. The faults: the table of server behaviours
+(bench/fault_server.py), kills, signals, races, disks and scale
+(bench/fault_process.py), damaged journals and bad input
+(bench/fault_journal.py), odd plugins (bench/fault_plugins.py).
 
-    python bench/faults.py [--quick] [--jobs 4] [--seed 12] [--only TEXT] [--list] [--dir DIR]
+    python bench/faults.py [--quick] [--jobs 6] [--seed 12] [--only TEXT] [--detail] [--list] [--dir DIR]
 
-``--quick`` runs every server behaviour and one of each other fault (about a
-minute); the default full run repeats the kills and races and adds the slow
-faults (about 10 minutes on 2 cores). Exit status 0 whatever it finds; 2 if
-the harness itself failed. As root, the full-disk and read-only faults use
-small tmpfs mounts; otherwise they say so and are skipped.
-"""
+``--quick`` tries every fault but the slow ones, once (about two minutes);
+the default full run repeats the kills and races with other random moments
+and adds the slow faults (about six minutes on 2 cores). ``--detail`` also
+prints what every trial's commands ended with. Exit status 0 whatever it
+finds; 2 if the harness itself failed. As root, the full-disk and read-only
+faults use small tmpfs mounts; otherwise read-only is a chmod and the
+full-disk faults are skipped, saying so."""
 
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ from table import print_table  # noqa: E402
 # -- the list of faults ----------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class Fault:
     """One fault: its name, its group (a row of the table), what it does, and when it runs.
 
@@ -120,13 +124,13 @@ def all_faults() -> list[Fault]:
         Fault(
             "resume while another get runs, after a crash (issue item 5)",
             races,
-            process.crash_then_live("resume"),
+            process.resume_beside_live,
             runs=2,
         ),
         Fault(
             "cancel while another get runs, after a crash (issue item 5)",
             races,
-            process.crash_then_live("cancel"),
+            process.cancel_beside_live,
         ),
         Fault("read-only destination", disks, process.read_only_destination),
         Fault("destination under a regular file (issue item 9)", disks, process.uncreatable_destination),
@@ -292,9 +296,8 @@ def report(verdicts: Sequence[Verdict], detail: bool = False) -> None:
     print_table(header, rows)
     failed = [v for v in verdicts if v.problems]
     if failed:
-        print("\nDid not survive:")
-        for verdict in failed:
-            print(f"- {verdict.label}: " + "; ".join(f"{p.kind}: {p.text}" for p in verdict.problems))
+        print("\nDid not survive (one line per fault: its failed trials, the first one's problems):")
+        print("\n".join(failure_line(fault, trials) for fault, trials in by_fault(failed).items()))
     notes: dict[str, list[str]] = {}
     for verdict in verdicts:
         notes.setdefault(verdict.fault.name, []).extend(verdict.notes)
@@ -317,6 +320,23 @@ def report(verdicts: Sequence[Verdict], detail: bool = False) -> None:
             print(f"- {verdict.label}: {verdict.harness_error.strip().splitlines()[-1]}")
 
 
+def by_fault(verdicts: Sequence[Verdict]) -> dict[Fault, list[Verdict]]:
+    """``verdicts`` grouped by their fault, in order."""
+    grouped: dict[Fault, list[Verdict]] = {}
+    for verdict in verdicts:
+        grouped.setdefault(verdict.fault, []).append(verdict)
+    return grouped
+
+
+def failure_line(fault: Fault, failed: Sequence[Verdict], most: int = 3) -> str:
+    """One line: the fault, how many trials failed, and the first ``most`` problems of the first one."""
+    trials = f" [{len(failed)} of {fault.runs} trials]" if fault.runs > 1 else ""
+    problems = failed[0].problems
+    text = "; ".join(f"{p.kind}: {p.text}" for p in problems[:most])
+    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
+    return f"- {fault.name}{trials}: {text}{more}"
+
+
 #: The table's problem columns: kind -> heading, in the order of :data:`faultcheck.KINDS`.
 COLUMNS = dict(
     zip(
@@ -332,7 +352,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="each fault once, without the slow ones")
-    parser.add_argument("--jobs", type=int, default=4, help="faults tried at the same time")
+    parser.add_argument("--jobs", type=int, default=6, help="faults tried at the same time")
     parser.add_argument("--seed", type=int, default=12, help="seed of the random kill moments and damage")
     parser.add_argument("--only", default="", help="only faults whose name contains this text")
     parser.add_argument("--list", action="store_true", help="list the faults and exit")
