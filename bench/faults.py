@@ -328,13 +328,17 @@ def by_fault(verdicts: Sequence[Verdict]) -> dict[Fault, list[Verdict]]:
     return grouped
 
 
-def failure_line(fault: Fault, failed: Sequence[Verdict], most: int = 3) -> str:
-    """One line: the fault, how many trials failed, and the first ``most`` problems of the first one."""
+def failure_line(fault: Fault, failed: Sequence[Verdict], width: int = 300) -> str:
+    """One line of about ``width`` characters: the fault, its failed trials, the first one's problems."""
     trials = f" [{len(failed)} of {fault.runs} trials]" if fault.runs > 1 else ""
+    line = f"- {fault.name}{trials}: "
     problems = failed[0].problems
-    text = "; ".join(f"{p.kind}: {p.text}" for p in problems[:most])
-    more = f"; and {len(problems) - most} more" if len(problems) > most else ""
-    return f"- {fault.name}{trials}: {text}{more}"
+    for shown, problem in enumerate(problems):
+        text = f"{problem.kind}: {problem.text}"
+        if shown and len(line) + len(text) > width:
+            return line + f"and {len(problems) - shown} more"
+        line += text + "; "
+    return line.removesuffix("; ")
 
 
 #: The table's problem columns: kind -> heading, in the order of :data:`faultcheck.KINDS`.
