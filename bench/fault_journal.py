@@ -167,18 +167,10 @@ def foreign_database(box: Sandbox) -> Case:
         conn.execute("INSERT INTO notes VALUES ('mine')")
     conn.close()
     box.plant(box.journal, box.journal.read_bytes())
+    box.plant(box.src / "in.bin", D)
     box.freeze()
     box.headwater("status", limit=LIMIT, allowed=frozenset({3}), says=("another program",))
-    box.headwater(
-        "get",
-        "file",
-        str(box.root / "outside" / "victim.txt"),
-        "--dest",
-        str(box.dest),
-        "-q",
-        limit=LIMIT,
-        allowed=frozenset({3}),
-    )
+    box.headwater(*box.get(str(box.src / "in.bin"), source="file"), limit=LIMIT, allowed=frozenset({3}))
     return box.observe([], damaged=box.planted[box.journal])
 
 
@@ -196,16 +188,13 @@ def newer_schema(box: Sandbox) -> Case:
 
 
 def journal_is_a_folder(box: Sandbox) -> Case:
+    """A folder where the journal file goes: refused (exit 3, naming the journal)."""
+    box.plant(box.src / "in.bin", D)
     box.journal.mkdir(parents=True)
     box.freeze()
     box.headwater("status", limit=LIMIT, allowed=frozenset({3}), says=("journal",))
     box.headwater(
-        "get",
-        "file",
-        str(box.root / "outside" / "victim.txt"),
-        "--dest",
-        str(box.dest),
-        "-q",
+        *box.get(str(box.src / "in.bin"), source="file"),
         limit=LIMIT,
         allowed=frozenset({3}),
         says=("journal",),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fault_journal import old_journal
 from fault_server import D2, LARGE, SMALL, D
-from faultbox import KIB, LIMIT, MIB, Process, Sandbox, Skipped, blob, sha256, snapshot, want
+from faultbox import KIB, LIMIT, MIB, Process, Sandbox, Skipped, blob, sha256, snapshot
 from faultcheck import Case, Run, Want
 from hostile import Reply, Served
 
@@ -34,16 +34,27 @@ def usual(box: Sandbox, pace: float = 0.03, count: int = 4, tag: str = "") -> tu
 INTERRUPTED = frozenset({130, 143})
 
 
+def signalled(
+    box: Sandbox, argv: tuple[str, ...], sig: signal.Signals, within: tuple[float, float]
+) -> Process:
+    """Start ``headwater *argv``; once this fault's server has a new request, wait a random time
+    ``within`` (seconds) and send ``sig``. The process is left to the caller to :meth:`~Process.finish`.
+    """
+    asked = box.server.requests(box.prefix)
+    process = box.start(*argv)
+    box.started(asked + 1)
+    time.sleep(box.rng.uniform(*within))
+    process.send(sig)
+    return process
+
+
 def interrupt_then_resume(sig: signal.Signals, twice: bool = False) -> Callable[[Sandbox], Case]:
     """``get`` gets ``sig`` at a random moment of its downloads; then ``resume`` must finish them."""
 
     def run(box: Sandbox) -> Case:
         targets, wants = usual(box)
         box.freeze()
-        process = box.start(*box.get(*targets))
-        box.started()
-        time.sleep(box.rng.uniform(0.0, 1.5))
-        process.send(sig)
+        process = signalled(box, box.get(*targets), sig, (0.0, 1.5))
         if twice:
             time.sleep(0.05)
             process.send(sig)
@@ -86,18 +97,9 @@ def kill_resume_too(box: Sandbox) -> Case:
     """kill -9 a ``get``, then kill -9 the ``resume`` too; a last ``resume`` must finish everything."""
     targets, wants = usual(box)
     box.freeze()
-    first = box.start(*box.get(*targets))
-    box.started()
-    time.sleep(box.rng.uniform(0.0, 1.0))
-    first.send(signal.SIGKILL)
-    first.finish(LIMIT)
+    signalled(box, box.get(*targets), signal.SIGKILL, (0.0, 1.0)).finish(LIMIT)
     notes = [after_kill(box, wants)]
-    asked = box.server.requests(box.prefix)
-    second = box.start(*box.resume())
-    box.started(asked + 1)
-    time.sleep(box.rng.uniform(0.0, 1.0))
-    second.send(signal.SIGKILL)
-    second.finish(LIMIT)
+    signalled(box, box.resume(), signal.SIGKILL, (0.0, 1.0)).finish(LIMIT)
     notes.append(after_kill(box, wants))
     box.headwater(*box.resume(), limit=60.0)
     return box.observe(wants, notes=[" then ".join(notes)])
@@ -188,11 +190,7 @@ def two_resumes_at_once(box: Sandbox) -> Case:
     """After a kill -9, two ``resume`` s at once: each download runs once and lands whole."""
     targets, wants = usual(box)
     box.freeze()
-    first = box.start(*box.get(*targets))
-    box.started()
-    time.sleep(box.rng.uniform(0.2, 1.0))
-    first.send(signal.SIGKILL)
-    first.finish(LIMIT)
+    signalled(box, box.get(*targets), signal.SIGKILL, (0.2, 1.0)).finish(LIMIT)
     resumes = [box.start(*box.resume()), box.start(*box.resume())]
     for process in resumes:
         process.finish(60.0, frozenset({0}))
@@ -207,11 +205,7 @@ def dead_beside_live(box: Sandbox) -> tuple[list[str], list[Want], Process]:
     dead_targets, dead_wants = usual(box, pace=0.05, count=3, tag="dead")
     live_targets, live_wants = usual(box, pace=0.2, count=1, tag="live")
     box.freeze()
-    dead = box.start(*box.get(*dead_targets))
-    box.started()
-    time.sleep(0.3)
-    dead.send(signal.SIGKILL)
-    dead.finish(LIMIT)
+    signalled(box, box.get(*dead_targets), signal.SIGKILL, (0.3, 0.3)).finish(LIMIT)
     asked = box.server.requests(box.prefix)
     live = box.start(*box.get(*live_targets))
     box.started(asked + 1)
@@ -244,11 +238,7 @@ def resume_elsewhere(box: Sandbox) -> Case:
     """``get --dest X`` is killed; ``resume`` (no --dest, as its message says) runs in another folder."""
     targets, wants = usual(box)
     box.freeze()
-    process = box.start(*box.get(*targets))
-    box.started()
-    time.sleep(box.rng.uniform(0.0, 0.5))
-    process.send(signal.SIGKILL)
-    process.finish(LIMIT)
+    signalled(box, box.get(*targets), signal.SIGKILL, (0.0, 0.5)).finish(LIMIT)
     box.headwater("resume", "-q", limit=60.0)
     return box.observe(wants)
 
@@ -262,59 +252,48 @@ def read_only_destination(box: Sandbox) -> Case:
     if not box.mount_tmpfs(box.dest, "ro,size=1m"):
         box.dest.mkdir()
         box.dest.chmod(0o555)
-    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    targets, wants = box.serve([Served("a.bin", D, deliver=False)])
     box.freeze()
     box.headwater(*box.get(*targets), limit=LIMIT)
-    return box.observe(
-        [Want(targets[0], frozenset({sha256(D)}), False, "a.bin")], words=("read-only", "permission")
-    )
+    return box.observe(wants, words=("read-only", "permission"))
 
 
-def uncreatable_destination(box: Sandbox) -> Case:
-    """``--dest`` lies under a regular file, so it cannot be created (issue item 9)."""
-    blocker = box.plant(box.root / "work" / "afile", b"a file, not a folder\n")
-    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
-    box.freeze()
-    box.headwater(
-        "get",
-        "http",
-        *targets,
-        "--dest",
-        str(blocker / "sub"),
-        "-q",
-        limit=LIMIT,
-        allowed=frozenset({1, 2}),
-        says=("afile",),
-    )
-    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+def unusable_destination(inside: bool) -> Callable[[Sandbox], Case]:
+    """``--dest`` is a file, or (``inside``) a folder under one (issue item 9): a message, no traceback.
 
+    A destination that is a file is refused by the option's check (exit 2);
+    one under a file cannot be created, which may be found later (exit 1 or 2).
+    """
 
-def destination_is_a_file(box: Sandbox) -> Case:
-    blocker = box.plant(box.root / "work" / "afile", b"a file, not a folder\n")
-    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
-    box.freeze()
-    box.headwater(
-        "get",
-        "http",
-        *targets,
-        "--dest",
-        str(blocker),
-        "-q",
-        limit=LIMIT,
-        allowed=frozenset({2}),
-        says=("afile",),
-    )
-    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+    def run(box: Sandbox) -> Case:
+        blocker = box.plant(box.root / "work" / "afile", b"a file, not a folder\n")
+        targets, wants = box.serve([Served("a.bin", D, deliver=False)])
+        box.freeze()
+        dest = blocker / "sub" if inside else blocker
+        box.headwater(
+            "get",
+            "http",
+            *targets,
+            "--dest",
+            str(dest),
+            "-q",
+            limit=LIMIT,
+            allowed=frozenset({1, 2} if inside else {2}),
+            says=("afile",),
+        )
+        return box.observe(wants)
+
+    return run
 
 
 def read_only_home(box: Sandbox) -> Case:
     """``HEADWATER_HOME`` cannot be written, so there can be no journal: refuse clearly (exit 3)."""
     if not box.mount_tmpfs(box.home, "ro,size=1m"):
         box.home.chmod(0o555)
-    targets = box.server.mount(box.prefix, [Served("a.bin", D)])
+    targets, wants = box.serve([Served("a.bin", D, deliver=False)])
     box.freeze()
     box.headwater(*box.get(*targets), limit=LIMIT, allowed=frozenset({3}), says=("journal",))
-    return box.observe([Want(targets[0], frozenset({sha256(D)}), False, "a.bin")])
+    return box.observe(wants)
 
 
 def full_destination(box: Sandbox) -> Case:
@@ -325,27 +304,23 @@ def full_destination(box: Sandbox) -> Case:
         Served("big.bin", blob(7, 4 * MIB), deliver=False),
         Served("small.bin", blob(8, 100 * KIB), deliver=False),
     ]
-    targets = box.server.mount(box.prefix, served)
+    targets, wants = box.serve(served)
     box.freeze()
     box.headwater(*box.get(*targets), limit=LIMIT)
-    return box.observe([want(t, s) for t, s in zip(targets, served, strict=True)], words=("space",))
+    return box.observe(wants, words=("space",))
 
 
 def full_home(box: Sandbox) -> Case:
     """The journal's disk fills up after a first download: ``status`` must still read it (issue item 9)."""
     if not box.mount_tmpfs(box.home, "size=2m"):
         raise Skipped("cannot mount a tmpfs (not root): no full disk to try")
-    first = box.server.mount(box.prefix, [Served("first.bin", D)])
+    first, first_wants = box.serve([Served("first.bin", D)])
     box.headwater(*box.get(*first), limit=LIMIT)
     fill(box.home / "filler")
-    second = box.server.mount(box.prefix, [Served("second.bin", D2, deliver=False)])
+    second, second_wants = box.serve([Served("second.bin", D2, deliver=False)])
     box.freeze()
     box.headwater(*box.get(*second), limit=LIMIT, allowed=frozenset({0, 1, 3}))
-    wants = [
-        Want(first[0], frozenset({sha256(D)}), True, "first.bin"),
-        Want(second[0], frozenset({sha256(D2)}), False, "second.bin"),
-    ]
-    return box.observe(wants)
+    return box.observe(first_wants + second_wants)
 
 
 def fill(path: Path) -> None:
