@@ -8,7 +8,9 @@ Random moments come from the sandbox's seeded ``rng``.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -337,6 +339,15 @@ def fill(path: Path) -> None:
 # -- many targets -------------------------------------------------------------------
 
 
+def journaled(journal: Path) -> int:
+    """How many records the journal holds, read with plain SQLite (0 while it cannot be read)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def many_targets(count: int, kill: bool = False) -> Callable[[Sandbox], Case]:
     """``count`` small local files in one ``get file`` (if ``kill``: killed at a random moment, resumed)."""
 
@@ -348,18 +359,19 @@ def many_targets(count: int, kill: bool = False) -> Callable[[Sandbox], Case]:
         for wanted, data in zip(wants, contents, strict=True):
             (box.src / wanted.target).write_bytes(data)
         box.freeze()
-        argv = ("get", "file", *(w.target for w in wants), "--dest", str(box.dest), "-q")
-        notes = []
-        if kill:
-            process = box.start(*argv, cwd=box.src)
-            time.sleep(box.rng.uniform(1.0, 6.0))
-            process.send(signal.SIGKILL)
-            process.finish(600.0)
-            notes.append(after_kill(box, wants))
-            box.headwater(*box.resume(), limit=600.0, cwd=box.src)
-        else:
-            box.headwater(*argv, limit=600.0, cwd=box.src)
-        seconds = sum(run.seconds for run in box.runs)
-        return box.observe(wants, notes=[*notes, f"{count:,} targets in {seconds:.1f} s"])
+        argv = box.get(*(w.target for w in wants), source="file")
+        if not kill:
+            done = box.headwater(*argv, limit=600.0, cwd=box.src)
+            return box.observe(wants, notes=[f"{count:,} targets in {done.seconds:.1f} s"])
+        process = box.start(*argv, cwd=box.src)
+        deadline = time.monotonic() + 120
+        while journaled(box.journal) < count and process.running() and time.monotonic() < deadline:
+            time.sleep(0.1)  # until every download is accepted (in the journal)
+        time.sleep(box.rng.uniform(0.0, 10.0))
+        process.send(signal.SIGKILL)
+        process.finish(600.0)
+        left = after_kill(box, wants)
+        done = box.headwater(*box.resume(), limit=600.0, cwd=box.src)
+        return box.observe(wants, notes=[f"{left}, resumed in {done.seconds:.1f} s"])
 
     return run
