@@ -16,7 +16,7 @@ no check finds a problem. The faults: the table of server behaviours
 
 ``--quick`` tries every fault but the slow ones, once (about two minutes);
 the default full run repeats the kills and races with other random moments
-and adds the slow faults (about six minutes on 2 cores). ``--detail`` also
+and adds the slow faults (6 to 10 minutes on 2 cores, with the load). ``--detail`` also
 prints what every trial's commands ended with. Exit status 0 whatever it
 finds; 2 if the harness itself failed. As root, the full-disk and read-only
 faults use small tmpfs mounts; otherwise read-only is a chmod and the
