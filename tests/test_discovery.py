@@ -162,12 +162,12 @@ BROKEN = {
     "exits": ("headwater-importfail", "0.2.0", "failed to import: SystemExit: bye"),
     "noattr": ("headwater-importfail", "0.2.0", "failed to import: AttributeError"),
     "nodownload": ("headwater-nodownload", "0.3.0", "does not implement download_impl"),
-    "typo": ("headwater-misspelled", "0.4.0", "unknown hook(s): rate_polcy"),
+    "typo": ("headwater-misspelled", "0.4.0", "unknown hook(s) rate_polcy (headwater's hooks: aliases,"),
     "wrongarg": ("headwater-misspelled", "0.4.0", "PluginValidationError"),
     "aliasthief": ("headwater-thief", "0.5.0", "alias 'good' is already taken by source 'good'"),
     "zthief": ("headwater-thief", "0.5.0", "alias 'good_dl' is already taken by source 'good'"),
     "zeropolicy": ("headwater-badpolicy", "0.6.0", "RatePolicy.concurrency must be a whole number"),
-    "notpolicy": ("headwater-badpolicy", "0.6.0", "rate_policy returned dict, not a RatePolicy"),
+    "notpolicy": ("headwater-badpolicy", "0.6.0", "rate_policy() returned dict, not a RatePolicy"),
     "clash": ("headwater-clash-b", "2.0.0", "source name 'clash' is already taken"),
 }
 

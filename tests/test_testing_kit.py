@@ -188,9 +188,10 @@ def test_a_path_outside_dest_dir(tmp_path: Path) -> None:
     error = broken(Outside(tmp_path / "stray.txt"))
     assert error.rule == "download-path"
     assert str(error).startswith(
-        f"source 'bad' broke the 'download-path' rule: it returned {str(tmp_path / 'stray.txt')!r} "
-        "for target 'a-target', outside ctx.dest_dir"
+        "source 'bad' broke the 'download-path' rule: "
+        f"download_impl returned {str(tmp_path / 'stray.txt')!r}, which is outside the destination folder"
     )
+    assert str(error).endswith("(target 'a-target').")
 
 
 def test_progress_going_backwards() -> None:
@@ -246,19 +247,19 @@ def test_declining_a_downloadable_target() -> None:
     ("plugin", "rule", "words"),
     [
         (StringAlias(), "aliases", "aliases() returned 'gooddl', not an iterable of names"),
-        (BadAlias(), "aliases", "alias 'Good DL' is not a valid name"),
+        (BadAlias(), "aliases", "invalid alias(es) 'Good DL': use lowercase"),
         (RaisingAliases(), "aliases", "aliases() raised RuntimeError: no configuration file"),
         (DictPolicy(), "rate-policy", "rate_policy() returned dict, not a RatePolicy or None"),
-        (CoreField(), "record-fields", "record_fields returned 'state', a core record field"),
-        (ObjectField(), "record-fields", "record_fields returned when=<object object"),
+        (CoreField(), "record-fields", "returned 'state', a core record field; only 'username' may be set"),
+        (ObjectField(), "record-fields", "returned 'when'=<object object"),
         (
             RefusesAll(),
             "record-fields",
             "raised InvalidTargetError: 'a-target' is never good for the downloadable",
         ),
-        (WrongArgument(), "hooks", "pluggy refused it"),
-        (Misspelt(), "hooks", "it implements downlaod_impl, which headwater has no hook for"),
-        (NoDownload(), "hooks", "it does not implement download_impl"),
+        (WrongArgument(), "hooks", "pluggy refused its hooks: PluginValidationError"),
+        (Misspelt(), "hooks", "implements unknown hook(s) downlaod_impl (headwater's hooks: aliases,"),
+        (NoDownload(), "hooks", "does not implement download_impl"),
     ],
     ids=lambda v: v if isinstance(v, str) and " " not in v else type(v).__name__,
 )
@@ -305,7 +306,7 @@ def test_opting_in_gives_the_fixture_and_closes_its_engines(pytester: pytest.Pyt
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8)
 
 
 def test_without_opting_in_there_is_no_fixture(pytester: pytest.Pytester) -> None:

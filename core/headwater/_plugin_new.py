@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from headwater import __version__
+from headwater._contract import is_valid_name
 from headwater._errors import TemplateError
-from headwater._sources import is_valid_name
 
 TEMPLATE_DIR = "plugin_template"
 EXIT_INTERRUPTED = 130
