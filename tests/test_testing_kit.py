@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import importlib_metadata
 import pytest
+from localhttp import Resource, serving
 
-from headwater import DownloadContext, Job, hookimpl
+from headwater import DownloadCancelled, DownloadContext, Job, RatePolicy, hookimpl, setting
 from headwater._errors import ContractError, InvalidTargetError, PluginError
-from headwater.testing import RULES, EngineFactory, check_source
+from headwater.testing import (
+    RULES,
+    SLOW_CALLS,
+    EngineFactory,
+    SourceContract,
+    check_record_fields,
+    check_source,
+)
 
 
 class Good:
@@ -319,3 +330,209 @@ def test_without_opting_in_there_is_no_fixture(pytester: pytest.Pytester) -> Non
 def test_the_engine_fixture_refuses_a_source_that_is_not_installed(headwater_engine: EngineFactory) -> None:
     with pytest.raises(PluginError, match="installed source 'no-such-source' cannot be used: not installed"):
         headwater_engine("no-such-source")
+
+
+# -- record_fields: no network, quick ---------------------------------------------------
+
+
+class Phones(Good):
+    """Looks the target up on a server at submit, which record_fields may not do."""
+
+    def __init__(self, url: str, swallow: bool = False) -> None:
+        self.url = url
+        self.swallow = swallow
+
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object]:
+        try:
+            with urllib.request.urlopen(f"{self.url}?q={len(job.target)}", timeout=5) as response:
+                return {"title": response.read().decode()}
+        except OSError:
+            if not self.swallow:
+                raise
+            return {}
+
+
+@pytest.fixture
+def title_server() -> Iterator[str]:
+    with serving() as server:
+        yield server.add("/title", Resource(b"a title"))
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["raises", "swallows-the-error"])
+def test_record_fields_may_not_use_the_network(title_server: str, swallow: bool) -> None:
+    error = broken(Phones(title_server, swallow))
+    assert error.rule == "record-fields"
+    assert "used the network (socket." in str(error) and "may do no I/O" in str(error)
+
+
+def test_the_network_guard_leaves_other_threads_and_later_calls_alone(title_server: str) -> None:
+    """The server the guarded call could not reach answers the download, and the test, afterwards."""
+
+    class Fetches(Good):
+        @hookimpl
+        def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+            path = ctx.dest_dir / "title.txt"
+            with urllib.request.urlopen(title_server, timeout=5) as response:
+                path.write_bytes(response.read())
+            ctx.progress(7, 7)
+            return path
+
+    with pytest.raises(ContractError):
+        check_source(Phones(title_server), ["a"], name="phones", max_examples=5)
+    check_source(Fetches(), ["a"], name="fetches", max_examples=5)
+    with urllib.request.urlopen(title_server, timeout=5) as response:
+        assert response.read() == b"a title"
+
+
+class Slow(Good):
+    """record_fields takes ``seconds`` on each of its first ``slow_calls`` calls."""
+
+    def __init__(self, seconds: float, slow_calls: int) -> None:
+        self.seconds = seconds
+        self.slow_calls = slow_calls
+
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object]:
+        if self.slow_calls > 0:
+            self.slow_calls -= 1
+            time.sleep(self.seconds)
+        return {}
+
+
+def test_record_fields_must_return_quickly() -> None:
+    with pytest.raises(ContractError) as caught:
+        check_record_fields(Slow(0.15, 1000), "slow", ["a"], max_examples=5, within=0.05)
+    assert caught.value.rule == "record-fields"
+    assert f"{SLOW_CALLS} calls in a row" in str(caught.value)
+    assert "must return within 0.05 s" in str(caught.value)
+
+
+def test_one_slow_call_is_taken_for_the_machine_not_the_source() -> None:
+    check_record_fields(Slow(0.15, SLOW_CALLS - 1), "slow", ["a"], max_examples=5, within=0.05)
+
+
+# -- cancel: nothing left behind --------------------------------------------------------
+
+
+class Leaves(Good):
+    """Writes a .part; at a cancel it stops, leaving it (or, with ``lands``, the landed file unreturned)."""
+
+    def __init__(self, lands: bool = False, returns: bool = False) -> None:
+        self.lands = lands
+        self.returns = returns
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
+        part = ctx.dest_dir / "song.flac.part"
+        with part.open("wb") as out:
+            for done in (0, 5, 10):
+                if ctx.cancelled.is_set():
+                    break
+                ctx.progress(done, 10)
+                out.write(b"x" * 5)
+        if ctx.cancelled.is_set() and not self.lands:
+            raise DownloadCancelled("stopped")
+        final = part.rename(ctx.dest_dir / "song.flac")
+        if ctx.cancelled.is_set() and not self.returns:
+            raise DownloadCancelled("stopped, after landing")
+        return final
+
+
+@pytest.mark.parametrize(
+    ("plugin", "left"), [(Leaves(), "'song.flac.part'"), (Leaves(lands=True), "'song.flac'")]
+)
+def test_a_cancelled_download_leaves_nothing_behind(plugin: Leaves, left: str) -> None:
+    error = broken(plugin)
+    assert error.rule == "cancel"
+    assert f"left {left} in ctx.dest_dir when it stopped on ctx.cancelled" in str(error)
+
+
+def test_a_file_returned_after_a_cancel_may_stay_the_engine_deletes_it() -> None:
+    check_source(Leaves(lands=True, returns=True), ["a"], name="lands", max_examples=10)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+TOKEN = "tok-5e3c1a"
+
+
+def positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be above 0")
+
+
+@attrs.frozen
+class ServiceSettings:
+    token: str = setting(help="the API token", secret=True)
+    port: int = setting(help="the API's port", default=443, validator=positive)
+
+
+class Service(Good):
+    """Needs its token in every hook that takes settings, and says so when it is not there."""
+
+    def __init__(self, schema: type = ServiceSettings) -> None:
+        self.schema = schema
+
+    @hookimpl
+    def settings_schema(self) -> type:
+        return self.schema
+
+    @hookimpl
+    def rate_policy(self, settings: ServiceSettings | None) -> RatePolicy:
+        return RatePolicy(concurrency=1 if settings is None else 2)
+
+    @hookimpl
+    def record_fields(self, job: Job, settings: ServiceSettings) -> dict[str, object]:
+        if settings.token != TOKEN:
+            raise PermissionError("record_fields got no token")
+        return {"port": settings.port}
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
+        if ctx.settings.token != TOKEN or ctx.settings.port != 8443:
+            raise PermissionError(f"download_impl got {ctx.settings!r}")
+        return super().download_impl(job, ctx)
+
+
+def test_the_settings_given_reach_every_hook_as_the_engine_builds_them() -> None:
+    check_source(Service(), ["a"], name="service", settings={"token": TOKEN, "port": "8443"}, max_examples=5)
+
+
+def test_a_source_with_a_required_setting_needs_settings_to_be_checked() -> None:
+    with pytest.raises(ValueError, match=r"source 'service' needs configuration \(token: required"):
+        check_source(Service(), ["a"], name="service", max_examples=5)
+
+
+def test_settings_the_class_refuses_break_the_settings_rule() -> None:
+    error = broken(Service(), settings={"token": TOKEN, "port": "-1"})
+    assert error.rule == "settings"
+    assert "its settings do not build from the values given: rejected by the settings class" in str(error)
+    assert "port must be above 0" in str(error)
+
+
+@attrs.frozen
+class RefusesItsDefault:
+    port: int = setting(help="the API's port", default=0, validator=positive)
+
+
+def test_a_settings_class_refusing_its_own_default_breaks_the_settings_rule() -> None:
+    error = broken(Service(RefusesItsDefault))
+    assert error.rule == "settings"
+    assert "its settings do not build from its defaults: rejected by the settings class" in str(error)
+    assert TOKEN not in str(error)
+
+
+def test_source_contract_takes_settings(tmp_path: Path) -> None:
+    class TestService(SourceContract):
+        plugin = Service()
+        name = "service"
+        targets = ["a"]
+        settings = {"token": TOKEN, "port": 8443}
+        max_examples = 5
+
+    contract = TestService()
+    contract.test_settings()
+    contract.test_rate_policy()
+    contract.test_record_fields(tmp_path)
+    contract.test_download_and_cancel(tmp_path)

@@ -268,6 +268,10 @@ class ContractError(HeadwaterError, AssertionError):
         super().__init__(f"source {source!r} broke the {rule!r} rule: {detail}")
 
 
+class NetworkBlockedError(HeadwaterError, ConnectionError):
+    """A network call refused where none may be made (the kit's ``record_fields`` check); names the call."""
+
+
 class ExistingFileKept(HeadwaterError):
     """A download whose final name is already taken, under the ``skip`` choice: nothing lands.
 

@@ -40,6 +40,7 @@ from headwater._contract import RULES
 from headwater._discovery import LOAD_ENV, discover, one_line
 from headwater._engine import Engine
 from headwater._errors import ContractError, InvalidTargetError, PluginError
+from headwater._network_guard import no_network
 from headwater._policy import RatePolicy
 from headwater._records import Job
 from headwater._settings import SettingsInput, build_settings
@@ -176,6 +177,13 @@ def _jobs(name: str, targets: Sequence[str]) -> st.SearchStrategy[Job]:
     )
 
 
+#: Seconds one call of ``record_fields`` may take: it runs in every submit, on the caller's thread.
+RECORD_FIELDS_WITHIN = 0.25
+
+#: Calls of a slow ``record_fields`` before it breaks the rule (one slow call may be the machine's).
+SLOW_CALLS = 3
+
+
 def check_record_fields(
     plugin: object,
     name: str = "source",
@@ -183,11 +191,16 @@ def check_record_fields(
     max_examples: int = 50,
     *,
     settings: Settings | None = None,
+    within: float = RECORD_FIELDS_WITHIN,
 ) -> None:
     """Rule "record-fields", for jobs Hypothesis makes from ``targets`` and arbitrary text.
 
-    ``settings`` are the source's settings (see :func:`check_settings`);
-    ValueError when a required one is missing.
+    Each call runs with the network refused on its thread (a connect or a
+    name lookup fails, and breaks the rule even if the hook catches the
+    error) and must return within ``within`` seconds; a call that takes
+    longer is made again, and breaks the rule when :data:`SLOW_CALLS` calls
+    in a row do. ``settings`` are the source's settings (see
+    :func:`check_settings`); ValueError when a required one is missing.
     """
     pm = _manager(plugin, name)
     hook = pm.hook.record_fields
@@ -199,18 +212,41 @@ def check_record_fields(
     @given(job=_jobs(name, targets))
     def fields_are_plain(job: Job) -> None:
         what = f"record_fields for target {job.target!r}"
-        try:
-            contract.record_fields(functools.partial(hook, job=job, settings=values), what)
-        except InvalidTargetError as exc:
-            if job.target in targets:
+        call = functools.partial(hook, job=job, settings=values)
+        took = 0.0
+        for _ in range(SLOW_CALLS):
+            refused: InvalidTargetError | None = None
+            started = time.monotonic()
+            with no_network() as network:
+                try:
+                    contract.record_fields(call, what)
+                except InvalidTargetError as exc:
+                    refused = exc
+                except PluginError as exc:
+                    if not network:
+                        raise _broke(name, exc) from exc
+            took = time.monotonic() - started
+            if network:
                 raise ContractError(
                     name,
                     "record-fields",
-                    f"record_fields raised {one_line(exc)} for the downloadable target {job.target!r}.",
-                ) from exc
-            return  # a target refused at submit, as the hook may do
-        except PluginError as exc:
-            raise _broke(name, exc) from exc
+                    f"{what} used the network ({network[0]}); it runs at submit, on the caller's "
+                    "thread, and may do no I/O.",
+                )
+            if refused is not None and job.target in targets:
+                raise ContractError(
+                    name,
+                    "record-fields",
+                    f"record_fields raised {one_line(refused)} for the downloadable target {job.target!r}.",
+                ) from refused
+            if refused is not None or took <= within:
+                return  # a target refused at submit, as the hook may do; or plain fields, in time
+        raise ContractError(
+            name,
+            "record-fields",
+            f"{what} took {took:.2f} s, {SLOW_CALLS} calls in a row; it runs at submit, on the "
+            f"caller's thread, and must return within {within:g} s.",
+        )
 
     fields_are_plain()
 
@@ -368,7 +404,9 @@ def check_cancel(
     starts, up to ``reports``, the most a download made in
     :func:`check_download`); the call must return within ``within`` seconds
     of the cancel. What it returns or raises then is free (the engine deletes
-    a file landed after a cancel), except a path outside ``ctx.dest_dir``.
+    a file landed after a cancel), except a path outside ``ctx.dest_dir``;
+    but nothing else it wrote may be left in ``ctx.dest_dir`` (no ``.part``,
+    no file it landed and did not return).
     A download that never gets to the chosen report has ``timeout`` seconds
     to end.
     """
@@ -406,10 +444,27 @@ def check_cancel(
                     f"after ctx.cancelled was set (at progress report {cancel_at}); it must stop "
                     "within one chunk.",
                 )
+            kept: set[Path] = set()
             if outcome.returned is not None and outcome.error is None:
-                _check_path(name, target, dest_dir, outcome.returned)
+                kept.add(_check_path(name, target, dest_dir, outcome.returned))
+            left = sorted(str(p.relative_to(dest_dir)) for p in _files_in(dest_dir) if p not in kept)
+            if ctx.cancelled_at is not None and left:
+                raise ContractError(
+                    name,
+                    "cancel",
+                    f"download_impl of {target!r} left {', '.join(map(repr, left))} in ctx.dest_dir "
+                    f"when it stopped on ctx.cancelled (set at progress report {cancel_at}); remove what "
+                    "it wrote, a .part among it, unless it returns the file.",
+                )
 
     stops_when_cancelled()
+
+
+def _files_in(folder: Path) -> Iterator[Path]:
+    """Every file (anything but a folder) inside ``folder``, at any depth; links not followed."""
+    for root, dirs, files in os.walk(folder):
+        for entry in (*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))):
+            yield Path(root, entry)
 
 
 def check_source(
