@@ -143,6 +143,29 @@ def test_the_default_folder_is_named_after_the_distribution(
 
 
 @pytest.mark.parametrize(
+    ("given", "source"), [("headwater-acme-tv", "acme-tv"), ("headwater_acme_tv", "acme_tv")]
+)
+def test_a_distribution_name_is_not_prefixed_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, source: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["plugin", "new", given], input="")
+    assert result.exit_code == 0, result.output
+    assert f"{given} is the distribution; its source is called {source}\n" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["headwater-acme-tv"]
+    pyproject = (tmp_path / "headwater-acme-tv" / "pyproject.toml").read_text()
+    assert 'name = "headwater-acme-tv"' in pyproject and f'{source} = "headwater_acme_tv"' in pyproject
+
+
+def test_copier_alone_does_not_prefix_twice(tmp_path: Path) -> None:
+    copier.run_copy(str(TEMPLATE), tmp_path, data={"name": "headwater-acme"}, defaults=True, quiet=True)
+    project = tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "headwater-acme"
+    assert project["entry-points"]["headwater.sources"] == {"headwater-acme": "headwater_acme"}
+    assert (tmp_path / "src" / "headwater_acme" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize(
     ("license", "first_line"),
     [("MIT", "MIT License"), ("BSD-3-Clause", "BSD 3-Clause License"), ("Apache-2.0", "Apache License")],
 )
