@@ -468,8 +468,16 @@ def test_sources_json_carries_every_field(venv, everything):
     done = venv.run(venv.headwater, "sources", "--json")
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
-    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error", "settings", "problems"}
-    assert all(set(entry) == keys for entry in listing)
+    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error", "rule", "settings"}
+    assert all(set(entry) == keys | {"problems"} for entry in listing)
+    rules = {e["name"]: e["rule"] for e in listing if e["status"] == "broken"}
+    assert {n: rules[n] for n in ("typo", "nodownload", "notpolicy", "importfail", "zthief")} == {
+        "typo": "hooks",
+        "nodownload": "hooks",
+        "notpolicy": "rate-policy",
+        "importfail": None,  # it broke no rule: it did not import
+        "zthief": None,  # nor this one: another source has its alias
+    }
     good = next(e for e in listing if e["name"] == "good")
     assert good["aliases"] == ["good_dl", "goodie"]
     assert good["policy"]["concurrency"] == 2 and good["policy"]["delay"] == 0.05
