@@ -12,6 +12,7 @@ import attrs
 import importlib_metadata
 import pytest
 from localhttp import Resource, serving
+from test_contract_rules import CORPUS, Good
 
 from headwater import DownloadCancelled, DownloadContext, Job, RatePolicy, hookimpl, setting
 from headwater._errors import ContractError, InvalidTargetError, PluginError
@@ -23,28 +24,6 @@ from headwater.testing import (
     check_record_fields,
     check_source,
 )
-
-
-class Good:
-    """A source that meets the contract: writes the target's name, reports progress, heeds cancel."""
-
-    @hookimpl
-    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
-        path = ctx.dest_dir / f"{job.target}.txt"
-        for done in range(0, 11, 2):
-            if ctx.cancelled.is_set():
-                return None
-            ctx.progress(done, 10)
-        path.write_text("x" * 10)
-        return path
-
-    @hookimpl
-    def aliases(self) -> list[str]:
-        return ["good_dl"]
-
-    @hookimpl
-    def record_fields(self, job: Job) -> dict[str, object]:
-        return {"username": "good_dl", "track": job.target, "length": len(job.target)}
 
 
 class Outside(Good):
@@ -99,42 +78,6 @@ class Declines(Good):
         return None
 
 
-class StringAlias(Good):
-    @hookimpl
-    def aliases(self) -> str:
-        return "gooddl"
-
-
-class BadAlias(Good):
-    @hookimpl
-    def aliases(self) -> list[str]:
-        return ["Good DL"]
-
-
-class RaisingAliases(Good):
-    @hookimpl
-    def aliases(self) -> list[str]:
-        raise RuntimeError("no configuration file")
-
-
-class DictPolicy(Good):
-    @hookimpl
-    def rate_policy(self) -> dict[str, int]:
-        return {"concurrency": 2}
-
-
-class CoreField(Good):
-    @hookimpl
-    def record_fields(self, job: Job) -> dict[str, object]:
-        return {"state": "done"}
-
-
-class ObjectField(Good):
-    @hookimpl
-    def record_fields(self, job: Job) -> dict[str, object]:
-        return {"when": object()} if len(job.target) > 3 else {}
-
-
 class RefusesStrange(Good):
     """Refuses at submit every target that is not lowercase letters and dashes."""
 
@@ -149,24 +92,6 @@ class RefusesAll(Good):
     @hookimpl
     def record_fields(self, job: Job) -> dict[str, object]:
         raise InvalidTargetError(f"{job.target!r} is never good")
-
-
-class WrongArgument:
-    @hookimpl
-    def download_impl(self, job: Job, context: DownloadContext) -> None:
-        return None
-
-
-class Misspelt(Good):
-    @hookimpl
-    def downlaod_impl(self, job: Job, ctx: DownloadContext) -> None:
-        return None
-
-
-class NoDownload:
-    @hookimpl
-    def aliases(self) -> list[str]:
-        return []
 
 
 @pytest.fixture
@@ -255,29 +180,32 @@ def test_declining_a_downloadable_target() -> None:
 
 
 @pytest.mark.parametrize(
-    ("plugin", "rule", "words"),
+    ("case", "words"),
     [
-        (StringAlias(), "aliases", "aliases() returned 'gooddl', not an iterable of names"),
-        (BadAlias(), "aliases", "invalid alias(es) 'Good DL': use lowercase"),
-        (RaisingAliases(), "aliases", "aliases() raised RuntimeError: no configuration file"),
-        (DictPolicy(), "rate-policy", "rate_policy() returned dict, not a RatePolicy or None"),
-        (CoreField(), "record-fields", "returned 'state', a core record field; only 'username' may be set"),
-        (ObjectField(), "record-fields", "returned 'when'=<object object"),
-        (
-            RefusesAll(),
-            "record-fields",
-            "raised InvalidTargetError: 'a-target' is never good for the downloadable",
-        ),
-        (WrongArgument(), "hooks", "pluggy refused its hooks: PluginValidationError"),
-        (Misspelt(), "hooks", "implements unknown hook(s) downlaod_impl (headwater's hooks: aliases,"),
-        (NoDownload(), "hooks", "does not implement download_impl"),
+        ("alias-string", "aliases() returned 'gooddl', not an iterable of names"),
+        ("alias-invalid", "invalid alias(es) 'Good DL': use lowercase"),
+        ("aliases-raise", "aliases() raised RuntimeError: no configuration file"),
+        ("schema-not-frozen", "settings class NotFrozen must be frozen (@attrs.frozen)"),
+        ("policy-dict", "rate_policy() returned dict, not a RatePolicy or None"),
+        ("fields-core", "returned 'state', a core record field; only 'username' may be set"),
+        ("fields-object", "returned 'when'=<object object"),
+        ("describe-core", "ctx.describe returned 'state', a core record field"),
+        ("wrong-argument", "pluggy refused its hooks: PluginValidationError"),
+        ("misspelt-hook", "implements unknown hook(s) rate_polcy (headwater's hooks: aliases,"),
+        ("no-download-impl", "does not implement download_impl"),
     ],
-    ids=lambda v: v if isinstance(v, str) and " " not in v else type(v).__name__,
 )
-def test_each_rule_names_itself(plugin: object, rule: str, words: str) -> None:
-    error = broken(plugin)
-    assert error.rule == rule
+def test_each_rule_names_itself(case: str, words: str) -> None:
+    """The corpus of tests/test_contract_rules.py, each broken rule in one sentence."""
+    error = broken(CORPUS[case].make())
+    assert error.rule == CORPUS[case].rule
     assert words in str(error)
+
+
+def test_refusing_a_downloadable_target_breaks_the_record_fields_rule() -> None:
+    error = broken(RefusesAll())
+    assert error.rule == "record-fields"
+    assert "raised InvalidTargetError: 'a-target' is never good for the downloadable" in str(error)
 
 
 def test_the_kit_is_not_a_pytest11_entry_point() -> None:

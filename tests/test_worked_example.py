@@ -95,10 +95,15 @@ def test_the_distribution_is_the_documented_example() -> None:
     assert shown == [MODULE.read_text()], "docs/writing-a-plugin.md and tests/worked_example differ"
 
 
+@pytest.fixture
+def user(python: Path, api: LocalServer, tmp_path: Path) -> User:
+    """A user with the token in the environment and the API's address in headwater.toml."""
+    return User(python, tmp_path, api.url(""), TOKEN)
+
+
 def test_configured_it_downloads_waits_out_a_429_and_names_the_tracks(
-    python: Path, api: LocalServer, tmp_path: Path
+    user: User, api: LocalServer, tmp_path: Path
 ) -> None:
-    user = User(python, tmp_path, api.url(""), TOKEN)
     got = user.headwater("get", "tunes", "42", "7", "--dest", "music", "-q")
     assert got.returncode == 0, got.stdout + got.stderr
     music = tmp_path / "music"
@@ -117,10 +122,7 @@ def test_configured_it_downloads_waits_out_a_429_and_names_the_tracks(
         assert TOKEN not in out
 
 
-def test_a_refused_token_and_a_missing_track_fail_clearly(
-    python: Path, api: LocalServer, tmp_path: Path
-) -> None:
-    user = User(python, tmp_path, api.url(""), TOKEN)
+def test_a_refused_token_and_a_missing_track_fail_clearly(user: User, tmp_path: Path) -> None:
     got = user.headwater("get", "tunes", "13", "404", "--dest", "music", "-q")
     assert got.returncode == 1, got.stdout + got.stderr
     assert "Tunes refused the token (401): set a new one with `headwater keys set tunes token`" in got.stderr
@@ -128,10 +130,7 @@ def test_a_refused_token_and_a_missing_track_fail_clearly(
     assert not (tmp_path / "music").exists() or not any((tmp_path / "music").iterdir())
 
 
-def test_a_target_that_is_no_track_id_is_refused_at_once(
-    python: Path, api: LocalServer, tmp_path: Path
-) -> None:
-    user = User(python, tmp_path, api.url(""), TOKEN)
+def test_a_target_that_is_no_track_id_is_refused_at_once(user: User) -> None:
     got = user.headwater("get", "tunes", "blue-in-green", "--dest", "music")
     assert got.returncode == 2, got.stdout + got.stderr
     assert "'blue-in-green' is not a Tunes track id (digits only)" in got.stderr
