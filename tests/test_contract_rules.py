@@ -343,3 +343,17 @@ def test_the_rule_a_broken_installed_source_broke_is_in_sources_json(tmp_path: P
     assert done.returncode == 0, done.stderr
     [info] = [i for i in json.loads(done.stdout) if i["name"] == "stringy"]
     assert (info["status"], info["rule"]) == ("broken", "aliases")
+
+
+@attrs.frozen
+class SecretWrongDefault:
+    pin: int = setting(help="the account's PIN", secret=True, default="pin-7731")
+
+
+def test_a_wrong_default_is_named_and_a_secret_one_never_quoted(tmp_path: Path) -> None:
+    plugins = {"wrong": schema_plugin(WrongDefault)(), "secret": schema_plugin(SecretWrongDefault)()}
+    with Engine(tmp_path, plugins=plugins) as engine:
+        errors = {i.name: i.error for i in engine.sources(include_broken=True)}
+    assert errors["wrong"].endswith("field 'port': its default 'eighty' is not a valid int")
+    assert errors["secret"].endswith("field 'pin': its default is not a valid int")
+    assert "pin-7731" not in errors["secret"]

@@ -231,22 +231,25 @@ def _is_frozen(schema: type, name: str) -> bool:
 
 
 def _check_default(field: attrs.Attribute[Any], where: str) -> None:
-    """The field's default, if it has one, converts as a value of its type (as a user's value would)."""
+    """The field's default, if it has one, converts as a value of its type (as a user's value would).
+
+    ``field`` has a supported type. A factory that takes ``self`` is not called.
+    """
     default: Any = field.default
     if default is attrs.NOTHING:
         return
     if isinstance(default, attrs.Factory) and default.takes_self:  # type: ignore[arg-type]  # a class at runtime
         return
-    shown = "its default" if is_secret(field) else None
     try:
         value = default_value(field)
     except Exception as exc:  # a plugin's factory can raise anything
         raise violation("settings", f"{where}: its default factory raised {one_line(exc)}") from exc
+    kind: Any = field.type
     try:
-        converter.structure(converter.unstructure(value), field.type or object)
+        converter.structure(converter.unstructure(value), kind)
     except Exception as exc:  # cattrs' and the hooks' errors
-        what = shown or f"its default {value!r}"
-        raise violation("settings", f"{where}: {what} is not a {type_text(field.type)}") from exc
+        what = "its default" if is_secret(field) else f"its default {value!r}"
+        raise violation("settings", f"{where}: {what} is not a valid {type_text(kind)}") from exc
 
 
 def rate_policy(call: Callable[[], object]) -> RatePolicy:
