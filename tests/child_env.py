@@ -1,11 +1,14 @@
 """Child processes that tests start: their environment (no headwater settings, a private home), the
-plugins they find installed, and the ``headwater`` command run in them."""
+plugins they find installed, the ``headwater`` command run in them, and virtual environments to run
+them in."""
 
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 
@@ -50,3 +53,19 @@ def run_headwater(
         text=True,
         timeout=60,
     )
+
+
+def make_venv(path: Path) -> Path:
+    """A new virtual environment that also sees this interpreter's packages; its python."""
+    venv.create(path, with_pip=False, symlinks=True)
+    python = path / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    parents = [*site.getsitepackages(), site.getusersitepackages()]
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parents if os.path.isdir(p))
+    Path(purelib, "_headwater_test_parent.pth").write_text(lines)
+    return python

@@ -122,8 +122,8 @@ def test_describe_keeps_the_fields_record_fields_gave_and_may_set_the_label(make
         ({"cover": b"bytes"}, "x", PluginError),
         ({"tags": ["a"]}, "x", PluginError),
         ({"username": ""}, "x", PluginError),
-        ({}, "", ValueError),
-        ({}, 5, ValueError),
+        ({}, "", PluginError),
+        ({}, 5, PluginError),
     ],
 )
 def test_describe_follows_the_rules_of_record_fields(make_engine, fields, display_name, error) -> None:

@@ -162,12 +162,12 @@ BROKEN = {
     "exits": ("headwater-importfail", "0.2.0", "failed to import: SystemExit: bye"),
     "noattr": ("headwater-importfail", "0.2.0", "failed to import: AttributeError"),
     "nodownload": ("headwater-nodownload", "0.3.0", "does not implement download_impl"),
-    "typo": ("headwater-misspelled", "0.4.0", "unknown hook(s): rate_polcy"),
+    "typo": ("headwater-misspelled", "0.4.0", "unknown hook(s) rate_polcy (headwater's hooks: aliases,"),
     "wrongarg": ("headwater-misspelled", "0.4.0", "PluginValidationError"),
     "aliasthief": ("headwater-thief", "0.5.0", "alias 'good' is already taken by source 'good'"),
     "zthief": ("headwater-thief", "0.5.0", "alias 'good_dl' is already taken by source 'good'"),
     "zeropolicy": ("headwater-badpolicy", "0.6.0", "RatePolicy.concurrency must be a whole number"),
-    "notpolicy": ("headwater-badpolicy", "0.6.0", "rate_policy returned dict, not a RatePolicy"),
+    "notpolicy": ("headwater-badpolicy", "0.6.0", "rate_policy() returned dict, not a RatePolicy"),
     "clash": ("headwater-clash-b", "2.0.0", "source name 'clash' is already taken"),
 }
 
@@ -468,8 +468,16 @@ def test_sources_json_carries_every_field(venv, everything):
     done = venv.run(venv.headwater, "sources", "--json")
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
-    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error", "settings", "problems"}
-    assert all(set(entry) == keys for entry in listing)
+    keys = {"name", "aliases", "policy", "distribution", "version", "status", "error", "rule", "settings"}
+    assert all(set(entry) == keys | {"problems"} for entry in listing)
+    rules = {e["name"]: e["rule"] for e in listing if e["status"] == "broken"}
+    assert {n: rules[n] for n in ("typo", "nodownload", "notpolicy", "importfail", "zthief")} == {
+        "typo": "hooks",
+        "nodownload": "hooks",
+        "notpolicy": "rate-policy",
+        "importfail": None,  # it broke no rule: it did not import
+        "zthief": None,  # nor this one: another source has its alias
+    }
     good = next(e for e in listing if e["name"] == "good")
     assert good["aliases"] == ["good_dl", "goodie"]
     assert good["policy"]["concurrency"] == 2 and good["policy"]["delay"] == 0.05

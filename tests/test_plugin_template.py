@@ -12,12 +12,10 @@ import functools
 import importlib.util
 import json
 import os
-import site
 import subprocess
 import sys
 import threading
 import tomllib
-import venv
 import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +25,7 @@ from typing import Any
 import copier
 import pytest
 import yaml
-from child_env import isolated_env
+from child_env import isolated_env, make_venv
 from click.testing import CliRunner
 
 import headwater
@@ -40,22 +38,6 @@ TEMPLATE = REPO / "plugin_template"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def make_venv(path: Path) -> Path:
-    """A new virtual environment that also sees this interpreter's packages; its python."""
-    venv.create(path, with_pip=False, symlinks=True)
-    python = path / "bin" / "python"
-    purelib = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    parents = [*site.getsitepackages(), site.getusersitepackages()]
-    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in parents if os.path.isdir(p))
-    Path(purelib, "_headwater_test_parent.pth").write_text(lines)
-    return python
 
 
 def run(args: list[str | Path], cwd: Path, env: dict[str, str], timeout: float = 180) -> str:
@@ -140,6 +122,29 @@ def test_the_default_folder_is_named_after_the_distribution(
     result = CliRunner().invoke(main, ["plugin", "new", "acme_tv"], input="")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "headwater-acme-tv" / "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("given", "source"), [("headwater-acme-tv", "acme-tv"), ("headwater_acme_tv", "acme_tv")]
+)
+def test_a_distribution_name_is_not_prefixed_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str, source: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["plugin", "new", given], input="")
+    assert result.exit_code == 0, result.output
+    assert f"{given} is the distribution; its source is called {source}\n" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["headwater-acme-tv"]
+    pyproject = (tmp_path / "headwater-acme-tv" / "pyproject.toml").read_text()
+    assert 'name = "headwater-acme-tv"' in pyproject and f'{source} = "headwater_acme_tv"' in pyproject
+
+
+def test_copier_alone_does_not_prefix_twice(tmp_path: Path) -> None:
+    copier.run_copy(str(TEMPLATE), tmp_path, data={"name": "headwater-acme"}, defaults=True, quiet=True)
+    project = tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "headwater-acme"
+    assert project["entry-points"]["headwater.sources"] == {"headwater-acme": "headwater_acme"}
+    assert (tmp_path / "src" / "headwater_acme" / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize(
@@ -246,12 +251,32 @@ def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
     acme = next((s for s in listed if s["name"] == "acme"), None)
     assert acme is not None, listed
     assert (acme["status"], acme["distribution"], acme["aliases"]) == ("ok", "headwater-acme", ["acme_dl"])
+    token = next(s for s in acme["settings"] if s["name"] == "token")
+    assert (token["secret"], token["required"], token["type"]) == (True, False, "str | None")
 
     url, root = served
     (root / "tune.ogg").write_bytes(os.urandom(200_000))
     dest = tmp_path / "downloads"
     run([*headwater_cli(python), "get", "acme", f"{url}/tune.ogg", "--dest", dest], tmp_path, env)
     assert (dest / "tune.ogg").read_bytes() == (root / "tune.ogg").read_bytes()
+
+
+@pytest.mark.timeout(300)
+def test_the_installed_test_accepts_an_object_in_the_module_as_the_entry_point(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path / "home")
+    project = tmp_path / "headwater-acme"
+    render_plugin("acme", project, interactive=False)
+    pyproject = project / "pyproject.toml"
+    entry = pyproject.read_text().replace('acme = "headwater_acme"', 'acme = "headwater_acme:source"')
+    pyproject.write_text(entry)
+    module = project / "src" / "headwater_acme" / "__init__.py"
+    text = module.read_text().replace("import urllib.error\n", "import sys\nimport urllib.error\n", 1)
+    module.write_text(text + "\n\nsource = sys.modules[__name__]  # the object the entry point names\n")
+
+    python = make_venv(tmp_path / "venv")
+    run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", project], tmp_path, env)
+    out = run([python, "-m", "pytest", "-qp", "no:cacheprovider", "tests/test_installed.py"], project, env)
+    assert "2 passed" in out, out
 
 
 @pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from headwater._fields import plain_fields
+from headwater._contract import described
 from headwater._files import Existing
 
 #: What the engine does with a described download: ``(ctx, display_name, username, fields)``;
@@ -101,13 +101,12 @@ class DownloadContext:
         at once (``status``, the progress bars and ``--json`` show it, and a
         restart keeps it); a call after the download has ended, or was
         cancelled, changes nothing. Takes the source's lock briefly: call it
-        when something is learned, not per chunk. Raises ValueError for a
-        bad display name, and FieldConflictError or PluginError for fields
-        that break the rules.
+        when something is learned, not per chunk. Raises FieldConflictError
+        for a core field and PluginError for anything else that breaks the
+        rules (a display name that is not a non-empty str among it), with
+        ``rule`` ``"described-fields"``.
         """
-        if display_name is not None and (not isinstance(display_name, str) or not display_name):
-            raise ValueError(f"describe: display_name must be a non-empty str or None, got {display_name!r}")
-        username, extra = plain_fields(fields, "ctx.describe")
+        display_name, username, extra = described(display_name, fields)
         if self._describe is not None:
             self._describe(self, display_name, username, extra)
 

@@ -34,21 +34,19 @@ from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_cha
 from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
+from headwater._contract import record_fields, returned_file
 from headwater._discovery import Candidate, discover, one_line
 from headwater._errors import (
     EngineClosedError,
     ExistingFileKept,
     HeadwaterError,
-    InvalidTargetError,
     NeedsConfigurationError,
-    PluginError,
     RetryAfter,
     StoreError,
     UnknownDownloadError,
     is_transient,
 )
-from headwater._fields import plain_fields
-from headwater._files import Existing, discard_landed, existing_choice, landed_file
+from headwater._files import Existing, discard_landed, existing_choice
 from headwater._policy import RatePolicy
 from headwater._records import NO_EXTRA, Job, Record, State, Tried, may_transition
 from headwater._redact import protect, redact, register
@@ -518,20 +516,9 @@ class Engine:
         """
         if src.record_fields is None:
             return src.name, NO_EXTRA
-        what = f"record_fields of source {src.label()}"
-        try:
-            results = src.record_fields(job=job, settings=src.settings.values)
-        except InvalidTargetError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"{what} raised {one_line(exc)}") from exc
-        username = src.name
-        extra: dict[str, object] = {}
-        for result in results:
-            named, fields = plain_fields(result, what)
-            username = named or username
-            extra.update(fields)
-        return username, MappingProxyType(_redacted(extra))
+        call = functools.partial(src.record_fields, job=job, settings=src.settings.values)
+        username, extra = record_fields(call, f"record_fields of source {src.label()}")
+        return username or src.name, MappingProxyType(_redacted(extra))
 
     # -- running (called by the worker) ----------------------------------------
 
@@ -617,7 +604,7 @@ class Engine:
             if returned is None:
                 error = "declined: download_impl returned None"
             else:
-                path, size = landed_file(ctx.dest_dir, returned)
+                path, size = returned_file(ctx.dest_dir, returned)
         except BaseException as exc:  # the boundary: nothing a plugin raises escapes
             error, failure = one_line(exc), exc
             shard.logger.debug("download %s failed", job.id, exc_info=True)

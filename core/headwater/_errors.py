@@ -58,7 +58,16 @@ class UnknownDownloadError(HeadwaterError, LookupError):
 
 
 class PluginError(HeadwaterError):
-    """A plugin that cannot be used: bad hooks, bad policy, bad fields."""
+    """A plugin that cannot be used: bad hooks, bad policy, bad fields.
+
+    ``rule`` is the rule of the plugin contract it broke (a key of
+    ``headwater.testing.RULES``), or None when it broke none (a name another
+    source has, say).
+    """
+
+    def __init__(self, *args: object, rule: str | None = None) -> None:
+        super().__init__(*args)
+        self.rule = rule
 
 
 class PluginConflictError(PluginError):
@@ -257,6 +266,10 @@ class ContractError(HeadwaterError, AssertionError):
         self.source = source
         self.rule = rule
         super().__init__(f"source {source!r} broke the {rule!r} rule: {detail}")
+
+
+class NetworkBlockedError(HeadwaterError, ConnectionError):
+    """A network call refused where none may be made (the kit's ``record_fields`` check); names the call."""
 
 
 class ExistingFileKept(HeadwaterError):

@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from headwater import __version__
+from headwater._contract import is_valid_name
 from headwater._errors import TemplateError
-from headwater._sources import is_valid_name
 
 TEMPLATE_DIR = "plugin_template"
 EXIT_INTERRUPTED = 130
@@ -100,6 +100,23 @@ def plugin() -> None:
     """Write your own source plugins."""
 
 
+#: How a distribution's name starts; given with it, NAME names the distribution, not the source.
+PREFIXES = ("headwater-", "headwater_")
+
+
+def source_name(name: str) -> str:
+    """The source name ``headwater plugin new NAME`` makes: NAME, less a leading ``headwater-``.
+
+    ``headwater-foo`` (or ``headwater_foo``) names the distribution
+    ``headwater-foo``, whose source is ``foo``. Pure.
+    """
+    for prefix in PREFIXES:
+        rest = name.removeprefix(prefix)
+        if rest != name and is_valid_name(rest):
+            return rest
+    return name
+
+
 def _check_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
     if not is_valid_name(name):
         raise click.BadParameter(f"invalid source name {name!r}: use lowercase [a-z0-9][a-z0-9_-]*")
@@ -117,9 +134,14 @@ def _check_name(ctx: click.Context, param: click.Parameter, name: str) -> str:
 def new(name: str, dest: Path | None) -> None:
     """Create a pip-installable project for a new source called NAME.
 
-    On a terminal it asks for a description, the author and the license;
-    otherwise it takes the defaults without asking.
+    NAME may be the distribution's name instead: ``headwater-foo`` makes the
+    source ``foo`` of the distribution ``headwater-foo``. On a terminal it
+    asks for a description, the author and the license; otherwise it takes
+    the defaults without asking.
     """
+    given, name = name, source_name(name)
+    if name != given:
+        click.echo(f"{given} is the distribution; its source is called {name}")
     target = dest if dest is not None else Path(f"headwater-{name.replace('_', '-')}")
     try:
         render_plugin(name, target, interactive=sys.stdin.isatty())

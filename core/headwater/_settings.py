@@ -3,7 +3,7 @@
 A source's ``settings_schema`` hook returns an attrs class; each field is a
 setting (its type, its default or none if required, its help text and
 whether it is secret, in the field's metadata; :func:`setting` writes such
-a field). :func:`check_settings_class` is the rule such a class must meet.
+a field). The rule such a class must meet is :func:`headwater._contract.settings_class`.
 
 :func:`build_settings` makes one instance per source from these layers,
 highest first, each field taking the value of the highest layer that has it:
@@ -43,7 +43,6 @@ from cattrs.cols import homogenous_tuple_structure_factory, list_structure_facto
 from cattrs.errors import AttributeValidationNote, ClassValidationError
 
 from headwater._discovery import one_line
-from headwater._errors import PluginError
 from headwater._keystore import KeyStore
 from headwater._redact import MASK, scrub
 
@@ -56,7 +55,8 @@ FIELD_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 REDACTED = repr(MASK)
 
 
-def _redacted(_: object) -> str:
+def secret_repr(_: object) -> str:
+    """The repr of a secret setting's value: always ``'***'``."""
     return REDACTED
 
 
@@ -79,7 +79,7 @@ def setting(
         default=default,
         factory=factory,
         validator=validator,
-        repr=_redacted if secret else True,
+        repr=secret_repr if secret else True,
         metadata={"help": help, "secret": secret},
     )
 
@@ -253,57 +253,6 @@ def type_text(kind: Any) -> str:
 def is_secret(field: attrs.Attribute[Any]) -> bool:
     """Whether the setting ``field`` is secret (``metadata["secret"]``)."""
     return bool(field.metadata.get("secret", False))
-
-
-def check_settings_class(schema: object) -> type:
-    """Rule "settings-class": what ``settings_schema`` returned is a usable settings class; return it.
-
-    It must be a frozen attrs class whose type annotations resolve; each field
-    must be set by ``__init__``, be named lowercase ``[a-z][a-z0-9_]*``, have a
-    type :func:`supported_type` accepts, and, if secret, be left out of the
-    repr or redacted in it (as :func:`setting` does). Raises PluginError
-    naming what is wrong.
-    """
-    if not isinstance(schema, type) or not attrs.has(schema):
-        raise PluginError(f"settings_schema returned {schema!r}, not an attrs class")
-    try:
-        attrs.resolve_types(schema)
-    except Exception as exc:  # NameError and whatever else an annotation evaluates to
-        raise PluginError(
-            f"settings class {schema.__name__}: its annotations do not resolve: {one_line(exc)}"
-        ) from exc
-    fields = attrs.fields(schema)
-    if fields and not _is_frozen(schema, fields[0].name):
-        raise PluginError(f"settings class {schema.__name__} must be frozen (@attrs.frozen)")
-    for field in fields:
-        where = f"settings class {schema.__name__}, field {field.name!r}"
-        if not field.init or field.alias != field.name:
-            raise PluginError(f"{where}: every field must be a public __init__ argument")
-        if FIELD_PATTERN.fullmatch(field.name) is None:
-            raise PluginError(f"{where}: setting names are lowercase [a-z][a-z0-9_]*")
-        if not supported_type(field.type):
-            raise PluginError(
-                f"{where}: type {field.type!r} is not supported; use str, int, float, bool, "
-                "pathlib.Path, an Enum, a list or tuple[X, ...] of those, or any of them | None"
-            )
-        if is_secret(field) and field.repr not in (False, _redacted):
-            raise PluginError(
-                f"{where}: a secret must be redacted in the repr: declare it with "
-                "headwater.setting(secret=True)"
-            )
-    return schema
-
-
-def _is_frozen(schema: type, name: str) -> bool:
-    """Whether setting ``name`` on an instance of ``schema`` is refused (probed on an uninitialised one)."""
-    bare: object = object.__new__(schema)
-    try:
-        setattr(bare, name, None)
-    except attrs.exceptions.FrozenInstanceError:
-        return True
-    except Exception:  # an on_setattr validator refusing None: the class is not frozen
-        return False
-    return False
 
 
 # -- building an instance ------------------------------------------------------
@@ -516,7 +465,7 @@ def build_settings(
 ) -> SourceSettings:
     """Build the settings of the source ``names[0]`` (its aliases follow) from ``inputs``.
 
-    ``schema`` has passed :func:`check_settings_class` (or is None: the
+    ``schema`` has passed :func:`headwater._contract.settings_class` (or is None: the
     source declares no settings, and any value given it is a problem).
     ``inputs`` defaults to none at all: the defaults alone. Never raises for
     a bad value: problems are returned in the result, none quoting a value
@@ -570,7 +519,7 @@ def _structure(
     return None, problems
 
 
-def _default(field: attrs.Attribute[Any]) -> object:
+def default_value(field: attrs.Attribute[Any]) -> object:
     """The field's default value (a factory's made afresh; None for one that takes self)."""
     default: Any = field.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class at runtime
@@ -581,14 +530,14 @@ def _default(field: attrs.Attribute[Any]) -> object:
 def _info(source: str, field: attrs.Attribute[Any], read: _Read | None, values: object | None) -> SettingInfo:
     required = field.default is attrs.NOTHING
     secret = is_secret(field)
-    default = None if required or secret else converter.unstructure(_default(field))
+    default = None if required or secret else converter.unstructure(default_value(field))
     if read is not None:
         origin: str | None = read.origin
         value = getattr(values, field.name) if values is not None else read.value
     elif required:
         origin, value = None, None
     else:
-        origin, value = "default", _default(field)
+        origin, value = "default", default_value(field)
     shown = None if secret else converter.unstructure(value)
     return SettingInfo(
         field.name,

@@ -1,9 +1,10 @@
 """Turning candidate plugins into sources: validation, names, aliases, settings, policies.
 
 A :class:`SourceRegistry` registers each candidate with pluggy on its own.
-A candidate that fails validation, lacks ``download_impl``, declares a bad
-policy or settings class or claims a taken name or alias is left out and
-reported as a broken :class:`SourceInfo`; the others are usable. A usable
+A candidate that breaks a rule of the contract (judged by
+:mod:`headwater._contract`: its name, hooks, aliases, settings class,
+policy) or claims a taken name or alias is left out and reported as a
+broken :class:`SourceInfo`; the others are usable. A usable
 source whose settings lack a required value or hold an invalid one is kept,
 as needing configuration (see :mod:`headwater._settings`). A hook implementation whose name
 headwater does not define (a misspelling) leaves the source out too, unless
@@ -16,14 +17,15 @@ offered first keeps it (discovery offers them sorted by name).
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import pluggy
 
 from headwater import hookspecs
+from headwater._contract import alias_names, rate_policy, register, settings_class, source_name
 from headwater._discovery import Candidate, one_line
 from headwater._errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
 from headwater._policy import RatePolicy
@@ -34,7 +36,6 @@ from headwater._settings import (
     SettingsInput,
     SourceSettings,
     build_settings,
-    check_settings_class,
 )
 
 log = logging.getLogger("headwater")
@@ -58,20 +59,15 @@ class PolicyOverride:
         return attrs.evolve(policy, **self.changes)  # type: ignore[arg-type]  # attrs validates
 
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
-
-
-def is_valid_name(name: object) -> bool:
-    """Whether ``name`` is a legal source name or alias: lowercase ``[a-z0-9][a-z0-9_-]*``."""
-    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
-
-
 @attrs.frozen
 class SourceInfo:
     """What is known of one source, loaded or broken.
 
     ``policy`` is the one in force (the user's override if any); ``error`` is
-    None for a loaded source and one line for a broken one. ``settings``
+    None for a loaded source and one line for a broken one; ``rule`` is the
+    rule of the plugin contract a broken one broke (a key of
+    ``headwater.testing.RULES``), None when it broke none (it failed to
+    import, or claimed a name another source has). ``settings``
     describes each of its settings; ``problems`` says why a loaded source
     needs configuration (empty when it does not).
     """
@@ -84,6 +80,7 @@ class SourceInfo:
     error: str | None = None
     settings: tuple[SettingInfo, ...] = ()
     problems: tuple[SettingProblem, ...] = ()
+    rule: str | None = None
 
     @property
     def status(self) -> str:
@@ -121,27 +118,6 @@ class Source:
             settings=self.settings.fields,
             problems=self.settings.problems,
         )
-
-
-def _alias_names(results: list[object]) -> list[str]:
-    """The names in the ``aliases`` hook's results (one iterable, or None, per implementation).
-
-    Raises PluginError for a result that is not a list of names, or a name
-    that is not a legal source name.
-    """
-    names: list[object] = []
-    for result in results:
-        if result is None:
-            continue
-        if isinstance(result, str | bytes) or not isinstance(result, Iterable):
-            raise PluginError(
-                f"aliases returned a {type(result).__name__}, {result!r}; return a list of names"
-            )
-        names.extend(result)
-    bad = [n for n in names if not is_valid_name(n)]
-    if bad:
-        raise PluginError(f"invalid alias(es) {bad!r}: use lowercase [a-z0-9][a-z0-9_-]*")
-    return [str(n) for n in names]
 
 
 def _implements(hook: pluggy.HookCaller, plugin: object) -> bool:
@@ -203,12 +179,15 @@ class SourceRegistry:
 
     # -- loading ---------------------------------------------------------
 
-    def _reject(self, cand: Candidate, error: str) -> None:
+    def _reject(self, cand: Candidate, error: BaseException | str) -> None:
+        """Report ``cand`` broken for ``error`` (a message, or what was raised: its rule is kept)."""
+        rule = error.rule if isinstance(error, PluginError) else None
+        if isinstance(error, BaseException):
+            error = str(error) if isinstance(error, HeadwaterError) else one_line(error)
         label = _dist_label(cand.distribution, cand.version)
         log.warning("source %r (%s) left out: %s", cand.name, label, error)
-        self._broken.append(
-            SourceInfo(cand.name, distribution=cand.distribution, version=cand.version, error=error)
-        )
+        info = SourceInfo(cand.name, distribution=cand.distribution, version=cand.version, error=error)
+        self._broken.append(attrs.evolve(info, rule=rule))
 
     def _claim(self, cand: Candidate, name: str, what: str) -> None:
         """Take ``name`` for ``cand`` or raise PluginConflictError naming both claimants."""
@@ -226,13 +205,11 @@ class SourceRegistry:
         if cand.error is not None:
             self._reject(cand, cand.error)
             return False
-        if not is_valid_name(cand.name):
-            self._reject(cand, f"invalid source name {cand.name!r}: use lowercase [a-z0-9][a-z0-9_-]*")
-            return False
         try:
+            source_name(cand.name)
             self._claim(cand, cand.name, "source name")
-        except PluginConflictError as exc:
-            self._reject(cand, str(exc))
+        except PluginError as exc:
+            self._reject(cand, exc)
             return False
         try:
             if self._pm.is_registered(cand.plugin):
@@ -240,22 +217,12 @@ class SourceRegistry:
                     f"the same plugin object is already source {self._pm.get_name(cand.plugin)!r}; "
                     "register it once and declare other names as aliases"
                 )
-            self._pm.register(cand.plugin, name=cand.name)
-            unknown = [
-                c.name
-                for c in self._pm.get_hookcallers(cand.plugin) or []
-                if c.spec is None
-                and any(i.plugin is cand.plugin and not i.optionalhook for i in c.get_hookimpls())
-            ]
-            if unknown:
-                raise PluginError(f"implements unknown hook(s): {', '.join(sorted(unknown))}")
-            if not any(i.plugin is cand.plugin for i in self._pm.hook.download_impl.get_hookimpls()):
-                raise PluginError("does not implement download_impl")
-        except (Exception, SystemExit) as exc:  # pluggy's errors, ours, or a plugin's attribute access
+            register(self._pm, cand.plugin, cand.name)
+        except (Exception, SystemExit) as exc:  # the rule's errors, ours, or a plugin's attribute access
             if self._pm.is_registered(cand.plugin) and self._pm.get_name(cand.plugin) == cand.name:
                 self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
-            self._reject(cand, one_line(exc))
+            self._reject(cand, exc)
             return False
         return True
 
@@ -266,17 +233,11 @@ class SourceRegistry:
             return self._pm.subset_hook_caller(hook, remove_plugins=others)
 
         try:
-            names = tuple(dict.fromkeys(_alias_names(caller("aliases")())))
+            names = tuple(dict.fromkeys(alias_names(caller("aliases"))))
             aliases = tuple(n for n in names if n != cand.name)
-            schema = caller("settings_schema")()
-            if schema is not None:
-                schema = check_settings_class(schema)
+            schema = settings_class(caller("settings_schema"))
             settings = build_settings((cand.name, *aliases), schema, self._settings)
-            policy = caller("rate_policy")(settings=settings.values)
-            if policy is None:
-                policy = RatePolicy()
-            elif not isinstance(policy, RatePolicy):
-                raise PluginError(f"rate_policy returned {type(policy).__name__}, not a RatePolicy")
+            policy = rate_policy(functools.partial(caller("rate_policy"), settings=settings.values))
             for i, alias in enumerate(aliases):
                 try:
                     self._claim(cand, alias, "alias")
@@ -284,10 +245,10 @@ class SourceRegistry:
                     for taken in aliases[:i]:
                         del self._owner[taken]
                     raise
-        except (Exception, SystemExit) as exc:  # a plugin's hook can raise anything
+        except (Exception, SystemExit) as exc:  # the rules' errors, a clash, or a plugin's attribute access
             self._pm.unregister(cand.plugin)
             del self._owner[cand.name]
-            self._reject(cand, one_line(exc) if not isinstance(exc, HeadwaterError) else str(exc))
+            self._reject(cand, exc)
             return
         fields = caller("record_fields")
         translate = caller("translate_target")

@@ -203,6 +203,7 @@ def _info_json(info: SourceInfo) -> dict[str, object]:
         "version": info.version,
         "status": info.status,
         "error": info.error,
+        "rule": info.rule,
         "settings": [{**attrs.asdict(s), "places": list(s.places)} for s in info.settings],
         "problems": [{"field": p.field, "problem": p.message} for p in info.problems],
     }

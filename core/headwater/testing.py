@@ -17,30 +17,33 @@ Needs the ``testing`` extra (pytest and Hypothesis):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import hypothesis
 import pluggy
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import strategies as st
 
+from headwater import _contract as contract
 from headwater import hookspecs
 from headwater._context import DownloadContext
+from headwater._contract import RULES
 from headwater._discovery import LOAD_ENV, discover, one_line
 from headwater._engine import Engine
-from headwater._errors import ContractError, InvalidTargetError, PluginError, UnsafePathError
-from headwater._files import landed_file
+from headwater._errors import ContractError, InvalidTargetError, PluginError
+from headwater._network_guard import no_network
 from headwater._policy import RatePolicy
-from headwater._records import CORE_FIELDS, Job
-from headwater._settings import build_settings, check_settings_class
-from headwater._sources import is_valid_name
+from headwater._records import Job
+from headwater._settings import SettingsInput, build_settings
 
 __all__ = [
     "RULES",
@@ -52,28 +55,15 @@ __all__ = [
     "check_hooks",
     "check_rate_policy",
     "check_record_fields",
+    "check_settings",
     "check_source",
     "headwater_engine",
 ]
 
-#: Every rule of the contract, by the name a :class:`ContractError` gives.
-RULES: Mapping[str, str] = {
-    "hooks": "the plugin registers with pluggy, implements download_impl and no hook headwater lacks",
-    "aliases": "aliases() returns an iterable of valid names (lowercase [a-z0-9][a-z0-9_-]*), not a string",
-    "rate-policy": "rate_policy() returns a RatePolicy or None",
-    "record-fields": (
-        "record_fields(job) raises nothing but InvalidTargetError, even for a strange target, and "
-        "that for none of the downloadable targets; it returns None or a mapping of str keys to plain "
-        "values (str, int, float, bool, None) that sets no core field but a non-empty 'username'"
-    ),
-    "download": "download_impl returns a path for every target the test names as downloadable",
-    "download-path": "download_impl returns the path of a regular file inside ctx.dest_dir",
-    "progress": "progress reports never go backwards and never exceed the total",
-    "cancel": "download_impl returns within the bound once ctx.cancelled is set",
-}
+#: A source's settings as a test gives them: setting name -> value, as ``Engine(settings={name: ...})`` takes.
+Settings = Mapping[str, object]
 
-_PLAIN = (str, int, float, bool, type(None))
-_CHECK_SETTINGS = settings(
+_CHECK_SETTINGS = hypothesis.settings(
     deadline=None,
     database=None,
     derandomize=True,
@@ -82,73 +72,96 @@ _CHECK_SETTINGS = settings(
 )
 
 
+def _broke(name: str, exc: PluginError, context: str = "") -> ContractError:
+    """The ContractError for ``exc``, a broken rule of :mod:`headwater._contract`, as one sentence."""
+    assert exc.rule is not None, exc
+    return ContractError(name, exc.rule, f"{exc}{context}".rstrip(".") + ".")
+
+
 def _manager(plugin: object, name: str) -> pluggy.PluginManager:
-    """A plugin manager holding only ``plugin``; raises ContractError under rule "hooks"."""
+    """A plugin manager holding only ``plugin``; raises ContractError under rule "name" or "hooks"."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     try:
-        pm.register(plugin, name=name)
-    except (ValueError, pluggy.PluginValidationError) as exc:
-        raise ContractError(name, "hooks", f"pluggy refused it ({one_line(exc)}).") from exc
-    unknown = sorted(c.name for c in pm.get_hookcallers(plugin) or [] if c.spec is None)
-    if unknown:
-        raise ContractError(
-            name, "hooks", f"it implements {', '.join(unknown)}, which headwater has no hook for."
-        )
-    if not pm.hook.download_impl.get_hookimpls():
-        raise ContractError(name, "hooks", "it does not implement download_impl, the one required hook.")
+        contract.register(pm, plugin, contract.source_name(name))
+    except PluginError as exc:
+        raise _broke(name, exc) from exc
     return pm
 
 
-def _default_settings(pm: pluggy.PluginManager, name: str) -> object:
-    """The settings the checks hand the hooks: built from the class's defaults alone.
-
-    None when the source declares no settings class, or its defaults leave
-    it needing configuration (a required setting), or the hook raises or
-    returns an unusable class.
-    """
+def _settings_class(pm: pluggy.PluginManager, name: str) -> type | None:
+    """The source's settings class, checked (rule "settings"); None if it declares none."""
     try:
-        schema = pm.hook.settings_schema()
-        return build_settings((name,), check_settings_class(schema)).values if schema is not None else None
-    except Exception:  # a plugin's hook can raise anything; judging it is not these checks' rule
+        return contract.settings_class(pm.hook.settings_schema)
+    except PluginError as exc:
+        raise _broke(name, exc) from exc
+
+
+def _settings(
+    pm: pluggy.PluginManager, name: str, given: Settings | None, needed_by: str | None = None
+) -> object:
+    """Rule "settings": the instance the checks hand the hooks, built from the defaults and ``given``.
+
+    Built as ``Engine(settings={name: given})`` builds it. None when the
+    source declares no settings class, or when ``given`` is None and a
+    required setting is missing (the hooks then get None, as ``rate_policy``
+    does in an engine); a problem other than a missing required setting
+    breaks the rule. With ``needed_by`` (the check that calls hooks a source
+    needing configuration never gets), a missing setting raises ValueError.
+    """
+    schema = _settings_class(pm, name)
+    if schema is None and given is None:
         return None
+    built = build_settings((name,), schema, SettingsInput(given={name: dict(given or {})}))
+    missing = {f.name for f in built.fields if f.required and f.origin is None}
+    problems = [p for p in built.problems if given is not None or p.field not in missing]
+    if problems:
+        source = "the values given" if given else "its defaults"
+        raise ContractError(
+            name, "settings", f"its settings do not build from {source}: {'; '.join(map(str, problems))}."
+        )
+    if built.values is None and schema is not None and needed_by is not None:
+        raise ValueError(
+            f"{needed_by}: source {name!r} needs configuration "
+            f"({'; '.join(map(str, built.problems))}); give its settings: settings={{...}}"
+        )
+    return built.values
 
 
 def check_hooks(plugin: object, name: str = "source") -> None:
-    """Rule "hooks": ``plugin`` registers cleanly and implements ``download_impl``."""
+    """Rules "name" and "hooks": ``name`` is a valid source name; ``plugin`` registers cleanly and
+    implements ``download_impl``."""
     _manager(plugin, name)
 
 
 def check_aliases(plugin: object, name: str = "source") -> None:
     """Rule "aliases": every alias is a valid source name."""
-    hook = _manager(plugin, name).hook.aliases
+    pm = _manager(plugin, name)
     try:
-        results = hook()
-    except Exception as exc:  # a plugin's hook can raise anything
-        raise ContractError(name, "aliases", f"aliases() raised {one_line(exc)}.") from exc
-    for result in results:
-        if result is None:
-            continue
-        if isinstance(result, str) or not isinstance(result, Iterable):
-            raise ContractError(name, "aliases", f"aliases() returned {result!r}, not an iterable of names.")
-        for alias in result:
-            if not is_valid_name(alias):
-                raise ContractError(
-                    name, "aliases", f"alias {alias!r} is not a valid name (lowercase [a-z0-9][a-z0-9_-]*)."
-                )
+        contract.alias_names(pm.hook.aliases)
+    except PluginError as exc:
+        raise _broke(name, exc) from exc
 
 
-def check_rate_policy(plugin: object, name: str = "source") -> None:
+def check_settings(plugin: object, name: str = "source", settings: Settings | None = None) -> None:
+    """Rule "settings": the settings class is usable and builds from its defaults and from ``settings``.
+
+    ``settings`` are values for the source's settings, as
+    ``Engine(settings={name: settings})`` takes them (text is parsed as from
+    the environment). Without them a required setting may be missing; every
+    other problem breaks the rule.
+    """
+    _settings(_manager(plugin, name), name, settings)
+
+
+def check_rate_policy(plugin: object, name: str = "source", *, settings: Settings | None = None) -> None:
     """Rule "rate-policy": ``rate_policy()`` returns a RatePolicy or None."""
+    pm = _manager(plugin, name)
+    values = _settings(pm, name, settings)
     try:
-        pm = _manager(plugin, name)
-        policy = pm.hook.rate_policy(settings=_default_settings(pm, name))
-    except Exception as exc:  # a plugin's hook can raise anything
-        raise ContractError(name, "rate-policy", f"rate_policy() raised {one_line(exc)}.") from exc
-    if policy is not None and not isinstance(policy, RatePolicy):
-        raise ContractError(
-            name, "rate-policy", f"rate_policy() returned {type(policy).__name__}, not a RatePolicy or None."
-        )
+        contract.rate_policy(functools.partial(pm.hook.rate_policy, settings=values))
+    except PluginError as exc:
+        raise _broke(name, exc) from exc
 
 
 def _jobs(name: str, targets: Sequence[str]) -> st.SearchStrategy[Job]:
@@ -164,69 +177,76 @@ def _jobs(name: str, targets: Sequence[str]) -> st.SearchStrategy[Job]:
     )
 
 
-def _check_fields(name: str, job: Job, results: list[object]) -> None:
-    """Raise ContractError if any of ``results`` (from record_fields) breaks rule "record-fields"."""
-    for result in results:
-        if result is None:
-            continue
-        if not isinstance(result, Mapping):
-            raise ContractError(
-                name,
-                "record-fields",
-                f"record_fields returned {type(result).__name__}, not a mapping or None.",
-            )
-        for key, value in result.items():
-            if not isinstance(key, str):
-                raise ContractError(
-                    name, "record-fields", f"record_fields returned the key {key!r}, not a str."
-                )
-            if not isinstance(value, _PLAIN):
-                raise ContractError(
-                    name,
-                    "record-fields",
-                    f"record_fields returned {key}={value!r} for target {job.target!r}, "
-                    "not a str, int, float, bool or None.",
-                )
-            if key == "username" and (not isinstance(value, str) or not value):
-                raise ContractError(
-                    name, "record-fields", f"record_fields returned username={value!r}, not a non-empty str."
-                )
-            if key != "username" and key in CORE_FIELDS:
-                raise ContractError(
-                    name,
-                    "record-fields",
-                    f"record_fields returned {key!r}, a core record field it may not set.",
-                )
+#: Seconds one call of ``record_fields`` may take: it runs in every submit, on the caller's thread.
+RECORD_FIELDS_WITHIN = 0.25
+
+#: Calls of a slow ``record_fields`` before it breaks the rule (one slow call may be the machine's).
+SLOW_CALLS = 3
 
 
 def check_record_fields(
-    plugin: object, name: str = "source", targets: Sequence[str] = (), max_examples: int = 50
+    plugin: object,
+    name: str = "source",
+    targets: Sequence[str] = (),
+    max_examples: int = 50,
+    *,
+    settings: Settings | None = None,
+    within: float = RECORD_FIELDS_WITHIN,
 ) -> None:
-    """Rule "record-fields", for jobs Hypothesis makes from ``targets`` and arbitrary text."""
+    """Rule "record-fields", for jobs Hypothesis makes from ``targets`` and arbitrary text.
+
+    Each call runs with the network refused on its thread (a connect or a
+    name lookup fails, and breaks the rule even if the hook catches the
+    error) and must return within ``within`` seconds; a call that takes
+    longer is made again, and breaks the rule when :data:`SLOW_CALLS` calls
+    in a row do. ``settings`` are the source's settings (see
+    :func:`check_settings`); ValueError when a required one is missing.
+    """
     pm = _manager(plugin, name)
     hook = pm.hook.record_fields
     if not hook.get_hookimpls():
         return
-    values = _default_settings(pm, name)
+    values = _settings(pm, name, settings, "check_record_fields")
 
-    @settings(_CHECK_SETTINGS, max_examples=max_examples)
+    @hypothesis.settings(_CHECK_SETTINGS, max_examples=max_examples)
     @given(job=_jobs(name, targets))
     def fields_are_plain(job: Job) -> None:
-        try:
-            results = hook(job=job, settings=values)
-        except InvalidTargetError as exc:
-            if job.target in targets:
+        what = f"record_fields for target {job.target!r}"
+        call = functools.partial(hook, job=job, settings=values)
+        took = 0.0
+        for _ in range(SLOW_CALLS):
+            refused: InvalidTargetError | None = None
+            started = time.monotonic()
+            with no_network() as network:
+                try:
+                    contract.record_fields(call, what)
+                except InvalidTargetError as exc:
+                    refused = exc
+                except PluginError as exc:
+                    if not network:
+                        raise _broke(name, exc) from exc
+            took = time.monotonic() - started
+            if network:
                 raise ContractError(
                     name,
                     "record-fields",
-                    f"record_fields raised {one_line(exc)} for the downloadable target {job.target!r}.",
-                ) from exc
-            return  # a target refused at submit, as the hook may do
-        except Exception as exc:  # a plugin's hook can raise anything
-            raise ContractError(
-                name, "record-fields", f"record_fields raised {one_line(exc)} for target {job.target!r}."
-            ) from exc
-        _check_fields(name, job, results)
+                    f"{what} used the network ({network[0]}); it runs at submit, on the caller's "
+                    "thread, and may do no I/O.",
+                )
+            if refused is not None and job.target in targets:
+                raise ContractError(
+                    name,
+                    "record-fields",
+                    f"record_fields raised {one_line(refused)} for the downloadable target {job.target!r}.",
+                ) from refused
+            if refused is not None or took <= within:
+                return  # a target refused at submit, as the hook may do; or plain fields, in time
+        raise ContractError(
+            name,
+            "record-fields",
+            f"{what} took {took:.2f} s, {SLOW_CALLS} calls in a row; it runs at submit, on the "
+            f"caller's thread, and must return within {within:g} s.",
+        )
 
     fields_are_plain()
 
@@ -268,11 +288,14 @@ class _Outcome:
 
 
 def _download(
-    pm: pluggy.PluginManager, name: str, target: str, dest_dir: Path, cancel_at: int | None
+    pm: pluggy.PluginManager, name: str, target: str, dest_dir: Path, cancel_at: int | None, values: object
 ) -> tuple[_WatchedContext, _Outcome, threading.Thread]:
-    """Start download_impl of ``target`` on its own thread, as a worker of the engine would."""
+    """Start download_impl of ``target`` on its own thread, as a worker of the engine would.
+
+    ``values`` is the settings instance (``ctx.settings``).
+    """
     logger = logging.getLogger(f"headwater.source.{name}")
-    ctx = _WatchedContext(dest_dir, logger, cancel_at, _default_settings(pm, name))
+    ctx = _WatchedContext(dest_dir, logger, cancel_at, values)
     outcome = _Outcome()
     job = Job(os.urandom(16).hex(), name, target)
 
@@ -289,18 +312,12 @@ def _download(
     return ctx, outcome, thread
 
 
-def _check_path(name: str, target: str, dest_dir: Path, returned: str | os.PathLike[str]) -> Path:
+def _check_path(name: str, target: str, dest_dir: Path, returned: object) -> Path:
     """Rule "download-path" for what download_impl returned; the resolved file."""
     try:
-        return landed_file(dest_dir, returned)[0]
-    except UnsafePathError:
-        where = str(dest_dir)
-        detail = f"it returned {os.fspath(returned)!r} for target {target!r}, outside ctx.dest_dir {where!r}."
-    except FileNotFoundError:
-        detail = f"it returned {os.fspath(returned)!r} for target {target!r}, where no regular file is."
-    except TypeError:
-        detail = f"it returned {returned!r} for target {target!r}, which is not a str or os.PathLike path."
-    raise ContractError(name, "download-path", detail)
+        return contract.returned_file(dest_dir, returned)[0]
+    except PluginError as exc:
+        raise _broke(name, exc, f" (target {target!r})") from exc
 
 
 def _check_progress(name: str, target: str, reports: list[tuple[int, int | None]]) -> None:
@@ -321,25 +338,34 @@ def _check_progress(name: str, target: str, reports: list[tuple[int, int | None]
 
 
 def check_download(
-    plugin: object, targets: Sequence[str], name: str = "source", timeout: float = 60.0
+    plugin: object,
+    targets: Sequence[str],
+    name: str = "source",
+    timeout: float = 60.0,
+    *,
+    settings: Settings | None = None,
 ) -> int:
-    """Rules "download", "download-path" and "progress": download each target once.
+    """Rules "download", "download-path", "progress" and "described-fields": download each target once.
 
-    Each download runs on its own thread into a fresh temporary folder.
+    Each download runs on its own thread into a fresh temporary folder, with
+    ``settings`` (see :func:`check_settings`) as ``ctx.settings``.
     ``timeout`` bounds one download. Returns the most progress reports one
     download made (what :func:`check_cancel` draws its cancel points from).
     """
     if not targets:
         raise ValueError("check_download needs at least one target the source can download")
     pm = _manager(plugin, name)
+    values = _settings(pm, name, settings, "check_download")
     most = 0
     for target in targets:
         with tempfile.TemporaryDirectory(prefix="headwater-contract-") as tmp:
             dest_dir = Path(tmp).resolve()
-            ctx, outcome, thread = _download(pm, name, target, dest_dir, None)
+            ctx, outcome, thread = _download(pm, name, target, dest_dir, None, values)
             if not outcome.done.wait(timeout):
                 raise ContractError(name, "download", f"download_impl of {target!r} ran past {timeout:g} s.")
             thread.join()
+            if isinstance(outcome.error, PluginError) and outcome.error.rule is not None:
+                raise _broke(name, outcome.error, f" (target {target!r})") from outcome.error
             if outcome.error is not None:
                 raise ContractError(
                     name, "download", f"download_impl raised {one_line(outcome.error)} for target {target!r}."
@@ -365,6 +391,8 @@ def check_cancel(
     reports: int = 1,
     max_examples: int = 10,
     timeout: float = 60.0,
+    *,
+    settings: Settings | None = None,
 ) -> None:
     """Rule "cancel": set ``ctx.cancelled`` before the start or at a progress report; it must stop.
 
@@ -376,21 +404,24 @@ def check_cancel(
     starts, up to ``reports``, the most a download made in
     :func:`check_download`); the call must return within ``within`` seconds
     of the cancel. What it returns or raises then is free (the engine deletes
-    a file landed after a cancel), except a path outside ``ctx.dest_dir``.
+    a file landed after a cancel), except a path outside ``ctx.dest_dir``;
+    but nothing else it wrote may be left in ``ctx.dest_dir`` (no ``.part``,
+    no file it landed and did not return).
     A download that never gets to the chosen report has ``timeout`` seconds
     to end.
     """
     if not targets:
         raise ValueError("check_cancel needs at least one target the source can download")
     pm = _manager(plugin, name)
+    values = _settings(pm, name, settings, "check_cancel")
 
-    @settings(_CHECK_SETTINGS, max_examples=max_examples)
+    @hypothesis.settings(_CHECK_SETTINGS, max_examples=max_examples)
     @given(target=st.sampled_from(list(targets)), cancel_at=st.integers(0, max(reports, 0)))
     @example(target=targets[0], cancel_at=0)
     def stops_when_cancelled(target: str, cancel_at: int) -> None:
         with tempfile.TemporaryDirectory(prefix="headwater-contract-") as tmp:
             dest_dir = Path(tmp).resolve()
-            ctx, outcome, thread = _download(pm, name, target, dest_dir, cancel_at)
+            ctx, outcome, thread = _download(pm, name, target, dest_dir, cancel_at, values)
             deadline = time.monotonic() + timeout
             while not outcome.done.wait(0.01):
                 if time.monotonic() > deadline:
@@ -413,10 +444,27 @@ def check_cancel(
                     f"after ctx.cancelled was set (at progress report {cancel_at}); it must stop "
                     "within one chunk.",
                 )
+            kept: set[Path] = set()
             if outcome.returned is not None and outcome.error is None:
-                _check_path(name, target, dest_dir, outcome.returned)
+                kept.add(_check_path(name, target, dest_dir, outcome.returned))
+            left = sorted(str(p.relative_to(dest_dir)) for p in _files_in(dest_dir) if p not in kept)
+            if ctx.cancelled_at is not None and left:
+                raise ContractError(
+                    name,
+                    "cancel",
+                    f"download_impl of {target!r} left {', '.join(map(repr, left))} in ctx.dest_dir "
+                    f"when it stopped on ctx.cancelled (set at progress report {cancel_at}); remove what "
+                    "it wrote, a .part among it, unless it returns the file.",
+                )
 
     stops_when_cancelled()
+
+
+def _files_in(folder: Path) -> Iterator[Path]:
+    """Every file (anything but a folder) inside ``folder``, at any depth; links not followed."""
+    for root, dirs, files in os.walk(folder):
+        for entry in (*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))):
+            yield Path(root, entry)
 
 
 def check_source(
@@ -426,6 +474,7 @@ def check_source(
     name: str = "source",
     cancel_within: float = 2.0,
     max_examples: int = 20,
+    settings: Settings | None = None,
 ) -> None:
     """Check ``plugin`` against every rule of :data:`RULES`; raise ContractError at the first broken one.
 
@@ -437,16 +486,20 @@ def check_source(
         cancel_within: seconds download_impl may take to return once
             ``ctx.cancelled`` is set.
         max_examples: Hypothesis examples for each generated check.
+        settings: values for the source's settings, as
+            ``Engine(settings={name: settings})`` takes them; needed when it
+            has a required setting (ValueError without them).
 
     Runs on the calling thread, downloads on threads of their own. Call it
     from a plain test, not from inside a Hypothesis ``@given`` test.
     """
     check_hooks(plugin, name)
     check_aliases(plugin, name)
-    check_rate_policy(plugin, name)
-    check_record_fields(plugin, name, targets, max_examples)
-    most = check_download(plugin, targets, name)
-    check_cancel(plugin, targets, name, cancel_within, most, max_examples)
+    check_settings(plugin, name, settings)
+    check_rate_policy(plugin, name, settings=settings)
+    check_record_fields(plugin, name, targets, max_examples, settings=settings)
+    most = check_download(plugin, targets, name, settings=settings)
+    check_cancel(plugin, targets, name, cancel_within, most, max_examples, settings=settings)
 
 
 class SourceContract:
@@ -455,11 +508,14 @@ class SourceContract:
     ``targets`` are targets the source can download in the test environment.
     When they need files or a server made for each test, override
     :meth:`make_targets` (it gets pytest's ``tmp_path``) instead.
+    ``settings`` are values for the source's settings (see
+    :func:`check_settings`).
     """
 
     plugin: ClassVar[object]
     targets: ClassVar[Sequence[str]] = ()
     name: ClassVar[str] = "source"
+    settings: ClassVar[Settings | None] = None
     cancel_within: ClassVar[float] = 2.0
     max_examples: ClassVar[int] = 20
 
@@ -473,16 +529,28 @@ class SourceContract:
     def test_aliases(self) -> None:
         check_aliases(self.plugin, self.name)
 
+    def test_settings(self) -> None:
+        check_settings(self.plugin, self.name, self.settings)
+
     def test_rate_policy(self) -> None:
-        check_rate_policy(self.plugin, self.name)
+        check_rate_policy(self.plugin, self.name, settings=self.settings)
 
     def test_record_fields(self, tmp_path: Path) -> None:
-        check_record_fields(self.plugin, self.name, self.make_targets(tmp_path), self.max_examples)
+        targets = self.make_targets(tmp_path)
+        check_record_fields(self.plugin, self.name, targets, self.max_examples, settings=self.settings)
 
     def test_download_and_cancel(self, tmp_path: Path) -> None:
         targets = self.make_targets(tmp_path)
-        most = check_download(self.plugin, targets, self.name)
-        check_cancel(self.plugin, targets, self.name, self.cancel_within, most, self.max_examples)
+        most = check_download(self.plugin, targets, self.name, settings=self.settings)
+        check_cancel(
+            self.plugin,
+            targets,
+            self.name,
+            self.cancel_within,
+            most,
+            self.max_examples,
+            settings=self.settings,
+        )
 
 
 EngineFactory = Callable[..., Engine]
