@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from types import MappingProxyType
 
@@ -239,6 +240,63 @@ def test_a_truncated_journal_is_reported(tmp_path: Path, journal: Path) -> None:
         SQLiteStore(journal)
 
 
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The journals whose integrity an opening checked, in order (the check itself still runs)."""
+    seen: list[Path] = []
+    real = _schema._integrity
+
+    def spy(conn: sqlite3.Connection, path: Path) -> None:
+        seen.append(path)
+        real(conn, path)
+
+    monkeypatch.setattr(_schema, "_integrity", spy)
+    return seen
+
+
+def test_a_journal_is_checked_when_it_changed_outside_headwater_only(
+    journal: Path, checked: list[Path]
+) -> None:
+    now = time.time()
+    store = SQLiteStore(journal)
+    store.commit([Record(f"{1:032x}", "a", "t", None, "a", State.COMPLETED, now, now)])
+    store.close()  # the last session to close it seals it
+    SQLiteStore(journal).close()
+    assert checked == []
+    with closing(sqlite3.connect(journal)) as conn, conn:  # another program writes it
+        conn.execute("UPDATE records SET updated_at = updated_at + 1")
+    SQLiteStore(journal).close()
+    assert checked == [journal]
+
+    holder = SQLiteStore(journal)
+    with closing(sqlite3.connect(journal)) as conn, conn:
+        conn.execute("UPDATE records SET updated_at = updated_at + 1")
+    SQLiteStore(journal).close()  # beside a live session, which opened it checked or sealed
+    assert checked == [journal]
+    holder.close()
+
+
+_COMMITS_AND_DIES = """
+import os, signal, sys, time
+from headwater import Record, SQLiteStore, State
+store = SQLiteStore(sys.argv[1])
+now = time.time()
+store.commit([Record(f"{2:032x}", "a", "t", None, "a", State.COMPLETED, now, now)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_journal_is_checked_after_a_crash(journal: Path, checked: list[Path]) -> None:
+    SQLiteStore(journal).close()
+    died = subprocess.run(
+        [sys.executable, "-c", _COMMITS_AND_DIES, str(journal)], capture_output=True, timeout=30
+    )
+    assert died.returncode == -9, died.stderr
+    SQLiteStore(journal).close()
+    assert checked == [journal]
+    assert len(read_records(journal)) == 1
+
+
 def test_a_foreign_database_is_refused(journal: Path) -> None:
     journal.parent.mkdir(parents=True)
     with sqlite3.connect(journal) as conn:
@@ -296,6 +354,11 @@ print(json.dumps({"loaded": loaded, "done": [r.state.value for r in done]}))
 
 
 @pytest.mark.timeout(60)
+def _session_files(journal: Path) -> list[str]:
+    """The sessions' lock files beside ``journal`` (the seal of the last clean close is none)."""
+    return [p.name for p in journal.with_name(journal.name + ".sessions").iterdir() if p.name != "sealed"]
+
+
 def test_two_processes_work_side_by_side_on_one_journal(tmp_path: Path, journal: Path) -> None:
     src = InstrumentedSource("a", RatePolicy(concurrency=1))
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
@@ -325,7 +388,7 @@ def test_two_processes_work_side_by_side_on_one_journal(tmp_path: Path, journal:
     assert states == [State.COMPLETED] * 23
     with sqlite3.connect(journal) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    assert not list(journal.with_name(journal.name + ".sessions").iterdir()), "a session file was left"
+    assert _session_files(journal) == [], "a session file was left"
 
 
 _DIES = """
@@ -387,7 +450,7 @@ def test_a_dead_process_records_are_taken_over_exactly_once(tmp_path: Path, jour
     assert taken[0] | taken[1] == set(before) and not taken[0] & taken[1]
     assert sorted(len(t) for t in taken) == [0, 30]
     # The dead session's lock file is gone; the takers' own ended with them.
-    assert not list(journal.with_name(journal.name + ".sessions").iterdir())
+    assert _session_files(journal) == []
 
 
 @pytest.mark.timeout(60)

@@ -52,15 +52,16 @@ from headwater._codec import encode
 from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
 from headwater._paths import default_journal
 from headwater._reader import (
-    CHUNK,
     ENDED,
     ROW,
     Cursor,
+    Row,
     decode_or_fail,
     decode_rows,
     find_cursor,
     select_one,
     select_page,
+    stream,
 )
 from headwater._records import Record, State
 from headwater._schema import connect, open_journal
@@ -120,10 +121,16 @@ class SQLiteStore:
         except OSError as exc:
             raise StoreError(f"cannot start a session on journal {self.path}: {exc}") from exc
         try:
-            self._conn = open_journal(self.path)
+            self._conn = open_journal(self.path, verify=not self._session.vouched())
         except BaseException:
             self._session.end()
             raise
+        try:
+            self._session.publish()
+        except OSError as exc:
+            self._conn.close()
+            self._session.end()
+            raise StoreError(f"cannot start a session on journal {self.path}: {exc}") from exc
         self._lock = threading.Lock()  # one transaction at a time on the connection
         self._pending: deque[Record] = deque()
         self._inserting = threading.Lock()  # one _insert_pending at a time
@@ -236,17 +243,14 @@ class SQLiteStore:
         The connection is held for one chunk's read at a time, never while
         the caller handles a record.
         """
-        below: Cursor | None = None
-        while True:
-            rows = self._read(
-                functools.partial(
-                    select_page, ended_only=True, states=states, sources=sources, below=below, limit=CHUNK
-                )
+
+        def read(below: Cursor | None, size: int) -> list[Row]:
+            page = functools.partial(
+                select_page, ended_only=True, states=states, sources=sources, below=below, limit=size
             )
-            yield from decode_rows(self.path, rows)
-            if len(rows) < CHUNK:
-                return
-            below = (rows[-1][1], rows[-1][0])
+            return self._read(page)
+
+        return stream(read, self.path)
 
     def _cursor(self, before: str | None) -> Cursor | None:
         """The cursor of the record ``before`` (None for None); UnknownDownloadError if there is none."""
@@ -318,6 +322,7 @@ class SQLiteStore:
                 return
             self._closed = True
             self._conn.close()
+        self._session.seal()
         self._session.end()
 
     # -- writing -----------------------------------------------------------------

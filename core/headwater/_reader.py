@@ -24,7 +24,7 @@ from typing import TypeVar
 from headwater._codec import decode
 from headwater._errors import StoreError, UnknownDownloadError
 from headwater._records import Record, State
-from headwater._schema import check, connect, failure, snapshot
+from headwater._schema import at_rest, check, connect, failure, snapshot
 
 log = logging.getLogger("headwater.store")
 
@@ -130,6 +130,31 @@ def count_matches(conn: sqlite3.Connection, key: str) -> tuple[int, str | None]:
     return count, first
 
 
+def stream(
+    read: Callable[[Cursor | None, int], list[Row]],
+    path: Path,
+    *,
+    below: Cursor | None = None,
+    limit: int | None = None,
+) -> Iterator[Record]:
+    """The records of page after page, ``read(cursor, size)`` each, from the cursor ``below`` down.
+
+    Pages of :data:`CHUNK` rows at the most (fewer to stop at ``limit``
+    rows, None: no limit), each decoded as by :func:`decode_rows` and let
+    go of before the next is read; a short page is the last.
+    """
+    left = limit
+    while left is None or left > 0:
+        size = CHUNK if left is None else min(left, CHUNK)
+        rows = read(below, size)
+        yield from decode_rows(path, rows)
+        if len(rows) < size:
+            return
+        below = (rows[-1][1], rows[-1][0])
+        if left is not None:
+            left -= len(rows)
+
+
 def decode_rows(path: Path, rows: Iterable[Row]) -> list[Record]:
     """The records of ``rows``, in order; a row that is not a record is logged and left out."""
     records = []
@@ -207,28 +232,21 @@ class JournalReader:
         ``limit`` (None: all). Each chunk is its own read, so a record
         written meanwhile may show in its new state or not at all if it is
         newer than the chunk; none shows twice. Raises UnknownDownloadError
-        (when the iteration starts) if ``before`` is not in the journal.
+        if ``before`` is not in the journal.
         """
         below: Cursor | None = None
         if before is not None:
             below = self._read(lambda conn: find_cursor(conn, before), None)
             if below is None:
                 raise UnknownDownloadError(before)
-        left = limit
-        while left is None or left > 0:
-            size = CHUNK if left is None else min(left, CHUNK)
-            rows: list[Row] = self._read(
-                functools.partial(
-                    select_page, ended_only=False, states=states, sources=sources, below=below, limit=size
-                ),
-                [],
+
+        def read(below: Cursor | None, size: int) -> list[Row]:
+            page = functools.partial(
+                select_page, ended_only=False, states=states, sources=sources, below=below, limit=size
             )
-            yield from decode_rows(self.path, rows)
-            if len(rows) < size:
-                return
-            below = (rows[-1][1], rows[-1][0])
-            if left is not None:
-                left -= len(rows)
+            return self._read(page, [])
+
+        return stream(read, self.path, below=below, limit=limit)
 
     def all_oldest_first(self) -> list[Record]:
         """Every record, oldest first, in one read transaction (for small journals: it holds them all)."""
@@ -244,15 +262,15 @@ class JournalReader:
                 return empty
         except OSError as exc:
             raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
-        before = _at_rest(self.path)
+        before = at_rest(self.path)
         if before is not None:
             try:
                 result = self._read_on(read, empty, immutable=True)
             except StoreError:
-                if _at_rest(self.path) == before:
+                if at_rest(self.path) == before:
                     raise
             else:
-                if _at_rest(self.path) == before:
+                if at_rest(self.path) == before:
                     return result
             # A process wrote the journal meanwhile: read it as a reader beside writers does.
         return self._read_on(read, empty, immutable=False)
@@ -280,19 +298,3 @@ def read_records(path: Path) -> list[Record]:
     ``headwater status`` streams with :meth:`JournalReader.records`.
     """
     return JournalReader(path).all_oldest_first()
-
-
-def _at_rest(path: Path) -> tuple[int, int, int] | None:
-    """The journal file's (inode, size, mtime) if that file holds every commit, else None.
-
-    It does when there is no rollback journal beside it and no write-ahead
-    log, or an empty one: no process has a commit that is not in the file yet.
-    """
-    wal, rollback = Path(f"{path}-wal"), Path(f"{path}-journal")
-    try:
-        if (wal.exists() and wal.stat().st_size) or rollback.exists():
-            return None
-        status = path.stat()
-    except OSError:
-        return None
-    return (status.st_ino, status.st_size, status.st_mtime_ns)
