@@ -5,13 +5,16 @@ journal, the wall time and peak memory (the child process's peak RSS, from
 ``wait4``) of the command line: ``headwater get`` of one small file (the
 file source), ``status`` (the latest 100), ``status --json``, and ``status
 --all --json`` streamed into /dev/null; ``--version`` is the floor (the
-interpreter and headwater's imports, no journal). Also the time of the page
-read itself, in this process: the latest 100 through ``JournalReader``.
+interpreter and headwater's imports, no journal). Also, in this process,
+the time of the page read itself (the latest 100 through ``JournalReader``)
+and of opening the journal, taking over (none) and closing it: what a start
+costs the store.
 Each figure is the median of ``--rounds`` runs (the streamed ``--all``
 runs once), on warm page cache. The journals are built once, by direct SQL
 inserts of encoded records, and cached in ``--cache`` (default
-``$TMPDIR/headwater-bench-store``; about 0.7 GB at 1,000,000); the record
-``get`` adds is removed after each run.
+``$TMPDIR/headwater-bench-store``; 0.85 GB at 1,000,000); the record
+``get`` adds is removed after each run, through headwater, so the journal
+stays sealed (see docs/persistence.md, Bad files).
 
 ``drain``: 50,000 jobs over 4 sources of concurrency 2 whose download
 sleeps 5 ms (bench/engine.py's), run in one process on three stores in
@@ -129,11 +132,27 @@ def run_child(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def forget_new(journal: Path, count: int) -> None:
-    """Remove what a ``get`` added: every record beyond the ``count`` the journal was built with."""
-    with closing(sqlite3.connect(journal, isolation_level=None)) as conn:
-        conn.execute("DELETE FROM records WHERE owner != 'bench'")
-        assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == count
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    """Remove what a ``get`` added (the latest record), through headwater, so the journal stays sealed."""
+    store = SQLiteStore(journal)
+    try:
+        (added,) = store.page(limit=1)
+        store.delete(added.id)
+    finally:
+        store.close()
+    assert _count(journal) == count
+
+
+def open_journal(journal: Path, rounds: int) -> float:
+    """Median seconds, in this process, to open the journal, take over (nothing) and close it."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        store = SQLiteStore(journal)
+        store.take_over(["file"])
+        store.paused()
+        store.close()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def page_read(journal: Path, rounds: int) -> float:
@@ -159,21 +178,25 @@ def history(args: argparse.Namespace) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     small.write_bytes(os.urandom(10_000))
     cli = [sys.executable, "-m", "headwater.cli"]
+    out = str(cache / "out")
     commands = {
         "--version (the floor)": ["--version"],
-        "get one small file": ["get", "file", str(small), "--dest", str(cache / "out"), "--existing=overwrite"],
+        "get one small file": ["get", "file", str(small), "--dest", out, "--existing=overwrite"],
         "status": ["status"],
         "status --json": ["status", "--json"],
         "status --all --json": ["status", "--all", "--json"],
     }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-    sizes_mb, pages = [], []
+    sizes_mb: list[float] = []
+    pages: list[float] = []
+    opens: list[float] = []
     for size in args.sizes:
         home = cache / f"schema{SCHEMA_VERSION}-{size}"
         journal = build_journal(home, size)
         print(f"{size:,} records: {(home / 'built').read_text().strip()}", file=sys.stderr)
         env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
         sizes_mb.append(journal.stat().st_size / 1e6)
+        SQLiteStore(journal).close()  # checked and sealed, as a journal only headwater wrote is
         run_child([*cli, "status"], env)  # warm the page cache
         for name, command in commands.items():
             runs = []
@@ -184,6 +207,7 @@ def history(args: argparse.Namespace) -> None:
             results[name].append((statistics.median(t for t, _ in runs), max(m for _, m in runs)))
             print(f"  {name}: {results[name][-1][0]:.3f} s, {results[name][-1][1]:.0f} MB", file=sys.stderr)
         pages.append(page_read(journal, args.rounds))
+        opens.append(open_journal(journal, args.rounds))
 
     targets = {
         "get one small file": "<= 1.2x the empty journal's",
@@ -200,6 +224,7 @@ def history(args: argparse.Namespace) -> None:
     over = [s - f for (s, _), (f, _) in zip(results["status"], floor, strict=True)]
     rows.append(["status over the floor (s)", *(f"{t:.3f}" for t in over), ""])
     rows.append(["page of 100, in process (ms)", *(f"{p * 1000:.1f}" for p in pages), ""])
+    rows.append(["open, take over, close, in process (ms)", *(f"{o * 1000:.1f}" for o in opens), ""])
     header, *body = rows
     print_table([str(c) for c in header], body)
 
