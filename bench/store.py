@@ -20,7 +20,8 @@ stays sealed (see docs/persistence.md, Bad files).
 sleeps 5 ms (bench/engine.py's), run in one process on three stores in
 turn: the in-memory store; a control that releases the GIL once per state
 change (``time.sleep(0)``) where SQLite would write; SQLiteStore. Also the
-mean time of one state commit from one thread, without contention.
+mean time of one state commit from one thread, without contention, and the
+pages one state commit writes to the WAL (counted).
 
     python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--cache DIR]
     python bench/store.py drain [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
@@ -40,6 +41,8 @@ import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+
+import attrs
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -257,6 +260,32 @@ def commit_latency(journal: Path, count: int = 10_000) -> float:
     return took / count
 
 
+def pages_per_commit(journal: Path, count: int = 1_000) -> float:
+    """WAL pages written per state commit (QUEUED -> RUNNING -> COMPLETED) of a journaled record.
+
+    Counted, not timed: the frames the WAL holds after the commits, with the
+    flusher's checkpoints out of the way (it never runs here), and few
+    enough commits that no writer checkpoints (at 8,192 pages) meanwhile.
+    """
+    store = SQLiteStore(journal, flush_interval=3600)
+    now = time.time()
+    queued = [
+        Record(f"{int(now * 1000) + i:012x}{i:020x}", "s", f"t{i}", None, "s", State.QUEUED, now + i, now)
+        for i in range(count)
+    ]
+    for record in queued:
+        store.add(record)
+    store.flush()
+    with closing(sqlite3.connect(journal)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for state in (State.RUNNING, State.COMPLETED):
+            for record in queued:
+                store.commit((attrs.evolve(record, state=state),))
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    store.close()
+    return float(frames) / (2 * count)
+
+
 def drain_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "dest"
@@ -268,6 +297,7 @@ def drain_table(args: argparse.Namespace) -> None:
         sql_submit, sql_drain = drain(dest, SQLiteStore(journal), args)
         size = journal.stat().st_size
         latency = commit_latency(Path(tmp) / "latency.sqlite3")
+        pages = pages_per_commit(Path(tmp) / "pages.sqlite3")
     ideal = args.jobs * args.sleep / (args.sources * args.concurrency)
 
     def over(drain: float) -> str:
@@ -284,6 +314,7 @@ def drain_table(args: argparse.Namespace) -> None:
         ("drain over memory", "", over(yield_drain), over(sql_drain), "sqlite <= +10%"),
         ("journal size (MB)", "", "", f"{size / 1e6:.1f}", ""),
         ("one commit, one thread (us)", "", "", f"{latency * 1e6:.0f}", ""),
+        ("WAL pages per state commit", "", "", f"{pages:.2f}", ""),
     ]
     print_table(("measure", "memory", "yield", "sqlite", "target"), rows)
 

@@ -14,7 +14,19 @@ import attrs
 import pytest
 from instrumented import InstrumentedSource
 
-from headwater import Engine, MemoryStore, Record, RecordStore, SQLiteStore, State, _codec, _schema
+from headwater import (
+    DownloadContext,
+    Engine,
+    Job,
+    MemoryStore,
+    Record,
+    RecordStore,
+    SQLiteStore,
+    State,
+    _codec,
+    _schema,
+    hookimpl,
+)
 from headwater._errors import UnknownDownloadError
 from headwater._reader import CHUNK, JournalReader, read_records
 
@@ -152,17 +164,33 @@ def test_scanning_a_journal_holds_a_chunk_not_the_journal(tmp_path: Path) -> Non
         store.close()
 
 
+class _Refuses:
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        raise ValueError("not here")
+
+
+class _Lands:
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        (ctx.dest_dir / "landed").write_bytes(b"x")
+        return ctx.dest_dir / "landed"
+
+
 def test_a_chain_move_changes_the_source_the_journal_files_a_record_under(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "j.sqlite3")
+    path = tmp_path / "j.sqlite3"
+    plugins = {"first": _Refuses(), "second": _Lands()}
+    with Engine(tmp_path / "dest", plugins=plugins, store=SQLiteStore(path)) as engine:
+        plain = engine.submit("second", "t")
+        moved = engine.submit(["first", "second"], "t")
+        assert [r.source for r in engine.wait([plain, moved], timeout=10)] == ["second", "second"]
+    store = SQLiteStore(path)
     try:
-        moved = _record(0, state=State.QUEUED, source="first")
-        store.add(moved)
-        store.flush()
-        store.commit([attrs.evolve(moved, source="second", state=State.COMPLETED)])
-        assert [r.id for r in store.page(sources={"second"})] == [moved.id]
+        assert [r.id for r in store.page(sources={"second"})] == [moved, plain]
         assert store.page(sources={"first"}) == []
     finally:
         store.close()
+    assert [r.id for r in JournalReader(path).records(sources={"second"})] == [moved, plain]
 
 
 def test_an_engine_on_a_memory_store_leaves_its_ended_records_there(tmp_path: Path) -> None:

@@ -72,7 +72,10 @@ log = logging.getLogger("headwater.store")
 _T = TypeVar("_T")
 
 
-def _row(record: Record, owner: str) -> tuple[str, str, str, float, float, str, str]:
+_Row = tuple[str, str, str, float, float, str, str]
+
+
+def _row(record: Record, owner: str) -> _Row:
     """The journal row of ``record``; raises StoreError for a field that cannot be journaled."""
     try:
         data = encode(record)
@@ -281,18 +284,25 @@ class SQLiteStore:
         self._pending.append(record)  # deque.append is atomic: no lock on the submit path
 
     def commit(self, records: Sequence[Record]) -> None:
-        """Upsert whole rows, so a record whose insert is still buffered is written complete.
+        """Upsert whole rows, so a record whose insert is still buffered is written complete; one transaction.
 
         The buffered insert, when it comes, changes nothing (``ON CONFLICT DO
         NOTHING``): the committed state is never overwritten by an older one.
+        A record's source changes only when a fallback chain moves it on,
+        which names the source it left in ``tried``: only the rows of records
+        with a ``tried`` rewrite the source column (and its index entry), which
+        spares every other commit a page write.
         """
         owner = self._session.id
-        rows = json.dumps([_row(r, owner) for r in records])  # outside the lock
-        self._write(_UPSERT, rows)
+        stay: list[_Row] = []
+        moved: list[_Row] = []
+        for record in records:  # encoded outside the lock
+            (moved if record.tried else stay).append(_row(record, owner))
+        self._write(*((s, json.dumps(rows)) for s, rows in ((_UPSERT, stay), (_UPSERT_MOVED, moved)) if rows))
 
     def delete(self, download_id: str) -> None:
         self._insert_pending()  # else a buffered insert could bring the record back
-        self._write("DELETE FROM records WHERE id = ?", download_id)
+        self._write(("DELETE FROM records WHERE id = ?", download_id))
 
     def flush(self) -> None:
         self._insert_pending()
@@ -307,7 +317,7 @@ class SQLiteStore:
             if paused
             else "DELETE FROM paused WHERE source = ?"
         )
-        self._write(statement, source)
+        self._write((statement, source))
 
     def close(self) -> None:
         self._stop.set()
@@ -327,18 +337,26 @@ class SQLiteStore:
 
     # -- writing -----------------------------------------------------------------
 
-    def _write(self, statement: str, parameter: str) -> None:
-        """Run one write ``statement`` with its one parameter, under ``self._lock``: one transaction.
+    def _write(self, *writes: tuple[str, str]) -> None:
+        """Run each (statement, its one parameter) of ``writes`` under ``self._lock``, in one transaction.
 
-        Once the store is closed the write is dropped (a plugin thread still
-        running after ``close``). Raises StoreError if SQLite refuses it.
+        Once the store is closed the writes are dropped (a plugin thread
+        still running after ``close``). Raises StoreError if SQLite refuses
+        one; then none is written.
         """
+        if not writes:
+            return
         with self._lock:
             if self._closed:
                 log.debug("journal %s is closed; write dropped", self.path)
                 return
             try:
-                self._conn.execute(statement, (parameter,))
+                if len(writes) == 1:  # one statement: its own transaction
+                    self._conn.execute(writes[0][0], (writes[0][1],))
+                    return
+                with self._transaction() as conn:
+                    for statement, parameter in writes:
+                        conn.execute(statement, (parameter,))
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
 
@@ -373,7 +391,7 @@ class SQLiteStore:
                 while self._pending and len(batch) < _BATCH:
                     batch.append(self._pending.popleft())
                 try:
-                    self._write(_INSERT_NEW, json.dumps([_row(r, owner) for r in batch]))
+                    self._write((_INSERT_NEW, json.dumps([_row(r, owner) for r in batch])))
                 except StoreError:
                     self._pending.extendleft(reversed(batch))
                     raise
@@ -435,10 +453,8 @@ class SQLiteStore:
 
 
 _BATCH = 64  # new records per statement: a state change waits for one batch at most
-_WAL_PAGES = 8192  # 32 MiB of 4 KiB pages: the writers' own checkpoint, a safety net
-_WAL_KEEP_BYTES = 4 << 20  # what a WAL file is cut back to when it starts over
 
-#: Both take one parameter: a JSON array of rows, each an array in column order.
+#: Each takes one parameter: a JSON array of rows, each an array in column order.
 _FROM_JSON = (
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
     "json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), "
@@ -446,9 +462,10 @@ _FROM_JSON = (
 )
 _UPSERT = (
     f"INSERT INTO records (id, source, state, created_at, updated_at, data, owner) {_FROM_JSON} "
-    "ON CONFLICT (id) DO UPDATE SET source = excluded.source, state = excluded.state, "
-    "updated_at = excluded.updated_at, data = excluded.data, owner = excluded.owner"
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, "
+    "data = excluded.data, owner = excluded.owner"
 )
+_UPSERT_MOVED = f"{_UPSERT}, source = excluded.source"
 _INSERT_NEW = (
     f"INSERT INTO records (id, source, state, created_at, updated_at, data, owner) {_FROM_JSON} "
     "ON CONFLICT (id) DO NOTHING"
