@@ -19,7 +19,7 @@ from fault_server import D
 from faultbox import KIB, LIMIT, Sandbox, blob, sha256
 from faultcheck import Case, Want
 
-from headwater._store import APPLICATION_ID, MIGRATIONS
+from headwater._schema import APPLICATION_ID, MIGRATIONS
 
 
 def old_journal(path: Path, version: int) -> None:

@@ -17,7 +17,7 @@ from faultbox import Sandbox, sha256
 from faultcheck import Case, Run, Want
 
 from headwater import DownloadContext, Engine, Job, RatePolicy, hookimpl
-from headwater._store import plain
+from headwater._codec import plain
 
 
 @attrs.frozen

@@ -127,7 +127,7 @@ def two_gets_at_once(schema: int) -> Callable[[Sandbox], Case]:
 #: A process that opens a journal the moment a file appears, through the Python API, and says how it went.
 OPENER = """
 import os, sys
-from headwater._store import SQLiteStore
+from headwater import SQLiteStore
 journal, go = sys.argv[1], sys.argv[2]
 print("ready", flush=True)
 while not os.path.exists(go):

@@ -1,36 +1,240 @@
-"""Store benchmark: the bench/engine.py workload drained with the in-memory store and with SQLite.
+"""Store benchmarks: the cost of history, and the cost of journaling.
 
-Workload: 50,000 jobs over 4 sources of concurrency 2 whose download sleeps
-5 ms (bench/engine.py's), run in one process on three stores in turn:
+``history`` (issue 14): with 0, 100,000 and 1,000,000 ended downloads in the
+journal, the wall time and peak memory (the child process's peak RSS, from
+``wait4``) of the command line: ``headwater get`` of one small file (the
+file source), ``status`` (the latest 100), ``status --json``, and ``status
+--all --json`` streamed into /dev/null; ``--version`` is the floor (the
+interpreter and headwater's imports, no journal). Also, in this process,
+the time of the page read itself (the latest 100 through ``JournalReader``)
+and of opening the journal, taking over (none) and closing it: what a start
+costs the store.
+Each figure is the median of ``--rounds`` runs (the streamed ``--all``
+runs once), on warm page cache. The journals are built once, by direct SQL
+inserts of encoded records, and cached in ``--cache`` (default
+``$TMPDIR/headwater-bench-store``; 0.85 GB at 1,000,000); the record
+``get`` adds is removed after each run, through headwater, so the journal
+stays sealed (see docs/persistence.md, Bad files).
 
-- memory: the default MemoryStore;
-- yield: a MemoryStore that releases the GIL once per state change
-  (``time.sleep(0)``) where SQLite would write, a control that shows what
-  handing the GIL over while a source's lock is held costs by itself;
-- sqlite: SQLiteStore; each job commits two state changes (RUNNING,
-  COMPLETED) before they are visible, plus its buffered insert.
+``drain``: 50,000 jobs over 4 sources of concurrency 2 whose download
+sleeps 5 ms (bench/engine.py's), run in one process on three stores in
+turn: the in-memory store; a control that releases the GIL once per state
+change (``time.sleep(0)``) where SQLite would write; SQLiteStore. Also the
+mean time of one state commit from one thread, without contention, and the
+pages one state commit writes to the WAL (counted).
 
-Also the mean time of one state commit from one thread, without contention.
-
-    python bench/store.py [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
+    python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--cache DIR]
+    python bench/store.py drain [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
+
+import attrs
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine import run_workload  # noqa: E402  (bench/engine.py)
 from table import print_table
 
-from headwater import Record, State  # noqa: E402
-from headwater._store import MemoryStore, RecordStore, SQLiteStore  # noqa: E402
+from headwater import MemoryStore, Record, RecordStore, SQLiteStore, State  # noqa: E402
+from headwater._codec import encode  # noqa: E402
+from headwater._reader import JournalReader  # noqa: E402
+from headwater._schema import SCHEMA_VERSION  # noqa: E402
+
+# -- history -------------------------------------------------------------------------
+
+YEAR = 365 * 24 * 3600.0
+_BATCH = 10_000
+
+
+def _history_record(i: int, made: float, draw: random.Random) -> Record:
+    """The ``i``-th ended download of a year of use: mostly completed files, some failed, a few cancelled."""
+    source = ("http", "file", "ytdlp")[i % 3]
+    name = f"artist-{draw.randrange(2000)}/album-{draw.randrange(20)}/track-{i:07d}.flac"
+    roll = draw.random()
+    state = State.COMPLETED if roll < 0.90 else State.FAILED if roll < 0.97 else State.CANCELLED
+    done = state is State.COMPLETED
+    size = draw.randrange(2_000_000, 60_000_000)
+    return Record(
+        id=f"{int(made * 1000):012x}{draw.getrandbits(80):020x}",
+        source=source,
+        target=f"https://music.example.org/{name}" if source == "http" else name,
+        display_name=None,
+        username=source,
+        state=state,
+        created_at=made,
+        updated_at=made + 5.0,
+        progress=100.0 if done else 0.0,
+        size=size,
+        transferred=size if done else 0,
+        file_path=f"/home/me/Music/{name}" if done else None,
+        error="TransferError: HTTP 404 Not Found" if state is State.FAILED else None,
+        attempts=1,
+        started_at=made + 0.01,
+        finished_at=made + 5.0,
+        dest_dir="/home/me/Music",
+    )
+
+
+def build_journal(home: Path, count: int) -> Path:
+    """The journal in ``home`` holding ``count`` ended downloads made over the last year; built once."""
+    journal = home / "journal.sqlite3"
+    done = home / "built"
+    if done.exists():
+        return journal
+    home.mkdir(parents=True, exist_ok=True)
+    journal.unlink(missing_ok=True)
+    SQLiteStore(journal).close()  # the schema, as headwater makes it
+    draw = random.Random(count)
+    start = time.time() - YEAR - 60
+    step = YEAR / max(count, 1)
+    t0 = time.perf_counter()
+    with closing(sqlite3.connect(journal, isolation_level=None)) as conn:
+        conn.execute("PRAGMA synchronous = OFF")
+        for first in range(0, count, _BATCH):
+            rows = []
+            for i in range(first, min(first + _BATCH, count)):
+                r = _history_record(i, start + i * step, draw)
+                rows.append((r.id, r.source, r.state.value, r.created_at, r.updated_at, encode(r), "bench"))
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    done.write_text(f"{count} records, built in {time.perf_counter() - t0:.0f} s\n")
+    return journal
+
+
+def run_child(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of ``args`` run as a child process, its output thrown away.
+
+    Raises RuntimeError, with its stderr, if it exits with an error.
+    """
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        took = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(args)} exited {child.returncode}: {err.read().decode()[-2000:]}")
+    return took, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def forget_new(journal: Path, count: int) -> None:
+    """Remove what a ``get`` added (the latest record), through headwater, so the journal stays sealed."""
+    store = SQLiteStore(journal)
+    try:
+        (added,) = store.page(limit=1)
+        store.delete(added.id)
+    finally:
+        store.close()
+    assert _count(journal) == count
+
+
+def open_journal(journal: Path, rounds: int) -> float:
+    """Median seconds, in this process, to open the journal, take over (nothing) and close it."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        store = SQLiteStore(journal)
+        store.take_over(["file"])
+        store.paused()
+        store.close()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def page_read(journal: Path, rounds: int) -> float:
+    """Median seconds, in this process, to read and decode the latest 101 records (a status page)."""
+    reader = JournalReader(journal)
+    expected = min(101, _count(journal))
+    times = []
+    for _ in range(max(rounds, 20) + 1):  # a millisecond each: enough of them to see past the noise
+        t0 = time.perf_counter()
+        read = len(list(reader.records(limit=101)))
+        times.append(time.perf_counter() - t0)
+        assert read == expected
+    return statistics.median(times[1:])
+
+
+def _count(journal: Path) -> int:
+    with closing(sqlite3.connect(journal)) as conn:
+        return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+
+def history(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    print(f"journals cached in {cache}", file=sys.stderr)
+    small = cache / "song.flac"
+    cache.mkdir(parents=True, exist_ok=True)
+    small.write_bytes(os.urandom(10_000))
+    cli = [sys.executable, "-m", "headwater.cli"]
+    out = str(cache / "out")
+    commands = {
+        "--version (the floor)": ["--version"],
+        "get one small file": ["get", "file", str(small), "--dest", out, "--existing=overwrite"],
+        "status": ["status"],
+        "status --json": ["status", "--json"],
+        "status --all --json": ["status", "--all", "--json"],
+    }
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    sizes_mb: list[float] = []
+    pages: list[float] = []
+    opens: list[float] = []
+    for size in args.sizes:
+        home = cache / f"schema{SCHEMA_VERSION}-{size}"
+        journal = build_journal(home, size)
+        print(f"{size:,} records: {(home / 'built').read_text().strip()}", file=sys.stderr)
+        env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
+        sizes_mb.append(journal.stat().st_size / 1e6)
+        SQLiteStore(journal).close()  # checked and sealed, as a journal only headwater wrote is
+        run_child([*cli, "status"], env)  # warm the page cache
+        for name, command in commands.items():
+            runs = []
+            for _ in range(1 if "--all" in command else args.rounds):
+                runs.append(run_child([*cli, *command], env))
+                if command[0] == "get":
+                    forget_new(journal, size)
+            results[name].append((statistics.median(t for t, _ in runs), max(m for _, m in runs)))
+            print(f"  {name}: {results[name][-1][0]:.3f} s, {results[name][-1][1]:.0f} MB", file=sys.stderr)
+        pages.append(page_read(journal, args.rounds))
+        opens.append(open_journal(journal, args.rounds))
+
+    targets = {
+        "get one small file": "<= 1.2x the empty journal's",
+        "status": "< 0.1 s",
+    }
+    rows: list[list[object]] = [["ended downloads", *(f"{s:,}" for s in args.sizes), "target"]]
+    rows.append(["journal size (MB)", *(f"{m:.1f}" for m in sizes_mb), ""])
+    for name in commands:
+        rows.append([f"{name}: time (s)", *(f"{t:.3f}" for t, _ in results[name]), targets.get(name, "")])
+        rows.append([f"{name}: peak RSS (MB)", *(f"{m:.0f}" for _, m in results[name]), "flat"])
+    gets = [t for t, _ in results["get one small file"]]
+    rows.append(["get: time over empty", *(f"{t / gets[0]:.2f}x" for t in gets), "<= 1.2x"])
+    floor = results["--version (the floor)"]
+    over = [s - f for (s, _), (f, _) in zip(results["status"], floor, strict=True)]
+    rows.append(["status over the floor (s)", *(f"{t:.3f}" for t in over), ""])
+    rows.append(["page of 100, in process (ms)", *(f"{p * 1000:.1f}" for p in pages), ""])
+    rows.append(["open, take over, close, in process (ms)", *(f"{o * 1000:.1f}" for o in opens), ""])
+    header, *body = rows
+    print_table([str(c) for c in header], body)
+
+
+# -- drain ---------------------------------------------------------------------------
 
 
 class YieldingStore(MemoryStore):
@@ -58,13 +262,33 @@ def commit_latency(journal: Path, count: int = 10_000) -> float:
     return took / count
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):
-        parser.add_argument(f"--{name}", type=type(default), default=default)
-    args = parser.parse_args()
+def pages_per_commit(journal: Path, count: int = 1_000) -> float:
+    """WAL pages written per state commit (QUEUED -> RUNNING -> COMPLETED) of a journaled record.
+
+    Counted, not timed: the frames the WAL holds after the commits, with the
+    flusher's checkpoints out of the way (it never runs here), and few
+    enough commits that no writer checkpoints (at 8,192 pages) meanwhile.
+    """
+    store = SQLiteStore(journal, flush_interval=3600)
+    now = time.time()
+    queued = [
+        Record(f"{int(now * 1000) + i:012x}{i:020x}", "s", f"t{i}", None, "s", State.QUEUED, now + i, now)
+        for i in range(count)
+    ]
+    for record in queued:
+        store.add(record)
+    store.flush()
+    with closing(sqlite3.connect(journal)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for state in (State.RUNNING, State.COMPLETED):
+            for record in queued:
+                store.commit((attrs.evolve(record, state=state),))
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    store.close()
+    return float(frames) / (2 * count)
+
+
+def drain_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "dest"
         dest.mkdir()
@@ -75,6 +299,7 @@ def main() -> None:
         sql_submit, sql_drain = drain(dest, SQLiteStore(journal), args)
         size = journal.stat().st_size
         latency = commit_latency(Path(tmp) / "latency.sqlite3")
+        pages = pages_per_commit(Path(tmp) / "pages.sqlite3")
     ideal = args.jobs * args.sleep / (args.sources * args.concurrency)
 
     def over(drain: float) -> str:
@@ -91,8 +316,28 @@ def main() -> None:
         ("drain over memory", "", over(yield_drain), over(sql_drain), "sqlite <= +10%"),
         ("journal size (MB)", "", "", f"{size / 1e6:.1f}", ""),
         ("one commit, one thread (us)", "", "", f"{latency * 1e6:.0f}", ""),
+        ("WAL pages per state commit", "", "", f"{pages:.2f}", ""),
     ]
     print_table(("measure", "memory", "yield", "sqlite", "target"), rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    old = commands.add_parser("history", help="the command line against journals of 0 to 1,000,000 records")
+    old.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
+    old.add_argument("--rounds", type=int, default=3)
+    old.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "headwater-bench-store"))
+    work = commands.add_parser("drain", help="the engine workload on the memory store and on SQLite")
+    for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):
+        work.add_argument(f"--{name}", type=type(default), default=default)
+    args = parser.parse_args()
+    if args.command == "history":
+        history(args)
+    else:
+        drain_table(args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from headwater import DownloadContext, Engine, Job, RatePolicy, hookimpl
-from headwater._store import SQLiteStore
+from headwater._journal import SQLiteStore
 
 CHUNKS = 4
 CHUNK = 1024

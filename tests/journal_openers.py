@@ -13,7 +13,8 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from headwater._store import SQLiteStore, read_records
+from headwater._journal import SQLiteStore
+from headwater._reader import read_records
 
 
 def open_each(journals: list[str], barrier: Barrier, reader: bool, results: Queue[str | None]) -> None:

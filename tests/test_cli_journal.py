@@ -14,7 +14,8 @@ from instrumented import InstrumentedSource
 from slow_plugin import install
 
 from headwater import Engine, RatePolicy, State
-from headwater._store import SQLiteStore, read_records
+from headwater._journal import SQLiteStore
+from headwater._reader import read_records
 from headwater.cli import main
 
 
@@ -58,7 +59,7 @@ def test_get_prints_where_each_file_went_and_journals_it(
 
     code, out, _ = run("status", "--json")
     assert code == 0
-    assert [r["file_path"] for r in json.loads(out)] == [str(dest / f.name) for f in files]
+    assert [r["file_path"] for r in json.loads(out)] == [str(dest / f.name) for f in reversed(files)]
     code, out, _ = run("status", records[1].id[-6:])  # the end of the id the list shows
     assert code == 0 and out.startswith(records[1].id[-12:]) and "completed" in out
     code, out, _ = run("status", records[0].id[:20])
@@ -133,7 +134,7 @@ def test_commands_work_beside_another_session(home: Path, files: list[Path], tmp
         code, out, err = run("get", "file", str(files[1]), "--dest", str(tmp_path / "out"))
         assert code == 0, err
         code, out, _ = run("status", "--json")
-        assert [r["state"] for r in json.loads(out)] == ["running", "completed"]
+        assert [r["state"] for r in json.loads(out)] == ["completed", "running"]  # latest first
         code, _, err = run("cancel", busy)
         assert code == 3
         assert f"not cancelled: download {busy} belongs to another engine in this process" in err

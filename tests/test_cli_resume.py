@@ -23,7 +23,7 @@ from localhttp import LocalServer, Resource, serving
 from slow_plugin import install
 
 from headwater import Record, State
-from headwater._store import read_records
+from headwater._reader import read_records
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ import pytest
 from slow_plugin import install
 
 from headwater import State
-from headwater._store import read_records
+from headwater._reader import read_records
 
 
 def read_until(fd: int, needle: bytes, timeout: float) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from crash_child import content, outcome
 
-from headwater._store import read_records
+from headwater._reader import read_records
 
 JOBS = 1000
 CHILD = Path(__file__).with_name("crash_child.py")

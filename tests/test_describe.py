@@ -23,7 +23,7 @@ from headwater import (
     hookimpl,
 )
 from headwater._display import _Bars
-from headwater._store import read_records
+from headwater._reader import read_records
 from headwater.cli import main
 
 

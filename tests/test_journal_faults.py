@@ -18,10 +18,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from headwater import Engine, Record, State
-from headwater import _store as store_module
+from headwater import Engine, Record, State, _schema
 from headwater._errors import StoreError
-from headwater._store import SQLiteStore, read_records
+from headwater._journal import SQLiteStore
+from headwater._reader import read_records
 
 
 def _headwater(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,14 +110,14 @@ def test_status_reads_a_healthy_journal_on_a_full_or_read_only_disk(
     assert read_records(journal) == records
     status = _headwater(small_disk, "status")
     assert status.returncode == 0, status.stderr
-    assert [line.split()[0] for line in status.stdout.splitlines()] == [r.id[-12:] for r in records]
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [r.id[-12:] for r in records[::-1]]
     assert _listing(small_disk) == before, "reading wrote to the disk"
 
 
 _KILLED = """
 import sys, time
 from headwater import Record, State
-from headwater._store import SQLiteStore
+from headwater._journal import SQLiteStore
 store = SQLiteStore(sys.argv[1])
 now = time.time()
 store.commit([Record(f"{i:032x}", "file", "t", None, "file", State.COMPLETED, now, now) for i in range(20)])
@@ -203,7 +203,7 @@ def test_a_journal_locked_too_long_is_named_so(journal_path: Path, monkeypatch: 
     holder = sqlite3.connect(journal_path, isolation_level=None)
     holder.execute("PRAGMA locking_mode = EXCLUSIVE")  # as another program might hold it
     holder.execute("UPDATE records SET updated_at = updated_at + 1")  # a commit in the WAL, the lock kept
-    monkeypatch.setattr(store_module, "_BUSY_MS", 200)
+    monkeypatch.setattr(_schema, "_BUSY_MS", 200)
     try:
         with pytest.raises(StoreError, match="another process kept it locked for over 0.2 s") as raised:
             read_records(journal_path)
@@ -296,7 +296,7 @@ def test_commands_work_around_rows_that_are_not_records_and_never_touch_them(tmp
 
     status = _headwater(home, "status")
     assert status.returncode == 0, status.stderr
-    assert [line.split()[0] for line in status.stdout.splitlines()] == [r.id[-12:] for r in good]
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [r.id[-12:] for r in good[::-1]]
     for row_id, _, _ in _BAD_ROWS:
         assert f"record {row_id} cannot be read" in status.stderr
 

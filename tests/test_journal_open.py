@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from journal_openers import open_each
 
-from headwater import Record, State
-from headwater import _store as store_module
-from headwater._store import read_records
+from headwater import Record, State, _codec, _schema
+from headwater._reader import read_records
 
 OPENERS = 4  # processes opening each journal to write, beside one reading it
 ROUNDS = 25
@@ -25,7 +24,7 @@ def _schema_1_journal(path: Path, record: Record) -> None:
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("BEGIN")
-        for statement in store_module.MIGRATIONS[1]:
+        for statement in _schema.MIGRATIONS[1]:
             conn.execute(statement)
         conn.execute(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -35,11 +34,11 @@ def _schema_1_journal(path: Path, record: Record) -> None:
                 record.state.value,
                 record.created_at,
                 record.updated_at,
-                store_module._data(record),
+                _codec.encode(record),
                 "gone-session",
             ),
         )
-        conn.execute(f"PRAGMA application_id = {store_module.APPLICATION_ID}")
+        conn.execute(f"PRAGMA application_id = {_schema.APPLICATION_ID}")
         conn.execute("PRAGMA user_version = 1")
         conn.execute("COMMIT")
 
@@ -72,11 +71,13 @@ def _run_rounds(journals: list[Path]) -> list[str]:
 
 def _assert_current(journal: Path) -> None:
     with closing(sqlite3.connect(journal)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (store_module.SCHEMA_VERSION,)
-        assert conn.execute("PRAGMA application_id").fetchone() == (store_module.APPLICATION_ID,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (_schema.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA application_id").fetchone() == (_schema.APPLICATION_ID,)
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"records", "paused"}
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert indexes == {"records_by_time", "records_by_state", "records_by_source"}
 
 
 @pytest.mark.timeout(90)

@@ -29,7 +29,8 @@ from headwater import (
     UnknownDownloadError,
     hookimpl,
 )
-from headwater._store import SQLiteStore, read_records
+from headwater._journal import SQLiteStore
+from headwater._reader import read_records
 
 pytestmark = pytest.mark.timeout(60)
 

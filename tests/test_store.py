@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,10 +18,10 @@ import attrs
 import pytest
 from instrumented import InstrumentedSource
 
-from headwater import Engine, RatePolicy, Record, State
-from headwater import _store as store_module
+from headwater import Engine, RatePolicy, Record, State, _codec, _schema
 from headwater._errors import StoreError
-from headwater._store import SQLiteStore, read_records
+from headwater._journal import SQLiteStore
+from headwater._reader import read_records
 
 
 @pytest.fixture
@@ -239,6 +240,63 @@ def test_a_truncated_journal_is_reported(tmp_path: Path, journal: Path) -> None:
         SQLiteStore(journal)
 
 
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The journals whose integrity an opening checked, in order (the check itself still runs)."""
+    seen: list[Path] = []
+    real = _schema._integrity
+
+    def spy(conn: sqlite3.Connection, path: Path) -> None:
+        seen.append(path)
+        real(conn, path)
+
+    monkeypatch.setattr(_schema, "_integrity", spy)
+    return seen
+
+
+def test_a_journal_is_checked_when_it_changed_outside_headwater_only(
+    journal: Path, checked: list[Path]
+) -> None:
+    now = time.time()
+    store = SQLiteStore(journal)
+    store.commit([Record(f"{1:032x}", "a", "t", None, "a", State.COMPLETED, now, now)])
+    store.close()  # the last session to close it seals it
+    SQLiteStore(journal).close()
+    assert checked == []
+    with closing(sqlite3.connect(journal)) as conn, conn:  # another program writes it
+        conn.execute("UPDATE records SET updated_at = updated_at + 1")
+    SQLiteStore(journal).close()
+    assert checked == [journal]
+
+    holder = SQLiteStore(journal)
+    with closing(sqlite3.connect(journal)) as conn, conn:
+        conn.execute("UPDATE records SET updated_at = updated_at + 1")
+    SQLiteStore(journal).close()  # beside a live session, which opened it checked or sealed
+    assert checked == [journal]
+    holder.close()
+
+
+_COMMITS_AND_DIES = """
+import os, signal, sys, time
+from headwater import Record, SQLiteStore, State
+store = SQLiteStore(sys.argv[1])
+now = time.time()
+store.commit([Record(f"{2:032x}", "a", "t", None, "a", State.COMPLETED, now, now)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_journal_is_checked_after_a_crash(journal: Path, checked: list[Path]) -> None:
+    SQLiteStore(journal).close()
+    died = subprocess.run(
+        [sys.executable, "-c", _COMMITS_AND_DIES, str(journal)], capture_output=True, timeout=30
+    )
+    assert died.returncode == -9, died.stderr
+    SQLiteStore(journal).close()
+    assert checked == [journal]
+    assert len(read_records(journal)) == 1
+
+
 def test_a_foreign_database_is_refused(journal: Path) -> None:
     journal.parent.mkdir(parents=True)
     with sqlite3.connect(journal) as conn:
@@ -263,9 +321,9 @@ def test_an_older_schema_is_migrated(tmp_path: Path, journal: Path, monkeypatch:
     rid = engine.submit("a", "ok:x")
     engine.wait([rid], timeout=10)
     engine.close()
-    later = store_module.SCHEMA_VERSION + 1
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", later)
-    monkeypatch.setitem(store_module.MIGRATIONS, later, ("ALTER TABLE records ADD COLUMN note TEXT",))
+    later = _schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", later)
+    monkeypatch.setitem(_schema.MIGRATIONS, later, ("ALTER TABLE records ADD COLUMN note TEXT",))
     SQLiteStore(journal).close()
     with sqlite3.connect(journal) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (later,)
@@ -277,7 +335,7 @@ _OTHER = """
 import json, sys
 from pathlib import Path
 from headwater import Engine, hookimpl
-from headwater._store import SQLiteStore
+from headwater._journal import SQLiteStore
 
 class Quick:
     @hookimpl
@@ -296,6 +354,11 @@ print(json.dumps({"loaded": loaded, "done": [r.state.value for r in done]}))
 
 
 @pytest.mark.timeout(60)
+def _session_files(journal: Path) -> list[str]:
+    """The sessions' lock files beside ``journal`` (the seal of the last clean close is none)."""
+    return [p.name for p in journal.with_name(journal.name + ".sessions").iterdir() if p.name != "sealed"]
+
+
 def test_two_processes_work_side_by_side_on_one_journal(tmp_path: Path, journal: Path) -> None:
     src = InstrumentedSource("a", RatePolicy(concurrency=1))
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
@@ -325,14 +388,14 @@ def test_two_processes_work_side_by_side_on_one_journal(tmp_path: Path, journal:
     assert states == [State.COMPLETED] * 23
     with sqlite3.connect(journal) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    assert not list(journal.with_name(journal.name + ".sessions").iterdir()), "a session file was left"
+    assert _session_files(journal) == [], "a session file was left"
 
 
 _DIES = """
 import sys, time
 from pathlib import Path
 from headwater import Engine, RatePolicy, hookimpl
-from headwater._store import SQLiteStore
+from headwater._journal import SQLiteStore
 
 class Stuck:
     @hookimpl
@@ -387,7 +450,7 @@ def test_a_dead_process_records_are_taken_over_exactly_once(tmp_path: Path, jour
     assert taken[0] | taken[1] == set(before) and not taken[0] & taken[1]
     assert sorted(len(t) for t in taken) == [0, 30]
     # The dead session's lock file is gone; the takers' own ended with them.
-    assert not list(journal.with_name(journal.name + ".sessions").iterdir())
+    assert _session_files(journal) == []
 
 
 @pytest.mark.timeout(60)
@@ -396,7 +459,7 @@ def test_readers_in_other_processes_never_see_a_torn_journal(tmp_path: Path, jou
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.01))
     engine.flush()
     reader = (
-        "import sys\nfrom pathlib import Path\nfrom headwater._store import read_records\n"
+        "import sys\nfrom pathlib import Path\nfrom headwater._reader import read_records\n"
         "n = 0\nfor _ in range(100):\n    n = max(n, len(read_records(Path(sys.argv[1]))))\nprint(n)\n"
     )
     readers = [
@@ -517,11 +580,45 @@ class _Outer:
 
 def test_nested_record_values_survive_the_journal() -> None:
     value = _Outer((_Inner("http", "HTTP 503"), _Inner("file")), _Colour.RED, MappingProxyType({"k": 1}))
-    text = json.dumps(store_module.plain(value))
-    assert store_module._build(_Outer, json.loads(text)) == value
-    assert store_module._build(_Outer, {"tried": [], "unknown": 1}) == _Outer()  # unknown fields ignored
+    text = json.dumps(_codec.plain(value))
+    assert _codec.structure(json.loads(text), _Outer) == value
+    assert _codec.structure({"tried": [], "unknown": 1}, _Outer) == _Outer()  # unknown fields ignored
     with pytest.raises(TypeError, match="cannot journal a value of type object"):
-        store_module.plain(_Outer(colour=object()))  # type: ignore[arg-type]
+        _codec.plain(_Outer(colour=object()))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"target": 7}, "str expected, found int 7"),
+        ({"size": True}, "int expected, found bool True"),
+        ({"progress": "half"}, "float expected, found str 'half'"),
+        ({"fallbacks": "abc"}, "list expected, found str 'abc'"),
+        ({"extra": ["k"]}, "dict expected, found list ['k']"),
+        ({"existing": "explode"}, "one of 'rename', 'skip', 'overwrite' expected, found 'explode'"),
+        ({"state": "exploded"}, "'exploded' is not a valid State"),
+        ({"tried": [{"source": "a"}]}, "field 'error' is missing"),
+        ({"id": None}, "str expected, found NoneType None"),
+    ],
+)
+def test_a_field_of_the_wrong_kind_is_refused_saying_why(change: dict[str, object], why: str) -> None:
+    now = time.time()
+    good = json.loads(_codec.encode(Record(f"{1:032x}", "a", "t", None, "a", State.COMPLETED, now, now)))
+    with pytest.raises((TypeError, ValueError)) as raised:
+        _codec.decode(json.dumps({**good, **change}))
+    assert why in str(raised.value)
+
+
+def test_rows_that_are_not_record_objects_are_refused_saying_why() -> None:
+    with pytest.raises(TypeError, match="a JSON object expected, found list"):
+        _codec.decode("[1, 2, 3]")
+    with pytest.raises(ValueError, match="field 'id' is missing"):
+        _codec.decode('{"source": "a"}')
+    now = time.time()
+    whole = Record(f"{1:032x}", "a", "t", None, "a", State.COMPLETED, now, now, size=3)
+    as_written = json.loads(_codec.encode(whole))
+    hand_edited = json.dumps({**as_written, "progress": 50, "speed": 0})
+    assert _codec.decode(hand_edited).progress == 50.0
 
 
 def test_a_schema_1_journal_gains_the_paused_table(tmp_path: Path, journal: Path) -> None:
@@ -530,13 +627,16 @@ def test_a_schema_1_journal_gains_the_paused_table(tmp_path: Path, journal: Path
     engine.close()
     with sqlite3.connect(journal) as conn:  # make it a journal as schema 1 wrote it
         conn.execute("DROP TABLE paused")
+        indexes = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        for (index,) in indexes.fetchall():
+            conn.execute(f"DROP INDEX {index}")
         conn.execute("PRAGMA user_version = 1")
     store = SQLiteStore(journal)
     assert store.paused() == []
     store.set_paused("a", True)
     store.close()
     with sqlite3.connect(journal) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (store_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (_schema.SCHEMA_VERSION,)
     assert [r.id for r in read_records(journal)] == [rid]
 
 

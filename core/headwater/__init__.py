@@ -40,12 +40,13 @@ from headwater._errors import (
     is_transient,
 )
 from headwater._files import PartFile, check_existing, destination, land, resolve_inside, safe_filename
+from headwater._journal import SQLiteStore
 from headwater._keystore import KeyStore
 from headwater._policy import RatePolicy
 from headwater._records import TRANSITIONS, Job, Record, State, Tried
 from headwater._settings import SettingInfo, SettingProblem, SettingsLayers, setting
 from headwater._sources import PolicyOverride, SourceInfo
-from headwater._store import MemoryStore, RecordStore, SQLiteStore
+from headwater._store import MemoryStore, RecordStore
 from headwater.hookspecs import hookimpl
 
 __version__ = "0.1.0"

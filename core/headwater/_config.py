@@ -33,8 +33,8 @@ import platformdirs
 
 from headwater._discovery import NamedSources
 from headwater._errors import ConfigError, InvalidPolicyError
+from headwater._paths import HOME_ENV
 from headwater._policy import RatePolicy
-from headwater._store import HOME_ENV
 
 CONFIG_NAME = "headwater.toml"
 

@@ -24,14 +24,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 from headwater._errors import ConfigError
-from headwater._store import home
+from headwater._paths import home
 
 KEYSTORE_NAME = "secrets.json"
 _FORMAT_VERSION = 1
 
 
 def default_keystore() -> Path:
-    """``secrets.json`` in :func:`headwater._store.home`."""
+    """``secrets.json`` in :func:`headwater._paths.home`."""
     return home() / KEYSTORE_NAME
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -26,17 +27,18 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 import click
 from rich.console import Console
 
 from headwater import __version__
+from headwater._codec import plain
 from headwater._config import Config, load_config
 from headwater._discovery import discover
 from headwater._display import follow
@@ -52,14 +54,16 @@ from headwater._errors import (
     UnknownSourceError,
 )
 from headwater._files import EXISTING_CHOICES, Existing
+from headwater._journal import SQLiteStore
 from headwater._keystore import KeyStore, default_keystore
+from headwater._paths import default_journal
 from headwater._plugin_new import plugin
+from headwater._reader import JournalReader
 from headwater._records import Record, State
 from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater._settings import SettingInfo, SettingsLayers
 from headwater._sources import PolicyOverride, SourceInfo
-from headwater._store import SQLiteStore, default_journal, plain, read_records
 from headwater.client import Client, Watch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -483,23 +487,33 @@ def _finish(records: Sequence[Record], as_json: bool) -> None:
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-def _pick(records: Sequence[Record], wanted: Sequence[str]) -> list[Record]:
+class Matcher(Protocol):
+    """What :func:`_pick` looks ids up in: a journal's reader, or a running server's records."""
+
+    def match(self, key: str) -> tuple[int, Record | None]:
+        """How many downloads ``key`` names (an id, or else the start or end of ids), and the one if one."""
+        ...
+
+
+def _pick(reader: Matcher, wanted: Sequence[str]) -> list[Record]:
     """The records ``wanted`` names, by id or a unique start or end of one; else Failure.
 
     The status list shows an id's last 12 characters (its random part: the
     first 12 are the time it was made), so an end names a download as well
-    as a start does.
+    as a start does. Raises StoreError if the journal cannot be read.
     """
     picked: list[Record] = []
     for key in wanted:
-        matches = [r for r in records if r.id == key] or [
-            r for r in records if r.id.startswith(key) or r.id.endswith(key)
-        ]
-        if len(matches) != 1:
-            problem = "no download" if not matches else f"{len(matches)} downloads"
+        count, record = reader.match(key)
+        if record is None:
+            problem = f"{count} downloads" if count > 1 else "no download"
             raise Failure(f"{problem} with an id starting or ending {key!r} in the journal", EXIT_USAGE)
-        picked.append(matches[0])
+        picked.append(record)
     return picked
+
+
+#: How many downloads ``headwater status`` lists without ``--limit`` or ``--all``.
+STATUS_LIMIT = 100
 
 
 @main.command()
@@ -511,31 +525,108 @@ def _pick(records: Sequence[Record], wanted: Sequence[str]) -> list[Record]:
     type=click.Choice([s.value for s in State]),
     help="Only downloads in this state (repeatable).",
 )
+@click.option(
+    "--source", "sources", multiple=True, help="Only downloads on this source, by its name (repeatable)."
+)
+@click.option(
+    "--before",
+    metavar="ID",
+    help="Only downloads made before this one (an id, or its start or end): the next, older page.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help=f"List at most this many downloads, latest first (default {STATUS_LIMIT}).",
+)
+@click.option("--all", "show_all", is_flag=True, help="List every download, latest first.")
 @_json_option
-def status(ids: tuple[str, ...], states: tuple[str, ...], as_json: bool) -> None:
-    """Show downloads in the journal (all, or those IDS name; the start or end of an id will do).
+def status(
+    ids: tuple[str, ...],
+    states: tuple[str, ...],
+    sources: tuple[str, ...],
+    before: str | None,
+    limit: int | None,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """Show downloads in the journal, latest first: the latest 100, or those IDS name.
 
-    Works while another headwater process is running downloads.
+    IDS: ids, or unique starts or ends of ids. Works while another headwater
+    process is running downloads. Reads only the downloads it shows, so it
+    is as quick with a million in the journal as with ten.
     """
+    if ids and (before or limit or show_all):
+        raise click.UsageError("IDS name the downloads to show: --before, --limit and --all page the list")
+    if show_all and limit:
+        raise click.UsageError("--all lists every download: leave out --limit")
+    wanted_states = {State(s) for s in states} or None
+    wanted_sources = set(sources) or None
     through = _server()
+    pages: JournalReader | _ServerPages
+    reader: Matcher
+    if through is None:
+        pages = reader = JournalReader(_app().journal)
+    else:
+        pages, reader = _ServerPages(through[0]), _Listed(through[0])
     try:
-        records = read_records(_app().journal) if through is None else _records_through(through[0])
+        if ids:
+            records: Iterable[Record] = [
+                r
+                for r in _pick(reader, ids)
+                if (wanted_states is None or r.state in wanted_states)
+                and (wanted_sources is None or r.source in wanted_sources)
+            ]
+            _show(records, as_json)
+            return
+        cursor = _pick(reader, [before])[0].id if before else None
+        size = None if show_all else limit or STATUS_LIMIT
+        found = pages.records(
+            states=wanted_states,
+            sources=wanted_sources,
+            before=cursor,
+            limit=None if size is None else size + 1,  # one more: are there older ones?
+        )
+        last = _show(itertools.islice(found, size), as_json)
+        if last is not None and not as_json and next(found, None) is not None:
+            click.echo(f"older downloads: add --before {last.id[-12:]} (or list all with --all)", err=True)
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
-    if ids:
-        records = _pick(records, ids)
-    if states:
-        records = [r for r in records if r.state.value in states]
-    if as_json:
-        click.echo(json.dumps([plain(r) for r in records], indent=2))
-        return
-    if not records:
-        click.echo("no downloads in the journal", err=True)
-    for r in records:
-        where = r.file_path or r.error or ""
-        click.echo(
-            f"{r.id[-12:]}  {r.state.value:<9} {r.progress:5.1f}%  {r.source:<10} {r.name}  {where}".rstrip()
-        )
+    except UnknownDownloadError as exc:  # --before's download removed meanwhile
+        raise Failure(str(exc), EXIT_USAGE) from exc
+
+
+def _show(records: Iterable[Record], as_json: bool) -> Record | None:
+    """Print ``records`` as they come (a JSON array, or one line each); return the last, None if none.
+
+    Nothing is kept but the record being printed. When stdout is closed
+    early (``headwater status --all | head``) it stops quietly, exit 0.
+    """
+    out = sys.stdout
+    last = None
+    try:
+        if as_json:  # what json.dumps(list, indent=2) prints, a record at a time
+            for count, last in enumerate(records):
+                item = json.dumps(plain(last), indent=2).replace("\n", "\n  ")
+                out.write(f"{',' if count else '['}\n  {item}")
+            out.write("[]\n" if last is None else "\n]\n")
+        else:
+            for last in records:
+                where = last.file_path or last.error or ""
+                line = f"{last.id[-12:]}  {last.state.value:<9} {last.progress:5.1f}%  {last.source:<10}"
+                out.write(f"{line} {last.name}  {where}".rstrip() + "\n")
+            if last is None:
+                click.echo("no downloads in the journal", err=True)
+        out.flush()
+    except BrokenPipeError:
+        _stdout_gone()
+    return last
+
+
+def _stdout_gone() -> None:
+    """Exit 0 quietly after the reader of stdout went away (and Python's final flush with it)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(EXIT_OK)
 
 
 @main.command()
@@ -554,9 +645,9 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     if through is not None:
         _cancel_through(through[0], ids, as_json)
         return
-    journal = _app().journal
+    reader = JournalReader(_app().journal)
     try:
-        picked = _pick(read_records(journal), ids)
+        picked = _pick(reader, ids)
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     results: list[tuple[str, bool, str | None]] = []  # id, cancelled by this call, why it was refused
@@ -568,7 +659,10 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
                 results.append((record.id, False, str(exc)))
             except StoreError as exc:
                 raise Failure(str(exc), EXIT_JOURNAL) from exc
-    final = {r.id: r for r in read_records(journal)}  # as journaled, now that the engine is closed
+    try:  # as journaled, now that the engine is closed
+        final = {i: r for i, _, _ in results if (r := reader.get(i)) is not None}
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
     if as_json:
         click.echo(json.dumps([plain(final[i]) for i, _, _ in results if i in final], indent=2))
     for download_id, cancelled, refused in results:
@@ -875,13 +969,62 @@ def _watch_through(
     return records
 
 
-def _records_through(client: Client) -> list[Record]:
-    return _call_server(client.records)
+class _Listed:
+    """A running server's records as a :class:`Matcher` (read once, on the first lookup)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._records: list[Record] | None = None
+
+    def match(self, key: str) -> tuple[int, Record | None]:
+        if self._records is None:
+            self._records = _call_server(self._client.records)
+        found = [r for r in self._records if r.id == key] or [
+            r for r in self._records if r.id.startswith(key) or r.id.endswith(key)
+        ]
+        return len(found), (found[0] if len(found) == 1 else None)
+
+
+class _ServerPages:
+    """A running server's downloads, latest first, read a page at a time as ``status`` prints them."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def records(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Record]:
+        """As :meth:`JournalReader.records`: filtered, older than ``before``, at most ``limit``."""
+        one_source = next(iter(sources)) if sources is not None and len(sources) == 1 else None
+        cursor, seen, passed = None, 0, before is None
+        while True:
+            page, cursor = _call_server(
+                functools.partial(
+                    self._client.page, states=states or (), source=one_source, limit=500, cursor=cursor
+                )
+            )
+            for record in page:
+                if not passed:
+                    passed = record.id == before
+                    continue
+                if sources is not None and record.source not in sources:
+                    continue
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield record
+            if cursor is None:
+                return
 
 
 def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel in the server, running downloads included; print and exit as `cancel` does."""
-    picked = _pick(_records_through(client), ids)
+    picked = _pick(_Listed(client), ids)
     cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
     final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
     if as_json:
