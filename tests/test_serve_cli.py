@@ -115,7 +115,8 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
         assert [r.target for r in queue] == [str(left), slow, *map(str, files)]
         assert [r.state for r in queue] == [State.COMPLETED, State.RUNNING, State.COMPLETED, State.COMPLETED]
         code, out, err = finished(headwater(env, "status"))
-        assert code == 0 and len(out.splitlines()) == 4 and "running" in out.splitlines()[1]
+        lines = out.splitlines()  # latest first, as from the journal
+        assert code == 0 and len(lines) == 4 and lines[2].startswith(slow_record.id[-12:]) and "running" in lines[2]
 
         code, out, err = finished(headwater(env, "cancel", slow_record.id[-12:]))
         assert code == 0, err
