@@ -471,9 +471,15 @@ def _result_line(record: Record) -> None:
         kept = " (already there, not downloaded)" if record.skipped else ""
         click.echo(f"{record.name} -> {record.file_path}{kept}")
     else:
-        click.echo(
-            f"{record.name}: {record.state.value}" + (f": {record.error}" if record.error else ""), err=True
-        )
+        why = _why_not_completed(record)
+        click.echo(f"{record.name}: {record.state.value}" + (f": {why}" if why else ""), err=True)
+
+
+def _why_not_completed(record: Record) -> str | None:
+    """The error of ``record``; for a failed fallback chain, each source's reason (``source: error; ...``)."""
+    if record.state is State.FAILED and len(record.tried) > 1:
+        return "; ".join(f"{tried.source}: {tried.error}" for tried in record.tried)
+    return record.error
 
 
 def _finish(records: Sequence[Record], as_json: bool) -> None:
