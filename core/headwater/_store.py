@@ -52,7 +52,7 @@ import typing
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, Protocol, TypeVar
@@ -419,23 +419,64 @@ def _check(conn: sqlite3.Connection, path: Path) -> int:
     return int(version)
 
 
-def _integrity(conn: sqlite3.Connection, path: Path) -> None:
-    """StoreError if ``PRAGMA quick_check`` finds the journal damaged; SQLite's errors pass through."""
+def _integrity(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """StoreError if the journal is damaged: ``PRAGMA quick_check`` finds fault, or its tables are
+    not those of schema ``version`` (a damaged schema SQLite can still parse). SQLite's errors pass
+    through."""
     result = conn.execute("PRAGMA quick_check").fetchall()
     if result != [("ok",)]:
         problems = "; ".join(str(r[0]) for r in result[:3])
         raise StoreError(f"journal {path} is damaged: {problems}")
+    for table, columns in _tables(version).items():
+        found = _columns(conn, table)
+        if found != columns:
+            raise StoreError(
+                f"journal {path} is damaged: its table {table} has the columns {_names(found)}, "
+                f"schema {version} has {_names(columns)}"
+            )
 
 
-def _failure(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+_Column = tuple[str, str, int, int]  # name, type, not null, place in the primary key
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[_Column]:
+    return [(row[1], row[2], row[3], row[5]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _names(columns: Sequence[_Column]) -> str:
+    return "(" + ", ".join(name for name, *_ in columns) + ")"
+
+
+@functools.cache
+def _tables(version: int) -> dict[str, list[_Column]]:
+    """The tables of schema ``version`` and their columns, as :data:`MIGRATIONS` make them."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        for step in range(1, version + 1):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {name: _columns(conn, name) for name in names}
+
+
+_NOT_UTF8 = "Could not decode to UTF-8"
+
+
+def _failure(exc: sqlite3.Error | UnicodeDecodeError, path: Path, doing: str) -> StoreError:
     """The StoreError for ``exc``, which SQLite raised on journal ``path``, saying what went wrong.
 
     ``doing`` is the verb of the message ("cannot open journal ...": "open",
     "read", "migrate"). Only SQLite's verdict on the file's contents calls it
-    damaged; a full disk, a read-only file system, a permission, a file that
-    cannot be opened, a lock held too long and an I/O error are each named
-    as such.
+    damaged, and text read from the file (a result, or SQLite's error message
+    quoting the schema) that is not UTF-8, which headwater never writes; a
+    full disk, a read-only file system, a permission, a file that cannot be
+    opened, a lock held too long and an I/O error are each named as such.
     """
+    if isinstance(exc, UnicodeDecodeError):
+        return StoreError(
+            f"journal {path} is damaged: it holds text that is not UTF-8 ({exc.reason}: {exc.object!r:.80})"
+        )
+    if str(exc).startswith(_NOT_UTF8):  # how the sqlite3 module says it of a value it read
+        return StoreError(f"journal {path} is damaged: it holds text that is not UTF-8 ({exc})")
     name = getattr(exc, "sqlite_errorname", None) or "SQLITE_ERROR"
     if name.startswith("SQLITE_NOTADB"):
         return StoreError(f"{path} is not a headwater journal or is damaged: {exc}")
@@ -497,7 +538,7 @@ def _read_rows(path: Path, *, immutable: bool) -> list[tuple[bytes, bytes]]:
     """The ``(id, data)`` rows of the journal at ``path``, oldest first, in one read transaction."""
     try:
         conn = _connect(path, read_only=True, immutable=immutable)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise _failure(exc, path, "open") from exc
     try:
         with _snapshot(conn):
@@ -505,7 +546,7 @@ def _read_rows(path: Path, *, immutable: bool) -> list[tuple[bytes, bytes]]:
                 return []
             # Every schema since 1 has this table: a reader needs no migration.
             return conn.execute(f"SELECT {_ROW} FROM records ORDER BY created_at").fetchall()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise _failure(exc, path, "read") from exc
     finally:
         conn.close()
@@ -694,13 +735,13 @@ class SQLiteStore:
         """
         try:
             conn = _connect(self.path, read_only=False)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _failure(exc, self.path, "open") from exc
         try:
             with _snapshot(conn):
                 version = _check(conn, self.path)
                 if version:
-                    _integrity(conn, self.path)
+                    _integrity(conn, self.path, version)
             _wal_mode(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             # A checkpoint syncs the disk: let the flusher do it (see _flush_loop), off the
@@ -709,7 +750,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
             if version < SCHEMA_VERSION:
                 self._migrate(conn)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             conn.close()
             raise _failure(exc, self.path, "open") from exc
         except BaseException:
@@ -729,7 +770,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise _failure(exc, self.path, "migrate") from exc
@@ -780,6 +821,8 @@ class SQLiteStore:
                     conn.executemany("UPDATE records SET owner = ? WHERE id = ?", taken)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
+            except UnicodeDecodeError as exc:  # an id that is not UTF-8
+                raise _failure(exc, self.path, "read") from exc
         self._session.forget(dead)
         return _decode_rows(self.path, rows)
 

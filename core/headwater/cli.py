@@ -99,13 +99,17 @@ class _Commands(click.Group):
     SIGTERM that the command does not handle itself (``get`` and ``resume``
     say what they stopped) ends it with ``Error: interrupted: ...`` (exit
     status 130) or ``Error: terminated: ...`` (143) instead of click's
-    "Aborted!" (exit status 1).
+    "Aborted!" (exit status 1). A journal that fails a command where the
+    command does not say so itself ends it with the StoreError's message
+    and exit status 3, not a traceback.
     """
 
     def invoke(self, ctx: click.Context) -> object:
         with _sigterm_interrupts():
             try:
                 return super().invoke(ctx)
+            except StoreError as exc:
+                raise Failure(str(exc), EXIT_JOURNAL) from exc
             except KeyboardInterrupt as exc:
                 _ignore_interrupts()
                 command = f"`headwater {ctx.invoked_subcommand}`" if ctx.invoked_subcommand else "headwater"
