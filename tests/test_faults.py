@@ -142,6 +142,43 @@ def test_a_clean_case_has_no_problems(tmp_path: Path) -> None:
     assert judge(case) == []
 
 
+def test_another_downloads_planted_part_is_no_leftover(tmp_path: Path) -> None:
+    """A .part and resume record of another URL, there before the fault, must stay: not a leftover."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    planted = {dest / "a.bin.part": sha256(b"other"), dest / "a.bin.part.json": sha256(b"{}")}
+    (dest / "a.bin.part").write_bytes(b"other")
+    (dest / "a.bin.part.json").write_bytes(b"{}")
+    before = snapshot(tmp_path)
+    (dest / "a.bin").write_bytes(b"a")
+    want = Want("http://x/a.bin", frozenset({sha256(b"a")}), True, "a.bin")
+    record: dict[str, object] = {
+        "target": want.target,
+        "state": "completed",
+        "file_path": str(dest / "a.bin"),
+    }
+    run = Run(("get", "http", want.target), 0, "", "", 0.5, LIMIT)
+    case = Case([want], [run], [record], "", before, snapshot(tmp_path), planted, dest, tmp_path / "home")
+    assert judge(case) == []
+
+
+def test_a_failed_chain_is_judged_by_every_sources_reason(tmp_path: Path) -> None:
+    """The fault hit the first source; the last one's error need not name it (``tried`` does)."""
+    case, _ = _case(tmp_path)
+    case.words = ("retry",)
+    assert case.records is not None
+    failed = case.records[1]
+    failed["error"] = "FileNotFoundError: no such file"
+    assert [p.text for p in judge(case) if "error names none" in p.text] == [
+        "b.bin: error names none of retry: FileNotFoundError: no such file"
+    ]
+    failed["tried"] = [
+        {"source": "http", "error": "asked to retry later 11 times over 10 s; giving up"},
+        {"source": "file", "error": "FileNotFoundError: no such file"},
+    ]
+    assert [p.text for p in judge(case) if "error names none" in p.text] == []
+
+
 def spoiled_after_landing(box: Sandbox) -> Case:
     """A real `headwater get` that completes; then the test, not headwater, overwrites the file."""
     targets, wants = box.serve([Served("a.bin", D)])
