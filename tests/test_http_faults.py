@@ -10,15 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from child_env import isolated_env
+from click.testing import CliRunner
 from localhttp import Resource, Step, serving
 from test_cli import headwater_script
 from test_http import body, fetch, http, leftovers, server  # noqa: F401 (fixtures)
 
 from headwater import InvalidTargetError, State
+from headwater._store import read_records
+from headwater.cli import main
 from headwater_http import HttpSource
 
 pytestmark = pytest.mark.timeout(60)
@@ -281,3 +285,22 @@ def test_a_good_checksum_is_still_accepted(server, http):
     url = server.add("/good.bin", Resource(DATA))
     rec = fetch(http(), f"{url}#sha256={hashlib.sha256(DATA).hexdigest().upper()}")
     assert rec.state is State.COMPLETED, rec.error
+
+
+def test_a_refused_target_says_what_was_queued_before_it(tmp_path, monkeypatch):
+    """As the server's API does: the targets before the refused one stay queued, and the error says so."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HEADWATER_HOME", str(home))
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "http")
+    with serving() as srv:
+        url = srv.add("/first.bin", Resource(DATA, gate=threading.Semaphore(0)))  # runs until stopped
+        args = ["get", "http", url, f"{url}#sha256=zz", "--dest", str(tmp_path / "dest"), "-q"]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: '{url}#sha256=zz': the sha256 'zz' is not 64 hex digits")
+    assert result.stderr.endswith(
+        "; before it, 1 of 2 download(s) queued, 1 of them unfinished, which stay in the journal "
+        "(run `headwater resume` to continue them); the other 1 were not queued\n"
+    )
+    (record,) = read_records(home / "journal.sqlite3")
+    assert record.target == url and not record.state.terminal

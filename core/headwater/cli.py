@@ -388,7 +388,7 @@ def get(
         through = _server()
     except KeyboardInterrupt as exc:
         _ignore_interrupts()
-        raise _interrupted(exc, _queued_so_far(0, 0, len(targets))) from None
+        raise _interrupted(exc, _nothing_queued(len(targets))) from None
     if through is not None:
         _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
         return
@@ -400,25 +400,35 @@ def get(
             engine.flush()
         except StoreError as exc:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
-        except (HeadwaterError, ValueError) as exc:
-            raise Failure(str(exc), EXIT_USAGE) from exc
+        except (HeadwaterError, ValueError) as exc:  # a target refused: say what was queued before it
+            message = f"{exc}; before it, {_queued_so_far(engine, ids, len(targets))}" if ids else str(exc)
+            raise Failure(message, EXIT_USAGE) from exc
         except KeyboardInterrupt as exc:
             _ignore_interrupts()
-            engine.close(timeout=INTERRUPT_GRACE, interrupt=True)  # what was queued is journaled
-            unfinished = sum(1 for i in ids if not engine.get(i).state.terminal)
-            raise _interrupted(exc, _queued_so_far(len(ids), unfinished, len(targets))) from None
+            if not ids:
+                raise _interrupted(exc, _nothing_queued(len(targets))) from None
+            raise _interrupted(
+                exc, f"stopped while queueing: {_queued_so_far(engine, ids, len(targets))}"
+            ) from None
         records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
     _finish(records, as_json)
 
 
-def _queued_so_far(queued: int, unfinished: int, given: int) -> str:
-    """What a ``get`` of ``given`` targets left, stopped after queueing ``queued`` (``unfinished`` now)."""
-    if not queued:
-        return f"stopped before any of the {given} download(s) was queued; nothing is in the journal"
+def _nothing_queued(given: int) -> str:
+    return f"stopped before any of the {given} download(s) was queued; nothing is in the journal"
+
+
+def _queued_so_far(engine: Engine, ids: Sequence[str], given: int) -> str:
+    """What a ``get`` of ``given`` targets that stops after queueing ``ids`` leaves; closes ``engine``.
+
+    The downloads already queued (some may be running) are stopped, not
+    cancelled, so they stay in the journal, as the message says.
+    """
+    engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
+    unfinished = sum(1 for i in ids if not engine.get(i).state.terminal)
     return (
-        f"stopped while queueing: {queued} of {given} download(s) queued, {unfinished} of them "
-        f"unfinished, which stay in the journal (run `headwater resume` to continue them); "
-        f"the other {given - queued} were not queued"
+        f"{len(ids)} of {given} download(s) queued, {unfinished} of them unfinished, which stay in the "
+        f"journal (run `headwater resume` to continue them); the other {given - len(ids)} were not queued"
     )
 
 
