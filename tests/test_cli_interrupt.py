@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from child_env import install_plugin
-from test_cli_resume import _default_sigint, env_for, journaled, until
+from test_cli_resume import env_for, journaled, start, until
 
 from headwater import State
 
@@ -69,15 +69,7 @@ def paused(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Popen[str
     home, marker = tmp_path / "home", tmp_path / "paused"
     child_env = {**env_for(home), "PAUSE_MARKER": str(marker), **env}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(plugins)]))
-    child = subprocess.Popen(
-        [*ENTRY, *args],
-        env=child_env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
+    child = start(child_env, *args, cwd=tmp_path, command=ENTRY)
     until("the command paused", marker.exists)
     return child, home
 
