@@ -77,10 +77,12 @@ def after_kill(box: Sandbox, wants: list[Want]) -> str:
 
 
 def interrupted(process: Process) -> Run:
-    """Wait for a command the harness signalled: after SIGINT or SIGTERM, exit 130 or 143 and say so."""
+    """Wait for a command the harness signalled: after SIGINT or SIGTERM, exit 130 or 143 and say so
+    ("interrupted" for Ctrl-C, "terminated" for SIGTERM, as the documented messages do)."""
     if process.signals in ([], ["SIGKILL"]):  # none sent (it had ended), or no message possible
         return process.finish(LIMIT)
-    return process.finish(LIMIT, INTERRUPTED, says=("interrupt",))
+    says = ("terminated",) if process.signals[0] == "SIGTERM" else ("interrupted",)
+    return process.finish(LIMIT, INTERRUPTED, says=says)
 
 
 def interrupt_at_start(box: Sandbox) -> Case:

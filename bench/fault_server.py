@@ -534,10 +534,10 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         Served("a.bin", D),
         left=(("a.bin.part", D[:HALF]), ("a.bin.part.json", b"")),
     ),
-    B(
+    B(  # another download's resumable .part: headwater leaves it alone (docs/sources.md), so it is planted
         "a .part and .part.json of another URL under the same name",
         Served("a.bin", D),
-        left=(("a.bin.part", D2[:HALF]), ("a.bin.part.json", resume_record("http://elsewhere/a.bin"))),
+        plant=(("a.bin.part", D2[:HALF]), ("a.bin.part.json", resume_record("http://elsewhere/a.bin"))),
     ),
     B(
         "a .part longer than the resource, with its resume record",

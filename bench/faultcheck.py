@@ -230,7 +230,9 @@ def _finisher(case: Case) -> Run | None:
 
 
 def _said(run: Run) -> str:
-    lines = [line for line in (run.err + "\n" + run.out).splitlines() if line.strip()]
+    """How ``run`` ended: its exit status and last line (of stderr if it failed and said something)."""
+    said = run.err if run.code != 0 and run.err.strip() else run.err + "\n" + run.out
+    lines = [line for line in said.splitlines() if line.strip()]
     return f"exit {_shell_code(run.code)}" + (f": {_clip(lines[-1], 110)}" if lines else "")
 
 
@@ -334,7 +336,7 @@ def check_messages(case: Case) -> list[Problem]:
     if case.words:
         for want in case.wants:
             for record in case.records_of(want):
-                error = str(record.get("error") or "")
+                error = _reasons(record)
                 if record.get("state") == "failed" and not any(
                     w.lower() in error.lower() for w in case.words
                 ):
@@ -345,6 +347,15 @@ def check_messages(case: Case) -> list[Problem]:
                         )
                     )
     return problems
+
+
+def _reasons(record: Record) -> str:
+    """Why a download failed, as ``headwater get`` prints it: its error, or for a fallback chain
+    each source's (``tried``); the source that failed first is often the one the fault hit."""
+    tried = record.get("tried")
+    if isinstance(tried, list) and len(tried) > 1:
+        return "; ".join(f"{t.get('source')}: {t.get('error')}" for t in tried if isinstance(t, dict))
+    return str(record.get("error") or "")
 
 
 def _shell_code(code: int | None) -> int | None:
@@ -386,12 +397,17 @@ def check_journal(case: Case) -> list[Problem]:
 
 
 def check_leftovers(case: Case) -> list[Problem]:
-    """A ``.part`` or ``.part.json`` left beside a file that completed."""
+    """A ``.part`` or ``.part.json`` left beside a file that completed.
+
+    Not one the fault planted: another download's resumable ``.part`` and
+    resume record are not this one's leftovers, and must stay (the planted
+    check sees that they do).
+    """
     problems = []
     for want, record in case.completed():
         path = str(record.get("file_path"))
         for suffix in (".part", ".part.json"):
-            if Path(path + suffix) in case.after:
+            if Path(path + suffix) in case.after and Path(path + suffix) not in case.planted:
                 problems.append(
                     Problem(LEFTOVER, f"{want.name}: {Path(path).name[:40]}{suffix} left beside it")
                 )

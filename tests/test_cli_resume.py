@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,13 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[str]:
+#: How the tests run the command: its module (the entry module is tested in test_cli_interrupt.py).
+CLI = (sys.executable, "-m", "headwater.cli")
+
+
+def start(env: dict[str, str], *args: str, cwd: Path, command: Sequence[str] = CLI) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "headwater.cli", *args],
+        [*command, *args],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,

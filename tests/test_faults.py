@@ -126,9 +126,15 @@ def test_an_unreadable_journal_is_reported_and_nothing_else_is_guessed(tmp_path:
     assert found["lost"] == 0 and found["leftover"] == 0  # no records: no judgement on them
 
 
-def test_a_clean_case_has_no_problems(tmp_path: Path) -> None:
+def _landed(tmp_path: Path, there_before: dict[str, bytes] | None = None) -> Case:
+    """A case of a ``get`` that landed a.bin whole, in a destination that held ``there_before`` first
+    (planted: files that must stay)."""
     dest = tmp_path / "dest"
     dest.mkdir()
+    planted = {}
+    for name, data in (there_before or {}).items():
+        planted[dest / name] = sha256(data)
+        (dest / name).write_bytes(data)
     before = snapshot(tmp_path)
     (dest / "a.bin").write_bytes(b"a")
     want = Want("http://x/a.bin", frozenset({sha256(b"a")}), True, "a.bin")
@@ -138,8 +144,33 @@ def test_a_clean_case_has_no_problems(tmp_path: Path) -> None:
         "file_path": str(dest / "a.bin"),
     }
     run = Run(("get", "http", want.target), 0, "", "", 0.5, LIMIT)
-    case = Case([want], [run], [record], "", before, snapshot(tmp_path), {}, dest, tmp_path / "home")
-    assert judge(case) == []
+    return Case([want], [run], [record], "", before, snapshot(tmp_path), planted, dest, tmp_path / "home")
+
+
+def test_a_clean_case_has_no_problems(tmp_path: Path) -> None:
+    assert judge(_landed(tmp_path)) == []
+
+
+def test_another_downloads_planted_part_is_no_leftover(tmp_path: Path) -> None:
+    """A .part and resume record of another URL, there before the fault, must stay: not a leftover."""
+    assert judge(_landed(tmp_path, {"a.bin.part": b"other", "a.bin.part.json": b"{}"})) == []
+
+
+def test_a_failed_chain_is_judged_by_every_sources_reason(tmp_path: Path) -> None:
+    """The fault hit the first source; the last one's error need not name it (``tried`` does)."""
+    case, _ = _case(tmp_path)
+    case.words = ("retry",)
+    assert case.records is not None
+    failed = case.records[1]
+    failed["error"] = "FileNotFoundError: no such file"
+    assert [p.text for p in judge(case) if "error names none" in p.text] == [
+        "b.bin: error names none of retry: FileNotFoundError: no such file"
+    ]
+    failed["tried"] = [
+        {"source": "http", "error": "asked to retry later 11 times over 10 s; giving up"},
+        {"source": "file", "error": "FileNotFoundError: no such file"},
+    ]
+    assert [p.text for p in judge(case) if "error names none" in p.text] == []
 
 
 def spoiled_after_landing(box: Sandbox) -> Case:

@@ -10,15 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from child_env import isolated_env
+from click.testing import CliRunner
 from localhttp import Resource, Step, serving
 from test_cli import headwater_script
 from test_http import body, fetch, http, leftovers, server  # noqa: F401 (fixtures)
 
 from headwater import InvalidTargetError, State
+from headwater._reader import read_records
+from headwater.cli import main
 from headwater_http import HttpSource
 
 pytestmark = pytest.mark.timeout(60)
@@ -74,14 +78,53 @@ def test_a_server_that_keeps_resuming_another_resource_fails_with_integrity_erro
     body.check()
 
 
-def test_restarts_are_bounded_by_max_resumes(server, http):
-    """A server answering every request with a 206 from the wrong byte does not keep the download looping."""
+def test_a_server_answering_every_request_with_a_wrong_206_does_not_loop(server, http):
+    """The wrong 206 to the resume restarts the download; the 206 to the restart, which asked for
+    the whole resource, fails it at once."""
     res = Resource(DATA, script=[Step(drop_after=100_000), *[Step(range_from=1000)] * 50])
     engine = http(max_resumes=3)
     rec = fetch(engine, server.add("/loop.bin", res))
     assert rec.state is State.FAILED, f"{len(res.requests)} requests"
-    assert "IntegrityError" in rec.error and "starts at byte 1000" in rec.error, rec.error
-    assert len(res.requests) == 4
+    assert "TransferError: HTTP 206" in rec.error and "to a request for the whole resource" in rec.error
+    assert [r.get("range") for r in res.requests] == [None, "bytes=100000-", None]
+    assert leftovers(engine) == []
+
+
+def test_a_connection_that_keeps_closing_early_fails_saying_so(server, http, body):
+    """Content-Length longer than the body, then close, every time: the resume gets a 416, the
+    restart breaks again. The error says the connection broke, where, and how often it was resumed."""
+    res = Resource(DATA, script=[Step(length=len(DATA) + 1000)] * 10)
+    engine = http(max_resumes=3)
+    rec = fetch(engine, server.add("/early.bin", res))
+    assert rec.state is State.FAILED
+    assert "the connection broke 2 time(s), each time resumed (the last: connection broken" in rec.error
+    assert f"after {len(DATA)} of {len(DATA) + 1000} announced bytes), and the server's" in rec.error
+    assert f"(HTTP 416 to a range from byte {len(DATA)}); gave up after 3 resumes" in rec.error
+    assert [r.get("range") for r in res.requests] == [None, f"bytes={len(DATA)}-"] * 2
+    assert leftovers(engine) == []
+    body.check()
+
+
+# -- only an answer that carries the file is saved --------------------------------
+
+#: Answers to a plain GET that are not the file: (the answer, words its error must hold).
+NO_FILE = {
+    "304": (Step(status=304), "HTTP 304 Not Modified", "none was made"),
+    "302 without a Location": (Step(status=302), "HTTP 302 Found", "a redirect without a Location"),
+    "204": (Step(status=204), "HTTP 204 No Content", "an answer without a body"),
+    "206 to a request without Range": (Step(range_from=1000), "HTTP 206", "to a request for the whole"),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_FILE))
+def test_an_answer_that_is_not_the_file_fails_at_once_and_saves_nothing(server, http, case):
+    step, status, why = NO_FILE[case]
+    res = Resource(DATA, script=[step] * 3)
+    engine = http()
+    rec = fetch(engine, server.add("/nofile.bin", res))
+    assert rec.state is State.FAILED, rec.file_path
+    assert f"TransferError: {status}" in rec.error and why in rec.error, rec.error
+    assert len(res.requests) == 1
     assert leftovers(engine) == []
 
 
@@ -242,3 +285,22 @@ def test_a_good_checksum_is_still_accepted(server, http):
     url = server.add("/good.bin", Resource(DATA))
     rec = fetch(http(), f"{url}#sha256={hashlib.sha256(DATA).hexdigest().upper()}")
     assert rec.state is State.COMPLETED, rec.error
+
+
+def test_a_refused_target_says_what_was_queued_before_it(tmp_path, monkeypatch):
+    """As the server's API does: the targets before the refused one stay queued, and the error says so."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HEADWATER_HOME", str(home))
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "http")
+    with serving() as srv:
+        url = srv.add("/first.bin", Resource(DATA, gate=threading.Semaphore(0)))  # runs until stopped
+        args = ["get", "http", url, f"{url}#sha256=zz", "--dest", str(tmp_path / "dest"), "-q"]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: '{url}#sha256=zz': the sha256 'zz' is not 64 hex digits")
+    assert result.stderr.endswith(
+        "; before it, 1 of 2 download(s) queued, 1 of them unfinished, which stay in the journal "
+        "(run `headwater resume` to continue them); the other 1 were not queued\n"
+    )
+    (record,) = read_records(home / "journal.sqlite3")
+    assert record.target == url and not record.state.terminal

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import attrs
 import pytest
+from click.testing import CliRunner
 
 from headwater import Engine, Record, State, _schema
 from headwater._errors import StoreError
 from headwater._journal import SQLiteStore
 from headwater._reader import read_records
+from headwater.cli import main
 
 
 def _headwater(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -312,3 +314,85 @@ def test_commands_work_around_rows_that_are_not_records_and_never_touch_them(tmp
     engine = Engine(tmp_path / "out", plugins={}, store=SQLiteStore(journal))  # the library, too
     engine.close()
     assert _bad_rows_as_they_are(journal) == as_they_were
+
+
+# -- a damaged schema ------------------------------------------------------------------
+
+#: Damage to the SQL that creates the records table, as a flipped byte leaves it: (old, new).
+SCHEMA_DAMAGE = {
+    # SQLite cannot parse the schema, and its error quotes the byte that is not UTF-8.
+    "a syntax error on a byte that is not UTF-8": (b"WITHOUT ROWID", b"WITHOUT \xadOWID"),
+    "a column renamed": (b"updated_at", b"updated_xt"),
+    "a column name that is not UTF-8": (b"updated_at", b"updated\xdft"),
+}
+
+
+def _damage_schema(journal: Path, old: bytes, new: bytes) -> None:
+    with closing(sqlite3.connect(journal)) as conn, conn:
+        (sql,) = conn.execute("SELECT CAST(sql AS BLOB) FROM sqlite_master WHERE name = 'records'").fetchone()
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = CAST(? AS TEXT) WHERE name = 'records'",
+            (sql.replace(old, new, 1),),
+        )
+
+
+@pytest.mark.parametrize("damage", list(SCHEMA_DAMAGE))
+def test_a_damaged_schema_is_refused_as_damaged_and_left_as_it_is(journal_path: Path, damage: str) -> None:
+    _journal_with(journal_path, _records(2))
+    _damage_schema(journal_path, *SCHEMA_DAMAGE[damage])
+    as_it_was = journal_path.read_bytes()
+    with pytest.raises(StoreError, match=f"^journal {journal_path} is damaged: "):
+        SQLiteStore(journal_path)
+    assert journal_path.read_bytes() == as_it_was
+
+
+def test_commands_refuse_a_journal_whose_schema_is_not_utf8_without_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _journal_with(home / "journal.sqlite3", _records(2))
+    _damage_schema(home / "journal.sqlite3", *SCHEMA_DAMAGE["a syntax error on a byte that is not UTF-8"])
+    (tmp_path / "song.flac").write_bytes(b"la la")
+    for args in (
+        ("status",),
+        ("get", "file", str(tmp_path / "song.flac"), "--dest", str(tmp_path)),
+        ("resume",),
+    ):
+        done = _headwater(home, *args)
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.startswith(f"Error: journal {home / 'journal.sqlite3'} is damaged: "), done.stderr
+
+
+def test_resume_refuses_an_unfinished_row_whose_id_is_not_utf8_without_a_traceback(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _journal_with(journal_path, _records(1))
+    with closing(sqlite3.connect(journal_path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO records SELECT CAST(X'6964ff' AS TEXT), source, 'queued', created_at, updated_at, "
+            "data, 'gone-session' FROM records"
+        )
+    monkeypatch.setenv("HEADWATER_HOME", str(journal_path.parent))
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "file")
+    result = CliRunner().invoke(main, ["resume"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(
+        f"Error: journal {journal_path} is damaged: it holds text that is not UTF-8"
+    )
+
+
+def test_a_journal_write_that_fails_while_get_queues_is_exit_3(
+    journal_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records cannot be committed (here a trigger refuses them, as a full disk would): the
+    command says so, naming the journal, with the journal's exit status, not a usage error."""
+    _journal_with(journal_path, [])
+    with closing(sqlite3.connect(journal_path)) as conn, conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    (tmp_path / "song.flac").write_bytes(b"la la")
+    monkeypatch.setenv("HEADWATER_HOME", str(journal_path.parent))
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "file")
+    result = CliRunner().invoke(main, ["get", "file", str(tmp_path / "song.flac"), "--dest", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"Error: cannot write journal {journal_path}: refused"), result.stderr

@@ -116,7 +116,8 @@ def test_gets_from_two_shells_share_one_queue_and_a_third_cancels(
         assert [r.state for r in queue] == [State.COMPLETED, State.RUNNING, State.COMPLETED, State.COMPLETED]
         code, out, err = finished(headwater(env, "status"))
         lines = out.splitlines()  # latest first, as from the journal
-        assert code == 0 and len(lines) == 4 and lines[2].startswith(slow_record.id[-12:]) and "running" in lines[2]
+        assert code == 0 and len(lines) == 4
+        assert lines[2].startswith(slow_record.id[-12:]) and "running" in lines[2]
 
         code, out, err = finished(headwater(env, "cancel", slow_record.id[-12:]))
         assert code == 0, err

@@ -64,7 +64,7 @@ from headwater._reader import (
     stream,
 )
 from headwater._records import Record, State
-from headwater._schema import connect, open_journal
+from headwater._schema import connect, failure, open_journal
 from headwater._sessions import Session
 
 log = logging.getLogger("headwater.store")
@@ -177,6 +177,8 @@ class SQLiteStore:
                     conn.executemany("UPDATE records SET owner = ? WHERE id = ?", taken)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"cannot read journal {self.path}: {exc}") from exc
+            except UnicodeDecodeError as exc:  # an id that is not UTF-8
+                raise failure(exc, self.path, "read") from exc
         self._session.forget(dead)
         return decode_rows(self.path, rows)
 

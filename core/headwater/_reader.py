@@ -278,14 +278,14 @@ class JournalReader:
     def _read_on(self, read: Callable[[sqlite3.Connection], _T], empty: _T, *, immutable: bool) -> _T:
         try:
             conn = connect(self.path, read_only=True, immutable=immutable)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise failure(exc, self.path, "open") from exc
         try:
             with snapshot(conn):
                 if check(conn, self.path) == 0:
                     return empty
                 return read(conn)  # every schema since 1 has the records table: no migration needed
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise failure(exc, self.path, "read") from exc
         finally:
             conn.close()

@@ -11,13 +11,14 @@ held too long); a file that fails a check is never changed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from headwater._errors import StoreError
@@ -122,15 +123,25 @@ def check(conn: sqlite3.Connection, path: Path) -> int:
     return int(version)
 
 
-def failure(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+_NOT_UTF8 = "Could not decode to UTF-8"
+
+
+def failure(exc: sqlite3.Error | UnicodeDecodeError, path: Path, doing: str) -> StoreError:
     """The StoreError for ``exc``, which SQLite raised on journal ``path``, saying what went wrong.
 
     ``doing`` is the verb of the message ("cannot open journal ...": "open",
     "read", "migrate"). Only SQLite's verdict on the file's contents calls it
-    damaged; a full disk, a read-only file system, a permission, a file that
-    cannot be opened, a lock held too long and an I/O error are each named
-    as such.
+    damaged, and text read from the file (a result, or SQLite's error message
+    quoting the schema) that is not UTF-8, which headwater never writes; a
+    full disk, a read-only file system, a permission, a file that cannot be
+    opened, a lock held too long and an I/O error are each named as such.
     """
+    if isinstance(exc, UnicodeDecodeError):
+        return StoreError(
+            f"journal {path} is damaged: it holds text that is not UTF-8 ({exc.reason}: {exc.object!r:.80})"
+        )
+    if str(exc).startswith(_NOT_UTF8):  # how the sqlite3 module says it of a value it read
+        return StoreError(f"journal {path} is damaged: it holds text that is not UTF-8 ({exc})")
     name = getattr(exc, "sqlite_errorname", None) or "SQLITE_ERROR"
     if name.startswith("SQLITE_NOTADB"):
         return StoreError(f"{path} is not a headwater journal or is damaged: {exc}")
@@ -185,11 +196,13 @@ def open_journal(path: Path, *, verify: bool = True) -> sqlite3.Connection:
     """
     try:
         conn = connect(path, read_only=False)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise failure(exc, path, "open") from exc
     try:
         with snapshot(conn):
             version = check(conn, path)
+            if version:
+                _shape(conn, path, version)
             if version and verify:
                 _integrity(conn, path)
         _wal_mode(conn)
@@ -200,7 +213,7 @@ def open_journal(path: Path, *, verify: bool = True) -> sqlite3.Connection:
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL file shrinks back
         if version < SCHEMA_VERSION:
             _migrate(conn, path)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         conn.close()
         raise failure(exc, path, "open") from exc
     except BaseException:
@@ -215,6 +228,44 @@ def _integrity(conn: sqlite3.Connection, path: Path) -> None:
     if result != [("ok",)]:
         problems = "; ".join(str(r[0]) for r in result[:3])
         raise StoreError(f"journal {path} is damaged: {problems}")
+
+
+def _shape(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """StoreError if the journal's tables are not those of schema ``version``.
+
+    A damaged schema SQLite can still parse (a flipped byte in a column's
+    name) is caught here, at opening, instead of as a puzzling error on the
+    first write. Cheap: it reads the schema, not the records.
+    """
+    for table, columns in _tables(version).items():
+        found = _columns(conn, table)
+        if found != columns:
+            raise StoreError(
+                f"journal {path} is damaged: its table {table} has the columns {_names(found)}, "
+                f"schema {version} has {_names(columns)}"
+            )
+
+
+_Column = tuple[str, str, int, int]  # name, type, not null, place in the primary key
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[_Column]:
+    return [(row[1], row[2], row[3], row[5]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _names(columns: Sequence[_Column]) -> str:
+    return "(" + ", ".join(name for name, *_ in columns) + ")"
+
+
+@functools.cache
+def _tables(version: int) -> dict[str, list[_Column]]:
+    """The tables of schema ``version`` and their columns, as :data:`MIGRATIONS` make them."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        for step in range(1, version + 1):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {name: _columns(conn, name) for name in names}
 
 
 def _wal_mode(conn: sqlite3.Connection) -> None:
@@ -249,7 +300,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise failure(exc, path, "migrate") from exc

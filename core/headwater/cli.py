@@ -75,10 +75,11 @@ INTERRUPT_GRACE = 1.5
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread while a command holds the journal: handled as Ctrl-C is."""
+    """SIGTERM, raised in the main thread while a command runs: handled as Ctrl-C is."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler while a command runs: raise :class:`Terminated`."""
     raise Terminated
 
 
@@ -88,11 +89,35 @@ def _sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Commands(click.Group):
+    """The ``headwater`` group: a command that a Ctrl-C or SIGTERM stops ends with one line.
+
+    While a command runs, SIGTERM raises :class:`Terminated`. A Ctrl-C or
+    SIGTERM that the command does not handle itself (``get`` and ``resume``
+    say what they stopped) ends it with ``Error: interrupted: ...`` (exit
+    status 130) or ``Error: terminated: ...`` (143) instead of click's
+    "Aborted!" (exit status 1). A journal that fails a command where the
+    command does not say so itself ends it with the StoreError's message
+    and exit status 3, not a traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        with _sigterm_interrupts():
+            try:
+                return super().invoke(ctx)
+            except StoreError as exc:
+                raise Failure(str(exc), EXIT_JOURNAL) from exc
+            except KeyboardInterrupt as exc:
+                _ignore_interrupts()
+                command = f"`headwater {ctx.invoked_subcommand}`" if ctx.invoked_subcommand else "headwater"
+                raise _interrupted(exc, f"{command} stopped before it finished") from None
 
 
 def _ignore_interrupts() -> None:
@@ -237,7 +262,9 @@ def _print_version(verbose: int) -> None:
         click.echo(line + (f"  [broken: {cand.error}]" if cand.error else ""))
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Commands, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option("--version", is_flag=True, help="Print the version and exit; with -v also the source plugins.")
 @click.option(
     "-v", "--verbose", count=True, help="Log more to stderr (-vv: debug); with --version, list plugins."
@@ -361,18 +388,52 @@ def get(
     `headwater resume`.
     """
     chain = [source, *(name.strip() for name in via.split(",") if name.strip())]
-    through = _server()
+    try:
+        through = _server()
+    except KeyboardInterrupt as exc:
+        _ignore_interrupts()
+        raise _interrupted(exc, _nothing_queued(len(targets))) from None
     if through is not None:
         _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
         return
     with _journaled_engine(dest) as engine:
+        ids: list[str] = []
         try:
-            ids = [engine.submit(chain if len(chain) > 1 else source, t, existing=existing) for t in targets]
-        except (HeadwaterError, ValueError) as exc:
-            raise Failure(str(exc), EXIT_USAGE) from exc
-        engine.flush()
+            for target in targets:
+                ids.append(engine.submit(chain if len(chain) > 1 else source, target, existing=existing))
+            engine.flush()
+        except StoreError as exc:
+            raise Failure(str(exc), EXIT_JOURNAL) from exc
+        except (HeadwaterError, ValueError) as exc:  # a target refused: say what was queued before it
+            message = f"{exc}; before it, {_queued_so_far(engine, ids, len(targets))}" if ids else str(exc)
+            raise Failure(message, EXIT_USAGE) from exc
+        except KeyboardInterrupt as exc:
+            _ignore_interrupts()
+            if not ids:
+                raise _interrupted(exc, _nothing_queued(len(targets))) from None
+            raise _interrupted(
+                exc, f"stopped while queueing: {_queued_so_far(engine, ids, len(targets))}"
+            ) from None
         records = _watch(engine, ids, quiet=quiet, as_json=as_json, timeout=timeout)
     _finish(records, as_json)
+
+
+def _nothing_queued(given: int) -> str:
+    return f"stopped before any of the {given} download(s) was queued; nothing is in the journal"
+
+
+def _queued_so_far(engine: Engine, ids: Sequence[str], given: int) -> str:
+    """What a ``get`` of ``given`` targets that stops after queueing ``ids`` leaves; closes ``engine``.
+
+    The downloads already queued (some may be running) are stopped, not
+    cancelled, so they stay in the journal, as the message says.
+    """
+    engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
+    unfinished = sum(1 for i in ids if not engine.get(i).state.terminal)
+    return (
+        f"{len(ids)} of {given} download(s) queued, {unfinished} of them unfinished, which stay in the "
+        f"journal (run `headwater resume` to continue them); the other {given - len(ids)} were not queued"
+    )
 
 
 @main.command()
@@ -413,14 +474,20 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
 def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
     """An engine on the journal that takes nothing over by itself (``start_held`` does).
 
-    Within it SIGTERM is handled as Ctrl-C. It is closed with ``interrupt``:
-    nothing is ever cancelled by stopping, and a Ctrl-C or SIGTERM that
-    :func:`_watch` did not handle exits with 130 or 143.
+    It is closed with ``interrupt``: nothing is ever cancelled by stopping,
+    and a Ctrl-C or SIGTERM (see :class:`_Commands`) that the body or
+    :func:`_watch` did not handle exits with 130 or 143, as does one while
+    the engine opens (saying that nothing was queued).
     """
-    engine = _app().engine(dest)
     try:
-        with _sigterm_interrupts():
-            yield engine
+        engine = _app().engine(dest)
+    except KeyboardInterrupt as exc:
+        _ignore_interrupts()
+        raise _interrupted(
+            exc, "stopped while opening the journal and loading the sources; nothing was queued"
+        ) from None
+    try:
+        yield engine
     except KeyboardInterrupt as exc:
         _ignore_interrupts()
         engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
@@ -444,6 +511,8 @@ def _watch(
         what = f"stopped {running} running download(s)"
         if unfinished:
             what += f"; {unfinished} unfinished stay in the journal: run `headwater resume` to continue them"
+        else:
+            what += f"; all {len(ids)} had ended (`headwater status` shows how)"
         if isinstance(exc, KeyboardInterrupt):
             raise _interrupted(exc, what) from None
         raise Failure(f"{exc}: {what}", EXIT_FAILED) from None
@@ -475,9 +544,15 @@ def _result_line(record: Record) -> None:
         kept = " (already there, not downloaded)" if record.skipped else ""
         click.echo(f"{record.name} -> {record.file_path}{kept}")
     else:
-        click.echo(
-            f"{record.name}: {record.state.value}" + (f": {record.error}" if record.error else ""), err=True
-        )
+        why = _why_not_completed(record)
+        click.echo(f"{record.name}: {record.state.value}" + (f": {why}" if why else ""), err=True)
+
+
+def _why_not_completed(record: Record) -> str | None:
+    """The error of ``record``; for a failed fallback chain, each source's reason (``source: error; ...``)."""
+    if record.state is State.FAILED and len(record.tried) > 1:
+        return "; ".join(f"{tried.source}: {tried.error}" for tried in record.tried)
+    return record.error
 
 
 def _finish(records: Sequence[Record], as_json: bool) -> None:

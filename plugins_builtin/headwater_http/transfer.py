@@ -201,20 +201,39 @@ class _Part:
 
 
 def raise_for_status(response: httpx.Response) -> None:
-    """Raise for a response that carries no body to save.
+    """Raise unless ``response`` carries the file: a 2xx other than 204 and 205.
 
-    429 and 503 with a usable Retry-After raise :class:`RetryAfter`; any
-    other status from 400 up raises :class:`TransferError` with the status.
+    429 and 503 with a usable Retry-After raise :class:`RetryAfter`; every
+    other status raises :class:`TransferError` with it: from 400 up as an
+    error, and a 1xx, 204, 205 or 3xx (a redirect httpx did not follow, a
+    304) saying that it carries no file. (A 206 is checked before this, see
+    :meth:`Transfer._attempt`.)
     """
     status = response.status_code
-    if status < 400:
+    if 200 <= status < 300 and status not in (204, 205):
         return
     reason = f"HTTP {status} {response.reason_phrase} from {response.url}"
+    if status < 400:
+        raise TransferError(f"{reason}: {_no_file(response)}; nothing saved", status)
     if status in (429, 503):
         seconds = retry_after_seconds(response.headers.get("retry-after"))
         if seconds is not None:
             raise RetryAfter(seconds, reason)
     raise TransferError(reason, status)
+
+
+def _no_file(response: httpx.Response) -> str:
+    """Why a 1xx, 204, 205 or 3xx ``response`` is not the file asked for, in words for its error."""
+    status = response.status_code
+    if status == 304:
+        return "Not Modified answers a conditional request, and none was made"
+    if 300 <= status < 400:
+        if "location" not in response.headers:
+            return "a redirect without a Location to follow"
+        return "a redirect of a kind that is not followed"
+    if status < 200:
+        return "an interim answer, and no final one came"
+    return "an answer without a body"
 
 
 def total_size(response: httpx.Response, offset: int) -> int | None:
@@ -281,6 +300,8 @@ class Transfer:
         self._written_back = 0  # the .part's size when _write_back last ran
         self._stalled = 0.0  # seconds spent in reads that timed out
         self._read_timeout = 0.0  # the read timeout of the current request
+        self._breaks = 0  # connections that broke after data arrived and were resumed
+        self._broke = ""  # how the last of them broke, in words
 
     def run(self) -> Path:
         """Fetch, verify and land the file; return its final path.
@@ -288,7 +309,9 @@ class Transfer:
         Raises :class:`DownloadCancelled` after a cancel (the ``.part`` is
         removed) or an interrupt (the ``.part`` is kept when it can be
         resumed); :class:`RetryAfter` when the server asks to come back later;
-        :class:`TransferError` for an error status, a refused connection, a
+        :class:`TransferError` for an error status, an answer that is not the
+        file (see :func:`raise_for_status`; a 206 to a request without a
+        range), a refused connection, a
         stall or a connection that kept breaking (the ``.part`` is kept when
         it can be resumed); :class:`IntegrityError` for a wrong size or
         checksum, or a server whose answers to a resume kept not being the
@@ -331,10 +354,7 @@ class Transfer:
             except _NotTheRest as exc:
                 tries += 1
                 if tries > most:
-                    raise IntegrityError(
-                        f"{self._target.url}: the server's answer to a resume was not the rest of the "
-                        f"same resource ({exc}); gave up after {most} resumes and restarts"
-                    ) from None
+                    raise IntegrityError(f"{self._target.url}: {self._gave_up(exc)}") from None
                 self._ctx.logger.info("answer to a resume not the same resource (%s); restarting", exc)
                 if self._part is not None:
                     self._part.restart()
@@ -348,13 +368,33 @@ class Transfer:
                     what = f"stalled: no data for {self._settings.stall_timeout:g} s in total"
                 elif self._received > 0 and tries < most:
                     tries += 1
+                    self._breaks += 1
+                    self._broke = f"{what}{self._after(after)}"
                     self._ctx.logger.info("%s after %d bytes; resuming (%d)", what, after, tries)
                     continue
-                total = self._part.total if self._part else None
-                got = f" after {after} of {total} announced bytes" if total is not None else ""
-                raise TransferError(f"{what}{got} from {self._target.url}") from exc
+                raise TransferError(f"{what}{self._after(after)} from {self._target.url}") from exc
             except httpx.TooManyRedirects as exc:
                 raise TransferError(f"{exc} from {self._target.url}") from exc
+
+    def _after(self, size: int) -> str:
+        """`` after N of M announced bytes``, or ``""`` when no total was announced."""
+        total = self._part.total if self._part else None
+        return f" after {size} of {total} announced bytes" if total is not None else ""
+
+    def _gave_up(self, last: _NotTheRest) -> str:
+        """Why the transfer ends once no resume or restart is left, ``last`` the final mismatch.
+
+        When the connection broke during this call, that comes first: how
+        often, and the last break, since it is why the resumes were asked for.
+        """
+        mismatch = f"the server's answer to a resume was not the rest of the same resource ({last})"
+        gave_up = f"gave up after {self._settings.max_resumes} resumes and restarts"
+        if not self._breaks:
+            return f"{mismatch}; {gave_up}"
+        return (
+            f"the connection broke {self._breaks} time(s), each time resumed (the last: {self._broke}), "
+            f"and {mismatch}; {gave_up}"
+        )
 
     def _stall_left(self) -> float:
         return self._settings.stall_timeout - self._stalled
@@ -389,8 +429,15 @@ class Transfer:
             status = response.status_code
             if status == 416 and ranged:
                 raise _NotTheRest(f"HTTP 416 to a range from byte {offset}")
+            if status == 206 and not ranged:
+                got = response.headers.get("content-range")
+                raise TransferError(
+                    f"HTTP 206 Partial Content from {response.url} to a request for the whole resource "
+                    f"(Content-Range {got!r}): only part of it; nothing saved",
+                    status,
+                )
             if status == 206:
-                why = not_the_rest(response, offset if ranged else 0, asked)
+                why = not_the_rest(response, offset, asked)
                 if why is not None:
                     raise _NotTheRest(f"HTTP 206: {why}")
             raise_for_status(response)
