@@ -114,12 +114,22 @@ def test_an_expired_lease_cannot_be_renewed_even_if_no_one_took_its_slot(
 def test_the_delay_counts_from_a_lease_that_ran_out_as_from_a_release(
     client: redis.Redis, prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(delay=30.0), lease=0.2, settle=0, prefix=prefix)
+    found = RedisLimits(client, "s", RatePolicy(), lease=0.2, settle=0, prefix=prefix)
     assert found.acquire("dead:1", 0.0).granted
+    found.set_policy(RatePolicy(delay=30.0))
     time.sleep(0.3)  # its holder never renews nor releases
     verdict = found.acquire("next:1", 0.0)
     assert (verdict.granted, verdict.reason) == (False, "delay")
     assert 29.0 < verdict.at <= 30.0  # the delay runs from the expiry, 0.1 s or more ago
+
+
+def test_a_new_state_counts_as_an_end_so_the_delay_holds_after_redis_lost_the_last_one(
+    client: redis.Redis, prefix: str
+) -> None:
+    found = RedisLimits(client, "s", RatePolicy(delay=30.0), lease=5.0, settle=0, prefix=prefix)
+    verdict = found.acquire("a:1", 0.0)
+    assert (verdict.granted, verdict.reason) == (False, "delay")
+    assert 29.0 < verdict.at <= 30.0
 
 
 def test_a_new_policy_judges_the_next_acquire(client: redis.Redis, prefix: str) -> None:

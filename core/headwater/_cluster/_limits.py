@@ -132,6 +132,9 @@ class RedisLimits:
             (a restart without persistence, a flush). By then every holder
             from before has failed a renewal and stopped, or its lease ran
             out. Defaults to ``lease``; 0 trusts that nothing held a slot.
+            A new state also counts as an end, so the policy's delay runs
+            from its beginning (no end is known, so the latest may have
+            been just now).
         prefix: the start of every key.
 
     Thread-safe (redis-py's client is). Every method makes one round trip;

@@ -3,7 +3,8 @@
 -- KEYS[1] holders: sorted set, holder -> the time its lease expires (no TTL: an expired lease stays
 --                  until the next acquire drops it and counts its expiry as an end)
 -- KEYS[2] starts:  sorted set of the starts in the last window (only with a per-minute cap)
--- KEYS[3] ended:   the time of the latest end (a release, or a lease that expired)
+-- KEYS[3] ended:   the time of the latest end (a release, or a lease that expired); absent, the
+--                  state's beginning counts as one
 -- KEYS[4] pause:   no start before this time (a Retry-After)
 -- KEYS[5] born:    when this source's state began (absent: never, or Redis lost it)
 -- ARGV: holder, lease, concurrency, delay, per_minute (0: no cap), window, settle
@@ -39,6 +40,11 @@ if #gone > 0 then
   end
 end
 
+-- No end known (a new or lost state): count the state's beginning as one, so the delay holds after a loss.
+if not last_end then
+  last_end = born_at
+end
+
 if redis.call('ZSCORE', holders, holder) then
   redis.call('ZADD', holders, now + lease, holder)
   return {1, 0, 'held'}
@@ -55,7 +61,7 @@ local paused = tonumber(redis.call('GET', pause))
 if paused then
   not_before(paused, 'paused')
 end
-if delay > 0 and last_end then
+if delay > 0 then
   not_before(last_end + delay, 'delay')
 end
 if cap > 0 then
