@@ -132,6 +132,29 @@ def test_a_new_state_counts_as_an_end_so_the_delay_holds_after_redis_lost_the_la
     assert 29.0 < verdict.at <= 30.0
 
 
+def test_a_grant_given_back_unused_is_no_start_of_the_window(client: redis.Redis, prefix: str) -> None:
+    """A download cancelled between its grant and its start leaves the per-minute window as it was."""
+    found = RedisLimits(client, "s", RatePolicy(per_minute=1), lease=5.0, settle=0, prefix=prefix)
+    assert found.acquire("cancelled:1", 0.0).granted
+    assert found.release("cancelled:1", 0.0, started=False) is True
+    assert found.acquire("next:1", 0.0).granted
+    assert found.release("next:1", 0.0) is True
+    verdict = found.acquire("third:1", 0.0)
+    assert (verdict.granted, verdict.reason) == (False, "per_minute")  # a start that began does count
+
+
+def test_a_grant_given_back_unused_is_no_end_for_the_delay(client: redis.Redis, prefix: str) -> None:
+    found = RedisLimits(client, "s", RatePolicy(), lease=5.0, settle=0, prefix=prefix)
+    assert found.acquire("cancelled:1", time.monotonic()).granted
+    found.set_policy(RatePolicy(delay=30.0))
+    before = found.acquire("probe:1", time.monotonic())  # the delay runs from the state's beginning
+    time.sleep(0.3)
+    found.release("cancelled:1", time.monotonic(), started=False)
+    after = found.acquire("probe:1", time.monotonic())
+    assert before.reason == after.reason == "delay"
+    assert abs(after.at - before.at) < 0.1  # still from the beginning, not from the give-back
+
+
 def test_a_new_policy_judges_the_next_acquire(client: redis.Redis, prefix: str) -> None:
     found = RedisLimits(client, "s", RatePolicy(concurrency=1), lease=5.0, settle=0, prefix=prefix)
     assert found.acquire("a:1", 0.0).granted

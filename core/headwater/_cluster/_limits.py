@@ -92,8 +92,12 @@ class LeasedLimits(Protocol):
         """Extend ``holder``'s lease; False if it holds none (expired, released, or lost)."""
         ...
 
-    def release(self, holder: str, now: float) -> bool:
-        """``holder``'s download ended at ``now``: its slot is free; whether it still held its lease."""
+    def release(self, holder: str, now: float, *, started: bool = True) -> bool:
+        """``holder``'s download ended at ``now``: its slot is free; whether it still held its lease.
+
+        ``started=False`` gives an unused grant back (its download was
+        cancelled before it began): it counts as neither an end nor a start.
+        """
         ...
 
     def pause_until(self, when: float, now: float) -> None:
@@ -116,6 +120,9 @@ def _micros(seconds: float) -> int:
 
 class RedisLimits:
     """:class:`LeasedLimits` of one source, held in Redis and timed by its server's clock.
+
+    Holder names are unique per attempt: a name used again within a minute
+    counts as one start of the per-minute window.
 
     Args:
         client: a redis-py client (``decode_responses`` either way). Give it
@@ -167,7 +174,8 @@ class RedisLimits:
         self._settle_us = _micros(settle)
         base = f"{prefix}{{{source}}}:"
         self._holders, self._ended = base + "holders", base + "ended"
-        self._keys = [self._holders, base + "starts", self._ended, base + "pause", base + "born"]
+        self._starts = base + "starts"
+        self._keys = [self._holders, self._starts, self._ended, base + "pause", base + "born"]
         self._pause_key = base + "pause"
         self._acquire = load(client, "acquire")
         self._renew = load(client, "renew")
@@ -216,12 +224,16 @@ class RedisLimits:
         """
         return bool(self._renew(keys=[self._holders, self._ended], args=[holder, self._lease_us]))
 
-    def release(self, holder: str, now: float) -> bool:
+    def release(self, holder: str, now: float, *, started: bool = True) -> bool:
         """``holder``'s download ended: free its slot; the delay counts from the server's now.
 
-        Returns whether it still held its lease. The end counts either way.
+        Returns whether it still held its lease; the end counts either way.
+        ``started=False`` gives an unused grant back (the download was
+        cancelled before it began): no end, and its start leaves the
+        per-minute window.
         """
-        return bool(self._release(keys=[self._holders, self._ended], args=[holder]))
+        keys = [self._holders, self._ended, self._starts]
+        return bool(self._release(keys=keys, args=[holder, 1 if started else 0]))
 
     def pause_until(self, when: float, now: float) -> None:
         """Allow no start before ``when`` (``when - now`` seconds from the server's now); a later one wins."""

@@ -2,7 +2,7 @@
 --
 -- KEYS[1] holders: sorted set, holder -> the time its lease expires (no TTL: an expired lease stays
 --                  until the next acquire drops it and counts its expiry as an end)
--- KEYS[2] starts:  sorted set of the starts in the last window (only with a per-minute cap)
+-- KEYS[2] starts:  sorted set, holder -> its start, for the last window (only with a per-minute cap)
 -- KEYS[3] ended:   the time of the latest end (a release, or a lease that expired); absent, the
 --                  state's beginning counts as one
 -- KEYS[4] pause:   no start before this time (a Retry-After)
@@ -83,7 +83,7 @@ end
 
 redis.call('ZADD', holders, now + lease, holder)
 if cap > 0 then
-  redis.call('ZADD', starts, now, string.format('%.0f ', now) .. holder)
+  redis.call('ZADD', starts, now, holder)
   redis.call('PEXPIRE', starts, math.ceil(window / 1000))
 end
 return {1, 0, 'granted'}
