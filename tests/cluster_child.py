@@ -9,7 +9,7 @@ Run as a program, one holder that the test signals (SIGKILL, SIGSTOP)::
         # claim the scheduler lease until it wins, print "LEADING <term>", renew it forever
 
 Started by multiprocessing (spawn): :func:`race` (holders racing for slots,
-counting themselves) and :func:`try_once` (one acquire, its verdict).
+counting themselves) and the others taking a ``barrier``.
 """
 
 from __future__ import annotations

@@ -9,65 +9,50 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
-from cluster_child import claim, connect, expect, start
+from cluster_child import claim, expect, start
 
 from headwater._cluster._leader import LeaderLease
+
+#: The fixtures redis_client and key_prefix.
+pytest_plugins = ["cluster_fixtures"]
 
 SPAWN = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture(scope="module")
-def client() -> redis.Redis:
-    found = connect()
-    try:
-        found.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); the leader lease lives there")
-    return found
-
-
-@pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    mine = f"hwtest:{uuid.uuid4().hex}:"
-    yield mine
-    keys = list(client.scan_iter(match=mine + "*"))
-    if keys:
-        client.delete(*keys)
-
-
-def test_of_would_be_leaders_claiming_at_once_exactly_one_wins(client: redis.Redis, prefix: str) -> None:
+def test_of_would_be_leaders_claiming_at_once_exactly_one_wins(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
     barrier = SPAWN.Barrier(4)
-    processes = [SPAWN.Process(target=claim, args=(6379, prefix, barrier, f"p{n}", 30.0)) for n in range(4)]
+    processes = [
+        SPAWN.Process(target=claim, args=(6379, key_prefix, barrier, f"p{n}", 30.0)) for n in range(4)
+    ]
     for process in processes:
         process.start()
     for process in processes:
         process.join(60)
         assert process.exitcode == 0
-    claims = dict(value.decode().split() for value in client.lrange(prefix + "claims", 0, -1))
+    claims = dict(value.decode().split() for value in redis_client.lrange(key_prefix + "claims", 0, -1))
     winners = [name for name, term in claims.items() if term != "0"]
     assert len(claims) == 4 and len(winners) == 1
-    assert LeaderLease(client, "anyone", prefix=prefix).leader() == winners[0]
+    assert LeaderLease(redis_client, "anyone", prefix=key_prefix).leader() == winners[0]
 
 
 def test_when_the_leader_is_killed_another_takes_over_within_the_lease(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     ttl = 1.0
-    first = start("lead", "6379", prefix, "first", str(ttl))
+    first = start("lead", "6379", key_prefix, "first", str(ttl))
     try:
         first_term = int(expect(first, "LEADING").split()[1])
-        second = LeaderLease(client, "second", ttl=ttl, prefix=prefix)
+        second = LeaderLease(redis_client, "second", ttl=ttl, prefix=key_prefix)
         assert second.claim() is None  # the first renews: no takeover while it lives
         first.kill()
         first.wait()
         killed = time.monotonic()
-        remaining = client.pttl(second.keys()[0]) / 1000
+        remaining = redis_client.pttl(second.keys()[0]) / 1000
         assert 0 < remaining <= ttl  # the server ends the dead leader's lease by then
         term = None
         while term is None and time.monotonic() < killed + 10:  # a hang guard
@@ -81,10 +66,10 @@ def test_when_the_leader_is_killed_another_takes_over_within_the_lease(
 
 
 def test_only_the_leader_renews_or_releases_and_claiming_again_keeps_the_term(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    one = LeaderLease(client, "one", ttl=30.0, prefix=prefix)
-    two = LeaderLease(client, "two", ttl=30.0, prefix=prefix)
+    one = LeaderLease(redis_client, "one", ttl=30.0, prefix=key_prefix)
+    two = LeaderLease(redis_client, "two", ttl=30.0, prefix=key_prefix)
     term = one.claim()
     assert term is not None
     assert one.claim() == term  # still leading: same term
@@ -97,15 +82,15 @@ def test_only_the_leader_renews_or_releases_and_claiming_again_keeps_the_term(
 
 
 def test_a_lapsed_leader_cannot_renew_and_a_new_term_follows_even_after_the_keys_are_lost(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    one = LeaderLease(client, "one", ttl=0.2, prefix=prefix)
+    one = LeaderLease(redis_client, "one", ttl=0.2, prefix=key_prefix)
     term = one.claim()
     assert term is not None
     time.sleep(0.3)
     assert one.renew() is False
-    client.delete(*one.keys())  # what a restart of a Redis without persistence does
-    two = LeaderLease(client, "two", ttl=0.2, prefix=prefix)
+    redis_client.delete(*one.keys())  # what a restart of a Redis without persistence does
+    two = LeaderLease(redis_client, "two", ttl=0.2, prefix=key_prefix)
     later = two.claim()
     assert later is not None and later > term  # a write fenced by the old term is still refused
 
@@ -115,7 +100,7 @@ def test_a_lapsed_leader_cannot_renew_and_a_new_term_follows_even_after_the_keys
     [("", 1.0, "holder must be a non-empty name"), ("a", 0.0, "ttl must be a finite number of seconds > 0")],
 )
 def test_bad_arguments_are_refused_saying_which(
-    client: redis.Redis, holder: str, ttl: float, message: str
+    redis_client: redis.Redis, holder: str, ttl: float, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        LeaderLease(client, holder, ttl=ttl)
+        LeaderLease(redis_client, holder, ttl=ttl)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import shutil
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 from cluster_child import (
-    connect,
     expect,
     free_port,
     limits,
@@ -38,27 +37,10 @@ from headwater import RatePolicy
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import RedisLimits
 
+#: The fixtures redis_client and key_prefix.
+pytest_plugins = ["cluster_fixtures"]
+
 SPAWN = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture(scope="module")
-def client() -> redis.Redis:
-    found = connect()
-    try:
-        found.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis is not reachable on 127.0.0.1:6379 ({exc}); the cluster's limits live there")
-    return found
-
-
-@pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    mine = f"hwtest:{uuid.uuid4().hex}:"
-    yield mine
-    keys = list(client.scan_iter(match=mine + "*"))
-    if keys:
-        client.delete(*keys)
 
 
 def run_processes(target: Callable[..., None], argsets: list[tuple[object, ...]]) -> None:
@@ -75,9 +57,9 @@ def run_processes(target: Callable[..., None], argsets: list[tuple[object, ...]]
 
 
 def test_a_slot_is_granted_up_to_the_concurrency_then_at_the_earliest_expiry(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(concurrency=2), lease=5.0, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=2), lease=5.0, settle=0, prefix=key_prefix)
     assert found.acquire("a:1", 100.0).granted
     assert found.acquire("b:1", 100.0).granted
     full = found.acquire("c:1", 100.0)
@@ -89,9 +71,9 @@ def test_a_slot_is_granted_up_to_the_concurrency_then_at_the_earliest_expiry(
 
 
 def test_asking_again_while_holding_renews_the_same_lease_and_takes_no_second_slot(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(concurrency=2), lease=5.0, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=2), lease=5.0, settle=0, prefix=key_prefix)
     assert found.acquire("a:1", 0.0).reason == "granted"
     again = found.acquire("a:1", 0.0)  # a retried call whose first reply was lost
     assert (again.granted, again.reason) == (True, "held")
@@ -100,9 +82,9 @@ def test_asking_again_while_holding_renews_the_same_lease_and_takes_no_second_sl
 
 
 def test_an_expired_lease_cannot_be_renewed_even_if_no_one_took_its_slot(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(), lease=0.2, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(), lease=0.2, settle=0, prefix=key_prefix)
     assert found.acquire("a:1", 0.0).granted
     assert found.renew("a:1", 0.0) is True
     time.sleep(0.3)
@@ -112,9 +94,9 @@ def test_an_expired_lease_cannot_be_renewed_even_if_no_one_took_its_slot(
 
 
 def test_the_delay_counts_from_a_lease_that_ran_out_as_from_a_release(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(), lease=0.2, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(), lease=0.2, settle=0, prefix=key_prefix)
     assert found.acquire("dead:1", 0.0).granted
     found.set_policy(RatePolicy(delay=30.0))
     time.sleep(0.3)  # its holder never renews nor releases
@@ -124,17 +106,19 @@ def test_the_delay_counts_from_a_lease_that_ran_out_as_from_a_release(
 
 
 def test_a_new_state_counts_as_an_end_so_the_delay_holds_after_redis_lost_the_last_one(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    found = RedisLimits(client, "s", RatePolicy(delay=30.0), lease=5.0, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(delay=30.0), lease=5.0, settle=0, prefix=key_prefix)
     verdict = found.acquire("a:1", 0.0)
     assert (verdict.granted, verdict.reason) == (False, "delay")
     assert 29.0 < verdict.at <= 30.0
 
 
-def test_a_grant_given_back_unused_is_no_start_of_the_window(client: redis.Redis, prefix: str) -> None:
+def test_a_grant_given_back_unused_is_no_start_of_the_window(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
     """A download cancelled between its grant and its start leaves the per-minute window as it was."""
-    found = RedisLimits(client, "s", RatePolicy(per_minute=1), lease=5.0, settle=0, prefix=prefix)
+    found = RedisLimits(redis_client, "s", RatePolicy(per_minute=1), lease=5.0, settle=0, prefix=key_prefix)
     assert found.acquire("cancelled:1", 0.0).granted
     assert found.release("cancelled:1", 0.0, started=False) is True
     assert found.acquire("next:1", 0.0).granted
@@ -143,8 +127,10 @@ def test_a_grant_given_back_unused_is_no_start_of_the_window(client: redis.Redis
     assert (verdict.granted, verdict.reason) == (False, "per_minute")  # a start that began does count
 
 
-def test_a_grant_given_back_unused_is_no_end_for_the_delay(client: redis.Redis, prefix: str) -> None:
-    found = RedisLimits(client, "s", RatePolicy(), lease=5.0, settle=0, prefix=prefix)
+def test_a_grant_given_back_unused_is_no_end_for_the_delay(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(), lease=5.0, settle=0, prefix=key_prefix)
     assert found.acquire("cancelled:1", time.monotonic()).granted
     found.set_policy(RatePolicy(delay=30.0))
     before = found.acquire("probe:1", time.monotonic())  # the delay runs from the state's beginning
@@ -155,16 +141,18 @@ def test_a_grant_given_back_unused_is_no_end_for_the_delay(client: redis.Redis, 
     assert abs(after.at - before.at) < 0.1  # still from the beginning, not from the give-back
 
 
-def test_a_new_policy_judges_the_next_acquire(client: redis.Redis, prefix: str) -> None:
-    found = RedisLimits(client, "s", RatePolicy(concurrency=1), lease=5.0, settle=0, prefix=prefix)
+def test_a_new_policy_judges_the_next_acquire(redis_client: redis.Redis, key_prefix: str) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=1), lease=5.0, settle=0, prefix=key_prefix)
     assert found.acquire("a:1", 0.0).granted
     assert not found.acquire("b:1", 0.0).granted
     found.set_policy(RatePolicy(concurrency=2))
     assert found.acquire("b:1", 0.0).granted
 
 
-def test_a_later_pause_wins_and_an_earlier_one_changes_nothing(client: redis.Redis, prefix: str) -> None:
-    found = RedisLimits(client, "s", RatePolicy(), lease=5.0, settle=0, prefix=prefix)
+def test_a_later_pause_wins_and_an_earlier_one_changes_nothing(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(), lease=5.0, settle=0, prefix=key_prefix)
     found.pause_until(50.0, 0.0)
     found.pause_until(10.0, 0.0)
     verdict = found.acquire("a:1", 0.0)
@@ -182,52 +170,56 @@ def test_a_later_pause_wins_and_an_earlier_one_changes_nothing(client: redis.Red
     ],
 )
 def test_bad_arguments_are_refused_saying_which(
-    client: redis.Redis, prefix: str, kwargs: dict[str, object], message: str
+    redis_client: redis.Redis, key_prefix: str, kwargs: dict[str, object], message: str
 ) -> None:
     args: dict[str, object] = {"source": "s", "lease": 5.0, "settle": None, **kwargs}
     with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
-        RedisLimits(client, args.pop("source"), RatePolicy(), prefix=prefix, **args)  # type: ignore[arg-type]
+        RedisLimits(redis_client, args.pop("source"), RatePolicy(), prefix=key_prefix, **args)  # type: ignore[arg-type]
 
 
 # -- many processes ------------------------------------------------------------------------
 
 
 def test_concurrency_is_never_exceeded_by_threads_of_several_processes(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     policy = RatePolicy(concurrency=2)
     barrier = SPAWN.Barrier(3)
-    run_processes(race, [(6379, prefix, policy, barrier, f"p{n}", 4, 25, 0.002) for n in range(3)])
-    seen = [int(value) for value in client.lrange(prefix + "seen", 0, -1)]
+    run_processes(race, [(6379, key_prefix, policy, barrier, f"p{n}", 4, 25, 0.002) for n in range(3)])
+    seen = [int(value) for value in redis_client.lrange(key_prefix + "seen", 0, -1)]
     assert len(seen) == 3 * 4 * 25
     assert max(seen) == 2  # the limit was reached, and never passed
 
 
-def test_a_per_minute_cap_holds_across_processes(client: redis.Redis, prefix: str) -> None:
+def test_a_per_minute_cap_holds_across_processes(redis_client: redis.Redis, key_prefix: str) -> None:
     policy = RatePolicy(concurrency=100, per_minute=5)
     barrier = SPAWN.Barrier(3)
-    run_processes(take_all, [(6379, prefix, policy, barrier, f"p{n}", 6) for n in range(3)])
-    reasons = [value.decode().split()[1] for value in client.lrange(prefix + "verdicts", 0, -1)]
+    run_processes(take_all, [(6379, key_prefix, policy, barrier, f"p{n}", 6) for n in range(3)])
+    reasons = [value.decode().split()[1] for value in redis_client.lrange(key_prefix + "verdicts", 0, -1)]
     assert sorted(set(reasons)) == ["granted", "per_minute"]
     assert reasons.count("granted") == 5
 
 
-def test_the_delay_holds_across_processes(client: redis.Redis, prefix: str) -> None:
+def test_the_delay_holds_across_processes(redis_client: redis.Redis, key_prefix: str) -> None:
     policy = RatePolicy(concurrency=1, delay=0.1)
     barrier = SPAWN.Barrier(3)
-    run_processes(paced, [(6379, prefix, policy, barrier, f"p{n}", 4) for n in range(3)])
-    spans = sorted(tuple(map(float, value.split())) for value in client.lrange(prefix + "spans", 0, -1))
+    run_processes(paced, [(6379, key_prefix, policy, barrier, f"p{n}", 4) for n in range(3)])
+    spans = sorted(
+        tuple(map(float, value.split())) for value in redis_client.lrange(key_prefix + "spans", 0, -1)
+    )
     assert len(spans) == 12
     for (_, ended), (began, _) in zip(spans, spans[1:], strict=False):
         assert began >= ended + 0.1, f"a start {began - ended:.4f} s after the last end"
 
 
-def test_a_retry_after_pause_is_seen_by_every_process(client: redis.Redis, prefix: str) -> None:
-    found = RedisLimits(client, "paused", RatePolicy(concurrency=5), lease=5.0, settle=0, prefix=prefix)
+def test_a_retry_after_pause_is_seen_by_every_process(redis_client: redis.Redis, key_prefix: str) -> None:
+    found = RedisLimits(
+        redis_client, "paused", RatePolicy(concurrency=5), lease=5.0, settle=0, prefix=key_prefix
+    )
     found.pause_until(time.monotonic() + 30.0, time.monotonic())
     barrier = SPAWN.Barrier(3)
-    run_processes(try_once, [(6379, prefix, barrier, f"p{n}") for n in range(3)])
-    answers = [value.decode().split() for value in client.lrange(prefix + "answers", 0, -1)]
+    run_processes(try_once, [(6379, key_prefix, barrier, f"p{n}") for n in range(3)])
+    answers = [value.decode().split() for value in redis_client.lrange(key_prefix + "answers", 0, -1)]
     assert [reason for reason, _ in answers] == ["paused"] * 3
     assert all(0 < float(wait) <= 30.0 for _, wait in answers)
 
@@ -236,13 +228,13 @@ def test_a_retry_after_pause_is_seen_by_every_process(client: redis.Redis, prefi
 
 
 def test_a_killed_holder_frees_its_slot_within_the_lease_under_steady_traffic(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     """Dramatiq's counter keeps a dead holder's slot while others come and go; a lease does not."""
     lease = 1.0
-    holder = start("hold", "6379", prefix, "s", "doomed:1", str(lease))
+    holder = start("hold", "6379", key_prefix, "s", "doomed:1", str(lease))
     expect(holder, "HELD")
-    found = limits(6379, prefix, "s", RatePolicy(concurrency=2), lease)
+    found = limits(6379, key_prefix, "s", RatePolicy(concurrency=2), lease)
     holder.kill()
     holder.wait()
     killed = time.monotonic()
@@ -265,14 +257,14 @@ def test_a_killed_holder_frees_its_slot_within_the_lease_under_steady_traffic(
 
 
 def test_a_frozen_holder_fails_its_renewal_after_another_took_its_slot(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     lease = 0.6
-    frozen = start("hold", "6379", prefix, "s", "frozen:1", str(lease))
+    frozen = start("hold", "6379", key_prefix, "s", "frozen:1", str(lease))
     try:
         expect(frozen, "HELD")
         frozen.send_signal(signal.SIGSTOP)
-        found = limits(6379, prefix, "s", RatePolicy(concurrency=1), lease)
+        found = limits(6379, key_prefix, "s", RatePolicy(concurrency=1), lease)
         wait_for(found, "second:1")  # granted once the frozen holder's lease ran out
         frozen.send_signal(signal.SIGCONT)
         expect(frozen, "LOST")
@@ -285,11 +277,13 @@ def test_a_frozen_holder_fails_its_renewal_after_another_took_its_slot(
 
 
 def test_state_lost_mid_run_grants_nothing_until_every_old_holder_has_stopped(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     """Redis here keeps nothing on disk: a restart is a flush of every key, as done here."""
     lease = 0.6
-    found = RedisLimits(client, "s", RatePolicy(concurrency=1), lease=lease, settle=lease, prefix=prefix)
+    found = RedisLimits(
+        redis_client, "s", RatePolicy(concurrency=1), lease=lease, settle=lease, prefix=key_prefix
+    )
     first = found.acquire("old:1", 0.0)
     assert (first.granted, first.reason) == (False, "settling")  # a state never seen before settles too
     wait_for(found, "old:1")
@@ -297,7 +291,7 @@ def test_state_lost_mid_run_grants_nothing_until_every_old_holder_has_stopped(
     keeper = LeaseKeeper(lease / 4)
     keeper.keep("old:1", lambda: found.renew("old:1", 0.0), lease, lambda: lost_at.append(time.monotonic()))
     try:
-        client.delete(*found.keys())  # what a restart of a Redis without persistence does to them
+        redis_client.delete(*found.keys())  # what a restart of a Redis without persistence does to them
         settling = found.acquire("new:1", 0.0)
         assert (settling.granted, settling.reason) == (False, "settling")
         wait_for(found, "new:1")
@@ -308,6 +302,8 @@ def test_state_lost_mid_run_grants_nothing_until_every_old_holder_has_stopped(
 
 
 def test_a_restarted_redis_loses_the_slots_and_the_scripts_yet_holders_learn_it(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: this test restarts a Redis of its own")
     port = free_port()
     lease = 0.6
     lost = threading.Event()
@@ -327,10 +323,10 @@ def test_a_restarted_redis_loses_the_slots_and_the_scripts_yet_holders_learn_it(
 
 
 def test_a_lease_counts_as_lost_once_redis_has_been_unreachable_for_its_length(
-    client: redis.Redis, prefix: str
+    redis_client: redis.Redis, key_prefix: str
 ) -> None:
     nowhere = redis.Redis("127.0.0.1", free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    unreachable = RedisLimits(nowhere, "s", RatePolicy(), lease=0.5, prefix=prefix)
+    unreachable = RedisLimits(nowhere, "s", RatePolicy(), lease=0.5, prefix=key_prefix)
     lost = threading.Event()
     keeper = LeaseKeeper(0.05)
     kept_at = time.monotonic()
