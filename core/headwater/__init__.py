@@ -46,7 +46,7 @@ from headwater._policy import RatePolicy
 from headwater._records import TRANSITIONS, Job, Record, State, Tried
 from headwater._settings import SettingInfo, SettingProblem, SettingsLayers, setting
 from headwater._sources import PolicyOverride, SourceInfo
-from headwater._store import MemoryStore, RecordStore
+from headwater._store import MemoryStore, RecordStore, Swap
 from headwater.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -94,6 +94,7 @@ __all__ = [
     "SystemClock",
     "SourceSkippedWarning",
     "State",
+    "Swap",
     "Subscription",
     "SubscriptionOverflow",
     "TRANSITIONS",

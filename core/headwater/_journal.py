@@ -66,6 +66,7 @@ from headwater._reader import (
 from headwater._records import Record, State
 from headwater._schema import connect, failure, open_journal
 from headwater._sessions import Session
+from headwater._store import Swap, distinct
 
 log = logging.getLogger("headwater.store")
 
@@ -77,11 +78,16 @@ _Row = tuple[str, str, str, float, float, str, str]
 
 def _row(record: Record, owner: str) -> _Row:
     """The journal row of ``record``; raises StoreError for a field that cannot be journaled."""
+    data = _data(record)
+    return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
+
+
+def _data(record: Record) -> str:
+    """``record`` as the journal's JSON; raises StoreError for a field that cannot be journaled."""
     try:
-        data = encode(record)
+        return encode(record)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"cannot journal record {record.id}: {exc}") from exc
-    return (record.id, record.source, record.state.value, record.created_at, record.updated_at, data, owner)
 
 
 class SQLiteStore:
@@ -302,6 +308,28 @@ class SQLiteStore:
             (moved if record.tried else stay).append(_row(record, owner))
         self._write(*((s, json.dumps(rows)) for s, rows in ((_UPSERT, stay), (_UPSERT_MOVED, moved)) if rows))
 
+    def commit_if(self, swaps: Sequence[Swap]) -> list[bool]:
+        """Each swap's record if its row is as seen, in one transaction (see :class:`~headwater.RecordStore`).
+
+        Buffered inserts are committed first, so that a record added counts
+        as there. The attempts are read from the row's record (``data``); a
+        row that is not a record is never written. Once the store is closed
+        nothing is written (every answer False).
+        """
+        distinct(swaps)
+        # Encoded outside the lock.
+        writes = [(_swap_statement(swap), _swap_parameters(swap)) for swap in swaps]
+        self._insert_pending()
+        with self._lock:
+            if self._closed:
+                log.debug("journal %s is closed; conditional writes dropped", self.path)
+                return [False] * len(writes)
+            try:
+                with self._transaction() as conn:
+                    return [conn.execute(statement, values).rowcount == 1 for statement, values in writes]
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write journal {self.path}: {exc}") from exc
+
     def delete(self, download_id: str) -> None:
         self._insert_pending()  # else a buffered insert could bring the record back
         self._write(("DELETE FROM records WHERE id = ?", download_id))
@@ -453,6 +481,29 @@ class SQLiteStore:
             with self._lock:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+
+def _swap_statement(swap: Swap) -> str:
+    """The UPDATE of ``swap``: its record's row, only from the state (and attempts) the writer saw.
+
+    The source column (and its index entry) is rewritten only for a record
+    a chain moved on, as in :meth:`SQLiteStore.commit`.
+    """
+    moved = ", source = ?" if swap.record.tried else ""
+    seen = _ANY_UNFINISHED if swap.state is None else _AS_SEEN
+    return f"UPDATE records SET state = ?, updated_at = ?, data = ?{moved} WHERE id = ? AND {seen}"
+
+
+def _swap_parameters(swap: Swap) -> tuple[object, ...]:
+    """The parameters of :func:`_swap_statement`; StoreError for a field that cannot be journaled."""
+    record = swap.record
+    data = _data(record)
+    moved = (record.source,) if record.tried else ()
+    seen = () if swap.state is None else (swap.state.value, swap.attempts)
+    return (record.state.value, record.updated_at, data, *moved, record.id, *seen)
+
+
+_ANY_UNFINISHED = "state IN ('queued', 'running')"
+_AS_SEEN = "state = ? AND CASE WHEN json_valid(data) THEN json_extract(data, '$.attempts') END = ?"
 
 _BATCH = 64  # new records per statement: a state change waits for one batch at most
 

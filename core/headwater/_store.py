@@ -14,8 +14,57 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Protocol
 
+import attrs
+
 from headwater._errors import UnknownDownloadError
 from headwater._records import Record, State
+
+
+def _seen_state(swap: Swap, attribute: attrs.Attribute[State | None], state: State | None) -> None:
+    if state is None and swap.record.state is not State.CANCELLED:
+        raise ValueError(
+            f"only a cancel applies from any state; record {swap.record.id} is {swap.record.state.name}"
+        )
+
+
+@attrs.frozen
+class Swap:
+    """A conditional write (:meth:`RecordStore.commit_if`): ``record`` replaces its row if that is as seen.
+
+    Attributes:
+        record: the new record, written whole.
+        state: the state the writer saw the row in; None for a cancel
+            (``record`` CANCELLED, else ValueError), which applies from any
+            unfinished state whatever the attempts: a cancel always wins.
+        attempts: the ``attempts`` the writer saw the row with (not
+            looked at for a cancel).
+    """
+
+    record: Record
+    state: State | None = attrs.field(validator=_seen_state)
+    attempts: int = 0
+
+    @classmethod
+    def over(cls, seen: Record, record: Record) -> Swap:
+        """``record`` in place of ``seen``: only if the row is still in ``seen``'s state and attempts."""
+        return cls(record, seen.state, seen.attempts)
+
+    @classmethod
+    def cancel(cls, record: Record) -> Swap:
+        """The CANCELLED ``record``, applying from any unfinished state (a cancel always wins)."""
+        return cls(record, None)
+
+    def applies(self, state: State, attempts: int) -> bool:
+        """Whether this write applies to a row in ``state`` with ``attempts``."""
+        if self.state is None:
+            return not state.terminal
+        return state is self.state and attempts == self.attempts
+
+
+def distinct(swaps: Sequence[Swap]) -> None:
+    """ValueError unless the records of ``swaps`` have distinct ids (:meth:`RecordStore.commit_if`)."""
+    if len({swap.record.id for swap in swaps}) != len(swaps):
+        raise ValueError("one conditional write per record in a call: an id was given twice")
 
 
 class RecordStore(Protocol):
@@ -110,6 +159,26 @@ class RecordStore(Protocol):
         """
         ...
 
+    def commit_if(self, swaps: Sequence[Swap]) -> list[bool]:
+        """Write each swap's record only if its row is as its writer saw it; durable when this returns.
+
+        Every state change can be written so: the row changes only from the
+        state and attempts the writer saw (:meth:`Swap.over`), so that a late
+        write of a slow or dead worker (an older attempt, or a record since
+        cancelled) is refused; a cancel (:meth:`Swap.cancel`) applies from
+        any unfinished state. Each swap is judged on its own, all in one
+        transaction. A record added (:meth:`add`) counts as there, in the
+        state it was added in; a row that is not there (never added, or
+        deleted) is not written. The owner of a row is left as it is.
+
+        Returns one bool per swap, in order: True if its record is now the
+        row. A write retried after a lost reply is not applied twice, and
+        still answers True. Raises ValueError if two swaps name one record,
+        :class:`~headwater.StoreError` if the write fails (then none is
+        written).
+        """
+        ...
+
     def delete(self, download_id: str) -> None:
         """Forget a record; durable when this returns."""
         ...
@@ -140,14 +209,19 @@ def _latest(record: Record) -> tuple[float, str]:
 
 
 class MemoryStore:
-    """No journal: the ended records are kept in a dict, for the reads; nothing else is kept.
+    """No journal: the ended records are kept in a dict, for the reads, and the changed unfinished ones.
 
-    Unfinished records cost it nothing (``add`` keeps nothing); a commit of
-    a terminal record keeps it until :meth:`delete`. Thread-safe.
+    A record only added costs it nothing (``add`` keeps nothing); a commit
+    keeps the record, until :meth:`delete` (an unfinished one until it ends:
+    :meth:`commit_if` compares with it). So :meth:`commit_if` cannot tell a
+    record only added from one never added or deleted: it counts each as
+    QUEUED with no attempts (the protocol refuses writes to the last two).
+    Thread-safe.
     """
 
     def __init__(self) -> None:
         self._ended: dict[str, Record] = {}
+        self._changed: dict[str, Record] = {}  # unfinished records committed at least once
         self._lock = threading.Lock()
 
     def load(self) -> list[Record]:
@@ -205,12 +279,32 @@ class MemoryStore:
     def commit(self, records: Sequence[Record]) -> None:
         with self._lock:
             for record in records:
-                if record.state.terminal:
-                    self._ended[record.id] = record
+                self._keep(record)
+
+    def commit_if(self, swaps: Sequence[Swap]) -> list[bool]:
+        distinct(swaps)
+        applied = []
+        with self._lock:
+            for swap in swaps:
+                held = self._changed.get(swap.record.id) or self._ended.get(swap.record.id)
+                state, attempts = (State.QUEUED, 0) if held is None else (held.state, held.attempts)
+                applied.append(swap.applies(state, attempts))
+                if applied[-1]:
+                    self._keep(swap.record)
+        return applied
+
+    def _keep(self, record: Record) -> None:
+        """Hold ``record`` as its id's latest (``self._lock`` held)."""
+        if record.state.terminal:
+            self._ended[record.id] = record
+            self._changed.pop(record.id, None)
+        else:
+            self._changed[record.id] = record
 
     def delete(self, download_id: str) -> None:
         with self._lock:
             self._ended.pop(download_id, None)
+            self._changed.pop(download_id, None)
 
     def flush(self) -> None:
         pass
