@@ -1,4 +1,4 @@
-"""A cluster's records in PostgreSQL (headwater._cluster._pgstore): the RecordStore contract, sessions, schema.
+"""A cluster's records in PostgreSQL (headwater._cluster._pgstore): the store contract, sessions, schema.
 
 Against the real server on 127.0.0.1:5432 (skipped, saying so, when it is
 not reachable), each test in a schema of its own. The read contract is the
