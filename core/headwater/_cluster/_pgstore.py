@@ -68,6 +68,9 @@ BATCH = 256
 #: Records a streamed read decodes, and holds, at a time.
 CHUNK = 1000
 
+#: Seconds a try waits at most for a connection of the pool (then the next try asks again).
+_WAIT = 1.0
+
 #: Seconds between prunings of the ``changes`` table by a store's thread.
 PRUNE_EVERY = 60.0
 
@@ -195,13 +198,16 @@ class PostgresStore:
         self._url = url
         self._q = _Statements(quoted(schema))
         owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
-        first = self._retrying(lambda: connect(url, "headwater-session", retry_for), "connect to")
+        first = self._retrying(lambda _: connect(url, "headwater-session", retry_for), "connect to")
         try:
-            self._retrying(lambda: open_schema(first, schema, self.where), "open")
+            self._retrying(lambda _: open_schema(first, schema, self.where), "open")
             self._session = _Session(first, owner, lambda: connect(url, "headwater-session", retry_for))
         except BaseException:
             first.close()
             raise
+        # The pool makes one try per new connection (reconnect_timeout 0): the store's own
+        # retries pace the tries while the server is away (the pool's backoff would grow to
+        # minutes, and keep the store waiting long after the server is back).
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
             min_size=1,
@@ -209,6 +215,7 @@ class PostgresStore:
             kwargs=_settings("headwater-records", retry_for),
             name="headwater-records",
             open=False,
+            reconnect_timeout=0.0,
         )
         try:
             self._pool.open(wait=True, timeout=retry_for)
@@ -571,23 +578,26 @@ class PostgresStore:
         if self._closed:
             raise StoreError(f"the records at {self.where} (schema {self.schema}) are closed")
 
-        def attempt() -> _T:
-            with self._pool.connection(timeout=self.retry_for) as conn:
+        def attempt(left: float) -> _T:
+            with self._pool.connection(timeout=min(left, _WAIT)) as conn:
                 return work(conn)
 
         return self._retrying(attempt, doing, check=self._pool.check)
 
-    def _retrying(self, work: Callable[[], _T], doing: str, check: Callable[[], None] | None = None) -> _T:
-        """``work()``, tried again after psycopg's OperationalError for up to ``retry_for``; StoreError then.
+    def _retrying(
+        self, work: Callable[[float], _T], doing: str, check: Callable[[], None] | None = None
+    ) -> _T:
+        """``work(seconds left)``, tried again after an OperationalError for ``retry_for``; then StoreError.
 
         ``check`` runs before each new try (the pool drops its broken
-        connections). Other psycopg errors raise StoreError at once.
+        connections, and tries a new one). Other psycopg errors raise
+        StoreError at once.
         """
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
             try:
-                return work()
+                return work(max(0.01, deadline - time.monotonic()))
             except psycopg.OperationalError as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:

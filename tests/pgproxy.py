@@ -1,0 +1,74 @@
+"""A TCP proxy on 127.0.0.1 in front of a PostgreSQL server, that can hold back the server's replies and cut.
+
+For the lost reply: a client's statement reaches the server and commits,
+its reply never reaches the client (:meth:`Proxy.hold_replies`), and the
+connection then breaks (:meth:`Proxy.cut`); what the client does next is
+the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class Proxy:
+    """Forwards every connection made to :attr:`port` to ``127.0.0.1:target``, byte for byte."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._links: list[tuple[socket.socket, socket.socket]] = []
+        self._holding = False
+        self.held = 0  # replies held back (and dropped) so far
+        threading.Thread(target=self._accept, name="pgproxy", daemon=True).start()
+
+    def hold_replies(self) -> None:
+        """From now on, drop what the server sends instead of passing it on (counted in :attr:`held`)."""
+        with self._lock:
+            self._holding = True
+
+    def cut(self) -> None:
+        """Close every connection made so far, and pass replies on again."""
+        with self._lock:
+            links, self._links = self._links, []
+            self._holding = False
+        for pair in links:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._links.append((client, server))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                with self._lock:
+                    drop = replies and self._holding
+                    if drop:
+                        self.held += 1
+                if not drop:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
