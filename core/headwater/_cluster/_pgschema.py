@@ -77,11 +77,14 @@ def migrations(schema: str) -> dict[int, tuple[sql.Composed, ...]]:
                     stamp bigint NOT NULL DEFAULT 0
                 )"""
             ).format(s),
-            # Pages latest first, of everything, of some states, of some sources; the takeover
-            # reads the unfinished records through records_by_state.
+            # Pages latest first: of everything, of some states, and of some sources, a part per
+            # state and source (an empty pair is an empty range, not a walk through the state's
+            # rows); the takeover reads the unfinished records of its sources the same way.
             sql.SQL("CREATE INDEX records_by_time ON {}.records (created_at, id)").format(s),
             sql.SQL("CREATE INDEX records_by_state ON {}.records (state, created_at, id)").format(s),
-            sql.SQL("CREATE INDEX records_by_source ON {}.records (source, created_at, id)").format(s),
+            sql.SQL(
+                "CREATE INDEX records_by_state_source ON {}.records (state, source, created_at, id)"
+            ).format(s),
             sql.SQL('CREATE TABLE {}.paused (source text COLLATE "C" PRIMARY KEY)').format(s),
             sql.SQL(
                 """CREATE TABLE {}.changes (

@@ -446,12 +446,19 @@ class PostgresStore:
         *,
         ended_only: bool,
     ) -> list[_Row]:
-        """Up to ``limit`` rows, latest first, below ``below``: one query, a part per state and source."""
+        """Up to ``limit`` rows, latest first, below ``below``: one query, a part per state and source.
+
+        Each part is a range of an index read backwards from the cursor
+        (``records_by_time``, ``records_by_state``, ``records_by_state_source``),
+        and the parts are merged.
+        """
         keys: list[str | None] | None = None
         if states is not None:
             keys = [s.value for s in states if s.terminal or not ended_only]
         elif ended_only:
             keys = list(_TERMINAL)
+        elif sources is not None:
+            keys = [s.value for s in State]  # a part per state and source: records_by_state_source
         if limit <= 0 or keys == [] or (sources is not None and not sources):
             return []
         parts: list[str] = []
