@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import attrs
 import psycopg
@@ -35,6 +36,7 @@ from test_store_reads import (  # the read contract, run here against PostgreSQL
 from headwater import Engine, Record, State
 from headwater._cluster._pgschema import SCHEMA_VERSION
 from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._pgurl import masked, scrubbed
 from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
 
 pytest_plugins = ["pg_fixtures"]
@@ -163,6 +165,7 @@ _LEAVES = """
 import json, sys, time
 from headwater import Record, State
 from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._pgurl import masked, scrubbed
 
 store = PostgresStore(sys.argv[1], schema=sys.argv[2])
 for i in range(30):
@@ -358,3 +361,51 @@ def test_the_password_of_the_url_is_never_shown(
     assert SECRET not in shown
     assert caplog.records, "nothing was logged: the check below would prove nothing"
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        (
+            "postgresql://u:p%40ss@h:5432/db?sslmode=require",
+            "postgresql://u:***@h:5432/db?sslmode=require",
+            "p@ss",
+        ),
+        (
+            "postgresql://u@h/db?sslmode=require&password=p@ss",
+            "postgresql://u@h/db?sslmode=require&password=***",
+            "p@ss",
+        ),
+        ("postgres://h/db", "postgres://h/db", None),
+        ("host=h password='p@ss word' user=u", "host=h password=*** user=u", "p@ss word"),
+        ("host=h password = p@ss dbname=d", "host=h password = *** dbname=d", "p@ss"),
+    ],
+)
+def test_a_url_is_shown_with_its_password_masked_in_any_form_libpq_takes(
+    url: str, shown: str, secret: str | None
+) -> None:
+    assert masked(url) == shown
+    if secret is not None:
+        said = f"failed: {secret!r}, {quote(secret)!r}, {quote_plus(secret)!r}"
+        assert secret not in scrubbed(said, url) and quote(secret) not in scrubbed(said, url)
+        assert scrubbed(said, url).count("***") == 3
+
+
+# -- status: every record, unfinished ones too ---------------------------------------------
+
+
+def test_records_streams_every_record_latest_first_for_status(store: PostgresStore) -> None:
+    made = [
+        _record(f"r{i:04d}", [State.QUEUED, State.RUNNING, State.COMPLETED][i % 3], at=float(i))
+        for i in range(2500)
+    ]
+    for record in made:
+        store.add(attrs.evolve(record, state=State.QUEUED))
+    store.commit([r for r in made if r.state is not State.QUEUED])
+    latest = list(reversed(made))
+    assert list(store.records()) == latest  # across chunks of 1000
+    assert list(store.records(states={State.RUNNING})) == [r for r in latest if r.state is State.RUNNING]
+    assert list(store.records(before=made[10].id)) == latest[-10:]
+    assert list(store.records(sources={"nosuch"})) == []
+    with pytest.raises(UnknownDownloadError):
+        store.records(before="nosuch")
