@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -32,36 +29,10 @@ import redis
 sys.path.insert(0, str(Path(__file__).parent))
 
 from table import print_table  # noqa: E402
+from timing import Op, timed  # noqa: E402
 
 from headwater import RatePolicy  # noqa: E402
 from headwater._cluster._limits import RedisLimits  # noqa: E402
-
-#: One operation of a row, given the thread's index and the operation's number.
-Op = Callable[[int, int], object]
-
-
-def timed(op: Op, ops: int, threads: int) -> tuple[float, list[float]]:
-    """(operations per second, each call's seconds) of ``ops`` calls of ``op`` on ``threads`` threads each."""
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    barrier = threading.Barrier(threads + 1)
-
-    def run(index: int) -> None:
-        mine = latencies[index]
-        barrier.wait()
-        for n in range(ops):
-            began = time.perf_counter()
-            op(index, n)
-            mine.append(time.perf_counter() - began)
-
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    began = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    took = time.perf_counter() - began
-    return ops * threads / took, [s for mine in latencies for s in mine]
 
 
 def main() -> None:

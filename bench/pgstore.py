@@ -35,41 +35,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).parent))
 
 from table import print_table  # noqa: E402
+from timing import Op, timed  # noqa: E402
 
 from headwater import Change, Record, State, Swap  # noqa: E402
 from headwater._cluster._pgfeed import RecordListener  # noqa: E402
 from headwater._cluster._pgstore import PostgresStore  # noqa: E402
 from headwater._codec import encode  # noqa: E402
 
-#: One operation, given the thread's index and the operation's number.
-Op = Callable[[int, int], object]
-
 #: Records each thread cycles through.
 PER_THREAD = 50
-
-
-def timed(op: Op, ops: int, threads: int) -> tuple[float, list[float]]:
-    """(calls per second, each call's seconds) of ``ops`` calls of ``op`` on each of ``threads`` threads."""
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    barrier = threading.Barrier(threads + 1)
-
-    def run(index: int) -> None:
-        mine = latencies[index]
-        barrier.wait()
-        for n in range(ops):
-            began = time.perf_counter()
-            op(index, n)
-            mine.append(time.perf_counter() - began)
-
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    began = time.perf_counter()
-    for worker in workers:
-        worker.join()
-    took = time.perf_counter() - began
-    return ops * threads / took, [s for mine in latencies for s in mine]
 
 
 def p99(values: list[float]) -> float:

@@ -38,6 +38,19 @@ def reachable(url: str) -> str | None:
     return None
 
 
+def rows(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
+    """The rows ``query`` answers on a connection of its own."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def session_lock_held(url: str, owner: str) -> bool:
+    """Whether the store session ``owner`` holds its lock (a live session does)."""
+    with psycopg.connect(url) as conn:  # a transaction, rolled back: the lock is let go at once
+        found = conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (owner,)).fetchone()
+        return not (found and found[0])
+
+
 def drop(url: str, schema: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

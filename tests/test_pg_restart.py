@@ -12,9 +12,8 @@ import time
 from collections.abc import Iterator
 
 import attrs
-import psycopg
 import pytest
-from pg_server import PrivateServer, private_postgres
+from pg_server import PrivateServer, private_postgres, rows, session_lock_held
 from pgproxy import Proxy
 
 from headwater import Change, Record, State, Swap
@@ -40,17 +39,6 @@ def _step(record: Record, state: State) -> Record:
     return attrs.evolve(record, state=state, updated_at=record.updated_at + 1, attempts=attempts)
 
 
-def _rows(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
-
-
-def _lock_held(url: str, owner: str) -> bool:
-    with psycopg.connect(url) as conn:  # a transaction, rolled back: the lock is let go at once
-        found = conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (owner,)).fetchone()
-        return not (found and found[0])
-
-
 @pytest.mark.timeout(180)
 def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catches_up(
     server: PrivateServer,
@@ -64,19 +52,19 @@ def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catche
     answers: list[bool] = []
     progress = threading.Semaphore(0)
     try:
-        rows = [_record(f"d{n:02d}") for n in range(30)]
-        for r in rows:
+        records = [_record(f"d{n:02d}") for n in range(30)]
+        for r in records:
             store.add(r)
             made.append(r)
         store.flush()
 
         def write() -> None:
             for state in (State.RUNNING, State.QUEUED, State.RUNNING, State.COMPLETED):
-                for n, r in enumerate(rows):
+                for n, r in enumerate(records):
                     new = _step(r, state)
                     answers.extend(store.commit_if([Swap.over(r, new)]))
                     made.append(new)
-                    rows[n] = new
+                    records[n] = new
                     progress.release()
                     time.sleep(0.005)
 
@@ -89,7 +77,7 @@ def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catche
         assert not writer.is_alive()
         # Every write answered True (the one writer), and was applied once: the insert and four changes.
         assert answers == [True] * 120
-        versions = _rows(server.url, f"SELECT DISTINCT version, state FROM {schema}.records")
+        versions = rows(server.url, f"SELECT DISTINCT version, state FROM {schema}.records")
         assert versions == [(5, "completed")]
         deadline = time.monotonic() + 30
         while len(heard) < len(made):
@@ -105,7 +93,7 @@ def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catche
         assert by_id == expected  # every change, once, in order, across the restart
         # The store's session holds its lock again (its thread took it after the restart).
         deadline = time.monotonic() + 15
-        while not _lock_held(server.url, store.owner):
+        while not session_lock_held(server.url, store.owner):
             assert time.monotonic() < deadline, "the session lock was not taken again after the restart"
             time.sleep(0.1)
     finally:
@@ -169,14 +157,14 @@ def test_a_write_whose_reply_was_lost_after_its_commit_is_not_applied_twice_and_
             writer.start()
             deadline = time.monotonic() + 20
             # The write has committed (seen from outside the proxy) and its reply is held back.
-            while _rows(pg_url, f"SELECT version FROM {table}") != [(version,)] or not proxy.held:
+            while rows(pg_url, f"SELECT version FROM {table}") != [(version,)] or not proxy.held:
                 assert time.monotonic() < deadline, "the write never committed"
                 time.sleep(0.01)
             proxy.cut()  # the reply is lost with the connection; the store tries again on a new one
             writer.join(30)
             assert answer == [True]
-            assert _rows(pg_url, f"SELECT version FROM {table}") == [(version,)]  # applied once
-        changes = _rows(pg_url, f'SELECT count(*) FROM "{pg_schema}".changes')
+            assert rows(pg_url, f"SELECT version FROM {table}") == [(version,)]  # applied once
+        changes = rows(pg_url, f'SELECT count(*) FROM "{pg_schema}".changes')
         assert changes == [(3,)]  # the insert and two changes: no change twice in the feed either
     finally:
         store.close()

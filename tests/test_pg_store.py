@@ -25,6 +25,7 @@ import attrs
 import psycopg
 import pytest
 from instrumented import InstrumentedSource
+from pg_server import rows, session_lock_held
 from test_store_reads import (  # the read contract, run here against PostgreSQL
     test_a_page_before_an_unknown_record_is_refused,
     test_get_answers_for_ended_records_only,
@@ -68,8 +69,8 @@ def _record(
 
 
 def _rows(url: str, schema: str, query: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(query.replace("S.", f'"{schema}".')).fetchall()
+    """The rows of ``query``, its ``S.`` naming ``schema``."""
+    return rows(url, query.replace("S.", f'"{schema}".'))
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -179,12 +180,6 @@ time.sleep(120)
 """
 
 
-def _session_free(url: str, owner: str) -> bool:
-    with psycopg.connect(url) as conn:  # a transaction, rolled back: the lock is let go at once
-        found = conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (owner,)).fetchone()
-        return bool(found and found[0])
-
-
 @pytest.mark.timeout(90)
 def test_a_dead_process_records_are_taken_over_exactly_once_and_a_live_one_is_left_alone(
     pg_url: str, pg_schema: str
@@ -207,7 +202,7 @@ def test_a_dead_process_records_are_taken_over_exactly_once_and_a_live_one_is_le
         leaver.kill()
         leaver.wait(10)
     deadline = time.monotonic() + 20
-    while not _session_free(pg_url, owner):  # the server lets the lock go when it sees the connection closed
+    while session_lock_held(pg_url, owner):  # the server lets the lock go when it sees the connection closed
         assert time.monotonic() < deadline, "the dead process's session lock was never released"
         time.sleep(0.05)
 
@@ -307,10 +302,6 @@ def test_a_schema_holding_another_programs_tables_is_refused_and_left_alone(
         conn.execute(f'CREATE TABLE "{pg_schema}".records (id int)')
     with pytest.raises(StoreError, match="holds tables of another program"):
         PostgresStore(pg_url, schema=pg_schema)
-    assert (
-        _rows(pg_url, pg_schema, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
-        is not None
-    )
     tables = _rows(pg_url, pg_schema, f"SELECT tablename FROM pg_tables WHERE schemaname = '{pg_schema}'")
     assert tables == [("records",)]
 
