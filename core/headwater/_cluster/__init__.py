@@ -8,6 +8,13 @@
 - :mod:`headwater._cluster._leader`: the lease that makes one process the
   scheduler.
 - ``lua/``: the Redis scripts all of them run.
+- :mod:`headwater._cluster._pgstore`: the records in PostgreSQL
+  (:class:`~headwater._cluster._pgstore.PostgresStore`, a ``RecordStore``
+  whose every state change can be a conditional update); its schema
+  (:mod:`~headwater._cluster._pgschema`), SQL (:mod:`~headwater._cluster._pgsql`)
+  and masked URLs (:mod:`~headwater._cluster._pgurl`).
+- :mod:`headwater._cluster._pgfeed`: the records' change feed from
+  LISTEN/NOTIFY, resynced after every reconnect.
 
 Needs the ``cluster`` extra (``pip install 'headwater[cluster]'``).
 """

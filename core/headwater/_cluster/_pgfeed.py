@@ -43,7 +43,8 @@ from psycopg import sql
 
 from headwater._changes import Change, ChangeKind
 from headwater._cluster._pgschema import channel, check_name
-from headwater._cluster._pgstore import Conn, connect, quoted
+from headwater._cluster._pgsql import quoted
+from headwater._cluster._pgstore import Conn, connect
 from headwater._cluster._pgurl import masked, scrubbed
 from headwater._codec import decode, structure
 from headwater._errors import StoreError

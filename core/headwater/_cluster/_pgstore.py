@@ -50,6 +50,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from headwater._cluster._pgschema import check_name, open_schema
+from headwater._cluster._pgsql import Statements, page_query, quoted
 from headwater._cluster._pgurl import masked, scrubbed
 from headwater._codec import decode, encode, plain
 from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
@@ -76,16 +77,6 @@ PRUNE_EVERY = 60.0
 
 #: A row as the reads return it: id, created_at, data (JSON text).
 _Row = tuple[str, float, str]
-
-#: The unfinished states, in SQL.
-_UNFINISHED = "('queued', 'running')"
-
-_TERMINAL = tuple(s.value for s in State if s.terminal)
-
-
-def quoted(schema: str) -> str:
-    """``schema`` as an SQL identifier."""
-    return '"' + schema.replace('"', '""') + '"'
 
 
 def connect(url: str, name: str, timeout: float) -> Conn:
@@ -196,7 +187,7 @@ class PostgresStore:
         self.retry_for = retry_for
         self.retention = retention
         self._url = url
-        self._q = _Statements(quoted(schema))
+        self._q = Statements(quoted(schema))
         owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(6)}"
         first = self._retrying(lambda _: connect(url, "headwater-session", retry_for), "connect to")
         try:
@@ -446,44 +437,11 @@ class PostgresStore:
         *,
         ended_only: bool,
     ) -> list[_Row]:
-        """Up to ``limit`` rows, latest first, below ``below``: one query, a part per state and source.
-
-        Each part is a range of an index read backwards from the cursor
-        (``records_by_time``, ``records_by_state``, ``records_by_state_source``),
-        and the parts are merged.
-        """
-        keys: list[str | None] | None = None
-        if states is not None:
-            keys = [s.value for s in states if s.terminal or not ended_only]
-        elif ended_only:
-            keys = list(_TERMINAL)
-        elif sources is not None:
-            keys = [s.value for s in State]  # a part per state and source: records_by_state_source
-        if limit <= 0 or keys == [] or (sources is not None and not sources):
+        """Up to ``limit`` rows, latest first, below ``below`` (see :func:`page_query`)."""
+        found = page_query(self._q.records, states, sources, below, limit, ended_only=ended_only)
+        if found is None:
             return []
-        parts: list[str] = []
-        params: list[object] = []
-        for state in keys or [None]:
-            for source in [None] if sources is None else sorted(sources):
-                where = []
-                if state is not None:
-                    where.append("state = %s")
-                    params.append(state)
-                if source is not None:
-                    where.append("source = %s")
-                    params.append(source)
-                if below is not None:
-                    where.append("(created_at, id) < (%s, %s)")
-                    params.extend(below)
-                parts.append(
-                    f"(SELECT id, created_at, data::text FROM {self._q.records} "
-                    f"WHERE {' AND '.join(where) or 'true'} ORDER BY created_at DESC, id DESC LIMIT %s)"
-                )
-                params.append(limit)
-        query = parts[0]
-        if len(parts) > 1:
-            query = f"{' UNION ALL '.join(parts)} ORDER BY created_at DESC, id DESC LIMIT %s"
-            params.append(limit)
+        query, params = found
         return self._read(lambda conn: conn.execute(query, params).fetchall(), "read")
 
     def _cursor(self, before: str | None) -> tuple[float, str] | None:
@@ -675,71 +633,3 @@ def _columns(records: Sequence[Record]) -> tuple[list[object], ...]:
         [r.updated_at for r in records],
         [_data(r) for r in records],
     )
-
-
-_FROM = """unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[])
-    WITH ORDINALITY AS w(id, source, state, attempts, created_at, updated_at, data, n)"""
-
-
-class _Statements:
-    """The store's SQL, for the schema ``s`` (quoted); built once per store."""
-
-    def __init__(self, s: str) -> None:
-        self.records = f"{s}.records"
-        self.insert = f"""INSERT INTO {s}.records
-                (id, source, state, attempts, owner, created_at, updated_at, data)
-            SELECT w.id, w.source, w.state, w.attempts, o.owner, w.created_at, w.updated_at, w.data::jsonb
-            FROM {_FROM}, (SELECT %s::text AS owner) AS o ORDER BY w.n ON CONFLICT (id) DO NOTHING"""
-        self.upsert = f"""INSERT INTO {s}.records AS r
-                (id, source, state, attempts, owner, created_at, updated_at, data, stamp)
-            SELECT w.id, w.source, w.state, w.attempts, o.owner, w.created_at, w.updated_at,
-                w.data::jsonb, o.stamp
-            FROM {_FROM}, (SELECT %s::text AS owner, %s::bigint AS stamp) AS o ORDER BY w.n
-            ON CONFLICT (id) DO UPDATE SET source = excluded.source, state = excluded.state,
-                attempts = excluded.attempts, owner = excluded.owner, updated_at = excluded.updated_at,
-                data = excluded.data, version = r.version + 1, stamp = excluded.stamp
-            WHERE r.stamp <> excluded.stamp"""
-        # The last SELECT sees the rows as they were before the statement: a row that
-        # already holds this call's stamp was written by an earlier try of it.
-        self.swap = f"""WITH w AS MATERIALIZED (
-                SELECT w.*, s.seen, s.tries FROM {_FROM}
-                JOIN unnest(%s::text[], %s::int[]) WITH ORDINALITY AS s(seen, tries, n) ON s.n = w.n
-            ), done AS (
-                UPDATE {s}.records AS r SET source = w.source, state = w.state, attempts = w.attempts,
-                    updated_at = w.updated_at, data = w.data::jsonb, version = r.version + 1, stamp = %s
-                FROM w WHERE r.id = w.id AND r.stamp <> %s AND CASE WHEN w.seen IS NULL
-                    THEN r.state IN {_UNFINISHED} ELSE r.state = w.seen AND r.attempts = w.tries END
-                RETURNING r.id
-            )
-            SELECT coalesce(array_agg(d.id IS NOT NULL OR coalesce(r.stamp = %s, false) ORDER BY w.n), '{{}}')
-            FROM w LEFT JOIN done d ON d.id = w.id LEFT JOIN {s}.records r ON r.id = w.id"""
-        self.progress = f"""UPDATE {s}.records SET data = %s::jsonb
-            WHERE id = %s AND state = 'running' AND attempts = %s AND updated_at = %s"""
-        self.delete = f"DELETE FROM {s}.records WHERE id = %s"
-        # The locks of the sessions taken from are held until the statement's transaction ends.
-        self.take_over = f"""WITH candidates AS MATERIALIZED (
-                SELECT DISTINCT owner FROM {s}.records
-                WHERE state IN {_UNFINISHED} AND source = ANY(%(sources)s) AND owner <> %(me)s
-            ), dead AS MATERIALIZED (
-                SELECT owner FROM candidates WHERE pg_try_advisory_xact_lock(hashtextextended(owner, 0))
-            )
-            UPDATE {s}.records SET owner = %(me)s, stamp = %(stamp)s
-            WHERE state IN {_UNFINISHED} AND source = ANY(%(sources)s)
-                AND (owner IN (SELECT owner FROM dead) OR (owner = %(me)s AND stamp = %(stamp)s))
-            RETURNING id, created_at, data::text"""
-        self.lock_row = f"SELECT owner, stamp, data::text FROM {s}.records WHERE id = %s FOR UPDATE"
-        self.try_lock = "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))"
-        self.cancel = f"""UPDATE {s}.records SET state = 'cancelled', updated_at = %s, data = %s::jsonb,
-            version = version + 1, stamp = %s WHERE id = %s"""
-        self.load = f"""SELECT id, created_at, data::text FROM {s}.records
-            WHERE state NOT IN {_UNFINISHED} ORDER BY created_at, id"""
-        self.get = f"SELECT data::text FROM {s}.records WHERE id = %s"
-        self.cursor = f"SELECT created_at, id FROM {s}.records WHERE id = %s"
-        self.paused = f"SELECT source FROM {s}.paused ORDER BY source"
-        self.pause = f"INSERT INTO {s}.paused (source) VALUES (%s) ON CONFLICT DO NOTHING"
-        self.resume = f"DELETE FROM {s}.paused WHERE source = %s"
-        self.prune = f"""WITH gone AS (
-                DELETE FROM {s}.changes WHERE at < now() - make_interval(secs => %s) RETURNING xact
-            )
-            UPDATE {s}.meta SET value = greatest(value::xid8, (SELECT max(xact) FROM gone))::text
-            WHERE key = 'pruned_xact'"""
