@@ -117,10 +117,12 @@ class _Session:
     :meth:`end`.
     """
 
-    def __init__(self, conn: Conn, owner: str, reconnect: Callable[[], Conn]) -> None:
+    def __init__(self, conn: Conn, owner: str, url: str) -> None:
         self.owner = owner
-        self._reconnect = reconnect
+        self._url = url
+        self._where = masked(url)
         self._conn = conn
+        self._lost = False
         self._lock()
 
     def _lock(self) -> None:
@@ -129,16 +131,31 @@ class _Session:
     def keep(self) -> None:
         """Check the connection; if it was lost (the server restarted), connect again and take the lock.
 
-        Raises psycopg's OperationalError if the server cannot be reached.
+        A server that cannot be reached is logged once (an error) until the
+        lock is held again (a warning); nothing is raised.
         """
         try:
             self._conn.execute("SELECT 1")
             return
         except psycopg.OperationalError:
             self._conn.close()
-        self._conn = self._reconnect()
-        self._lock()
-        log.warning("session %s: its connection was lost; made again, with the session's lock", self.owner)
+        try:
+            self._conn = connect(self._url, "headwater-session", 10.0)
+            self._lock()
+        except psycopg.OperationalError as exc:
+            if not self._lost:
+                why = scrubbed(str(exc).strip(), self._url)
+                log.error(
+                    "session %s at %s: connection lost, not made again yet: %s", self.owner, self._where, why
+                )
+            self._lost = True
+            return
+        self._lost = False
+        log.warning(
+            "session %s at %s: connection lost and made again; its lock is held again",
+            self.owner,
+            self._where,
+        )
 
     def end(self) -> None:
         """Close the connection: the lock goes with it."""
@@ -192,7 +209,7 @@ class PostgresStore:
         first = self._retrying(lambda _: connect(url, "headwater-session", retry_for), "connect to")
         try:
             self._retrying(lambda _: open_schema(first, schema, self.where), "open")
-            self._session = _Session(first, owner, lambda: connect(url, "headwater-session", retry_for))
+            self._session = _Session(first, owner, url)
         except BaseException:
             first.close()
             raise
@@ -588,16 +605,14 @@ class PostgresStore:
         prune_at = time.monotonic()
         while not self._stop.wait(self.flush_interval):
             try:
+                self._session.keep()
                 self._insert_pending()
                 self._write_progress(self._running())
-                self._session.keep()
                 if time.monotonic() >= prune_at:
                     self._write(lambda conn, _: conn.execute(self._q.prune, (self.retention,)), "prune")
                     prune_at = time.monotonic() + PRUNE_EVERY
             except StoreError as exc:
                 log.error("%s", exc)
-            except psycopg.Error as exc:
-                log.error("%s", self._error("keep the session of", exc))
             except Exception:  # the thread must outlive any one bad round
                 log.exception("records at %s: the store's round failed", self.where)
 
