@@ -73,7 +73,7 @@ class _Shard:
         self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[DownloadContext] = SourceWorker(
+        self.worker: SourceWorker[Job, DownloadContext] = SourceWorker(
             source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
         )
 
