@@ -52,6 +52,7 @@ class InstrumentedSource:
         self.running = 0
         self.peak = 0
         self.started = threading.Condition(self.lock)
+        self.contexts: dict[str, DownloadContext] = {}  # job id -> the context of its latest start
         self._gates: dict[str, threading.Event] = {}
 
     # -- test controls ---------------------------------------------------------
@@ -99,6 +100,7 @@ class InstrumentedSource:
             self.running += 1
             self.peak = max(self.peak, self.running)
             self.events.append(Event("start", job.id, job.target, time.monotonic()))
+            self.contexts[job.id] = ctx
             self.started.notify_all()
         try:
             return self._behave(job, ctx)

@@ -174,7 +174,7 @@ def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path
     try:
         rid = engine.submit("a", "block:k")
         src.wait_started(1)
-        ctx = engine._shards["a"].contexts[rid]
+        ctx = src.contexts[rid]
         ctx.progress(5, 10)
         stale = engine.get(rid)  # a snapshot of the running record, as the flusher takes them
         deadline = threading.Event()
@@ -205,7 +205,7 @@ def test_progress_is_written_a_few_times_a_second_however_often_it_is_reported(
     try:
         rid = engine.submit("a", "block:k")
         src.wait_started(1)
-        ctx = engine._shards["a"].contexts[rid]
+        ctx = src.contexts[rid]
         start = time.monotonic()
         reports = 0
         while time.monotonic() - start < 1.0:

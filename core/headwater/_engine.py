@@ -39,6 +39,7 @@ from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._contract import record_fields, returned_file
 from headwater._discovery import Candidate, discover, one_line
+from headwater._download import Download, Phase
 from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
@@ -64,7 +65,7 @@ log = logging.getLogger("headwater")
 
 
 class _Shard:
-    """One source's lock, records, running contexts and worker."""
+    """One source's lock, records, live downloads and worker."""
 
     def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
         self.source = source
@@ -75,11 +76,11 @@ class _Shard:
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
-        self.contexts: dict[str, DownloadContext] = {}
-        self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
+        self.live: dict[str, Download] = {}  # downloads whose record is not terminal, by id
+        self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[Job, DownloadContext] = SourceWorker(
+        self.worker: SourceWorker[Download, DownloadContext] = SourceWorker(
             source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
         )
 
@@ -105,6 +106,8 @@ class _Shard:
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
         new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        if new.state.terminal:
+            self.live.pop(new.id, None)
         if self._unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
@@ -161,7 +164,7 @@ class _Shard:
         """``record`` with the live progress of its download, if it is running."""
         if record.state is not State.RUNNING:
             return record
-        ctx = self.contexts.get(record.id)
+        ctx = self.running.get(record.id)
         if ctx is None:
             return record
         return _with_progress(record, ctx)
@@ -394,7 +397,9 @@ class Engine:
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
                 shard.records[record.id] = record
-                shard.worker.put(job)
+                download = Download(job)
+                shard.live[record.id] = download
+                shard.worker.put(download)
             started.append(record.id)
         self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
         for name, count in waiting.items():
@@ -429,7 +434,7 @@ class Engine:
         """Snapshots of the running records, for the store's progress writes (any thread)."""
         found: list[Record] = []
         for shard in list(self._shards.values()):
-            for download_id in list(shard.contexts):
+            for download_id in list(shard.running):
                 record = shard.records.get(download_id)
                 if record is not None:
                     found.append(shard.snapshot(record))
@@ -515,7 +520,9 @@ class Engine:
             self._store.add(record)
             shard.records[job.id] = record
             self._feed.publish([Change(ChangeKind.RECORD, record)])
-            shard.worker.put(job)
+            download = Download(job)
+            shard.live[job.id] = download
+            shard.worker.put(download)
         return job.id
 
     def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
@@ -533,15 +540,17 @@ class Engine:
 
     # -- running (called by the worker) ----------------------------------------
 
-    def _begin(self, job: Job, now: float) -> DownloadContext | None:
-        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued.
+    def _begin(self, download: Download, now: float) -> DownloadContext | None:
+        """Start ``download`` (the source lock held); None if a cancel came first.
 
         ``now`` is the clock time the worker decided to start at: the
-        download's start for its timeout and its speed.
+        download's start for its timeout and its speed. Whether it starts
+        is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
+        job = download.job
         shard = self._shards[job.source]
         record = shard.current(job.id)
-        if record is None or record.state is not State.QUEUED:
+        if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
         existing = record.existing or shard.source.policy.existing
@@ -552,10 +561,12 @@ class Engine:
             now,
             existing,
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
-            functools.partial(self._describe, shard, job.id),
+            functools.partial(self._describe, shard, download),
         )
+        if not download.start(ctx):
+            return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.contexts[job.id] = ctx
+        shard.running[job.id] = ctx
         if shard.source.policy.watched:
             self._watchdog.poke()
         return ctx
@@ -563,7 +574,7 @@ class Engine:
     def _describe(
         self,
         shard: _Shard,
-        download_id: str,
+        download: Download,
         ctx: DownloadContext,
         display_name: str | None,
         username: str | None,
@@ -576,8 +587,8 @@ class Engine:
         ended, was cancelled or expired).
         """
         with shard.lock:
-            record = shard.current(download_id)
-            ours = shard.contexts.get(download_id) is ctx
+            record = shard.current(download.id)
+            ours = download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
             changes: dict[str, object] = {"extra": MappingProxyType({**record.extra, **_redacted(fields)})}
@@ -587,7 +598,7 @@ class Engine:
                 changes["username"] = redact(username)
             shard.amend(record, **changes)
 
-    def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
+    def _run(self, download: Download, ctx: DownloadContext) -> tuple[Download, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
 
         An interrupted download (see :meth:`close`) that did not land its
@@ -600,6 +611,7 @@ class Engine:
         or raises stops the source's worker (a step that breaks on it FAILS the
         download instead; see :meth:`_end_broken_locked`).
         """
+        job = download.job
         shard = self._shards[job.source]
         returned: str | os.PathLike[str] | None = None
         path: Path | None = None
@@ -623,11 +635,9 @@ class Engine:
         wrote: Record | None = None
         with shard.lock, shard.batch():
             try:
-                ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
-                if ours:
-                    del shard.contexts[job.id]
-                elif shard.expired.get(job.id) is ctx:
-                    del shard.expired[job.id]
+                if shard.running.get(job.id) is ctx:
+                    del shard.running[job.id]
+                ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
                 record = shard.records.get(job.id)
                 if ours and record is not None and record.state is State.RUNNING:
                     if path is not None:
@@ -649,7 +659,7 @@ class Engine:
                         wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                     else:
                         latest = _with_progress(record, ctx)
-                        ended = self._try_again_locked(shard, job, latest, error, failure)
+                        ended = self._try_again_locked(shard, download, latest, error, failure)
                         if ended is not None:
                             error, wrote, fall_back = ended, record, bool(record.fallbacks)
                             if not fall_back:
@@ -671,9 +681,9 @@ class Engine:
         return follow
 
     def _try_again_locked(
-        self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
+        self, shard: _Shard, download: Download, record: Record, error: str, failure: BaseException | None
     ) -> str | None:
-        """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
+        """Queue ``download`` again on its source if ``failure`` allows; the lock must be held.
 
         A RetryAfter pauses the whole source for its seconds and puts the job
         back at the front without using a retry, within the policy's bounds:
@@ -689,6 +699,7 @@ class Engine:
         if failure is None or not is_transient(failure):
             return error
         policy = shard.source.policy
+        job = download.job
         again = attrs.evolve(job, attempt=job.attempt + 1)
         now = self._clock.now()
         if isinstance(failure, RetryAfter):
@@ -704,8 +715,9 @@ class Engine:
             else:
                 again = attrs.evolve(again, retry_after_rounds=rounds + 1, retry_after_total=waited + wait)
                 shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+                download.again(again)
                 shard.worker.pause_until(now + wait)
-                shard.worker.put_front(again)
+                shard.worker.put_front(download)
                 shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
                 return None
             asked = rounds + 1
@@ -717,7 +729,8 @@ class Engine:
             return error
         retry = record.retries + 1
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
-        shard.worker.put_later(again, now + policy.retry_wait(retry, random.random()))
+        download.again(again)
+        shard.worker.put_later(download, now + policy.retry_wait(retry, random.random()))
         return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
@@ -745,7 +758,7 @@ class Engine:
         ends and whoever waits for it can be woken.
         """
         shard.logger.error("ending download %s failed: %s", download_id, one_line(exc), exc_info=exc)
-        shard.contexts.pop(download_id, None)
+        shard.running.pop(download_id, None)
         record = shard.current(download_id)
         if record is not None and record.state is State.RUNNING:
             self._fail_locked(shard, record, f"could not end the download: {one_line(exc)}", ())
@@ -799,7 +812,8 @@ class Engine:
         first, second = sorted((shard, dest), key=lambda s: s.source.name)
         with first.lock, second.lock:
             current = shard.records.get(download_id)
-            if current is None or current.state is not State.RUNNING:
+            download = shard.live.get(download_id)
+            if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
             moved = shard.move(
                 current,
@@ -819,7 +833,10 @@ class Engine:
             dest.records[download_id] = moved
             self._home[download_id] = dest
             del shard.records[download_id]
-            dest.worker.put(Job(download_id, name, taker.target, moved.display_name))
+            del shard.live[download_id]
+            dest.live[download_id] = download
+            download.again(Job(download_id, name, taker.target, moved.display_name))
+            dest.worker.put(download)
         shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)
 
     def _expire(self, now: float) -> float | None:
@@ -834,17 +851,18 @@ class Engine:
         ended: list[tuple[_Shard, str, str, bool]] = []
         for shard in list(self._shards.values()):
             policy = shard.source.policy
-            if not policy.watched or not shard.contexts:
+            if not policy.watched or not shard.running:
                 continue
             with shard.lock:
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
+                    download = shard.live.get(download_id)
+                    if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
+                        continue  # cancelled, or expired before: its download_impl has not returned
                     due, why = _deadline(policy, ctx)
                     if due > now:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
-                    del shard.contexts[download_id]
-                    shard.expired[download_id] = ctx
-                    ctx.cancelled.set()
+                    download.expire(ctx)
                     record = shard.records.get(download_id)
                     if record is None or record.state is not State.RUNNING:
                         continue
@@ -909,12 +927,17 @@ class Engine:
             raise UnknownDownloadError(download_id)
 
     def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
+        """Cancel ``record``'s download on ``shard`` (lock held); True if this call cancelled it.
+
+        The download's own check-and-set (:meth:`Download.cancel`) settles a
+        race with its start or end; the CANCELLED record follows.
+        """
+        download = shard.live.get(record.id)
+        if download is not None:
+            download.cancel()
         moved = shard.move(
             shard.snapshot(record), State.CANCELLED, finished_at=time.time(), speed=0.0, time_remaining=None
         )
-        ctx = shard.contexts.get(record.id)
-        if moved is not None and ctx is not None:
-            ctx.cancelled.set()
         return moved is not None
 
     def remove(self, download_id: str) -> Record:
@@ -1131,7 +1154,7 @@ class Engine:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.worker.close()
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
                     record = shard.records.get(download_id)
                     if record is None:
                         continue
@@ -1151,7 +1174,7 @@ class Engine:
         stuck = [
             found
             for shard in self._shards.values()
-            for i in [*shard.contexts, *shard.expired]
+            for i in shard.running
             if (found := shard.records.get(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
