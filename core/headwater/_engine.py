@@ -20,6 +20,7 @@ finds it in a shard looks next.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import math
 import os
@@ -168,6 +169,11 @@ class _Shard:
         if ctx is None:
             return record
         return _with_progress(record, ctx)
+
+
+def _made(record: Record) -> tuple[float, str]:
+    """A record's place in the order of making."""
+    return record.created_at, record.id
 
 
 def _snapshot(shard: _Shard | None, record: Record) -> Record:
@@ -1033,10 +1039,8 @@ class Engine:
         """Snapshots of all records (of one source, a name or alias), oldest first.
 
         Reads every ended record of the store, the whole history of a
-        journal, and holds them all: to list some, page the store
-        (:meth:`RecordStore.page`) or read it a record at a time
-        (:meth:`RecordStore.scan`). Raises StoreError when the store cannot
-        be read.
+        journal, and holds them all: to list some, read a :meth:`page` at a
+        time. Raises StoreError when the store cannot be read.
         """
         names: set[str] | None = None
         if source is not None:
@@ -1048,6 +1052,48 @@ class Engine:
         held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
         held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
         return sorted(held.values(), key=lambda r: r.created_at)
+
+    def page(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        after: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` records, latest first (with ``oldest_first``, oldest first), as snapshots.
+
+        Only those in one of ``states`` and whose ``source`` is one of
+        ``sources`` (None: any). ``after`` is a place in the order of
+        making, a record's (``created_at``, ``id``), which no record need
+        still hold: the page holds the records past it (below it latest
+        first, above it oldest first). Reads the unfinished records in
+        memory and, from the store, only the ended records the page can
+        hold, through its indexes. Raises StoreError when the store cannot
+        be read.
+        """
+
+        def wanted(record: Record) -> bool:
+            if (states is not None and record.state not in states) or (
+                sources is not None and record.source not in sources
+            ):
+                return False
+            place = (record.created_at, record.id)
+            return after is None or (place > after if oldest_first else place < after)
+
+        pick = heapq.nsmallest if oldest_first else heapq.nlargest
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+        }
+        if states is None or any(state.terminal for state in states):  # read after: one ended since is here
+            ended = self._ended.page(
+                after, oldest_first=oldest_first, states=states, sources=sources, limit=limit
+            )
+            held.update((r.id, r) for r in ended)
+        return pick(limit, held.values(), key=_made)
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
