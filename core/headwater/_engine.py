@@ -31,7 +31,7 @@ from types import MappingProxyType, TracebackType
 import attrs
 
 from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
-from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
+from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._contract import record_fields, returned_file
@@ -138,7 +138,7 @@ class _Shard:
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
             self.records[new.id] = new
-        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
+        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
@@ -154,9 +154,13 @@ def _new_id() -> str:
     """A new download id: 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
 
     Ids sort by when they were made, so a journal keyed by id appends new
-    records at its end instead of scattering them over the whole file.
+    records at its end instead of scattering them over the whole file. The
+    random part comes from :mod:`random` (seeded from the system at start
+    and again in a forked child), not ``os.urandom``: an id needs to be
+    unique, not secret, and a system call here lets the submitting thread
+    lose the GIL to the workers on every submit.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 def _redacted(fields: Mapping[str, object]) -> dict[str, object]:
@@ -385,7 +389,7 @@ class Engine:
                 shard.records[record.id] = record
                 shard.worker.put(job)
             started.append(record.id)
-        self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
+        self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
         for name, count in waiting.items():
             log.warning(
                 "%d unfinished download(s) of source %r stay queued until it is configured "
@@ -503,7 +507,7 @@ class Engine:
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
-            self._feed.publish([Change(ChangeKind.RECORD, record)])
+            self._feed.publish(ChangeKind.RECORD, (record,))
             shard.worker.put(job)
         return job.id
 
@@ -928,7 +932,7 @@ class Engine:
                     self._store.delete(download_id)
                     final = shard.records.pop(download_id)
                     self._home.pop(download_id, None)
-                    self._feed.publish([Change(ChangeKind.REMOVED, final)])
+                    self._feed.publish(ChangeKind.REMOVED, (final,))
                     break
             self._raise_unless_moved(download_id, shard)
         self._notify_ended(download_id)
