@@ -162,8 +162,8 @@ def new_folder(base: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=base))
 
 
-def httpx_fetch(urls: list[str], jobs: int) -> None:
-    """GET ``urls`` on ``jobs`` threads, one httpx.Client each, reading each body and discarding it."""
+def on_client_threads(urls: list[str], jobs: int, fetch: Callable[[httpx.Client, str], None]) -> None:
+    """``fetch(client, url)`` for each of ``urls`` on ``jobs`` threads, one ``httpx.Client`` each."""
     clients = threading.local()
     made: list[httpx.Client] = []
     ssl_context = httpx.create_ssl_context()
@@ -173,15 +173,24 @@ def httpx_fetch(urls: list[str], jobs: int) -> None:
         if client is None:
             client = clients.client = httpx.Client(verify=ssl_context)
             made.append(client)
-        with client.stream("GET", url) as response:
-            response.raise_for_status()
-            for _ in response.iter_raw():
-                pass
+        fetch(client, url)
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(get, urls))
     for client in made:
         client.close()
+
+
+def httpx_fetch(urls: list[str], jobs: int) -> None:
+    """GET ``urls`` on ``jobs`` threads, one httpx.Client each, reading each body and discarding it."""
+
+    def get(client: httpx.Client, url: str) -> None:
+        with client.stream("GET", url) as response:
+            response.raise_for_status()
+            for _ in response.iter_raw():
+                pass
+
+    on_client_threads(urls, jobs, get)
 
 
 def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
@@ -192,15 +201,8 @@ def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
     of headwater's http source does at the least, without the lock, the
     resume record, the name checks and the engine.
     """
-    clients = threading.local()
-    made: list[httpx.Client] = []
-    ssl_context = httpx.create_ssl_context()
 
-    def get(url: str) -> None:
-        client = getattr(clients, "client", None)
-        if client is None:
-            client = clients.client = httpx.Client(verify=ssl_context)
-            made.append(client)
+    def get(client: httpx.Client, url: str) -> None:
         final = dest / url.rsplit("/", 1)[1]
         part = f"{final}.part"
         with client.stream("GET", url) as response:
@@ -215,10 +217,7 @@ def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
         os.link(part, final)
         os.unlink(part)
 
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(get, urls))
-    for client in made:
-        client.close()
+    on_client_threads(urls, jobs, get)
 
 
 def make_files(root: Path, big_mib: int, small: int, small_kib: int) -> None:
