@@ -35,7 +35,7 @@ from types import MappingProxyType, TracebackType
 import attrs
 
 from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
-from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
+from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._contract import record_fields, returned_file
@@ -159,7 +159,7 @@ class _Shard:
                 self.home.pop(new.id, None)
             else:
                 self.records[new.id] = new
-        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
+        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
@@ -185,9 +185,13 @@ def _new_id() -> str:
     """A new download id: 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
 
     Ids sort by when they were made, so a journal keyed by id appends new
-    records at its end instead of scattering them over the whole file.
+    records at its end instead of scattering them over the whole file. The
+    random part comes from :mod:`random` (seeded from the system at start
+    and again in a forked child), not ``os.urandom``: an id needs to be
+    unique, not secret, and a system call here lets the submitting thread
+    lose the GIL to the workers on every submit.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 def _redacted(fields: Mapping[str, object]) -> dict[str, object]:
@@ -407,7 +411,7 @@ class Engine:
                 shard.live[record.id] = download
                 shard.worker.put(download)
             started.append(record.id)
-        self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
+        self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
         for name, count in waiting.items():
             log.warning(
                 "%d unfinished download(s) of source %r stay queued until it is configured "
@@ -525,7 +529,7 @@ class Engine:
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
-            self._feed.publish([Change(ChangeKind.RECORD, record)])
+            self._feed.publish(ChangeKind.RECORD, (record,))
             download = Download(job)
             shard.live[job.id] = download
             shard.worker.put(download)
@@ -981,7 +985,7 @@ class Engine:
         shard.records.pop(final.id, None)
         self._ended.forget(final.id)
         self._home.pop(final.id, None)
-        self._feed.publish([Change(ChangeKind.REMOVED, final)])
+        self._feed.publish(ChangeKind.REMOVED, (final,))
 
     def _ended_shard(self, download_id: str) -> tuple[_Shard, Record]:
         """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
