@@ -21,6 +21,7 @@ from headwater import (
     hookimpl,
 )
 from headwater._records import TRANSITIONS, may_transition
+from headwater.testing import frozen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,8 +207,10 @@ def test_user_policy_overrides_the_plugins(make_engine):
 def test_threads_end_when_idle(make_engine):
     src = InstrumentedSource("alpha", RatePolicy(concurrency=2))
     engine = make_engine({"alpha": src}, idle_timeout=0.05)
+    before = set(threading.enumerate())
     engine.wait([engine.submit("alpha", "ok:a"), engine.submit("alpha", "ok:b")], timeout=10)
-    for thread in engine._shards["alpha"].worker.thread_objects():
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("headwater-alpha-")]
+    for thread in workers:
         thread.join(5)
         assert not thread.is_alive()
     assert engine.worker_stats()["alpha"][0] == 0
@@ -223,13 +226,32 @@ def test_a_held_source_lock_does_not_delay_another_source(make_engine):
     engine = make_engine({"alpha": a, "beta": b})
     first = engine.submit("alpha", "block:k")
     a.wait_started(1)
-    with engine._shards["alpha"].lock:  # as if alpha's lock were stuck
+    with frozen(engine, "alpha"):  # as if alpha were stuck
         ids = [engine.submit("beta", f"ok:{i}") for i in range(20)]
         records = engine.wait(ids, timeout=10)
         assert all(r.state is State.COMPLETED for r in records)
         assert engine.get(ids[0]).state is State.COMPLETED
     a.release("k")
     engine.wait([first], timeout=10)
+
+
+def test_a_frozen_source_starts_and_ends_nothing_but_what_the_freezing_thread_does(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1))
+    engine = make_engine({"alpha": src})
+    running = engine.submit("alpha", "block:r")
+    src.wait_started(1)
+    queued = engine.submit("alpha", "ok:q")
+    with frozen(engine, "alpha") as view:
+        src.release("r")
+        with src.started:  # download_impl has returned its file ...
+            assert src.started.wait_for(lambda: len(src.events) >= 2, 10)
+        with pytest.raises(TimeoutError):  # ... but the download cannot end, nor the next start
+            engine.wait([running], timeout=0.2)
+        assert [(r.id, r.state) for r in view.records()] == [(running, State.RUNNING), (queued, State.QUEUED)]
+        assert engine.cancel(queued)  # the freezing thread still acts
+        assert view.state(queued) is State.CANCELLED
+    assert engine.wait([running], timeout=10)[0].state is State.COMPLETED
+    assert src.started_targets() == ["block:r"]
 
 
 # -- cancel ------------------------------------------------------------------------

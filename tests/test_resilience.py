@@ -13,6 +13,7 @@ from scripted import ScriptedSource, TranslatingSource
 
 from headwater import (
     Chain,
+    Engine,
     RatePolicy,
     SourceSkippedWarning,
     State,
@@ -22,6 +23,7 @@ from headwater import (
     UnknownSourceError,
 )
 from headwater._clock import ManualClock, SystemClock
+from headwater.testing import frozen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -578,17 +580,11 @@ def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
     a = ScriptedSource("a", clock)
     b = TranslatingSource("b", clock, lambda t: "block:never")
     engine = make_engine({"a": a, "b": b})
-    shard_a, shard_b = engine._shard("a"), engine._shard("b")
-    with shard_b.lock:  # the move will take a's lock, then wait here for b's
+    with frozen(engine, "b"):  # the move will hold a still, then wait here for b
         rid = engine.submit(["a", "b"], "fail")
         a.wait_ended(1)
-        held_since = None
-        while held_since is None or time.monotonic() - held_since < 0.05:
-            if shard_a.lock.acquire(blocking=False):  # not held by the mover (yet)
-                shard_a.lock.release()
-                held_since = None
-            elif held_since is None:
-                held_since = time.monotonic()
+        while not _frozen_elsewhere(engine, "a", 0.05):  # not held by the mover (yet)
+            pass
         outcome: list[object] = []
         canceller = threading.Thread(target=lambda: outcome.append(_try(engine.cancel, rid)))
         canceller.start()
@@ -597,6 +593,18 @@ def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
     assert outcome == [True]
     assert engine.wait([rid], timeout=5)[0].state is State.CANCELLED
     assert engine.get(rid).source == "b"
+
+
+def _frozen_elsewhere(engine: Engine, source: str, within: float) -> bool:
+    """Whether another thread holds ``source`` frozen: a freeze from here does not get in ``within`` s."""
+    entered = threading.Event()
+
+    def probe() -> None:
+        with frozen(engine, source):
+            entered.set()
+
+    threading.Thread(target=probe, name="test-probe", daemon=True).start()
+    return not entered.wait(within)
 
 
 def _try(call: Callable[[str], object], arg: str) -> object:
