@@ -7,13 +7,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from instrumented import InstrumentedSource
 from scripted import ScriptedSource, TranslatingSource
 
 from headwater import (
     Chain,
+    DownloadContext,
     Engine,
+    Job,
     RatePolicy,
     SourceSkippedWarning,
     State,
@@ -21,6 +25,7 @@ from headwater import (
     Tried,
     UnknownDownloadError,
     UnknownSourceError,
+    hookimpl,
 )
 from headwater._clock import ManualClock, SystemClock
 from headwater.testing import frozen
@@ -593,6 +598,33 @@ def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
     assert outcome == [True]
     assert engine.wait([rid], timeout=5)[0].state is State.CANCELLED
     assert engine.get(rid).source == "b"
+
+
+class _ProgressThenDrop:
+    """A source whose every attempt reports half its bytes, then loses the connection."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
+        ctx.progress(5, 10)
+        raise ConnectionError("dropped halfway")
+
+
+def test_a_download_moved_down_its_chain_starts_over_with_no_progress(make_engine):
+    """The failed source's progress (kept by its retry) does not follow the download to the next source."""
+    b = InstrumentedSource("b", RatePolicy(concurrency=1))
+    engine = make_engine({"a": _ProgressThenDrop(), "b": b}, policies={"a": RatePolicy(retries=1, backoff=0)})
+    busy = engine.submit("b", "block:busy")  # the moved download waits QUEUED behind it
+    b.wait_started(1)
+    rid = engine.submit(["a", "b"], "block:k")
+    deadline = time.monotonic() + 10
+    while (record := engine.get(rid)).source != "b":
+        assert time.monotonic() < deadline, f"the download never moved to b: {record}"
+        time.sleep(0.005)
+    assert record.state is State.QUEUED, record
+    assert (record.progress, record.transferred, record.size) == (0.0, 0, None)
+    b.release("busy")
+    b.release("k")
+    assert engine.wait([busy, rid], timeout=10)[1].state is State.COMPLETED
 
 
 def _frozen_elsewhere(engine: Engine, source: str, within: float) -> bool:
