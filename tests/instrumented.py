@@ -99,15 +99,16 @@ class InstrumentedSource:
         with self.started:
             self.running += 1
             self.peak = max(self.peak, self.running)
-            self.events.append(Event("start", job.id, job.target, time.monotonic()))
             self.contexts[job.id] = ctx
+            self.events.append(Event("start", job.id, job.target, time.monotonic()))
             self.started.notify_all()
         try:
             return self._behave(job, ctx)
         finally:
-            with self.lock:
+            with self.started:
                 self.running -= 1
                 self.events.append(Event("end", job.id, job.target, time.monotonic()))
+                self.started.notify_all()
 
     def _behave(self, job: Job, ctx: DownloadContext) -> Path | None:
         kind, _, arg = job.target.partition(":")

@@ -27,7 +27,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -68,12 +68,23 @@ log = logging.getLogger("headwater")
 class _Shard:
     """One source's lock, records, live downloads and worker."""
 
-    def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        source: Source,
+        store: RecordStore,
+        feed: ChangeFeed,
+        ended: Ended,
+        home: dict[str, _Shard],
+        begin: Callable[[Download, float], DownloadContext | None],
+        run: Callable[[Download, DownloadContext], tuple[Download, DownloadContext] | None],
+        idle_timeout: float,
+        clock: Clock,
+    ) -> None:
         self.source = source
-        self.store = engine._store
-        self.feed = engine._feed
-        self.ended = engine._ended
-        self.home = engine._home
+        self.store = store
+        self.feed = feed
+        self.ended = ended
+        self.home = home
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
@@ -82,7 +93,7 @@ class _Shard:
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
         self.worker: SourceWorker[Download, DownloadContext] = SourceWorker(
-            source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
+            source.name, self.lock, source.policy, begin, run, idle_timeout, clock
         )
 
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
@@ -339,7 +350,17 @@ class Engine:
                 source = self._registry.resolve(name)  # an alias (from an old journal) finds its source
                 shard = self._shards.get(source.name)
                 if shard is None:
-                    shard = _Shard(self, source, self._idle_timeout)
+                    shard = _Shard(
+                        source,
+                        self._store,
+                        self._feed,
+                        self._ended,
+                        self._home,
+                        self._begin,
+                        self._run,
+                        self._idle_timeout,
+                        self._clock,
+                    )
                     self._shards[source.name] = shard
         return shard
 
@@ -1249,6 +1270,27 @@ class Engine:
         self.close()
 
     # -- introspection, for tests and benchmarks ------------------------------
+
+    @contextmanager
+    def freeze(self, source: str) -> Iterator[None]:
+        """Hold ``source`` (a name or alias) still while the context is open: the seam for tests.
+
+        Meanwhile no download of the source starts, ends, changes state or
+        moves along its chain, unless the thread that froze it does it: that
+        thread may still read, submit, cancel and remove (a cancel or remove
+        inside a freeze is settled before any start or end the freeze holds
+        back). Progress reports go on. Other sources are not held up, though
+        the watchdog checks no timeout while a freeze lasts. Every read
+        (:meth:`get`, :meth:`records`) inside it sees the source as one
+        consistent state. Freezes of one source nest; never wait inside one
+        for a download of that source to end (it cannot).
+
+        :func:`headwater.testing.frozen` is the supported way to use it.
+        Raises UnknownSourceError.
+        """
+        shard = self._shard(self._registry.resolve(source).name)
+        with shard.lock:
+            yield
 
     def worker_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per source name: (threads, running, queue entries) right now."""
