@@ -262,6 +262,19 @@ class PostgresStore:
         record = self._decode_one(download_id, found[0])
         return record if record.state.terminal else None
 
+    def fetch(self, ids: Collection[str]) -> dict[str, Record]:
+        """The records of ``ids`` as the server holds them now, whatever their state; id -> record.
+
+        What a cluster's worker reads: the record a scheduler wrote, and
+        whether the download it runs is still its own (a cancel, a later
+        attempt). An id with no row is left out (as is a row that cannot be
+        decoded, logged). Raises StoreError if the server cannot be read.
+        """
+        if not ids:
+            return {}
+        rows = self._read(lambda conn: conn.execute(self._q.fetch, (list(ids),)).fetchall(), "read")
+        return {record.id: record for record in self._decode(rows)}
+
     def page(
         self,
         *,
