@@ -37,20 +37,21 @@ from pathlib import Path
 
 import psycopg
 import redis
+from table import print_table
 
 from headwater import State
 from headwater._cluster._client import ClusterClient
 from headwater._cluster._setup import sources
 from headwater._config import ClusterConfig
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from table import print_table  # noqa: E402
+#: This folder: its http.py would shadow the standard library's ``http`` for httpx.
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _bench_http():  # type: ignore[no-untyped-def]
-    """bench/http.py as a module (its name would shadow the standard library's ``http``)."""
-    spec = importlib.util.spec_from_file_location("bench_http", HERE / "http.py")
+    """bench/http.py as a module named ``bench_http``, with this folder off the import path."""
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    spec = importlib.util.spec_from_file_location("bench_http", Path(HERE) / "http.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -100,7 +101,8 @@ def cluster(
         f'[cluster]\nbroker = "{REDIS_URL}"\npostgres = "{PG_URL}"\nschema = "{config.schema}"\n'
         f'lease = {config.lease}\nprefix = "{config.prefix}"\n[sources.http]\nconcurrency = {jobs}\n'
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugins), *sys.path]))
+    path = [p for p in sys.path if p and os.path.abspath(p) != HERE]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugins), *path]))
     command = [sys.executable, "-m", "headwater.cli", "--config", str(config_file), "worker"]
     started = [
         subprocess.Popen(

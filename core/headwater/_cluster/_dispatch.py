@@ -14,12 +14,12 @@ schedules, the others wait to take over within the lease time. The leader:
   pauses for all processes); granted, it sends the message; refused, it
   asks again at the time Redis named, or when a slot of the source is
   released (a change of one of its downloads);
-- every third of the lease time, asks Redis which of the downloads it sent
-  still hold their slots: one RUNNING whose lease is gone (its worker died
-  or was frozen) goes back to QUEUED, with one conditional write from the
-  attempt it saw, so its next attempt starts (the dead worker's late write
-  is then refused); one still QUEUED whose lease is gone (its message was
-  lost, or refused by a worker stopping) is sent again.
+- every third of the lease time, renews the slots of the downloads whose
+  messages wait for a free worker thread, and asks Redis which of the
+  RUNNING ones still hold their slots: one whose lease is gone (its worker
+  died or was frozen) goes back to QUEUED, with one conditional write from
+  the attempt it saw, so its next attempt starts (the dead worker's late
+  write is then refused); a waiting one whose slot was lost is sent again.
 
 A message is sent only for a download holding a slot, so no worker waits on
 a limit and a queued download costs no worker.
@@ -147,8 +147,9 @@ class Dispatcher:
                     next_renew = now + renew_every
                     if self._leading:
                         self._sweep()
+                changes = self._take_changes()  # a process that does not lead has no use for them
                 if self._leading:
-                    self._apply(self._take_changes())
+                    self._apply(changes)
                     wake = min(wake, self._start_due(time.monotonic()), next_renew)
             except (redis.RedisError, StoreError) as exc:
                 log.warning("the scheduler could not go on (%s); trying again", exc)
@@ -289,9 +290,21 @@ class Dispatcher:
     # -- finding the dead ---------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Downloads sent whose lease is gone: a dead worker's back to QUEUED, a lost message sent again."""
+        """Keep the slots of messages waiting for a worker; find the downloads whose worker is gone.
+
+        A download sent and not yet RUNNING holds its slot while its message
+        waits for a free worker thread: the leader renews that lease (a
+        renewal refused: the slot was lost, and the message is sent again).
+        A RUNNING download's lease is its worker's to renew; one that is gone
+        sends the download back to QUEUED.
+        """
         by_source: dict[str, list[Assignment]] = {}
-        for assignment in self._sent.values():
+        for assignment in list(self._sent.values()):
+            record = self._records.get(assignment.download_id)
+            if record is not None and record.state is State.QUEUED and record.attempts == assignment.attempts:
+                if not self._source(assignment.source).limits.renew(assignment.holder, time.monotonic()):
+                    self._recover(assignment)
+                continue
             by_source.setdefault(assignment.source, []).append(assignment)
         for name, sent in by_source.items():
             held = self._source(name).limits.held([a.holder for a in sent])

@@ -4,9 +4,11 @@ What ``headwater worker`` runs: :class:`WorkerProcess` opens the records
 (PostgreSQL) and the limits (Redis) named by a
 :class:`~headwater._config.ClusterConfig`, declares the download actor on
 Dramatiq's Redis broker, and starts Dramatiq's own worker with ``threads``
-threads, each running one download at a time. It takes no more messages
-than it has threads (each message holds a slot whose lease only a running
-download renews).
+threads, each running one download at a time, and the process's
+:class:`~headwater._cluster._dispatch.Dispatcher`. It holds up to twice as
+many messages as it has threads, so that a thread that ends a download
+finds the next at hand (a message waiting here keeps its slot: the
+scheduler renews the lease of a download sent and not yet RUNNING).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from headwater._cluster._runner import ClusterWorker
 from headwater._cluster._setup import redis_client
 from headwater._config import ClusterConfig
 from headwater._sources import SourceRegistry
+
+#: Milliseconds an idle worker waits at most between asks for messages (Dramatiq's backoff grows to it).
+POLL_MS = 10
 
 
 class WorkerProcess:
@@ -71,8 +76,10 @@ class WorkerProcess:
             raise
         self.broker = broker(config.broker, namespace=config.prefix)
         declare(self.broker, self.runner.run)
-        self._worker = dramatiq.Worker(self.broker, queues={QUEUE}, worker_threads=threads)
-        self._worker.queue_prefetch = threads  # no message waits here while its lease runs out
+        self._worker = dramatiq.Worker(
+            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
+        )
+        self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
         self._worker.start()
         self.dispatcher: Dispatcher | None = None
         if schedule:
