@@ -11,7 +11,10 @@ id -> shard map kept for chain downloads only, so a reader or a cancel that
 finds the record gone from a shard looks again where it went.
 
 Every change is committed to the engine's :class:`~headwater.RecordStore`
-before anyone can see it.
+before anyone can see it. The shards hold the unfinished records only: a
+record that ends leaves its shard once committed, for :class:`Ended`
+(the store, and a window of the latest), where a reader that no longer
+finds it in a shard looks next.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, 
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._discovery import Candidate, discover, one_line
+from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
     HeadwaterError,
@@ -69,8 +73,10 @@ class _Shard:
         self.source = source
         self.store = engine._store
         self.feed = engine._feed
+        self.ended = engine._ended
+        self.home = engine._home
         self.lock = threading.RLock()
-        self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
+        self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
         self.contexts: dict[str, DownloadContext] = {}
         self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
@@ -133,14 +139,25 @@ class _Shard:
                 self._write(moved)
 
     def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
-        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current."""
+        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
+
+        A terminal record committed leaves the shard for :attr:`ended` (one
+        the store refused stays, as the only copy).
+        """
+        committed = True
         try:
             self.store.commit([new for _, new in moves.values()])
         except StoreError as exc:
+            committed = False
             changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
-            self.records[new.id] = new
+            if committed and new.state.terminal:
+                self.ended.keep(new)  # before it leaves: a reader missing it here finds it there
+                self.records.pop(new.id, None)
+                self.home.pop(new.id, None)
+            else:
+                self.records[new.id] = new
         self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
 
     def snapshot(self, record: Record) -> Record:
@@ -151,6 +168,11 @@ class _Shard:
         if ctx is None:
             return record
         return with_progress(record, ctx)
+
+
+def _snapshot(shard: _Shard | None, record: Record) -> Record:
+    """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
+    return record if shard is None else shard.snapshot(record)
 
 
 def _deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
@@ -181,8 +203,9 @@ class Engine:
             measured on (default: the real monotonic clock); tests pass a
             :class:`~headwater.ManualClock`.
         store: where records are journaled; None keeps them in memory only
-            (:class:`~headwater.MemoryStore`). The store's terminal
-            records are loaded now, as history. Unless ``hold``, the
+            (:class:`~headwater.MemoryStore`). The ended records stay
+            there (none is loaded; they are read on demand, and the engine
+            keeps in memory only the latest few that end while it runs). Unless ``hold``, the
             downloads that engines no longer running left QUEUED or RUNNING
             there (of the loaded sources) are taken over and QUEUED again
             now (a RUNNING one's next attempt counts one more); those of
@@ -241,13 +264,14 @@ class Engine:
             self._idle_timeout = idle_timeout
             self._clock: Clock = SystemClock() if clock is None else clock
             self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
+            loaded = frozenset(n for info in self._registry.infos() for n in (info.name, *info.aliases))
+            self._ended = Ended(self._store, loaded.__contains__)
             self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
             self._shards: dict[str, _Shard] = {}
             self._meta = threading.Lock()
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
             self._restore_pauses()
-            self._load_history(self._store.load())
             if not hold:
                 self._requeue(self._store.take_over(self._registry.names()))
         except BaseException:
@@ -306,19 +330,6 @@ class Engine:
                 continue
             with shard.lock:
                 shard.worker.pause()
-
-    def _load_history(self, records: list[Record]) -> None:
-        """Put the store's terminal records in their shards (before any job is queued)."""
-        orphans: dict[str, int] = {}
-        for record in records:
-            try:
-                shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
-            except HeadwaterError:
-                orphans[record.source] = orphans.get(record.source, 0) + 1
-                continue
-            shard.records[record.id] = record
-        for source, count in orphans.items():
-            log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
 
     def _requeue(self, records: list[Record]) -> list[str]:
         """Queue again and start the unfinished ``records`` taken over from the store; return the ids started.
@@ -734,38 +745,30 @@ class Engine:
         its ``ctx.cancelled`` is set. ``source_hint`` (a name or alias) says
         where to look first.
 
-        An id this engine does not hold is looked up in the store: a download
-        an engine no longer running left unfinished there is CANCELLED in the
-        store directly, without taking over anything else, and one that has
-        ended since gives False; either way this engine holds its record from
-        then on (if its source is loaded). Raises UnknownDownloadError for an
-        id neither knows, DownloadOwnedError for one a running engine
-        elsewhere owns, and StoreError when the store cannot be used.
+        An ended download gives False. An id this engine does not hold
+        unfinished is looked up in the store: a download an engine no longer
+        running left unfinished there is CANCELLED in the store directly,
+        without taking over anything else, and one that has ended since
+        gives False; either way its record is then read from the store.
+        Raises UnknownDownloadError for an id neither knows,
+        DownloadOwnedError for one a running engine elsewhere owns, and
+        StoreError when the store cannot be used.
         """
-        while True:
-            try:
+        try:
+            while True:
                 shard = self._find(download_id, source_hint)
-            except UnknownDownloadError:
-                return self._cancel_left(download_id)
-            with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None:
-                    cancelled = self._cancel_locked(shard, record)
-                    break
-            self._raise_unless_moved(download_id, shard)
+                with shard.lock:
+                    record = shard.records.get(download_id)
+                    if record is not None:
+                        cancelled = self._cancel_locked(shard, record)
+                        break
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            if self._ended.get(download_id) is not None:
+                return False
+            return self._store.cancel_left(download_id)[1]
         if cancelled:
             self._notify_ended(download_id)
-        return cancelled
-
-    def _cancel_left(self, download_id: str) -> bool:
-        """Cancel in the store a download this engine does not hold (see :meth:`cancel`)."""
-        record, cancelled = self._store.cancel_left(download_id)
-        try:
-            shard = self._shard(self._registry.resolve(record.source).name)
-        except HeadwaterError:
-            return cancelled  # a source not loaded: the store alone holds its record
-        with shard.lock:
-            shard.records.setdefault(download_id, record)
         return cancelled
 
     def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
@@ -789,22 +792,46 @@ class Engine:
     def remove(self, download_id: str) -> Record:
         """Forget a download, cancelling it first if it has not ended; return its last record.
 
-        Files of completed downloads stay where they are.
+        Files of completed downloads stay where they are. Raises
+        UnknownDownloadError for an id the engine does not know (an ended
+        download is looked up in the store), StoreError when the store
+        cannot be used.
         """
-        while True:
-            shard = self._find(download_id)
+        try:
+            while True:
+                shard = self._find(download_id)
+                with shard.lock:
+                    record = shard.records.get(download_id)
+                    if record is not None:
+                        self._cancel_locked(shard, record)  # a record it ends leaves the shard
+                        final = shard.records.get(download_id) or self._ended.get(download_id)
+                        assert final is not None, "a record its cancel ended is in the shard or the ended"
+                        self._forget_locked(shard, final)
+                        break
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            shard, final = self._ended_shard(download_id)
             with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None:
-                    self._cancel_locked(shard, record)
-                    self._store.delete(download_id)
-                    final = shard.records.pop(download_id)
-                    self._home.pop(download_id, None)
-                    self._feed.publish([Change(ChangeKind.REMOVED, final)])
-                    break
-            self._raise_unless_moved(download_id, shard)
+                if self._ended.get(download_id) is None:
+                    raise  # removed meanwhile
+                self._forget_locked(shard, final)
         self._notify_ended(download_id)
         return final
+
+    def _forget_locked(self, shard: _Shard, final: Record) -> None:
+        """Delete ``final``'s download from the store and the engine, and say so; ``shard``'s lock held."""
+        self._store.delete(final.id)
+        shard.records.pop(final.id, None)
+        self._ended.forget(final.id)
+        self._home.pop(final.id, None)
+        self._feed.publish([Change(ChangeKind.REMOVED, final)])
+
+    def _ended_shard(self, download_id: str) -> tuple[_Shard, Record]:
+        """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
+        record = self._ended.get(download_id)
+        if record is None:
+            raise UnknownDownloadError(download_id)
+        return self._shard(self._registry.resolve(record.source).name), record
 
     # -- reading -----------------------------------------------------------
 
@@ -822,36 +849,54 @@ class Engine:
         return self._feed.subscribe(maxsize)
 
     def get(self, download_id: str) -> Record:
-        """A snapshot of one download's record. Raises UnknownDownloadError."""
-        shard, record = self._locate(download_id)
-        return shard.snapshot(record)
+        """A snapshot of one download's record; an ended one is read from the store.
 
-    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard, Record]:
+        Raises UnknownDownloadError, StoreError when the store cannot be read.
+        """
+        return _snapshot(*self._locate(download_id))
+
+    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard | None, Record]:
         """The shard a download is on (``shard`` if given and still right) and its record.
 
-        Reads without a lock. Raises UnknownDownloadError.
+        The shard is None for an ended download, whose record is read from
+        :class:`Ended`. Reads without a lock. Raises UnknownDownloadError.
         """
         if shard is not None:
             record = shard.records.get(download_id)
             if record is not None:
                 return shard, record
-        while True:
-            shard = self._find(download_id)
-            record = shard.records.get(download_id)
-            if record is not None:
-                return shard, record
-            self._raise_unless_moved(download_id, shard)
+        try:
+            while True:
+                shard = self._find(download_id)
+                record = shard.records.get(download_id)
+                if record is not None:
+                    return shard, record
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            ended = self._ended.get(download_id)  # it left its shard after it was here
+            if ended is None:
+                raise
+            return None, ended
 
     def records(self, source: str | None = None) -> list[Record]:
-        """Snapshots of all records (of one source, a name or alias), oldest first."""
+        """Snapshots of all records (of one source, a name or alias), oldest first.
+
+        Reads every ended record of the store, the whole history of a
+        journal, and holds them all: to list some, page the store
+        (:meth:`RecordStore.page`) or read it a record at a time
+        (:meth:`RecordStore.scan`). Raises StoreError when the store cannot
+        be read.
+        """
+        names: set[str] | None = None
         if source is not None:
-            shards: Iterable[_Shard] = [self._shard(self._registry.resolve(source).name)]
+            found = self._registry.resolve(source)
+            shards: Iterable[_Shard] = [self._shard(found.name)]
+            names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
-        found = [s.snapshot(r) for s in shards for r in list(s.records.values())]
-        if source is None:
-            found.sort(key=lambda r: r.created_at)
-        return found
+        held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
+        held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
+        return sorted(held.values(), key=lambda r: r.created_at)
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
@@ -861,7 +906,7 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
-        shards = [self._find(i) for i in order]
+        shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):
             while not self._ended_or_raise(shard, download_id):
@@ -878,9 +923,9 @@ class Engine:
                     raise TimeoutError(
                         f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
                     )
-        return [s.snapshot(r) for s, r in (self._locate(i, s) for s, i in zip(shards, order, strict=True))]
+        return [_snapshot(*self._locate(i, s)) for s, i in zip(shards, order, strict=True)]
 
-    def _ended_or_raise(self, shard: _Shard, download_id: str) -> bool:
+    def _ended_or_raise(self, shard: _Shard | None, download_id: str) -> bool:
         """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
         return self._locate(download_id, shard)[1].state.terminal
 
@@ -976,10 +1021,10 @@ class Engine:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [
-            shard.records[i]
+            found
             for shard in self._shards.values()
             for i in [*shard.contexts, *shard.expired]
-            if i in shard.records
+            if (found := shard.records.get(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
             log.warning(
