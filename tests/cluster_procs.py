@@ -31,8 +31,10 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 class Cluster:
     """One cluster's configuration, folders and worker processes."""
 
-    def __init__(self, root: Path, pg_url: str, schema: str, lease: float) -> None:
-        self.config = ClusterConfig(REDIS_URL, pg_url, schema, lease, f"hwtest-{uuid.uuid4().hex[:12]}")
+    def __init__(
+        self, root: Path, pg_url: str, schema: str, lease: float, redis_url: str = REDIS_URL
+    ) -> None:
+        self.config = ClusterConfig(redis_url, pg_url, schema, lease, f"hwtest-{uuid.uuid4().hex[:12]}")
         self.dest = (root / "dest").resolve()
         self.dest.mkdir()
         self.events = root / "events"
@@ -40,7 +42,7 @@ class Cluster:
         self.config_file = root / "headwater.toml"
         self.config_file.write_text(
             "[cluster]\n"
-            f'broker = "{REDIS_URL}"\n'
+            f'broker = "{redis_url}"\n'
             f'postgres = "{pg_url}"\n'
             f'schema = "{schema}"\n'
             f"lease = {lease}\n"

@@ -6,13 +6,16 @@ them schedules; the test submits and cancels through a ClusterClient.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import cluster_plugin
+import pytest
 import redis
 from child_env import isolated_env, run_headwater
+from cluster_child import free_port, private_redis
 from cluster_procs import Cluster, wait_until
 
 from headwater import RatePolicy, State
@@ -144,3 +147,32 @@ def test_a_worker_without_a_cluster_table_says_what_is_missing(tmp_path: Path) -
     done = run_headwater(isolated_env(tmp_path / "home"), "--config", str(config), "worker")
     assert done.returncode == 2
     assert f"`headwater worker` needs a [cluster] table (broker, postgres) in {config}" in done.stderr
+
+
+def test_a_redis_restart_mid_run_loses_no_download_and_completes_none_twice(
+    tmp_path: Path, pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis keeps nothing on disk: the queue, the slots and the leader's lease are all lost at once."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: this test restarts a Redis of its own")
+    port = free_port()
+    for run in ("redis-1", "redis-2"):
+        (tmp_path / run).mkdir()
+    found = Cluster(tmp_path, pg_url, pg_schema, lease=2.0, redis_url=f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+    try:
+        with private_redis(tmp_path / "redis-1", port), client_of(found) as client:
+            for _ in range(2):
+                found.start_worker(threads=2)
+            ids = [client.submit("clustered", f"nap:0.1:r{i}.bin") for i in range(20)]
+            wait_until(lambda: len(events_of("end")) >= 5, 30, "5 downloads ended")
+        assert len(events_of("end")) < 20, "every download ended before the restart"
+        # That server was killed on leaving the block; a new, empty one takes its port.
+        with private_redis(tmp_path / "redis-2", port), client_of(found) as client:
+            ended = client.wait(ids, timeout=90)
+            found.stop()
+    finally:
+        found.stop()
+    assert {r.state for r in ended} == {State.COMPLETED}
+    assert sorted(p.name for p in found.dest.iterdir()) == sorted(f"r{i}.bin" for i in range(20))  # once each
+    assert len(events_of("start")) >= 20
