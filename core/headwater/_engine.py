@@ -994,6 +994,14 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
+        self._ended.pin(order)  # what ends meanwhile stays at hand, however many
+        try:
+            return self._wait(order, timeout)
+        finally:
+            self._ended.unpin(order)
+
+    def _wait(self, order: list[str], timeout: float | None) -> list[Record]:
+        """:meth:`wait`'s loop."""
         shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):
