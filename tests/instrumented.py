@@ -63,8 +63,8 @@ class InstrumentedSource:
         self.events: list[Event] = []
         self.running = 0
         self.peak = 0
-        self.contexts: dict[str, DownloadContext] = {}  # job id -> the ctx its latest attempt got
-        self.started = threading.Condition(self.lock)  # notified at every start and end
+        self.started = threading.Condition(self.lock)
+        self.contexts: dict[str, DownloadContext] = {}  # job id -> the context of its latest start
         self._gates: dict[str, threading.Event] = {}
 
     # -- test controls ---------------------------------------------------------

@@ -356,3 +356,58 @@ def test_plugin_whose_attributes_raise_leaves_the_rest_loaded(make_engine):
     infos = {i.name: i for i in engine.sources(include_broken=True)}
     assert infos["ok"].status == "ok"
     assert infos["hostile"].error is None or "RuntimeError: no ghost" in infos["hostile"].error
+
+
+# -- dispatch: each call reaches its own source -------------------------------------
+
+
+class Own:
+    """A source whose every per-download hook says which source it is; they name only some arguments."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.downloads: list[str] = []
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> str:
+        self.downloads.append(job.target)
+        (ctx.dest_dir / f"{self.name}.bin").write_bytes(b"")
+        return f"{self.name}.bin"
+
+    @hookimpl
+    def record_fields(self, job: Job) -> dict[str, object]:
+        return {"by": self.name}
+
+    @hookimpl
+    def translate_target(self, target: str) -> str:
+        return f"{self.name}:{target}"
+
+
+def test_each_hook_call_reaches_its_own_source_alone(make_engine):
+    """Several sources implementing every hook: a download gets its own source's, with the arguments named."""
+    sources = {name: Own(name) for name in ("alpha", "beta", "gamma")}
+    engine = make_engine(sources)
+    ids = {name: engine.submit(name, "t") for name in sources}
+    records = dict(zip(ids, engine.wait(ids.values(), timeout=10), strict=True))
+    for name, record in records.items():
+        assert record.state is State.COMPLETED, record.error
+        assert record.extra == {"by": name}
+        assert record.file_path is not None and record.file_path.endswith(f"{name}.bin")
+        assert sources[name].downloads == [f"{name}:t"]
+
+
+class Wrapping:
+    """A source whose download_impl is a pluggy wrapper: pluggy gives it its meaning (the inner result)."""
+
+    @hookimpl(wrapper=True)
+    def download_impl(self, job: Job, ctx: DownloadContext):  # type: ignore[no-untyped-def]
+        inner = yield  # no other implementation: None
+        (ctx.dest_dir / "wrapped.bin").write_bytes(b"")
+        return inner or "wrapped.bin"
+
+
+def test_a_wrapper_implementation_is_called_as_pluggy_calls_it(make_engine):
+    engine = make_engine({"wrapping": Wrapping(), "plain": Plain()})
+    [record] = engine.wait([engine.submit("wrapping", "t")], timeout=10)
+    assert record.state is State.COMPLETED, record.error
+    assert record.file_path is not None and record.file_path.endswith("wrapped.bin")

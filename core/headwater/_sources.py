@@ -13,13 +13,20 @@ it is marked ``hookimpl(optionalhook=True)``.
 Source names are claimed before aliases, so an alias equal to another
 source's name always loses; of two sources claiming the same alias, the one
 offered first keeps it (discovery offers them sorted by name).
+
+pluggy registers and checks each source (one manager holds them all); at
+load, each of a source's hooks becomes a :class:`Hook` that calls the
+source's own implementation directly, with the arguments it names, as
+pluggy would, so a call costs what the implementation does and not the
+number of installed sources (``bench/dispatch.py``; docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import pluggy
@@ -90,18 +97,80 @@ class SourceInfo:
         return "needs-configuration" if self.problems else "ok"
 
 
+class Hook:
+    """One hook of one source, called with keyword arguments as a pluggy hook is; it reaches only that source.
+
+    Returns what pluggy's call returns: for a ``firstresult`` hook the
+    implementation's result (None when the source has none); for another a
+    list of its result, empty when it returned None or the source has none.
+    Raises what the implementation raises. The implementation gets, in
+    order, the arguments it names (a hook's implementation may leave some
+    out), on the calling thread; no lock is taken.
+
+    Built by :func:`source_hook`; a call is one Python call of the
+    implementation, whatever number of sources is installed. An
+    implementation marked ``wrapper`` or ``hookwrapper`` is called through
+    pluggy instead, which gives those their meaning.
+    """
+
+    __slots__ = ("name", "_function", "_argnames", "_firstresult")
+
+    def __init__(
+        self, name: str, function: Callable[..., Any] | None, argnames: Sequence[str], firstresult: bool
+    ) -> None:
+        self.name = name
+        self._function = function
+        self._argnames = tuple(argnames)
+        self._firstresult = firstresult
+
+    def __call__(self, **kwargs: object) -> Any:
+        function = self._function
+        if function is None:
+            return None if self._firstresult else []
+        result = function(*[kwargs[a] for a in self._argnames])
+        if self._firstresult:
+            return result
+        return [] if result is None else [result]
+
+    def __repr__(self) -> str:
+        return f"<Hook {self.name}>"
+
+
+def source_hook(
+    pm: pluggy.PluginManager, name: str, plugin: object, others: Sequence[object]
+) -> tuple[Callable[..., Any], bool]:
+    """The hook ``name`` of ``plugin`` (registered with ``pm``, as ``others`` are), and whether it has it.
+
+    A :class:`Hook` calling ``plugin``'s implementation, or pluggy's caller
+    of that hook without ``others`` for an implementation that is a wrapper.
+    """
+    caller: pluggy.HookCaller = getattr(pm.hook, name)
+    firstresult = bool(caller.spec is not None and caller.spec.opts.get("firstresult"))
+    impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
+    if not impls:
+        return Hook(name, None, (), firstresult), False
+    impl = impls[0]
+    if impl.wrapper or impl.hookwrapper:
+        return pm.subset_hook_caller(name, remove_plugins=others), True
+    return Hook(name, impl.function, impl.argnames, firstresult), True
+
+
 @attrs.define
 class Source:
-    """A loaded source and its own hook callers (built once, reaching only it)."""
+    """A loaded source and its own hooks (built once at load, each reaching only it; see :class:`Hook`).
+
+    ``record_fields`` and ``translate`` are None when the source does not
+    implement them.
+    """
 
     name: str
     aliases: tuple[str, ...]
     policy: RatePolicy
     distribution: str | None
     version: str | None
-    download: pluggy.HookCaller
-    record_fields: pluggy.HookCaller | None
-    translate: pluggy.HookCaller | None = None
+    download: Callable[..., Any]
+    record_fields: Callable[..., Any] | None
+    translate: Callable[..., Any] | None = None
     settings: SourceSettings = NO_SETTINGS
 
     def label(self) -> str:
@@ -118,10 +187,6 @@ class Source:
             settings=self.settings.fields,
             problems=self.settings.problems,
         )
-
-
-def _implements(hook: pluggy.HookCaller, plugin: object) -> bool:
-    return any(i.plugin is plugin for i in hook.get_hookimpls())
 
 
 def _dist_label(distribution: str | None, version: str | None) -> str:
@@ -227,10 +292,10 @@ class SourceRegistry:
         return True
 
     def _admit(self, cand: Candidate, others: list[object]) -> None:
-        """Build ``cand``'s own hook callers, read its aliases and policy, or reject it."""
+        """Build ``cand``'s own hooks, read its aliases and policy, or reject it."""
 
-        def caller(hook: str) -> pluggy.HookCaller:
-            return self._pm.subset_hook_caller(hook, remove_plugins=others)
+        def caller(hook: str) -> Callable[..., Any]:
+            return source_hook(self._pm, hook, cand.plugin, others)[0]
 
         try:
             names = tuple(dict.fromkeys(alias_names(caller("aliases"))))
@@ -250,8 +315,8 @@ class SourceRegistry:
             del self._owner[cand.name]
             self._reject(cand, exc)
             return
-        fields = caller("record_fields")
-        translate = caller("translate_target")
+        fields, has_fields = source_hook(self._pm, "record_fields", cand.plugin, others)
+        translate, has_translate = source_hook(self._pm, "translate_target", cand.plugin, others)
         source = Source(
             cand.name,
             aliases,
@@ -259,8 +324,8 @@ class SourceRegistry:
             cand.distribution,
             cand.version,
             caller("download_impl"),
-            fields if _implements(fields, cand.plugin) else None,
-            translate if _implements(translate, cand.plugin) else None,
+            fields if has_fields else None,
+            translate if has_translate else None,
             settings,
         )
         self._sources[cand.name] = source

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -757,14 +758,30 @@ def clean(as_json: bool) -> None:
     """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
     through = _server()
     if through is not None:
-        removed = _call_server(through[0].clear)
-    else:
-        with _journaled_engine(None) as engine:
-            removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
+        removed: Iterable[Record] = _call_server(through[0].clear)
+        _cleaned(removed, as_json)
+        return
+    with _journaled_engine(None) as engine:
+        _cleaned(_remove_ended(engine), as_json)
+
+
+def _remove_ended(engine: Engine) -> Iterator[Record]:
+    """Remove the ended downloads, a page of a thousand at a time, latest first; yield each removed."""
+    ended = [s for s in State if s.terminal]
+    after: tuple[float, str] | None = None
+    while page := engine.page(states=ended, after=after, limit=1000):
+        for record in page:
+            yield engine.remove(record.id)
+        after = (page[-1].created_at, page[-1].id)
+
+
+def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
+    """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
     if as_json:
-        click.echo(json.dumps([plain(r) for r in removed], indent=2))
-    else:
-        click.echo(f"removed {len(removed)} ended download(s) from the journal")
+        _show(removed, as_json=True)
+        return
+    count = sum(1 for _ in removed)
+    click.echo(f"removed {count} ended download(s) from the journal")
 
 
 @main.group()
@@ -860,6 +877,70 @@ def keys_remove(source: str, field: str) -> None:
     if not removed:
         raise Failure(f"the secrets store holds no {field} of {source} (`headwater keys list`)", EXIT_USAGE)
     click.echo(f"removed {field} of {source}", err=True)
+
+
+@main.command()
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=8,
+    show_default=True,
+    help="Downloads this worker runs at once.",
+)
+@_dest_option
+def worker(threads: int, dest: Path | None) -> None:
+    """Run the cluster's downloads (``[cluster]`` in headwater.toml) in this process until Ctrl-C or SIGTERM.
+
+    Dramatiq's worker takes the downloads the cluster's scheduler sends; the
+    same sources must be installed on every worker host, and the files land
+    in the folder each download names (shared by every host). Stopping puts
+    the downloads it runs back in the queue for another worker.
+    """
+    app = _app()
+    config = app.config
+    if config.cluster is None:
+        where = config.path or "headwater.toml"
+        raise Failure(f"`headwater worker` needs a [cluster] table (broker, postgres) in {where}", EXIT_USAGE)
+    try:
+        from headwater._cluster._setup import sources
+        from headwater._cluster._work import WorkerProcess
+    except ImportError as exc:
+        raise Failure(
+            f"headwater worker needs the cluster extra ({exc.name} is missing): "
+            "pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            registry = sources(
+                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+                load=config.load,
+                block=config.block,
+                settings_layers=SettingsLayers(
+                    keystore=app.keystore, config=config.settings, config_path=config.path
+                ),
+            )
+            running = WorkerProcess(config.cluster, folder, threads=threads, registry=registry)
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, ValueError, OSError) as exc:
+        raise Failure(f"cannot start the worker on {config.cluster.shown()}: {exc}", EXIT_USAGE) from exc
+    except Exception as exc:  # redis-py's errors: the broker cannot be reached
+        raise Failure(f"cannot start the worker on {config.cluster.shown()}: {exc}", EXIT_USAGE) from exc
+    click.echo(
+        f"headwater: worker {os.getpid()} on {config.cluster.shown()}, {threads} threads; "
+        f"files land in {folder} unless a download names its folder",
+        err=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _ignore_interrupts()
+    finally:
+        running.stop()
+    click.echo("headwater: worker stopped", err=True)
 
 
 @main.command()

@@ -2,9 +2,8 @@
 
 A source is a plugin object (usually a module) registered under one
 canonical name. Mark implementations with :data:`headwater.hookimpl`.
-Only ``download_impl`` is required. Per-source calls reach only that
-source's implementation; plugins that are not sources may wrap every
-source with ``hookimpl(wrapper=True)``.
+Only ``download_impl`` is required. Each call reaches only that source's
+implementation (see :class:`headwater._sources.Hook`).
 
 Hooks that take ``settings`` get the source's settings instance (built
 from the class ``settings_schema`` returns; see :mod:`headwater._settings`),
