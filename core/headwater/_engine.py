@@ -48,7 +48,7 @@ from headwater._errors import (
 )
 from headwater._files import Existing, discard_landed, existing_choice
 from headwater._policy import RatePolicy
-from headwater._records import NO_EXTRA, Job, Record, State, Tried, may_transition
+from headwater._records import NO_EXTRA, Job, Record, State, Tried, changed, may_transition
 from headwater._redact import protect, redact, register
 from headwater._settings import SettingsInput, SettingsLayers
 from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
@@ -98,7 +98,7 @@ class _Shard:
 
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
-        new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        new = changed(record, updated_at=time.time(), **changes)
         if self._unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
@@ -177,7 +177,7 @@ def _with_progress(record: Record, ctx: DownloadContext) -> Record:
     if total:
         progress = min(100.0, transferred * 100.0 / total)
         remaining = max(0, total - transferred) / speed if speed > 0 else None
-    return attrs.evolve(
+    return changed(
         record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
     )
 
