@@ -11,19 +11,23 @@ id -> shard map kept for chain downloads only, so a reader or a cancel that
 finds the record gone from a shard looks again where it went.
 
 Every change is committed to the engine's :class:`~headwater.RecordStore`
-before anyone can see it.
+before anyone can see it. The shards hold the unfinished records only: a
+record that ends leaves its shard once committed, for :class:`Ended`
+(the store, and a window of the latest), where a reader that no longer
+finds it in a shard looks next.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -36,6 +40,8 @@ from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._contract import record_fields, returned_file
 from headwater._discovery import Candidate, discover, one_line
+from headwater._download import Download, Phase
+from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
     ExistingFileKept,
@@ -60,21 +66,34 @@ log = logging.getLogger("headwater")
 
 
 class _Shard:
-    """One source's lock, records, running contexts and worker."""
+    """One source's lock, records, live downloads and worker."""
 
-    def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        source: Source,
+        store: RecordStore,
+        feed: ChangeFeed,
+        ended: Ended,
+        home: dict[str, _Shard],
+        begin: Callable[[Download, float], DownloadContext | None],
+        run: Callable[[Download, DownloadContext], tuple[Download, DownloadContext] | None],
+        idle_timeout: float,
+        clock: Clock,
+    ) -> None:
         self.source = source
-        self.store = engine._store
-        self.feed = engine._feed
+        self.store = store
+        self.feed = feed
+        self.ended = ended
+        self.home = home
         self.lock = threading.RLock()
-        self.records: dict[str, Record] = {}  # as committed: what readers see, without the lock
+        self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
-        self.contexts: dict[str, DownloadContext] = {}
-        self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
+        self.live: dict[str, Download] = {}  # downloads whose record is not terminal, by id
+        self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[DownloadContext] = SourceWorker(
-            source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
+        self.worker: SourceWorker[Download, DownloadContext] = SourceWorker(
+            source.name, self.lock, source.policy, begin, run, idle_timeout, clock
         )
 
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
@@ -99,6 +118,8 @@ class _Shard:
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
         new = changed(record, updated_at=time.time(), **changes)
+        if new.state.terminal:
+            self.live.pop(new.id, None)
         if self._unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
@@ -130,24 +151,45 @@ class _Shard:
                 self._write(moved)
 
     def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
-        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current."""
+        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
+
+        A terminal record committed leaves the shard for :attr:`ended` (one
+        the store refused stays, as the only copy).
+        """
+        committed = True
         try:
             self.store.commit([new for _, new in moves.values()])
         except StoreError as exc:
+            committed = False
             changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
-            self.records[new.id] = new
+            if committed and new.state.terminal:
+                self.ended.keep(new)  # before it leaves: a reader missing it here finds it there
+                self.records.pop(new.id, None)
+                self.home.pop(new.id, None)
+            else:
+                self.records[new.id] = new
         self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
         if record.state is not State.RUNNING:
             return record
-        ctx = self.contexts.get(record.id)
+        ctx = self.running.get(record.id)
         if ctx is None:
             return record
         return _with_progress(record, ctx)
+
+
+def _made(record: Record) -> tuple[float, str]:
+    """A record's place in the order of making."""
+    return record.created_at, record.id
+
+
+def _snapshot(shard: _Shard | None, record: Record) -> Record:
+    """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
+    return record if shard is None else shard.snapshot(record)
 
 
 def _new_id() -> str:
@@ -210,8 +252,9 @@ class Engine:
             measured on (default: the real monotonic clock); tests pass a
             :class:`~headwater.ManualClock`.
         store: where records are journaled; None keeps them in memory only
-            (:class:`~headwater.MemoryStore`). The store's terminal
-            records are loaded now, as history. Unless ``hold``, the
+            (:class:`~headwater.MemoryStore`). The ended records stay
+            there (none is loaded; they are read on demand, and the engine
+            keeps in memory only the latest few that end while it runs). Unless ``hold``, the
             downloads that engines no longer running left QUEUED or RUNNING
             there (of the loaded sources) are taken over and QUEUED again
             now (a RUNNING one's next attempt counts one more); those of
@@ -270,13 +313,14 @@ class Engine:
             self._idle_timeout = idle_timeout
             self._clock: Clock = SystemClock() if clock is None else clock
             self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
+            loaded = frozenset(n for info in self._registry.infos() for n in (info.name, *info.aliases))
+            self._ended = Ended(self._store, loaded.__contains__)
             self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
             self._shards: dict[str, _Shard] = {}
             self._meta = threading.Lock()
             self._closed = False
             self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
             self._restore_pauses()
-            self._load_history(self._store.load())
             if not hold:
                 self._requeue(self._store.take_over(self._registry.names()))
         except BaseException:
@@ -306,7 +350,17 @@ class Engine:
                 source = self._registry.resolve(name)  # an alias (from an old journal) finds its source
                 shard = self._shards.get(source.name)
                 if shard is None:
-                    shard = _Shard(self, source, self._idle_timeout)
+                    shard = _Shard(
+                        source,
+                        self._store,
+                        self._feed,
+                        self._ended,
+                        self._home,
+                        self._begin,
+                        self._run,
+                        self._idle_timeout,
+                        self._clock,
+                    )
                     self._shards[source.name] = shard
         return shard
 
@@ -335,19 +389,6 @@ class Engine:
                 continue
             with shard.lock:
                 shard.worker.pause()
-
-    def _load_history(self, records: list[Record]) -> None:
-        """Put the store's terminal records in their shards (before any job is queued)."""
-        orphans: dict[str, int] = {}
-        for record in records:
-            try:
-                shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
-            except HeadwaterError:
-                orphans[record.source] = orphans.get(record.source, 0) + 1
-                continue
-            shard.records[record.id] = record
-        for source, count in orphans.items():
-            log.warning("%d record(s) of source %r, which is not loaded, stay in the journal", count, source)
 
     def _requeue(self, records: list[Record]) -> list[str]:
         """Queue again and start the unfinished ``records`` taken over from the store; return the ids started.
@@ -387,7 +428,9 @@ class Engine:
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
                 shard.records[record.id] = record
-                shard.worker.put(job)
+                download = Download(job)
+                shard.live[record.id] = download
+                shard.worker.put(download)
             started.append(record.id)
         self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
         for name, count in waiting.items():
@@ -422,7 +465,7 @@ class Engine:
         """Snapshots of the running records, for the store's progress writes (any thread)."""
         found: list[Record] = []
         for shard in list(self._shards.values()):
-            for download_id in list(shard.contexts):
+            for download_id in list(shard.running):
                 record = shard.records.get(download_id)
                 if record is not None:
                     found.append(shard.snapshot(record))
@@ -508,7 +551,9 @@ class Engine:
             self._store.add(record)
             shard.records[job.id] = record
             self._feed.publish(ChangeKind.RECORD, (record,))
-            shard.worker.put(job)
+            download = Download(job)
+            shard.live[job.id] = download
+            shard.worker.put(download)
         return job.id
 
     def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
@@ -526,15 +571,17 @@ class Engine:
 
     # -- running (called by the worker) ----------------------------------------
 
-    def _begin(self, job: Job, now: float) -> DownloadContext | None:
-        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued.
+    def _begin(self, download: Download, now: float) -> DownloadContext | None:
+        """Start ``download`` (the source lock held); None if a cancel came first.
 
         ``now`` is the clock time the worker decided to start at: the
-        download's start for its timeout and its speed.
+        download's start for its timeout and its speed. Whether it starts
+        is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
+        job = download.job
         shard = self._shards[job.source]
         record = shard.current(job.id)
-        if record is None or record.state is not State.QUEUED:
+        if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
         existing = record.existing or shard.source.policy.existing
@@ -545,10 +592,12 @@ class Engine:
             now,
             existing,
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
-            functools.partial(self._describe, shard, job.id),
+            functools.partial(self._describe, shard, download),
         )
+        if not download.start(ctx):
+            return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.contexts[job.id] = ctx
+        shard.running[job.id] = ctx
         if shard.source.policy.watched:
             self._watchdog.poke()
         return ctx
@@ -556,7 +605,7 @@ class Engine:
     def _describe(
         self,
         shard: _Shard,
-        download_id: str,
+        download: Download,
         ctx: DownloadContext,
         display_name: str | None,
         username: str | None,
@@ -569,8 +618,8 @@ class Engine:
         ended, was cancelled or expired).
         """
         with shard.lock:
-            record = shard.current(download_id)
-            ours = shard.contexts.get(download_id) is ctx
+            record = shard.current(download.id)
+            ours = download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
             changes: dict[str, object] = {"extra": MappingProxyType({**record.extra, **_redacted(fields)})}
@@ -580,7 +629,7 @@ class Engine:
                 changes["username"] = redact(username)
             shard.amend(record, **changes)
 
-    def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
+    def _run(self, download: Download, ctx: DownloadContext) -> tuple[Download, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
 
         An interrupted download (see :meth:`close`) that did not land its
@@ -593,6 +642,7 @@ class Engine:
         or raises stops the source's worker (a step that breaks on it FAILS the
         download instead; see :meth:`_end_broken_locked`).
         """
+        job = download.job
         shard = self._shards[job.source]
         returned: str | os.PathLike[str] | None = None
         path: Path | None = None
@@ -616,11 +666,9 @@ class Engine:
         wrote: Record | None = None
         with shard.lock, shard.batch():
             try:
-                ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
-                if ours:
-                    del shard.contexts[job.id]
-                elif shard.expired.get(job.id) is ctx:
-                    del shard.expired[job.id]
+                if shard.running.get(job.id) is ctx:
+                    del shard.running[job.id]
+                ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
                 record = shard.records.get(job.id)
                 if ours and record is not None and record.state is State.RUNNING:
                     if path is not None:
@@ -642,7 +690,7 @@ class Engine:
                         wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                     else:
                         latest = _with_progress(record, ctx)
-                        ended = self._try_again_locked(shard, job, latest, error, failure)
+                        ended = self._try_again_locked(shard, download, latest, error, failure)
                         if ended is not None:
                             error, wrote, fall_back = ended, record, bool(record.fallbacks)
                             if not fall_back:
@@ -664,9 +712,9 @@ class Engine:
         return follow
 
     def _try_again_locked(
-        self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
+        self, shard: _Shard, download: Download, record: Record, error: str, failure: BaseException | None
     ) -> str | None:
-        """Queue ``job`` again on its source if ``failure`` allows; the lock must be held.
+        """Queue ``download`` again on its source if ``failure`` allows; the lock must be held.
 
         A RetryAfter pauses the whole source for its seconds and puts the job
         back at the front without using a retry, within the policy's bounds:
@@ -682,6 +730,7 @@ class Engine:
         if failure is None or not is_transient(failure):
             return error
         policy = shard.source.policy
+        job = download.job
         again = attrs.evolve(job, attempt=job.attempt + 1)
         now = self._clock.now()
         if isinstance(failure, RetryAfter):
@@ -697,8 +746,9 @@ class Engine:
             else:
                 again = attrs.evolve(again, retry_after_rounds=rounds + 1, retry_after_total=waited + wait)
                 shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+                download.again(again)
                 shard.worker.pause_until(now + wait)
-                shard.worker.put_front(again)
+                shard.worker.put_front(download)
                 shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
                 return None
             asked = rounds + 1
@@ -710,7 +760,8 @@ class Engine:
             return error
         retry = record.retries + 1
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
-        shard.worker.put_later(again, now + policy.retry_wait(retry, random.random()))
+        download.again(again)
+        shard.worker.put_later(download, now + policy.retry_wait(retry, random.random()))
         return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
@@ -738,7 +789,7 @@ class Engine:
         ends and whoever waits for it can be woken.
         """
         shard.logger.error("ending download %s failed: %s", download_id, one_line(exc), exc_info=exc)
-        shard.contexts.pop(download_id, None)
+        shard.running.pop(download_id, None)
         record = shard.current(download_id)
         if record is not None and record.state is State.RUNNING:
             self._fail_locked(shard, record, f"could not end the download: {one_line(exc)}", ())
@@ -792,7 +843,8 @@ class Engine:
         first, second = sorted((shard, dest), key=lambda s: s.source.name)
         with first.lock, second.lock:
             current = shard.records.get(download_id)
-            if current is None or current.state is not State.RUNNING:
+            download = shard.live.get(download_id)
+            if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
             moved = shard.move(
                 current,
@@ -812,7 +864,10 @@ class Engine:
             dest.records[download_id] = moved
             self._home[download_id] = dest
             del shard.records[download_id]
-            dest.worker.put(Job(download_id, name, taker.target, moved.display_name))
+            del shard.live[download_id]
+            dest.live[download_id] = download
+            download.again(Job(download_id, name, taker.target, moved.display_name))
+            dest.worker.put(download)
         shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)
 
     def _expire(self, now: float) -> float | None:
@@ -827,17 +882,18 @@ class Engine:
         ended: list[tuple[_Shard, str, str, bool]] = []
         for shard in list(self._shards.values()):
             policy = shard.source.policy
-            if not policy.watched or not shard.contexts:
+            if not policy.watched or not shard.running:
                 continue
             with shard.lock:
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
+                    download = shard.live.get(download_id)
+                    if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
+                        continue  # cancelled, or expired before: its download_impl has not returned
                     due, why = _deadline(policy, ctx)
                     if due > now:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
-                    del shard.contexts[download_id]
-                    shard.expired[download_id] = ctx
-                    ctx.cancelled.set()
+                    download.expire(ctx)
                     record = shard.records.get(download_id)
                     if record is None or record.state is not State.RUNNING:
                         continue
@@ -866,38 +922,30 @@ class Engine:
         its ``ctx.cancelled`` is set. ``source_hint`` (a name or alias) says
         where to look first.
 
-        An id this engine does not hold is looked up in the store: a download
-        an engine no longer running left unfinished there is CANCELLED in the
-        store directly, without taking over anything else, and one that has
-        ended since gives False; either way this engine holds its record from
-        then on (if its source is loaded). Raises UnknownDownloadError for an
-        id neither knows, DownloadOwnedError for one a running engine
-        elsewhere owns, and StoreError when the store cannot be used.
+        An ended download gives False. An id this engine does not hold
+        unfinished is looked up in the store: a download an engine no longer
+        running left unfinished there is CANCELLED in the store directly,
+        without taking over anything else, and one that has ended since
+        gives False; either way its record is then read from the store.
+        Raises UnknownDownloadError for an id neither knows,
+        DownloadOwnedError for one a running engine elsewhere owns, and
+        StoreError when the store cannot be used.
         """
-        while True:
-            try:
+        try:
+            while True:
                 shard = self._find(download_id, source_hint)
-            except UnknownDownloadError:
-                return self._cancel_left(download_id)
-            with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None:
-                    cancelled = self._cancel_locked(shard, record)
-                    break
-            self._raise_unless_moved(download_id, shard)
+                with shard.lock:
+                    record = shard.records.get(download_id)
+                    if record is not None:
+                        cancelled = self._cancel_locked(shard, record)
+                        break
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            if self._ended.get(download_id) is not None:
+                return False
+            return self._store.cancel_left(download_id)[1]
         if cancelled:
             self._notify_ended(download_id)
-        return cancelled
-
-    def _cancel_left(self, download_id: str) -> bool:
-        """Cancel in the store a download this engine does not hold (see :meth:`cancel`)."""
-        record, cancelled = self._store.cancel_left(download_id)
-        try:
-            shard = self._shard(self._registry.resolve(record.source).name)
-        except HeadwaterError:
-            return cancelled  # a source not loaded: the store alone holds its record
-        with shard.lock:
-            shard.records.setdefault(download_id, record)
         return cancelled
 
     def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
@@ -910,33 +958,62 @@ class Engine:
             raise UnknownDownloadError(download_id)
 
     def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
+        """Cancel ``record``'s download on ``shard`` (lock held); True if this call cancelled it.
+
+        The download's own check-and-set (:meth:`Download.cancel`) settles a
+        race with its start or end; the CANCELLED record follows.
+        """
+        download = shard.live.get(record.id)
+        if download is not None:
+            download.cancel()
         moved = shard.move(
             shard.snapshot(record), State.CANCELLED, finished_at=time.time(), speed=0.0, time_remaining=None
         )
-        ctx = shard.contexts.get(record.id)
-        if moved is not None and ctx is not None:
-            ctx.cancelled.set()
         return moved is not None
 
     def remove(self, download_id: str) -> Record:
         """Forget a download, cancelling it first if it has not ended; return its last record.
 
-        Files of completed downloads stay where they are.
+        Files of completed downloads stay where they are. Raises
+        UnknownDownloadError for an id the engine does not know (an ended
+        download is looked up in the store), StoreError when the store
+        cannot be used.
         """
-        while True:
-            shard = self._find(download_id)
+        try:
+            while True:
+                shard = self._find(download_id)
+                with shard.lock:
+                    record = shard.records.get(download_id)
+                    if record is not None:
+                        self._cancel_locked(shard, record)  # a record it ends leaves the shard
+                        final = shard.records.get(download_id) or self._ended.get(download_id)
+                        assert final is not None, "a record its cancel ended is in the shard or the ended"
+                        self._forget_locked(shard, final)
+                        break
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            shard, final = self._ended_shard(download_id)
             with shard.lock:
-                record = shard.records.get(download_id)
-                if record is not None:
-                    self._cancel_locked(shard, record)
-                    self._store.delete(download_id)
-                    final = shard.records.pop(download_id)
-                    self._home.pop(download_id, None)
-                    self._feed.publish(ChangeKind.REMOVED, (final,))
-                    break
-            self._raise_unless_moved(download_id, shard)
+                if self._ended.get(download_id) is None:
+                    raise  # removed meanwhile
+                self._forget_locked(shard, final)
         self._notify_ended(download_id)
         return final
+
+    def _forget_locked(self, shard: _Shard, final: Record) -> None:
+        """Delete ``final``'s download from the store and the engine, and say so; ``shard``'s lock held."""
+        self._store.delete(final.id)
+        shard.records.pop(final.id, None)
+        self._ended.forget(final.id)
+        self._home.pop(final.id, None)
+        self._feed.publish(ChangeKind.REMOVED, (final,))
+
+    def _ended_shard(self, download_id: str) -> tuple[_Shard, Record]:
+        """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
+        record = self._ended.get(download_id)
+        if record is None:
+            raise UnknownDownloadError(download_id)
+        return self._shard(self._registry.resolve(record.source).name), record
 
     # -- reading -----------------------------------------------------------
 
@@ -954,36 +1031,94 @@ class Engine:
         return self._feed.subscribe(maxsize)
 
     def get(self, download_id: str) -> Record:
-        """A snapshot of one download's record. Raises UnknownDownloadError."""
-        shard, record = self._locate(download_id)
-        return shard.snapshot(record)
+        """A snapshot of one download's record; an ended one is read from the store.
 
-    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard, Record]:
+        Raises UnknownDownloadError, StoreError when the store cannot be read.
+        """
+        return _snapshot(*self._locate(download_id))
+
+    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard | None, Record]:
         """The shard a download is on (``shard`` if given and still right) and its record.
 
-        Reads without a lock. Raises UnknownDownloadError.
+        The shard is None for an ended download, whose record is read from
+        :class:`Ended`. Reads without a lock. Raises UnknownDownloadError.
         """
         if shard is not None:
             record = shard.records.get(download_id)
             if record is not None:
                 return shard, record
-        while True:
-            shard = self._find(download_id)
-            record = shard.records.get(download_id)
-            if record is not None:
-                return shard, record
-            self._raise_unless_moved(download_id, shard)
+        try:
+            while True:
+                shard = self._find(download_id)
+                record = shard.records.get(download_id)
+                if record is not None:
+                    return shard, record
+                self._raise_unless_moved(download_id, shard)
+        except UnknownDownloadError:
+            ended = self._ended.get(download_id)  # it left its shard after it was here
+            if ended is None:
+                raise
+            return None, ended
 
     def records(self, source: str | None = None) -> list[Record]:
-        """Snapshots of all records (of one source, a name or alias), oldest first."""
+        """Snapshots of all records (of one source, a name or alias), oldest first.
+
+        Reads every ended record of the store, the whole history of a
+        journal, and holds them all: to list some, read a :meth:`page` at a
+        time. Raises StoreError when the store cannot be read.
+        """
+        names: set[str] | None = None
         if source is not None:
-            shards: Iterable[_Shard] = [self._shard(self._registry.resolve(source).name)]
+            found = self._registry.resolve(source)
+            shards: Iterable[_Shard] = [self._shard(found.name)]
+            names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
-        found = [s.snapshot(r) for s in shards for r in list(s.records.values())]
-        if source is None:
-            found.sort(key=lambda r: r.created_at)
-        return found
+        held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
+        held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
+        return sorted(held.values(), key=lambda r: r.created_at)
+
+    def page(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        after: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` records, latest first (with ``oldest_first``, oldest first), as snapshots.
+
+        Only those in one of ``states`` and whose ``source`` is one of
+        ``sources`` (None: any). ``after`` is a place in the order of
+        making, a record's (``created_at``, ``id``), which no record need
+        still hold: the page holds the records past it (below it latest
+        first, above it oldest first). Reads the unfinished records in
+        memory and, from the store, only the ended records the page can
+        hold, through its indexes. Raises StoreError when the store cannot
+        be read.
+        """
+
+        def wanted(record: Record) -> bool:
+            if (states is not None and record.state not in states) or (
+                sources is not None and record.source not in sources
+            ):
+                return False
+            place = (record.created_at, record.id)
+            return after is None or (place > after if oldest_first else place < after)
+
+        pick = heapq.nsmallest if oldest_first else heapq.nlargest
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+        }
+        if states is None or any(state.terminal for state in states):  # read after: one ended since is here
+            ended = self._ended.page(
+                after, oldest_first=oldest_first, states=states, sources=sources, limit=limit
+            )
+            held.update((r.id, r) for r in ended)
+        return pick(limit, held.values(), key=_made)
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
@@ -993,7 +1128,7 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
-        shards = [self._find(i) for i in order]
+        shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):
             while not self._ended_or_raise(shard, download_id):
@@ -1010,9 +1145,9 @@ class Engine:
                     raise TimeoutError(
                         f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
                     )
-        return [s.snapshot(r) for s, r in (self._locate(i, s) for s, i in zip(shards, order, strict=True))]
+        return [_snapshot(*self._locate(i, s)) for s, i in zip(shards, order, strict=True)]
 
-    def _ended_or_raise(self, shard: _Shard, download_id: str) -> bool:
+    def _ended_or_raise(self, shard: _Shard | None, download_id: str) -> bool:
         """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
         return self._locate(download_id, shard)[1].state.terminal
 
@@ -1090,7 +1225,7 @@ class Engine:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.worker.close()
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
                     record = shard.records.get(download_id)
                     if record is None:
                         continue
@@ -1108,10 +1243,10 @@ class Engine:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [
-            shard.records[i]
+            found
             for shard in self._shards.values()
-            for i in [*shard.contexts, *shard.expired]
-            if i in shard.records
+            for i in shard.running
+            if (found := shard.records.get(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
             log.warning(
@@ -1135,6 +1270,27 @@ class Engine:
         self.close()
 
     # -- introspection, for tests and benchmarks ------------------------------
+
+    @contextmanager
+    def freeze(self, source: str) -> Iterator[None]:
+        """Hold ``source`` (a name or alias) still while the context is open: the seam for tests.
+
+        Meanwhile no download of the source starts, ends, changes state or
+        moves along its chain, unless the thread that froze it does it: that
+        thread may still read, submit, cancel and remove (a cancel or remove
+        inside a freeze is settled before any start or end the freeze holds
+        back). Progress reports go on. Other sources are not held up, though
+        the watchdog checks no timeout while a freeze lasts. Every read
+        (:meth:`get`, :meth:`records`) inside it sees the source as one
+        consistent state. Freezes of one source nest; never wait inside one
+        for a download of that source to end (it cannot).
+
+        :func:`headwater.testing.frozen` is the supported way to use it.
+        Raises UnknownSourceError.
+        """
+        shard = self._shard(self._registry.resolve(source).name)
+        with shard.lock:
+            yield
 
     def worker_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per source name: (threads, running, queue entries) right now."""
