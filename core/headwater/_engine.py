@@ -56,7 +56,7 @@ from headwater._errors import (
 )
 from headwater._files import Existing, discard_landed
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, State, Tried, may_transition
+from headwater._records import Job, Record, State, Tried, changed, may_transition
 from headwater._redact import protect, register
 from headwater._settings import SettingsInput, SettingsLayers
 from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
@@ -120,7 +120,7 @@ class _Shard:
 
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
-        new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        new = changed(record, updated_at=time.time(), **changes)
         if new.state.terminal:
             self.live.pop(new.id, None)
         if self._unwritten is None:
