@@ -52,6 +52,7 @@ class InstrumentedSource:
         self.running = 0
         self.peak = 0
         self.started = threading.Condition(self.lock)
+        self.contexts: dict[str, DownloadContext] = {}  # job id -> the context of its latest start
         self._gates: dict[str, threading.Event] = {}
 
     # -- test controls ---------------------------------------------------------
@@ -98,14 +99,16 @@ class InstrumentedSource:
         with self.started:
             self.running += 1
             self.peak = max(self.peak, self.running)
+            self.contexts[job.id] = ctx
             self.events.append(Event("start", job.id, job.target, time.monotonic()))
             self.started.notify_all()
         try:
             return self._behave(job, ctx)
         finally:
-            with self.lock:
+            with self.started:
                 self.running -= 1
                 self.events.append(Event("end", job.id, job.target, time.monotonic()))
+                self.started.notify_all()
 
     def _behave(self, job: Job, ctx: DownloadContext) -> Path | None:
         kind, _, arg = job.target.partition(":")

@@ -4,12 +4,12 @@ A Hypothesis state machine drives a real :class:`Engine` whose three
 instrumented sources run on real worker threads with different policies
 (``solo``: concurrency 1 and a delay; ``duo``: 2; ``quad``: 4). Jobs that
 block stay running until a rule releases them, so a rule that cancels "while
-queued" or "while running" does so on purpose: it takes the source's lock,
-reads the record's state, and cancels in the same breath, so the worker
-cannot move the job in between. The invariants below are checked after every
-step and again when the engine has drained (in :meth:`teardown` and the
-``drain`` rule). ``docs/regression-suite.md`` lists them and the bugs they
-catch.
+queued" or "while running" does so on purpose: it freezes the source
+(:func:`headwater.testing.frozen`), reads the record's state, and cancels in
+the same breath, so the engine's threads cannot move the job in between. The
+invariants below are checked after every step and again when the engine has
+drained (in :meth:`teardown` and the ``drain`` rule).
+``docs/regression-suite.md`` lists them and the bugs they catch.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from instrumented import InstrumentedSource
 
 from headwater import Engine, RatePolicy, State, UnknownDownloadError
+from headwater.testing import frozen
 
 DELAY = 0.02  # seconds between the end of one ``solo`` download and the next start
 POLICIES = {
@@ -45,7 +46,7 @@ NAMES = sorted(POLICIES)
 TOTAL_CONCURRENCY = sum(p.concurrency for p in POLICIES.values())
 THREAD_SLACK = 3  # threads that have left their worker but not yet ended
 WAIT = 10.0  # seconds any wait may take before the example fails (a hang, not a timing claim)
-PROBE_WAIT = 5.0  # seconds a write on one source may take while another source's lock is held
+PROBE_WAIT = 5.0  # seconds a write on one source may take while another source is frozen
 BEHAVIOURS = {
     "ok": "ok:{key}",
     "none": "none",
@@ -95,7 +96,7 @@ class Submitted:
 
 
 class EngineMachine(RuleBasedStateMachine):
-    """Random programs of submits, releases, cancels, removes and lock holds."""
+    """Random programs of submits, releases, cancels, removes and freezes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,12 +123,12 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.engine.get(rid).source == job.source, f"{source!r} did not resolve to {job.source!r}"
         return job
 
-    def cancel_locked(self, job: Submitted) -> State:
-        """Cancel ``job`` holding its source's lock, check the answer, return the state it was in."""
-        with self.engine._shards[job.source].lock:
-            before = self.engine.get(job.id).state
+    def cancel_frozen(self, job: Submitted) -> State:
+        """Cancel ``job`` with its source frozen, check the answer, return the state it was in."""
+        with frozen(self.engine, job.source) as view:
+            before = view.state(job.id)
             answer = self.engine.cancel(job.id, source_hint=job.source)
-            after = self.engine.get(job.id).state
+            after = view.state(job.id)
         if before.terminal:
             assert answer is False, f"cancel of a {before.name} job said it cancelled it"
             assert after is before, f"cancel moved a {before.name} record to {after.name}"
@@ -139,7 +140,7 @@ class EngineMachine(RuleBasedStateMachine):
         return before
 
     def jobs_in(self, source: str, states: set[State]) -> list[Submitted]:
-        """Live jobs of ``source`` in one of ``states``; call with the source's lock held."""
+        """Live jobs of ``source`` in one of ``states``; call with the source frozen."""
         return [j for j in self.live(source) if self.engine.get(j.id).state in states]
 
     # -- rules -------------------------------------------------------------------
@@ -162,9 +163,9 @@ class EngineMachine(RuleBasedStateMachine):
         """Submit quick jobs and cancel each one still QUEUED while the worker is starting them."""
         jobs = [self.submit_one(source, "ok") for _ in range(count)]
         for job in jobs:
-            with self.engine._shards[source].lock:
-                if self.engine.get(job.id).state is State.QUEUED:
-                    self.cancel_locked(job)
+            with frozen(self.engine, source) as view:
+                if view.state(job.id) is State.QUEUED:
+                    self.cancel_frozen(job)
 
     @precondition(lambda self: any(j.behaviour in HELD and not j.released for j in self.live()))
     @rule(data=st.data())
@@ -180,10 +181,10 @@ class EngineMachine(RuleBasedStateMachine):
         # Which jobs are in `states` depends on the threads, so the draw must not:
         # draw an index whatever the candidates are, then pick among them.
         index = data.draw(st.integers(0, 63), label="index")
-        with self.engine._shards[source].lock:
+        with frozen(self.engine, source):
             candidates = self.jobs_in(source, states)
             if candidates:
-                before = self.cancel_locked(candidates[index % len(candidates)])
+                before = self.cancel_frozen(candidates[index % len(candidates)])
                 event(f"cancel while {before.name}")
 
     @precondition(lambda self: bool(self.live()))
@@ -211,10 +212,10 @@ class EngineMachine(RuleBasedStateMachine):
         """Cancel a running job that ignores the cancel, then let it land its file."""
         held = [j for j in self.live() if j.behaviour == "ignore" and not j.released]
         job = data.draw(st.sampled_from(held), label="cancel_then_land")
-        with self.engine._shards[job.source].lock:
-            running = self.engine.get(job.id).state is State.RUNNING
+        with frozen(self.engine, job.source) as view:
+            running = view.state(job.id) is State.RUNNING
             if running:
-                self.cancel_locked(job)
+                self.cancel_frozen(job)
         event(f"cancel_then_land while {'RUNNING' if running else 'not RUNNING'}")
         self.plugins[job.source].release(job.key)
         job.released = True
@@ -224,8 +225,8 @@ class EngineMachine(RuleBasedStateMachine):
     @logged
     def remove(self, data: st.DataObject) -> None:
         job = data.draw(st.sampled_from(self.live()), label="remove")
-        with self.engine._shards[job.source].lock:
-            before = self.engine.get(job.id).state
+        with frozen(self.engine, job.source) as view:
+            before = view.state(job.id)
             final = self.engine.remove(job.id)
         job.removed = True
         event(f"remove while {before.name}")
@@ -240,18 +241,17 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(pair=st.permutations(NAMES).map(lambda names: names[:2]))
     @logged
-    def lock_held_on_another_source(self, pair: list[str]) -> None:
-        """With one source's lock held by another thread, the other source still takes writes."""
+    def another_source_frozen(self, pair: list[str]) -> None:
+        """With one source frozen by another thread, the other source still takes writes."""
         held, other = pair
-        lock = self.engine._shard(held).lock
         taken, done = threading.Event(), threading.Event()
 
         def hold() -> None:
-            with lock:
+            with frozen(self.engine, held):
                 taken.set()
                 done.wait(WAIT)
 
-        holder = threading.Thread(target=hold, name="test-lock-holder")
+        holder = threading.Thread(target=hold, name="test-freezer")
         holder.start()
         assert taken.wait(WAIT)
         threads, running, queued = self.engine.worker_stats().get(other, (0, 0, 0))
@@ -264,7 +264,7 @@ class EngineMachine(RuleBasedStateMachine):
             if idle:  # nothing of `other` is ahead of it: it runs, and its terminal write lands
                 self.engine.wait([job.id], timeout=PROBE_WAIT)
             else:  # it may stay queued: cancelling it is the write
-                self.cancel_locked(job)
+                self.cancel_frozen(job)
             outcome.append(job)
 
         prober = threading.Thread(target=probe, name="test-probe")
@@ -274,7 +274,7 @@ class EngineMachine(RuleBasedStateMachine):
         done.set()
         holder.join(WAIT)
         prober.join(WAIT)
-        assert finished_while_held, f"with the lock of {held!r} held, a write on {other!r} did not finish"
+        assert finished_while_held, f"with {held!r} frozen, a write on {other!r} did not finish"
 
     @rule()
     @logged

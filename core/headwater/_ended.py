@@ -18,8 +18,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 
-from headwater._records import Record
-from headwater._store import RecordStore
+from headwater._records import Record, State
+from headwater._store import Place, RecordStore
 
 #: How many of the latest ended records an engine keeps in memory.
 WINDOW = 1024
@@ -72,3 +72,29 @@ class Ended:
         Streamed from the store a chunk at a time (see :meth:`RecordStore.scan`).
         """
         return (r for r in self._store.scan(sources=sources) if self._loaded(r.source))
+
+    def page(
+        self,
+        place: Place | None,
+        *,
+        oldest_first: bool,
+        states: Collection[State] | None,
+        sources: Collection[str] | None,
+        limit: int,
+    ) -> list[Record]:
+        """Up to ``limit`` ended records of loaded sources past ``place`` (see :meth:`RecordStore.page_at`).
+
+        Records of other sources are skipped: the store is read on past
+        them until the page is full or the store has no more.
+        """
+        found: list[Record] = []
+        while len(found) < limit:
+            asked = limit - len(found)
+            chunk = self._store.page_at(
+                place, oldest_first=oldest_first, states=states, sources=sources, limit=asked
+            )
+            found += [r for r in chunk if self._loaded(r.source)]
+            if len(chunk) < asked:
+                break
+            place = (chunk[-1].created_at, chunk[-1].id)
+        return found

@@ -20,12 +20,13 @@ finds it in a shard looks next.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -41,10 +42,11 @@ from headwater._attempt import (
     with_progress,
 )
 from headwater._chains import Chain, Taker, find_taker, translate
-from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
+from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
 from headwater._discovery import Candidate, discover, one_line
+from headwater._download import Download, Phase
 from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
@@ -67,23 +69,34 @@ log = logging.getLogger("headwater")
 
 
 class _Shard:
-    """One source's lock, records, running contexts and worker."""
+    """One source's lock, records, live downloads and worker."""
 
-    def __init__(self, engine: Engine, source: Source, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        source: Source,
+        store: RecordStore,
+        feed: ChangeFeed,
+        ended: Ended,
+        home: dict[str, _Shard],
+        begin: Callable[[Download, float], DownloadContext | None],
+        run: Callable[[Download, DownloadContext], tuple[Download, DownloadContext] | None],
+        idle_timeout: float,
+        clock: Clock,
+    ) -> None:
         self.source = source
-        self.store = engine._store
-        self.feed = engine._feed
-        self.ended = engine._ended
-        self.home = engine._home
+        self.store = store
+        self.feed = feed
+        self.ended = ended
+        self.home = home
         self.lock = threading.RLock()
         self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
         self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
-        self.contexts: dict[str, DownloadContext] = {}
-        self.expired: dict[str, DownloadContext] = {}  # ended by the watchdog, download_impl still running
+        self.live: dict[str, Download] = {}  # downloads whose record is not terminal, by id
+        self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[DownloadContext] = SourceWorker(
-            source.name, self.lock, source.policy, engine._begin, engine._run, idle_timeout, engine._clock
+        self.worker: SourceWorker[Download, DownloadContext] = SourceWorker(
+            source.name, self.lock, source.policy, begin, run, idle_timeout, clock
         )
 
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
@@ -108,6 +121,8 @@ class _Shard:
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
         new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        if new.state.terminal:
+            self.live.pop(new.id, None)
         if self._unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
@@ -158,16 +173,21 @@ class _Shard:
                 self.home.pop(new.id, None)
             else:
                 self.records[new.id] = new
-        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
+        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def snapshot(self, record: Record) -> Record:
         """``record`` with the live progress of its download, if it is running."""
         if record.state is not State.RUNNING:
             return record
-        ctx = self.contexts.get(record.id)
+        ctx = self.running.get(record.id)
         if ctx is None:
             return record
         return with_progress(record, ctx)
+
+
+def _made(record: Record) -> tuple[float, str]:
+    """A record's place in the order of making."""
+    return record.created_at, record.id
 
 
 def _snapshot(shard: _Shard | None, record: Record) -> Record:
@@ -301,7 +321,17 @@ class Engine:
                 source = self._registry.resolve(name)  # an alias (from an old journal) finds its source
                 shard = self._shards.get(source.name)
                 if shard is None:
-                    shard = _Shard(self, source, self._idle_timeout)
+                    shard = _Shard(
+                        source,
+                        self._store,
+                        self._feed,
+                        self._ended,
+                        self._home,
+                        self._begin,
+                        self._run,
+                        self._idle_timeout,
+                        self._clock,
+                    )
                     self._shards[source.name] = shard
         return shard
 
@@ -369,9 +399,11 @@ class Engine:
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
                 shard.records[record.id] = record
-                shard.worker.put(job)
+                download = Download(job)
+                shard.live[record.id] = download
+                shard.worker.put(download)
             started.append(record.id)
-        self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
+        self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
         for name, count in waiting.items():
             log.warning(
                 "%d unfinished download(s) of source %r stay queued until it is configured "
@@ -404,7 +436,7 @@ class Engine:
         """Snapshots of the running records, for the store's progress writes (any thread)."""
         found: list[Record] = []
         for shard in list(self._shards.values()):
-            for download_id in list(shard.contexts):
+            for download_id in list(shard.running):
                 record = shard.records.get(download_id)
                 if record is not None:
                     found.append(shard.snapshot(record))
@@ -464,21 +496,25 @@ class Engine:
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
-            self._feed.publish([Change(ChangeKind.RECORD, record)])
-            shard.worker.put(job)
+            self._feed.publish(ChangeKind.RECORD, (record,))
+            download = Download(job)
+            shard.live[job.id] = download
+            shard.worker.put(download)
         return job.id
 
     # -- running (called by the worker) ----------------------------------------
 
-    def _begin(self, job: Job, now: float) -> DownloadContext | None:
-        """QUEUED -> RUNNING in one step under the source lock; None if no longer queued.
+    def _begin(self, download: Download, now: float) -> DownloadContext | None:
+        """Start ``download`` (the source lock held); None if a cancel came first.
 
         ``now`` is the clock time the worker decided to start at: the
-        download's start for its timeout and its speed.
+        download's start for its timeout and its speed. Whether it starts
+        is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
+        job = download.job
         shard = self._shards[job.source]
         record = shard.current(job.id)
-        if record is None or record.state is not State.QUEUED:
+        if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
         existing = record.existing or shard.source.policy.existing
@@ -489,10 +525,12 @@ class Engine:
             now,
             existing,
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
-            functools.partial(self._describe, shard, job.id),
+            functools.partial(self._describe, shard, download),
         )
+        if not download.start(ctx):
+            return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.contexts[job.id] = ctx
+        shard.running[job.id] = ctx
         if shard.source.policy.watched:
             self._watchdog.poke()
         return ctx
@@ -500,7 +538,7 @@ class Engine:
     def _describe(
         self,
         shard: _Shard,
-        download_id: str,
+        download: Download,
         ctx: DownloadContext,
         display_name: str | None,
         username: str | None,
@@ -513,13 +551,13 @@ class Engine:
         ended, was cancelled or expired).
         """
         with shard.lock:
-            record = shard.current(download_id)
-            ours = shard.contexts.get(download_id) is ctx
+            record = shard.current(download.id)
+            ours = download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
             shard.amend(record, **described_changes(record, display_name, username, fields))
 
-    def _run(self, job: Job, ctx: DownloadContext) -> tuple[Job, DownloadContext] | None:
+    def _run(self, download: Download, ctx: DownloadContext) -> tuple[Download, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
 
         An interrupted download (see :meth:`close`) that did not land its
@@ -532,6 +570,7 @@ class Engine:
         or raises stops the source's worker (a step that breaks on it FAILS the
         download instead; see :meth:`_end_broken_locked`).
         """
+        job = download.job
         shard = self._shards[job.source]
         tried = run_attempt(shard.source, job, ctx)
         returned, path, skipped = tried.returned, tried.path, tried.skipped
@@ -540,11 +579,9 @@ class Engine:
         wrote: Record | None = None
         with shard.lock, shard.batch():
             try:
-                ours = shard.contexts.get(job.id) is ctx  # not if the watchdog ended it
-                if ours:
-                    del shard.contexts[job.id]
-                elif shard.expired.get(job.id) is ctx:
-                    del shard.expired[job.id]
+                if shard.running.get(job.id) is ctx:
+                    del shard.running[job.id]
+                ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
                 record = shard.records.get(job.id)
                 if ours and record is not None and record.state is State.RUNNING:
                     if path is not None:
@@ -554,7 +591,7 @@ class Engine:
                         wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                     else:
                         latest = with_progress(record, ctx)
-                        ended = self._try_again_locked(shard, job, latest, error, failure)
+                        ended = self._try_again_locked(shard, download, latest, error, failure)
                         if ended is not None:
                             error, wrote, fall_back = ended, record, bool(record.fallbacks)
                             if not fall_back:
@@ -576,9 +613,9 @@ class Engine:
         return follow
 
     def _try_again_locked(
-        self, shard: _Shard, job: Job, record: Record, error: str, failure: BaseException | None
+        self, shard: _Shard, download: Download, record: Record, error: str, failure: BaseException | None
     ) -> str | None:
-        """Queue ``job`` again on its source if :func:`~headwater._attempt.try_again` allows; lock held.
+        """Queue ``download`` again on its source if :func:`~headwater._attempt.try_again` allows; lock held.
 
         A Retry-After pauses the source's worker and puts the job back at the
         front; a retry waits the policy's backoff apart from the queue.
@@ -586,19 +623,20 @@ class Engine:
         QUEUED), else the error to end the attempt with.
         """
         policy = shard.source.policy
-        again = try_again(policy, job, record, error, failure)
+        again = try_again(policy, download.job, record, error, failure)
         if isinstance(again, str):
             return again
         now = self._clock.now()
+        download.again(again.job)
         if again.pause is not None:
             shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
             shard.worker.pause_until(now + again.pause)
-            shard.worker.put_front(again.job)
-            shard.logger.info("source %s paused for %g s: %s", job.source, again.pause, error)
+            shard.worker.put_front(download)
+            shard.logger.info("source %s paused for %g s: %s", download.job.source, again.pause, error)
             return None
         retry = again.retries
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
-        shard.worker.put_later(again.job, now + policy.retry_wait(retry, random.random()))
+        shard.worker.put_later(download, now + policy.retry_wait(retry, random.random()))
         return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
@@ -617,7 +655,7 @@ class Engine:
         ends and whoever waits for it can be woken.
         """
         shard.logger.error("ending download %s failed: %s", download_id, one_line(exc), exc_info=exc)
-        shard.contexts.pop(download_id, None)
+        shard.running.pop(download_id, None)
         record = shard.current(download_id)
         if record is not None and record.state is State.RUNNING:
             self._fail_locked(shard, record, f"could not end the download: {one_line(exc)}", ())
@@ -671,7 +709,8 @@ class Engine:
         first, second = sorted((shard, dest), key=lambda s: s.source.name)
         with first.lock, second.lock:
             current = shard.records.get(download_id)
-            if current is None or current.state is not State.RUNNING:
+            download = shard.live.get(download_id)
+            if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
             moved = shard.move(
                 current,
@@ -691,7 +730,10 @@ class Engine:
             dest.records[download_id] = moved
             self._home[download_id] = dest
             del shard.records[download_id]
-            dest.worker.put(Job(download_id, name, taker.target, moved.display_name))
+            del shard.live[download_id]
+            dest.live[download_id] = download
+            download.again(Job(download_id, name, taker.target, moved.display_name))
+            dest.worker.put(download)
         shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)
 
     def _expire(self, now: float) -> float | None:
@@ -706,17 +748,18 @@ class Engine:
         ended: list[tuple[_Shard, str, str, bool]] = []
         for shard in list(self._shards.values()):
             policy = shard.source.policy
-            if not policy.watched or not shard.contexts:
+            if not policy.watched or not shard.running:
                 continue
             with shard.lock:
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
+                    download = shard.live.get(download_id)
+                    if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
+                        continue  # cancelled, or expired before: its download_impl has not returned
                     due, why = _deadline(policy, ctx)
                     if due > now:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
-                    del shard.contexts[download_id]
-                    shard.expired[download_id] = ctx
-                    ctx.cancelled.set()
+                    download.expire(ctx)
                     record = shard.records.get(download_id)
                     if record is None or record.state is not State.RUNNING:
                         continue
@@ -781,12 +824,17 @@ class Engine:
             raise UnknownDownloadError(download_id)
 
     def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
+        """Cancel ``record``'s download on ``shard`` (lock held); True if this call cancelled it.
+
+        The download's own check-and-set (:meth:`Download.cancel`) settles a
+        race with its start or end; the CANCELLED record follows.
+        """
+        download = shard.live.get(record.id)
+        if download is not None:
+            download.cancel()
         moved = shard.move(
             shard.snapshot(record), State.CANCELLED, finished_at=time.time(), speed=0.0, time_remaining=None
         )
-        ctx = shard.contexts.get(record.id)
-        if moved is not None and ctx is not None:
-            ctx.cancelled.set()
         return moved is not None
 
     def remove(self, download_id: str) -> Record:
@@ -824,7 +872,7 @@ class Engine:
         shard.records.pop(final.id, None)
         self._ended.forget(final.id)
         self._home.pop(final.id, None)
-        self._feed.publish([Change(ChangeKind.REMOVED, final)])
+        self._feed.publish(ChangeKind.REMOVED, (final,))
 
     def _ended_shard(self, download_id: str) -> tuple[_Shard, Record]:
         """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
@@ -882,10 +930,8 @@ class Engine:
         """Snapshots of all records (of one source, a name or alias), oldest first.
 
         Reads every ended record of the store, the whole history of a
-        journal, and holds them all: to list some, page the store
-        (:meth:`RecordStore.page`) or read it a record at a time
-        (:meth:`RecordStore.scan`). Raises StoreError when the store cannot
-        be read.
+        journal, and holds them all: to list some, read a :meth:`page` at a
+        time. Raises StoreError when the store cannot be read.
         """
         names: set[str] | None = None
         if source is not None:
@@ -897,6 +943,48 @@ class Engine:
         held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
         held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
         return sorted(held.values(), key=lambda r: r.created_at)
+
+    def page(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        after: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` records, latest first (with ``oldest_first``, oldest first), as snapshots.
+
+        Only those in one of ``states`` and whose ``source`` is one of
+        ``sources`` (None: any). ``after`` is a place in the order of
+        making, a record's (``created_at``, ``id``), which no record need
+        still hold: the page holds the records past it (below it latest
+        first, above it oldest first). Reads the unfinished records in
+        memory and, from the store, only the ended records the page can
+        hold, through its indexes. Raises StoreError when the store cannot
+        be read.
+        """
+
+        def wanted(record: Record) -> bool:
+            if (states is not None and record.state not in states) or (
+                sources is not None and record.source not in sources
+            ):
+                return False
+            place = (record.created_at, record.id)
+            return after is None or (place > after if oldest_first else place < after)
+
+        pick = heapq.nsmallest if oldest_first else heapq.nlargest
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+        }
+        if states is None or any(state.terminal for state in states):  # read after: one ended since is here
+            ended = self._ended.page(
+                after, oldest_first=oldest_first, states=states, sources=sources, limit=limit
+            )
+            held.update((r.id, r) for r in ended)
+        return pick(limit, held.values(), key=_made)
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
@@ -1003,7 +1091,7 @@ class Engine:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.worker.close()
-                for download_id, ctx in list(shard.contexts.items()):
+                for download_id, ctx in list(shard.running.items()):
                     record = shard.records.get(download_id)
                     if record is None:
                         continue
@@ -1023,7 +1111,7 @@ class Engine:
         stuck = [
             found
             for shard in self._shards.values()
-            for i in [*shard.contexts, *shard.expired]
+            for i in shard.running
             if (found := shard.records.get(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
@@ -1048,6 +1136,27 @@ class Engine:
         self.close()
 
     # -- introspection, for tests and benchmarks ------------------------------
+
+    @contextmanager
+    def freeze(self, source: str) -> Iterator[None]:
+        """Hold ``source`` (a name or alias) still while the context is open: the seam for tests.
+
+        Meanwhile no download of the source starts, ends, changes state or
+        moves along its chain, unless the thread that froze it does it: that
+        thread may still read, submit, cancel and remove (a cancel or remove
+        inside a freeze is settled before any start or end the freeze holds
+        back). Progress reports go on. Other sources are not held up, though
+        the watchdog checks no timeout while a freeze lasts. Every read
+        (:meth:`get`, :meth:`records`) inside it sees the source as one
+        consistent state. Freezes of one source nest; never wait inside one
+        for a download of that source to end (it cannot).
+
+        :func:`headwater.testing.frozen` is the supported way to use it.
+        Raises UnknownSourceError.
+        """
+        shard = self._shard(self._registry.resolve(source).name)
+        with shard.lock:
+            yield
 
     def worker_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per source name: (threads, running, queue entries) right now."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,9 +32,13 @@ def new_id() -> str:
     """A new download id: 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
 
     Ids sort by when they were made, so a journal keyed by id appends new
-    records at its end instead of scattering them over the whole file.
+    records at its end instead of scattering them over the whole file. The
+    random part comes from :mod:`random` (seeded from the system at start
+    and again in a forked child), not ``os.urandom``: an id needs to be
+    unique, not secret, and a system call here lets the submitting thread
+    lose the GIL to the workers on every submit.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 @attrs.frozen

@@ -758,14 +758,30 @@ def clean(as_json: bool) -> None:
     """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
     through = _server()
     if through is not None:
-        removed = _call_server(through[0].clear)
-    else:
-        with _journaled_engine(None) as engine:
-            removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
+        removed: Iterable[Record] = _call_server(through[0].clear)
+        _cleaned(removed, as_json)
+        return
+    with _journaled_engine(None) as engine:
+        _cleaned(_remove_ended(engine), as_json)
+
+
+def _remove_ended(engine: Engine) -> Iterator[Record]:
+    """Remove the ended downloads, a page of a thousand at a time, latest first; yield each removed."""
+    ended = [s for s in State if s.terminal]
+    after: tuple[float, str] | None = None
+    while page := engine.page(states=ended, after=after, limit=1000):
+        for record in page:
+            yield engine.remove(record.id)
+        after = (page[-1].created_at, page[-1].id)
+
+
+def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
+    """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
     if as_json:
-        click.echo(json.dumps([plain(r) for r in removed], indent=2))
-    else:
-        click.echo(f"removed {len(removed)} ended download(s) from the journal")
+        _show(removed, as_json=True)
+        return
+    count = sum(1 for _ in removed)
+    click.echo(f"removed {count} ended download(s) from the journal")
 
 
 @main.group()

@@ -29,13 +29,15 @@ def page_query(
     limit: int,
     *,
     ended_only: bool,
+    ascending: bool = False,
 ) -> tuple[str, list[object]] | None:
     """The query (and its parameters) of up to ``limit`` rows of ``records``, latest first, below ``below``.
 
-    Only rows in one of ``states`` and of one of ``sources`` (None: any),
-    and with ``ended_only`` only terminal ones; None when no row can match.
-    A part per state and source, each a range of an index read backwards
-    from the cursor (``records_by_time``, ``records_by_state``,
+    With ``ascending``, oldest first and above ``below`` instead. Only
+    rows in one of ``states`` and of one of ``sources`` (None: any), and
+    with ``ended_only`` only terminal ones; None when no row can match. A
+    part per state and source, each a range of an index read from the
+    cursor on (``records_by_time``, ``records_by_state``,
     ``records_by_state_source``), merged. Rows are (id, created_at, data as
     JSON text).
     """
@@ -50,6 +52,7 @@ def page_query(
         return None
     parts: list[str] = []
     params: list[object] = []
+    past, order = (">", "ASC") if ascending else ("<", "DESC")
     for state in keys or [None]:
         for source in [None] if sources is None else sorted(sources):
             where = []
@@ -58,16 +61,16 @@ def page_query(
                     where.append(f"{column} = %s")
                     params.append(value)
             if below is not None:
-                where.append("(created_at, id) < (%s, %s)")
+                where.append(f"(created_at, id) {past} (%s, %s)")
                 params.extend(below)
             parts.append(
                 f"(SELECT id, created_at, data::text FROM {records} "
-                f"WHERE {' AND '.join(where) or 'true'} ORDER BY created_at DESC, id DESC LIMIT %s)"
+                f"WHERE {' AND '.join(where) or 'true'} ORDER BY created_at {order}, id {order} LIMIT %s)"
             )
             params.append(limit)
     if len(parts) == 1:
         return parts[0], params
-    return f"{' UNION ALL '.join(parts)} ORDER BY created_at DESC, id DESC LIMIT %s", [*params, limit]
+    return f"{' UNION ALL '.join(parts)} ORDER BY created_at {order}, id {order} LIMIT %s", [*params, limit]
 
 
 _FROM = """unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[])

@@ -56,7 +56,7 @@ from headwater._cluster._pgurl import masked, scrubbed
 from headwater._codec import decode, encode, plain
 from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
 from headwater._records import Record, State
-from headwater._store import Swap, distinct
+from headwater._store import Place, Swap, distinct
 
 log = logging.getLogger("headwater.store")
 
@@ -289,6 +289,19 @@ class PostgresStore:
         below = self._cursor(before)
         return self._decode(self._select(states, sources, below, limit, ended_only=True))
 
+    def page_at(
+        self,
+        place: Place | None,
+        *,
+        oldest_first: bool = False,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`)."""
+        rows = self._select(states, sources, place, limit, ended_only=True, ascending=oldest_first)
+        return self._decode(rows)
+
     def scan(
         self, *, states: Collection[State] | None = None, sources: Collection[str] | None = None
     ) -> Iterator[Record]:
@@ -475,9 +488,12 @@ class PostgresStore:
         limit: int,
         *,
         ended_only: bool,
+        ascending: bool = False,
     ) -> list[_Row]:
-        """Up to ``limit`` rows, latest first, below ``below`` (see :func:`page_query`)."""
-        found = page_query(self._q.records, states, sources, below, limit, ended_only=ended_only)
+        """Up to ``limit`` rows, latest first, below ``below`` (see :func:`page_query`; or ``ascending``)."""
+        found = page_query(
+            self._q.records, states, sources, below, limit, ended_only=ended_only, ascending=ascending
+        )
         if found is None:
             return []
         query, params = found

@@ -1,0 +1,98 @@
+"""One download, one state: start, cancel, end and expiry are check-and-sets on the download."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from headwater import DownloadContext, Job
+from headwater._download import Download, Phase
+
+
+def context() -> DownloadContext:
+    return DownloadContext(Path("."), logging.getLogger("test"), lambda: 0.0, 0.0)
+
+
+def race(first: Callable[[], bool], second: Callable[[], bool]) -> tuple[bool, bool]:
+    """Run both at once (released by one barrier) and return their answers."""
+    barrier = threading.Barrier(2)
+    answers: list[bool] = [False, False]
+
+    def run(i: int, call: Callable[[], bool]) -> None:
+        barrier.wait()
+        answers[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((first, second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return answers[0], answers[1]
+
+
+def test_a_start_after_a_cancel_is_refused() -> None:
+    d = Download(Job("id1", "src", "t"))
+    assert d.cancel() is True
+    assert d.start(context()) is False
+    assert (d.phase, d.ctx) == (Phase.CANCELLED, None)
+    assert d.cancel() is False
+
+
+def test_a_cancel_of_a_running_download_sets_its_context() -> None:
+    d, ctx = Download(Job("id1", "src", "t")), context()
+    assert d.start(ctx) and d.phase is Phase.RUNNING
+    assert d.cancel() is True
+    assert ctx.cancelled.is_set()
+    assert d.end(ctx) is False  # the cancel won: the outcome is not the caller's to write
+
+
+def test_an_end_belongs_to_its_own_attempt_only() -> None:
+    d, first, second = Download(Job("id1", "src", "t")), context(), context()
+    assert d.start(first)
+    assert d.expire(first) is True and first.cancelled.is_set()
+    assert d.again(Job("id1", "other", "t", attempt=2)) is True
+    assert d.start(second)
+    assert d.end(first) is False  # the expired attempt returns late: not its to end
+    assert d.end(second) is True
+    assert d.cancel() is True  # ENDED, outcome not settled yet (a move down a chain): a cancel wins
+    assert d.again(Job("id1", "third", "t", attempt=3)) is False
+
+
+@pytest.mark.parametrize("rounds", [300])
+def test_start_against_cancel_exactly_one_wins(rounds: int) -> None:
+    for _ in range(rounds):
+        d = Download(Job("id", "src", "t"))
+        started, cancelled = race(lambda d=d: d.start(context()), d.cancel)  # type: ignore[misc]
+        assert cancelled, "a cancel of a queued or running download always succeeds"
+        # If the start won, the cancel found it RUNNING and set its context; if the cancel won, it never ran.
+        assert d.phase is Phase.CANCELLED
+        if started:
+            assert d.ctx is not None and d.ctx.cancelled.is_set()
+        else:
+            assert d.ctx is None
+
+
+@pytest.mark.parametrize("rounds", [300])
+def test_end_against_cancel_exactly_one_wins(rounds: int) -> None:
+    for _ in range(rounds):
+        d, ctx = Download(Job("id", "src", "t")), context()
+        assert d.start(ctx)
+        ended, cancelled = race(lambda d=d, ctx=ctx: d.end(ctx), d.cancel)  # type: ignore[misc]
+        if ended and cancelled:  # the end won, then the cancel came while the outcome was unsettled
+            assert d.phase is Phase.CANCELLED and not ctx.cancelled.is_set()
+        else:
+            assert cancelled and not ended and ctx.cancelled.is_set()
+
+
+@pytest.mark.parametrize("rounds", [300])
+def test_end_against_expiry_exactly_one_wins(rounds: int) -> None:
+    for _ in range(rounds):
+        d, ctx = Download(Job("id", "src", "t")), context()
+        assert d.start(ctx)
+        ended, expired = race(lambda d=d, ctx=ctx: d.end(ctx), lambda d=d, ctx=ctx: d.expire(ctx))  # type: ignore[misc]
+        assert ended != expired
+        assert ctx.cancelled.is_set() is expired
