@@ -185,6 +185,20 @@ def test_each_source_keeps_its_own_limits_across_3_workers_and_others_run_at_ful
     assert min(gaps) >= 0.3, f"delay 0.3 s between an end and the next start: {gaps}"
 
 
+def test_a_paused_source_starts_nothing_until_resumed(cluster: Cluster) -> None:
+    with client_of(cluster) as client:
+        client.store.set_paused("clustered", True)  # as `headwater pause` records it
+        cluster.start_worker(threads=2)
+        ids = [client.submit("clustered", f"ok:q{i}.txt") for i in range(3)]
+        client.flush()
+        time.sleep(2 * cluster.config.lease)  # the scheduler runs meanwhile: a broken pause starts them
+        assert events_of("start") == []
+        assert {client.get(i).state for i in ids} == {State.QUEUED}
+        client.store.set_paused("clustered", False)
+        ended = client.wait(ids, timeout=30)
+    assert {r.state for r in ended} == {State.COMPLETED}
+
+
 def test_a_worker_without_a_cluster_table_says_what_is_missing(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('destination = "x"\n')
