@@ -6,6 +6,7 @@ them schedules; the test submits and cancels through a ClusterClient.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -197,6 +198,23 @@ def test_a_paused_source_starts_nothing_until_resumed(cluster: Cluster) -> None:
         client.store.set_paused("clustered", False)
         ended = client.wait(ids, timeout=30)
     assert {r.state for r in ended} == {State.COMPLETED}
+
+
+def test_status_and_cancel_read_and_cancel_the_clusters_records(cluster: Cluster) -> None:
+    with client_of(cluster) as client:
+        first = client.submit("clustered", "ok:s1.txt", display_name="first one")
+        second = client.submit("clustered", "ok:s2.txt")
+        client.flush()
+    listed = run_headwater(cluster.env, "--config", str(cluster.config_file), "status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["state"]) for r in rows] == [(second, "queued"), (first, "queued")]  # latest first
+    done = run_headwater(cluster.env, "--config", str(cluster.config_file), "cancel", first[-12:])
+    assert (done.returncode, done.stdout.strip()) == (0, f"{first}: cancelled"), done.stderr
+    again = run_headwater(cluster.env, "--config", str(cluster.config_file), "cancel", first)
+    assert (again.returncode, again.stdout.strip()) == (1, f"{first}: already cancelled")
+    shown = run_headwater(cluster.env, "--config", str(cluster.config_file), "status", "--state", "cancelled")
+    assert first[-12:] in shown.stdout and second[-12:] not in shown.stdout
 
 
 def test_a_worker_without_a_cluster_table_says_what_is_missing(tmp_path: Path) -> None:
