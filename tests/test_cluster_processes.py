@@ -18,6 +18,7 @@ import redis
 from child_env import isolated_env, run_headwater
 from cluster_child import free_port, private_redis
 from cluster_procs import Cluster, wait_until
+from pg_server import private_postgres
 
 from headwater import RatePolicy, State
 from headwater._cluster._client import ClusterClient
@@ -138,6 +139,32 @@ def test_a_source_of_concurrency_2_never_runs_more_than_2_across_3_worker_proces
     assert peak == 2, f"at most 2 at once expected (and 2 reached), saw {peak}"
     assert len({e[3] for e in events_of("start")}) >= 2, "the downloads ran in one process only"
     assert {e[3] for e in events_of("start")} <= {w.pid for w in workers}
+
+
+def test_a_postgresql_restart_mid_run_loses_no_download_and_completes_none_twice(
+    tmp_path: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private server, restarted (fast: every connection and transaction in flight ended) mid-run."""
+    with private_postgres() as server:
+        found = Cluster(tmp_path, server.url, "restarted", lease=2.0)
+        monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+        try:
+            for _ in range(2):
+                found.start_worker(threads=2)
+            with client_of(found) as client:
+                ids = [client.submit("clustered", f"nap:0.1:p{i}.bin") for i in range(20)]
+                client.flush()
+                wait_until(lambda: len(events_of("end")) >= 5, 30, "5 downloads ended")
+                server.ctl("restart")
+                assert len(events_of("end")) < 20, "every download ended before the restart"
+                ended = client.wait(ids, timeout=90)
+        finally:
+            found.stop()
+            keys = list(redis_client.scan_iter(match=found.config.prefix + "*"))
+            if keys:
+                redis_client.delete(*keys)
+    assert {r.state for r in ended} == {State.COMPLETED}
+    assert sorted(p.name for p in found.dest.iterdir()) == sorted(f"p{i}.bin" for i in range(20))  # once each
 
 
 def peak(ids: set[str]) -> int:
