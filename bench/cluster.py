@@ -133,6 +133,21 @@ def cluster(
             conn.execute(f'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')
 
 
+def commit_latency(count: int = 100) -> float:
+    """Median milliseconds of a one-row commit with a NOTIFY now (what each state change waits for)."""
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS hw_bench_probe (x int)")
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            with conn.transaction():
+                conn.execute("INSERT INTO hw_bench_probe VALUES (1)")
+                conn.execute("NOTIFY hw_bench_probe")
+            times.append(time.perf_counter() - began)
+        conn.execute("DROP TABLE hw_bench_probe")
+    return statistics.median(times) * 1000
+
+
 def run(client: ClusterClient, source: str, targets: list[str], folder: Path | None = None) -> float:
     """Submit ``targets`` at once (into ``folder``) and wait for all; the wall seconds.
 
@@ -164,6 +179,7 @@ def main() -> None:
     if shutil.which("aria2c") is None:
         raise SystemExit("aria2c is not installed (Debian: apt-get install aria2)")
     web = _bench_http()
+    latency = commit_latency()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -240,6 +256,7 @@ def main() -> None:
         ]
     )
     ratio = statistics.median(aria) / statistics.median(ours)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows.append(
         [
             small,
@@ -249,7 +266,8 @@ def main() -> None:
             f"{ratio:.2f}x aria2c",
         ]
     )
-    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL")
+    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
+    print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
     print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
 
 

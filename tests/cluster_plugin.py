@@ -113,8 +113,14 @@ def open_gate(name: str) -> None:
     (folder() / "gates" / name).touch()
 
 
+#: The sources :func:`install` makes of this module: each its own copy (pluggy registers a module once).
+NAMES = ("clustered", "clustered_fast", "clustered_paced", "clustered_capped")
+
+
 def install(target: Path) -> Path:
-    """Make ``target`` hold this module as the installed source ``clustered``; return it."""
+    """Make ``target`` hold this module as the installed sources :data:`NAMES`; return it."""
     from child_env import install_plugin
 
-    return install_plugin(target, "clustered_source", Path(__file__).read_text(), "clustered", "clusteredsrc")
+    for name in NAMES:
+        install_plugin(target, f"{name}_source", Path(__file__).read_text(), name, f"{name}src")
+    return target
