@@ -349,6 +349,7 @@ class EngineMachine(RuleBasedStateMachine):
         for job in self.live():
             if {held, other} <= set(job.chain) and not self.engine.get(job.id).state.terminal:
                 event("another_source_frozen: not while a chain may move between the two")
+                self.submit_one(other, "ok")  # as the probe would: later draws must not depend on this
                 return
         # Past any delay or pause now: ManualClock.advance takes the lock of every source
         # that waited on it, so no thread moves the clock while a source is frozen.
