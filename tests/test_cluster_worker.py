@@ -19,7 +19,7 @@ import pytest
 import redis
 from cluster_procs import queued
 
-from headwater import RatePolicy, Record, State
+from headwater import DownloadContext, Job, RatePolicy, Record, State, Tried, hookimpl
 from headwater._cluster._cancels import announce
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment
@@ -55,6 +55,16 @@ def store(pg_url: str, pg_schema: str) -> Iterator[PostgresStore]:
     found.close()
 
 
+class Backup:
+    """A second source, for fallback chains: lands ``backup-<target>``."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        path = ctx.dest_dir / f"backup-{job.target}"
+        path.write_text("from the backup")
+        return path
+
+
 def make_worker(
     pg_url: str, pg_schema: str, client: redis.Redis, prefix: str, dest: Path, poll: float = 1.0
 ) -> ClusterWorker:
@@ -62,7 +72,7 @@ def make_worker(
         dest,
         store=PostgresStore(pg_url, schema=pg_schema),
         client=client,
-        registry=sources(plugins={"clustered": cluster_plugin}),
+        registry=sources(plugins={"clustered": cluster_plugin, "backup": Backup()}),
         prefix=prefix,
         channel=prefix + "cancel",
         poll=poll,
@@ -82,7 +92,7 @@ def granted(client: redis.Redis, prefix: str, record: Record, lease: float = LEA
     """The assignment of ``record``'s next attempt, its slot taken as a scheduler takes it."""
     assignment = Assignment(record.id, record.source, record.attempts, lease)
     limits = RedisLimits(
-        client, "clustered", RatePolicy(concurrency=4), lease=lease, settle=0.0, prefix=prefix
+        client, record.source, RatePolicy(concurrency=4), lease=lease, settle=0.0, prefix=prefix
     )
     verdict = limits.acquire(assignment.holder, time.monotonic())
     assert verdict.granted, verdict
@@ -163,6 +173,29 @@ def test_a_retry_after_pauses_the_source_in_redis(
     verdict = limits.acquire("other:1", time.monotonic())
     assert (verdict.granted, verdict.reason) == (False, "paused")
     assert verdict.at - time.monotonic() > 25
+
+
+def test_a_failed_download_moves_down_its_chain_and_the_next_source_completes_it(
+    worker: ClusterWorker, store: PostgresStore, redis_client: redis.Redis, key_prefix: str, dest: Path
+) -> None:
+    record = attrs.evolve(queued(store, "fail", dest), fallbacks=("backup",))
+    store.commit([record])
+    worker.run(granted(redis_client, key_prefix, record))
+    moved = current(store, record)
+    assert (moved.state, moved.source, moved.fallbacks, moved.attempts) == (State.QUEUED, "backup", (), 1)
+    assert moved.tried == (Tried("clustered", "RuntimeError: broken"),)
+    ended = worker.run(granted(redis_client, key_prefix, moved))
+    assert ended is not None and (ended.state, ended.attempts) == (State.COMPLETED, 2)
+    assert (dest / "backup-fail").read_text() == "from the backup"
+
+
+def test_a_failed_download_with_no_fallback_left_fails_naming_each_source(
+    worker: ClusterWorker, store: PostgresStore, redis_client: redis.Redis, key_prefix: str, dest: Path
+) -> None:
+    record = queued(store, "fail", dest)
+    ended = worker.run(granted(redis_client, key_prefix, record))
+    assert ended is not None and (ended.state, ended.error) == (State.FAILED, "RuntimeError: broken")
+    assert ended.tried == (Tried("clustered", "RuntimeError: broken"),)
 
 
 def run_in_thread(

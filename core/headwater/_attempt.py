@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 import attrs
 
+from headwater._chains import Taker
 from headwater._context import DownloadContext
 from headwater._contract import returned_file
 from headwater._discovery import one_line
@@ -156,6 +157,27 @@ def failing(record: Record, error: str, skipped: tuple[Tried, ...] = ()) -> dict
         "tried": (*record.tried, *skipped, Tried(record.source, error)),
         "fallbacks": (),
         "finished_at": time.time(),
+        "speed": 0.0,
+        "time_remaining": None,
+    }
+
+
+def moved_down(record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]) -> dict[str, object]:
+    """The fields of ``record`` QUEUED again on ``taker``'s source after it failed with ``error``.
+
+    ``taker`` and ``declined`` are :func:`~headwater._chains.find_taker`'s
+    answer for the record's ``fallbacks``; its ``tried`` gains this source's
+    failure and ``declined``, and the attempt's progress is reset.
+    """
+    return {
+        "source": taker.source.name,  # the name now, should the chain say an alias
+        "tried": (*record.tried, Tried(record.source, error), *declined),
+        "fallbacks": record.fallbacks[taker.index + 1 :],
+        "error": error,
+        "retries": 0,
+        "progress": 0.0,
+        "size": None,
+        "transferred": 0,
         "speed": 0.0,
         "time_remaining": None,
     }

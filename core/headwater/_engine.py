@@ -37,6 +37,7 @@ from headwater._attempt import (
     completion,
     described_changes,
     failing,
+    moved_down,
     run_attempt,
     try_again,
     with_progress,
@@ -712,20 +713,7 @@ class Engine:
             download = shard.live.get(download_id)
             if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
-            moved = shard.move(
-                current,
-                State.QUEUED,
-                source=name,
-                tried=(*current.tried, Tried(record.source, error), *declined),
-                fallbacks=current.fallbacks[taker.index + 1 :],
-                error=error,
-                retries=0,
-                progress=0.0,
-                size=None,
-                transferred=0,
-                speed=0.0,
-                time_remaining=None,
-            )
+            moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
             assert moved is not None, "RUNNING -> QUEUED is always legal"
             dest.records[download_id] = moved
             self._home[download_id] = dest

@@ -46,11 +46,12 @@ from headwater._attempt import (
     completion,
     described_changes,
     failing,
+    moved_down,
     run_attempt,
     try_again,
     with_progress,
 )
-from headwater._chains import translate
+from headwater._chains import Taker, find_taker, translate
 from headwater._cluster._cancels import CHANNEL, CancelWatch
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import PREFIX, RedisLimits
@@ -60,7 +61,7 @@ from headwater._context import DownloadContext
 from headwater._errors import HeadwaterError, StoreError
 from headwater._files import discard_landed
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, State
+from headwater._records import Job, Record, State, Tried
 from headwater._redact import protect, register
 from headwater._sources import Source, SourceRegistry
 from headwater._store import Swap
@@ -232,7 +233,7 @@ class ClusterWorker:
             policy = self._policy(a.source)
             again = try_again(policy, job, latest, tried.error, tried.failure)
             if isinstance(again, str):
-                changes, state = failing(latest, again), State.FAILED
+                changes, state = self._next_source(latest, again)
             else:
                 changes = {"error": tried.error, "retries": again.retries, "speed": 0.0}
                 changes["time_remaining"] = None
@@ -249,6 +250,28 @@ class ClusterWorker:
         if state is State.FAILED:
             log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
         return new, pause
+
+    def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
+        """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).
+
+        Asks the fallbacks' ``translate_target`` in turn (here, on the
+        worker), as a local engine does; a fallback not loaded here fails it.
+        """
+        taker: Taker | None = None
+        declined: tuple[Tried, ...] = ()
+        if record.fallbacks:
+            try:
+                taker, declined = find_taker(
+                    (self._registry.resolve(n) for n in record.fallbacks), record.target
+                )
+            except HeadwaterError as exc:
+                error = f"{error}; its fallback cannot be asked on this worker: {exc}"
+        if taker is None:
+            return failing(record, error, declined), State.FAILED
+        log.info(
+            "download %s failed on %s (%s); trying %s", record.id, record.source, error, taker.source.name
+        )
+        return moved_down(record, error, taker, declined), State.QUEUED
 
     # -- what runs beside the downloads ----------------------------------------------
 
