@@ -19,7 +19,7 @@ import pytest
 import redis
 from cluster_procs import queued
 
-from headwater import DownloadContext, Job, RatePolicy, Record, State, Tried, hookimpl
+from headwater import DownloadContext, Job, PolicyOverride, RatePolicy, Record, State, Tried, hookimpl
 from headwater._cluster._cancels import announce
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment
@@ -66,13 +66,19 @@ class Backup:
 
 
 def make_worker(
-    pg_url: str, pg_schema: str, client: redis.Redis, prefix: str, dest: Path, poll: float = 1.0
+    pg_url: str,
+    pg_schema: str,
+    client: redis.Redis,
+    prefix: str,
+    dest: Path,
+    poll: float = 1.0,
+    policies: dict[str, PolicyOverride] | None = None,
 ) -> ClusterWorker:
     return ClusterWorker(
         dest,
         store=PostgresStore(pg_url, schema=pg_schema),
         client=client,
-        registry=sources(plugins={"clustered": cluster_plugin, "backup": Backup()}),
+        registry=sources(plugins={"clustered": cluster_plugin, "backup": Backup()}, policies=policies),
         prefix=prefix,
         channel=prefix + "cancel",
         poll=poll,
@@ -196,6 +202,44 @@ def test_a_failed_download_with_no_fallback_left_fails_naming_each_source(
     ended = worker.run(granted(redis_client, key_prefix, record))
     assert ended is not None and (ended.state, ended.error) == (State.FAILED, "RuntimeError: broken")
     assert ended.tried == (Tried("clustered", "RuntimeError: broken"),)
+
+
+def test_a_download_past_its_timeout_fails_at_once_and_its_late_end_is_refused(
+    pg_url: str,
+    pg_schema: str,
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+    events_dir: Path,
+) -> None:
+    timed = {"clustered": PolicyOverride({"timeout": 0.3})}
+    worker = make_worker(pg_url, pg_schema, redis_client, key_prefix, dest, policies=timed)
+    try:
+        record = queued(store, "stubborn:late:t.bin", dest)  # it ignores the cancel the timeout sets
+        thread, result = run_in_thread(worker, granted(redis_client, key_prefix, record))
+        wait_until_state(store, record, State.FAILED)
+        row = current(store, record)
+        assert (row.error, row.tried) == (
+            "timed out after 0.3 s",
+            (Tried("clustered", "timed out after 0.3 s"),),
+        )
+        assert slots(redis_client, key_prefix) == 1  # its slot is held until download_impl returns
+        cluster_plugin.open_gate("late")
+        thread.join(10)
+    finally:
+        worker.close()
+    assert result == [None]  # the attempt's own end was refused
+    assert current(store, record).state is State.FAILED
+    assert not list(dest.iterdir())  # the file it landed late was deleted
+    assert slots(redis_client, key_prefix) == 0
+
+
+def wait_until_state(store: PostgresStore, record: Record, state: State, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while current(store, record).state is not state:
+        assert time.monotonic() < deadline, f"download {record.id} not {state.value} within {timeout} s"
+        time.sleep(0.01)
 
 
 def run_in_thread(

@@ -200,6 +200,18 @@ def described_changes(
     return changes
 
 
+def deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
+    """When a download running under ``policy`` with ``ctx`` expires (its clock), and what to call it then."""
+    due, why = float("inf"), ""
+    if policy.timeout is not None:
+        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
+    if policy.stall_timeout is not None:
+        stalled = ctx.last_progress[2] + policy.stall_timeout
+        if stalled < due:
+            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
+    return due, why
+
+
 def with_progress(record: Record, ctx: DownloadContext) -> Record:
     """``record`` carrying the latest progress ``ctx`` has seen."""
     transferred, total, at = ctx.last_progress

@@ -44,6 +44,7 @@ import redis
 from headwater._attempt import (
     Attempt,
     completion,
+    deadline,
     described_changes,
     failing,
     moved_down,
@@ -52,6 +53,7 @@ from headwater._attempt import (
     with_progress,
 )
 from headwater._chains import Taker, find_taker, translate
+from headwater._clock import SystemClock
 from headwater._cluster._cancels import CHANNEL, CancelWatch
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import PREFIX, RedisLimits
@@ -65,6 +67,7 @@ from headwater._records import Job, Record, State, Tried
 from headwater._redact import protect, register
 from headwater._sources import Source, SourceRegistry
 from headwater._store import Swap
+from headwater._watchdog import Watchdog
 
 log = logging.getLogger("headwater.cluster")
 
@@ -77,6 +80,7 @@ class _Running:
     ctx: DownloadContext
     assignment: Assignment
     lost: threading.Event = attrs.field(factory=threading.Event)  # its lease was lost
+    policy: RatePolicy = attrs.field(factory=RatePolicy)  # its source's, for its timeouts
 
 
 class ClusterWorker:
@@ -122,6 +126,7 @@ class ClusterWorker:
         self._lock = threading.Lock()
         self._closing = False
         self._keeper: LeaseKeeper | None = None
+        self._watchdog = Watchdog(SystemClock(), self._expire, "headwater-cluster-watchdog")
         self._watch = CancelWatch(client, self._gone, poll=poll, channel=channel)
         store.attach(self._snapshots)
 
@@ -175,11 +180,13 @@ class ClusterWorker:
             source.settings.values,
             functools.partial(self._describe, a.download_id),
         )
-        mine = _Running(running, ctx, a)
+        mine = _Running(running, ctx, a, policy=source.policy)
         with self._lock:
             self._running[a.download_id] = mine
         self._keep(mine, limits)
         self._watch.watch(a.download_id, ctx.cancelled.set)
+        if source.policy.watched:
+            self._watchdog.poke()
         mapped, why = translate(source, running.target)
         if mapped is None:
             tried = Attempt(None, None, 0, f"declined: {why}", None, False)
@@ -289,6 +296,35 @@ class ClusterWorker:
 
         keeper.keep(a.holder, lambda: limits.renew(a.holder, time.monotonic()), a.lease, lost)
 
+    def _expire(self, now: float) -> float | None:
+        """End every download past its source's timeout or stall timeout; the watchdog's check.
+
+        As in one process: the download is FAILED (or moves down its chain)
+        at once and its ``ctx.cancelled`` set; its attempt's own end is
+        then refused (a file it lands is deleted), and it keeps its slot
+        until ``download_impl`` returns. Returns the next deadline, or None.
+        """
+        with self._lock:
+            watched = [m for m in self._running.values() if m.policy.watched and not m.ctx.cancelled.is_set()]
+        next_due: float | None = None
+        for mine in watched:
+            due, why = deadline(mine.policy, mine.ctx)
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            mine.ctx.cancelled.set()
+            with self._lock:
+                record = mine.record
+            latest = with_progress(record, mine.ctx)
+            changes, state = self._next_source(latest, why)
+            new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+            try:
+                self._store.commit_if([Swap.over(record, new)])
+            except StoreError as exc:
+                log.error("%s; download %s %s, not written", exc, record.id, why)
+            mine.ctx.logger.info("download %s %s", record.id, why)
+        return next_due
+
     def _gone(self, ids: Collection[str]) -> list[str]:
         """Of ``ids`` (downloads this worker runs), those whose records say they are no longer its own."""
         found = self._store.fetch(ids)
@@ -375,6 +411,9 @@ class ClusterWorker:
         """Interrupt what runs, stop the keeper and the watch, close the store."""
         self.interrupt()
         self._watch.close(5.0)
+        watchdog = self._watchdog.close()
+        if watchdog is not None:
+            watchdog.join(5.0)
         if self._keeper is not None:
             self._keeper.close(5.0)
         self._store.close()
