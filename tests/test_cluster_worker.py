@@ -242,6 +242,36 @@ def wait_until_state(store: PostgresStore, record: Record, state: State, timeout
         time.sleep(0.01)
 
 
+def test_retry_after_pauses_are_counted_across_attempts_and_workers(
+    pg_url: str,
+    pg_schema: str,
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+    events_dir: Path,
+) -> None:
+    bounded = {"clustered": PolicyOverride({"max_retry_after_rounds": 1})}
+    first, second = (
+        make_worker(pg_url, pg_schema, redis_client, key_prefix, dest, policies=bounded) for _ in range(2)
+    )
+    try:
+        record = queued(store, "pause:0.001", dest)
+        first.run(granted(redis_client, key_prefix, record))
+        again = current(store, record)
+        assert (again.state, again.retries) == (State.QUEUED, 0)  # one pause waited out: no retry used
+        time.sleep(0.01)  # the pause of a millisecond is over
+        ended = second.run(granted(redis_client, key_prefix, again))  # another worker, the next attempt
+    finally:
+        first.close()
+        second.close()
+    assert ended is not None and ended.state is State.FAILED
+    assert ended.error == (
+        "RetryAfter: busy: come back later; retry after 0.001 s; asked to retry later 2 times over 0.001 s; "
+        "giving up (max_retry_after_rounds is 1)"
+    )
+
+
 def run_in_thread(
     worker: ClusterWorker, assignment: Assignment
 ) -> tuple[threading.Thread, list[Record | None]]:

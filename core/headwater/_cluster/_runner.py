@@ -60,7 +60,7 @@ from headwater._cluster._limits import PREFIX, RedisLimits
 from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._context import DownloadContext
-from headwater._errors import HeadwaterError, StoreError
+from headwater._errors import HeadwaterError, RetryAfter, StoreError
 from headwater._files import discard_landed
 from headwater._policy import RatePolicy
 from headwater._records import Job, Record, State, Tried
@@ -191,15 +191,7 @@ class ClusterWorker:
         if mapped is None:
             tried = Attempt(None, None, 0, f"declined: {why}", None, False)
         else:
-            job = Job(
-                a.download_id,
-                source.name,
-                mapped,
-                running.display_name,
-                a.attempt,
-                a.retry_after_rounds,
-                a.retry_after_total,
-            )
+            job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
             tried = run_attempt(source, job, ctx)
         return self._end(a, limits, mine.record, mine, tried)
 
@@ -208,7 +200,7 @@ class ClusterWorker:
     ) -> Record | None:
         """Write the attempt's end over ``running``, release the slot; the record written, None if refused."""
         try:
-            wrote, pause = self._write_end(a, running, mine, tried)
+            wrote, pause = self._write_end(a, limits, running, mine, tried)
             if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
                 discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
             if pause is not None:
@@ -224,18 +216,25 @@ class ClusterWorker:
             limits.release(a.holder, time.monotonic())
 
     def _write_end(
-        self, a: Assignment, running: Record, mine: _Running | None, tried: Attempt
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
     ) -> tuple[Record | None, float | None]:
-        """The conditional write of the attempt's end; (the record written or None, a Retry-After pause)."""
+        """The conditional write of the attempt's end; (the record written or None, a Retry-After pause).
+
+        A Retry-After is judged with the pauses the download waited out on
+        its source so far, which Redis keeps across attempts and workers.
+        """
         latest = running if mine is None else with_progress(running, mine.ctx)
         pause: float | None = None
+        waited: Job | None = None
         if tried.path is not None:
             changes = completion(tried)
             state = State.COMPLETED
         elif mine is not None and (mine.ctx.interrupted.is_set() or mine.lost.is_set()):
             changes, state = {"speed": 0.0, "time_remaining": None}, State.QUEUED  # to run again
         else:
-            rounds, total = a.retry_after_rounds, a.retry_after_total
+            rounds, total = (
+                limits.waited(a.download_id) if isinstance(tried.failure, RetryAfter) else (0, 0.0)
+            )
             job = Job(a.download_id, a.source, running.target, None, a.attempt, rounds, total)
             policy = self._policy(a.source)
             again = try_again(policy, job, latest, tried.error, tried.failure)
@@ -245,6 +244,7 @@ class ClusterWorker:
                 changes = {"error": tried.error, "retries": again.retries, "speed": 0.0}
                 changes["time_remaining"] = None
                 state, pause = State.QUEUED, again.pause
+                waited = again.job if again.pause is not None else None
         new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
         try:
             applied = self._store.commit_if([Swap.over(running, new)])[0]
@@ -256,6 +256,8 @@ class ClusterWorker:
             return None, None
         if state is State.FAILED:
             log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
+        if waited is not None:
+            limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
         return new, pause
 
     def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
