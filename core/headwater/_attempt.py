@@ -25,7 +25,7 @@ from headwater._contract import returned_file
 from headwater._discovery import one_line
 from headwater._errors import ExistingFileKept, RetryAfter, is_transient
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, Tried
+from headwater._records import Job, Record, Tried, changed
 from headwater._redact import redact
 from headwater._sources import Source
 
@@ -221,6 +221,6 @@ def with_progress(record: Record, ctx: DownloadContext) -> Record:
     if total:
         progress = min(100.0, transferred * 100.0 / total)
         remaining = max(0, total - transferred) / speed if speed > 0 else None
-    return attrs.evolve(
+    return changed(
         record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
     )

@@ -58,7 +58,7 @@ from headwater._errors import (
 )
 from headwater._files import Existing, discard_landed
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, State, Tried, may_transition
+from headwater._records import Job, Record, State, Tried, changed, may_transition
 from headwater._redact import protect, register
 from headwater._settings import SettingsInput, SettingsLayers
 from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
@@ -122,7 +122,7 @@ class _Shard:
 
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
-        new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        new = changed(record, updated_at=time.time(), **changes)
         if new.state.terminal:
             self.live.pop(new.id, None)
         if self._unwritten is None:
@@ -971,6 +971,14 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
+        self._ended.pin(order)  # what ends meanwhile stays at hand, however many
+        try:
+            return self._wait(order, timeout)
+        finally:
+            self._ended.unpin(order)
+
+    def _wait(self, order: list[str], timeout: float | None) -> list[Record]:
+        """:meth:`wait`'s loop."""
         shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):
