@@ -35,8 +35,10 @@ import attrs
 
 from headwater._attempt import (
     completion,
+    deadline,
     described_changes,
     failing,
+    moved_down,
     run_attempt,
     try_again,
     with_progress,
@@ -193,18 +195,6 @@ def _made(record: Record) -> tuple[float, str]:
 def _snapshot(shard: _Shard | None, record: Record) -> Record:
     """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
     return record if shard is None else shard.snapshot(record)
-
-
-def _deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
-    """When a download running under ``policy`` with ``ctx`` expires, and what to call it then."""
-    due, why = float("inf"), ""
-    if policy.timeout is not None:
-        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
-    if policy.stall_timeout is not None:
-        stalled = ctx.last_progress[2] + policy.stall_timeout
-        if stalled < due:
-            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
-    return due, why
 
 
 class Engine:
@@ -712,20 +702,7 @@ class Engine:
             download = shard.live.get(download_id)
             if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
-            moved = shard.move(
-                current,
-                State.QUEUED,
-                source=name,
-                tried=(*current.tried, Tried(record.source, error), *declined),
-                fallbacks=current.fallbacks[taker.index + 1 :],
-                error=error,
-                retries=0,
-                progress=0.0,
-                size=None,
-                transferred=0,
-                speed=0.0,
-                time_remaining=None,
-            )
+            moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
             assert moved is not None, "RUNNING -> QUEUED is always legal"
             dest.records[download_id] = moved
             self._home[download_id] = dest
@@ -755,7 +732,7 @@ class Engine:
                     download = shard.live.get(download_id)
                     if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
                         continue  # cancelled, or expired before: its download_impl has not returned
-                    due, why = _deadline(policy, ctx)
+                    due, why = deadline(policy, ctx)
                     if due > now:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
