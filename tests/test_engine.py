@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 from instrumented import InstrumentedSource
 
@@ -13,14 +14,18 @@ from headwater import (
     EngineClosedError,
     FieldConflictError,
     InvalidPolicyError,
+    ManualClock,
     PluginError,
     RatePolicy,
+    Record,
     State,
+    Tried,
     UnknownDownloadError,
     UnknownSourceError,
     hookimpl,
 )
-from headwater._records import TRANSITIONS, may_transition
+from headwater._records import TRANSITIONS, changed, may_transition
+from headwater.testing import frozen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,6 +46,22 @@ def test_terminal_states_are_final_in_the_table():
     assert may_transition(State.QUEUED, State.CANCELLED)
     assert not may_transition(State.QUEUED, State.COMPLETED)
     assert may_transition(State.RUNNING, State.QUEUED)  # a retry or a move down a chain
+
+
+def test_changed_makes_what_attrs_evolve_makes():
+    """Each field changed alone, and all at once, gives attrs.evolve's record; an unknown name raises."""
+    record = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0, dest_dir="/d")
+    other = Record(
+        "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
+        10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
+    )  # fmt: skip
+    every = {a.name: getattr(other, a.name) for a in attrs.fields(Record)}
+    for name, value in every.items():
+        assert changed(record, **{name: value}) == attrs.evolve(record, **{name: value}), name
+    assert changed(record, **every) == other
+    assert changed(record) == record
+    with pytest.raises(TypeError, match="nope"):
+        changed(record, nope=1)
 
 
 def test_outcomes_and_record_fields(make_engine):
@@ -206,13 +227,30 @@ def test_user_policy_overrides_the_plugins(make_engine):
 def test_threads_end_when_idle(make_engine):
     src = InstrumentedSource("alpha", RatePolicy(concurrency=2))
     engine = make_engine({"alpha": src}, idle_timeout=0.05)
+    before = set(threading.enumerate())
     engine.wait([engine.submit("alpha", "ok:a"), engine.submit("alpha", "ok:b")], timeout=10)
-    for thread in engine._shards["alpha"].worker.thread_objects():
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("headwater-alpha-")]
+    for thread in workers:
         thread.join(5)
         assert not thread.is_alive()
     assert engine.worker_stats()["alpha"][0] == 0
     # and work arriving later starts a thread again
     assert engine.wait([engine.submit("alpha", "ok:c")], timeout=10)[0].state is State.COMPLETED
+
+
+def test_the_delay_is_measured_on_the_engines_clock(make_engine):
+    clock = ManualClock(start=1e6)  # far from time.monotonic, whichever way
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1, delay=60))
+    engine = make_engine({"alpha": src}, clock=clock)
+    assert engine.wait([engine.submit("alpha", "ok:1")], timeout=10)[0].state is State.COMPLETED
+    second = engine.submit("alpha", "ok:2")
+    with pytest.raises(TimeoutError):  # none of the 60 s have passed on the engine's clock
+        engine.wait([second], timeout=0.3)
+    clock.advance(59)
+    with pytest.raises(TimeoutError):
+        engine.wait([second], timeout=0.1)
+    clock.advance(1)
+    assert engine.wait([second], timeout=10)[0].state is State.COMPLETED
 
 
 # -- locks -------------------------------------------------------------------------
@@ -223,13 +261,32 @@ def test_a_held_source_lock_does_not_delay_another_source(make_engine):
     engine = make_engine({"alpha": a, "beta": b})
     first = engine.submit("alpha", "block:k")
     a.wait_started(1)
-    with engine._shards["alpha"].lock:  # as if alpha's lock were stuck
+    with frozen(engine, "alpha"):  # as if alpha were stuck
         ids = [engine.submit("beta", f"ok:{i}") for i in range(20)]
         records = engine.wait(ids, timeout=10)
         assert all(r.state is State.COMPLETED for r in records)
         assert engine.get(ids[0]).state is State.COMPLETED
     a.release("k")
     engine.wait([first], timeout=10)
+
+
+def test_a_frozen_source_starts_and_ends_nothing_but_what_the_freezing_thread_does(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1))
+    engine = make_engine({"alpha": src})
+    running = engine.submit("alpha", "block:r")
+    src.wait_started(1)
+    queued = engine.submit("alpha", "ok:q")
+    with frozen(engine, "alpha") as view:
+        src.release("r")
+        with src.started:  # download_impl has returned its file ...
+            assert src.started.wait_for(lambda: len(src.events) >= 2, 10)
+        with pytest.raises(TimeoutError):  # ... but the download cannot end, nor the next start
+            engine.wait([running], timeout=0.2)
+        assert [(r.id, r.state) for r in view.records()] == [(running, State.RUNNING), (queued, State.QUEUED)]
+        assert engine.cancel(queued)  # the freezing thread still acts
+        assert view.state(queued) is State.CANCELLED
+    assert engine.wait([running], timeout=10)[0].state is State.COMPLETED
+    assert src.started_targets() == ["block:r"]
 
 
 # -- cancel ------------------------------------------------------------------------
@@ -353,6 +410,47 @@ def test_wait_times_out(make_engine):
         engine.wait([rid], timeout=0.05)
     src.release("k")
     assert engine.wait([rid], timeout=10)[0].state is State.COMPLETED
+
+
+def test_wait_returns_as_soon_as_a_running_download_is_cancelled(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src})
+    rid = engine.submit("alpha", "ignore-cancel:k")  # download_impl goes on after the cancel
+    src.wait_started(1)
+    waited: list[State] = []
+    waiter = threading.Thread(target=lambda: waited.append(engine.wait([rid], timeout=30)[0].state))
+    waiter.start()
+    time.sleep(0.1)  # a head start to block in wait (were it late, the test could only pass)
+    assert engine.cancel(rid)
+    waiter.join(5)
+    returned_before_download_impl = not waiter.is_alive()
+    src.release("k")
+    waiter.join(10)
+    assert returned_before_download_impl, "wait returned only when download_impl did, not at the cancel"
+    assert waited == [State.CANCELLED]
+
+
+def test_a_cancelled_download_returning_a_file_outside_the_destination_leaves_that_file(
+    make_engine, tmp_path: Path
+):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the engine's to delete")
+    started = threading.Event()
+
+    class ReturnsOutside:
+        @hookimpl
+        def download_impl(self, job, ctx):
+            started.set()
+            ctx.cancelled.wait(10)
+            return outside
+
+    engine = make_engine({"out": ReturnsOutside()})
+    rid = engine.submit("out", "x")
+    assert started.wait(10)
+    assert engine.cancel(rid)
+    assert engine.close(timeout=10) == []  # download_impl has returned and its end is handled
+    assert engine.get(rid).state is State.CANCELLED
+    assert outside.read_text() == "not the engine's to delete"
 
 
 # -- progress ----------------------------------------------------------------------

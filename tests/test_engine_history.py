@@ -10,7 +10,7 @@ import pytest
 from instrumented import InstrumentedSource
 
 from headwater import ChangeKind, Engine, MemoryStore, Record, SQLiteStore, State
-from headwater._ended import WINDOW
+from headwater._ended import WINDOW, Ended
 from headwater._errors import UnknownDownloadError
 
 T0 = 1_700_000_000.0
@@ -19,6 +19,15 @@ T0 = 1_700_000_000.0
 def _ended(i: int, source: str = "a", state: State = State.COMPLETED) -> Record:
     made = T0 + i
     return Record(f"{i:032x}", source, f"t{i}", None, source, state, made, made, file_path=f"/d/{i}")
+
+
+def _seed(path: Path, records: list[Record]) -> None:
+    """Write ``records`` to the journal at ``path``, as an engine that ran them would have."""
+    seed = SQLiteStore(path)
+    try:
+        seed.commit(records)
+    finally:
+        seed.close()
 
 
 class CountingStore(SQLiteStore):
@@ -42,13 +51,23 @@ class CountingStore(SQLiteStore):
         self.reads.append("scan")
         return super().scan(states=states, sources=sources)
 
+    def page_at(
+        self,
+        place: tuple[float, str] | None,
+        *,
+        oldest_first: bool = False,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        self.reads.append("page_at")
+        return super().page_at(place, oldest_first=oldest_first, states=states, sources=sources, limit=limit)
+
 
 def test_opening_a_journal_reads_none_of_its_ended_records(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     history = [_ended(i) for i in range(50)]
-    seed = SQLiteStore(path)
-    seed.commit(history)
-    seed.close()
+    _seed(path, history)
     store = CountingStore(path)
     with Engine(tmp_path / "d", plugins={"a": InstrumentedSource("a")}, store=store) as engine:
         assert store.reads == []
@@ -99,9 +118,7 @@ def test_every_call_answers_for_a_download_that_ended_before_a_restart(tmp_path:
 def test_records_of_sources_not_loaded_stay_in_the_journal_unseen(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     mine, by_alias, gone = _ended(1), _ended(2, source="al"), _ended(3, source="gone")
-    seed = SQLiteStore(path)
-    seed.commit([mine, by_alias, gone])
-    seed.close()
+    _seed(path, [mine, by_alias, gone])
     source = InstrumentedSource("a", aliases=("al",))
     with Engine(tmp_path / "d", plugins={"a": source}, store=SQLiteStore(path)) as engine:
         assert engine.get(by_alias.id) == by_alias
@@ -146,3 +163,71 @@ def test_a_download_is_found_while_its_end_is_being_committed(tmp_path: Path) ->
             store.proceed.set()
         (record,) = engine.wait([rid], timeout=10)
         assert record.state is State.COMPLETED and engine.get(rid) == record == store.get(rid)
+
+
+def test_pages_merge_the_unfinished_downloads_with_the_ended_ones_of_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    history = [_ended(i, state=(State.COMPLETED, State.FAILED)[i % 2]) for i in range(40)]
+    _seed(path, history)
+    store = CountingStore(path)
+    with Engine(tmp_path / "d", plugins={"a": InstrumentedSource("a")}, store=store) as engine:
+        engine.pause("a")  # nothing starts: the new ones stay queued
+        queued = [engine.get(engine.submit("a", f"ok:{i}")) for i in range(5)]
+        everything = [*history, *queued]
+        assert engine.records() == everything
+        for oldest_first, expected in [(False, everything[::-1]), (True, everything)]:
+            walked: list[Record] = []
+            page = engine.page(oldest_first=oldest_first, limit=6)
+            while page:
+                walked += page
+                after = (page[-1].created_at, page[-1].id)
+                page = engine.page(after=after, oldest_first=oldest_first, limit=6)
+            assert walked == expected
+        store.reads.clear()
+        assert engine.page(states={State.QUEUED}, limit=3) == queued[:1:-1]
+        assert store.reads == []  # unfinished ones only: the store is not read
+        failed = [r for r in history if r.state is State.FAILED]
+        assert engine.page(states={State.FAILED, State.QUEUED}, limit=7) == [*queued[::-1], *failed[::-1][:2]]
+        assert engine.page(sources={"nosuch"}) == []
+
+
+def test_a_page_skips_the_records_of_sources_not_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    history = [_ended(i, source="gone" if i % 4 else "a") for i in range(40)]
+    _seed(path, history)
+    with Engine(tmp_path / "d", plugins={"a": InstrumentedSource("a")}, store=SQLiteStore(path)) as engine:
+        mine = [r for r in history if r.source == "a"][::-1]
+        assert engine.page(limit=4) == mine[:4]
+        assert engine.page(after=(mine[3].created_at, mine[3].id), limit=100) == mine[4:]
+
+
+class CountingMemory(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    def get(self, download_id: str) -> Record | None:
+        self.gets.append(download_id)
+        return super().get(download_id)
+
+
+def test_records_waited_for_are_kept_beyond_the_window_until_the_wait_ends() -> None:
+    store = CountingMemory()
+    ended = Ended(store, {"a"}.__contains__, window=2)
+    records = [_ended(i) for i in range(5)]
+    ended.pin([r.id for r in records[:4]])
+    ended.pin([records[0].id])  # a second wait for the first
+    for record in records:
+        store.commit([record])
+        ended.keep(record)
+    assert [ended.get(r.id) for r in records] == records
+    assert store.gets == []  # the last two in the window, the first three pinned
+    ended.forget(records[1].id)  # removed while waited for
+    store.delete(records[1].id)
+    assert ended.get(records[1].id) is None
+    ended.unpin([r.id for r in records[:4]])
+    store.gets.clear()
+    assert ended.get(records[0].id) == records[0] and store.gets == []  # still pinned once
+    assert ended.get(records[2].id) == records[2] and store.gets == [records[2].id]
+    ended.unpin([records[0].id])
+    assert ended.get(records[0].id) == records[0] and store.gets[-1] == records[0].id

@@ -162,3 +162,21 @@ def test_links_planted_at_the_part_names_are_not_followed(server: LocalServer, t
     assert a.state is State.FAILED and "Too many levels of symbolic links" in a.error
     assert b.state is State.FAILED and "outside the destination" in b.error
     assert victim.read_bytes() == b"precious"
+
+
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"} | {
+    f"{kind}{i}" for kind in ("COM", "LPT") for i in range(10)
+}
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=210))
+def test_printable_ascii_names_are_kept_unless_a_rule_changes_them(name: str) -> None:
+    """The sanitiser's quick path for plain ASCII keeps exactly the names no rule would change."""
+    changed = (
+        any(ch in '/\\:*?"<>|' for ch in name)
+        or name[0] in ". "
+        or name[-1] in ". "
+        or len(name) > MAX_NAME_BYTES
+        or name.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED
+    )
+    assert (safe_filename(name) == name) is not changed

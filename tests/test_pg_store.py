@@ -29,6 +29,7 @@ from pg_server import rows, session_lock_held
 from test_store_reads import (  # the read contract, run here against PostgreSQL
     test_a_page_before_an_unknown_record_is_refused,
     test_get_answers_for_ended_records_only,
+    test_pages_at_a_place_walk_both_ways_from_any_place,
     test_pages_filter_by_state_and_source,
     test_pages_walk_every_ended_record_once_latest_first,
     test_scan_streams_everything_across_chunks,
@@ -45,6 +46,7 @@ pytest_plugins = ["pg_fixtures"]
 __all__ = [
     "test_a_page_before_an_unknown_record_is_refused",
     "test_get_answers_for_ended_records_only",
+    "test_pages_at_a_place_walk_both_ways_from_any_place",
     "test_pages_filter_by_state_and_source",
     "test_pages_walk_every_ended_record_once_latest_first",
     "test_scan_streams_everything_across_chunks",

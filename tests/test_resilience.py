@@ -7,12 +7,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from instrumented import InstrumentedSource
 from scripted import ScriptedSource, TranslatingSource
 
 from headwater import (
     Chain,
+    DownloadContext,
+    Engine,
+    Job,
     RatePolicy,
     SourceSkippedWarning,
     State,
@@ -20,8 +25,10 @@ from headwater import (
     Tried,
     UnknownDownloadError,
     UnknownSourceError,
+    hookimpl,
 )
 from headwater._clock import ManualClock, SystemClock
+from headwater.testing import frozen
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -578,17 +585,11 @@ def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
     a = ScriptedSource("a", clock)
     b = TranslatingSource("b", clock, lambda t: "block:never")
     engine = make_engine({"a": a, "b": b})
-    shard_a, shard_b = engine._shard("a"), engine._shard("b")
-    with shard_b.lock:  # the move will take a's lock, then wait here for b's
+    with frozen(engine, "b"):  # the move will hold a still, then wait here for b
         rid = engine.submit(["a", "b"], "fail")
         a.wait_ended(1)
-        held_since = None
-        while held_since is None or time.monotonic() - held_since < 0.05:
-            if shard_a.lock.acquire(blocking=False):  # not held by the mover (yet)
-                shard_a.lock.release()
-                held_since = None
-            elif held_since is None:
-                held_since = time.monotonic()
+        while not _frozen_elsewhere(engine, "a", 0.05):  # not held by the mover (yet)
+            pass
         outcome: list[object] = []
         canceller = threading.Thread(target=lambda: outcome.append(_try(engine.cancel, rid)))
         canceller.start()
@@ -597,6 +598,45 @@ def test_cancel_that_waited_out_a_move_follows_the_download(make_engine):
     assert outcome == [True]
     assert engine.wait([rid], timeout=5)[0].state is State.CANCELLED
     assert engine.get(rid).source == "b"
+
+
+class _ProgressThenDrop:
+    """A source whose every attempt reports half its bytes, then loses the connection."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path | None:
+        ctx.progress(5, 10)
+        raise ConnectionError("dropped halfway")
+
+
+def test_a_download_moved_down_its_chain_starts_over_with_no_progress(make_engine):
+    """The failed source's progress (kept by its retry) does not follow the download to the next source."""
+    b = InstrumentedSource("b", RatePolicy(concurrency=1))
+    engine = make_engine({"a": _ProgressThenDrop(), "b": b}, policies={"a": RatePolicy(retries=1, backoff=0)})
+    busy = engine.submit("b", "block:busy")  # the moved download waits QUEUED behind it
+    b.wait_started(1)
+    rid = engine.submit(["a", "b"], "block:k")
+    deadline = time.monotonic() + 10
+    while (record := engine.get(rid)).source != "b":
+        assert time.monotonic() < deadline, f"the download never moved to b: {record}"
+        time.sleep(0.005)
+    assert record.state is State.QUEUED, record
+    assert (record.progress, record.transferred, record.size) == (0.0, 0, None)
+    b.release("busy")
+    b.release("k")
+    assert engine.wait([busy, rid], timeout=10)[1].state is State.COMPLETED
+
+
+def _frozen_elsewhere(engine: Engine, source: str, within: float) -> bool:
+    """Whether another thread holds ``source`` frozen: a freeze from here does not get in ``within`` s."""
+    entered = threading.Event()
+
+    def probe() -> None:
+        with frozen(engine, source):
+            entered.set()
+
+    threading.Thread(target=probe, name="test-probe", daemon=True).start()
+    return not entered.wait(within)
 
 
 def _try(call: Callable[[str], object], arg: str) -> object:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def journal(tmp_path: Path) -> Path:
 
 
 OnJournal = Callable[..., Engine]
+_STORES: weakref.WeakKeyDictionary[Engine, SQLiteStore] = weakref.WeakKeyDictionary()  # each engine's journal
 
 
 @pytest.fixture
@@ -53,7 +55,9 @@ def on_journal(tmp_path: Path, journal: Path) -> Iterator[OnJournal]:
     made: list[Engine] = []
 
     def make(plugins: Mapping[str, object], folder: str = "dest", *, hold: bool = False) -> Engine:
-        engine = Engine(tmp_path / folder, plugins=plugins, store=SQLiteStore(journal), hold=hold)
+        store = SQLiteStore(journal)
+        engine = Engine(tmp_path / folder, plugins=plugins, store=store, hold=hold)
+        _STORES[engine] = store
         made.append(engine)
         return engine
 
@@ -65,7 +69,7 @@ def on_journal(tmp_path: Path, journal: Path) -> Iterator[OnJournal]:
 def die(engine: Engine, src: InstrumentedSource) -> None:
     """End ``engine``'s journal session as a killed process would: its records stay as journaled."""
     engine.flush()
-    engine._store.close()
+    _STORES[engine].close()
     engine.close(timeout=0.2)
     src.release_all()
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import json
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import MappingProxyType
@@ -31,12 +33,13 @@ def journal(tmp_path: Path) -> Path:
 
 def test_records_survive_and_unfinished_ones_are_queued_again(tmp_path: Path, journal: Path) -> None:
     src = InstrumentedSource("a")
-    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal))
+    store = SQLiteStore(journal)
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
     done, failed, running, queued = (engine.submit("a", t) for t in ("ok:x", "raise", "block:k", "block:q"))
     assert [r.state for r in engine.wait([done, failed], timeout=10)] == [State.COMPLETED, State.FAILED]
     src.wait_started(3)
     # Simulate a dead process: the journal stays as it is (no close, no cancel).
-    engine._store.close()
+    store.close()
     engine.close(timeout=0.1)
     src.release_all()
     on_disk = {r.id: r for r in read_records(journal)}
@@ -129,27 +132,42 @@ def test_the_end_of_a_download_and_the_start_of_the_next_share_one_commit(
     assert [(r.id, r.state) for r in read_records(journal)] == [(first, completed), (second, completed)]
 
 
-def test_the_wal_starts_over_although_commits_keep_coming(tmp_path: Path, journal: Path) -> None:
+def test_the_wal_starts_over_although_commits_keep_coming(
+    tmp_path: Path, journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pages the flusher's first checkpoint could not copy must not keep the WAL from starting over.
 
-    A reader pins a snapshot taken before the last commit, so the first
-    (unlocked) checkpoint leaves that commit's pages in the WAL, as a commit
-    landing while it runs would; the reader ends right after it.
+    A reader pins a snapshot taken before the last commit, so the flusher's
+    first (unlocked) checkpoint leaves that commit's pages in the WAL, as a
+    commit landing while it runs would; the reader ends right after it. The
+    flusher's connection is the one ``sqlite3.connect`` makes once the store
+    is open; its next round (the second call for the running records) is held
+    back until the WAL has been measured.
     """
-    store = SQLiteStore(journal)
+    store = SQLiteStore(journal, flush_interval=0.01)
     now = time.time()
 
     def record(i: int) -> Record:
         return Record(f"{i:032x}", "a", f"t{i}", None, "a", State.RUNNING, now, now)
 
-    reader = sqlite3.connect(journal, isolation_level=None)
+    reader = sqlite3.connect(journal, isolation_level=None, check_same_thread=False)
 
     class _ReaderEndsAfterFirst(sqlite3.Connection):
         def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
             cursor = super().execute(sql, *args)
-            if reader.in_transaction:
+            if "wal_checkpoint" in sql and reader.in_transaction:
                 reader.execute("COMMIT")
             return cursor
+
+    rounds: list[None] = []
+    first_round_done, measured = threading.Event(), threading.Event()
+
+    def running() -> list[Record]:
+        rounds.append(None)
+        if len(rounds) == 2:
+            first_round_done.set()
+            measured.wait(10)
+        return []
 
     try:
         for i in range(500):
@@ -157,20 +175,52 @@ def test_the_wal_starts_over_although_commits_keep_coming(tmp_path: Path, journa
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM records").fetchone()
         store.commit([record(500)])
-        checkpoints = sqlite3.connect(journal, factory=_ReaderEndsAfterFirst, isolation_level=None)
-        store._checkpoint(checkpoints)
-        checkpoints.close()
+        flusher_connection = functools.partial(sqlite3.connect, factory=_ReaderEndsAfterFirst)
+        monkeypatch.setattr(sqlite3, "connect", flusher_connection)
+        store.attach(running)
+        assert first_round_done.wait(10), "the flusher did not finish its first round"
         store.commit([record(501)])  # starts the WAL over if every frame was copied
         _, frames, _ = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     finally:
+        measured.set()
         reader.close()
         store.close()
     assert 0 < frames < 10, f"the WAL went on from frame {frames} instead of starting over"
 
 
+class _StaleFlushes(SQLiteStore):
+    """A journal whose flusher also writes the snapshots given to :meth:`race`, as a flush racing an end."""
+
+    def __init__(self, path: Path, flush_interval: float) -> None:
+        super().__init__(path, flush_interval=flush_interval)
+        self._race: list[Record] = []
+        self._race_taken = False
+        self._race_written = threading.Event()
+
+    def attach(self, running: Callable[[], list[Record]]) -> None:
+        def with_stale() -> list[Record]:  # on the flusher's thread, once a round
+            if self._race_taken:  # the round that took them has written them
+                self._race_taken = False
+                self._race_written.set()
+            if self._race:
+                stale, self._race = self._race, []
+                self._race_taken = True
+                return [*stale, *running()]
+            return running()
+
+        super().attach(with_stale)
+
+    def race(self, stale: list[Record]) -> None:
+        """Have the flusher's next round write ``stale``; return when it has."""
+        self._race_written.clear()
+        self._race = stale
+        assert self._race_written.wait(10), "the flusher did not write the stale snapshots"
+
+
 def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path, journal: Path) -> None:
     src = InstrumentedSource("a", RatePolicy(concurrency=1))
-    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=SQLiteStore(journal, flush_interval=0.02))
+    store = _StaleFlushes(journal, flush_interval=0.02)
+    engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
     try:
         rid = engine.submit("a", "block:k")
         src.wait_started(1)
@@ -186,8 +236,7 @@ def test_progress_is_coalesced_and_never_overwrites_a_newer_state(tmp_path: Path
         src.release("k")
         engine.wait([rid], timeout=10)
         ctx.progress(7, 10)  # too late: dropped
-        engine._store._write_progress([attrs.evolve(stale, transferred=6)])  # a flush racing the end
-        deadline.wait(0.1)
+        store.race([attrs.evolve(stale, transferred=6)])  # a flush racing the end
         (final,) = read_records(journal)
         assert (final.state, final.transferred) == (State.COMPLETED, 10)
     finally:
@@ -198,9 +247,21 @@ def test_progress_is_written_a_few_times_a_second_however_often_it_is_reported(
     tmp_path: Path, journal: Path
 ) -> None:
     src = InstrumentedSource("a")
-    store = SQLiteStore(journal, flush_interval=0.1)
+    opened: list[sqlite3.Connection] = []
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)  # type: ignore[arg-type]
+        opened.append(conn)
+        return conn
+
+    real_connect = sqlite3.connect
+    with pytest.MonkeyPatch.context() as patch:  # the store's own connection, opened with it
+        patch.setattr(sqlite3, "connect", connect)
+        store = SQLiteStore(journal, flush_interval=0.1)
     updates: list[str] = []
-    store._conn.set_trace_callback(lambda sql: updates.append(sql) if sql.startswith("UPDATE") else None)
+    for conn in opened:
+        with contextlib.suppress(sqlite3.ProgrammingError):  # one already closed writes nothing
+            conn.set_trace_callback(lambda sql: updates.append(sql) if sql.startswith("UPDATE") else None)
     engine = Engine(tmp_path / "dest", plugins={"a": src}, store=store)
     try:
         rid = engine.submit("a", "block:k")
@@ -242,15 +303,16 @@ def test_a_truncated_journal_is_reported(tmp_path: Path, journal: Path) -> None:
 
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The journals whose integrity an opening checked, in order (the check itself still runs)."""
+    """The journals whose integrity an opening checked (ran ``PRAGMA quick_check`` on), in order."""
     seen: list[Path] = []
-    real = _schema._integrity
+    real = sqlite3.connect
 
-    def spy(conn: sqlite3.Connection, path: Path) -> None:
-        seen.append(path)
-        real(conn, path)
+    def connect(database: str | Path, *args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real(database, *args, **kwargs)  # type: ignore[arg-type]
+        conn.set_trace_callback(lambda sql: seen.append(Path(database)) if "quick_check" in sql else None)
+        return conn
 
-    monkeypatch.setattr(_schema, "_integrity", spy)
+    monkeypatch.setattr(sqlite3, "connect", connect)
     return seen
 
 
@@ -504,10 +566,11 @@ def test_records_of_a_renamed_source_run_under_its_new_name_and_unknown_ones_sta
 ) -> None:
     old = InstrumentedSource("old", RatePolicy(concurrency=1))
     gone = InstrumentedSource("gone", RatePolicy(concurrency=1))
-    engine = Engine(tmp_path / "dest", plugins={"old": old, "gone": gone}, store=SQLiteStore(journal))
+    store = SQLiteStore(journal)
+    engine = Engine(tmp_path / "dest", plugins={"old": old, "gone": gone}, store=store)
     renamed, orphan = engine.submit("old", "block:k"), engine.submit("gone", "block:k")
     old.wait_started(1)
-    engine._store.close()  # the process "dies" with both queued or running
+    store.close()  # the process "dies" with both queued or running
     engine.close(timeout=0.1)
 
     old.release_all()

@@ -125,6 +125,28 @@ def test_pages_filter_by_state_and_source(store: RecordStore) -> None:
     assert store.page(sources=set()) == [] and store.page(sources={"nosuch"}) == []
 
 
+def test_pages_at_a_place_walk_both_ways_from_any_place(store: RecordStore) -> None:
+    records = _mixed(60)
+    _fill(store, records)
+    ended = _latest_first([r for r in records if r.state.terminal])
+    for oldest_first, expected in [(False, ended), (True, ended[::-1])]:
+        walked: list[Record] = []
+        page = store.page_at(None, oldest_first=oldest_first, limit=7)
+        while page:
+            walked += page
+            page = store.page_at((page[-1].created_at, page[-1].id), oldest_first=oldest_first, limit=7)
+        assert walked == expected
+    # A place no record holds: between two records made in the same second, by id.
+    middle = (ended[10].created_at, ended[10].id + "0")
+    assert store.page_at(middle, limit=3) == ended[10:13]
+    assert store.page_at(middle, oldest_first=True, limit=3) == ended[9:6:-1]
+    failed_b = [r for r in ended if r.state is State.FAILED and r.source == "b"]
+    place = (failed_b[1].created_at, failed_b[1].id)
+    assert store.page_at(place, states={State.FAILED}, sources={"b"}, limit=100) == failed_b[2:]
+    assert store.page_at(place, oldest_first=True, states={State.FAILED}, sources={"b"}) == failed_b[:1]
+    assert store.page_at(None, states={State.QUEUED}) == [] and store.page_at(None, limit=0) == []
+
+
 def test_a_page_before_an_unknown_record_is_refused(store: RecordStore) -> None:
     _fill(store, [_record(0)])
     with pytest.raises(UnknownDownloadError):

@@ -174,10 +174,17 @@ class ChangeFeed:
         subscription.close()
         return subscription
 
-    def publish(self, changes: list[Change]) -> None:
-        """Queue ``changes`` on every open subscription (the caller holds the downloads' lock)."""
-        for subscription in self._subscriptions:
-            subscription.put(changes)
+    def publish(self, kind: ChangeKind, records: Iterable[Record]) -> None:
+        """Queue a ``kind`` change of each of ``records`` on every open subscription.
+
+        The caller holds the downloads' lock. With no subscription (the
+        usual case) nothing is made: ``records`` is not even iterated.
+        """
+        subscriptions = self._subscriptions
+        if subscriptions:
+            changes = [Change(kind, record) for record in records]
+            for subscription in subscriptions:
+                subscription.put(changes)
 
     def drop(self, subscription: Subscription) -> None:
         """Forget ``subscription`` (it is closing)."""

@@ -4,7 +4,7 @@ A :class:`Dispatcher` builds each source's shard with its
 :class:`~headwater._worker.SourceWorker` and hands that worker the steps
 of a download's run, each a call down from the worker and none calling
 back into it: :meth:`Dispatcher.begin` (the check-and-set on the download,
-the RUNNING record), :func:`~headwater._executor.execute`
+the RUNNING record), :func:`~headwater._attempt.run_attempt`
 (``download_impl``), :meth:`Dispatcher.settle` (the end, through
 :mod:`headwater._outcomes`), and after it, without locks, a move down a
 fallback chain (:func:`headwater._chains.fall_back`) and waking waiters.
@@ -20,19 +20,17 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 
+from headwater._attempt import Attempt, described_changes, run_attempt
 from headwater._chains import fall_back
 from headwater._changes import ChangeFeed
 from headwater._clock import Clock
 from headwater._context import DownloadContext
 from headwater._download import Download, Phase
 from headwater._ended import Ended
-from headwater._executor import Outcome, execute
 from headwater._expiry import expire
 from headwater._outcomes import Settled, settle
 from headwater._records import State
-from headwater._redact import redact
 from headwater._shard import Home, Shard, Shards
 from headwater._sources import Source, SourceRegistry
 from headwater._store import RecordStore
@@ -40,11 +38,6 @@ from headwater._watchdog import Watchdog
 from headwater._worker import SourceWorker, Verdict
 
 log = logging.getLogger("headwater")
-
-
-def redacted(fields: Mapping[str, object]) -> dict[str, object]:
-    """``fields`` with secret setting values taken out of its strings (see :mod:`headwater._redact`)."""
-    return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
 
 
 class Dispatcher:
@@ -146,24 +139,19 @@ class Dispatcher:
             ours = download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
-            changes: dict[str, object] = {"extra": MappingProxyType({**record.extra, **redacted(fields)})}
-            if display_name is not None:
-                changes["display_name"] = redact(display_name)
-            if username is not None:
-                changes["username"] = redact(username)
-            shard.amend(record, **changes)
+            shard.amend(record, **described_changes(record, display_name, username, fields))
 
-    def execute(self, shard: Shard, download: Download, ctx: DownloadContext) -> Outcome:
+    def execute(self, shard: Shard, download: Download, ctx: DownloadContext) -> Attempt:
         """Run the attempt: the source's ``download_impl`` (no lock held); never raises."""
-        return execute(shard.source.download, download.job, ctx, shard.logger)
+        return run_attempt(shard.source, download.job, ctx)
 
-    def settle(self, shard: Shard, download: Download, ctx: DownloadContext, outcome: Outcome) -> Verdict:
+    def settle(self, shard: Shard, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
         """Write the attempt's end (the lock held; :func:`headwater._outcomes.settle`); never raises.
 
         The verdict's ``then`` moves a failed chain download down its chain,
         logs a failure, and wakes whoever waits for the download.
         """
-        settled = settle(shard, download, ctx, outcome, self._clock.now())
+        settled = settle(shard, download, ctx, tried, self._clock.now())
         return Verdict(
             settled.verdict.again_at,
             settled.verdict.front,

@@ -13,51 +13,47 @@ before anyone can see it (see :mod:`headwater._shard`).
 
 from __future__ import annotations
 
-import functools
+import heapq
 import logging
 import os
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 
 import attrs
 
-from headwater._chains import Chain, first_taker, resolve_chain, translate
-from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
+from headwater._chains import Chain, translate
+from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
-from headwater._contract import record_fields
 from headwater._discovery import Candidate, discover
-from headwater._dispatch import Dispatcher, redacted
+from headwater._dispatch import Dispatcher
 from headwater._download import Download
 from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
     HeadwaterError,
-    NeedsConfigurationError,
     StoreError,
     UnknownDownloadError,
 )
-from headwater._files import Existing, existing_choice
+from headwater._files import Existing
 from headwater._policy import RatePolicy
-from headwater._records import NO_EXTRA, Job, Record, State, Tried
+from headwater._records import Job, Record, State
 from headwater._redact import register
 from headwater._settings import SettingsInput, SettingsLayers
 from headwater._shard import Shard, snapshot
-from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
+from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
 from headwater._store import MemoryStore, RecordStore
+from headwater._submission import submission
 
 log = logging.getLogger("headwater")
 
 
-def _new_id() -> str:
-    """A new download id: 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
-
-    Ids sort by when they were made, so a journal keyed by id appends new
-    records at its end instead of scattering them over the whole file.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+def _made(record: Record) -> tuple[float, str]:
+    """A record's place in the order of making."""
+    return record.created_at, record.id
 
 
 class Engine:
@@ -134,11 +130,11 @@ class Engine:
             inputs = SettingsInput.read(settings, settings_layers)
             self._registry = SourceRegistry(candidates, policies, inputs)
             self._secrets = register(self._registry.secret_values())  # settings: redacted until close
-            self._clock: Clock = SystemClock() if clock is None else clock
+            clock = SystemClock() if clock is None else clock
             loaded = frozenset(n for info in self._registry.infos() for n in (info.name, *info.aliases))
             self._ended = Ended(self._store, loaded.__contains__)
             self._dispatch = Dispatcher(
-                self._registry, self._store, self._feed, self._ended, self._clock, idle_timeout, self.dest_dir
+                self._registry, self._store, self._feed, self._ended, clock, idle_timeout, self.dest_dir
             )
             self._shards = self._dispatch.shards
             self._closed = False
@@ -220,7 +216,7 @@ class Engine:
                 shard.live[record.id] = download
                 shard.worker.put(download)
             started.append(record.id)
-        self._feed.publish([Change(ChangeKind.RECORD, record) for _, record in requeued])
+        self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
         for name, count in waiting.items():
             log.warning(
                 "%d unfinished download(s) of source %r stay queued until it is configured "
@@ -287,65 +283,27 @@ class Engine:
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        chain = resolve_chain(self._registry, source)
-        for src in chain:  # settings: refused at once, naming what to set
-            if src.settings.needs_configuration:
-                raise NeedsConfigurationError(src.name, [str(p) for p in src.settings.problems])
-        if not isinstance(target, str) or not target:
-            raise ValueError(f"target must be a non-empty string, got {target!r}")
-        if existing is not None:
-            existing_choice(existing)
-        folder = self.dest_dir
-        if dest_dir is not None:
-            folder = Path(dest_dir).expanduser()
-            folder.mkdir(parents=True, exist_ok=True)
-            folder = folder.resolve()
-        job_target: str = target
-        tried: tuple[Tried, ...] = ()
-        if chain[0].translate is not None:
-            chain, job_target, tried = first_taker(chain, target)
-        src = chain[0]
-        job = Job(_new_id(), src.name, job_target, display_name)
-        username, extra = self._fields(src, job)
-        now = time.time()
-        record = Record(
-            job.id,
-            src.name,
+        made = submission(
+            self._registry,
+            source,
             target,
-            display_name,
-            username,
-            State.QUEUED,
-            now,
-            now,
-            extra=extra,
-            dest_dir=str(folder),
+            self.dest_dir,
+            display_name=display_name,
             existing=existing,
+            dest_dir=dest_dir,
         )
-        shard = self._shard(src.name)
-        if len(chain) > 1 or tried:
-            record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
+        record, job = made.record, made.job
+        shard = self._shard(record.source)
+        if record.fallbacks or record.tried:
             self._shards.home[job.id] = shard
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
-            self._feed.publish([Change(ChangeKind.RECORD, record)])
+            self._feed.publish(ChangeKind.RECORD, (record,))
             download = Download(job)
             shard.live[job.id] = download
             shard.worker.put(download)
         return job.id
-
-    def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
-        """The record's username label and extra fields from ``record_fields``.
-
-        An InvalidTargetError the hook raises (it refuses the target) is
-        raised as it is; anything else it raises or returns wrongly raises
-        PluginError (FieldConflictError for a core field).
-        """
-        if src.record_fields is None:
-            return src.name, NO_EXTRA
-        call = functools.partial(src.record_fields, job=job, settings=src.settings.values)
-        username, extra = record_fields(call, f"record_fields of source {src.label()}")
-        return username or src.name, MappingProxyType(redacted(extra))
 
     # -- controlling -------------------------------------------------------
 
@@ -417,7 +375,7 @@ class Engine:
         shard.records.pop(final.id, None)
         self._ended.forget(final.id)
         self._shards.home.pop(final.id, None)
-        self._feed.publish([Change(ChangeKind.REMOVED, final)])
+        self._feed.publish(ChangeKind.REMOVED, (final,))
 
     def _ended_shard(self, download_id: str) -> tuple[Shard, Record]:
         """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
@@ -475,10 +433,8 @@ class Engine:
         """Snapshots of all records (of one source, a name or alias), oldest first.
 
         Reads every ended record of the store, the whole history of a
-        journal, and holds them all: to list some, page the store
-        (:meth:`RecordStore.page`) or read it a record at a time
-        (:meth:`RecordStore.scan`). Raises StoreError when the store cannot
-        be read.
+        journal, and holds them all: to list some, read a :meth:`page` at a
+        time. Raises StoreError when the store cannot be read.
         """
         names: set[str] | None = None
         if source is not None:
@@ -491,6 +447,48 @@ class Engine:
         held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
         return sorted(held.values(), key=lambda r: r.created_at)
 
+    def page(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        after: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` records, latest first (with ``oldest_first``, oldest first), as snapshots.
+
+        Only those in one of ``states`` and whose ``source`` is one of
+        ``sources`` (None: any). ``after`` is a place in the order of
+        making, a record's (``created_at``, ``id``), which no record need
+        still hold: the page holds the records past it (below it latest
+        first, above it oldest first). Reads the unfinished records in
+        memory and, from the store, only the ended records the page can
+        hold, through its indexes. Raises StoreError when the store cannot
+        be read.
+        """
+
+        def wanted(record: Record) -> bool:
+            if (states is not None and record.state not in states) or (
+                sources is not None and record.source not in sources
+            ):
+                return False
+            place = (record.created_at, record.id)
+            return after is None or (place > after if oldest_first else place < after)
+
+        pick = heapq.nsmallest if oldest_first else heapq.nlargest
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+        }
+        if states is None or any(state.terminal for state in states):  # read after: one ended since is here
+            ended = self._ended.page(
+                after, oldest_first=oldest_first, states=states, sources=sources, limit=limit
+            )
+            held.update((r.id, r) for r in ended)
+        return pick(limit, held.values(), key=_made)
+
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download in ``ids`` has ended; return their records in order.
 
@@ -499,6 +497,14 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
+        self._ended.pin(order)  # what ends meanwhile stays at hand, however many
+        try:
+            return self._wait(order, timeout)
+        finally:
+            self._ended.unpin(order)
+
+    def _wait(self, order: list[str], timeout: float | None) -> list[Record]:
+        """:meth:`wait`'s loop."""
         shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):
@@ -641,6 +647,27 @@ class Engine:
         self.close()
 
     # -- introspection, for tests and benchmarks ------------------------------
+
+    @contextmanager
+    def freeze(self, source: str) -> Iterator[None]:
+        """Hold ``source`` (a name or alias) still while the context is open: the seam for tests.
+
+        Meanwhile no download of the source starts, ends, changes state or
+        moves along its chain, unless the thread that froze it does it: that
+        thread may still read, submit, cancel and remove (a cancel or remove
+        inside a freeze is settled before any start or end the freeze holds
+        back). Progress reports go on. Other sources are not held up, though
+        the watchdog checks no timeout while a freeze lasts. Every read
+        (:meth:`get`, :meth:`records`) inside it sees the source as one
+        consistent state. Freezes of one source nest; never wait inside one
+        for a download of that source to end (it cannot).
+
+        :func:`headwater.testing.frozen` is the supported way to use it.
+        Raises UnknownSourceError.
+        """
+        shard = self._shard(self._registry.resolve(source).name)
+        with shard.lock:
+            yield
 
     def worker_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per source name: (threads, running, queue entries) right now."""

@@ -13,12 +13,13 @@ from collections.abc import Iterable
 
 import attrs
 
+from headwater._attempt import with_progress
 from headwater._context import DownloadContext
 from headwater._download import Phase
 from headwater._outcomes import fail
 from headwater._policy import RatePolicy
 from headwater._records import State
-from headwater._shard import Shard, with_progress
+from headwater._shard import Shard
 
 
 def deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:

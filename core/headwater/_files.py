@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import sys
 import unicodedata
@@ -106,6 +107,8 @@ def safe_filename(name: str, default: str = "download") -> str:
     Pure and total: never raises for any ``str``; the result is never empty,
     never ``.`` or ``..``, and contains no separator.
     """
+    if _PLAIN.fullmatch(name) is not None and name.split(".")[0].rstrip(" ").upper() not in _RESERVED:
+        return name  # the common case: printable ASCII that no step above would change
     normal = unicodedata.normalize("NFKC", name)
     kept = "".join(
         "_" if ch in _FORBIDDEN else ch
@@ -130,6 +133,10 @@ def safe_filename(name: str, default: str = "download") -> str:
 
 
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+#: Names :func:`safe_filename` keeps as they are, if not reserved: 1 to 200 printable ASCII
+#: characters (which NFKC leaves alone) but those of ``_FORBIDDEN``, no dot or space at either end.
+_PLAIN = re.compile(r"(?![. ])[ !#-)+-.0-9;=@-\[\]-{}~]{1,200}(?<![. ])")
 
 
 def destination(dest_dir: Path, name: str) -> Path:

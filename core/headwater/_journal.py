@@ -66,7 +66,7 @@ from headwater._reader import (
 from headwater._records import Record, State
 from headwater._schema import connect, failure, open_journal
 from headwater._sessions import Session
-from headwater._store import Swap, distinct
+from headwater._store import Place, Swap, distinct
 
 log = logging.getLogger("headwater.store")
 
@@ -238,10 +238,37 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[Record]:
         """Up to ``limit`` ended records, latest first (see :class:`~headwater.RecordStore`)."""
-        below = self._cursor(before)
+        return self._page(self._cursor(before), False, states, sources, limit)
+
+    def page_at(
+        self,
+        place: Place | None,
+        *,
+        oldest_first: bool = False,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`)."""
+        return self._page(place, oldest_first, states, sources, limit)
+
+    def _page(
+        self,
+        below: Cursor | None,
+        ascending: bool,
+        states: Collection[State] | None,
+        sources: Collection[str] | None,
+        limit: int,
+    ) -> list[Record]:
         rows = self._read(
             functools.partial(
-                select_page, ended_only=True, states=states, sources=sources, below=below, limit=limit
+                select_page,
+                ended_only=True,
+                states=states,
+                sources=sources,
+                below=below,
+                limit=limit,
+                ascending=ascending,
             )
         )
         return decode_rows(self.path, rows)

@@ -35,9 +35,9 @@ _T = TypeVar("_T")
 #: and not an error of the query.
 Row = tuple[bytes, object, bytes]
 
-#: Where a page ends: the (created_at, id) of its last row; the next page
+#: Where a page ends: the (created_at, id) of its last row (or any place); the next page
 #: holds the rows below it.
-Cursor = tuple[object, bytes]
+Cursor = tuple[object, bytes | str]
 
 #: The columns of a :data:`Row`.
 ROW = "CAST(id AS BLOB), created_at, CAST(data AS BLOB)"
@@ -57,13 +57,15 @@ def select_page(
     sources: Collection[str] | None,
     below: Cursor | None,
     limit: int,
+    ascending: bool = False,
 ) -> list[Row]:
     """Up to ``limit`` rows, latest first, below the cursor ``below`` if given.
 
-    Only those whose state is one of ``states`` and whose source one of
+    With ``ascending``, oldest first and above the cursor instead. Only
+    those whose state is one of ``states`` and whose source one of
     ``sources`` (None: any), and with ``ended_only`` only terminal ones. One
     statement: a part per state and source asked for, each walking its
-    index from the cursor down, merged. Raises sqlite3.Error.
+    index from the cursor on, merged. Raises sqlite3.Error.
     """
     keys: list[str | None] | None = None
     if states is not None:
@@ -72,6 +74,7 @@ def select_page(
         return []
     parts: list[str] = []
     params: list[object] = []
+    past, order = (">", "ASC") if ascending else ("<", "DESC")
     names: list[str | None] = [None] if sources is None else list(sources)
     for state in keys or [None]:
         for source in names:
@@ -83,17 +86,17 @@ def select_page(
                 where.append("source = ?")
                 params.append(source)
             if below is not None:
-                where.append("(created_at, id) < (?, CAST(? AS TEXT))")
+                where.append(f"(created_at, id) {past} (?, CAST(? AS TEXT))")
                 params.extend(below)
             parts.append(
                 f"SELECT {ROW} FROM records WHERE {' AND '.join(where) or 'true'} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?"
+                f"ORDER BY created_at {order}, id {order} LIMIT ?"
             )
             params.append(limit)
     if len(parts) == 1:
         return conn.execute(parts[0], params).fetchall()
     merged = " UNION ALL ".join(f"SELECT * FROM ({part})" for part in parts)
-    return conn.execute(f"{merged} ORDER BY 2 DESC, 1 DESC LIMIT ?", [*params, limit]).fetchall()
+    return conn.execute(f"{merged} ORDER BY 2 {order}, 1 {order} LIMIT ?", [*params, limit]).fetchall()
 
 
 def find_cursor(conn: sqlite3.Connection, download_id: str) -> Cursor | None:

@@ -20,15 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-import attrs
-
-from headwater._changes import Change, ChangeFeed, ChangeKind
+from headwater._attempt import Attempt, with_progress
+from headwater._changes import ChangeFeed, ChangeKind
 from headwater._context import DownloadContext
 from headwater._download import Download
 from headwater._ended import Ended
 from headwater._errors import StoreError, UnknownDownloadError
-from headwater._executor import Outcome
-from headwater._records import Record, State, may_transition
+from headwater._records import Record, State, changed, may_transition
 from headwater._redact import protect
 from headwater._sources import Source, SourceRegistry
 from headwater._store import RecordStore
@@ -63,7 +61,7 @@ class Shard:
         self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[Download, DownloadContext, Outcome]
+        self.worker: SourceWorker[Download, DownloadContext, Attempt]
 
     def move(self, record: Record, state: State, **changes: object) -> Record | None:
         """Write ``record`` in ``state`` if the transition is legal; the lock must be held.
@@ -86,7 +84,7 @@ class Shard:
 
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
-        new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        new = changed(record, updated_at=time.time(), **changes)
         if new.state.terminal:
             self.live.pop(new.id, None)
         if self._unwritten is None:
@@ -139,7 +137,7 @@ class Shard:
                 self.home.pop(new.id, None)
             else:
                 self.records[new.id] = new
-        self.feed.publish([Change(ChangeKind.RECORD, new) for _, new in moves.values()])
+        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def cancel(self, record: Record) -> bool:
         """Cancel ``record``'s download (the lock held); True if this call cancelled it.
@@ -163,25 +161,6 @@ class Shard:
         if ctx is None:
             return record
         return with_progress(record, ctx)
-
-
-def _snapshot(shard: Shard | None, record: Record) -> Record:
-    """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
-    return record if shard is None else shard.snapshot(record)
-
-
-def with_progress(record: Record, ctx: DownloadContext) -> Record:
-    """``record`` carrying the latest progress ``ctx`` has seen."""
-    transferred, total, at = ctx.last_progress
-    elapsed = at - ctx.started
-    speed = transferred / elapsed if elapsed > 0 else 0.0
-    progress, remaining = record.progress, None
-    if total:
-        progress = min(100.0, transferred * 100.0 / total)
-        remaining = max(0, total - transferred) / speed if speed > 0 else None
-    return attrs.evolve(
-        record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
-    )
 
 
 def snapshot(shard: Shard | None, record: Record) -> Record:

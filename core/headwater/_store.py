@@ -3,7 +3,8 @@
 A store is the journal the engine writes every change to. Ended records
 (COMPLETED, FAILED, CANCELLED) live in the store, which answers for them on
 demand (:meth:`RecordStore.get`, :meth:`RecordStore.page`,
-:meth:`RecordStore.scan`); the unfinished ones are the engine's. The SQLite
+:meth:`RecordStore.page_at`, :meth:`RecordStore.scan`); the unfinished
+ones are the engine's. The SQLite
 journal is :class:`~headwater.SQLiteStore` (:mod:`headwater._journal`).
 """
 
@@ -18,6 +19,9 @@ import attrs
 
 from headwater._errors import UnknownDownloadError
 from headwater._records import Record, State
+
+#: A place in the order of making: a record's (``created_at``, ``id``).
+Place = tuple[float, str]
 
 
 def _seen_state(swap: Swap, attribute: attrs.Attribute[State | None], state: State | None) -> None:
@@ -108,6 +112,23 @@ class RecordStore(Protocol):
         :class:`~headwater.UnknownDownloadError` for a ``before`` the store
         does not hold, :class:`~headwater.StoreError` if the journal cannot
         be read.
+        """
+        ...
+
+    def page_at(
+        self,
+        place: Place | None,
+        *,
+        oldest_first: bool = False,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` ended records past ``place``: below it latest first, or above it oldest first.
+
+        ``place`` is a (``created_at``, ``id``) that no record need hold
+        (None: from the latest, or the oldest); filtered as in :meth:`page`.
+        Raises :class:`~headwater.StoreError` if the journal cannot be read.
         """
         ...
 
@@ -239,25 +260,38 @@ class MemoryStore:
         before: str | None = None,
         limit: int = 100,
     ) -> list[Record]:
-        return heapq.nlargest(limit, self._matching(states, sources, before), key=_latest)
+        place = None
+        if before is not None:
+            anchor = self._ended.get(before)
+            if anchor is None:
+                raise UnknownDownloadError(before)
+            place = _latest(anchor)
+        return self.page_at(place, states=states, sources=sources, limit=limit)
+
+    def page_at(
+        self,
+        place: Place | None,
+        *,
+        oldest_first: bool = False,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Record]:
+        found = self._matching(states, sources)
+        if place is not None:
+            found = [r for r in found if (_latest(r) > place if oldest_first else _latest(r) < place)]
+        pick = heapq.nsmallest if oldest_first else heapq.nlargest
+        return pick(limit, found, key=_latest)
 
     def scan(
         self, *, states: Collection[State] | None = None, sources: Collection[str] | None = None
     ) -> Iterator[Record]:
-        yield from sorted(self._matching(states, sources, None), key=_latest, reverse=True)
+        yield from sorted(self._matching(states, sources), key=_latest, reverse=True)
 
-    def _matching(
-        self, states: Collection[State] | None, sources: Collection[str] | None, before: str | None
-    ) -> list[Record]:
-        """The ended records in ``states`` and of ``sources``, created before ``before``, in no order."""
+    def _matching(self, states: Collection[State] | None, sources: Collection[str] | None) -> list[Record]:
+        """The ended records in ``states`` and of ``sources``, in no order."""
         with self._lock:
             records = list(self._ended.values())
-            anchor = None if before is None else self._ended.get(before)
-        if before is not None:
-            if anchor is None:
-                raise UnknownDownloadError(before)
-            below = _latest(anchor)
-            records = [r for r in records if _latest(r) < below]
         return [
             r
             for r in records

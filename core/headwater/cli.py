@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ from rich.console import Console
 
 from headwater import __version__
 from headwater._codec import plain
-from headwater._config import Config, load_config
+from headwater._config import ClusterConfig, Config, load_config
 from headwater._discovery import discover
 from headwater._display import follow
 from headwater._engine import Engine
@@ -626,6 +627,7 @@ def status(
 ) -> None:
     """Show downloads in the journal, latest first: the latest 100, or those IDS name.
 
+    With a [cluster] in headwater.toml, the cluster's records instead.
     IDS: ids, or unique starts or ends of ids. Works while another headwater
     process is running downloads. Reads only the downloads it shows, so it
     is as quick with a million in the journal as with ten.
@@ -637,9 +639,12 @@ def status(
     wanted_states = {State(s) for s in states} or None
     wanted_sources = set(sources) or None
     through = _server()
-    pages: JournalReader | _ServerPages
+    cluster = _cluster_records() if through is None else None
+    pages: JournalReader | _ServerPages | _ClusterRecords
     reader: Matcher
-    if through is None:
+    if cluster is not None:
+        pages = reader = cluster
+    elif through is None:
         pages = reader = JournalReader(_app().journal)
     else:
         pages, reader = _ServerPages(through[0]), _Listed(through[0])
@@ -668,6 +673,9 @@ def status(
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     except UnknownDownloadError as exc:  # --before's download removed meanwhile
         raise Failure(str(exc), EXIT_USAGE) from exc
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _show(records: Iterable[Record], as_json: bool) -> Record | None:
@@ -714,11 +722,16 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     killed, crashed) left queued or running are cancelled here. One that a
     headwater process still running owns is refused, naming the process
     (exit status 3): stop it (Ctrl-C keeps its downloads resumable), then
-    cancel. Exit status 1 if one had already ended.
+    cancel. Exit status 1 if one had already ended. With a [cluster] in
+    headwater.toml, the cluster's downloads, wherever they run.
     """
     through = _server()
     if through is not None:
         _cancel_through(through[0], ids, as_json)
+        return
+    cluster = _cluster_records()
+    if cluster is not None:
+        _cancel_in_cluster(cluster, ids, as_json)
         return
     reader = JournalReader(_app().journal)
     try:
@@ -757,14 +770,30 @@ def clean(as_json: bool) -> None:
     """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
     through = _server()
     if through is not None:
-        removed = _call_server(through[0].clear)
-    else:
-        with _journaled_engine(None) as engine:
-            removed = [engine.remove(r.id) for r in engine.records() if r.state.terminal]
+        removed: Iterable[Record] = _call_server(through[0].clear)
+        _cleaned(removed, as_json)
+        return
+    with _journaled_engine(None) as engine:
+        _cleaned(_remove_ended(engine), as_json)
+
+
+def _remove_ended(engine: Engine) -> Iterator[Record]:
+    """Remove the ended downloads, a page of a thousand at a time, latest first; yield each removed."""
+    ended = [s for s in State if s.terminal]
+    after: tuple[float, str] | None = None
+    while page := engine.page(states=ended, after=after, limit=1000):
+        for record in page:
+            yield engine.remove(record.id)
+        after = (page[-1].created_at, page[-1].id)
+
+
+def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
+    """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
     if as_json:
-        click.echo(json.dumps([plain(r) for r in removed], indent=2))
-    else:
-        click.echo(f"removed {len(removed)} ended download(s) from the journal")
+        _show(removed, as_json=True)
+        return
+    count = sum(1 for _ in removed)
+    click.echo(f"removed {count} ended download(s) from the journal")
 
 
 @main.group()
@@ -860,6 +889,70 @@ def keys_remove(source: str, field: str) -> None:
     if not removed:
         raise Failure(f"the secrets store holds no {field} of {source} (`headwater keys list`)", EXIT_USAGE)
     click.echo(f"removed {field} of {source}", err=True)
+
+
+@main.command()
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=8,
+    show_default=True,
+    help="Downloads this worker runs at once.",
+)
+@_dest_option
+def worker(threads: int, dest: Path | None) -> None:
+    """Run the cluster's downloads (``[cluster]`` in headwater.toml) in this process until Ctrl-C or SIGTERM.
+
+    Dramatiq's worker takes the downloads the cluster's scheduler sends; the
+    same sources must be installed on every worker host, and the files land
+    in the folder each download names (shared by every host). Stopping puts
+    the downloads it runs back in the queue for another worker.
+    """
+    app = _app()
+    config = app.config
+    if config.cluster is None:
+        where = config.path or "headwater.toml"
+        raise Failure(f"`headwater worker` needs a [cluster] table (broker, postgres) in {where}", EXIT_USAGE)
+    try:
+        from headwater._cluster._setup import sources
+        from headwater._cluster._work import WorkerProcess
+    except ImportError as exc:
+        raise Failure(
+            f"headwater worker needs the cluster extra ({exc.name} is missing): "
+            "pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            registry = sources(
+                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+                load=config.load,
+                block=config.block,
+                settings_layers=SettingsLayers(
+                    keystore=app.keystore, config=config.settings, config_path=config.path
+                ),
+            )
+            running = WorkerProcess(config.cluster, folder, threads=threads, registry=registry)
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, ValueError, OSError) as exc:
+        raise Failure(f"cannot start the worker on {config.cluster.shown()}: {exc}", EXIT_USAGE) from exc
+    except Exception as exc:  # redis-py's errors: the broker cannot be reached
+        raise Failure(f"cannot start the worker on {config.cluster.shown()}: {exc}", EXIT_USAGE) from exc
+    click.echo(
+        f"headwater: worker {os.getpid()} on {config.cluster.shown()}, {threads} threads; "
+        f"files land in {folder} unless a download names its folder",
+        err=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _ignore_interrupts()
+    finally:
+        running.stop()
+    click.echo("headwater: worker stopped", err=True)
 
 
 @main.command()
@@ -1042,6 +1135,73 @@ def _watch_through(
         for record in records:
             _result_line(record)
     return records
+
+
+class _ClusterRecords:
+    """The records of the cluster ``[cluster]`` names, as ``status`` and ``cancel`` read them."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        from headwater._cluster._pgstore import PostgresStore
+
+        self.config = config
+        self.store = PostgresStore(config.postgres, schema=config.schema)
+
+    def match(self, key: str) -> tuple[int, Record | None]:
+        return self.store.match(key)
+
+    def records(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Record]:
+        found = self.store.records(states=states, sources=sources, before=before)
+        return found if limit is None else itertools.islice(found, limit)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _cluster_records() -> _ClusterRecords | None:
+    """The records of the cluster headwater.toml names, open; None without a ``[cluster]`` table."""
+    config = _app().config.cluster
+    if config is None:
+        return None
+    try:
+        return _ClusterRecords(config)
+    except ImportError as exc:
+        raise Failure(
+            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+
+
+def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: bool) -> None:
+    """``cancel`` on a cluster: each download cancelled in its records, and its worker told."""
+    from headwater._cluster._client import cancel
+    from headwater._cluster._setup import redis_client
+
+    client = redis_client(cluster.config.broker)
+    try:
+        picked = _pick(cluster, ids)
+        results = [(r.id, cancel(cluster.store, client, cluster.config.cancel_channel, r.id)) for r in picked]
+        final = cluster.store.fetch([i for i, _ in results])
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    finally:
+        client.close()
+        cluster.close()
+    if as_json:
+        click.echo(json.dumps([plain(final[i]) for i, _ in results if i in final], indent=2))
+    else:
+        for download_id, cancelled in results:
+            state = "cancelled" if cancelled else f"already {final[download_id].state.value}"
+            click.echo(f"{download_id}: {state}")
+    sys.exit(EXIT_OK if all(cancelled for _, cancelled in results) else EXIT_FAILED)
 
 
 class _Listed:

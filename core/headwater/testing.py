@@ -24,9 +24,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
+import attrs
 import hypothesis
 import pluggy
 import pytest
@@ -42,12 +44,13 @@ from headwater._engine import Engine
 from headwater._errors import ContractError, InvalidTargetError, PluginError
 from headwater._network_guard import no_network
 from headwater._policy import RatePolicy
-from headwater._records import Job
+from headwater._records import Job, Record, State
 from headwater._settings import SettingsInput, build_settings
 
 __all__ = [
     "RULES",
     "EngineFactory",
+    "FrozenSource",
     "SourceContract",
     "check_aliases",
     "check_cancel",
@@ -57,6 +60,7 @@ __all__ = [
     "check_record_fields",
     "check_settings",
     "check_source",
+    "frozen",
     "headwater_engine",
 ]
 
@@ -551,6 +555,51 @@ class SourceContract:
             self.max_examples,
             settings=self.settings,
         )
+
+
+@attrs.frozen
+class FrozenSource:
+    """What :func:`frozen` gives: reads of one held source, each a consistent view of it.
+
+    Valid only inside the ``with`` block. Each call reads the engine anew, so
+    a cancel or remove made inside the block shows in the next read; nothing
+    else changes the source's records meanwhile.
+    """
+
+    engine: Engine
+    source: str
+
+    def records(self) -> list[Record]:
+        """The source's records, oldest first (as :meth:`Engine.records` of the source)."""
+        return self.engine.records(self.source)
+
+    def get(self, download_id: str) -> Record:
+        """One download's record; raises UnknownDownloadError."""
+        return self.engine.get(download_id)
+
+    def state(self, download_id: str) -> State:
+        """One download's state; raises UnknownDownloadError."""
+        return self.engine.get(download_id).state
+
+
+@contextmanager
+def frozen(engine: Engine, source: str) -> Iterator[FrozenSource]:
+    """Hold ``source`` (a name or alias) of ``engine`` still, and give a view of its records.
+
+    Inside the block no download of the source starts, ends, changes state
+    or moves along its chain, except by what the calling thread does (it may
+    submit, cancel and remove), so a test can read a download's state and act
+    on it knowing the engine's threads do not move it in between::
+
+        with frozen(engine, "src") as view:
+            if view.state(download_id) is State.RUNNING:
+                assert engine.cancel(download_id)  # cancelled while RUNNING, for certain
+
+    Other sources go on. Do not wait inside the block for one of the
+    source's downloads to end: it cannot. Raises UnknownSourceError.
+    """
+    with engine.freeze(source):
+        yield FrozenSource(engine, source)
 
 
 EngineFactory = Callable[..., Engine]

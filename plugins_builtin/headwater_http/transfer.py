@@ -404,6 +404,8 @@ class Transfer:
         base = self._client.timeout
         read = self._stall_left() if base.read is None else min(base.read, self._stall_left())
         self._read_timeout = read
+        if read == base.read:
+            return base  # the usual first request: nothing cut
         return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
 
     def _attempt(self) -> bool:
@@ -441,6 +443,7 @@ class Transfer:
                 if why is not None:
                     raise _NotTheRest(f"HTTP 206: {why}")
             raise_for_status(response)
+            fresh: Announced | None = None  # what this whole-resource answer announces, once read
             if part is None:
                 part = self._open(response)
                 fresh = Announced.of(response, total_size(response, 0))
@@ -455,7 +458,9 @@ class Transfer:
                 if offset:
                     self._ctx.logger.info("server sent the whole resource again; restarting")
                 start = 0
-                part.announced = Announced.of(response, total_size(response, start))
+                if fresh is None:
+                    fresh = Announced.of(response, total_size(response, start))
+                part.announced = fresh
             if part.total is None or part.total >= EARLY_META_BYTES or part.meta_written:
                 part.save_meta()
             self._write(response, part, start)

@@ -182,6 +182,7 @@ class RedisLimits:
         self._release = load(client, "release")
         self._pause = load(client, "pause")
         self._count = load(client, "count")
+        self._held = load(client, "held")
 
     def keys(self) -> list[str]:
         """Every key this source's limits may use."""
@@ -247,3 +248,9 @@ class RedisLimits:
     def running(self) -> int:
         """Holders with an unexpired lease now."""
         return int(self._count(keys=[self._holders]))
+
+    def held(self, holders: list[str]) -> list[bool]:
+        """Whether each of ``holders`` holds an unexpired lease now (a read: nothing changes)."""
+        if not holders:
+            return []
+        return [bool(answer) for answer in cast(list[int], self._held(keys=[self._holders], args=holders))]

@@ -29,13 +29,15 @@ def page_query(
     limit: int,
     *,
     ended_only: bool,
+    ascending: bool = False,
 ) -> tuple[str, list[object]] | None:
     """The query (and its parameters) of up to ``limit`` rows of ``records``, latest first, below ``below``.
 
-    Only rows in one of ``states`` and of one of ``sources`` (None: any),
-    and with ``ended_only`` only terminal ones; None when no row can match.
-    A part per state and source, each a range of an index read backwards
-    from the cursor (``records_by_time``, ``records_by_state``,
+    With ``ascending``, oldest first and above ``below`` instead. Only
+    rows in one of ``states`` and of one of ``sources`` (None: any), and
+    with ``ended_only`` only terminal ones; None when no row can match. A
+    part per state and source, each a range of an index read from the
+    cursor on (``records_by_time``, ``records_by_state``,
     ``records_by_state_source``), merged. Rows are (id, created_at, data as
     JSON text).
     """
@@ -50,6 +52,7 @@ def page_query(
         return None
     parts: list[str] = []
     params: list[object] = []
+    past, order = (">", "ASC") if ascending else ("<", "DESC")
     for state in keys or [None]:
         for source in [None] if sources is None else sorted(sources):
             where = []
@@ -58,16 +61,16 @@ def page_query(
                     where.append(f"{column} = %s")
                     params.append(value)
             if below is not None:
-                where.append("(created_at, id) < (%s, %s)")
+                where.append(f"(created_at, id) {past} (%s, %s)")
                 params.extend(below)
             parts.append(
                 f"(SELECT id, created_at, data::text FROM {records} "
-                f"WHERE {' AND '.join(where) or 'true'} ORDER BY created_at DESC, id DESC LIMIT %s)"
+                f"WHERE {' AND '.join(where) or 'true'} ORDER BY created_at {order}, id {order} LIMIT %s)"
             )
             params.append(limit)
     if len(parts) == 1:
         return parts[0], params
-    return f"{' UNION ALL '.join(parts)} ORDER BY created_at DESC, id DESC LIMIT %s", [*params, limit]
+    return f"{' UNION ALL '.join(parts)} ORDER BY created_at {order}, id {order} LIMIT %s", [*params, limit]
 
 
 _FROM = """unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[])
@@ -127,6 +130,10 @@ class Statements:
         self.load = f"""SELECT id, created_at, data::text FROM {s}.records
             WHERE state NOT IN {UNFINISHED} ORDER BY created_at, id"""
         self.get = f"SELECT data::text FROM {s}.records WHERE id = %s"
+        self.fetch = f"SELECT id, created_at, data::text FROM {s}.records WHERE id = ANY(%s)"
+        # The ids that start or end with a key: every id looked at once, two kept at most.
+        self.matches = f"""SELECT id FROM {s}.records
+            WHERE left(id, length(%(key)s)) = %(key)s OR right(id, length(%(key)s)) = %(key)s LIMIT 2"""
         self.cursor = f"SELECT created_at, id FROM {s}.records WHERE id = %s"
         self.paused = f"SELECT source FROM {s}.paused ORDER BY source"
         self.pause = f"INSERT INTO {s}.paused (source) VALUES (%s) ON CONFLICT DO NOTHING"

@@ -1,9 +1,9 @@
-"""The server's live view: its index of the records, and the event stream's log and fan-out.
+"""The server's live view: its index of the active records, and the event stream's log and fan-out.
 
 :class:`Live` holds one engine subscription (:meth:`headwater.Engine.subscribe`).
 Its pump thread waits on it; the changes it takes go, in one locked step,
-into the :class:`RecordIndex` the list requests read and into the
-:class:`EventLog` the streams replay from, and are handed to the streams on
+into the :class:`ActiveIndex` of the queued and running downloads and
+into the :class:`EventLog` the streams replay from, and are handed to the streams on
 the event loop. A request handler that changed something calls
 :meth:`Live.catch_up` (the same step on its own thread), so its answer and
 the next list already show the change.
@@ -33,15 +33,18 @@ server, it gets a new snapshot instead.
 Threads: the pump is one daemon thread; handlers call :meth:`catch_up` and
 :meth:`open_stream` from worker threads; streams are read on the event loop.
 One lock (``Live._lock``) guards the index, the log and the stream list;
-nothing waits for the engine or a client while holding it.
+nothing waits for a client while holding it, and only a snapshot reads the
+engine under it (its latest ``recent`` records, a page of its store).
+Pages of records are read from the engine (:meth:`headwater.Engine.page`),
+not from the index, which holds only the queued and running downloads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -78,87 +81,41 @@ class Query:
     newest_first: bool = True
 
 
-class RecordIndex:
-    """The records by id, in the order they were made, for pages and filters.
+class ActiveIndex:
+    """The queued and running records by id: what the progress events and snapshots start from.
 
-    The order is (``created_at``, ``id``); a page's cursor names a place in
-    it (see :func:`cursor_of`). Not thread-safe: :class:`Live` guards it
-    with its lock.
+    The ended ones are not held: pages read them from the engine (see
+    :meth:`Live.page`). Not thread-safe: :class:`Live` guards it with its
+    lock.
     """
 
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
-        self._keys: list[tuple[float, str]] = []  # sorted
-        self._active: set[str] = set()
 
     def reset(self, records: Iterable[Record]) -> None:
-        """Hold exactly ``records``."""
-        self._records = {r.id: r for r in records}
-        self._keys = sorted((r.created_at, r.id) for r in self._records.values())
-        self._active = {i for i, r in self._records.items() if r.state in _ACTIVE}
+        """Hold exactly the queued and running ones of ``records``."""
+        self._records = {r.id: r for r in records if r.state in _ACTIVE}
 
     def apply(self, change: Change) -> None:
         """Bring the index up to date with one change."""
         record = change.record
-        if change.kind is ChangeKind.REMOVED:
-            known = self._records.pop(record.id, None)
-            if known is not None:
-                del self._keys[bisect.bisect_left(self._keys, (known.created_at, known.id))]
-            self._active.discard(record.id)
-            return
-        if record.id not in self._records:
-            key = (record.created_at, record.id)
-            if not self._keys or key > self._keys[-1]:
-                self._keys.append(key)
-            else:
-                bisect.insort(self._keys, key)
-        self._records[record.id] = record
-        if record.state in _ACTIVE:
-            self._active.add(record.id)
+        if change.kind is ChangeKind.RECORD and record.state in _ACTIVE:
+            self._records[record.id] = record
         else:
-            self._active.discard(record.id)
-
-    def __len__(self) -> int:
-        return len(self._keys)
+            self._records.pop(record.id, None)
 
     def active(self) -> list[Record]:
         """The queued and running records, oldest first."""
-        return sorted((self._records[i] for i in self._active), key=_made)
+        return sorted(self._records.values(), key=_made)
 
     def running(self) -> list[str]:
         """The ids of the running records."""
-        return [i for i in self._active if self._records[i].state is State.RUNNING]
+        return [i for i, r in self._records.items() if r.state is State.RUNNING]
 
-    def page(self, query: Query) -> tuple[list[Record], str | None]:
-        """The records of one page (see :class:`Query`), and the cursor of the next page or None.
 
-        Raises ValueError for a cursor no page returned.
-        """
-        wanted_states = set(query.states)
-        wanted_sources = set(query.sources)
-        keys = self._keys
-        after = None if query.cursor is None else _place(query.cursor)
-        if query.newest_first:
-            start = len(keys) if after is None else bisect.bisect_left(keys, after)
-            order: Iterable[int] = range(start - 1, -1, -1)
-        else:
-            start = 0 if after is None else bisect.bisect_right(keys, after)
-            order = range(start, len(keys))
-        found: list[Record] = []
-        for at in order:
-            record = self._records[keys[at][1]]
-            if wanted_states and record.state not in wanted_states:
-                continue
-            if wanted_sources and record.source not in wanted_sources:
-                continue
-            if len(found) == query.limit:
-                return found, cursor_of(found[-1])
-            found.append(record)
-        return found, None
-
-    def newest(self, count: int) -> list[Record]:
-        """The ``count`` newest records, newest first."""
-        return [self._records[i] for _, i in reversed(self._keys[-count:])] if count else []
+def _active(engine: Engine) -> list[Record]:
+    """The engine's queued and running records (it holds them in memory: no store is read)."""
+    return engine.page(states=_ACTIVE, limit=sys.maxsize)
 
 
 def _made(record: Record) -> tuple[float, str]:
@@ -273,8 +230,8 @@ class Live:
         self._backlog = backlog
         self._lock = threading.Lock()
         self._subscription = engine.subscribe()
-        self._index = RecordIndex()
-        self._index.reset(engine.records())
+        self._index = ActiveIndex()
+        self._index.reset(_active(engine))
         self._log = EventLog(log_size)
         self._streams: tuple[_Stream, ...] = ()  # replaced whole under the lock; read on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,11 +263,24 @@ class Live:
     # -- reading ---------------------------------------------------------------
 
     def page(self, query: Query) -> tuple[list[Record], str | None]:
-        """A page of records (see :meth:`RecordIndex.page`), running ones with live progress."""
+        """The records of one page (see :class:`Query`) and the cursor of the next, or None on the last.
+
+        Read from the engine (:meth:`headwater.Engine.page`): the ended
+        records from its store, only those of the page; running ones with
+        live progress. Raises ValueError for a cursor no page returned,
+        StoreError when the store cannot be read.
+        """
         self.catch_up()
-        with self._lock:
-            records, cursor = self._index.page(query)
-        return [self._live(r) for r in records], cursor
+        found = self.engine.page(
+            states=query.states or None,
+            sources=query.sources or None,
+            after=None if query.cursor is None else _place(query.cursor),
+            oldest_first=not query.newest_first,
+            limit=query.limit + 1,  # one more: is there a next page?
+        )
+        if len(found) > query.limit:
+            return found[: query.limit], cursor_of(found[query.limit - 1])
+        return found, None
 
     def active_count(self) -> int:
         with self._lock:
@@ -333,7 +303,7 @@ class Live:
                 changes = self._subscription.get(0)
             except SubscriptionOverflow:
                 log.warning("the event stream fell behind the engine; every stream gets a new snapshot")
-                self._index.reset(self.engine.records())
+                self._index.reset(_active(self.engine))
                 self._log.forget()
                 self._deliver([(None, self._snapshot_locked())])
                 return
@@ -358,7 +328,7 @@ class Live:
     def _snapshot_locked(self) -> bytes:
         """A ``snapshot`` event as of the log's latest event (the lock is held); not kept in the log."""
         active = {r.id: r for r in self._index.active()}
-        recent = {r.id: r for r in self._index.newest(self._recent)}
+        recent = {r.id: r for r in self.engine.page(limit=self._recent)}
         chosen = sorted({**recent, **active}.values(), key=_made, reverse=True)
         data = {"downloads": [self._live(r) for r in chosen], "sources": self._sources()}
         return _event("snapshot", data, self._log.mark())
