@@ -1,13 +1,16 @@
-"""The fixtures of the cluster's tests (their ``pytest_plugins``): the local Redis, and keys of their own."""
+"""The cluster tests' fixtures (their ``pytest_plugins``): the local Redis, keys of their own, clusters."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import cluster_plugin
 import pytest
 import redis
 from cluster_child import PORT, connect
+from cluster_procs import Cluster
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +32,19 @@ def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
     keys = list(redis_client.scan_iter(match=mine + "*"))
     if keys:
         redis_client.delete(*keys)
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, pg_url: str, pg_schema: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
+    """A cluster of the local services with its own names; its workers stopped and keys deleted after."""
+    found = Cluster(tmp_path, pg_url, pg_schema, lease=2.0)
+    monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+    try:
+        yield found
+    finally:
+        found.stop()
+        keys = list(redis_client.scan_iter(match=found.config.prefix + "*"))
+        if keys:
+            redis_client.delete(*keys)

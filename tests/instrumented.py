@@ -1,9 +1,10 @@
 """Instrumented sources: plugins whose every download the test steers.
 
 Each job's behaviour is chosen by its target (``"ok:name"``, ``"none"``,
-``"raise"``, ``"block:key"``, ``"ignore-cancel:key"``), and the plugin records
-what happened (starts, ends, peak concurrency) on the monotonic clock, so tests
-can assert on real interleavings rather than sleeps.
+``"raise"``, ``"block:key"``, ``"ignore-cancel:key"``, ``"flaky:N:key"``,
+``"retry-after:S:key"``, ``"fail-on:NAMES:TARGET"``), and the plugin records
+what happened (starts, ends, peak concurrency) on the monotonic clock or the
+engine's, so tests can assert on real interleavings rather than sleeps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from headwater import DownloadContext, Job, RatePolicy, hookimpl
+from headwater import Clock, DownloadContext, Job, RatePolicy, RetryAfter, hookimpl
 
 
 @attrs.define
@@ -23,6 +24,7 @@ class Event:
     job_id: str
     target: str
     at: float
+    paused_for: float | None = None  # an end by RetryAfter: the seconds it asked for
 
 
 class InstrumentedSource:
@@ -34,6 +36,14 @@ class InstrumentedSource:
         ``raise``: raise RuntimeError.
         ``block:KEY``: wait until ``release(KEY)`` (or the cancel), then write and return.
         ``ignore-cancel:KEY``: wait until ``release(KEY)`` ignoring cancel, then land a file.
+        ``flaky:N:KEY``: report half the bytes, then raise ConnectionError, on attempts 1 to N
+            (``job.attempt``); land a file on later ones.
+        ``retry-after:S:KEY``: raise RetryAfter(S) on attempt 1; land a file on later ones.
+        ``fail-on:A+B:TARGET``: on the sources named (``-`` for none) report half the bytes,
+            then raise ConnectionError (on every attempt); behave as TARGET on the others
+            (a fallback chain's target).
+
+    Event times come from ``clock`` (default: the monotonic clock).
     """
 
     def __init__(
@@ -42,8 +52,10 @@ class InstrumentedSource:
         policy: RatePolicy | None = None,
         aliases: tuple[str, ...] = (),
         fields: dict[str, object] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
+        self._now = time.monotonic if clock is None else clock.now
         self._policy = policy
         self._aliases = aliases
         self._fields = fields
@@ -100,18 +112,37 @@ class InstrumentedSource:
             self.running += 1
             self.peak = max(self.peak, self.running)
             self.contexts[job.id] = ctx
-            self.events.append(Event("start", job.id, job.target, time.monotonic()))
+            self.events.append(Event("start", job.id, job.target, self._now()))
             self.started.notify_all()
+        paused_for = None
         try:
-            return self._behave(job, ctx)
+            return self._behave(job, job.target, ctx)
+        except RetryAfter as exc:
+            paused_for = exc.seconds
+            raise
         finally:
             with self.started:
                 self.running -= 1
-                self.events.append(Event("end", job.id, job.target, time.monotonic()))
+                self.events.append(Event("end", job.id, job.target, self._now(), paused_for))
                 self.started.notify_all()
 
-    def _behave(self, job: Job, ctx: DownloadContext) -> Path | None:
-        kind, _, arg = job.target.partition(":")
+    def _behave(self, job: Job, target: str, ctx: DownloadContext) -> Path | None:
+        kind, _, arg = target.partition(":")
+        if kind == "fail-on":
+            names, _, rest = arg.partition(":")
+            if self.name in names.split("+"):
+                ctx.progress(5, 10)
+                raise ConnectionError(f"instrumented drop of {job.target} on {self.name}")
+            return self._behave(job, rest, ctx)
+        if kind == "flaky":
+            times, _, _ = arg.partition(":")
+            if job.attempt <= int(times):
+                ctx.progress(5, 10)
+                raise ConnectionError(f"instrumented drop of {job.target}, attempt {job.attempt}")
+        if kind == "retry-after":
+            seconds, _, _ = arg.partition(":")
+            if job.attempt == 1:
+                raise RetryAfter(float(seconds))
         if kind == "none":
             return None
         if kind == "raise":

@@ -93,6 +93,20 @@ def test_an_expired_lease_cannot_be_renewed_even_if_no_one_took_its_slot(
     assert found.renew("never:1", 0.0) is False
 
 
+def test_held_tells_which_holders_hold_an_unexpired_lease_and_changes_nothing(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=3), lease=0.3, settle=0, prefix=key_prefix)
+    assert found.acquire("a:1", 0.0).granted
+    assert found.acquire("b:1", 0.0).granted
+    assert found.release("b:1", 0.0)
+    assert found.held(["a:1", "b:1", "never:1"]) == [True, False, False]
+    time.sleep(0.4)
+    assert found.held(["a:1"]) == [False]  # expired, though no one took the slot
+    assert found.held([]) == []
+    assert redis_client.zscore(f"{key_prefix}{{s}}:holders", "a:1") is not None  # a read: left as it was
+
+
 def test_the_delay_counts_from_a_lease_that_ran_out_as_from_a_release(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:

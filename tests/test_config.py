@@ -31,6 +31,28 @@ def test_a_full_config(tmp_path: Path) -> None:
     assert dict(config.policies["youtube"]) == {"concurrency": 1, "delay": 5}
 
 
+def test_a_cluster_config_is_shown_with_its_passwords_masked(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "[cluster]\nbroker = 'redis://:s3cret@h:6379/0'\n"
+            "postgres = 'postgresql://u:pw0rd@db/hw'\nlease = 4\nprefix = 'c1'\n",
+        )
+    )
+    assert config.cluster is not None
+    assert (config.cluster.lease, config.cluster.schema, config.cluster.cancel_channel) == (
+        4.0,
+        "headwater",
+        "c1:cancel",
+    )
+    shown = config.cluster.shown()
+    assert "s3cret" not in shown and "pw0rd" not in shown
+    assert (
+        shown
+        == "broker redis://:***@h:6379/0, records postgresql://u:***@db/hw (schema headwater), lease 4 s"
+    )
+
+
 def test_a_source_may_say_what_to_do_with_a_taken_name(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[sources.http]\nexisting = "skip"\n'))
     assert dict(config.policies["http"]) == {"existing": "skip"}
@@ -63,6 +85,14 @@ def test_no_file_at_the_default_place_is_an_empty_config(
         ("[sources.yt]\nexisting = true", "'sources.yt.existing' must be a string, got True"),
         ("sources = 3", "'sources' must be a table"),
         ("[sources\n", "is not valid TOML"),
+        ("[cluster]\nbroker = 'redis://h'", "[cluster] needs 'postgres' (a URL)"),
+        (
+            "[cluster]\nbroker = 'redis://h'\npostgres = 'p'\nlease = 0",
+            "lease must be a number of seconds > 0",
+        ),
+        ("[cluster]\nbroker = 'redis://h'\npostgres = 'p'\nlease = true", "'cluster.lease' must be a number"),
+        ("[cluster]\nbroker = ''\npostgres = 'p'", "'cluster.broker' must be a non-empty string"),
+        ("[cluster]\nbrokr = 'x'", "unknown key 'cluster.brokr'"),
     ],
 )
 def test_bad_configs_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -2,25 +2,29 @@
 
 A Hypothesis state machine drives a real :class:`Engine` whose three
 instrumented sources run on real worker threads with different policies
-(``solo``: concurrency 1 and a delay; ``duo``: 2; ``quad``: 4). Jobs that
-block stay running until a rule releases them, so a rule that cancels "while
-queued" or "while running" does so on purpose: it freezes the source
+(``solo``: concurrency 1 and a delay; ``duo``: 2 and two retries; ``quad``: 4
+and one retry), on a :class:`~headwater.ManualClock` that only the rules move,
+with a SQLite journal the engine is restarted from. Jobs that block stay
+running until a rule releases them, so a rule that cancels "while queued" or
+"while running" does so on purpose: it freezes the source
 (:func:`headwater.testing.frozen`), reads the record's state, and cancels in
-the same breath, so the engine's threads cannot move the job in between. The
-invariants below are checked after every step and again when the engine has
-drained (in :meth:`teardown` and the ``drain`` rule).
+the same breath, so the engine's threads cannot move the job in between.
+Jobs also fail and retry, ask for Retry-After pauses, and run down fallback
+chains. The invariants below are checked after every step and again when
+the engine has drained (in :meth:`teardown` and the ``drain`` rule).
 ``docs/regression-suite.md`` lists them and the bugs they catch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,16 +33,17 @@ import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from instrumented import InstrumentedSource
+from instrumented import Event, InstrumentedSource
 
-from headwater import Engine, RatePolicy, State, UnknownDownloadError
+from headwater import Engine, ManualClock, RatePolicy, SQLiteStore, State, UnknownDownloadError
 from headwater.testing import frozen
 
-DELAY = 0.02  # seconds between the end of one ``solo`` download and the next start
+DELAY = 20.0  # seconds of the engine's clock between the end of one ``solo`` download and the next start
+PAUSE = 45.0  # the seconds a Retry-After asks for
 POLICIES = {
     "solo": RatePolicy(concurrency=1, delay=DELAY),
-    "duo": RatePolicy(concurrency=2),
-    "quad": RatePolicy(concurrency=4),
+    "duo": RatePolicy(concurrency=2, retries=2, backoff=10.0),
+    "quad": RatePolicy(concurrency=4, retries=1, backoff=5.0),
 }
 ALIASES = {"solo": ("solo_dl",), "duo": ("duo_dl",), "quad": ("quad_dl", "four")}
 CANONICAL = {name: src for src, names in ALIASES.items() for name in (src, *names)}
@@ -47,14 +52,22 @@ TOTAL_CONCURRENCY = sum(p.concurrency for p in POLICIES.values())
 THREAD_SLACK = 3  # threads that have left their worker but not yet ended
 WAIT = 10.0  # seconds any wait may take before the example fails (a hang, not a timing claim)
 PROBE_WAIT = 5.0  # seconds a write on one source may take while another source is frozen
+STEP = 10.0  # seconds the clock moves at a time while draining: less than the delay or a pause
+PAST = 100.0  # seconds past any delay, backoff or pause
 BEHAVIOURS = {
     "ok": "ok:{key}",
     "none": "none",
     "raise": "raise",
     "block": "block:{key}",
     "ignore": "ignore-cancel:{key}",
+    "flaky1": "flaky:1:{key}",  # one dropped connection: completes where a retry is allowed
+    "flaky3": "flaky:3:{key}",  # three: more than any source's retries
+    "retry": f"retry-after:{PAUSE:g}:{{key}}",
 }
+COMPLETES = {"ok", "block", "ignore", "retry"}  # without cancel or restart; flaky ones by the retries
+DROPS = {"flaky1": 1, "flaky3": 3}
 HELD = ("block", "ignore")  # behaviours that run until released
+CHAINS = st.permutations(NAMES).flatmap(lambda p: st.sampled_from([tuple(p[:2]), tuple(p)]))
 
 
 log = logging.getLogger("headwater.tests.stateful")
@@ -85,34 +98,77 @@ class Submitted:
     """What the test knows of one submitted job."""
 
     id: str
-    source: str
+    source: str  # the first source it was submitted to (canonical name)
     behaviour: str
     key: str
+    chain: tuple[str, ...] = ()  # a fallback chain's sources, in order
+    failing: frozenset[str] = frozenset()  # the chain's sources whose attempts drop the connection
     released: bool = False
     terminal: State | None = None  # the first terminal state seen
     cancelled: bool = False  # a cancel or remove of ours moved it to CANCELLED
-    never_start: bool = False  # cancelled or removed while QUEUED
+    starts_at_cancel: int | None = None  # cancelled or removed while QUEUED: its starts by then
     removed: bool = False
+    interrupted: bool = False  # not ended when the engine restarted: its outcome is not predicted
+
+    def sources(self) -> tuple[str, ...]:
+        return self.chain or (self.source,)
+
+    def expected(self) -> tuple[State, str]:
+        """The terminal state and source it ends on, if nothing cancels or interrupts it."""
+        if self.chain:
+            takers = [name for name in self.chain if name not in self.failing]
+            return (State.COMPLETED, takers[0]) if takers else (State.FAILED, self.chain[-1])
+        drops = DROPS.get(self.behaviour)
+        if drops is not None:
+            return (State.COMPLETED if drops <= POLICIES[self.source].retries else State.FAILED), self.source
+        return (State.COMPLETED if self.behaviour in COMPLETES else State.FAILED), self.source
+
+    def max_starts(self) -> int:
+        """How many times it may reach download_impl, if no restart interrupts it."""
+        if self.chain:
+            return sum(1 + POLICIES[name].retries for name in self.chain)
+        if self.behaviour in DROPS:
+            return 1 + POLICIES[self.source].retries
+        return 2 if self.behaviour == "retry" else 1
 
 
 class EngineMachine(RuleBasedStateMachine):
-    """Random programs of submits, releases, cancels, removes and freezes."""
+    """Random programs of submits, chains, releases, cancels, removes, freezes, clock moves and restarts."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="headwater-stateful-"))
-        self.plugins = {n: InstrumentedSource(n, POLICIES[n], ALIASES[n]) for n in NAMES}
-        self.engine = Engine(self.tmp / "dest", plugins=self.plugins, idle_timeout=0.05)
+        self.clock = ManualClock(start=1e6)  # far from time.monotonic, so a mix-up shows
+        self.plugins = {n: InstrumentedSource(n, POLICIES[n], ALIASES[n], clock=self.clock) for n in NAMES}
+        self.marks = dict.fromkeys(NAMES, 0)  # per source: its events before the last restart
+        self.engine = self.open_engine()
         self.jobs: dict[str, Submitted] = {}
         self.counter = 0
 
+    def open_engine(self) -> Engine:
+        store = SQLiteStore(self.tmp / "journal.sqlite3", flush_interval=0.05)
+        return Engine(
+            self.tmp / "dest", plugins=self.plugins, idle_timeout=0.05, clock=self.clock, store=store
+        )
+
     # -- helpers -----------------------------------------------------------------
 
-    def live(self, source: str | None = None) -> list[Submitted]:
-        return [j for j in self.jobs.values() if not j.removed and source in (None, j.source)]
+    def live(self) -> list[Submitted]:
+        return [j for j in self.jobs.values() if not j.removed]
 
-    def started_ids(self, source: str) -> set[str]:
-        return {e.job_id for e in self.plugins[source].snapshot() if e.kind == "start"}
+    def starts(self, job_id: str) -> int:
+        """How often ``job_id`` has reached download_impl, on any source."""
+        return sum(
+            1 for p in self.plugins.values() for e in p.snapshot() if e.kind == "start" and e.job_id == job_id
+        )
+
+    def since_restart(self, source: str) -> list[Event]:
+        return self.plugins[source].snapshot()[self.marks[source] :]
+
+    def open_gate(self, job: Submitted) -> None:
+        for name in job.sources():
+            self.plugins[name].release(job.key)  # opens the gate even before the job starts
+        job.released = True
 
     def submit_one(self, source: str, behaviour: str) -> Submitted:
         self.counter += 1
@@ -123,12 +179,23 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.engine.get(rid).source == job.source, f"{source!r} did not resolve to {job.source!r}"
         return job
 
+    @contextlib.contextmanager
+    def where(self, job: Submitted) -> Iterator[str]:
+        """Freeze the source ``job`` is on now (a chain moves it) and give its name."""
+        while True:
+            source = self.engine.get(job.id).source
+            with frozen(self.engine, source) as view:
+                if view.get(job.id).source == source:
+                    yield source
+                    return
+
     def cancel_frozen(self, job: Submitted) -> State:
         """Cancel ``job`` with its source frozen, check the answer, return the state it was in."""
-        with frozen(self.engine, job.source) as view:
-            before = view.state(job.id)
-            answer = self.engine.cancel(job.id, source_hint=job.source)
-            after = view.state(job.id)
+        with self.where(job) as source:
+            before = self.engine.get(job.id).state
+            starts = self.starts(job.id)
+            answer = self.engine.cancel(job.id, source_hint=source)
+            after = self.engine.get(job.id).state
         if before.terminal:
             assert answer is False, f"cancel of a {before.name} job said it cancelled it"
             assert after is before, f"cancel moved a {before.name} record to {after.name}"
@@ -136,12 +203,18 @@ class EngineMachine(RuleBasedStateMachine):
             assert answer is True, f"cancel of a {before.name} job said it had already ended"
             assert after is State.CANCELLED, f"a cancelled {before.name} job is {after.name}"
             job.cancelled = True
-            job.never_start = job.never_start or before is State.QUEUED
+            if before is State.QUEUED:
+                job.starts_at_cancel = starts
         return before
 
     def jobs_in(self, source: str, states: set[State]) -> list[Submitted]:
-        """Live jobs of ``source`` in one of ``states``; call with the source frozen."""
-        return [j for j in self.live(source) if self.engine.get(j.id).state in states]
+        """Live jobs on ``source`` now in one of ``states``; call with the source frozen."""
+        found = []
+        for job in self.live():
+            record = self.engine.get(job.id)
+            if record.source == source and record.state in states:
+                found.append(job)
+        return found
 
     # -- rules -------------------------------------------------------------------
 
@@ -149,6 +222,26 @@ class EngineMachine(RuleBasedStateMachine):
     @logged
     def submit(self, source: str, behaviour: str) -> None:
         self.submit_one(source, behaviour)
+
+    @rule(
+        source=st.sampled_from(sorted(CANONICAL)),
+        behaviours=st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=2, max_size=6),
+    )
+    @logged
+    def burst(self, source: str, behaviours: list[str]) -> None:
+        """Several jobs to one source in one step, queued behind each other (a Retry-After's goes first)."""
+        for behaviour in behaviours:
+            self.submit_one(source, behaviour)
+
+    @rule(chain=CHAINS, failing=st.frozensets(st.sampled_from(NAMES)), then=st.sampled_from(["ok", "block"]))
+    @logged
+    def submit_chain(self, chain: tuple[str, ...], failing: frozenset[str], then: str) -> None:
+        """A fallback chain whose ``failing`` sources drop the connection; the first other one takes it."""
+        self.counter += 1
+        key = f"k{self.counter}"
+        target = f"fail-on:{'+'.join(sorted(failing)) or '-'}:{BEHAVIOURS[then].format(key=key)}"
+        rid = self.engine.submit(list(chain), target)
+        self.jobs[rid] = Submitted(rid, chain[0], then, key, chain=chain, failing=failing)
 
     @rule(source=st.sampled_from(["duo", "quad_dl"]), count=st.integers(5, 30))
     @logged
@@ -172,12 +265,16 @@ class EngineMachine(RuleBasedStateMachine):
     @logged
     def release(self, data: st.DataObject) -> None:
         held = [j for j in self.live() if j.behaviour in HELD and not j.released]
-        job = data.draw(st.sampled_from(held), label="release")
-        self.plugins[job.source].release(job.key)
-        job.released = True
+        self.open_gate(data.draw(st.sampled_from(held), label="release"))
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 15.0, 30.0, 60.0]))
+    @logged
+    def advance(self, seconds: float) -> None:
+        """Move the engine's clock: delays, backoffs and Retry-After pauses run out on it alone."""
+        self.clock.advance(seconds)
 
     def cancel_in(self, data: st.DataObject, states: set[State]) -> None:
-        source = data.draw(st.sampled_from([n for n in NAMES if self.live(n)]), label="source")
+        source = data.draw(st.sampled_from(NAMES), label="source")
         # Which jobs are in `states` depends on the threads, so the draw must not:
         # draw an index whatever the candidates are, then pick among them.
         index = data.draw(st.integers(0, 63), label="index")
@@ -217,16 +314,16 @@ class EngineMachine(RuleBasedStateMachine):
             if running:
                 self.cancel_frozen(job)
         event(f"cancel_then_land while {'RUNNING' if running else 'not RUNNING'}")
-        self.plugins[job.source].release(job.key)
-        job.released = True
+        self.open_gate(job)
 
     @precondition(lambda self: bool(self.live()))
     @rule(data=st.data())
     @logged
     def remove(self, data: st.DataObject) -> None:
         job = data.draw(st.sampled_from(self.live()), label="remove")
-        with frozen(self.engine, job.source) as view:
-            before = view.state(job.id)
+        with self.where(job):
+            before = self.engine.get(job.id).state
+            starts = self.starts(job.id)
             final = self.engine.remove(job.id)
         job.removed = True
         event(f"remove while {before.name}")
@@ -235,15 +332,28 @@ class EngineMachine(RuleBasedStateMachine):
         else:
             assert final.state is State.CANCELLED, f"remove of a {before.name} job left it {final.state.name}"
             job.cancelled = True
-            job.never_start = before is State.QUEUED
+            if before is State.QUEUED:
+                job.starts_at_cancel = starts
         with pytest.raises(UnknownDownloadError):
             self.engine.get(job.id)
 
     @rule(pair=st.permutations(NAMES).map(lambda names: names[:2]))
     @logged
     def another_source_frozen(self, pair: list[str]) -> None:
-        """With one source frozen by another thread, the other source still takes writes."""
+        """With one source frozen by another thread, the other source still takes writes.
+
+        Not while a chain download may move between the two: the move holds both
+        sources (the one it leaves first, in name order) for its one step.
+        """
         held, other = pair
+        for job in self.live():
+            if {held, other} <= set(job.chain) and not self.engine.get(job.id).state.terminal:
+                event("another_source_frozen: not while a chain may move between the two")
+                self.submit_one(other, "ok")  # as the probe would: later draws must not depend on this
+                return
+        # Past any delay or pause now: ManualClock.advance takes the lock of every source
+        # that waited on it, so no thread moves the clock while a source is frozen.
+        self.clock.advance(PAST)
         taken, done = threading.Event(), threading.Event()
 
         def hold() -> None:
@@ -254,17 +364,20 @@ class EngineMachine(RuleBasedStateMachine):
         holder = threading.Thread(target=hold, name="test-freezer")
         holder.start()
         assert taken.wait(WAIT)
+        outcome: list[Submitted] = []
+
         threads, running, queued = self.engine.worker_stats().get(other, (0, 0, 0))
         idle = running < POLICIES[other].concurrency and queued == 0
-        outcome: list[Submitted] = []
 
         def probe() -> None:
             job = self.submit_one(other, "ok")
             self.engine.records(other)
-            if idle:  # nothing of `other` is ahead of it: it runs, and its terminal write lands
-                self.engine.wait([job.id], timeout=PROBE_WAIT)
-            else:  # it may stay queued: cancelling it is the write
-                self.cancel_frozen(job)
+            # A whole download, when nothing of `other` was ahead of it; if it has not ended
+            # (a chain moved a job in, or a delay began meanwhile), cancelling it is the write.
+            if idle:
+                with contextlib.suppress(TimeoutError):
+                    self.engine.wait([job.id], timeout=1.0)
+            self.cancel_frozen(job)
             outcome.append(job)
 
         prober = threading.Thread(target=probe, name="test-probe")
@@ -278,6 +391,21 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule()
     @logged
+    def restart(self) -> None:
+        """Close the engine as an interrupted process would, and start another on its journal."""
+        for job in self.live():
+            if job.behaviour == "ignore":
+                self.open_gate(job)  # it outlives the close otherwise
+            if not self.engine.get(job.id).state.terminal:
+                job.interrupted = True
+        stuck = self.engine.close(timeout=WAIT, interrupt=True)
+        assert not stuck, f"close() left {len(stuck)} downloads running"
+        self.marks = {n: len(self.plugins[n].snapshot()) for n in NAMES}
+        self.engine = self.open_engine()
+        event("restart")
+
+    @rule()
+    @logged
     def drain(self) -> None:
         self.drain_and_check()
 
@@ -286,13 +414,16 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     @logged
     def records_are_conserved(self) -> None:
-        for name in NAMES:
-            ids = [r.id for r in self.engine.records(name)]
-            assert len(ids) == len(set(ids)), f"{name}: a record is listed twice"
-            expected = {j.id for j in self.live(name)}
-            assert set(ids) == expected, (
-                f"{name}: {len(expected - set(ids))} records lost, {len(set(ids) - expected)} unexpected"
-            )
+        with contextlib.ExitStack() as stack:  # every source frozen (in name order): no chain moves
+            views = {name: stack.enter_context(frozen(self.engine, name)) for name in NAMES}
+            where = {j.id: self.engine.get(j.id).source for j in self.live()}
+            for name, view in views.items():
+                ids = [r.id for r in view.records()]
+                assert len(ids) == len(set(ids)), f"{name}: a record is listed twice"
+                expected = {i for i, source in where.items() if source == name}
+                assert set(ids) == expected, (
+                    f"{name}: {len(expected - set(ids))} records lost, {len(set(ids) - expected)} unexpected"
+                )
 
     @invariant()
     @logged
@@ -304,26 +435,52 @@ class EngineMachine(RuleBasedStateMachine):
                 assert state is job.terminal, f"a {job.terminal.name} record became {state.name}"
             if job.cancelled:
                 assert state is State.CANCELLED, f"a cancelled {job.behaviour} job became {state.name}"
+            elif state is State.CANCELLED:
+                raise AssertionError(f"a {job.behaviour} job nobody cancelled is CANCELLED")
             if state.terminal and job.terminal is None:
                 job.terminal = state
+                if not job.cancelled and not job.interrupted:
+                    self.check_outcome(job, record.source, state, [t.source for t in record.tried])
             if state is State.COMPLETED:
                 assert job.behaviour not in ("none", "raise"), f"a {job.behaviour} job COMPLETED"
                 assert record.file_path is not None and Path(record.file_path).is_file(), (
                     f"a COMPLETED record's file {record.file_path!r} does not exist"
                 )
+                assert (record.progress, record.transferred) == (100.0, 10), (
+                    f"a COMPLETED record shows {record.transferred} bytes, {record.progress} %"
+                )
             if state is State.FAILED:
                 assert record.error, "a FAILED record has no error"
+            moved = job.chain and record.source != job.chain[0] and not job.interrupted
+            if moved and state is State.QUEUED and record.retries == 0:  # not yet tried on its new source
+                assert (record.progress, record.transferred, record.size) == (0.0, 0, None), (
+                    f"a chain download moved to {record.source} kept {record.transferred} of {record.size} B"
+                )
+
+    def check_outcome(self, job: Submitted, source: str, state: State, tried: list[str]) -> None:
+        """A job that ended by itself ended as its behaviour, its source's retries and its chain say."""
+        want, on = job.expected()
+        what = (
+            f"{job.behaviour} job" if not job.chain else f"chain {job.chain} failing on {sorted(job.failing)}"
+        )
+        assert (state, source) == (want, on), (
+            f"a {what} ended {state.name} on {source}, not {want.name} on {on}"
+        )
+        if job.chain:
+            failed = list(job.chain[: job.chain.index(on) + (state is State.FAILED)])
+            assert tried == failed, f"a {what} tried {tried}, not {failed}"
+            event(f"chain ended {state.name} on source {job.chain.index(on) + 1} of {len(job.chain)}")
+        elif job.behaviour in (*DROPS, "retry"):
+            event(f"{job.behaviour} on {source} ended {state.name}")
 
     @invariant()
     @logged
     def cancelled_while_queued_never_started(self) -> None:
-        for name in NAMES:
-            started = self.started_ids(name)
-            for job in self.jobs.values():
-                if job.source == name and job.never_start:
-                    assert job.id not in started, (
-                        f"{name}: a job cancelled while QUEUED reached download_impl"
-                    )
+        for job in self.jobs.values():
+            if job.starts_at_cancel is not None:
+                assert self.starts(job.id) == job.starts_at_cancel, (
+                    f"a job cancelled while QUEUED reached download_impl (on {job.sources()})"
+                )
 
     @invariant()
     @logged
@@ -340,7 +497,8 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     @logged
     def threads_are_bounded(self) -> None:
-        alive = [t for t in threading.enumerate() if t.name.startswith("headwater-")]
+        prefixes = tuple(f"headwater-{name}-" for name in NAMES)
+        alive = [t for t in threading.enumerate() if t.name.startswith(prefixes)]
         queued = sum(q for _, _, q in self.engine.worker_stats().values())
         assert len(alive) <= TOTAL_CONCURRENCY + THREAD_SLACK, (
             f"{len(alive)} worker threads for {queued} queued jobs; the total concurrency is "
@@ -351,50 +509,77 @@ class EngineMachine(RuleBasedStateMachine):
     @logged
     def delay_is_kept(self) -> None:
         last_end: float | None = None
-        for seen in self.plugins["solo"].snapshot():
+        for seen in self.since_restart("solo"):
             if seen.kind == "start" and last_end is not None:
                 gap = seen.at - last_end
-                assert gap >= DELAY, f"solo: a download started {gap * 1000:.1f} ms after the previous end"
+                assert gap >= DELAY, f"solo: a download started {gap:g} s after the previous end"
             elif seen.kind == "end":
                 last_end = seen.at
+
+    @invariant()
+    @logged
+    def retry_after_is_kept(self) -> None:
+        """After a Retry-After on ``solo``, nothing starts before the pause ends, and its job goes first."""
+        paused: Event | None = None
+        for seen in self.since_restart("solo"):
+            if seen.kind == "end" and seen.paused_for is not None:
+                paused = None if self.jobs[seen.job_id].cancelled else seen  # a cancel may beat the pause
+            elif seen.kind == "start" and paused is not None:
+                wait = seen.at - paused.at
+                assert wait >= paused.paused_for, (
+                    f"solo: a download started {wait:g} s into a Retry-After pause of {paused.paused_for:g} s"
+                )
+                assert seen.job_id == paused.job_id or self.jobs[paused.job_id].cancelled, (
+                    "solo: after a Retry-After another job started before the one that was asked to wait"
+                )
+                paused = None
 
     # -- draining ------------------------------------------------------------------
 
     def release_all(self) -> None:
         for job in self.jobs.values():
             if job.behaviour in HELD:
-                self.plugins[job.source].release(job.key)  # opens the gate even before the job starts
-                job.released = True
+                self.open_gate(job)
 
     def drain_and_check(self) -> None:
-        """Let every job end, then check what only holds at rest."""
+        """Let every job end, moving the clock, then check what only holds at rest."""
         self.release_all()
-        live = self.live()
-        self.engine.wait([j.id for j in live], timeout=WAIT)
+        ids = [j.id for j in self.live()]
         deadline = time.monotonic() + WAIT
-        while any(running or queued for _, running, queued in self.engine.worker_stats().values()):
+        while True:
+            self.clock.advance(STEP)
+            with contextlib.suppress(TimeoutError):
+                self.engine.wait(ids, timeout=0.02)
+                if not any(running or queued for _, running, queued in self.engine.worker_stats().values()):
+                    break
             assert time.monotonic() < deadline, (
-                f"workers still busy after {WAIT} s: {self.engine.worker_stats()}"
+                f"not drained after {WAIT} s: {self.engine.worker_stats()}, "
+                f"{sum(not self.engine.get(i).state.terminal for i in ids)} of {len(ids)} jobs not ended"
             )
-            time.sleep(0.002)
         for name, plugin in self.plugins.items():
             events = plugin.snapshot()
             starts = sorted(e.job_id for e in events if e.kind == "start")
             ends = sorted(e.job_id for e in events if e.kind == "end")
             assert starts == ends, f"{name}: a download started and never ended"
-            assert len(starts) == len(set(starts)), f"{name}: a job reached download_impl twice"
         for job in self.jobs.values():
-            landed = self.plugins[job.source].landed_path(self.engine.dest_dir, job.id)
+            if not job.interrupted:
+                starts = self.starts(job.id)
+                assert starts <= job.max_starts(), (
+                    f"a {job.behaviour} job reached download_impl {starts} times (at most {job.max_starts()})"
+                )
+            landed = [p.landed_path(self.engine.dest_dir, job.id) for p in self.plugins.values()]
             if job.removed:
                 if job.cancelled:
-                    assert not landed.exists(), "a file landed after its download was removed still exists"
+                    assert not any(p.exists() for p in landed), (
+                        "a file landed after its download was removed still exists"
+                    )
                 continue
             state = self.engine.get(job.id).state
             assert state.terminal, f"a {job.behaviour} job is still {state.name} after the drain"
             if state is State.CANCELLED:
-                if job.behaviour == "ignore" and job.id in self.started_ids(job.source):
+                if job.behaviour == "ignore" and self.starts(job.id):
                     event("a file landed after its cancel")
-                assert not landed.exists(), "a file landed after a cancel still exists"
+                assert not any(p.exists() for p in landed), "a file landed after a cancel still exists"
         self.states_are_consistent()
 
     @logged

@@ -15,6 +15,13 @@
     [sources.tidal.settings]             # the source's own settings (see headwater._settings)
     quality = "lossless"
 
+    [cluster]                            # run on a cluster (docs/cluster.md)
+    broker = "redis://127.0.0.1:6379/0"  # Dramatiq's broker and the limits
+    postgres = "postgresql://user:pw@db/headwater"   # the records
+    schema = "headwater"                 # optional: the records' schema
+    lease = 10.0                         # optional: seconds a slot's lease lasts unrenewed
+    prefix = "headwater"                 # optional: the start of its Redis keys, queue and channel
+
 The file is read with :mod:`tomllib`; an unknown key or a value of the
 wrong type raises :class:`~headwater.ConfigError` naming the file and
 the key. A missing file at the default place means an empty configuration.
@@ -47,6 +54,57 @@ def default_config_path() -> Path:
     return platformdirs.user_config_path("headwater", appauthor=False) / CONFIG_NAME
 
 
+def _cluster_lease(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value < 86400:
+        raise ValueError(f"cluster lease must be a number of seconds > 0 (and under a day), got {value!r}")
+
+
+@attrs.frozen
+class ClusterConfig:
+    """Where a cluster keeps its work, limits and records (``[cluster]``, or ``Engine``'s arguments).
+
+    Attributes:
+        broker: the Redis URL (``redis://host:port/db``) of Dramatiq's broker,
+            which also holds the limits and the leases.
+        postgres: the PostgreSQL URL of the records; never shown with its
+            password (:func:`shown`).
+        schema: the records' schema.
+        lease: seconds a slot's lease lasts unrenewed: a killed worker's
+            slot is free again within it.
+        prefix: the start of the cluster's names in Redis (its keys, its
+            Dramatiq namespace, its cancel channel): clusters sharing one
+            Redis name different ones.
+    """
+
+    broker: str
+    postgres: str
+    schema: str = "headwater"
+    lease: float = attrs.field(default=10.0, validator=_cluster_lease)
+    prefix: str = "headwater"
+
+    @property
+    def limits_prefix(self) -> str:
+        """The key prefix of the sources' limits."""
+        return f"{self.prefix}:limits:"
+
+    @property
+    def leader_prefix(self) -> str:
+        """The key prefix of the scheduler's lease."""
+        return f"{self.prefix}:leader:"
+
+    @property
+    def cancel_channel(self) -> str:
+        """The channel cancels are announced on."""
+        return f"{self.prefix}:cancel"
+
+    def shown(self) -> str:
+        """The configuration in words, every password masked."""
+        from headwater._cluster._pgurl import masked  # the cluster's code, with its extra, only when used
+
+        records = f"records {masked(self.postgres)} (schema {self.schema})"
+        return f"broker {masked(self.broker)}, {records}, lease {self.lease:g} s"
+
+
 @attrs.frozen
 class Config:
     """What ``headwater.toml`` says; every field has a default for a missing file.
@@ -59,6 +117,7 @@ class Config:
             against the source's settings class when an engine loads it).
         load: the only installed sources to load, or None for all.
         block: installed sources never to load.
+        cluster: the ``[cluster]`` table, or None to run in one process.
     """
 
     path: Path | None = None
@@ -67,6 +126,7 @@ class Config:
     load: tuple[str, ...] | None = None
     block: tuple[str, ...] = ()
     settings: Mapping[str, Mapping[str, object]] = attrs.field(factory=lambda: MappingProxyType({}))
+    cluster: ClusterConfig | None = None
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -95,7 +155,7 @@ def _parse(path: Path, data: Mapping[str, object]) -> Config:
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"config file {path}: {key!r} {problem}")
 
-    _only_keys(path, "", data, {"destination", "plugins", "sources"})
+    _only_keys(path, "", data, {"destination", "plugins", "sources", "cluster"})
     destination = None
     if "destination" in data:
         value = data["destination"]
@@ -118,7 +178,36 @@ def _parse(path: Path, data: Mapping[str, object]) -> Config:
             own = _table(path, f"sources.{name}.settings", fields.pop("settings"))
             settings[name] = MappingProxyType(dict(own))
         policies[name] = _policy(path, f"sources.{name}", fields)
-    return Config(path, destination, MappingProxyType(policies), load, block, MappingProxyType(settings))
+    cluster = None
+    if "cluster" in data:
+        cluster = _cluster(path, _table(path, "cluster", data["cluster"]))
+    return Config(
+        path, destination, MappingProxyType(policies), load, block, MappingProxyType(settings), cluster
+    )
+
+
+def _cluster(path: Path, table: Mapping[str, object]) -> ClusterConfig:
+    """The ``[cluster]`` table, checked: both URLs given, each value of its type."""
+    _only_keys(path, "cluster.", table, {"broker", "postgres", "schema", "lease", "prefix"})
+    for key in ("broker", "postgres"):
+        if key not in table:
+            raise ConfigError(f"config file {path}: [cluster] needs {key!r} (a URL)")
+    for key in ("broker", "postgres", "schema", "prefix"):
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise ConfigError(f"config file {path}: 'cluster.{key}' must be a non-empty string")
+    lease = table.get("lease", 10.0)
+    if not isinstance(lease, (int, float)) or isinstance(lease, bool):
+        raise ConfigError(f"config file {path}: 'cluster.lease' must be a number, got {lease!r}")
+    try:
+        return ClusterConfig(
+            str(table["broker"]),
+            str(table["postgres"]),
+            str(table.get("schema", "headwater")),
+            float(lease),
+            str(table.get("prefix", "headwater")),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: [cluster]: {exc}") from exc
 
 
 def _only_keys(path: Path, prefix: str, table: Mapping[str, object], allowed: set[str]) -> None:

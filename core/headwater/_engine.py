@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
-import math
 import os
 import random
 import threading
@@ -30,35 +29,41 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 
 import attrs
 
-from headwater._chains import Chain, Taker, find_taker, first_taker, resolve_chain, translate
+from headwater._attempt import (
+    completion,
+    deadline,
+    described_changes,
+    failing,
+    moved_down,
+    run_attempt,
+    try_again,
+    with_progress,
+)
+from headwater._chains import Chain, Taker, find_taker, translate
 from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
 from headwater._context import DownloadContext
-from headwater._contract import record_fields, returned_file
 from headwater._discovery import Candidate, discover, one_line
 from headwater._download import Download, Phase
 from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
-    ExistingFileKept,
     HeadwaterError,
-    NeedsConfigurationError,
-    RetryAfter,
     StoreError,
     UnknownDownloadError,
-    is_transient,
 )
-from headwater._files import Existing, discard_landed, existing_choice
+from headwater._files import Existing, discard_landed
 from headwater._policy import RatePolicy
-from headwater._records import NO_EXTRA, Job, Record, State, Tried, changed, may_transition
-from headwater._redact import protect, redact, register
+from headwater._records import Job, Record, State, Tried, changed, may_transition
+from headwater._redact import protect, register
 from headwater._settings import SettingsInput, SettingsLayers
 from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
 from headwater._store import MemoryStore, RecordStore
+from headwater._submission import submission
 from headwater._watchdog import Watchdog
 from headwater._worker import SourceWorker
 
@@ -179,7 +184,7 @@ class _Shard:
         ctx = self.running.get(record.id)
         if ctx is None:
             return record
-        return _with_progress(record, ctx)
+        return with_progress(record, ctx)
 
 
 def _made(record: Record) -> tuple[float, str]:
@@ -190,50 +195,6 @@ def _made(record: Record) -> tuple[float, str]:
 def _snapshot(shard: _Shard | None, record: Record) -> Record:
     """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
     return record if shard is None else shard.snapshot(record)
-
-
-def _new_id() -> str:
-    """A new download id: 32 hex digits, the first 12 the time in milliseconds, the other 20 random.
-
-    Ids sort by when they were made, so a journal keyed by id appends new
-    records at its end instead of scattering them over the whole file. The
-    random part comes from :mod:`random` (seeded from the system at start
-    and again in a forked child), not ``os.urandom``: an id needs to be
-    unique, not secret, and a system call here lets the submitting thread
-    lose the GIL to the workers on every submit.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
-
-
-def _redacted(fields: Mapping[str, object]) -> dict[str, object]:
-    """``fields`` with secret setting values taken out of its strings (see :mod:`headwater._redact`)."""
-    return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
-
-
-def _with_progress(record: Record, ctx: DownloadContext) -> Record:
-    """``record`` carrying the latest progress ``ctx`` has seen."""
-    transferred, total, at = ctx.last_progress
-    elapsed = at - ctx.started
-    speed = transferred / elapsed if elapsed > 0 else 0.0
-    progress, remaining = record.progress, None
-    if total:
-        progress = min(100.0, transferred * 100.0 / total)
-        remaining = max(0, total - transferred) / speed if speed > 0 else None
-    return changed(
-        record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
-    )
-
-
-def _deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
-    """When a download running under ``policy`` with ``ctx`` expires, and what to call it then."""
-    due, why = float("inf"), ""
-    if policy.timeout is not None:
-        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
-    if policy.stall_timeout is not None:
-        stalled = ctx.last_progress[2] + policy.stall_timeout
-        if stalled < due:
-            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
-    return due, why
 
 
 class Engine:
@@ -509,43 +470,18 @@ class Engine:
         """
         if self._closed:
             raise EngineClosedError("the engine is closed")
-        chain = resolve_chain(self._registry, source)
-        for src in chain:  # settings: refused at once, naming what to set
-            if src.settings.needs_configuration:
-                raise NeedsConfigurationError(src.name, [str(p) for p in src.settings.problems])
-        if not isinstance(target, str) or not target:
-            raise ValueError(f"target must be a non-empty string, got {target!r}")
-        if existing is not None:
-            existing_choice(existing)
-        folder = self.dest_dir
-        if dest_dir is not None:
-            folder = Path(dest_dir).expanduser()
-            folder.mkdir(parents=True, exist_ok=True)
-            folder = folder.resolve()
-        job_target: str = target
-        tried: tuple[Tried, ...] = ()
-        if chain[0].translate is not None:
-            chain, job_target, tried = first_taker(chain, target)
-        src = chain[0]
-        job = Job(_new_id(), src.name, job_target, display_name)
-        username, extra = self._fields(src, job)
-        now = time.time()
-        record = Record(
-            job.id,
-            src.name,
+        made = submission(
+            self._registry,
+            source,
             target,
-            display_name,
-            username,
-            State.QUEUED,
-            now,
-            now,
-            extra=extra,
-            dest_dir=str(folder),
+            self.dest_dir,
+            display_name=display_name,
             existing=existing,
+            dest_dir=dest_dir,
         )
-        shard = self._shard(src.name)
-        if len(chain) > 1 or tried:
-            record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
+        record, job = made.record, made.job
+        shard = self._shard(record.source)
+        if record.fallbacks or record.tried:
             self._home[job.id] = shard
         with shard.lock:
             self._store.add(record)
@@ -555,19 +491,6 @@ class Engine:
             shard.live[job.id] = download
             shard.worker.put(download)
         return job.id
-
-    def _fields(self, src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
-        """The record's username label and extra fields from ``record_fields``.
-
-        An InvalidTargetError the hook raises (it refuses the target) is
-        raised as it is; anything else it raises or returns wrongly raises
-        PluginError (FieldConflictError for a core field).
-        """
-        if src.record_fields is None:
-            return src.name, NO_EXTRA
-        call = functools.partial(src.record_fields, job=job, settings=src.settings.values)
-        username, extra = record_fields(call, f"record_fields of source {src.label()}")
-        return username or src.name, MappingProxyType(_redacted(extra))
 
     # -- running (called by the worker) ----------------------------------------
 
@@ -622,12 +545,7 @@ class Engine:
             ours = download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
-            changes: dict[str, object] = {"extra": MappingProxyType({**record.extra, **_redacted(fields)})}
-            if display_name is not None:
-                changes["display_name"] = redact(display_name)
-            if username is not None:
-                changes["username"] = redact(username)
-            shard.amend(record, **changes)
+            shard.amend(record, **described_changes(record, display_name, username, fields))
 
     def _run(self, download: Download, ctx: DownloadContext) -> tuple[Download, DownloadContext] | None:
         """Call the source's ``download_impl`` and write the outcome, unless cancelled.
@@ -644,24 +562,9 @@ class Engine:
         """
         job = download.job
         shard = self._shards[job.source]
-        returned: str | os.PathLike[str] | None = None
-        path: Path | None = None
-        size = 0
-        error = ""
-        failure: BaseException | None = None
-        skipped = False  # a file already at the name was kept (existing="skip"): not ours to delete
-        try:
-            try:
-                returned = shard.source.download(job=job, ctx=ctx)
-            except ExistingFileKept as kept:
-                returned, skipped = kept.path, True
-            if returned is None:
-                error = "declined: download_impl returned None"
-            else:
-                path, size = returned_file(ctx.dest_dir, returned)
-        except BaseException as exc:  # the boundary: nothing a plugin raises escapes
-            error, failure = one_line(exc), exc
-            shard.logger.debug("download %s failed", job.id, exc_info=True)
+        tried = run_attempt(shard.source, job, ctx)
+        returned, path, skipped = tried.returned, tried.path, tried.skipped
+        error, failure = tried.error, tried.failure
         fall_back = False
         wrote: Record | None = None
         with shard.lock, shard.batch():
@@ -672,24 +575,12 @@ class Engine:
                 record = shard.records.get(job.id)
                 if ours and record is not None and record.state is State.RUNNING:
                     if path is not None:
-                        wrote = shard.move(
-                            record,
-                            State.COMPLETED,
-                            file_path=str(path),
-                            finished_at=time.time(),
-                            progress=100.0,
-                            size=size,
-                            transferred=0 if skipped else size,
-                            speed=0.0,
-                            time_remaining=None,
-                            error=None,
-                            skipped=skipped,
-                        )
+                        wrote = shard.move(record, State.COMPLETED, **completion(tried))
                     elif ctx.interrupted.is_set():  # stopped, not ended: unfinished, for a later engine
-                        stopped = _with_progress(record, ctx)
+                        stopped = with_progress(record, ctx)
                         wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
                     else:
-                        latest = _with_progress(record, ctx)
+                        latest = with_progress(record, ctx)
                         ended = self._try_again_locked(shard, download, latest, error, failure)
                         if ended is not None:
                             error, wrote, fall_back = ended, record, bool(record.fallbacks)
@@ -714,68 +605,33 @@ class Engine:
     def _try_again_locked(
         self, shard: _Shard, download: Download, record: Record, error: str, failure: BaseException | None
     ) -> str | None:
-        """Queue ``download`` again on its source if ``failure`` allows; the lock must be held.
+        """Queue ``download`` again on its source if :func:`~headwater._attempt.try_again` allows; lock held.
 
-        A RetryAfter pauses the whole source for its seconds and puts the job
-        back at the front without using a retry, within the policy's bounds:
-        one longer than ``max_retry_after``, or one past
-        ``max_retry_after_rounds`` pauses or ``max_retry_after_total`` seconds
-        of pauses of this job, is not waited out. Another transient error
-        queues a retry after the policy's backoff while retries are left.
+        A Retry-After pauses the source's worker and puts the job back at the
+        front; a retry waits the policy's backoff apart from the queue.
         Returns None when the job was queued again (the record is then
-        QUEUED), else the error to end the attempt with: ``error``, followed
-        by how often and how long the job was asked to wait when a RetryAfter
-        bound made it give up.
+        QUEUED), else the error to end the attempt with.
         """
-        if failure is None or not is_transient(failure):
-            return error
         policy = shard.source.policy
-        job = download.job
-        again = attrs.evolve(job, attempt=job.attempt + 1)
+        again = try_again(policy, download.job, record, error, failure)
+        if isinstance(again, str):
+            return again
         now = self._clock.now()
-        if isinstance(failure, RetryAfter):
-            cap = policy.max_retry_after
-            if not math.isfinite(failure.seconds) or (cap is not None and failure.seconds > cap):
-                return error
-            wait, rounds, waited = max(0.0, failure.seconds), job.retry_after_rounds, job.retry_after_total
-            if rounds >= policy.max_retry_after_rounds:
-                bound = f"max_retry_after_rounds is {policy.max_retry_after_rounds}"
-            elif waited + wait > policy.max_retry_after_total:
-                total = policy.max_retry_after_total
-                bound = f"{wait:g} s more would pass max_retry_after_total, {total:g} s"
-            else:
-                again = attrs.evolve(again, retry_after_rounds=rounds + 1, retry_after_total=waited + wait)
-                shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
-                download.again(again)
-                shard.worker.pause_until(now + wait)
-                shard.worker.put_front(download)
-                shard.logger.info("source %s paused for %g s: %s", job.source, failure.seconds, error)
-                return None
-            asked = rounds + 1
-            return (
-                f"{error}; asked to retry later {asked} time{'s' if asked > 1 else ''} "
-                f"over {waited:g} s; giving up ({bound})"
-            )
-        if record.retries >= policy.retries:
-            return error
-        retry = record.retries + 1
+        download.again(again.job)
+        if again.pause is not None:
+            shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
+            shard.worker.pause_until(now + again.pause)
+            shard.worker.put_front(download)
+            shard.logger.info("source %s paused for %g s: %s", download.job.source, again.pause, error)
+            return None
+        retry = again.retries
         shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
-        download.again(again)
         shard.worker.put_later(download, now + policy.retry_wait(retry, random.random()))
         return None
 
     def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
         """RUNNING -> FAILED with ``error``; ``tried`` gains ``skipped`` and this source. Lock held."""
-        wrote = shard.move(
-            record,
-            State.FAILED,
-            error=error,
-            tried=(*record.tried, *skipped, Tried(record.source, error)),
-            fallbacks=(),
-            finished_at=time.time(),
-            speed=0.0,
-            time_remaining=None,
-        )
+        wrote = shard.move(record, State.FAILED, **failing(record, error, skipped))
         assert wrote is not None, "RUNNING -> FAILED is always legal"
         return wrote
 
@@ -846,20 +702,7 @@ class Engine:
             download = shard.live.get(download_id)
             if current is None or current.state is not State.RUNNING or download is None:
                 return  # cancelled or removed meanwhile
-            moved = shard.move(
-                current,
-                State.QUEUED,
-                source=name,
-                tried=(*current.tried, Tried(record.source, error), *declined),
-                fallbacks=current.fallbacks[taker.index + 1 :],
-                error=error,
-                retries=0,
-                progress=0.0,
-                size=None,
-                transferred=0,
-                speed=0.0,
-                time_remaining=None,
-            )
+            moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
             assert moved is not None, "RUNNING -> QUEUED is always legal"
             dest.records[download_id] = moved
             self._home[download_id] = dest
@@ -889,7 +732,7 @@ class Engine:
                     download = shard.live.get(download_id)
                     if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
                         continue  # cancelled, or expired before: its download_impl has not returned
-                    due, why = _deadline(policy, ctx)
+                    due, why = deadline(policy, ctx)
                     if due > now:
                         next_due = due if next_due is None else min(next_due, due)
                         continue
@@ -898,7 +741,7 @@ class Engine:
                     if record is None or record.state is not State.RUNNING:
                         continue
                     if not record.fallbacks:
-                        self._fail_locked(shard, _with_progress(record, ctx), why, ())
+                        self._fail_locked(shard, with_progress(record, ctx), why, ())
                     ended.append((shard, download_id, why, bool(record.fallbacks)))
         for shard, download_id, why, fall_back in ended:
             shard.logger.info("download %s %s", download_id, why)
@@ -1128,6 +971,14 @@ class Engine:
         EngineClosedError if the engine closes with one of them still queued.
         """
         order = list(ids)
+        self._ended.pin(order)  # what ends meanwhile stays at hand, however many
+        try:
+            return self._wait(order, timeout)
+        finally:
+            self._ended.unpin(order)
+
+    def _wait(self, order: list[str], timeout: float | None) -> list[Record]:
+        """:meth:`wait`'s loop."""
         shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
         for shard, download_id in zip(shards, order, strict=True):

@@ -15,6 +15,12 @@
   and masked URLs (:mod:`~headwater._cluster._pgurl`).
 - :mod:`headwater._cluster._pgfeed`: the records' change feed from
   LISTEN/NOTIFY, resynced after every reconnect.
+- :mod:`headwater._cluster._message`: the message (a download holding a
+  slot) and Dramatiq's Redis broker that carries it.
+- :mod:`headwater._cluster._runner`: :class:`~headwater._cluster._runner.ClusterWorker`,
+  which runs one message's download; :mod:`headwater._cluster._cancels`,
+  how a cancel reaches it; :mod:`headwater._cluster._work`, the worker
+  process (``headwater worker``).
 
 Needs the ``cluster`` extra (``pip install 'headwater[cluster]'``).
 """

@@ -172,7 +172,8 @@ class RedisLimits:
         self.policy = policy
         self._lease_us = _micros(lease)
         self._settle_us = _micros(settle)
-        base = f"{prefix}{{{source}}}:"
+        self._client = client
+        base = self._base = f"{prefix}{{{source}}}:"
         self._holders, self._ended = base + "holders", base + "ended"
         self._starts = base + "starts"
         self._keys = [self._holders, self._starts, self._ended, base + "pause", base + "born"]
@@ -182,6 +183,7 @@ class RedisLimits:
         self._release = load(client, "release")
         self._pause = load(client, "pause")
         self._count = load(client, "count")
+        self._held = load(client, "held")
 
     def keys(self) -> list[str]:
         """Every key this source's limits may use."""
@@ -244,6 +246,28 @@ class RedisLimits:
         """Judge every later acquire by ``policy``; held leases keep their slots."""
         self.policy = policy
 
+    def waited(self, download_id: str) -> tuple[int, float]:
+        """The Retry-After pauses ``download_id`` waited out on this source so far: (how many, seconds)."""
+        rounds, total = self._client.hmget(self._waited_key(download_id), ["rounds", "total"])
+        return int(rounds or 0), float(total or 0.0)
+
+    def wait_more(self, download_id: str, rounds: int, total: float) -> None:
+        """Keep what :meth:`waited` answers for ``download_id`` (for a day: its counts, not a limit)."""
+        key = self._waited_key(download_id)
+        pipe = self._client.pipeline()
+        pipe.hset(key, mapping={"rounds": rounds, "total": total})
+        pipe.expire(key, 86400)
+        pipe.execute()
+
+    def _waited_key(self, download_id: str) -> str:
+        return f"{self._base}waited:{download_id}"
+
     def running(self) -> int:
         """Holders with an unexpired lease now."""
         return int(self._count(keys=[self._holders]))
+
+    def held(self, holders: list[str]) -> list[bool]:
+        """Whether each of ``holders`` holds an unexpired lease now (a read: nothing changes)."""
+        if not holders:
+            return []
+        return [bool(answer) for answer in cast(list[int], self._held(keys=[self._holders], args=holders))]

@@ -49,6 +49,7 @@ import attrs
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from headwater._cluster._grouped import Grouped
 from headwater._cluster._pgschema import check_name, open_schema
 from headwater._cluster._pgsql import Statements, page_query, quoted
 from headwater._cluster._pgurl import masked, scrubbed
@@ -231,6 +232,7 @@ class PostgresStore:
             self._pool.close()
             self._session.end()
             raise self._error("connect to", exc) from None
+        self._swaps: Grouped[Swap, bool] = Grouped(self._swap, lambda swap: swap.record.id)
         self._pending: collections.deque[Record] = collections.deque()
         self._inserting = threading.Lock()  # one _insert_pending at a time
         self._written: dict[str, tuple[float, int]] = {}  # the thread only: id -> last progress written
@@ -261,6 +263,35 @@ class PostgresStore:
             return None
         record = self._decode_one(download_id, found[0])
         return record if record.state.terminal else None
+
+    def fetch(self, ids: Collection[str]) -> dict[str, Record]:
+        """The records of ``ids`` as the server holds them now, whatever their state; id -> record.
+
+        What a cluster's worker reads: the record a scheduler wrote, and
+        whether the download it runs is still its own (a cancel, a later
+        attempt). An id with no row is left out (as is a row that cannot be
+        decoded, logged). Raises StoreError if the server cannot be read.
+        """
+        if not ids:
+            return {}
+        rows = self._read(lambda conn: conn.execute(self._q.fetch, (list(ids),)).fetchall(), "read")
+        return {record.id: record for record in self._decode(rows)}
+
+    def match(self, key: str) -> tuple[int, Record | None]:
+        """Whether ``key`` names one download: an id, or else the start or end of ids (as ``status`` has it).
+
+        Returns (0, None) for none, (2, None) for more than one (the count
+        stops at 2), and (1, the record) for one. Raises StoreError if the
+        server cannot be read.
+        """
+        exact = self.fetch([key]).get(key)
+        if exact is not None:
+            return 1, exact
+        rows = self._read(lambda conn: conn.execute(self._q.matches, {"key": key}).fetchall(), "read")
+        if len(rows) != 1:
+            return len(rows), None
+        found = self.fetch([rows[0][0]]).get(rows[0][0])
+        return (1, found) if found is not None else (0, None)
 
     def page(
         self,
@@ -398,14 +429,21 @@ class PostgresStore:
         One ``UPDATE ... WHERE id = ... AND state = ... AND attempts = ...``
         for all of them; rows another writer is changing are waited for and
         judged as that writer left them (so of racing writers exactly one
-        wins). Once the store is closed nothing is written (every answer
-        False).
+        wins). The swaps of threads calling at the same time are written
+        together, one statement and one commit for all
+        (:mod:`~headwater._cluster._grouped`); a thread's answers are its
+        own, and a failed write raises in each of them. Once the store is
+        closed nothing is written (every answer False).
         """
         distinct(swaps)
         if self._dropped("conditional write"):
             return [False] * len(swaps)
         if not swaps:
             return []
+        return self._swaps.call(swaps)
+
+    def _swap(self, swaps: list[Swap]) -> list[bool]:
+        """The one statement of :meth:`commit_if` for ``swaps`` (distinct ids)."""
         ordered = sorted(range(len(swaps)), key=lambda i: swaps[i].record.id)  # rows locked in one order
         columns = _columns([swaps[i].record for i in ordered])
         seen = [_seen(swaps[i]) for i in ordered]

@@ -25,9 +25,17 @@ _QUERY = re.compile(r"((?:^|&)password=)[^&]*")
 _SCHEMES = ("postgresql://", "postgres://")
 
 
+#: A URL's start: its scheme (``postgresql://``, ``redis://``, ...).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def masked(url: str) -> str:
-    """``url`` with its password, wherever it is given, replaced by ``***``; the rest as it is."""
-    if not url.startswith(_SCHEMES):
+    """``url`` with its password, wherever it is given, replaced by ``***``; the rest as it is.
+
+    Also masks the password of a URL of another scheme (a Redis URL:
+    ``redis://:secret@host/0`` -> ``redis://:***@host/0``).
+    """
+    if not _URL.match(url):
         return _WORD.sub(lambda m: m.group(1) + MASK, url)
     parts = urlsplit(url)
     netloc = parts.netloc

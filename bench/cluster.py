@@ -1,0 +1,332 @@
+"""Cluster benchmark: the cost of a download on the cluster path, and small files over HTTP vs aria2c.
+
+Both use real ``headwater worker`` processes on the local Redis and
+PostgreSQL (a key prefix and a schema of their own, removed afterwards),
+one of which schedules:
+
+(1) overhead: a no-op source (it touches an empty file and returns it),
+    submitted through a ``ClusterClient``: ``--noop`` downloads at once
+    (wall time from the first submit to the last COMPLETED, per download),
+    and ``--serial`` downloads one after the other (submit to COMPLETED,
+    each: the latency a single download sees).
+(2) small files: ``--small`` x ``--small-kib`` KiB from a local HTTP server
+    (bench/http.py's), the builtin http source on ``--workers`` worker
+    processes of ``--threads`` threads (``[sources.http] concurrency`` =
+    ``--jobs``), against ``aria2c -j --jobs`` in the same run.
+
+(3) limits: ``--limits`` no-op downloads of a source of concurrency 2 on 3
+    worker processes of 4 threads; the most running at once, from the
+    plugin's own log of each start and end.
+
+    python bench/cluster.py [--noop 2000] [--serial 100] [--limits 10000] [--small 2000] [--small-kib 64]
+                            [--jobs 16] [--workers 2] [--threads 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import redis
+from table import print_table
+
+from headwater import State
+from headwater._cluster._client import ClusterClient
+from headwater._cluster._setup import sources
+from headwater._config import ClusterConfig
+
+#: This folder: its http.py would shadow the standard library's ``http`` for httpx.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _bench_http():  # type: ignore[no-untyped-def]
+    """bench/http.py as a module named ``bench_http``, with this folder off the import path."""
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+    spec = importlib.util.spec_from_file_location("bench_http", Path(HERE) / "http.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NOOP = """
+import os, time
+from headwater import RatePolicy, hookimpl
+
+def log(kind, job):
+    where = os.environ.get("HW_BENCH_LOG")
+    if where:
+        fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, f"{kind} {job.id} {time.time():.6f}\\n".encode())
+        os.close(fd)
+
+@hookimpl
+def download_impl(job, ctx):
+    log("start", job)
+    path = ctx.dest_dir / job.id
+    path.touch()
+    log("end", job)
+    return path
+
+@hookimpl
+def rate_policy():
+    return RatePolicy(concurrency=64)
+"""
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def install_noop(folder: Path) -> Path:
+    """``folder`` holding the no-op source ``noop`` as an installed plugin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "noop_source.py").write_text(NOOP)
+    info = folder / "noopsource-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: noopsource\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[headwater.sources]\nnoop = noop_source\n")
+    return folder
+
+
+@contextmanager
+def cluster(
+    root: Path, workers: int, threads: int, jobs: int, plugins: Path, noop_concurrency: int = 64
+) -> Iterator[tuple[ClusterConfig, Path]]:
+    """A cluster of ``workers`` worker processes with its own names; stopped and removed afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    config = ClusterConfig(REDIS_URL, PG_URL, f"bench_{tag}", 5.0, f"bench-{tag}")
+    dest = root / f"dest-{tag}"
+    dest.mkdir()
+    config_file = root / f"headwater-{tag}.toml"
+    config_file.write_text(
+        f'[cluster]\nbroker = "{REDIS_URL}"\npostgres = "{PG_URL}"\nschema = "{config.schema}"\n'
+        f'lease = {config.lease}\nprefix = "{config.prefix}"\n[sources.http]\nconcurrency = {jobs}\n'
+        f"[sources.noop]\nconcurrency = {noop_concurrency}\n"
+    )
+    path = [p for p in sys.path if p and os.path.abspath(p) != HERE]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugins), *path]))
+    command = [sys.executable, "-m", "headwater.cli", "--config", str(config_file), "worker"]
+    started = [
+        subprocess.Popen(
+            [*command, "--threads", str(threads), "--dest", str(dest)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for child in started:
+            assert child.stderr is not None
+            line = child.stderr.readline()
+            if not line.startswith("headwater: worker"):
+                raise SystemExit(f"a worker did not start: {line}{child.stderr.read()}")
+        yield config, dest
+    finally:
+        for child in started:
+            child.terminate()
+        for child in started:
+            child.wait(30)
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=config.prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')
+
+
+def commit_latency(count: int = 100) -> float:
+    """Median milliseconds of a one-row commit with a NOTIFY now (what each state change waits for)."""
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS hw_bench_probe (x int)")
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            with conn.transaction():
+                conn.execute("INSERT INTO hw_bench_probe VALUES (1)")
+                conn.execute("NOTIFY hw_bench_probe")
+            times.append(time.perf_counter() - began)
+        conn.execute("DROP TABLE hw_bench_probe")
+    return statistics.median(times) * 1000
+
+
+def run(client: ClusterClient, source: str, targets: list[str], folder: Path | None = None) -> float:
+    """Submit ``targets`` at once (into ``folder``) and wait for all; the wall seconds.
+
+    Exits if one did not complete.
+    """
+    began = time.perf_counter()
+    ids = [client.submit(source, t, dest_dir=folder) for t in targets]
+    records = client.wait(ids, timeout=3600)
+    took = time.perf_counter() - began
+    failed = [r for r in records if r.state is not State.COMPLETED]
+    if failed:
+        raise SystemExit(f"{len(failed)} downloads did not complete, first: {failed[0].error}")
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--noop", type=int, default=2000)
+    parser.add_argument("--serial", type=int, default=100)
+    parser.add_argument("--limits", type=int, default=10000, help="downloads of the concurrency-2 run (3)")
+    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("aria2c") is None:
+        raise SystemExit("aria2c is not installed (Debian: apt-get install aria2)")
+    web = _bench_http()
+    latency = commit_latency()
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        plugins = install_noop(root / "plugins")
+        registry = sources(plugins={"noop": _noop_plugin(plugins)})
+        with (
+            cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest),
+            ClusterClient(config, dest, registry=registry) as client,
+        ):
+            run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
+            many = [run(client, "noop", [f"n{i}" for i in range(args.noop)]) for _ in range(args.rounds)]
+            serial = [run(client, "noop", [f"s{i}"]) for i in range(args.serial)]
+        per = statistics.median(many) / args.noop * 1000
+        p90 = sorted(serial)[int(len(serial) * 0.9)]
+        rows.append(
+            [
+                f"(1) no-op x {args.noop}, at once",
+                f"{args.workers} workers x {args.threads}",
+                f"{statistics.median(many):.2f}",
+                f"{args.noop / statistics.median(many):,.0f}",
+                f"{per:.2f}",
+            ]
+        )
+        rows.append(
+            [
+                f"(1) no-op x {args.serial}, one by one",
+                "submit -> COMPLETED",
+                f"{sum(serial):.2f}",
+                f"{args.serial / sum(serial):,.0f}",
+                f"p50 {statistics.median(serial) * 1000:.1f} / p90 {p90 * 1000:.1f}",
+            ]
+        )
+        log = root / "events.log"
+        os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
+        with (
+            cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest),
+            ClusterClient(config, dest, registry=registry) as client,
+        ):
+            run(client, "noop", ["warm-up"])
+            log.unlink()
+            took = run(client, "noop", [f"c{i}" for i in range(args.limits)])
+        del os.environ["HW_BENCH_LOG"]
+        rows.append(
+            [
+                f"(3) concurrency 2, no-op x {args.limits}",
+                "3 workers x 4",
+                f"{took:.2f}",
+                f"{args.limits / took:,.0f}",
+                f"at most {peak(log)} running at once",
+            ]
+        )
+        served = root / "served"
+        served.mkdir()
+        web.make_files(served, 0, args.small, args.small_kib)
+        ports: multiprocessing.SimpleQueue[int] = multiprocessing.SimpleQueue()
+        server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
+        server.start()
+        try:
+            port = ports.get()
+            urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(args.small)]
+            list_file = root / "list.txt"
+            list_file.write_text("\n".join(urls) + "\n")
+            out = root / "out"
+            out.mkdir()
+            aria: list[float] = []
+            ours: list[float] = []
+            http = sources(load=["http"], policies=None)
+            with (
+                cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _),
+                ClusterClient(config, out, registry=http) as client,
+            ):
+                run(client, "http", [urls[0]])  # settling, as above
+                for round_ in range(args.rounds):
+                    for who in ("aria", "ours") if round_ % 2 == 0 else ("ours", "aria"):
+                        folder = web.new_folder(out)
+                        if who == "aria":
+                            aria.append(
+                                web.timed(lambda f=folder: web.aria2c_fetch(list_file, f, args.jobs))[0]
+                            )
+                        else:
+                            ours.append(run(client, "http", urls, folder))
+        finally:
+            server.terminate()
+            server.join(5)
+    small = f"(2) {args.small} x {args.small_kib} KiB"
+    rows.append(
+        [
+            small,
+            f"aria2c -j {args.jobs}",
+            f"{statistics.median(aria):.2f}",
+            f"{args.small / statistics.median(aria):,.0f}",
+            "",
+        ]
+    )
+    ratio = statistics.median(aria) / statistics.median(ours)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    rows.append(
+        [
+            small,
+            f"{args.workers} workers x {args.threads}, c={args.jobs}",
+            f"{statistics.median(ours):.2f}",
+            f"{args.small / statistics.median(ours):,.0f}",
+            f"{ratio:.2f}x aria2c",
+        ]
+    )
+    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
+    print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
+    print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
+
+
+def peak(log: Path) -> int:
+    """The most downloads running at once by the plugin's own start and end lines (an end first on a tie)."""
+    edges = []
+    for line in log.read_text().splitlines():
+        kind, _, at = line.split()
+        edges.append((float(at), 1 if kind == "start" else -1))
+    running = most = 0
+    for _, step in sorted(edges):
+        running += step
+        most = max(most, running)
+    return most
+
+
+def _noop_plugin(folder: Path) -> object:
+    """The no-op source's module, for the client's registry (a submit asks its hooks)."""
+    spec = importlib.util.spec_from_file_location("noop_source", folder / "noop_source.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "__main__":
+    main()

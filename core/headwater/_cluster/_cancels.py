@@ -1,0 +1,130 @@
+"""Telling a worker that a download it runs was cancelled: a Redis channel, and polling as the fallback.
+
+Whoever cancels a download in the records (a conditional write that
+always wins) then :func:`announce` s it on the channel. Each worker process
+runs one :class:`CancelWatch`: a thread that listens on the channel and
+stops the downloads it watches as their ids are heard, within a round trip.
+Pub/sub keeps nothing for a listener that is not connected (a dropped
+connection, a Redis restart), so the thread also asks, every ``poll``
+seconds, which of the downloads it watches must stop (the worker reads
+their records), and stops those: a cancel reaches its download within
+``poll`` seconds even when the announcement was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Collection
+
+import redis
+
+from headwater._cluster._scripts import text
+
+log = logging.getLogger("headwater.cluster")
+
+#: The channel cancels are announced on, unless the caller names another.
+CHANNEL = "headwater:cancel"
+
+
+def announce(client: redis.Redis, download_id: str, channel: str = CHANNEL) -> None:
+    """Tell every worker that ``download_id`` was cancelled (after its record says so); raises RedisError."""
+    client.publish(channel, download_id)
+
+
+class CancelWatch:
+    """One thread that calls the ``stop`` of a watched download when it is cancelled elsewhere.
+
+    Args:
+        client: a redis-py client (its pub/sub connection is its own).
+        gone: given the ids watched, returns those that must stop (their
+            records no longer say this process runs them); called on the
+            watch's thread every ``poll`` seconds while any is watched. It
+            may raise: that round is skipped.
+        poll: seconds between those checks (> 0).
+        channel: the channel :func:`announce` publishes on.
+
+    Thread-safe. The thread starts at once and ends at :meth:`close`; each
+    ``stop`` is called at most once, on the watch's thread, and the id is
+    no longer watched after it.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        gone: Callable[[Collection[str]], Collection[str]],
+        *,
+        poll: float = 1.0,
+        channel: str = CHANNEL,
+    ) -> None:
+        if not 0 < poll < math.inf:
+            raise ValueError(f"CancelWatch poll must be a finite number of seconds > 0, got {poll!r}")
+        self.poll = poll
+        self._client = client
+        self._gone = gone
+        self._channel = channel
+        self._watched: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="headwater-cancels", daemon=True)
+        self._thread.start()
+
+    def watch(self, download_id: str, stop: Callable[[], None]) -> None:
+        """Call ``stop`` when ``download_id`` is cancelled, until :meth:`unwatch`."""
+        with self._lock:
+            self._watched[download_id] = stop
+
+    def unwatch(self, download_id: str) -> None:
+        """Stop watching ``download_id`` (its download ended); nothing if it is not watched."""
+        with self._lock:
+            self._watched.pop(download_id, None)
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the thread; wait up to ``timeout`` seconds for it."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _fire(self, ids: Collection[str]) -> None:
+        with self._lock:
+            stops = [(i, self._watched.pop(i)) for i in ids if i in self._watched]
+        for download_id, stop in stops:
+            log.info("download %s was cancelled; stopping it", download_id)
+            try:
+                stop()
+            except Exception:  # the last resort: the watch goes on for the others
+                log.exception("stopping download %s failed", download_id)
+
+    def _check(self) -> None:
+        with self._lock:
+            watched = list(self._watched)
+        if not watched:
+            return
+        try:
+            self._fire(self._gone(watched))
+        except Exception as exc:  # the records cannot be read now: the channel still works
+            log.warning("could not check the running downloads' records: %s", exc)
+
+    def _run(self) -> None:
+        pubsub: redis.client.PubSub | None = None
+        due = time.monotonic() + self.poll
+        while not self._stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub.subscribe(self._channel)
+                message = pubsub.get_message(timeout=max(0.0, min(self.poll, due - time.monotonic())))
+                if message is not None and message.get("type") == "message":
+                    self._fire([text(message["data"])])
+            except redis.RedisError as exc:  # heard again after a reconnect; polling covers the gap
+                log.warning("the cancel channel is unreachable (%s); polling the records meanwhile", exc)
+                if pubsub is not None:
+                    pubsub.close()
+                pubsub = None
+                self._stop.wait(min(self.poll, max(0.0, due - time.monotonic())))
+            if time.monotonic() >= due:
+                self._check()
+                due = time.monotonic() + self.poll
+        if pubsub is not None:
+            pubsub.close()

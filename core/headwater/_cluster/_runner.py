@@ -1,0 +1,422 @@
+"""A cluster's worker: runs the downloads the scheduler sends it, one per Dramatiq worker thread.
+
+:meth:`ClusterWorker.run` is the body of the actor. For one
+:class:`~headwater._cluster._message.Assignment` (a download holding a slot
+of its source) it:
+
+1. reads the record from PostgreSQL and checks the slot's lease is still
+   held (else the message is stale: redelivered after its worker died, or
+   its attempt moved on, and it does nothing);
+2. marks it RUNNING with one conditional write from the state and attempts
+   the scheduler wrote (refused: cancelled meanwhile, or another worker
+   took it), and gives the slot back unused if refused;
+3. builds the same ``ctx`` a local engine gives plugins and runs the attempt
+   with the code the local engine runs it with
+   (:func:`~headwater._attempt.run_attempt`), while the process's
+   :class:`~headwater._cluster._keeper.LeaseKeeper` renews the lease and
+   its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
+   cancel; a lost lease or a cancel sets ``ctx.cancelled``;
+4. ends the record with one conditional write (COMPLETED, FAILED, or QUEUED
+   again for a retry, a Retry-After pause, an interrupt or a lost lease),
+   which a cancel or a later attempt makes refuse; a file landed by an
+   attempt whose end was refused is deleted, as a local engine deletes one
+   landed after a cancel;
+5. releases the slot.
+
+Nothing it raises reaches Dramatiq, so every message is acknowledged when
+its download's attempt has ended.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import attrs
+import redis
+
+from headwater._attempt import (
+    Attempt,
+    completion,
+    deadline,
+    described_changes,
+    failing,
+    moved_down,
+    run_attempt,
+    try_again,
+    with_progress,
+)
+from headwater._chains import Taker, find_taker, translate
+from headwater._clock import SystemClock
+from headwater._cluster._cancels import CHANNEL, CancelWatch
+from headwater._cluster._keeper import LeaseKeeper
+from headwater._cluster._limits import PREFIX, RedisLimits
+from headwater._cluster._message import Assignment
+from headwater._cluster._pgstore import PostgresStore
+from headwater._context import DownloadContext
+from headwater._errors import HeadwaterError, RetryAfter, StoreError
+from headwater._files import discard_landed
+from headwater._policy import RatePolicy
+from headwater._records import Job, Record, State, Tried
+from headwater._redact import protect, register
+from headwater._sources import Source, SourceRegistry
+from headwater._store import Swap
+from headwater._watchdog import Watchdog
+
+log = logging.getLogger("headwater.cluster")
+
+
+@attrs.define
+class _Running:
+    """A download this worker runs: its record as last written, its context, its slot."""
+
+    record: Record
+    ctx: DownloadContext
+    assignment: Assignment
+    lost: threading.Event = attrs.field(factory=threading.Event)  # its lease was lost
+    policy: RatePolicy = attrs.field(factory=RatePolicy)  # its source's, for its timeouts
+
+
+class ClusterWorker:
+    """Runs assignments of a cluster in this process (see the module's steps).
+
+    Args:
+        dest_dir: where downloads land whose record names no ``dest_dir``.
+            Records name theirs (chosen at submit): the folder must be the
+            same, shared, on every worker host.
+        store: the cluster's records; the worker owns it (closes it).
+        client: a redis-py client of the Redis holding the limits (with a
+            ``socket_timeout``).
+        registry: the loaded sources (:func:`~headwater._cluster._setup.sources`);
+            every worker host has the same installed.
+        prefix: the limits' key prefix (as the scheduler's).
+        channel: the cancel channel (as the cancellers').
+        poll: seconds between checks of the running downloads' records
+            (the cancel's fallback; also how soon a lost cancel is seen).
+
+    Thread-safe: :meth:`run` is called from any number of threads at once.
+    """
+
+    def __init__(
+        self,
+        dest_dir: str | os.PathLike[str],
+        *,
+        store: PostgresStore,
+        client: redis.Redis,
+        registry: SourceRegistry,
+        prefix: str = PREFIX,
+        channel: str = CHANNEL,
+        poll: float = 1.0,
+    ) -> None:
+        self.dest_dir = Path(dest_dir).expanduser().resolve()
+        self._store = store
+        self._client = client
+        self._prefix = prefix
+        self._registry = registry
+        self._secrets = register(self._registry.secret_values())
+        self._limits: dict[str, RedisLimits] = {}
+        self._loggers: dict[str, logging.Logger] = {}
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self._keeper: LeaseKeeper | None = None
+        self._watchdog = Watchdog(SystemClock(), self._expire, "headwater-cluster-watchdog")
+        self._watch = CancelWatch(client, self._gone, poll=poll, channel=channel)
+        store.attach(self._snapshots)
+
+    # -- the actor's body ----------------------------------------------------------
+
+    def run(self, assignment: Assignment) -> Record | None:
+        """Run the download ``assignment`` names, if it is still its to run; the record as it ended.
+
+        Returns None when it did not run (a stale message, a cancel before
+        it began, the records unreachable). Never raises.
+        """
+        try:
+            return self._run(assignment)
+        except Exception:  # the last resort: the message is acknowledged, the scheduler sees the record
+            log.exception("running download %s failed", assignment.download_id)
+            return None
+
+    def _run(self, a: Assignment) -> Record | None:
+        source = self._source(a.source)
+        limits = self._limits_of(a.source, a.lease)
+        seen = self._store.fetch([a.download_id]).get(a.download_id)
+        if seen is None or seen.state is not State.QUEUED or seen.attempts != a.attempts:
+            log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
+            limits.release(a.holder, time.monotonic(), started=False)
+            return None
+        if not limits.renew(a.holder, time.monotonic()):
+            log.info("download %s: the slot of attempt %d is no longer held", a.download_id, a.attempt)
+            return None
+        now = time.time()
+        running = attrs.evolve(
+            seen,
+            state=State.RUNNING,
+            attempts=a.attempt,
+            started_at=now,
+            updated_at=now,
+            dest_dir=seen.dest_dir or str(self.dest_dir),
+        )
+        if self._closing or not self._store.commit_if([Swap.over(seen, running)])[0]:
+            limits.release(a.holder, time.monotonic(), started=False)
+            return None
+        if source is None:
+            error = f"source {a.source!r} is not loaded on worker {socket.gethostname()}/{os.getpid()}"
+            return self._end(a, limits, running, None, Attempt(None, None, 0, error, None, False))
+        folder = Path(running.dest_dir or self.dest_dir)
+        ctx = DownloadContext(
+            folder,
+            self._logger(source.name),
+            time.monotonic,
+            None,
+            running.existing or source.policy.existing,
+            source.settings.values,
+            functools.partial(self._describe, a.download_id),
+        )
+        mine = _Running(running, ctx, a, policy=source.policy)
+        with self._lock:
+            self._running[a.download_id] = mine
+        self._keep(mine, limits)
+        self._watch.watch(a.download_id, ctx.cancelled.set)
+        if source.policy.watched:
+            self._watchdog.poke()
+        mapped, why = translate(source, running.target)
+        if mapped is None:
+            tried = Attempt(None, None, 0, f"declined: {why}", None, False)
+        else:
+            job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
+            tried = run_attempt(source, job, ctx)
+        return self._end(a, limits, mine.record, mine, tried)
+
+    def _end(
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+    ) -> Record | None:
+        """Write the attempt's end over ``running``, release the slot; the record written, None if refused."""
+        try:
+            wrote, pause = self._write_end(a, limits, running, mine, tried)
+            if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
+                discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
+            if pause is not None:
+                limits.pause_until(time.monotonic() + pause, time.monotonic())
+            return wrote
+        finally:
+            if mine is not None:
+                self._watch.unwatch(a.download_id)
+                if self._keeper is not None:
+                    self._keeper.drop(a.holder)
+                with self._lock:
+                    self._running.pop(a.download_id, None)
+            limits.release(a.holder, time.monotonic())
+
+    def _write_end(
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+    ) -> tuple[Record | None, float | None]:
+        """The conditional write of the attempt's end; (the record written or None, a Retry-After pause).
+
+        A Retry-After is judged with the pauses the download waited out on
+        its source so far, which Redis keeps across attempts and workers.
+        """
+        latest = running if mine is None else with_progress(running, mine.ctx)
+        pause: float | None = None
+        waited: Job | None = None
+        if tried.path is not None:
+            changes = completion(tried)
+            state = State.COMPLETED
+        elif mine is not None and (mine.ctx.interrupted.is_set() or mine.lost.is_set()):
+            changes, state = {"speed": 0.0, "time_remaining": None}, State.QUEUED  # to run again
+        else:
+            rounds, total = (
+                limits.waited(a.download_id) if isinstance(tried.failure, RetryAfter) else (0, 0.0)
+            )
+            job = Job(a.download_id, a.source, running.target, None, a.attempt, rounds, total)
+            policy = self._policy(a.source)
+            again = try_again(policy, job, latest, tried.error, tried.failure)
+            if isinstance(again, str):
+                changes, state = self._next_source(latest, again)
+            else:
+                changes = {"error": tried.error, "retries": again.retries, "speed": 0.0}
+                changes["time_remaining"] = None
+                state, pause = State.QUEUED, again.pause
+                waited = again.job if again.pause is not None else None
+        new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        try:
+            applied = self._store.commit_if([Swap.over(running, new)])[0]
+        except StoreError as exc:
+            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, state.value)
+            return None, None
+        if not applied:
+            log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
+            return None, None
+        if state is State.FAILED:
+            log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
+        if waited is not None:
+            limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
+        return new, pause
+
+    def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
+        """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).
+
+        Asks the fallbacks' ``translate_target`` in turn (here, on the
+        worker), as a local engine does; a fallback not loaded here fails it.
+        """
+        taker: Taker | None = None
+        declined: tuple[Tried, ...] = ()
+        if record.fallbacks:
+            try:
+                taker, declined = find_taker(
+                    (self._registry.resolve(n) for n in record.fallbacks), record.target
+                )
+            except HeadwaterError as exc:
+                error = f"{error}; its fallback cannot be asked on this worker: {exc}"
+        if taker is None:
+            return failing(record, error, declined), State.FAILED
+        log.info(
+            "download %s failed on %s (%s); trying %s", record.id, record.source, error, taker.source.name
+        )
+        return moved_down(record, error, taker, declined), State.QUEUED
+
+    # -- what runs beside the downloads ----------------------------------------------
+
+    def _keep(self, mine: _Running, limits: RedisLimits) -> None:
+        """Renew ``mine``'s lease while it runs; a lost lease stops it (``ctx.cancelled``)."""
+        a = mine.assignment
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = LeaseKeeper(a.lease / 3)
+            keeper = self._keeper
+
+        def lost() -> None:
+            mine.lost.set()
+            mine.ctx.cancelled.set()
+
+        keeper.keep(a.holder, lambda: limits.renew(a.holder, time.monotonic()), a.lease, lost)
+
+    def _expire(self, now: float) -> float | None:
+        """End every download past its source's timeout or stall timeout; the watchdog's check.
+
+        As in one process: the download is FAILED (or moves down its chain)
+        at once and its ``ctx.cancelled`` set; its attempt's own end is
+        then refused (a file it lands is deleted), and it keeps its slot
+        until ``download_impl`` returns. Returns the next deadline, or None.
+        """
+        with self._lock:
+            watched = [m for m in self._running.values() if m.policy.watched and not m.ctx.cancelled.is_set()]
+        next_due: float | None = None
+        for mine in watched:
+            due, why = deadline(mine.policy, mine.ctx)
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            mine.ctx.cancelled.set()
+            with self._lock:
+                record = mine.record
+            latest = with_progress(record, mine.ctx)
+            changes, state = self._next_source(latest, why)
+            new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+            try:
+                self._store.commit_if([Swap.over(record, new)])
+            except StoreError as exc:
+                log.error("%s; download %s %s, not written", exc, record.id, why)
+            mine.ctx.logger.info("download %s %s", record.id, why)
+        return next_due
+
+    def _gone(self, ids: Collection[str]) -> list[str]:
+        """Of ``ids`` (downloads this worker runs), those whose records say they are no longer its own."""
+        found = self._store.fetch(ids)
+        with self._lock:
+            mine = {i: self._running[i].assignment.attempt for i in ids if i in self._running}
+        return [
+            i
+            for i, attempt in mine.items()
+            if (r := found.get(i)) is None or r.state is not State.RUNNING or r.attempts != attempt
+        ]
+
+    def _describe(
+        self,
+        download_id: str,
+        ctx: DownloadContext,
+        display_name: str | None,
+        username: str | None,
+        fields: Mapping[str, object],
+    ) -> None:
+        """``ctx.describe``'s effect: the RUNNING record gains the name and fields, conditionally written."""
+        with self._lock:
+            mine = self._running.get(download_id)
+            if mine is None or mine.ctx is not ctx:
+                return
+            record = mine.record
+            changes = described_changes(record, display_name, username, fields)
+            new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+            if self._store.commit_if([Swap.over(record, new)])[0]:
+                mine.record = new
+
+    def _snapshots(self) -> list[Record]:
+        """The running records with their progress, for the store's progress writes."""
+        with self._lock:
+            running = list(self._running.values())
+        return [with_progress(m.record, m.ctx) for m in running]
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def _source(self, name: str) -> Source | None:
+        try:
+            return self._registry.resolve(name)
+        except HeadwaterError:
+            return None
+
+    def _policy(self, name: str) -> RatePolicy:
+        source = self._source(name)
+        return RatePolicy() if source is None else source.policy
+
+    def _limits_of(self, name: str, lease: float) -> RedisLimits:
+        """The source's limits (for renewals and releases: the policy is the scheduler's to apply)."""
+        with self._lock:
+            found = self._limits.get(name)
+            if found is None or found.lease != lease:
+                found = RedisLimits(self._client, name, self._policy(name), lease=lease, prefix=self._prefix)
+                self._limits[name] = found
+            return found
+
+    def _logger(self, name: str) -> logging.Logger:
+        logger = logging.getLogger(f"headwater.source.{name}")
+        protect(logger)  # settings: no secret value in what the source logs
+        return logger
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Stop every running download without cancelling it: each goes back to QUEUED, for the scheduler.
+
+        Sets ``ctx.interrupted``, then ``ctx.cancelled``, as a local engine
+        does on Ctrl-C; runs nothing new from now on. The running
+        ``run`` calls end their attempts as their plugins return.
+        """
+        self._closing = True
+        with self._lock:
+            running = list(self._running.values())
+        for mine in running:
+            mine.ctx.interrupted.set()
+            mine.ctx.cancelled.set()
+
+    def running(self) -> int:
+        """Downloads running in this worker now."""
+        return len(self._running)
+
+    def close(self) -> None:
+        """Interrupt what runs, stop the keeper and the watch, close the store."""
+        self.interrupt()
+        self._watch.close(5.0)
+        watchdog = self._watchdog.close()
+        if watchdog is not None:
+            watchdog.join(5.0)
+        if self._keeper is not None:
+            self._keeper.close(5.0)
+        self._store.close()
+        self._secrets.release()

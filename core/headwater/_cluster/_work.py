@@ -1,0 +1,96 @@
+"""One worker process of a cluster: Dramatiq's worker running :class:`ClusterWorker` for each message.
+
+What ``headwater worker`` runs: :class:`WorkerProcess` opens the records
+(PostgreSQL) and the limits (Redis) named by a
+:class:`~headwater._config.ClusterConfig`, declares the download actor on
+Dramatiq's Redis broker, and starts Dramatiq's own worker with ``threads``
+threads, each running one download at a time, and the process's
+:class:`~headwater._cluster._dispatch.Dispatcher`. It holds up to twice as
+many messages as it has threads, so that a thread that ends a download
+finds the next at hand (a message waiting here keeps its slot: the
+scheduler renews the lease of a download sent and not yet RUNNING).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dramatiq
+
+from headwater._cluster._dispatch import Dispatcher
+from headwater._cluster._message import QUEUE, broker, declare
+from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._runner import ClusterWorker
+from headwater._cluster._setup import redis_client
+from headwater._config import ClusterConfig
+from headwater._sources import SourceRegistry
+
+#: Milliseconds an idle worker waits at most between asks for messages (Dramatiq's backoff grows to it).
+POLL_MS = 10
+
+
+class WorkerProcess:
+    """Dramatiq's worker, started, running this process's downloads until :meth:`stop`.
+
+    Args:
+        config: the cluster.
+        dest_dir: where downloads whose record names no folder land.
+        threads: downloads run at once (>= 1).
+        registry: the loaded sources (:func:`~headwater._cluster._setup.sources`).
+        poll: seconds between checks of the running downloads' records.
+        schedule: also contend for the scheduler's lease (a
+            :class:`~headwater._cluster._dispatch.Dispatcher`): one process of
+            the cluster schedules, and another takes over if it dies.
+
+    Raises StoreError when the records cannot be opened, ``redis.RedisError``
+    when the broker cannot be reached.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        dest_dir: str | os.PathLike[str],
+        *,
+        threads: int = 8,
+        registry: SourceRegistry,
+        poll: float = 1.0,
+        schedule: bool = True,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"a worker needs at least one thread, got {threads!r}")
+        client = redis_client(config.broker)
+        client.ping()
+        store = PostgresStore(config.postgres, schema=config.schema)
+        try:
+            self.runner = ClusterWorker(
+                dest_dir,
+                store=store,
+                client=client,
+                registry=registry,
+                prefix=config.limits_prefix,
+                channel=config.cancel_channel,
+                poll=poll,
+            )
+        except BaseException:
+            store.close()
+            raise
+        self.broker = broker(config.broker, namespace=config.prefix)
+        declare(self.broker, self.runner.run)
+        self._worker = dramatiq.Worker(
+            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
+        )
+        self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
+        self._worker.start()
+        self.dispatcher: Dispatcher | None = None
+        if schedule:
+            self.dispatcher = Dispatcher(config, registry)
+            self.dispatcher.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Interrupt the running downloads (back to QUEUED), stop Dramatiq's worker, close everything."""
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        self.runner.interrupt()
+        self._worker.stop(timeout=int(timeout * 1000))
+        self.runner.close()
+        self.broker.close()

@@ -1,0 +1,136 @@
+"""Worker processes of a cluster for tests: ``headwater worker`` for real.
+
+:class:`Cluster` holds one cluster's configuration (the local Redis and
+PostgreSQL, a key prefix and a schema of its own, so that test runs never
+share a queue), the ``clustered`` source installed for its processes
+(tests/cluster_plugin.py), and the worker processes it started; the
+``cluster`` fixture (cluster_fixtures) stops them all and deletes the cluster's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cluster_plugin
+from child_env import isolated_env
+
+from headwater import Record, State
+from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._setup import sources
+from headwater._config import ClusterConfig, load_config
+from headwater._sources import PolicyOverride, SourceRegistry
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Cluster:
+    """One cluster's configuration, folders and worker processes.
+
+    ``policies`` is TOML added to its headwater.toml (``[sources.NAME]`` tables).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        pg_url: str,
+        schema: str,
+        lease: float,
+        redis_url: str = REDIS_URL,
+        policies: str = "",
+    ) -> None:
+        self.config = ClusterConfig(redis_url, pg_url, schema, lease, f"hwtest-{uuid.uuid4().hex[:12]}")
+        self.dest = (root / "dest").resolve()
+        self.dest.mkdir()
+        self.events = root / "events"
+        self.events.mkdir()
+        self.config_file = root / "headwater.toml"
+        self.config_file.write_text(
+            "[cluster]\n"
+            f'broker = "{redis_url}"\n'
+            f'postgres = "{pg_url}"\n'
+            f'schema = "{schema}"\n'
+            f"lease = {lease}\n"
+            f'prefix = "{self.config.prefix}"\n' + policies
+        )
+        plugins = self.plugins = cluster_plugin.install(root / "plugins")
+        self.env = isolated_env(root / "home")
+        self.env.update(
+            PYTHONPATH=os.pathsep.join([str(plugins), *sys.path]),
+            HEADWATER_LOAD_PLUGINS=",".join(cluster_plugin.NAMES),
+            **{cluster_plugin.DIR_ENV: str(self.events)},
+        )
+        self.workers: list[subprocess.Popen[str]] = []
+
+    def registry(self) -> SourceRegistry:
+        """The installed sources, loaded in this process as a worker loads them (a module each)."""
+        loaded: dict[str, object] = {}
+        for name in cluster_plugin.NAMES:
+            spec = importlib.util.spec_from_file_location(
+                f"{name}_source", self.plugins / f"{name}_source.py"
+            )
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        policies = load_config(self.config_file).policies
+        return sources(plugins=loaded, policies={n: PolicyOverride(p) for n, p in policies.items()})
+
+    def start_worker(self, threads: int = 2) -> subprocess.Popen[str]:
+        """A ``headwater worker`` process, returned once it says it runs."""
+        command = [sys.executable, "-m", "headwater.cli", "--config", str(self.config_file), "worker"]
+        child = subprocess.Popen(
+            [*command, "--threads", str(threads), "--dest", str(self.dest)],
+            env=self.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.workers.append(child)
+        assert child.stderr is not None
+        line = child.stderr.readline()
+        assert line.startswith("headwater: worker"), f"the worker did not start: {line}{child.stderr.read()}"
+        return child
+
+    def stop(self) -> None:
+        for child in self.workers:
+            if child.poll() is None:
+                with_signal(child, signal.SIGCONT)
+                child.terminate()
+        for child in self.workers:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            if child.stderr is not None:
+                child.stderr.close()
+
+
+def queued(store: PostgresStore, target: str, dest: Path) -> Record:
+    """A new QUEUED record of ``clustered`` for ``target``, landing in ``dest``, written."""
+    now = time.time()
+    record = Record(
+        uuid.uuid4().hex, "clustered", target, None, "clustered", State.QUEUED, now, now, dest_dir=str(dest)
+    )
+    store.commit([record])
+    return record
+
+
+def with_signal(child: subprocess.Popen[str], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, signum)
+
+
+def wait_until(check: object, timeout: float, what: str, step: float = 0.01) -> None:
+    """Poll ``check()`` until it is true; fail saying ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(step)
