@@ -393,9 +393,10 @@ class EngineMachine(RuleBasedStateMachine):
     @logged
     def restart(self) -> None:
         """Close the engine as an interrupted process would, and start another on its journal."""
-        for job in self.live():
+        for job in self.jobs.values():  # removed ones too: a removed job that ignores its cancel still runs
             if job.behaviour == "ignore":
-                self.open_gate(job)  # it outlives the close otherwise
+                self.open_gate(job)  # it outlives the close otherwise, and runs beside the next engine's
+        for job in self.live():
             if not self.engine.get(job.id).state.terminal:
                 job.interrupted = True
         stuck = self.engine.close(timeout=WAIT, interrupt=True)
