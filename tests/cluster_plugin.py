@@ -16,6 +16,7 @@ Targets:
     ``stubborn:GATE:NAME``: as ``wait`` but ignores cancels; it lands NAME
         once GATE exists and logs ``stubborn-landed``.
     ``nap:SECONDS:NAME``: sleep SECONDS, then as ``ok``.
+    ``fail``: raise RuntimeError (not transient).
     ``flaky``: raise TransientError.
     ``pause:SECONDS``: raise RetryAfter(SECONDS).
     ``describe:NAME``: ``ctx.describe(display_name="described NAME", color="red")``, then as ``ok``.
@@ -66,6 +67,8 @@ def download_impl(job, ctx):  # type: ignore[no-untyped-def]
             seconds, _, name = rest.partition(":")
             time.sleep(float(seconds))
             return _land(ctx, name)
+        if kind == "fail":
+            raise RuntimeError("broken")
         if kind == "flaky":
             raise TransientError("flaky: try again")
         if kind == "pause":

@@ -244,6 +244,18 @@ def test_status_and_cancel_read_and_cancel_the_clusters_records(cluster: Cluster
     assert first[-12:] in shown.stdout and second[-12:] not in shown.stdout
 
 
+def test_get_downloads_through_the_cluster_and_prints_where_each_file_went(cluster: Cluster) -> None:
+    cluster.start_worker(threads=2)
+    config = ["--config", str(cluster.config_file)]
+    done = run_headwater(
+        cluster.env, *config, "get", "clustered", "ok:g1.txt", "ok:g2.txt", "--dest", str(cluster.dest)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"ok:g{i}.txt -> {cluster.dest / f'g{i}.txt'}" for i in (1, 2)]
+    failed = run_headwater(cluster.env, *config, "get", "clustered", "fail", "--dest", str(cluster.dest))
+    assert failed.returncode == 1 and "fail: failed: RuntimeError: broken" in failed.stderr
+
+
 def test_a_worker_without_a_cluster_table_says_what_is_missing(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('destination = "x"\n')

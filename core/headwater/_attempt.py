@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 import attrs
 
+from headwater._chains import Taker
 from headwater._context import DownloadContext
 from headwater._contract import returned_file
 from headwater._discovery import one_line
@@ -161,6 +162,27 @@ def failing(record: Record, error: str, skipped: tuple[Tried, ...] = ()) -> dict
     }
 
 
+def moved_down(record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]) -> dict[str, object]:
+    """The fields of ``record`` QUEUED again on ``taker``'s source after it failed with ``error``.
+
+    ``taker`` and ``declined`` are :func:`~headwater._chains.find_taker`'s
+    answer for the record's ``fallbacks``; its ``tried`` gains this source's
+    failure and ``declined``, and the attempt's progress is reset.
+    """
+    return {
+        "source": taker.source.name,  # the name now, should the chain say an alias
+        "tried": (*record.tried, Tried(record.source, error), *declined),
+        "fallbacks": record.fallbacks[taker.index + 1 :],
+        "error": error,
+        "retries": 0,
+        "progress": 0.0,
+        "size": None,
+        "transferred": 0,
+        "speed": 0.0,
+        "time_remaining": None,
+    }
+
+
 def redacted(fields: Mapping[str, object]) -> dict[str, object]:
     """``fields`` with secret setting values taken out of its strings (see :mod:`headwater._redact`)."""
     return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
@@ -176,6 +198,18 @@ def described_changes(
     if username is not None:
         changes["username"] = redact(username)
     return changes
+
+
+def deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
+    """When a download running under ``policy`` with ``ctx`` expires (its clock), and what to call it then."""
+    due, why = float("inf"), ""
+    if policy.timeout is not None:
+        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
+    if policy.stall_timeout is not None:
+        stalled = ctx.last_progress[2] + policy.stall_timeout
+        if stalled < due:
+            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
+    return due, why
 
 
 def with_progress(record: Record, ctx: DownloadContext) -> Record:

@@ -13,25 +13,11 @@ from collections.abc import Iterable
 
 import attrs
 
-from headwater._attempt import with_progress
-from headwater._context import DownloadContext
+from headwater._attempt import deadline, with_progress
 from headwater._download import Phase
 from headwater._outcomes import fail
-from headwater._policy import RatePolicy
 from headwater._records import State
 from headwater._shard import Shard
-
-
-def deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
-    """When a download running under ``policy`` with ``ctx`` expires, and what to call it then."""
-    due, why = float("inf"), ""
-    if policy.timeout is not None:
-        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
-    if policy.stall_timeout is not None:
-        stalled = ctx.last_progress[2] + policy.stall_timeout
-        if stalled < due:
-            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
-    return due, why
 
 
 @attrs.frozen

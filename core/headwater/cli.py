@@ -64,7 +64,7 @@ from headwater._records import Record, State
 from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater._settings import SettingInfo, SettingsLayers
-from headwater._sources import PolicyOverride, SourceInfo
+from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
 from headwater.client import Client, Watch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -396,6 +396,9 @@ def get(
         raise _interrupted(exc, _nothing_queued(len(targets))) from None
     if through is not None:
         _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
+        return
+    if _app().config.cluster is not None:
+        _get_in_cluster(chain, targets, dest, existing, timeout, as_json)
         return
     with _journaled_engine(dest) as engine:
         ids: list[str] = []
@@ -914,7 +917,6 @@ def worker(threads: int, dest: Path | None) -> None:
         where = config.path or "headwater.toml"
         raise Failure(f"`headwater worker` needs a [cluster] table (broker, postgres) in {where}", EXIT_USAGE)
     try:
-        from headwater._cluster._setup import sources
         from headwater._cluster._work import WorkerProcess
     except ImportError as exc:
         raise Failure(
@@ -925,15 +927,7 @@ def worker(threads: int, dest: Path | None) -> None:
     folder = _made_folder(dest or config.destination or Path.cwd())
     try:
         with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
-            registry = sources(
-                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
-                load=config.load,
-                block=config.block,
-                settings_layers=SettingsLayers(
-                    keystore=app.keystore, config=config.settings, config_path=config.path
-                ),
-            )
-            running = WorkerProcess(config.cluster, folder, threads=threads, registry=registry)
+            running = WorkerProcess(config.cluster, folder, threads=threads, registry=_cluster_sources(app))
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     except (HeadwaterError, ValueError, OSError) as exc:
@@ -1162,6 +1156,70 @@ class _ClusterRecords:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _cluster_sources(app: App) -> SourceRegistry:
+    """The sources a cluster's process loads: as an engine of the command line loads them."""
+    from headwater._cluster._setup import sources
+
+    config = app.config
+    return sources(
+        policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+        load=config.load,
+        block=config.block,
+        settings_layers=SettingsLayers(
+            keystore=app.keystore, config=config.settings, config_path=config.path
+        ),
+    )
+
+
+def _get_in_cluster(
+    chain: list[str],
+    targets: tuple[str, ...],
+    dest: Path | None,
+    existing: Existing | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """``get`` on the cluster ``[cluster]`` names: queued there, waited for, each result printed.
+
+    Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
+    go on in the cluster (`headwater status` follows them).
+    """
+    from headwater._cluster._client import ClusterClient
+
+    app = _app()
+    config = app.config
+    assert config.cluster is not None
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            client = ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, OSError) as exc:
+        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
+    with client:
+        ids: list[str] = []
+        try:
+            for target in targets:
+                ids.append(client.submit(chain if len(chain) > 1 else chain[0], target, existing=existing))
+            records = client.wait(ids, timeout=timeout)
+        except StoreError as exc:
+            raise Failure(str(exc), EXIT_JOURNAL) from exc
+        except (HeadwaterError, ValueError) as exc:  # a target refused
+            queued = f"; before it, {len(ids)} of {len(targets)} were queued in the cluster" if ids else ""
+            raise Failure(f"{exc}{queued}", EXIT_USAGE) from exc
+        except (KeyboardInterrupt, TimeoutError) as exc:
+            _ignore_interrupts()
+            what = f"{len(ids)} download(s) go on in the cluster (`headwater status` follows them)"
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(exc, what) from None
+            raise Failure(f"{exc}: {what}", EXIT_FAILED) from None
+    if not as_json:
+        for record in records:
+            _result_line(record)
+    _finish(records, as_json)
 
 
 def _cluster_records() -> _ClusterRecords | None:

@@ -220,7 +220,8 @@ class Dispatcher:
             if sent is not None:  # the attempt sent ended without ending the download
                 self._ended(record.id)
                 retry = before is not None and record.retries > before.retries
-                self._queue(record, front=not retry, retry=retry)
+                moved = before is not None and before.source != record.source  # down its chain: at the back
+                self._queue(record, front=not (retry or moved), retry=retry)
             elif before is None:
                 self._queue(record, front=False)
             elif before.state is State.RUNNING:  # its attempt ended after the sweep gave it up
