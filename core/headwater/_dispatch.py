@@ -7,7 +7,7 @@ back into it: :meth:`Dispatcher.begin` (the check-and-set on the download,
 the RUNNING record), :func:`~headwater._attempt.run_attempt`
 (``download_impl``), :meth:`Dispatcher.settle` (the end, through
 :mod:`headwater._outcomes`), and after it, without locks, a move down a
-fallback chain (:func:`headwater._chains.fall_back`) and waking waiters.
+fallback chain (:func:`headwater._fallback.fall_back`) and waking waiters.
 The watchdog checks :meth:`Dispatcher.expire` (:mod:`headwater._expiry`);
 the store's flusher reads :meth:`~headwater._shard.Shards.running_snapshots`.
 """
@@ -22,13 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from headwater._attempt import Attempt, described_changes, run_attempt
-from headwater._chains import fall_back
 from headwater._changes import ChangeFeed
 from headwater._clock import Clock
 from headwater._context import DownloadContext
 from headwater._download import Download, Phase
 from headwater._ended import Ended
 from headwater._expiry import expire
+from headwater._fallback import fall_back
 from headwater._outcomes import Settled, settle
 from headwater._records import State
 from headwater._shard import Home, Shard, Shards

@@ -34,7 +34,7 @@ class Settled:
         verdict: for the worker: queue the download again, pause the source.
         fall_back: the error to move the download down its chain with, or
             None (it is still RUNNING on its shard then: see
-            :func:`headwater._chains.fall_back`).
+            :func:`headwater._fallback.fall_back`).
         failed: the error it FAILED with, or None.
     """
 
