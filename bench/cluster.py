@@ -14,7 +14,11 @@ one of which schedules:
     processes of ``--threads`` threads (``[sources.http] concurrency`` =
     ``--jobs``), against ``aria2c -j --jobs`` in the same run.
 
-    python bench/cluster.py [--noop 2000] [--serial 100] [--small 2000] [--small-kib 64]
+(3) limits: ``--limits`` no-op downloads of a source of concurrency 2 on 3
+    worker processes of 4 threads; the most running at once, from the
+    plugin's own log of each start and end.
+
+    python bench/cluster.py [--noop 2000] [--serial 100] [--limits 10000] [--small 2000] [--small-kib 64]
                             [--jobs 16] [--workers 2] [--threads 8] [--rounds 2]
 """
 
@@ -59,12 +63,22 @@ def _bench_http():  # type: ignore[no-untyped-def]
 
 
 NOOP = """
+import os, time
 from headwater import RatePolicy, hookimpl
+
+def log(kind, job):
+    where = os.environ.get("HW_BENCH_LOG")
+    if where:
+        fd = os.open(where, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, f"{kind} {job.id} {time.time():.6f}\\n".encode())
+        os.close(fd)
 
 @hookimpl
 def download_impl(job, ctx):
+    log("start", job)
     path = ctx.dest_dir / job.id
     path.touch()
+    log("end", job)
     return path
 
 @hookimpl
@@ -89,7 +103,7 @@ def install_noop(folder: Path) -> Path:
 
 @contextmanager
 def cluster(
-    root: Path, workers: int, threads: int, jobs: int, plugins: Path
+    root: Path, workers: int, threads: int, jobs: int, plugins: Path, noop_concurrency: int = 64
 ) -> Iterator[tuple[ClusterConfig, Path]]:
     """A cluster of ``workers`` worker processes with its own names; stopped and removed afterwards."""
     tag = uuid.uuid4().hex[:10]
@@ -100,6 +114,7 @@ def cluster(
     config_file.write_text(
         f'[cluster]\nbroker = "{REDIS_URL}"\npostgres = "{PG_URL}"\nschema = "{config.schema}"\n'
         f'lease = {config.lease}\nprefix = "{config.prefix}"\n[sources.http]\nconcurrency = {jobs}\n'
+        f"[sources.noop]\nconcurrency = {noop_concurrency}\n"
     )
     path = [p for p in sys.path if p and os.path.abspath(p) != HERE]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugins), *path]))
@@ -133,6 +148,21 @@ def cluster(
             conn.execute(f'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')
 
 
+def commit_latency(count: int = 100) -> float:
+    """Median milliseconds of a one-row commit with a NOTIFY now (what each state change waits for)."""
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS hw_bench_probe (x int)")
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            with conn.transaction():
+                conn.execute("INSERT INTO hw_bench_probe VALUES (1)")
+                conn.execute("NOTIFY hw_bench_probe")
+            times.append(time.perf_counter() - began)
+        conn.execute("DROP TABLE hw_bench_probe")
+    return statistics.median(times) * 1000
+
+
 def run(client: ClusterClient, source: str, targets: list[str], folder: Path | None = None) -> float:
     """Submit ``targets`` at once (into ``folder``) and wait for all; the wall seconds.
 
@@ -154,6 +184,7 @@ def main() -> None:
     )
     parser.add_argument("--noop", type=int, default=2000)
     parser.add_argument("--serial", type=int, default=100)
+    parser.add_argument("--limits", type=int, default=10000, help="downloads of the concurrency-2 run (3)")
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=16)
@@ -164,6 +195,7 @@ def main() -> None:
     if shutil.which("aria2c") is None:
         raise SystemExit("aria2c is not installed (Debian: apt-get install aria2)")
     web = _bench_http()
+    latency = commit_latency()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -194,6 +226,25 @@ def main() -> None:
                 f"{sum(serial):.2f}",
                 f"{args.serial / sum(serial):,.0f}",
                 f"p50 {statistics.median(serial) * 1000:.1f} / p90 {p90 * 1000:.1f}",
+            ]
+        )
+        log = root / "events.log"
+        os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
+        with (
+            cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest),
+            ClusterClient(config, dest, registry=registry) as client,
+        ):
+            run(client, "noop", ["warm-up"])
+            log.unlink()
+            took = run(client, "noop", [f"c{i}" for i in range(args.limits)])
+        del os.environ["HW_BENCH_LOG"]
+        rows.append(
+            [
+                f"(3) concurrency 2, no-op x {args.limits}",
+                "3 workers x 4",
+                f"{took:.2f}",
+                f"{args.limits / took:,.0f}",
+                f"at most {peak(log)} running at once",
             ]
         )
         served = root / "served"
@@ -240,6 +291,7 @@ def main() -> None:
         ]
     )
     ratio = statistics.median(aria) / statistics.median(ours)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     rows.append(
         [
             small,
@@ -249,8 +301,22 @@ def main() -> None:
             f"{ratio:.2f}x aria2c",
         ]
     )
-    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL")
+    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
+    print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
     print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
+
+
+def peak(log: Path) -> int:
+    """The most downloads running at once by the plugin's own start and end lines (an end first on a tie)."""
+    edges = []
+    for line in log.read_text().splitlines():
+        kind, _, at = line.split()
+        edges.append((float(at), 1 if kind == "start" else -1))
+    running = most = 0
+    for _, step in sorted(edges):
+        running += step
+        most = max(most, running)
+    return most
 
 
 def _noop_plugin(folder: Path) -> object:

@@ -16,6 +16,7 @@ Targets:
     ``stubborn:GATE:NAME``: as ``wait`` but ignores cancels; it lands NAME
         once GATE exists and logs ``stubborn-landed``.
     ``nap:SECONDS:NAME``: sleep SECONDS, then as ``ok``.
+    ``fail``: raise RuntimeError (not transient).
     ``flaky``: raise TransientError.
     ``pause:SECONDS``: raise RetryAfter(SECONDS).
     ``describe:NAME``: ``ctx.describe(display_name="described NAME", color="red")``, then as ``ok``.
@@ -66,6 +67,8 @@ def download_impl(job, ctx):  # type: ignore[no-untyped-def]
             seconds, _, name = rest.partition(":")
             time.sleep(float(seconds))
             return _land(ctx, name)
+        if kind == "fail":
+            raise RuntimeError("broken")
         if kind == "flaky":
             raise TransientError("flaky: try again")
         if kind == "pause":
@@ -113,8 +116,14 @@ def open_gate(name: str) -> None:
     (folder() / "gates" / name).touch()
 
 
+#: The sources :func:`install` makes of this module: each its own copy (pluggy registers a module once).
+NAMES = ("clustered", "clustered_fast", "clustered_paced", "clustered_capped")
+
+
 def install(target: Path) -> Path:
-    """Make ``target`` hold this module as the installed source ``clustered``; return it."""
+    """Make ``target`` hold this module as the installed sources :data:`NAMES`; return it."""
     from child_env import install_plugin
 
-    return install_plugin(target, "clustered_source", Path(__file__).read_text(), "clustered", "clusteredsrc")
+    for name in NAMES:
+        install_plugin(target, f"{name}_source", Path(__file__).read_text(), name, f"{name}src")
+    return target

@@ -10,6 +10,7 @@ share a queue), the ``clustered`` source installed for its processes
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -23,16 +24,27 @@ from child_env import isolated_env
 
 from headwater import Record, State
 from headwater._cluster._pgstore import PostgresStore
-from headwater._config import ClusterConfig
+from headwater._cluster._setup import sources
+from headwater._config import ClusterConfig, load_config
+from headwater._sources import PolicyOverride, SourceRegistry
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Cluster:
-    """One cluster's configuration, folders and worker processes."""
+    """One cluster's configuration, folders and worker processes.
+
+    ``policies`` is TOML added to its headwater.toml (``[sources.NAME]`` tables).
+    """
 
     def __init__(
-        self, root: Path, pg_url: str, schema: str, lease: float, redis_url: str = REDIS_URL
+        self,
+        root: Path,
+        pg_url: str,
+        schema: str,
+        lease: float,
+        redis_url: str = REDIS_URL,
+        policies: str = "",
     ) -> None:
         self.config = ClusterConfig(redis_url, pg_url, schema, lease, f"hwtest-{uuid.uuid4().hex[:12]}")
         self.dest = (root / "dest").resolve()
@@ -46,16 +58,30 @@ class Cluster:
             f'postgres = "{pg_url}"\n'
             f'schema = "{schema}"\n'
             f"lease = {lease}\n"
-            f'prefix = "{self.config.prefix}"\n'
+            f'prefix = "{self.config.prefix}"\n' + policies
         )
-        plugins = cluster_plugin.install(root / "plugins")
+        plugins = self.plugins = cluster_plugin.install(root / "plugins")
         self.env = isolated_env(root / "home")
         self.env.update(
             PYTHONPATH=os.pathsep.join([str(plugins), *sys.path]),
-            HEADWATER_LOAD_PLUGINS="clustered",
+            HEADWATER_LOAD_PLUGINS=",".join(cluster_plugin.NAMES),
             **{cluster_plugin.DIR_ENV: str(self.events)},
         )
         self.workers: list[subprocess.Popen[str]] = []
+
+    def registry(self) -> SourceRegistry:
+        """The installed sources, loaded in this process as a worker loads them (a module each)."""
+        loaded: dict[str, object] = {}
+        for name in cluster_plugin.NAMES:
+            spec = importlib.util.spec_from_file_location(
+                f"{name}_source", self.plugins / f"{name}_source.py"
+            )
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        policies = load_config(self.config_file).policies
+        return sources(plugins=loaded, policies={n: PolicyOverride(p) for n, p in policies.items()})
 
     def start_worker(self, threads: int = 2) -> subprocess.Popen[str]:
         """A ``headwater worker`` process, returned once it says it runs."""

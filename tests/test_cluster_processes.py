@@ -6,6 +6,7 @@ them schedules; the test submits and cancels through a ClusterClient.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -17,11 +18,11 @@ import redis
 from child_env import isolated_env, run_headwater
 from cluster_child import free_port, private_redis
 from cluster_procs import Cluster, wait_until
+from pg_server import private_postgres
 
 from headwater import RatePolicy, State
 from headwater._cluster._client import ClusterClient
 from headwater._cluster._limits import RedisLimits
-from headwater._cluster._setup import sources
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -58,8 +59,7 @@ def test_a_cancel_reaches_a_download_running_in_a_worker_process_within_a_second
 
 
 def client_of(cluster: Cluster) -> ClusterClient:
-    registry = sources(plugins={"clustered": cluster_plugin})
-    return ClusterClient(cluster.config, cluster.dest, registry=registry)
+    return ClusterClient(cluster.config, cluster.dest, registry=cluster.registry())
 
 
 def limits_of(cluster: Cluster, client: redis.Redis) -> RedisLimits:
@@ -139,6 +139,121 @@ def test_a_source_of_concurrency_2_never_runs_more_than_2_across_3_worker_proces
     assert peak == 2, f"at most 2 at once expected (and 2 reached), saw {peak}"
     assert len({e[3] for e in events_of("start")}) >= 2, "the downloads ran in one process only"
     assert {e[3] for e in events_of("start")} <= {w.pid for w in workers}
+
+
+def test_a_postgresql_restart_mid_run_loses_no_download_and_completes_none_twice(
+    tmp_path: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private server, restarted (fast: every connection and transaction in flight ended) mid-run."""
+    with private_postgres() as server:
+        found = Cluster(tmp_path, server.url, "restarted", lease=2.0)
+        monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+        try:
+            for _ in range(2):
+                found.start_worker(threads=2)
+            with client_of(found) as client:
+                ids = [client.submit("clustered", f"nap:0.1:p{i}.bin") for i in range(20)]
+                client.flush()
+                wait_until(lambda: len(events_of("end")) >= 5, 30, "5 downloads ended")
+                server.ctl("restart")
+                assert len(events_of("end")) < 20, "every download ended before the restart"
+                ended = client.wait(ids, timeout=90)
+        finally:
+            found.stop()
+            keys = list(redis_client.scan_iter(match=found.config.prefix + "*"))
+            if keys:
+                redis_client.delete(*keys)
+    assert {r.state for r in ended} == {State.COMPLETED}
+    assert sorted(p.name for p in found.dest.iterdir()) == sorted(f"p{i}.bin" for i in range(20))  # once each
+
+
+def peak(ids: set[str]) -> int:
+    """The most downloads of ``ids`` running at once, by the plugin's own start and end log."""
+    edges = sorted(
+        [(e[4], 1) for e in events_of("start") if e[1] in ids]
+        + [(e[4], -1) for e in events_of("end") if e[1] in ids]
+    )
+    running = most = 0
+    for _, step in edges:  # an end at the same instant as a start counts first
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_each_source_keeps_its_own_limits_across_3_workers_and_others_run_at_full_speed(
+    tmp_path: Path, pg_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policies = (
+        "[sources.clustered_fast]\nconcurrency = 8\n"
+        "[sources.clustered_paced]\nconcurrency = 1\ndelay = 0.3\n"
+        "[sources.clustered_capped]\nconcurrency = 8\nper_minute = 4\n"
+    )
+    found = Cluster(tmp_path, pg_url, pg_schema, lease=2.0, policies=policies)
+    monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+    try:
+        for _ in range(3):
+            found.start_worker(threads=4)
+        with client_of(found) as client:
+            slow = [client.submit("clustered", f"nap:0.05:s{i}.bin") for i in range(12)]
+            fast = [client.submit("clustered_fast", f"nap:0.05:f{i}.bin") for i in range(24)]
+            paced = [client.submit("clustered_paced", f"ok:p{i}.bin") for i in range(4)]
+            capped = [client.submit("clustered_capped", f"ok:c{i}.bin") for i in range(6)]
+            ended = client.wait(slow + fast + paced, timeout=60)
+            assert {r.state for r in ended} == {State.COMPLETED}
+            wait_until(lambda: sum(1 for e in events_of("end") if e[1] in capped) == 4, 30, "4 capped ended")
+            time.sleep(1.0)  # a broken cap would start the other two at once
+            assert [client.get(i).state for i in capped].count(State.QUEUED) == 2
+    finally:
+        found.stop()
+    assert peak(set(slow)) == 2, "concurrency 2: at most 2 at once (and 2 reached)"
+    assert 2 < peak(set(fast)) <= 8, "the other source ran at its own concurrency meanwhile"
+    starts = sorted(e[4] for e in events_of("start") if e[1] in paced)
+    ends = sorted(e[4] for e in events_of("end") if e[1] in paced)
+    gaps = [start - max(end for end in ends if end <= start) for start in starts[1:]]
+    assert min(gaps) >= 0.3, f"delay 0.3 s between an end and the next start: {gaps}"
+
+
+def test_a_paused_source_starts_nothing_until_resumed(cluster: Cluster) -> None:
+    with client_of(cluster) as client:
+        client.store.set_paused("clustered", True)  # as `headwater pause` records it
+        cluster.start_worker(threads=2)
+        ids = [client.submit("clustered", f"ok:q{i}.txt") for i in range(3)]
+        client.flush()
+        time.sleep(2 * cluster.config.lease)  # the scheduler runs meanwhile: a broken pause starts them
+        assert events_of("start") == []
+        assert {client.get(i).state for i in ids} == {State.QUEUED}
+        client.store.set_paused("clustered", False)
+        ended = client.wait(ids, timeout=30)
+    assert {r.state for r in ended} == {State.COMPLETED}
+
+
+def test_status_and_cancel_read_and_cancel_the_clusters_records(cluster: Cluster) -> None:
+    with client_of(cluster) as client:
+        first = client.submit("clustered", "ok:s1.txt", display_name="first one")
+        second = client.submit("clustered", "ok:s2.txt")
+        client.flush()
+    listed = run_headwater(cluster.env, "--config", str(cluster.config_file), "status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["state"]) for r in rows] == [(second, "queued"), (first, "queued")]  # latest first
+    done = run_headwater(cluster.env, "--config", str(cluster.config_file), "cancel", first[-12:])
+    assert (done.returncode, done.stdout.strip()) == (0, f"{first}: cancelled"), done.stderr
+    again = run_headwater(cluster.env, "--config", str(cluster.config_file), "cancel", first)
+    assert (again.returncode, again.stdout.strip()) == (1, f"{first}: already cancelled")
+    shown = run_headwater(cluster.env, "--config", str(cluster.config_file), "status", "--state", "cancelled")
+    assert first[-12:] in shown.stdout and second[-12:] not in shown.stdout
+
+
+def test_get_downloads_through_the_cluster_and_prints_where_each_file_went(cluster: Cluster) -> None:
+    cluster.start_worker(threads=2)
+    config = ["--config", str(cluster.config_file)]
+    done = run_headwater(
+        cluster.env, *config, "get", "clustered", "ok:g1.txt", "ok:g2.txt", "--dest", str(cluster.dest)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"ok:g{i}.txt -> {cluster.dest / f'g{i}.txt'}" for i in (1, 2)]
+    failed = run_headwater(cluster.env, *config, "get", "clustered", "fail", "--dest", str(cluster.dest))
+    assert failed.returncode == 1 and "fail: failed: RuntimeError: broken" in failed.stderr
 
 
 def test_a_worker_without_a_cluster_table_says_what_is_missing(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import redis
 from cluster_procs import queued
 
-from headwater import RatePolicy, Record, State
+from headwater import DownloadContext, Job, PolicyOverride, RatePolicy, Record, State, Tried, hookimpl
 from headwater._cluster._cancels import announce
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment
@@ -55,14 +55,30 @@ def store(pg_url: str, pg_schema: str) -> Iterator[PostgresStore]:
     found.close()
 
 
+class Backup:
+    """A second source, for fallback chains: lands ``backup-<target>``."""
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        path = ctx.dest_dir / f"backup-{job.target}"
+        path.write_text("from the backup")
+        return path
+
+
 def make_worker(
-    pg_url: str, pg_schema: str, client: redis.Redis, prefix: str, dest: Path, poll: float = 1.0
+    pg_url: str,
+    pg_schema: str,
+    client: redis.Redis,
+    prefix: str,
+    dest: Path,
+    poll: float = 1.0,
+    policies: dict[str, PolicyOverride] | None = None,
 ) -> ClusterWorker:
     return ClusterWorker(
         dest,
         store=PostgresStore(pg_url, schema=pg_schema),
         client=client,
-        registry=sources(plugins={"clustered": cluster_plugin}),
+        registry=sources(plugins={"clustered": cluster_plugin, "backup": Backup()}, policies=policies),
         prefix=prefix,
         channel=prefix + "cancel",
         poll=poll,
@@ -82,7 +98,7 @@ def granted(client: redis.Redis, prefix: str, record: Record, lease: float = LEA
     """The assignment of ``record``'s next attempt, its slot taken as a scheduler takes it."""
     assignment = Assignment(record.id, record.source, record.attempts, lease)
     limits = RedisLimits(
-        client, "clustered", RatePolicy(concurrency=4), lease=lease, settle=0.0, prefix=prefix
+        client, record.source, RatePolicy(concurrency=4), lease=lease, settle=0.0, prefix=prefix
     )
     verdict = limits.acquire(assignment.holder, time.monotonic())
     assert verdict.granted, verdict
@@ -163,6 +179,97 @@ def test_a_retry_after_pauses_the_source_in_redis(
     verdict = limits.acquire("other:1", time.monotonic())
     assert (verdict.granted, verdict.reason) == (False, "paused")
     assert verdict.at - time.monotonic() > 25
+
+
+def test_a_failed_download_moves_down_its_chain_and_the_next_source_completes_it(
+    worker: ClusterWorker, store: PostgresStore, redis_client: redis.Redis, key_prefix: str, dest: Path
+) -> None:
+    record = attrs.evolve(queued(store, "fail", dest), fallbacks=("backup",))
+    store.commit([record])
+    worker.run(granted(redis_client, key_prefix, record))
+    moved = current(store, record)
+    assert (moved.state, moved.source, moved.fallbacks, moved.attempts) == (State.QUEUED, "backup", (), 1)
+    assert moved.tried == (Tried("clustered", "RuntimeError: broken"),)
+    ended = worker.run(granted(redis_client, key_prefix, moved))
+    assert ended is not None and (ended.state, ended.attempts) == (State.COMPLETED, 2)
+    assert (dest / "backup-fail").read_text() == "from the backup"
+
+
+def test_a_failed_download_with_no_fallback_left_fails_naming_each_source(
+    worker: ClusterWorker, store: PostgresStore, redis_client: redis.Redis, key_prefix: str, dest: Path
+) -> None:
+    record = queued(store, "fail", dest)
+    ended = worker.run(granted(redis_client, key_prefix, record))
+    assert ended is not None and (ended.state, ended.error) == (State.FAILED, "RuntimeError: broken")
+    assert ended.tried == (Tried("clustered", "RuntimeError: broken"),)
+
+
+def test_a_download_past_its_timeout_fails_at_once_and_its_late_end_is_refused(
+    pg_url: str,
+    pg_schema: str,
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+    events_dir: Path,
+) -> None:
+    timed = {"clustered": PolicyOverride({"timeout": 0.3})}
+    worker = make_worker(pg_url, pg_schema, redis_client, key_prefix, dest, policies=timed)
+    try:
+        record = queued(store, "stubborn:late:t.bin", dest)  # it ignores the cancel the timeout sets
+        thread, result = run_in_thread(worker, granted(redis_client, key_prefix, record))
+        wait_until_state(store, record, State.FAILED)
+        row = current(store, record)
+        assert (row.error, row.tried) == (
+            "timed out after 0.3 s",
+            (Tried("clustered", "timed out after 0.3 s"),),
+        )
+        assert slots(redis_client, key_prefix) == 1  # its slot is held until download_impl returns
+        cluster_plugin.open_gate("late")
+        thread.join(10)
+    finally:
+        worker.close()
+    assert result == [None]  # the attempt's own end was refused
+    assert current(store, record).state is State.FAILED
+    assert not list(dest.iterdir())  # the file it landed late was deleted
+    assert slots(redis_client, key_prefix) == 0
+
+
+def wait_until_state(store: PostgresStore, record: Record, state: State, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while current(store, record).state is not state:
+        assert time.monotonic() < deadline, f"download {record.id} not {state.value} within {timeout} s"
+        time.sleep(0.01)
+
+
+def test_retry_after_pauses_are_counted_across_attempts_and_workers(
+    pg_url: str,
+    pg_schema: str,
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+    events_dir: Path,
+) -> None:
+    bounded = {"clustered": PolicyOverride({"max_retry_after_rounds": 1})}
+    first, second = (
+        make_worker(pg_url, pg_schema, redis_client, key_prefix, dest, policies=bounded) for _ in range(2)
+    )
+    try:
+        record = queued(store, "pause:0.001", dest)
+        first.run(granted(redis_client, key_prefix, record))
+        again = current(store, record)
+        assert (again.state, again.retries) == (State.QUEUED, 0)  # one pause waited out: no retry used
+        time.sleep(0.01)  # the pause of a millisecond is over
+        ended = second.run(granted(redis_client, key_prefix, again))  # another worker, the next attempt
+    finally:
+        first.close()
+        second.close()
+    assert ended is not None and ended.state is State.FAILED
+    assert ended.error == (
+        "RetryAfter: busy: come back later; retry after 0.001 s; asked to retry later 2 times over 0.001 s; "
+        "giving up (max_retry_after_rounds is 1)"
+    )
 
 
 def run_in_thread(

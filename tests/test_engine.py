@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 from instrumented import InstrumentedSource
 
@@ -16,12 +17,14 @@ from headwater import (
     ManualClock,
     PluginError,
     RatePolicy,
+    Record,
     State,
+    Tried,
     UnknownDownloadError,
     UnknownSourceError,
     hookimpl,
 )
-from headwater._records import TRANSITIONS, may_transition
+from headwater._records import TRANSITIONS, changed, may_transition
 from headwater.testing import frozen
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,6 +46,22 @@ def test_terminal_states_are_final_in_the_table():
     assert may_transition(State.QUEUED, State.CANCELLED)
     assert not may_transition(State.QUEUED, State.COMPLETED)
     assert may_transition(State.RUNNING, State.QUEUED)  # a retry or a move down a chain
+
+
+def test_changed_makes_what_attrs_evolve_makes():
+    """Each field changed alone, and all at once, gives attrs.evolve's record; an unknown name raises."""
+    record = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0, dest_dir="/d")
+    other = Record(
+        "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
+        10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
+    )  # fmt: skip
+    every = {a.name: getattr(other, a.name) for a in attrs.fields(Record)}
+    for name, value in every.items():
+        assert changed(record, **{name: value}) == attrs.evolve(record, **{name: value}), name
+    assert changed(record, **every) == other
+    assert changed(record) == record
+    with pytest.raises(TypeError, match="nope"):
+        changed(record, nope=1)
 
 
 def test_outcomes_and_record_fields(make_engine):
@@ -317,7 +336,7 @@ def test_a_file_landed_after_cancel_is_deleted(make_engine):
 
 
 def test_a_landed_file_is_gone_before_the_job_counts_as_ended(make_engine, monkeypatch):
-    import headwater._engine as engine_module
+    import headwater._outcomes as engine_module
 
     running_at_delete: list[int] = []
     delete = engine_module.discard_landed

@@ -10,7 +10,7 @@ import pytest
 from instrumented import InstrumentedSource
 
 from headwater import ChangeKind, Engine, MemoryStore, Record, SQLiteStore, State
-from headwater._ended import WINDOW
+from headwater._ended import WINDOW, Ended
 from headwater._errors import UnknownDownloadError
 
 T0 = 1_700_000_000.0
@@ -199,3 +199,35 @@ def test_a_page_skips_the_records_of_sources_not_loaded(tmp_path: Path) -> None:
         mine = [r for r in history if r.source == "a"][::-1]
         assert engine.page(limit=4) == mine[:4]
         assert engine.page(after=(mine[3].created_at, mine[3].id), limit=100) == mine[4:]
+
+
+class CountingMemory(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    def get(self, download_id: str) -> Record | None:
+        self.gets.append(download_id)
+        return super().get(download_id)
+
+
+def test_records_waited_for_are_kept_beyond_the_window_until_the_wait_ends() -> None:
+    store = CountingMemory()
+    ended = Ended(store, {"a"}.__contains__, window=2)
+    records = [_ended(i) for i in range(5)]
+    ended.pin([r.id for r in records[:4]])
+    ended.pin([records[0].id])  # a second wait for the first
+    for record in records:
+        store.commit([record])
+        ended.keep(record)
+    assert [ended.get(r.id) for r in records] == records
+    assert store.gets == []  # the last two in the window, the first three pinned
+    ended.forget(records[1].id)  # removed while waited for
+    store.delete(records[1].id)
+    assert ended.get(records[1].id) is None
+    ended.unpin([r.id for r in records[:4]])
+    store.gets.clear()
+    assert ended.get(records[0].id) == records[0] and store.gets == []  # still pinned once
+    assert ended.get(records[2].id) == records[2] and store.gets == [records[2].id]
+    ended.unpin([records[0].id])
+    assert ended.get(records[0].id) == records[0] and store.gets[-1] == records[0].id

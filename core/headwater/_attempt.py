@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,9 +25,12 @@ from headwater._contract import returned_file
 from headwater._discovery import one_line
 from headwater._errors import ExistingFileKept, RetryAfter, is_transient
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, Tried
+from headwater._records import Job, Record, Tried, changed
 from headwater._redact import redact
 from headwater._sources import Source
+
+if TYPE_CHECKING:
+    from headwater._chains import Taker
 
 
 @attrs.frozen
@@ -161,6 +165,27 @@ def failing(record: Record, error: str, skipped: tuple[Tried, ...] = ()) -> dict
     }
 
 
+def moved_down(record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]) -> dict[str, object]:
+    """The fields of ``record`` QUEUED again on ``taker``'s source after it failed with ``error``.
+
+    ``taker`` and ``declined`` are :func:`~headwater._chains.find_taker`'s
+    answer for the record's ``fallbacks``; its ``tried`` gains this source's
+    failure and ``declined``, and the attempt's progress is reset.
+    """
+    return {
+        "source": taker.source.name,  # the name now, should the chain say an alias
+        "tried": (*record.tried, Tried(record.source, error), *declined),
+        "fallbacks": record.fallbacks[taker.index + 1 :],
+        "error": error,
+        "retries": 0,
+        "progress": 0.0,
+        "size": None,
+        "transferred": 0,
+        "speed": 0.0,
+        "time_remaining": None,
+    }
+
+
 def redacted(fields: Mapping[str, object]) -> dict[str, object]:
     """``fields`` with secret setting values taken out of its strings (see :mod:`headwater._redact`)."""
     return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
@@ -178,6 +203,18 @@ def described_changes(
     return changes
 
 
+def deadline(policy: RatePolicy, ctx: DownloadContext) -> tuple[float, str]:
+    """When a download running under ``policy`` with ``ctx`` expires (its clock), and what to call it then."""
+    due, why = float("inf"), ""
+    if policy.timeout is not None:
+        due, why = ctx.started + policy.timeout, f"timed out after {policy.timeout:g} s"
+    if policy.stall_timeout is not None:
+        stalled = ctx.last_progress[2] + policy.stall_timeout
+        if stalled < due:
+            due, why = stalled, f"stalled: no progress for {policy.stall_timeout:g} s"
+    return due, why
+
+
 def with_progress(record: Record, ctx: DownloadContext) -> Record:
     """``record`` carrying the latest progress ``ctx`` has seen."""
     transferred, total, at = ctx.last_progress
@@ -187,6 +224,6 @@ def with_progress(record: Record, ctx: DownloadContext) -> Record:
     if total:
         progress = min(100.0, transferred * 100.0 / total)
         remaining = max(0, total - transferred) / speed if speed > 0 else None
-    return attrs.evolve(
+    return changed(
         record, transferred=transferred, size=total, speed=speed, progress=progress, time_remaining=remaining
     )

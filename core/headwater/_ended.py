@@ -9,14 +9,17 @@ follows its work, not its history: opening a journal of a million ended
 downloads reads none of them.
 
 A terminal record never changes (a removal takes it away), so the window
-needs no invalidation but a removal's.
+needs no invalidation but a removal's. Besides the window, the records of
+downloads someone waits for (:meth:`Ended.pin`) are kept while they are
+waited for, so that a wait for more downloads than the window holds reads
+none of them back from the store.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from headwater._records import Record, State
 from headwater._store import Place, RecordStore
@@ -44,6 +47,8 @@ class Ended:
         self._loaded = loaded
         self._size = window
         self._window: OrderedDict[str, Record] = OrderedDict()
+        self._pins: dict[str, int] = {}  # id -> how many waits pin it
+        self._pinned: dict[str, Record] = {}  # the records of pinned ids that ended while pinned
         self._lock = threading.Lock()
 
     def keep(self, record: Record) -> None:
@@ -52,16 +57,36 @@ class Ended:
             self._window[record.id] = record
             if len(self._window) > self._size:
                 self._window.popitem(last=False)
+            if record.id in self._pins:
+                self._pinned[record.id] = record
 
     def forget(self, download_id: str) -> None:
         """Let go of ``download_id``'s record, which its removal deleted from the store."""
         with self._lock:
             self._window.pop(download_id, None)
+            self._pinned.pop(download_id, None)
+
+    def pin(self, ids: Iterable[str]) -> None:
+        """Hold the record of each of ``ids`` that ends from now on until :meth:`unpin`, beyond the window."""
+        with self._lock:
+            for download_id in ids:
+                self._pins[download_id] = self._pins.get(download_id, 0) + 1
+
+    def unpin(self, ids: Iterable[str]) -> None:
+        """Undo one :meth:`pin` of ``ids``; a record no longer pinned is let go (the store keeps it)."""
+        with self._lock:
+            for download_id in ids:
+                left = self._pins[download_id] - 1
+                if left:
+                    self._pins[download_id] = left
+                else:
+                    del self._pins[download_id]
+                    self._pinned.pop(download_id, None)
 
     def get(self, download_id: str) -> Record | None:
         """The ended record ``download_id``, or None if there is none of a loaded source."""
         with self._lock:
-            record = self._window.get(download_id)
+            record = self._window.get(download_id) or self._pinned.get(download_id)
         if record is None:
             record = self._store.get(download_id)
         return record if record is not None and self._loaded(record.source) else None

@@ -8,8 +8,10 @@ replaces a record with a new one on every change and readers get snapshots.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -159,4 +161,24 @@ class Record:
 
 #: Record fields the engine owns. ``record_fields`` may set none of them
 #: except ``username``.
-CORE_FIELDS: frozenset[str] = frozenset(a.name for a in attrs.fields(Record))
+_FIELD_NAMES: tuple[str, ...] = tuple(a.name for a in attrs.fields(Record))
+CORE_FIELDS: frozenset[str] = frozenset(_FIELD_NAMES)
+
+_FIELD_INDEX = {name: i for i, name in enumerate(_FIELD_NAMES)}
+_every_field = operator.attrgetter(*_FIELD_NAMES)
+
+
+def changed(record: Record, **changes: Any) -> Record:
+    """A copy of ``record`` with ``changes`` (field name -> value): what ``attrs.evolve`` makes.
+
+    The engine's way to change a record, used on every state change: every
+    field is read in one call, where ``attrs.evolve`` reads them one by one
+    (about half its cost). Raises TypeError for a name that is not a field.
+    """
+    values: list[Any] = list(_every_field(record))
+    for name, value in changes.items():
+        index = _FIELD_INDEX.get(name)
+        if index is None:
+            raise TypeError(f"Record has no field {name!r}")
+        values[index] = value
+    return Record(*values)

@@ -40,7 +40,7 @@ from rich.console import Console
 
 from headwater import __version__
 from headwater._codec import plain
-from headwater._config import Config, load_config
+from headwater._config import ClusterConfig, Config, load_config
 from headwater._discovery import discover
 from headwater._display import follow
 from headwater._engine import Engine
@@ -64,7 +64,7 @@ from headwater._records import Record, State
 from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater._settings import SettingInfo, SettingsLayers
-from headwater._sources import PolicyOverride, SourceInfo
+from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
 from headwater.client import Client, Watch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -397,6 +397,9 @@ def get(
     if through is not None:
         _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
         return
+    if _app().config.cluster is not None:
+        _get_in_cluster(chain, targets, dest, existing, timeout, as_json)
+        return
     with _journaled_engine(dest) as engine:
         ids: list[str] = []
         try:
@@ -627,6 +630,7 @@ def status(
 ) -> None:
     """Show downloads in the journal, latest first: the latest 100, or those IDS name.
 
+    With a [cluster] in headwater.toml, the cluster's records instead.
     IDS: ids, or unique starts or ends of ids. Works while another headwater
     process is running downloads. Reads only the downloads it shows, so it
     is as quick with a million in the journal as with ten.
@@ -638,9 +642,12 @@ def status(
     wanted_states = {State(s) for s in states} or None
     wanted_sources = set(sources) or None
     through = _server()
-    pages: JournalReader | _ServerPages
+    cluster = _cluster_records() if through is None else None
+    pages: JournalReader | _ServerPages | _ClusterRecords
     reader: Matcher
-    if through is None:
+    if cluster is not None:
+        pages = reader = cluster
+    elif through is None:
         pages = reader = JournalReader(_app().journal)
     else:
         pages, reader = _ServerPages(through[0]), _Listed(through[0])
@@ -669,6 +676,9 @@ def status(
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     except UnknownDownloadError as exc:  # --before's download removed meanwhile
         raise Failure(str(exc), EXIT_USAGE) from exc
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _show(records: Iterable[Record], as_json: bool) -> Record | None:
@@ -715,11 +725,16 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
     killed, crashed) left queued or running are cancelled here. One that a
     headwater process still running owns is refused, naming the process
     (exit status 3): stop it (Ctrl-C keeps its downloads resumable), then
-    cancel. Exit status 1 if one had already ended.
+    cancel. Exit status 1 if one had already ended. With a [cluster] in
+    headwater.toml, the cluster's downloads, wherever they run.
     """
     through = _server()
     if through is not None:
         _cancel_through(through[0], ids, as_json)
+        return
+    cluster = _cluster_records()
+    if cluster is not None:
+        _cancel_in_cluster(cluster, ids, as_json)
         return
     reader = JournalReader(_app().journal)
     try:
@@ -902,7 +917,6 @@ def worker(threads: int, dest: Path | None) -> None:
         where = config.path or "headwater.toml"
         raise Failure(f"`headwater worker` needs a [cluster] table (broker, postgres) in {where}", EXIT_USAGE)
     try:
-        from headwater._cluster._setup import sources
         from headwater._cluster._work import WorkerProcess
     except ImportError as exc:
         raise Failure(
@@ -913,15 +927,7 @@ def worker(threads: int, dest: Path | None) -> None:
     folder = _made_folder(dest or config.destination or Path.cwd())
     try:
         with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
-            registry = sources(
-                policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
-                load=config.load,
-                block=config.block,
-                settings_layers=SettingsLayers(
-                    keystore=app.keystore, config=config.settings, config_path=config.path
-                ),
-            )
-            running = WorkerProcess(config.cluster, folder, threads=threads, registry=registry)
+            running = WorkerProcess(config.cluster, folder, threads=threads, registry=_cluster_sources(app))
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     except (HeadwaterError, ValueError, OSError) as exc:
@@ -1123,6 +1129,137 @@ def _watch_through(
         for record in records:
             _result_line(record)
     return records
+
+
+class _ClusterRecords:
+    """The records of the cluster ``[cluster]`` names, as ``status`` and ``cancel`` read them."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        from headwater._cluster._pgstore import PostgresStore
+
+        self.config = config
+        self.store = PostgresStore(config.postgres, schema=config.schema)
+
+    def match(self, key: str) -> tuple[int, Record | None]:
+        return self.store.match(key)
+
+    def records(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Record]:
+        found = self.store.records(states=states, sources=sources, before=before)
+        return found if limit is None else itertools.islice(found, limit)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _cluster_sources(app: App) -> SourceRegistry:
+    """The sources a cluster's process loads: as an engine of the command line loads them."""
+    from headwater._cluster._setup import sources
+
+    config = app.config
+    return sources(
+        policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+        load=config.load,
+        block=config.block,
+        settings_layers=SettingsLayers(
+            keystore=app.keystore, config=config.settings, config_path=config.path
+        ),
+    )
+
+
+def _get_in_cluster(
+    chain: list[str],
+    targets: tuple[str, ...],
+    dest: Path | None,
+    existing: Existing | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """``get`` on the cluster ``[cluster]`` names: queued there, waited for, each result printed.
+
+    Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
+    go on in the cluster (`headwater status` follows them).
+    """
+    from headwater._cluster._client import ClusterClient
+
+    app = _app()
+    config = app.config
+    assert config.cluster is not None
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            client = ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, OSError) as exc:
+        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
+    with client:
+        ids: list[str] = []
+        try:
+            for target in targets:
+                ids.append(client.submit(chain if len(chain) > 1 else chain[0], target, existing=existing))
+            records = client.wait(ids, timeout=timeout)
+        except StoreError as exc:
+            raise Failure(str(exc), EXIT_JOURNAL) from exc
+        except (HeadwaterError, ValueError) as exc:  # a target refused
+            queued = f"; before it, {len(ids)} of {len(targets)} were queued in the cluster" if ids else ""
+            raise Failure(f"{exc}{queued}", EXIT_USAGE) from exc
+        except (KeyboardInterrupt, TimeoutError) as exc:
+            _ignore_interrupts()
+            what = f"{len(ids)} download(s) go on in the cluster (`headwater status` follows them)"
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(exc, what) from None
+            raise Failure(f"{exc}: {what}", EXIT_FAILED) from None
+    if not as_json:
+        for record in records:
+            _result_line(record)
+    _finish(records, as_json)
+
+
+def _cluster_records() -> _ClusterRecords | None:
+    """The records of the cluster headwater.toml names, open; None without a ``[cluster]`` table."""
+    config = _app().config.cluster
+    if config is None:
+        return None
+    try:
+        return _ClusterRecords(config)
+    except ImportError as exc:
+        raise Failure(
+            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+
+
+def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: bool) -> None:
+    """``cancel`` on a cluster: each download cancelled in its records, and its worker told."""
+    from headwater._cluster._client import cancel
+    from headwater._cluster._setup import redis_client
+
+    client = redis_client(cluster.config.broker)
+    try:
+        picked = _pick(cluster, ids)
+        results = [(r.id, cancel(cluster.store, client, cluster.config.cancel_channel, r.id)) for r in picked]
+        final = cluster.store.fetch([i for i, _ in results])
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    finally:
+        client.close()
+        cluster.close()
+    if as_json:
+        click.echo(json.dumps([plain(final[i]) for i, _ in results if i in final], indent=2))
+    else:
+        for download_id, cancelled in results:
+            state = "cancelled" if cancelled else f"already {final[download_id].state.value}"
+            click.echo(f"{download_id}: {state}")
+    sys.exit(EXIT_OK if all(cancelled for _, cancelled in results) else EXIT_FAILED)
 
 
 class _Listed:

@@ -37,6 +37,32 @@ from headwater._submission import submission
 POLL = 0.02
 
 
+def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id: str) -> bool:
+    """Cancel ``download_id`` in ``store``, then announce it on ``channel``; whether this call cancelled it.
+
+    One conditional write, which wins over any unfinished state (one that
+    ended meanwhile is read again: False). The announcement makes the worker
+    running it stop within a round trip; if Redis cannot be reached, the
+    workers' polling of the records finds the cancel within a second.
+    Raises UnknownDownloadError for an id ``store`` does not hold.
+    """
+    while True:
+        record = store.fetch([download_id]).get(download_id)
+        if record is None:
+            raise UnknownDownloadError(download_id)
+        if record.state.terminal:
+            return False
+        now = time.time()
+        gone = attrs.evolve(
+            record, state=State.CANCELLED, updated_at=now, finished_at=now, speed=0.0, time_remaining=None
+        )
+        if store.commit_if([Swap.cancel(gone)])[0]:
+            break  # else it ended meanwhile: read it again
+    with contextlib.suppress(redis.RedisError):
+        announce(client, download_id, channel)
+    return True
+
+
 class ClusterClient:
     """One process's handle on a cluster: submit, cancel, read, wait.
 
@@ -108,19 +134,8 @@ class ClusterClient:
 
         Raises UnknownDownloadError for an id the records do not hold.
         """
-        while True:
-            record = self.get(download_id)
-            if record.state.terminal:
-                return False
-            now = time.time()
-            gone = attrs.evolve(
-                record, state=State.CANCELLED, updated_at=now, finished_at=now, speed=0.0, time_remaining=None
-            )
-            if self.store.commit_if([Swap.cancel(gone)])[0]:
-                break  # else it ended meanwhile: read it again
-        with contextlib.suppress(redis.RedisError):  # else the workers' polling finds it within a second
-            announce(self._redis, download_id, self.config.cancel_channel)
-        return True
+        self.flush()
+        return cancel(self.store, self._redis, self.config.cancel_channel, download_id)
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download of ``ids`` has ended; their records in order.

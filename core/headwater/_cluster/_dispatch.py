@@ -6,14 +6,16 @@ schedules, the others wait to take over within the lease time. The leader:
 
 - reads every unfinished record once when it begins to lead, then follows
   the records' change feed (LISTEN/NOTIFY, :class:`~headwater._cluster._pgfeed.RecordListener`);
-- keeps each source's QUEUED downloads in order (:mod:`headwater._scheduler`'s
-  rules: first come first served, a retry after its backoff, a download
-  paused by a Retry-After at the front) and, for the first that is due,
-  asks Redis for a slot (:meth:`~headwater._cluster._limits.RedisLimits.acquire`,
-  which holds the concurrency, the delay, the per-minute window and the
-  pauses for all processes); granted, it sends the message; refused, it
-  asks again at the time Redis named, or when a slot of the source is
-  released (a change of one of its downloads);
+- keeps each source's QUEUED downloads in a :class:`~headwater._scheduler.Scheduler`,
+  the rules a single-process engine starts by (first come first served, a
+  retry after its backoff, a download given back at the front; the
+  concurrency, the delay, the per-minute window, pauses), and for each
+  download it decides to start asks Redis for a slot
+  (:meth:`~headwater._cluster._limits.RedisLimits.acquire`, which holds
+  the same limits for every process and across a change of leader);
+  granted, it sends the message; refused, the download goes back to the
+  front and the source waits for the time Redis named (for a full
+  concurrency, or until one of its downloads ends);
 - every third of the lease time, renews the slots of the downloads whose
   messages wait for a free worker thread, and asks Redis which of the
   RUNNING ones still hold their slots: one whose lease is gone (its worker
@@ -27,7 +29,6 @@ a limit and a queued download costs no worker.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import random
@@ -35,7 +36,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 
 import attrs
@@ -43,7 +43,7 @@ import redis
 
 from headwater._changes import Change, ChangeKind
 from headwater._cluster._leader import LeaderLease
-from headwater._cluster._limits import RedisLimits
+from headwater._cluster._limits import RedisLimits, Verdict
 from headwater._cluster._message import Assignment, broker, send
 from headwater._cluster._pgfeed import RecordListener
 from headwater._cluster._pgstore import PostgresStore
@@ -52,6 +52,7 @@ from headwater._config import ClusterConfig
 from headwater._errors import HeadwaterError, StoreError
 from headwater._policy import RatePolicy
 from headwater._records import Record, State
+from headwater._scheduler import Scheduler
 from headwater._sources import SourceRegistry
 from headwater._store import Swap
 
@@ -60,12 +61,11 @@ log = logging.getLogger("headwater.cluster")
 
 @attrs.define
 class _Source:
-    """One source's downloads waiting to start, as the leader sees them."""
+    """One source as the leader schedules it: the same rules as one process, and its limits in Redis."""
 
+    rules: Scheduler[str]  # download ids
     limits: RedisLimits
-    queue: deque[str] = attrs.field(factory=deque)  # ids, in start order
-    later: list[tuple[float, str]] = attrs.field(factory=list)  # (due, id): retries in their backoff
-    blocked_until: float = 0.0  # Redis said no start before this (monotonic)
+    full_until: float = 0.0  # Redis said every slot is held: ask again then, or at the next end
 
 
 class Dispatcher:
@@ -96,6 +96,8 @@ class Dispatcher:
         self._records: dict[str, Record] = {}  # the unfinished records, as last heard
         self._sent: dict[str, Assignment] = {}  # downloads holding a slot, by id
         self._sources: dict[str, _Source] = {}
+        self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
+        self._paused: set[str] = set()  # the sources paused, as the records said at the last sweep
         self._thread = threading.Thread(target=self._run, name="headwater-dispatch", daemon=True)
         #: Terms this process led in, for tests and logs.
         self.terms: list[int] = []
@@ -180,8 +182,10 @@ class Dispatcher:
         self._take_changes()  # the read below holds what they said
         self._records.clear()
         self._sent.clear()
+        self._started.clear()
         self._sources.clear()
         self._leading = True
+        self._follow_pauses()
         unfinished = list(self._store.records(states=(State.QUEUED, State.RUNNING)))
         log.info("scheduling (term %d): %d unfinished downloads", term, len(unfinished))
         for record in sorted(unfinished, key=lambda r: (r.created_at, r.id)):
@@ -216,33 +220,38 @@ class Dispatcher:
             if sent is not None:  # the attempt sent ended without ending the download
                 self._ended(record.id)
                 retry = before is not None and record.retries > before.retries
-                self._queue(record, front=not retry, retry=retry)
+                moved = before is not None and before.source != record.source  # down its chain: at the back
+                self._queue(record, front=not (retry or moved), retry=retry)
             elif before is None:
                 self._queue(record, front=False)
             elif before.state is State.RUNNING:  # its attempt ended after the sweep gave it up
                 self._queue(record, front=True)
 
     def _ended(self, download_id: str) -> None:
-        """The download's attempt holds no slot any more: a start of its source may be possible now."""
+        """The download's attempt holds no slot any more: its source may start another."""
         sent = self._sent.pop(download_id, None)
         if sent is not None:
-            self._source(sent.source).blocked_until = 0.0
+            source = self._source(sent.source)
+            if download_id in self._started:  # started by these rules (not found running at the lead)
+                self._started.discard(download_id)
+                source.rules.ended(time.monotonic())
+            source.full_until = 0.0
 
     def _queue(self, record: Record, *, front: bool, retry: bool = False) -> None:
         """Put the QUEUED ``record`` in its source's order: at the back, the front, or after its backoff."""
         try:
-            source = self._registry.resolve(record.source)
+            name = self._registry.resolve(record.source).name
         except HeadwaterError:
             log.error("download %s: the scheduler has no source %r", record.id, record.source)
             return
-        waiting = self._source(source.name)
+        rules = self._source(name).rules
         if retry:
-            due = time.monotonic() + source.policy.retry_wait(record.retries, random.random())
-            heapq.heappush(waiting.later, (due, record.id))
+            backoff = rules.policy.retry_wait(record.retries, random.random())
+            rules.put_later(record.id, time.monotonic() + backoff)
         elif front:
-            waiting.queue.appendleft(record.id)
+            rules.put_front(record.id)
         else:
-            waiting.queue.append(record.id)
+            rules.put(record.id)
 
     def _source(self, name: str) -> _Source:
         found = self._sources.get(name)
@@ -251,7 +260,9 @@ class Dispatcher:
             limits = RedisLimits(
                 self._client, name, policy, lease=self.config.lease, prefix=self.config.limits_prefix
             )
-            found = self._sources[name] = _Source(limits)
+            found = self._sources[name] = _Source(Scheduler(policy), limits)
+            if name in self._paused:
+                found.rules.pause()
         return found
 
     def _policy(self, name: str) -> RatePolicy:
@@ -263,29 +274,43 @@ class Dispatcher:
     # -- starting --------------------------------------------------------------------
 
     def _start_due(self, now: float) -> float:
-        """Send every download whose source's limits allow a start now; when to look again."""
+        """Send every download its source's rules and Redis allow to start now; when to look again."""
         wake = now + self.config.lease
-        for waiting in self._sources.values():
-            while waiting.later and waiting.later[0][0] <= now:
-                waiting.queue.appendleft(heapq.heappop(waiting.later)[1])
-            if waiting.later:
-                wake = min(wake, waiting.later[0][0])
-            while waiting.queue and waiting.blocked_until <= now:
-                download_id = waiting.queue[0]
-                record = self._records.get(download_id)
-                if record is None or record.state is not State.QUEUED or download_id in self._sent:
-                    waiting.queue.popleft()  # cancelled or removed meanwhile
+        for source in self._sources.values():
+            if source.full_until > now:
+                wake = min(wake, source.full_until)
+                continue
+            decision = source.rules.decide(now)
+            for place, download_id in enumerate(decision.start):
+                verdict = self._send(source, download_id, now)
+                if verdict is None or verdict.granted:
                     continue
-                assignment = Assignment(record.id, record.source, record.attempts, self.config.lease)
-                verdict = waiting.limits.acquire(assignment.holder, now)
-                if not verdict.granted:
-                    waiting.blocked_until = verdict.at
-                    wake = min(wake, verdict.at)
-                    break
-                waiting.queue.popleft()
-                self._sent[download_id] = assignment
-                send(self._broker, assignment)
+                for back in reversed(decision.start[place:]):  # the refused one and those not asked
+                    source.rules.dropped(now)
+                    source.rules.put_front(back)
+                if verdict.reason == "concurrency":
+                    source.full_until = verdict.at  # or the next end of one of its downloads
+                else:  # a pause, the delay, the window, or a state Redis lost: a wait in time
+                    source.rules.retry_after(verdict.at)
+                break
+            at = source.full_until if source.full_until > now else decision.wake_at
+            if at is not None:
+                wake = min(wake, at)
         return wake
+
+    def _send(self, source: _Source, download_id: str, now: float) -> Verdict | None:
+        """Take a slot for ``download_id`` and send it; Redis's verdict (None: no longer to start)."""
+        record = self._records.get(download_id)
+        if record is None or record.state is not State.QUEUED or download_id in self._sent:
+            source.rules.dropped(now)  # cancelled or removed meanwhile, or already sent
+            return None
+        assignment = Assignment(record.id, record.source, record.attempts, self.config.lease)
+        verdict = source.limits.acquire(assignment.holder, now)
+        if verdict.granted:
+            self._sent[download_id] = assignment
+            self._started.add(download_id)
+            send(self._broker, assignment)
+        return verdict
 
     # -- finding the dead ---------------------------------------------------------------
 
@@ -298,6 +323,7 @@ class Dispatcher:
         A RUNNING download's lease is its worker's to renew; one that is gone
         sends the download back to QUEUED.
         """
+        self._follow_pauses()
         by_source: dict[str, list[Assignment]] = {}
         for assignment in list(self._sent.values()):
             record = self._records.get(assignment.download_id)
@@ -311,6 +337,16 @@ class Dispatcher:
             for assignment, alive in zip(sent, held, strict=True):
                 if not alive:
                     self._recover(assignment)
+
+    def _follow_pauses(self) -> None:
+        """Pause and resume the sources as the records say (``headwater pause``, ``Engine.pause``)."""
+        paused = set(self._store.paused())
+        for name, source in self._sources.items():
+            if name in paused and not source.rules.paused:
+                source.rules.pause()
+            elif name not in paused and source.rules.paused:
+                source.rules.resume()
+        self._paused = paused
 
     def _recover(self, assignment: Assignment) -> None:
         record = self._records.get(assignment.download_id)

@@ -172,7 +172,8 @@ class RedisLimits:
         self.policy = policy
         self._lease_us = _micros(lease)
         self._settle_us = _micros(settle)
-        base = f"{prefix}{{{source}}}:"
+        self._client = client
+        base = self._base = f"{prefix}{{{source}}}:"
         self._holders, self._ended = base + "holders", base + "ended"
         self._starts = base + "starts"
         self._keys = [self._holders, self._starts, self._ended, base + "pause", base + "born"]
@@ -244,6 +245,22 @@ class RedisLimits:
     def set_policy(self, policy: RatePolicy) -> None:
         """Judge every later acquire by ``policy``; held leases keep their slots."""
         self.policy = policy
+
+    def waited(self, download_id: str) -> tuple[int, float]:
+        """The Retry-After pauses ``download_id`` waited out on this source so far: (how many, seconds)."""
+        rounds, total = self._client.hmget(self._waited_key(download_id), ["rounds", "total"])
+        return int(rounds or 0), float(total or 0.0)
+
+    def wait_more(self, download_id: str, rounds: int, total: float) -> None:
+        """Keep what :meth:`waited` answers for ``download_id`` (for a day: its counts, not a limit)."""
+        key = self._waited_key(download_id)
+        pipe = self._client.pipeline()
+        pipe.hset(key, mapping={"rounds": rounds, "total": total})
+        pipe.expire(key, 86400)
+        pipe.execute()
+
+    def _waited_key(self, download_id: str) -> str:
+        return f"{self._base}waited:{download_id}"
 
     def running(self) -> int:
         """Holders with an unexpired lease now."""

@@ -52,17 +52,12 @@ class Assignment:
             (QUEUED); the worker starts attempt ``attempts + 1``, and only
             from that state and count.
         lease: seconds the slot's lease lasts without a renewal.
-        retry_after_rounds: Retry-After pauses the download waited out on
-            its source so far (``Job.retry_after_rounds``).
-        retry_after_total: seconds of those pauses (``Job.retry_after_total``).
     """
 
     download_id: str
     source: str
     attempts: int
     lease: float = attrs.field(validator=_positive)
-    retry_after_rounds: int = 0
-    retry_after_total: float = 0.0
 
     @property
     def attempt(self) -> int:

@@ -277,6 +277,22 @@ class PostgresStore:
         rows = self._read(lambda conn: conn.execute(self._q.fetch, (list(ids),)).fetchall(), "read")
         return {record.id: record for record in self._decode(rows)}
 
+    def match(self, key: str) -> tuple[int, Record | None]:
+        """Whether ``key`` names one download: an id, or else the start or end of ids (as ``status`` has it).
+
+        Returns (0, None) for none, (2, None) for more than one (the count
+        stops at 2), and (1, the record) for one. Raises StoreError if the
+        server cannot be read.
+        """
+        exact = self.fetch([key]).get(key)
+        if exact is not None:
+            return 1, exact
+        rows = self._read(lambda conn: conn.execute(self._q.matches, {"key": key}).fetchall(), "read")
+        if len(rows) != 1:
+            return len(rows), None
+        found = self.fetch([rows[0][0]]).get(rows[0][0])
+        return (1, found) if found is not None else (0, None)
+
     def page(
         self,
         *,

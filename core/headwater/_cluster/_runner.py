@@ -16,12 +16,13 @@ of its source) it:
    :class:`~headwater._cluster._keeper.LeaseKeeper` renews the lease and
    its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
    cancel; a lost lease or a cancel sets ``ctx.cancelled``;
-4. ends the record with one conditional write (COMPLETED, FAILED, or QUEUED
-   again for a retry, a Retry-After pause, an interrupt or a lost lease),
-   which a cancel or a later attempt makes refuse; a file landed by an
-   attempt whose end was refused is deleted, as a local engine deletes one
-   landed after a cancel;
-5. releases the slot.
+4. releases the slot, as soon as the outcome is known (so that the
+   scheduler, hearing of the end, finds it free);
+5. ends the record with one conditional write (COMPLETED, FAILED, QUEUED
+   again for a retry, a Retry-After pause, an interrupt or a lost lease, or
+   on the next source of its chain), which a cancel or a later attempt
+   makes refuse; a file landed by an attempt whose end was refused is
+   deleted, as a local engine deletes one landed after a cancel.
 
 Nothing it raises reaches Dramatiq, so every message is acknowledged when
 its download's attempt has ended.
@@ -44,26 +45,30 @@ import redis
 from headwater._attempt import (
     Attempt,
     completion,
+    deadline,
     described_changes,
     failing,
+    moved_down,
     run_attempt,
     try_again,
     with_progress,
 )
-from headwater._chains import translate
+from headwater._chains import Taker, find_taker, translate
+from headwater._clock import SystemClock
 from headwater._cluster._cancels import CHANNEL, CancelWatch
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import PREFIX, RedisLimits
 from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._context import DownloadContext
-from headwater._errors import HeadwaterError, StoreError
+from headwater._errors import HeadwaterError, RetryAfter, StoreError
 from headwater._files import discard_landed
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, State
+from headwater._records import Job, Record, State, Tried
 from headwater._redact import protect, register
 from headwater._sources import Source, SourceRegistry
 from headwater._store import Swap
+from headwater._watchdog import Watchdog
 
 log = logging.getLogger("headwater.cluster")
 
@@ -76,6 +81,7 @@ class _Running:
     ctx: DownloadContext
     assignment: Assignment
     lost: threading.Event = attrs.field(factory=threading.Event)  # its lease was lost
+    policy: RatePolicy = attrs.field(factory=RatePolicy)  # its source's, for its timeouts
 
 
 class ClusterWorker:
@@ -121,6 +127,7 @@ class ClusterWorker:
         self._lock = threading.Lock()
         self._closing = False
         self._keeper: LeaseKeeper | None = None
+        self._watchdog = Watchdog(SystemClock(), self._expire, "headwater-cluster-watchdog")
         self._watch = CancelWatch(client, self._gone, poll=poll, channel=channel)
         store.attach(self._snapshots)
 
@@ -174,38 +181,37 @@ class ClusterWorker:
             source.settings.values,
             functools.partial(self._describe, a.download_id),
         )
-        mine = _Running(running, ctx, a)
+        mine = _Running(running, ctx, a, policy=source.policy)
         with self._lock:
             self._running[a.download_id] = mine
         self._keep(mine, limits)
         self._watch.watch(a.download_id, ctx.cancelled.set)
+        if source.policy.watched:
+            self._watchdog.poke()
         mapped, why = translate(source, running.target)
         if mapped is None:
             tried = Attempt(None, None, 0, f"declined: {why}", None, False)
         else:
-            job = Job(
-                a.download_id,
-                source.name,
-                mapped,
-                running.display_name,
-                a.attempt,
-                a.retry_after_rounds,
-                a.retry_after_total,
-            )
+            job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
             tried = run_attempt(source, job, ctx)
         return self._end(a, limits, mine.record, mine, tried)
 
     def _end(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
     ) -> Record | None:
-        """Write the attempt's end over ``running``, release the slot; the record written, None if refused."""
+        """Give the slot back, then write the end over ``running``; the record written, None if refused.
+
+        The slot is released as soon as the outcome is known (a Retry-After's
+        pause set first), before the end is written: the scheduler, hearing
+        of the end, finds the slot free. A file the attempt landed whose end
+        is refused is deleted.
+        """
         try:
-            wrote, pause = self._write_end(a, running, mine, tried)
-            if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
-                discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
+            new, pause, waited = self._outcome(a, limits, running, mine, tried)
             if pause is not None:
                 limits.pause_until(time.monotonic() + pause, time.monotonic())
-            return wrote
+            if waited is not None:
+                limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
         finally:
             if mine is not None:
                 self._watch.unwatch(a.download_id)
@@ -214,41 +220,79 @@ class ClusterWorker:
                 with self._lock:
                     self._running.pop(a.download_id, None)
             limits.release(a.holder, time.monotonic())
+        wrote = self._write(a, running, new)
+        if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
+            discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
+        return wrote
 
-    def _write_end(
-        self, a: Assignment, running: Record, mine: _Running | None, tried: Attempt
-    ) -> tuple[Record | None, float | None]:
-        """The conditional write of the attempt's end; (the record written or None, a Retry-After pause)."""
+    def _outcome(
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+    ) -> tuple[Record, float | None, Job | None]:
+        """The attempt's end: the record to write, a Retry-After pause, and the job counting that pause.
+
+        A Retry-After is judged with the pauses the download waited out on
+        its source so far, which Redis keeps across attempts and workers.
+        """
         latest = running if mine is None else with_progress(running, mine.ctx)
         pause: float | None = None
+        waited: Job | None = None
         if tried.path is not None:
             changes = completion(tried)
             state = State.COMPLETED
         elif mine is not None and (mine.ctx.interrupted.is_set() or mine.lost.is_set()):
             changes, state = {"speed": 0.0, "time_remaining": None}, State.QUEUED  # to run again
         else:
-            rounds, total = a.retry_after_rounds, a.retry_after_total
+            rounds, total = (
+                limits.waited(a.download_id) if isinstance(tried.failure, RetryAfter) else (0, 0.0)
+            )
             job = Job(a.download_id, a.source, running.target, None, a.attempt, rounds, total)
             policy = self._policy(a.source)
             again = try_again(policy, job, latest, tried.error, tried.failure)
             if isinstance(again, str):
-                changes, state = failing(latest, again), State.FAILED
+                changes, state = self._next_source(latest, again)
             else:
                 changes = {"error": tried.error, "retries": again.retries, "speed": 0.0}
                 changes["time_remaining"] = None
                 state, pause = State.QUEUED, again.pause
+                waited = again.job if again.pause is not None else None
         new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        return new, pause, waited
+
+    def _write(self, a: Assignment, running: Record, new: Record) -> Record | None:
+        """``new`` over ``running``, conditionally; ``new`` if written, None if refused (or not written)."""
         try:
             applied = self._store.commit_if([Swap.over(running, new)])[0]
         except StoreError as exc:
-            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, state.value)
-            return None, None
+            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, new.state.value)
+            return None
         if not applied:
             log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
-            return None, None
-        if state is State.FAILED:
+            return None
+        if new.state is State.FAILED:
             log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
-        return new, pause
+        return new
+
+    def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
+        """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).
+
+        Asks the fallbacks' ``translate_target`` in turn (here, on the
+        worker), as a local engine does; a fallback not loaded here fails it.
+        """
+        taker: Taker | None = None
+        declined: tuple[Tried, ...] = ()
+        if record.fallbacks:
+            try:
+                taker, declined = find_taker(
+                    (self._registry.resolve(n) for n in record.fallbacks), record.target
+                )
+            except HeadwaterError as exc:
+                error = f"{error}; its fallback cannot be asked on this worker: {exc}"
+        if taker is None:
+            return failing(record, error, declined), State.FAILED
+        log.info(
+            "download %s failed on %s (%s); trying %s", record.id, record.source, error, taker.source.name
+        )
+        return moved_down(record, error, taker, declined), State.QUEUED
 
     # -- what runs beside the downloads ----------------------------------------------
 
@@ -265,6 +309,35 @@ class ClusterWorker:
             mine.ctx.cancelled.set()
 
         keeper.keep(a.holder, lambda: limits.renew(a.holder, time.monotonic()), a.lease, lost)
+
+    def _expire(self, now: float) -> float | None:
+        """End every download past its source's timeout or stall timeout; the watchdog's check.
+
+        As in one process: the download is FAILED (or moves down its chain)
+        at once and its ``ctx.cancelled`` set; its attempt's own end is
+        then refused (a file it lands is deleted), and it keeps its slot
+        until ``download_impl`` returns. Returns the next deadline, or None.
+        """
+        with self._lock:
+            watched = [m for m in self._running.values() if m.policy.watched and not m.ctx.cancelled.is_set()]
+        next_due: float | None = None
+        for mine in watched:
+            due, why = deadline(mine.policy, mine.ctx)
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            mine.ctx.cancelled.set()
+            with self._lock:
+                record = mine.record
+            latest = with_progress(record, mine.ctx)
+            changes, state = self._next_source(latest, why)
+            new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+            try:
+                self._store.commit_if([Swap.over(record, new)])
+            except StoreError as exc:
+                log.error("%s; download %s %s, not written", exc, record.id, why)
+            mine.ctx.logger.info("download %s %s", record.id, why)
+        return next_due
 
     def _gone(self, ids: Collection[str]) -> list[str]:
         """Of ``ids`` (downloads this worker runs), those whose records say they are no longer its own."""
@@ -352,6 +425,9 @@ class ClusterWorker:
         """Interrupt what runs, stop the keeper and the watch, close the store."""
         self.interrupt()
         self._watch.close(5.0)
+        watchdog = self._watchdog.close()
+        if watchdog is not None:
+            watchdog.join(5.0)
         if self._keeper is not None:
             self._keeper.close(5.0)
         self._store.close()
