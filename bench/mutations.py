@@ -34,6 +34,10 @@ import attrs
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = "core/headwater/_engine.py"
 WORKER = "core/headwater/_worker.py"
+SHARD = "core/headwater/_shard.py"
+DISPATCH = "core/headwater/_dispatch.py"
+OUTCOMES = "core/headwater/_outcomes.py"
+ATTEMPT = "core/headwater/_attempt.py"
 SCHEDULER = "core/headwater/_scheduler.py"
 FILES = "core/headwater/_files.py"
 STATEFUL = "tests/test_engine_stateful.py"
@@ -69,19 +73,21 @@ def _one(name: str, what: str, path: str, old: str, new: str) -> Mutation:
 
 
 RUNNING_GUARD = Edit(
-    ENGINE,
+    OUTCOMES,
     "if ours and record is not None and record.state is State.RUNNING:",
     "if ours and record is not None:",
 )
-TRANSITIONS = Edit(ENGINE, "        if not may_transition(record.state, state):", "        if False:")
+TRANSITIONS = Edit(SHARD, "        if not may_transition(record.state, state):", "        if False:")
 CHECKED = "        if record is None or download.phase is not Phase.QUEUED:\n            return None\n"
 STARTED = "        if not download.start(ctx):\n            return None\n"
-UNSETTLED = Edit(ENGINE, STARTED, "        download.start(ctx)\n")  # the start's check-and-set answer ignored
+UNSETTLED = Edit(
+    DISPATCH, STARTED, "        download.start(ctx)\n"
+)  # the start's check-and-set answer ignored
 SPAWN_LIMIT = "            and threads < scheduler.policy.concurrency\n"
 SURPLUS = "            if len(self._threads) > scheduler.policy.concurrency:"
 ENDED = "        self._running -= 1\n        self._last_end = now"
 TAKEN = "            self._running += len(taken)\n"
-FINISH = "        self._scheduler.ended(self._clock.now())"
+FINISH = "            scheduler.ended(self._clock.now())"
 
 MUTATIONS = (
     Mutation("M2", "_Shard.move ignores the transition table", (TRANSITIONS,)),
@@ -101,12 +107,8 @@ MUTATIONS = (
         "M5",
         "one lock shared by every source",
         (
-            Edit(ENGINE, "        self.lock = threading.RLock()", "        self.lock = _ONE_LOCK"),
-            Edit(
-                ENGINE,
-                'log = logging.getLogger("headwater")\n',
-                'log = logging.getLogger("headwater")\n_ONE_LOCK = threading.RLock()\n',
-            ),
+            Edit(SHARD, "        self.lock = threading.RLock()", "        self.lock = _ONE_LOCK"),
+            Edit(SHARD, "\nclass Shard:\n", "\n_ONE_LOCK = threading.RLock()\n\n\nclass Shard:\n"),
         ),
     ),
     Mutation(
@@ -114,7 +116,7 @@ MUTATIONS = (
         "start in two steps: phase checked, the lock let go for 5 ms, the start's check-and-set ignored",
         (
             Edit(
-                ENGINE,
+                DISPATCH,
                 CHECKED,
                 CHECKED
                 + "        shard.lock.release()\n        time.sleep(0.005)\n        shard.lock.acquire()\n",
@@ -126,7 +128,7 @@ MUTATIONS = (
         "M7",
         "the same, the lock let go and taken again at once",
         (
-            Edit(ENGINE, CHECKED, CHECKED + "        shard.lock.release()\n        shard.lock.acquire()\n"),
+            Edit(DISPATCH, CHECKED, CHECKED + "        shard.lock.release()\n        shard.lock.acquire()\n"),
             UNSETTLED,
         ),
     ),
@@ -135,7 +137,7 @@ MUTATIONS = (
         "the worker starts a job whatever its state (no phase check, no check-and-set)",
         (
             Edit(
-                ENGINE,
+                DISPATCH,
                 "        if record is None or download.phase is not Phase.QUEUED:",
                 "        if record is None:",
             ),
@@ -194,9 +196,9 @@ MUTATIONS = (
     _one(
         "M12",
         "a file landed after a cancel is kept (no discard_landed)",
-        ENGINE,
-        "                    discard_landed(ctx.dest_dir, returned)",
-        "                    pass",
+        OUTCOMES,
+        "            discard_landed(ctx.dest_dir, tried.returned)",
+        "            pass",
     ),
     Mutation(
         "M13",
@@ -214,7 +216,8 @@ MUTATIONS = (
         "M15",
         "cancel does not wake whoever waits for the download",
         ENGINE,
-        "        if cancelled:\n            self._notify_ended(download_id)\n        return cancelled",
+        "        if cancelled:\n            self._dispatch.notify_ended(download_id)\n"
+        "        return cancelled",
         "        return cancelled",
     ),
     _one(
@@ -222,29 +225,29 @@ MUTATIONS = (
         "the delay measured on time.monotonic, not the engine's clock",
         WORKER,
         FINISH,
-        "        self._scheduler.ended(time.monotonic())",
+        "            scheduler.ended(time.monotonic())",
     ),
     _one(
         "M17",
         "a download moved down its chain keeps the failed source's progress",
-        ENGINE,
-        "                progress=0.0,\n                size=None,\n                transferred=0,\n",
+        ATTEMPT,
+        '        "progress": 0.0,\n        "size": None,\n        "transferred": 0,\n',
         "",
     ),
-    _one("M18", "a retry does not count against the policy's retries", ENGINE, "retries=retry, ", ""),
+    _one("M18", "a retry does not count against the policy's retries", OUTCOMES, "retries=retry, ", ""),
     _one(
         "M19",
         "a Retry-After does not pause the source",
-        ENGINE,
-        "            shard.worker.pause_until(now + again.pause)\n",
-        "",
+        OUTCOMES,
+        "Verdict(front=True, pause_until=now + again.pause)",
+        "Verdict(front=True)",
     ),
     _one(
         "M20",
         "a job asked to retry later goes to the back of the queue, not the front",
-        ENGINE,
-        "            shard.worker.put_front(download)",
-        "            shard.worker.put(download)",
+        WORKER,
+        "                scheduler.put_front(item)",
+        "                scheduler.put(item)",
     ),
     _one(
         "M21",
@@ -256,9 +259,9 @@ MUTATIONS = (
     _one(
         "M22",
         "a chain move keeps the whole list of fallbacks (the source it moved to stays in it)",
-        ENGINE,
-        "                fallbacks=current.fallbacks[taker.index + 1 :],",
-        "                fallbacks=current.fallbacks,",
+        ATTEMPT,
+        '        "fallbacks": record.fallbacks[taker.index + 1 :],',
+        '        "fallbacks": record.fallbacks,',
     ),
 )
 
