@@ -39,6 +39,8 @@ class InstrumentedSource:
         ``flaky:N:KEY``: report half the bytes, then raise ConnectionError, on attempts 1 to N
             (``job.attempt``); land a file on later ones.
         ``retry-after:S:KEY``: raise RetryAfter(S) on attempt 1; land a file on later ones.
+        ``outside:KEY``: as ``block:KEY``, but write the file beside ``dest_dir`` (in
+            ``outside_path``) and return that, cancelled or not.
         ``fail-on:A+B:TARGET``: on the sources named (``-`` for none) report half the bytes,
             then raise ConnectionError (on every attempt); behave as TARGET on the others
             (a fallback chain's target).
@@ -100,6 +102,10 @@ class InstrumentedSource:
         with self.lock:
             return list(self.events)
 
+    def outside_path(self, dest_dir: Path, job_id: str) -> Path:
+        """Where an ``outside:`` download of ``job_id`` writes its file: beside ``dest_dir``, not in it."""
+        return dest_dir.parent / f"{dest_dir.name}-outside" / f"{self.name}-{job_id}.bin"
+
     def landed_path(self, dest_dir: Path, job_id: str) -> Path:
         """Where a download of ``job_id`` lands its file (whether or not it did)."""
         return dest_dir / f"{self.name}-{job_id}.bin"
@@ -147,6 +153,14 @@ class InstrumentedSource:
             return None
         if kind == "raise":
             raise RuntimeError(f"instrumented failure of {job.target}")
+        if kind == "outside":
+            gate = self.gate(arg)
+            while not gate.wait(0.01) and not ctx.cancelled.is_set():
+                pass
+            outside = self.outside_path(ctx.dest_dir, job.id)
+            outside.parent.mkdir(exist_ok=True)
+            outside.write_bytes(b"not the engine's")
+            return outside
         if kind == "block":
             gate = self.gate(arg)
             while not gate.wait(0.01):

@@ -63,10 +63,11 @@ BEHAVIOURS = {
     "flaky1": "flaky:1:{key}",  # one dropped connection: completes where a retry is allowed
     "flaky3": "flaky:3:{key}",  # three: more than any source's retries
     "retry": f"retry-after:{PAUSE:g}:{{key}}",
+    "outside": "outside:{key}",  # returns a file beside the destination: FAILED, and never deleted
 }
 COMPLETES = {"ok", "block", "ignore", "retry"}  # without cancel or restart; flaky ones by the retries
 DROPS = {"flaky1": 1, "flaky3": 3}
-HELD = ("block", "ignore")  # behaviours that run until released
+HELD = ("block", "ignore", "outside")  # behaviours that run until released
 CHAINS = st.permutations(NAMES).flatmap(lambda p: st.sampled_from([tuple(p[:2]), tuple(p)]))
 
 
@@ -389,6 +390,33 @@ class EngineMachine(RuleBasedStateMachine):
         prober.join(WAIT)
         assert finished_while_held, f"with {held!r} frozen, a write on {other!r} did not finish"
 
+    @precondition(lambda self: any(j.behaviour == "ignore" and not j.released for j in self.live()))
+    @rule(data=st.data())
+    @logged
+    def cancel_wakes_a_waiter(self, data: st.DataObject) -> None:
+        """A thread waiting for a running job returns at its cancel, not when download_impl does."""
+        held = [j for j in self.live() if j.behaviour == "ignore" and not j.released]
+        job = data.draw(st.sampled_from(held), label="cancel_wakes_a_waiter")
+        waited: list[State] = []
+        waiter = threading.Thread(
+            target=lambda: waited.append(self.engine.wait([job.id], timeout=WAIT)[0].state),
+            name="test-waiter",
+        )
+        with frozen(self.engine, job.source) as view:
+            running = view.state(job.id) is State.RUNNING
+            if running:
+                waiter.start()
+                time.sleep(0.05)  # a head start into wait (were it late, the check could only pass)
+                self.cancel_frozen(job)
+        if running:  # download_impl goes on: it ignores the cancel until released
+            waiter.join(5.0)
+            woke = not waiter.is_alive()
+            self.open_gate(job)
+            waiter.join(WAIT)
+            event("cancel_wakes_a_waiter while RUNNING")
+            assert woke, "wait returned only when download_impl did, not at the cancel"
+            assert waited == [State.CANCELLED], f"wait returned {waited}"
+
     @rule()
     @logged
     def restart(self) -> None:
@@ -568,6 +596,9 @@ class EngineMachine(RuleBasedStateMachine):
                 assert starts <= job.max_starts(), (
                     f"a {job.behaviour} job reached download_impl {starts} times (at most {job.max_starts()})"
                 )
+            if job.behaviour == "outside" and self.starts(job.id):
+                outside = self.plugins[job.source].outside_path(self.engine.dest_dir, job.id)
+                assert outside.is_file(), "the engine deleted a file outside the destination"
             landed = [p.landed_path(self.engine.dest_dir, job.id) for p in self.plugins.values()]
             if job.removed:
                 if job.cancelled:
