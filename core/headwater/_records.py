@@ -27,6 +27,11 @@ class State(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    # Members are singletons compared by identity, so identity is a hash that agrees
+    # with equality; Enum's own hashes the name in Python, and a download's state
+    # changes look states up about ten times.
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         """True for COMPLETED, FAILED and CANCELLED: nothing moves a record out of them."""
