@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from headwater import Engine, RatePolicy
 
@@ -22,6 +22,15 @@ pytest_plugins = ["headwater.testing", "pytester"]
 _THREADED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("ci", max_examples=300, stateful_step_count=40, **_THREADED)
 settings.register_profile("stress", max_examples=3000, stateful_step_count=60, **_THREADED)
+# bench/mutations.py: as ci, without an example database and without shrinking a failure.
+settings.register_profile(
+    "mutants",
+    max_examples=300,
+    stateful_step_count=40,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    **_THREADED,
+)
 settings.load_profile("ci")
 
 

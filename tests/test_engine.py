@@ -336,7 +336,7 @@ def test_a_file_landed_after_cancel_is_deleted(make_engine):
 
 
 def test_a_landed_file_is_gone_before_the_job_counts_as_ended(make_engine, monkeypatch):
-    import headwater._engine as engine_module
+    import headwater._outcomes as engine_module
 
     running_at_delete: list[int] = []
     delete = engine_module.discard_landed

@@ -9,6 +9,7 @@ woken.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from headwater import DownloadContext, Engine, Job, RatePolicy, RetryAfter, State, TransientError, hookimpl
 from headwater._clock import ManualClock, SystemClock
 from headwater._discovery import ONE_LINE_MAX
-from headwater._worker import SourceWorker
+from headwater._worker import SourceWorker, Verdict
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,23 +203,30 @@ def test_a_fallback_that_breaks_a_timed_out_move_does_not_stop_the_watchdog(tmp_
         engine.close(timeout=5)
 
 
-def test_a_worker_thread_goes_on_when_run_raises() -> None:
-    """The worker's own guard, under the engine's: a ``run`` that raises after ``finish``."""
+def test_a_worker_thread_goes_on_when_settle_raises() -> None:
+    """The worker's own guard, under the engine's: a ``settle`` that raises still ends the attempt."""
     lock = threading.RLock()
     ran: list[str] = []
     all_ran = threading.Event()
 
-    def run(job: Job, token: str) -> None:
-        with lock:
-            worker.finish()
-        ran.append(token)
+    def settle(item: Job, token: str, outcome: str) -> Verdict:
+        ran.append(outcome)
         if token == "bad":
-            raise RuntimeError("run broke its contract")
+            raise RuntimeError("settle broke its contract")
         if len(ran) == 3:
             all_ran.set()
+        return Verdict()
 
-    worker: SourceWorker[str] = SourceWorker(
-        "unit", lock, RatePolicy(concurrency=1), lambda job, now: job.target, run, 5.0, SystemClock()
+    worker: SourceWorker[Job, str, str] = SourceWorker(
+        "unit",
+        lock,
+        RatePolicy(concurrency=1),
+        lambda job, now: job.target,
+        lambda job, token: token,
+        settle,
+        contextlib.nullcontext,
+        5.0,
+        SystemClock(),
     )
     with lock:
         for target in ("bad", "good", "also good"):

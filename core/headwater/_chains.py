@@ -4,8 +4,9 @@ A :class:`Chain` names sources in order; :func:`resolve_chain` turns it (or
 one source name) into loaded sources (aliases resolved, duplicates dropped
 keeping the first). :func:`translate` asks one source whether it can take a
 target; :func:`find_taker` and :func:`first_taker` ask the sources of a chain
-in turn, for the submit and for each move down the chain. The move itself,
-which holds both sources' locks, is the engine's (see ``docs/resilience.md``).
+in turn, for the submit and for each move down the chain; :func:`fall_back`
+and :func:`move_down` make that move, which holds both sources' locks (see
+``docs/resilience.md``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from headwater._attempt import moved_down
 from headwater._discovery import one_line
 from headwater._errors import SourceSkippedWarning, TargetRejectedError, UnknownSourceError
-from headwater._records import Tried
+from headwater._outcomes import end_broken, fail
+from headwater._records import Job, Record, State, Tried
+from headwater._shard import Shard, Shards
 from headwater._sources import Source, SourceRegistry
 
 
@@ -153,3 +157,68 @@ def first_taker(chain: tuple[Source, ...], target: str) -> tuple[tuple[Source, .
         reasons = "; ".join(f"{t.source}: {t.error}" for t in declined)
         raise TargetRejectedError(f"no source can take target {target!r}: {reasons}")
     return chain[taker.index :], taker.target, declined
+
+
+def fall_back(shards: Shards, shard: Shard, download_id: str, error: str) -> None:
+    """Move a chain download that failed on ``shard`` with ``error`` to the next source that takes it.
+
+    Call it without locks, while the record is still RUNNING on ``shard``
+    (its attempt ended by :meth:`Download.end` or :meth:`Download.expire`).
+    The fallbacks' ``translate_target`` hooks run without locks; the move
+    itself is :func:`move_down`. Fails the download when no source is left,
+    unless it was cancelled or removed meanwhile. Never raises: if a step
+    fails (a fallback's ``translate_target`` raising what its boundary lets
+    through, such as KeyboardInterrupt), the download FAILS instead.
+    """
+    try:
+        record = shard.records.get(download_id)
+        if record is None:
+            return
+        fallbacks = (shards.registry.resolve(name) for name in record.fallbacks)
+        taker, declined = find_taker(fallbacks, record.target)
+        if taker is not None:
+            move_down(shards, shard, record, error, taker, declined)
+            return
+        with shard.lock:
+            current = shard.records.get(download_id)
+            if current is not None and current.state is State.RUNNING:
+                fail(shard, current, error, declined)
+                shard.logger.info("download %s failed on every source of its chain", download_id)
+    except BaseException as exc:  # the last resort: this runs on a worker or the watchdog thread
+        with shard.lock:
+            end_broken(shard, download_id, exc)
+
+
+def move_down(
+    shards: Shards, shard: Shard, record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]
+) -> None:
+    """Requeue ``record``'s download, which failed with ``error`` on ``shard``, on ``taker``'s source.
+
+    ``record`` is as read without a lock while it was RUNNING on
+    ``shard``; ``taker`` and ``declined`` are :func:`find_taker`'s answer
+    for its ``fallbacks``. Its ``tried`` gains this source's failure and
+    ``declined``. Call it with no lock held: it takes both sources' locks
+    in name order, so a cancel either lands first (and nothing moves) or
+    finds the record on its new source. The QUEUED record is committed
+    through :meth:`Shard.move`, entered in ``shards.home`` before it leaves
+    ``shard`` (see :meth:`Shards.raise_unless_moved`), then the download
+    (its next job set) is put on the new source's worker.
+    """
+    download_id, name = record.id, taker.source.name  # the name now, should the chain say an alias
+    dest = shards.of(name)
+    first, second = sorted((shard, dest), key=lambda s: s.source.name)
+    with first.lock, second.lock:
+        current = shard.records.get(download_id)
+        download = shard.live.get(download_id)
+        if current is None or current.state is not State.RUNNING or download is None:
+            return  # cancelled or removed meanwhile
+        moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
+        assert moved is not None, "RUNNING -> QUEUED is always legal"
+        dest.records[download_id] = moved
+        shards.home[download_id] = dest
+        del shard.records[download_id]
+        del shard.live[download_id]
+        dest.live[download_id] = download
+        download.again(Job(download_id, name, taker.target, moved.display_name))
+        dest.worker.put(download)
+    shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)

@@ -1,54 +1,36 @@
-"""The engine: the one object a user holds.
+"""The engine: the one object a user holds, the front door of the run path.
 
-Records are sharded by source: each source has one re-entrant lock that
-guards its records and its worker's queue, so a source whose lock is held
-never delays another. Every state change goes through :meth:`_Shard.move`,
-which enforces :data:`headwater.TRANSITIONS`.
-
-A download of a fallback chain moves from shard to shard: the move holds
-both sources' locks (taken in name order) and updates ``Engine._home``, the
-id -> shard map kept for chain downloads only, so a reader or a cancel that
-finds the record gone from a shard looks again where it went.
+``submit`` puts a QUEUED record on its source's shard and the download on
+that source's worker; from there the path runs one way (see
+:mod:`headwater._dispatch`): scheduler -> executor -> ``download_impl`` ->
+record. The engine reads records (from the shards, then from
+:class:`~headwater._ended.Ended`), cancels and removes, pauses, changes
+policies, takes over what the journal holds unfinished, and closes.
 
 Every change is committed to the engine's :class:`~headwater.RecordStore`
-before anyone can see it. The shards hold the unfinished records only: a
-record that ends leaves its shard once committed, for :class:`Ended`
-(the store, and a window of the latest), where a reader that no longer
-finds it in a shard looks next.
+before anyone can see it (see :mod:`headwater._shard`).
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
 import os
-import random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import attrs
 
-from headwater._attempt import (
-    completion,
-    deadline,
-    described_changes,
-    failing,
-    moved_down,
-    run_attempt,
-    try_again,
-    with_progress,
-)
-from headwater._chains import Chain, Taker, find_taker, translate
+from headwater._chains import Chain, translate
 from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
-from headwater._context import DownloadContext
-from headwater._discovery import Candidate, discover, one_line
-from headwater._download import Download, Phase
+from headwater._discovery import Candidate, discover
+from headwater._dispatch import Dispatcher
+from headwater._download import Download
 from headwater._ended import Ended
 from headwater._errors import (
     EngineClosedError,
@@ -56,145 +38,22 @@ from headwater._errors import (
     StoreError,
     UnknownDownloadError,
 )
-from headwater._files import Existing, discard_landed
+from headwater._files import Existing
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, State, Tried, changed, may_transition
-from headwater._redact import protect, register
+from headwater._records import Job, Record, State
+from headwater._redact import register
 from headwater._settings import SettingsInput, SettingsLayers
-from headwater._sources import PolicyOverride, Source, SourceInfo, SourceRegistry
+from headwater._shard import Shard, snapshot
+from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
 from headwater._store import MemoryStore, RecordStore
 from headwater._submission import submission
-from headwater._watchdog import Watchdog
-from headwater._worker import SourceWorker
 
 log = logging.getLogger("headwater")
-
-
-class _Shard:
-    """One source's lock, records, live downloads and worker."""
-
-    def __init__(
-        self,
-        source: Source,
-        store: RecordStore,
-        feed: ChangeFeed,
-        ended: Ended,
-        home: dict[str, _Shard],
-        begin: Callable[[Download, float], DownloadContext | None],
-        run: Callable[[Download, DownloadContext], tuple[Download, DownloadContext] | None],
-        idle_timeout: float,
-        clock: Clock,
-    ) -> None:
-        self.source = source
-        self.store = store
-        self.feed = feed
-        self.ended = ended
-        self.home = home
-        self.lock = threading.RLock()
-        self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
-        self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
-        self.live: dict[str, Download] = {}  # downloads whose record is not terminal, by id
-        self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
-        self.logger = logging.getLogger(f"headwater.source.{source.name}")
-        protect(self.logger)  # settings: no secret value in what the source logs
-        self.worker: SourceWorker[Download, DownloadContext] = SourceWorker(
-            source.name, self.lock, source.policy, begin, run, idle_timeout, clock
-        )
-
-    def move(self, record: Record, state: State, **changes: object) -> Record | None:
-        """Write ``record`` in ``state`` if the transition is legal; the lock must be held.
-
-        ``record`` must be the current record (see :meth:`current`). Returns
-        the new record, or None (and writes nothing) when the transition is
-        illegal. The new record is committed to the store before it replaces
-        the old one, at once or, inside :meth:`batch`, when the batch ends. If
-        the store cannot write it, the error is logged and the engine goes on
-        in memory: a download never hangs on a full disk, and what the journal
-        missed is redone after a restart.
-        """
-        if not may_transition(record.state, state):
-            log.debug("refused %s -> %s for %s", record.state.name, state.name, record.id)
-            return None
-        return self.amend(record, state=state, **changes)
-
-    def amend(self, record: Record, **changes: object) -> Record:
-        """Write ``record`` with ``changes``, committed as :meth:`move` does; the lock must be held.
-
-        Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
-        """
-        new = changed(record, updated_at=time.time(), **changes)
-        if new.state.terminal:
-            self.live.pop(new.id, None)
-        if self._unwritten is None:
-            self._write({new.id: (record.state, new)})
-        else:
-            first = self._unwritten.get(new.id)
-            self._unwritten[new.id] = (record.state if first is None else first[0], new)
-        return new
-
-    def current(self, download_id: str) -> Record | None:
-        """The record as the locked step in progress left it (moves of an open batch included)."""
-        if self._unwritten:
-            moved = self._unwritten.get(download_id)
-            if moved is not None:
-                return moved[1]
-        return self.records.get(download_id)
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Within it (lock held), moves are committed together at its end, then become visible.
-
-        One store commit instead of one per move: the end of a download and
-        the start of the next share a transaction.
-        """
-        self._unwritten = {}
-        try:
-            yield
-        finally:
-            moved, self._unwritten = self._unwritten, None
-            if moved:
-                self._write(moved)
-
-    def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
-        """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
-
-        A terminal record committed leaves the shard for :attr:`ended` (one
-        the store refused stays, as the only copy).
-        """
-        committed = True
-        try:
-            self.store.commit([new for _, new in moves.values()])
-        except StoreError as exc:
-            committed = False
-            changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
-            log.error("%s; %s kept in memory only", exc, changes)
-        for _, new in moves.values():
-            if committed and new.state.terminal:
-                self.ended.keep(new)  # before it leaves: a reader missing it here finds it there
-                self.records.pop(new.id, None)
-                self.home.pop(new.id, None)
-            else:
-                self.records[new.id] = new
-        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
-
-    def snapshot(self, record: Record) -> Record:
-        """``record`` with the live progress of its download, if it is running."""
-        if record.state is not State.RUNNING:
-            return record
-        ctx = self.running.get(record.id)
-        if ctx is None:
-            return record
-        return with_progress(record, ctx)
 
 
 def _made(record: Record) -> tuple[float, str]:
     """A record's place in the order of making."""
     return record.created_at, record.id
-
-
-def _snapshot(shard: _Shard | None, record: Record) -> Record:
-    """``record`` with its live progress if ``shard`` holds it; an ended one (no shard) as it is."""
-    return record if shard is None else shard.snapshot(record)
 
 
 class Engine:
@@ -271,16 +130,14 @@ class Engine:
             inputs = SettingsInput.read(settings, settings_layers)
             self._registry = SourceRegistry(candidates, policies, inputs)
             self._secrets = register(self._registry.secret_values())  # settings: redacted until close
-            self._idle_timeout = idle_timeout
-            self._clock: Clock = SystemClock() if clock is None else clock
-            self._watchdog = Watchdog(self._clock, self._expire, "headwater-watchdog")
+            clock = SystemClock() if clock is None else clock
             loaded = frozenset(n for info in self._registry.infos() for n in (info.name, *info.aliases))
             self._ended = Ended(self._store, loaded.__contains__)
-            self._home: dict[str, _Shard] = {}  # chain download id -> the shard it is on now
-            self._shards: dict[str, _Shard] = {}
-            self._meta = threading.Lock()
+            self._dispatch = Dispatcher(
+                self._registry, self._store, self._feed, self._ended, clock, idle_timeout, self.dest_dir
+            )
+            self._shards = self._dispatch.shards
             self._closed = False
-            self._watch: dict[str, threading.Event] = {}  # download id -> set when it ends
             self._restore_pauses()
             if not hold:
                 self._requeue(self._store.take_over(self._registry.names()))
@@ -288,7 +145,7 @@ class Engine:
             self._store.close()
             self._secrets.release()
             raise
-        self._store.attach(self._running_snapshots)
+        self._store.attach(self._shards.running_snapshots)
 
     # -- sources ---------------------------------------------------------
 
@@ -300,43 +157,9 @@ class Engine:
         """
         return self._registry.infos(include_broken)
 
-    def _shard(self, name: str) -> _Shard:
-        """The shard of the source ``name`` names, made on first use; one per source, aliases included.
-
-        Raises UnknownSourceError for a name no loaded source has.
-        """
-        shard = self._shards.get(name)
-        if shard is None:
-            with self._meta:
-                source = self._registry.resolve(name)  # an alias (from an old journal) finds its source
-                shard = self._shards.get(source.name)
-                if shard is None:
-                    shard = _Shard(
-                        source,
-                        self._store,
-                        self._feed,
-                        self._ended,
-                        self._home,
-                        self._begin,
-                        self._run,
-                        self._idle_timeout,
-                        self._clock,
-                    )
-                    self._shards[source.name] = shard
-        return shard
-
-    def _find(self, download_id: str, source_hint: str | None = None) -> _Shard:
-        home = self._home.get(download_id)
-        if home is not None:
-            return home
-        if source_hint is not None:
-            shard = self._shards.get(self._registry.resolve(source_hint).name)
-            if shard is not None and download_id in shard.records:
-                return shard
-        for shard in list(self._shards.values()):
-            if download_id in shard.records:
-                return shard
-        raise UnknownDownloadError(download_id)
+    def _shard(self, name: str) -> Shard:
+        """The shard of the source ``name`` names (an alias too), made on first use; UnknownSourceError."""
+        return self._shards.of(name)
 
     # -- the journal ---------------------------------------------------------
 
@@ -361,7 +184,7 @@ class Engine:
         this engine's.
         """
         now = time.time()
-        requeued: list[tuple[_Shard, Record]] = []
+        requeued: list[tuple[Shard, Record]] = []
         for record in records:
             shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
             record = attrs.evolve(
@@ -422,16 +245,6 @@ class Engine:
         """Make every download submitted so far durable in the store (see :mod:`headwater._store`)."""
         self._store.flush()
 
-    def _running_snapshots(self) -> list[Record]:
-        """Snapshots of the running records, for the store's progress writes (any thread)."""
-        found: list[Record] = []
-        for shard in list(self._shards.values()):
-            for download_id in list(shard.running):
-                record = shard.records.get(download_id)
-                if record is not None:
-                    found.append(shard.snapshot(record))
-        return found
-
     # -- submitting --------------------------------------------------------
 
     def submit(
@@ -482,7 +295,7 @@ class Engine:
         record, job = made.record, made.job
         shard = self._shard(record.source)
         if record.fallbacks or record.tried:
-            self._home[job.id] = shard
+            self._shards.home[job.id] = shard
         with shard.lock:
             self._store.add(record)
             shard.records[job.id] = record
@@ -491,270 +304,6 @@ class Engine:
             shard.live[job.id] = download
             shard.worker.put(download)
         return job.id
-
-    # -- running (called by the worker) ----------------------------------------
-
-    def _begin(self, download: Download, now: float) -> DownloadContext | None:
-        """Start ``download`` (the source lock held); None if a cancel came first.
-
-        ``now`` is the clock time the worker decided to start at: the
-        download's start for its timeout and its speed. Whether it starts
-        is :meth:`Download.start`'s answer; the RUNNING record follows.
-        """
-        job = download.job
-        shard = self._shards[job.source]
-        record = shard.current(job.id)
-        if record is None or download.phase is not Phase.QUEUED:
-            return None
-        folder = Path(record.dest_dir) if record.dest_dir is not None else self.dest_dir
-        existing = record.existing or shard.source.policy.existing
-        ctx = DownloadContext(
-            folder,
-            shard.logger,
-            self._clock.now,
-            now,
-            existing,
-            shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
-            functools.partial(self._describe, shard, download),
-        )
-        if not download.start(ctx):
-            return None
-        shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.running[job.id] = ctx
-        if shard.source.policy.watched:
-            self._watchdog.poke()
-        return ctx
-
-    def _describe(
-        self,
-        shard: _Shard,
-        download: Download,
-        ctx: DownloadContext,
-        display_name: str | None,
-        username: str | None,
-        fields: Mapping[str, object],
-    ) -> None:
-        """``ctx.describe``'s effect: the RUNNING record gains the name and fields, journaled at once.
-
-        Runs on the download's worker thread, takes the source's lock. Does
-        nothing once ``ctx`` is no longer the download's running context (it
-        ended, was cancelled or expired).
-        """
-        with shard.lock:
-            record = shard.current(download.id)
-            ours = download.ctx is ctx and download.phase is Phase.RUNNING
-            if not ours or record is None or record.state is not State.RUNNING:
-                return
-            shard.amend(record, **described_changes(record, display_name, username, fields))
-
-    def _run(self, download: Download, ctx: DownloadContext) -> tuple[Download, DownloadContext] | None:
-        """Call the source's ``download_impl`` and write the outcome, unless cancelled.
-
-        An interrupted download (see :meth:`close`) that did not land its
-        file goes back to QUEUED, whatever ``download_impl`` raised.
-
-        In the same locked step, and the same store commit, it begins the
-        source's next job if one may start right now, and returns it for the
-        worker thread to run next (None if none was due). Never raises, and
-        always calls the worker's ``finish``: nothing ``download_impl`` returns
-        or raises stops the source's worker (a step that breaks on it FAILS the
-        download instead; see :meth:`_end_broken_locked`).
-        """
-        job = download.job
-        shard = self._shards[job.source]
-        tried = run_attempt(shard.source, job, ctx)
-        returned, path, skipped = tried.returned, tried.path, tried.skipped
-        error, failure = tried.error, tried.failure
-        fall_back = False
-        wrote: Record | None = None
-        with shard.lock, shard.batch():
-            try:
-                if shard.running.get(job.id) is ctx:
-                    del shard.running[job.id]
-                ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
-                record = shard.records.get(job.id)
-                if ours and record is not None and record.state is State.RUNNING:
-                    if path is not None:
-                        wrote = shard.move(record, State.COMPLETED, **completion(tried))
-                    elif ctx.interrupted.is_set():  # stopped, not ended: unfinished, for a later engine
-                        stopped = with_progress(record, ctx)
-                        wrote = shard.move(stopped, State.QUEUED, speed=0.0, time_remaining=None)
-                    else:
-                        latest = with_progress(record, ctx)
-                        ended = self._try_again_locked(shard, download, latest, error, failure)
-                        if ended is not None:
-                            error, wrote, fall_back = ended, record, bool(record.fallbacks)
-                            if not fall_back:
-                                wrote = self._fail_locked(shard, latest, error, ())
-                if wrote is None and returned is not None and not skipped:
-                    # Cancelled or removed meanwhile: the file goes before the job counts as ended.
-                    discard_landed(ctx.dest_dir, returned)
-            except BaseException as exc:  # the last resort: whatever broke here, the job ends
-                fall_back = False
-                self._end_broken_locked(shard, job.id, exc)
-            finally:
-                shard.worker.finish()
-                follow = shard.worker.next_due()
-        if fall_back:
-            self._fall_back(shard, job.id, error)
-        elif wrote is not None and wrote.state is State.FAILED:
-            shard.logger.info("download %s of %r failed: %s", job.id, job.target, error)
-        self._notify_ended(job.id)
-        return follow
-
-    def _try_again_locked(
-        self, shard: _Shard, download: Download, record: Record, error: str, failure: BaseException | None
-    ) -> str | None:
-        """Queue ``download`` again on its source if :func:`~headwater._attempt.try_again` allows; lock held.
-
-        A Retry-After pauses the source's worker and puts the job back at the
-        front; a retry waits the policy's backoff apart from the queue.
-        Returns None when the job was queued again (the record is then
-        QUEUED), else the error to end the attempt with.
-        """
-        policy = shard.source.policy
-        again = try_again(policy, download.job, record, error, failure)
-        if isinstance(again, str):
-            return again
-        now = self._clock.now()
-        download.again(again.job)
-        if again.pause is not None:
-            shard.move(record, State.QUEUED, error=error, speed=0.0, time_remaining=None)
-            shard.worker.pause_until(now + again.pause)
-            shard.worker.put_front(download)
-            shard.logger.info("source %s paused for %g s: %s", download.job.source, again.pause, error)
-            return None
-        retry = again.retries
-        shard.move(record, State.QUEUED, error=error, retries=retry, speed=0.0, time_remaining=None)
-        shard.worker.put_later(download, now + policy.retry_wait(retry, random.random()))
-        return None
-
-    def _fail_locked(self, shard: _Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:
-        """RUNNING -> FAILED with ``error``; ``tried`` gains ``skipped`` and this source. Lock held."""
-        wrote = shard.move(record, State.FAILED, **failing(record, error, skipped))
-        assert wrote is not None, "RUNNING -> FAILED is always legal"
-        return wrote
-
-    def _end_broken_locked(self, shard: _Shard, download_id: str, exc: BaseException) -> None:
-        """End ``download_id`` on ``shard`` after the engine's own step ending it raised ``exc``; lock held.
-
-        The last resort of the steps after ``download_impl``, which a plugin's
-        odd return value or exception could break: logs the traceback, takes
-        the attempt's context away and, if the record is still RUNNING on
-        ``shard``, writes it FAILED with ``exc`` as its error, so the download
-        ends and whoever waits for it can be woken.
-        """
-        shard.logger.error("ending download %s failed: %s", download_id, one_line(exc), exc_info=exc)
-        shard.running.pop(download_id, None)
-        record = shard.current(download_id)
-        if record is not None and record.state is State.RUNNING:
-            self._fail_locked(shard, record, f"could not end the download: {one_line(exc)}", ())
-
-    def _fall_back(self, shard: _Shard, download_id: str, error: str) -> None:
-        """Move a chain download that failed on ``shard`` with ``error`` to the next source that takes it.
-
-        Called without locks by the thread that ended the attempt, while the
-        record is still RUNNING on ``shard``. The fallbacks'
-        ``translate_target`` hooks run without locks; the move itself is
-        :meth:`_move_down`. Fails the download when no source is left, unless
-        it was cancelled or removed meanwhile. Never raises: if a step fails
-        (a fallback's ``translate_target`` raising what its boundary lets
-        through, such as KeyboardInterrupt), the download FAILS instead.
-        """
-        try:
-            record = shard.records.get(download_id)
-            if record is None:
-                return
-            fallbacks = (self._registry.resolve(name) for name in record.fallbacks)
-            taker, declined = find_taker(fallbacks, record.target)
-            if taker is not None:
-                self._move_down(shard, record, error, taker, declined)
-                return
-            with shard.lock:
-                current = shard.records.get(download_id)
-                if current is not None and current.state is State.RUNNING:
-                    self._fail_locked(shard, current, error, declined)
-                    shard.logger.info("download %s failed on every source of its chain", download_id)
-        except BaseException as exc:  # the last resort: this runs on a worker or the watchdog thread
-            with shard.lock:
-                self._end_broken_locked(shard, download_id, exc)
-
-    def _move_down(
-        self, shard: _Shard, record: Record, error: str, taker: Taker, declined: tuple[Tried, ...]
-    ) -> None:
-        """Requeue ``record``'s download, which failed with ``error`` on ``shard``, on ``taker``'s source.
-
-        ``record`` is as read without a lock while it was RUNNING on
-        ``shard``; ``taker`` and ``declined`` are :func:`find_taker`'s answer
-        for its ``fallbacks``. Its ``tried`` gains this source's failure and
-        ``declined``. Call it with no lock held: it takes both sources' locks
-        in name order, so a cancel either lands first (and nothing moves) or
-        finds the record on its new source. The QUEUED record is committed
-        through :meth:`_Shard.move`, entered in ``_home`` before it leaves
-        ``shard`` (see :meth:`_raise_unless_moved`), then queued on the new
-        source's worker.
-        """
-        download_id, name = record.id, taker.source.name  # the name now, should the chain say an alias
-        dest = self._shard(name)
-        first, second = sorted((shard, dest), key=lambda s: s.source.name)
-        with first.lock, second.lock:
-            current = shard.records.get(download_id)
-            download = shard.live.get(download_id)
-            if current is None or current.state is not State.RUNNING or download is None:
-                return  # cancelled or removed meanwhile
-            moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
-            assert moved is not None, "RUNNING -> QUEUED is always legal"
-            dest.records[download_id] = moved
-            self._home[download_id] = dest
-            del shard.records[download_id]
-            del shard.live[download_id]
-            dest.live[download_id] = download
-            download.again(Job(download_id, name, taker.target, moved.display_name))
-            dest.worker.put(download)
-        shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)
-
-    def _expire(self, now: float) -> float | None:
-        """End every watched download past its timeout or stall timeout; the watchdog's check.
-
-        Runs on the watchdog thread. An expired download gets ``ctx.cancelled``
-        set and is FAILED (or moves on along its chain) at once; its thread is
-        not waited for and keeps its place in the concurrency limit until
-        ``download_impl`` returns. Returns the next deadline, or None.
-        """
-        next_due: float | None = None
-        ended: list[tuple[_Shard, str, str, bool]] = []
-        for shard in list(self._shards.values()):
-            policy = shard.source.policy
-            if not policy.watched or not shard.running:
-                continue
-            with shard.lock:
-                for download_id, ctx in list(shard.running.items()):
-                    download = shard.live.get(download_id)
-                    if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
-                        continue  # cancelled, or expired before: its download_impl has not returned
-                    due, why = deadline(policy, ctx)
-                    if due > now:
-                        next_due = due if next_due is None else min(next_due, due)
-                        continue
-                    download.expire(ctx)
-                    record = shard.records.get(download_id)
-                    if record is None or record.state is not State.RUNNING:
-                        continue
-                    if not record.fallbacks:
-                        self._fail_locked(shard, with_progress(record, ctx), why, ())
-                    ended.append((shard, download_id, why, bool(record.fallbacks)))
-        for shard, download_id, why, fall_back in ended:
-            shard.logger.info("download %s %s", download_id, why)
-            if fall_back:
-                self._fall_back(shard, download_id, why)
-            self._notify_ended(download_id)
-        return next_due
-
-    def _notify_ended(self, download_id: str) -> None:
-        """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
-        ended = self._watch.pop(download_id, None)
-        if ended is not None:
-            ended.set()
 
     # -- controlling -------------------------------------------------------
 
@@ -776,43 +325,20 @@ class Engine:
         """
         try:
             while True:
-                shard = self._find(download_id, source_hint)
+                shard = self._shards.find(download_id, source_hint)
                 with shard.lock:
                     record = shard.records.get(download_id)
                     if record is not None:
-                        cancelled = self._cancel_locked(shard, record)
+                        cancelled = shard.cancel(record)
                         break
-                self._raise_unless_moved(download_id, shard)
+                self._shards.raise_unless_moved(download_id, shard)
         except UnknownDownloadError:
             if self._ended.get(download_id) is not None:
                 return False
             return self._store.cancel_left(download_id)[1]
         if cancelled:
-            self._notify_ended(download_id)
+            self._dispatch.notify_ended(download_id)
         return cancelled
-
-    def _raise_unless_moved(self, download_id: str, shard: _Shard) -> None:
-        """Raise UnknownDownloadError unless a chain move took ``download_id`` off ``shard``.
-
-        A move writes the new shard into ``_home`` before it takes the record
-        off the old one, so after a miss ``_home`` already names where it went.
-        """
-        if self._home.get(download_id, shard) is shard:
-            raise UnknownDownloadError(download_id)
-
-    def _cancel_locked(self, shard: _Shard, record: Record) -> bool:
-        """Cancel ``record``'s download on ``shard`` (lock held); True if this call cancelled it.
-
-        The download's own check-and-set (:meth:`Download.cancel`) settles a
-        race with its start or end; the CANCELLED record follows.
-        """
-        download = shard.live.get(record.id)
-        if download is not None:
-            download.cancel()
-        moved = shard.move(
-            shard.snapshot(record), State.CANCELLED, finished_at=time.time(), speed=0.0, time_remaining=None
-        )
-        return moved is not None
 
     def remove(self, download_id: str) -> Record:
         """Forget a download, cancelling it first if it has not ended; return its last record.
@@ -824,34 +350,34 @@ class Engine:
         """
         try:
             while True:
-                shard = self._find(download_id)
+                shard = self._shards.find(download_id)
                 with shard.lock:
                     record = shard.records.get(download_id)
                     if record is not None:
-                        self._cancel_locked(shard, record)  # a record it ends leaves the shard
+                        shard.cancel(record)  # a record it ends leaves the shard
                         final = shard.records.get(download_id) or self._ended.get(download_id)
                         assert final is not None, "a record its cancel ended is in the shard or the ended"
                         self._forget_locked(shard, final)
                         break
-                self._raise_unless_moved(download_id, shard)
+                self._shards.raise_unless_moved(download_id, shard)
         except UnknownDownloadError:
             shard, final = self._ended_shard(download_id)
             with shard.lock:
                 if self._ended.get(download_id) is None:
                     raise  # removed meanwhile
                 self._forget_locked(shard, final)
-        self._notify_ended(download_id)
+        self._dispatch.notify_ended(download_id)
         return final
 
-    def _forget_locked(self, shard: _Shard, final: Record) -> None:
+    def _forget_locked(self, shard: Shard, final: Record) -> None:
         """Delete ``final``'s download from the store and the engine, and say so; ``shard``'s lock held."""
         self._store.delete(final.id)
         shard.records.pop(final.id, None)
         self._ended.forget(final.id)
-        self._home.pop(final.id, None)
+        self._shards.home.pop(final.id, None)
         self._feed.publish(ChangeKind.REMOVED, (final,))
 
-    def _ended_shard(self, download_id: str) -> tuple[_Shard, Record]:
+    def _ended_shard(self, download_id: str) -> tuple[Shard, Record]:
         """The ended record ``download_id`` and its source's shard; UnknownDownloadError if none."""
         record = self._ended.get(download_id)
         if record is None:
@@ -878,9 +404,9 @@ class Engine:
 
         Raises UnknownDownloadError, StoreError when the store cannot be read.
         """
-        return _snapshot(*self._locate(download_id))
+        return snapshot(*self._locate(download_id))
 
-    def _locate(self, download_id: str, shard: _Shard | None = None) -> tuple[_Shard | None, Record]:
+    def _locate(self, download_id: str, shard: Shard | None = None) -> tuple[Shard | None, Record]:
         """The shard a download is on (``shard`` if given and still right) and its record.
 
         The shard is None for an ended download, whose record is read from
@@ -892,11 +418,11 @@ class Engine:
                 return shard, record
         try:
             while True:
-                shard = self._find(download_id)
+                shard = self._shards.find(download_id)
                 record = shard.records.get(download_id)
                 if record is not None:
                     return shard, record
-                self._raise_unless_moved(download_id, shard)
+                self._shards.raise_unless_moved(download_id, shard)
         except UnknownDownloadError:
             ended = self._ended.get(download_id)  # it left its shard after it was here
             if ended is None:
@@ -913,7 +439,7 @@ class Engine:
         names: set[str] | None = None
         if source is not None:
             found = self._registry.resolve(source)
-            shards: Iterable[_Shard] = [self._shard(found.name)]
+            shards: Iterable[Shard] = [self._shard(found.name)]
             names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
@@ -985,7 +511,7 @@ class Engine:
             while not self._ended_or_raise(shard, download_id):
                 # Watch this one id: the terminal write sets the event. Check again
                 # after registering, in case it ended in between.
-                ended = self._watch.setdefault(download_id, threading.Event())
+                ended = self._dispatch.watch.setdefault(download_id, threading.Event())
                 if self._ended_or_raise(shard, download_id):
                     break
                 if self._closed:
@@ -996,9 +522,9 @@ class Engine:
                     raise TimeoutError(
                         f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
                     )
-        return [_snapshot(*self._locate(i, s)) for s, i in zip(shards, order, strict=True)]
+        return [snapshot(*self._locate(i, s)) for s, i in zip(shards, order, strict=True)]
 
-    def _ended_or_raise(self, shard: _Shard | None, download_id: str) -> bool:
+    def _ended_or_raise(self, shard: Shard | None, download_id: str) -> bool:
         """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
         return self._locate(download_id, shard)[1].state.terminal
 
@@ -1017,7 +543,7 @@ class Engine:
             shard.source.policy = policy
             shard.worker.set_policy(policy)
         if policy.watched:
-            self._watchdog.poke()
+            self._dispatch.watchdog.poke()
 
     def pause(self, source: str | None = None) -> None:
         """Start no more downloads of ``source`` (a name or alias), or of every source if None.
@@ -1048,7 +574,7 @@ class Engine:
         """The names of the paused sources, sorted."""
         return sorted(n for n, s in list(self._shards.items()) if s.worker.paused)
 
-    def _chosen(self, source: str | None) -> list[_Shard]:
+    def _chosen(self, source: str | None) -> list[Shard]:
         if source is not None:
             return [self._shard(self._registry.resolve(source).name)]
         return [self._shard(info.name) for info in self._registry.infos()]
@@ -1081,15 +607,15 @@ class Engine:
                     if record is None:
                         continue
                     if not interrupt:
-                        self._cancel_locked(shard, record)
+                        shard.cancel(record)
                     elif record.state is State.RUNNING:  # not one cancelled meanwhile
                         ctx.interrupted.set()
                         ctx.cancelled.set()
                 threads += shard.worker.thread_objects()
-        watchdog = self._watchdog.close()
+        watchdog = self._dispatch.watchdog.close()
         if watchdog is not None:
             threads.append(watchdog)
-        for ended in list(self._watch.values()):
+        for ended in list(self._dispatch.watch.values()):
             ended.set()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,18 +1,20 @@
-"""The shared worker: the threads that run one source's jobs, as its scheduler decides.
+"""The in-process executor: one source's threads, which run what its scheduler decides.
 
 A :class:`SourceWorker` runs one source's jobs. It starts a thread only when
 work arrives and no idle thread can take it, never more than the policy's
 concurrency, and a thread ends after ``idle_timeout`` seconds with nothing
 to do. Queued jobs cost a queue entry, not a thread.
 
-Which job starts when is the source's :class:`~headwater._scheduler.Scheduler`'s
-decision, the one place the policy's rules live; a thread with nothing it
-may start yet waits, on the engine's :class:`~headwater.Clock`, until the time
-the scheduler names or an event (an end, a put, a resume, a policy change).
-
-The worker shares the source's lock with the engine's records of that
-source, so "is this job still wanted?" and "mark it running" happen in one
-step (the ``begin`` callback runs with the lock held).
+A thread's round is one way down the pipeline: ask the source's
+:class:`~headwater._scheduler.Scheduler` what may start (the one place the
+policy's rules live), ``begin`` it (the check-and-set on the download, under
+the source's lock), ``execute`` it (``download_impl``, no lock), ``settle``
+the outcome (the record's end, under the lock), which answers with a
+:class:`Verdict` the worker applies to its scheduler itself; the end and the
+next start share that locked step (and one store commit, in ``batch``).
+Nothing it calls calls back into it. When nothing may start yet, a thread
+waits on the engine's :class:`~headwater.Clock` until the time the
+scheduler names, or an event (an end, a put, a resume, a policy change).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
+
+import attrs
 
 from headwater._clock import Clock
 from headwater._policy import RatePolicy
@@ -29,11 +34,37 @@ from headwater._scheduler import Scheduler
 
 Item = TypeVar("Item")
 T = TypeVar("T")
+O = TypeVar("O")  # noqa: E741
 
 log = logging.getLogger("headwater")
 
 
-class SourceWorker(Generic[Item, T]):
+@attrs.frozen
+class Verdict:
+    """What the end of an attempt asks of the worker.
+
+    Attributes:
+        again_at: queue the item again, at the front once the clock reaches
+            this (a retry after its backoff), or None.
+        front: queue the item again at the front now (a Retry-After).
+        pause_until: start nothing of the source before this clock time (a
+            Retry-After), or None.
+        then: run once the lock is released (a move down a chain, waking
+            waiters), or None; it should not raise (if it does, the error is
+            logged and the thread goes on).
+    """
+
+    again_at: float | None = None
+    front: bool = False
+    pause_until: float | None = None
+    then: Callable[[], None] | None = None
+
+
+#: The verdict of an attempt that ends for good, with nothing to do after it.
+_ENDED = Verdict()
+
+
+class SourceWorker(Generic[Item, T, O]):
     """Runs one source's jobs within its :class:`RatePolicy`.
 
     Args:
@@ -41,15 +72,18 @@ class SourceWorker(Generic[Item, T]):
         lock: the source's lock; every method here must be called with it held
             except :meth:`thread_objects`.
         policy: the policy in force; :meth:`set_policy` changes it.
-        begin: called with the lock held when a job is due to start, with the
-            clock time the start was decided at; returns a token to run it
-            with, or None to drop it (it was cancelled).
-        run: called without the lock to do the job; must call :meth:`finish`
-            (with the lock held) once when the job has ended, and should not
-            raise: if it does, the exception is logged and the thread goes on
-            with the next job. Returns None, or the next job and token when it
-            began one with :meth:`next_due` in that same locked step; the
-            thread runs that one next.
+        begin: called with the lock held when the scheduler gives out an
+            item, with the clock time of that decision; returns a token to
+            run it with, or None to drop it (it was cancelled).
+        execute: called without the lock to run the item; returns its
+            outcome and never raises.
+        settle: called with the lock held (inside ``batch``) with the item,
+            token and outcome: writes the end, and says in a :class:`Verdict`
+            whether the item goes again. Should not raise: if it does, the
+            exception is logged, the attempt counts as ended, and the thread
+            goes on with the next item.
+        batch: the context the end of one item and the start of the next
+            share, entered with the lock held.
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
     """
@@ -60,7 +94,9 @@ class SourceWorker(Generic[Item, T]):
         lock: threading.RLock,
         policy: RatePolicy,
         begin: Callable[[Item, float], T | None],
-        run: Callable[[Item, T], tuple[Item, T] | None],
+        execute: Callable[[Item, T], O],
+        settle: Callable[[Item, T, O], Verdict],
+        batch: Callable[[], AbstractContextManager[None]],
         idle_timeout: float,
         clock: Clock,
     ) -> None:
@@ -69,7 +105,9 @@ class SourceWorker(Generic[Item, T]):
         self._changed = threading.Condition(lock)
         self._scheduler: Scheduler[Item] = Scheduler(policy)
         self._begin = begin
-        self._run = run
+        self._execute = execute
+        self._settle = settle
+        self._batch = batch
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._threads: set[threading.Thread] = set()
@@ -111,26 +149,6 @@ class SourceWorker(Generic[Item, T]):
             self._spawn()
         self._changed.notify()
 
-    def put_front(self, item: Item) -> None:
-        """Queue ``item`` at the front (it was started before and keeps its place)."""
-        if self._closed:
-            return
-        self._scheduler.put_front(item)
-        self._fill()
-        self._changed.notify()
-
-    def put_later(self, item: Item, due: float) -> None:
-        """Queue ``item`` at the front once the clock reaches ``due`` (a retry's backoff)."""
-        if self._closed:
-            return
-        self._scheduler.put_later(item, due)
-        self._fill()
-        self._changed.notify()
-
-    def pause_until(self, when: float) -> None:
-        """Start nothing before the clock reaches ``when`` (a Retry-After); later pauses win."""
-        self._scheduler.retry_after(when)
-
     def pause(self) -> None:
         """Start nothing until :meth:`resume`; running jobs go on."""
         self._scheduler.pause()
@@ -150,23 +168,6 @@ class SourceWorker(Generic[Item, T]):
         self._scheduler.set_policy(policy)
         self._fill()
         self._changed.notify_all()
-
-    def finish(self) -> None:
-        """Record that a started job has ended; call with the lock held, once per job.
-
-        ``run`` calls this in the same locked step in which it writes the
-        job's outcome, so the delay counts from the moment the end is visible.
-        """
-        self._scheduler.ended(self._clock.now())
-        self._changed.notify()
-
-    def next_due(self) -> tuple[Item, T] | None:
-        """Begin the next job if one may start right now, else None; call with the lock held.
-
-        For ``run``, right after :meth:`finish`: the thread that just ended a
-        job begins the next one in the same locked step, without waiting.
-        """
-        return self._next(wait=False)
 
     def close(self) -> None:
         """Start nothing more; idle and waiting threads end."""
@@ -204,11 +205,39 @@ class SourceWorker(Generic[Item, T]):
                         self._threads.discard(threading.current_thread())
                         return
             item, token = picked
+            picked = None
             try:
-                picked = self._run(item, token)
+                picked = self._round(item, token)
             except BaseException:  # the last resort: one job must not end the source's thread
                 log.exception("worker of %s: running %r raised; going on", self._name, item)
-                picked = None
+
+    def _round(self, item: Item, token: T) -> tuple[Item, T] | None:
+        """Run ``item``, settle its outcome, and begin the next item if one may start at once."""
+        outcome = self._execute(item, token)
+        with self._lock, self._batch():
+            try:
+                verdict = self._settle(item, token, outcome)
+            except BaseException:  # the last resort: the attempt ends all the same
+                log.exception("worker of %s: settling %r raised; going on", self._name, item)
+                verdict = _ENDED
+            scheduler = self._scheduler
+            if verdict.pause_until is not None:
+                scheduler.retry_after(verdict.pause_until)
+            if verdict.front:
+                scheduler.put_front(item)
+            elif verdict.again_at is not None:
+                scheduler.put_later(item, verdict.again_at)
+            scheduler.ended(self._clock.now())
+            if verdict.front or verdict.again_at is not None:
+                self._fill()
+            self._changed.notify()
+            follow = self._next(wait=False)
+        if verdict.then is not None:
+            try:
+                verdict.then()
+            except BaseException:
+                log.exception("worker of %s: the step after %r raised; going on", self._name, item)
+        return follow
 
     def _next(self, wait: bool = True) -> tuple[Item, T] | None:
         """Wait (lock held) for the scheduler to give out a job, begin it, and return it.

@@ -1,0 +1,189 @@
+"""The run path of one engine: submit -> scheduler -> executor -> ``download_impl`` -> record.
+
+A :class:`Dispatcher` builds each source's shard with its
+:class:`~headwater._worker.SourceWorker` and hands that worker the steps
+of a download's run, each a call down from the worker and none calling
+back into it: :meth:`Dispatcher.begin` (the check-and-set on the download,
+the RUNNING record), :func:`~headwater._attempt.run_attempt`
+(``download_impl``), :meth:`Dispatcher.settle` (the end, through
+:mod:`headwater._outcomes`), and after it, without locks, a move down a
+fallback chain (:func:`headwater._chains.fall_back`) and waking waiters.
+The watchdog checks :meth:`Dispatcher.expire` (:mod:`headwater._expiry`);
+the store's flusher reads :meth:`~headwater._shard.Shards.running_snapshots`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from headwater._attempt import Attempt, described_changes, run_attempt
+from headwater._chains import fall_back
+from headwater._changes import ChangeFeed
+from headwater._clock import Clock
+from headwater._context import DownloadContext
+from headwater._download import Download, Phase
+from headwater._ended import Ended
+from headwater._expiry import expire
+from headwater._outcomes import Settled, settle
+from headwater._records import State
+from headwater._shard import Home, Shard, Shards
+from headwater._sources import Source, SourceRegistry
+from headwater._store import RecordStore
+from headwater._watchdog import Watchdog
+from headwater._worker import SourceWorker, Verdict
+
+log = logging.getLogger("headwater")
+
+
+class Dispatcher:
+    """One engine's shards and the steps its workers run; see the module's docstring.
+
+    Args:
+        registry: the loaded sources.
+        store, feed, ended: where the shards commit, publish and leave ended records.
+        clock: the clock starts, timeouts and backoffs are measured on.
+        idle_timeout: real seconds an idle worker thread waits before it ends.
+        dest_dir: where a download whose record names no folder lands.
+
+    Attributes:
+        shards: the shards, made on first use.
+        watch: download id -> the event set when it ends (see :meth:`notify_ended`).
+        watchdog: the thread that checks :meth:`expire`.
+    """
+
+    def __init__(
+        self,
+        registry: SourceRegistry,
+        store: RecordStore,
+        feed: ChangeFeed,
+        ended: Ended,
+        clock: Clock,
+        idle_timeout: float,
+        dest_dir: Path,
+    ) -> None:
+        self._store = store
+        self._feed = feed
+        self._ended = ended
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._dest_dir = dest_dir
+        self.watch: dict[str, threading.Event] = {}
+        self.watchdog = Watchdog(clock, self.expire, "headwater-watchdog")
+        self.shards = Shards(registry, self._make)
+
+    def _make(self, source: Source, home: Home) -> Shard:
+        shard = Shard(source, self._store, self._feed, self._ended, home)
+        shard.worker = SourceWorker(
+            source.name,
+            shard.lock,
+            source.policy,
+            functools.partial(self.begin, shard),
+            functools.partial(self.execute, shard),
+            functools.partial(self.settle, shard),
+            shard.batch,
+            self._idle_timeout,
+            self._clock,
+        )
+        return shard
+
+    def begin(self, shard: Shard, download: Download, now: float) -> DownloadContext | None:
+        """Start ``download`` on ``shard`` (its lock held); None if a cancel came first.
+
+        ``now`` is the clock time the worker decided to start at: the
+        download's start for its timeout and its speed. Whether it starts
+        is :meth:`Download.start`'s answer; the RUNNING record follows.
+        """
+        record = shard.current(download.id)
+        if record is None or download.phase is not Phase.QUEUED:
+            return None
+        folder = Path(record.dest_dir) if record.dest_dir is not None else self._dest_dir
+        ctx = DownloadContext(
+            folder,
+            shard.logger,
+            self._clock.now,
+            now,
+            record.existing or shard.source.policy.existing,
+            shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
+            functools.partial(self._describe, shard, download),
+        )
+        if not download.start(ctx):
+            return None
+        shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
+        shard.running[download.id] = ctx
+        if shard.source.policy.watched:
+            self.watchdog.poke()
+        return ctx
+
+    def _describe(
+        self,
+        shard: Shard,
+        download: Download,
+        ctx: DownloadContext,
+        display_name: str | None,
+        username: str | None,
+        fields: Mapping[str, object],
+    ) -> None:
+        """``ctx.describe``'s effect: the RUNNING record gains the name and fields, journaled at once.
+
+        Runs on the download's worker thread, takes the source's lock. Does
+        nothing once ``ctx`` is no longer the download's running context (it
+        ended, was cancelled or expired).
+        """
+        with shard.lock:
+            record = shard.current(download.id)
+            ours = download.ctx is ctx and download.phase is Phase.RUNNING
+            if not ours or record is None or record.state is not State.RUNNING:
+                return
+            shard.amend(record, **described_changes(record, display_name, username, fields))
+
+    def execute(self, shard: Shard, download: Download, ctx: DownloadContext) -> Attempt:
+        """Run the attempt: the source's ``download_impl`` (no lock held); never raises."""
+        return run_attempt(shard.source, download.job, ctx)
+
+    def settle(self, shard: Shard, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
+        """Write the attempt's end (the lock held; :func:`headwater._outcomes.settle`); never raises.
+
+        The verdict's ``then`` moves a failed chain download down its chain,
+        logs a failure, and wakes whoever waits for the download.
+        """
+        settled = settle(shard, download, ctx, tried, self._clock.now())
+        return Verdict(
+            settled.verdict.again_at,
+            settled.verdict.front,
+            settled.verdict.pause_until,
+            functools.partial(self._after, shard, download, settled),
+        )
+
+    def _after(self, shard: Shard, download: Download, settled: Settled) -> None:
+        if settled.fall_back is not None:
+            fall_back(self.shards, shard, download.id, settled.fall_back)
+        elif settled.failed is not None:
+            job = download.job
+            shard.logger.info("download %s of %r failed: %s", job.id, job.target, settled.failed)
+        self.notify_ended(download.id)
+
+    def expire(self, now: float) -> float | None:
+        """End every watched download past its timeout or stall timeout; the watchdog's check.
+
+        Runs on the watchdog thread (:func:`headwater._expiry.expire`); a
+        download that expired moves down its chain if it has sources left.
+        Returns the next deadline, or None.
+        """
+        next_due, ended = expire(list(self.shards.values()), now)
+        for gone in ended:
+            gone.shard.logger.info("download %s %s", gone.download_id, gone.why)
+            if gone.fall_back:
+                fall_back(self.shards, gone.shard, gone.download_id, gone.why)
+            self.notify_ended(gone.download_id)
+        return next_due
+
+    def notify_ended(self, download_id: str) -> None:
+        """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
+        ended = self.watch.pop(download_id, None)
+        if ended is not None:
+            ended.set()
