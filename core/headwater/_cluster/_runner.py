@@ -208,10 +208,15 @@ class ClusterWorker:
         """
         try:
             new, pause, waited = self._outcome(a, limits, running, mine, tried)
-            if pause is not None:
-                limits.pause_until(time.monotonic() + pause, time.monotonic())
-            if waited is not None:
-                limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
+            try:
+                if pause is not None:
+                    limits.pause_until(time.monotonic() + pause, time.monotonic())
+                if waited is not None:
+                    limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
+            except redis.RedisError as exc:  # the end is written all the same
+                log.warning(
+                    "download %s: the Retry-After pause could not be kept in Redis: %s", a.download_id, exc
+                )
         finally:
             if mine is not None:
                 self._watch.unwatch(a.download_id)
@@ -219,7 +224,14 @@ class ClusterWorker:
                     self._keeper.drop(a.holder)
                 with self._lock:
                     self._running.pop(a.download_id, None)
-            limits.release(a.holder, time.monotonic())
+            try:
+                limits.release(a.holder, time.monotonic())
+            except redis.RedisError as exc:  # its lease runs out by itself; the end is written all the same
+                log.warning(
+                    "download %s: its slot could not be given back (%s); its lease runs out",
+                    a.download_id,
+                    exc,
+                )
         wrote = self._write(a, running, new)
         if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
             discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
@@ -242,9 +254,12 @@ class ClusterWorker:
         elif mine is not None and (mine.ctx.interrupted.is_set() or mine.lost.is_set()):
             changes, state = {"speed": 0.0, "time_remaining": None}, State.QUEUED  # to run again
         else:
-            rounds, total = (
-                limits.waited(a.download_id) if isinstance(tried.failure, RetryAfter) else (0, 0.0)
-            )
+            rounds, total = 0, 0.0
+            if isinstance(tried.failure, RetryAfter):
+                try:
+                    rounds, total = limits.waited(a.download_id)
+                except redis.RedisError as exc:  # counted from naught: the policy's bounds start over
+                    log.warning("download %s: its Retry-After count is not readable: %s", a.download_id, exc)
             job = Job(a.download_id, a.source, running.target, None, a.attempt, rounds, total)
             policy = self._policy(a.source)
             again = try_again(policy, job, latest, tried.error, tried.failure)
