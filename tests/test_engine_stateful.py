@@ -411,7 +411,8 @@ class EngineMachine(RuleBasedStateMachine):
         if running:  # download_impl goes on: it ignores the cancel until released
             waiter.join(5.0)
             woke = not waiter.is_alive()
-            self.open_gate(job)
+        self.open_gate(job)  # running or not: later draws must not depend on the threads
+        if running:
             waiter.join(WAIT)
             event("cancel_wakes_a_waiter while RUNNING")
             assert woke, "wait returned only when download_impl did, not at the cancel"
