@@ -10,8 +10,9 @@ the time of the page read itself (the latest 100 through ``JournalReader``)
 and of opening the journal, taking over (none) and closing it: what a start
 costs the store.
 Each figure is the median of ``--rounds`` runs (the streamed ``--all``
-runs once), on warm page cache; the rounds run every command in turn, so
-that a change of the machine's load meets them all alike. The journals are built once, by direct SQL
+runs once), on warm page cache; each round runs every command on every
+journal in turn, so that a change of the machine's load meets them all
+alike. The journals are built once, by direct SQL
 inserts of encoded records, and cached in ``--cache`` (default
 ``$TMPDIR/headwater-bench-store``; 0.85 GB at 1,000,000); the record
 ``get`` adds is removed after each run, through headwater, so the journal
@@ -192,31 +193,39 @@ def history(args: argparse.Namespace) -> None:
         "status --json": ["status", "--json"],
         "status --all --json": ["status", "--all", "--json"],
     }
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    journals: dict[int, tuple[Path, dict[str, str]]] = {}
     sizes_mb: list[float] = []
-    pages: list[float] = []
-    opens: list[float] = []
     for size in args.sizes:
         home = cache / f"schema{SCHEMA_VERSION}-{size}"
         journal = build_journal(home, size)
         print(f"{size:,} records: {(home / 'built').read_text().strip()}", file=sys.stderr)
         env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
+        journals[size] = (journal, env)
         sizes_mb.append(journal.stat().st_size / 1e6)
         SQLiteStore(journal).close()  # checked and sealed, as a journal only headwater wrote is
         run_child([*cli, "status"], env)  # warm the page cache
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-        for round_ in range(args.rounds):  # interleaved: a change of load meets every command alike
+    # Interleaved: each round runs every command on every journal in turn, so that a change of
+    # the machine's load meets every figure alike.
+    runs: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for round_ in range(args.rounds):
+        for size, (journal, env) in journals.items():
             for name, command in commands.items():
                 if "--all" in command and round_:
                     continue
-                runs[name].append(run_child([*cli, *command], env))
+                runs.setdefault((size, name), []).append(run_child([*cli, *command], env))
                 if command[0] == "get":
                     forget_new(journal, size)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for size in args.sizes:
         for name in commands:
-            results[name].append((statistics.median(t for t, _ in runs[name]), max(m for _, m in runs[name])))
-            print(f"  {name}: {results[name][-1][0]:.3f} s, {results[name][-1][1]:.0f} MB", file=sys.stderr)
-        pages.append(page_read(journal, args.rounds))
-        opens.append(open_journal(journal, args.rounds))
+            timed = runs[(size, name)]
+            results[name].append((statistics.median(t for t, _ in timed), max(m for _, m in timed)))
+            print(
+                f"  {size:,}: {name}: {results[name][-1][0]:.3f} s, {results[name][-1][1]:.0f} MB",
+                file=sys.stderr,
+            )
+    pages = [page_read(journal, args.rounds) for journal, _ in journals.values()]
+    opens = [open_journal(journal, args.rounds) for journal, _ in journals.values()]
 
     targets = {
         "get one small file": "<= 1.2x the empty journal's",

@@ -16,10 +16,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import attrs
 
-from headwater._chains import Taker
 from headwater._context import DownloadContext
 from headwater._contract import returned_file
 from headwater._discovery import one_line
@@ -28,6 +28,9 @@ from headwater._policy import RatePolicy
 from headwater._records import Job, Record, Tried, changed
 from headwater._redact import redact
 from headwater._sources import Source
+
+if TYPE_CHECKING:
+    from headwater._chains import Taker
 
 
 @attrs.frozen

@@ -16,12 +16,13 @@ of its source) it:
    :class:`~headwater._cluster._keeper.LeaseKeeper` renews the lease and
    its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
    cancel; a lost lease or a cancel sets ``ctx.cancelled``;
-4. ends the record with one conditional write (COMPLETED, FAILED, or QUEUED
-   again for a retry, a Retry-After pause, an interrupt or a lost lease),
-   which a cancel or a later attempt makes refuse; a file landed by an
-   attempt whose end was refused is deleted, as a local engine deletes one
-   landed after a cancel;
-5. releases the slot.
+4. releases the slot, as soon as the outcome is known (so that the
+   scheduler, hearing of the end, finds it free);
+5. ends the record with one conditional write (COMPLETED, FAILED, QUEUED
+   again for a retry, a Retry-After pause, an interrupt or a lost lease, or
+   on the next source of its chain), which a cancel or a later attempt
+   makes refuse; a file landed by an attempt whose end was refused is
+   deleted, as a local engine deletes one landed after a cancel.
 
 Nothing it raises reaches Dramatiq, so every message is acknowledged when
 its download's attempt has ended.
@@ -198,14 +199,19 @@ class ClusterWorker:
     def _end(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
     ) -> Record | None:
-        """Write the attempt's end over ``running``, release the slot; the record written, None if refused."""
+        """Give the slot back, then write the end over ``running``; the record written, None if refused.
+
+        The slot is released as soon as the outcome is known (a Retry-After's
+        pause set first), before the end is written: the scheduler, hearing
+        of the end, finds the slot free. A file the attempt landed whose end
+        is refused is deleted.
+        """
         try:
-            wrote, pause = self._write_end(a, limits, running, mine, tried)
-            if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
-                discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
+            new, pause, waited = self._outcome(a, limits, running, mine, tried)
             if pause is not None:
                 limits.pause_until(time.monotonic() + pause, time.monotonic())
-            return wrote
+            if waited is not None:
+                limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
         finally:
             if mine is not None:
                 self._watch.unwatch(a.download_id)
@@ -214,11 +220,15 @@ class ClusterWorker:
                 with self._lock:
                     self._running.pop(a.download_id, None)
             limits.release(a.holder, time.monotonic())
+        wrote = self._write(a, running, new)
+        if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
+            discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
+        return wrote
 
-    def _write_end(
+    def _outcome(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
-    ) -> tuple[Record | None, float | None]:
-        """The conditional write of the attempt's end; (the record written or None, a Retry-After pause).
+    ) -> tuple[Record, float | None, Job | None]:
+        """The attempt's end: the record to write, a Retry-After pause, and the job counting that pause.
 
         A Retry-After is judged with the pauses the download waited out on
         its source so far, which Redis keeps across attempts and workers.
@@ -246,19 +256,21 @@ class ClusterWorker:
                 state, pause = State.QUEUED, again.pause
                 waited = again.job if again.pause is not None else None
         new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        return new, pause, waited
+
+    def _write(self, a: Assignment, running: Record, new: Record) -> Record | None:
+        """``new`` over ``running``, conditionally; ``new`` if written, None if refused (or not written)."""
         try:
             applied = self._store.commit_if([Swap.over(running, new)])[0]
         except StoreError as exc:
-            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, state.value)
-            return None, None
+            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, new.state.value)
+            return None
         if not applied:
             log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
-            return None, None
-        if state is State.FAILED:
+            return None
+        if new.state is State.FAILED:
             log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
-        if waited is not None:
-            limits.wait_more(a.download_id, waited.retry_after_rounds, waited.retry_after_total)
-        return new, pause
+        return new
 
     def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
         """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).

@@ -2,8 +2,9 @@
 
 :class:`Live` holds one engine subscription (:meth:`headwater.Engine.subscribe`).
 Its pump thread waits on it; the changes it takes go, in one locked step,
-into the :class:`ActiveIndex` of the queued and running downloads and
-into the :class:`EventLog` the streams replay from, and are handed to the streams on
+into the :class:`ActiveIndex` of the queued and running downloads, the
+:class:`RecentIndex` of the newest ones, and the :class:`EventLog` the
+streams replay from, and are handed to the streams on
 the event loop. A request handler that changed something calls
 :meth:`Live.catch_up` (the same step on its own thread), so its answer and
 the next list already show the change.
@@ -32,16 +33,20 @@ server, it gets a new snapshot instead.
 
 Threads: the pump is one daemon thread; handlers call :meth:`catch_up` and
 :meth:`open_stream` from worker threads; streams are read on the event loop.
-One lock (``Live._lock``) guards the index, the log and the stream list;
-nothing waits for a client while holding it, and only a snapshot reads the
-engine under it (its latest ``recent`` records, a page of its store).
-Pages of records are read from the engine (:meth:`headwater.Engine.page`),
-not from the index, which holds only the queued and running downloads.
+One lock (``Live._lock``) guards the indexes, the log and the stream list;
+nothing waits for a client while holding it, and the engine is read under
+it only to start the indexes afresh (a page of its newest records). Pages
+of records are read from the :class:`RecentIndex` of the newest
+``window`` records, fed by the changes; a page that goes further is read
+from the engine (:meth:`headwater.Engine.page`), which reads the ended
+records it shows from its store. So the server holds the queued and
+running downloads and a bounded window, however long the history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import sys
@@ -111,6 +116,90 @@ class ActiveIndex:
     def running(self) -> list[str]:
         """The ids of the running records."""
         return [i for i, r in self._records.items() if r.state is State.RUNNING]
+
+
+class RecentIndex:
+    """The newest records, at most ``size``, in the order of making: the pages they answer are read here.
+
+    It holds every record at or above its floor (the place of the oldest
+    record it holds, once it has let one go; None until then: it holds them
+    all), so a page that stays at or above the floor is answered from it,
+    and one that would go below it is not (:meth:`page` and :meth:`newest`
+    return None: read it from the engine). The order is (``created_at``,
+    ``id``); a page's cursor names a place in it (see :func:`cursor_of`).
+    Not thread-safe: :class:`Live` guards it with its lock.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = max(1, size)
+        self._records: dict[str, Record] = {}
+        self._keys: list[tuple[float, str]] = []  # sorted
+        self._floor: tuple[float, str] | None = None
+
+    def reset(self, newest: Iterable[Record]) -> None:
+        """Hold ``newest``, the engine's newest records (``size`` of them, or all if fewer)."""
+        self._records = {r.id: r for r in newest}
+        self._keys = sorted(_made(r) for r in self._records.values())
+        self._floor = self._keys[0] if len(self._keys) >= self._size else None
+
+    def apply(self, change: Change) -> None:
+        """Bring the index up to date with one change; a new record below the floor is not its to hold."""
+        record = change.record
+        known = self._records.get(record.id)
+        if change.kind is ChangeKind.REMOVED:
+            if known is not None:
+                del self._records[record.id]
+                del self._keys[bisect.bisect_left(self._keys, _made(known))]
+            return
+        if known is None:
+            key = _made(record)
+            if self._floor is not None and key < self._floor:
+                return
+            if not self._keys or key > self._keys[-1]:
+                self._keys.append(key)
+            else:
+                bisect.insort(self._keys, key)
+        self._records[record.id] = record
+        if len(self._keys) > self._size:
+            del self._records[self._keys.pop(0)[1]]
+            self._floor = self._keys[0]
+
+    def page(self, query: Query) -> tuple[list[Record], str | None] | None:
+        """The records of one page (see :class:`Query`) and the next page's cursor, or None if not all here.
+
+        Raises ValueError for a cursor no page returned.
+        """
+        wanted_states = set(query.states)
+        wanted_sources = set(query.sources)
+        keys = self._keys
+        after = None if query.cursor is None else _place(query.cursor)
+        if query.newest_first:
+            start = len(keys) if after is None else bisect.bisect_left(keys, after)
+            order: Iterable[int] = range(start - 1, -1, -1)
+        else:
+            if self._floor is not None and (after is None or after < self._floor):
+                return None  # it starts below the floor
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            order = range(start, len(keys))
+        found: list[Record] = []
+        for at in order:
+            record = self._records[keys[at][1]]
+            if wanted_states and record.state not in wanted_states:
+                continue
+            if wanted_sources and record.source not in wanted_sources:
+                continue
+            if len(found) == query.limit:
+                return found, cursor_of(found[-1])
+            found.append(record)
+        if query.newest_first and self._floor is not None:
+            return None  # it reached the floor: what lies below is the engine's
+        return found, None
+
+    def newest(self, count: int) -> list[Record] | None:
+        """The ``count`` newest records, newest first; None if fewer are held than there are."""
+        if count > len(self._keys) and self._floor is not None:
+            return None
+        return [self._records[i] for _, i in reversed(self._keys[-count:])] if count else []
 
 
 def _active(engine: Engine) -> list[Record]:
@@ -206,6 +295,9 @@ class Live:
         keepalive: seconds between keep-alive comments on a quiet stream.
         log_size: events kept for reconnecting clients.
         recent: how many of the newest downloads a snapshot carries beside the active ones.
+        window: how many of the newest downloads are kept for the pages (the first
+            pages of a list, which most requests read); a page that goes further
+            is read from the engine (see :class:`RecentIndex`).
         backlog: events a stream may have unsent before it is ended (it reconnects);
             room for a burst such as a 10,000-target submit (three events each).
             The events are shared by every stream: a stream holds references only.
@@ -220,9 +312,11 @@ class Live:
         keepalive: float = 15.0,
         log_size: int = 4096,
         recent: int = 100,
+        window: int = 4096,
         backlog: int = 100_000,
     ) -> None:
         self.engine = engine
+        self._window_size = window
         self.tick = tick
         self.keepalive = keepalive
         self._sources = sources
@@ -232,6 +326,8 @@ class Live:
         self._subscription = engine.subscribe()
         self._index = ActiveIndex()
         self._index.reset(_active(engine))
+        self._window = RecentIndex(window)
+        self._window.reset(engine.page(limit=window))
         self._log = EventLog(log_size)
         self._streams: tuple[_Stream, ...] = ()  # replaced whole under the lock; read on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -265,12 +361,18 @@ class Live:
     def page(self, query: Query) -> tuple[list[Record], str | None]:
         """The records of one page (see :class:`Query`) and the cursor of the next, or None on the last.
 
-        Read from the engine (:meth:`headwater.Engine.page`): the ended
-        records from its store, only those of the page; running ones with
-        live progress. Raises ValueError for a cursor no page returned,
+        Read from the newest records kept (:class:`RecentIndex`), or, for a
+        page that goes further, from the engine (:meth:`headwater.Engine.page`:
+        the ended records from its store, only those of the page); running
+        ones with live progress. Raises ValueError for a cursor no page returned,
         StoreError when the store cannot be read.
         """
         self.catch_up()
+        with self._lock:
+            held = self._window.page(query)
+        if held is not None:
+            records, cursor = held
+            return [self._live(r) for r in records], cursor
         found = self.engine.page(
             states=query.states or None,
             sources=query.sources or None,
@@ -304,6 +406,7 @@ class Live:
             except SubscriptionOverflow:
                 log.warning("the event stream fell behind the engine; every stream gets a new snapshot")
                 self._index.reset(_active(self.engine))
+                self._window.reset(self.engine.page(limit=self._window_size))
                 self._log.forget()
                 self._deliver([(None, self._snapshot_locked())])
                 return
@@ -312,6 +415,7 @@ class Live:
             events = []
             for change in changes:
                 self._index.apply(change)
+                self._window.apply(change)
                 if change.kind is ChangeKind.REMOVED:
                     events.append(self._log.add("removed", {"id": change.record.id}))
                 else:
@@ -328,7 +432,10 @@ class Live:
     def _snapshot_locked(self) -> bytes:
         """A ``snapshot`` event as of the log's latest event (the lock is held); not kept in the log."""
         active = {r.id: r for r in self._index.active()}
-        recent = {r.id: r for r in self.engine.page(limit=self._recent)}
+        newest = self._window.newest(self._recent)
+        if newest is None:
+            newest = self.engine.page(limit=self._recent)
+        recent = {r.id: r for r in newest}
         chosen = sorted({**recent, **active}.values(), key=_made, reverse=True)
         data = {"downloads": [self._live(r) for r in chosen], "sources": self._sources()}
         return _event("snapshot", data, self._log.mark())
