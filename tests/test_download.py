@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from headwater import DownloadContext, Job
+from headwater import DownloadContext, Job, Record, State
 from headwater._download import Download, Phase
 
 
 def context() -> DownloadContext:
     return DownloadContext(Path("."), logging.getLogger("test"), lambda: 0.0, 0.0)
+
+
+def queued(download_id: str) -> Download:
+    """A download just submitted (its QUEUED record, its first job the record's own)."""
+    return Download(Record(download_id, "src", "t", None, "src", State.QUEUED, 0.0, 0.0))
 
 
 def race(first: Callable[[], bool], second: Callable[[], bool]) -> tuple[bool, bool]:
@@ -35,7 +40,7 @@ def race(first: Callable[[], bool], second: Callable[[], bool]) -> tuple[bool, b
 
 
 def test_a_start_after_a_cancel_is_refused() -> None:
-    d = Download(Job("id1", "src", "t"))
+    d = queued("id1")
     assert d.cancel() is True
     assert d.start(context()) is False
     assert (d.phase, d.ctx) == (Phase.CANCELLED, None)
@@ -43,7 +48,7 @@ def test_a_start_after_a_cancel_is_refused() -> None:
 
 
 def test_a_cancel_of_a_running_download_sets_its_context() -> None:
-    d, ctx = Download(Job("id1", "src", "t")), context()
+    d, ctx = queued("id1"), context()
     assert d.start(ctx) and d.phase is Phase.RUNNING
     assert d.cancel() is True
     assert ctx.cancelled.is_set()
@@ -51,7 +56,7 @@ def test_a_cancel_of_a_running_download_sets_its_context() -> None:
 
 
 def test_an_end_belongs_to_its_own_attempt_only() -> None:
-    d, first, second = Download(Job("id1", "src", "t")), context(), context()
+    d, first, second = queued("id1"), context(), context()
     assert d.start(first)
     assert d.expire(first) is True and first.cancelled.is_set()
     assert d.again(Job("id1", "other", "t", attempt=2)) is True
@@ -65,7 +70,7 @@ def test_an_end_belongs_to_its_own_attempt_only() -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_start_against_cancel_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d = Download(Job("id", "src", "t"))
+        d = queued("id")
         started, cancelled = race(lambda d=d: d.start(context()), d.cancel)  # type: ignore[misc]
         assert cancelled, "a cancel of a queued or running download always succeeds"
         # If the start won, the cancel found it RUNNING and set its context; if the cancel won, it never ran.
@@ -79,7 +84,7 @@ def test_start_against_cancel_exactly_one_wins(rounds: int) -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_end_against_cancel_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d, ctx = Download(Job("id", "src", "t")), context()
+        d, ctx = queued("id"), context()
         assert d.start(ctx)
         ended, cancelled = race(lambda d=d, ctx=ctx: d.end(ctx), d.cancel)  # type: ignore[misc]
         if ended and cancelled:  # the end won, then the cancel came while the outcome was unsettled
@@ -91,7 +96,7 @@ def test_end_against_cancel_exactly_one_wins(rounds: int) -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_end_against_expiry_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d, ctx = Download(Job("id", "src", "t")), context()
+        d, ctx = queued("id"), context()
         assert d.start(ctx)
         ended, expired = race(lambda d=d, ctx=ctx: d.end(ctx), lambda d=d, ctx=ctx: d.expire(ctx))  # type: ignore[misc]
         assert ended != expired
