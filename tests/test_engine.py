@@ -374,6 +374,15 @@ class FullDisk(MemoryStore):
         raise StoreError("cannot write the journal: database or disk is full")
 
 
+def test_a_cancel_after_the_end_changes_nothing_when_the_store_cannot_write(make_engine):
+    src = InstrumentedSource("alpha")
+    engine = make_engine({"alpha": src}, store=FullDisk())
+    rid = engine.submit("alpha", "ok:x")
+    assert engine.wait([rid], timeout=10)[0].state is State.COMPLETED  # kept on its shard, not committed
+    assert engine.cancel(rid) is False
+    assert engine.get(rid).state is State.COMPLETED
+
+
 def test_a_download_cancelled_while_queued_never_starts_when_the_store_cannot_write(make_engine):
     src = InstrumentedSource("alpha", RatePolicy(concurrency=1))
     engine = make_engine({"alpha": src}, store=FullDisk())
