@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
 from headwater import DownloadContext, Job, Record, State
@@ -101,3 +102,14 @@ def test_end_against_expiry_exactly_one_wins(rounds: int) -> None:
         ended, expired = race(lambda d=d, ctx=ctx: d.end(ctx), lambda d=d, ctx=ctx: d.expire(ctx))  # type: ignore[misc]
         assert ended != expired
         assert ctx.cancelled.is_set() is expired
+
+
+def test_the_job_is_the_records_until_it_starts_then_fixed_until_the_next_attempt() -> None:
+    d, ctx = queued("id1"), context()
+    assert d.job == Job("id1", "src", "t")  # a queued download holds no job: its record's first
+    assert d.start(ctx)
+    d.record = attrs.evolve(d.record, state=State.RUNNING, display_name="described")  # ctx.describe
+    assert d.job == Job("id1", "src", "t")  # the running attempt's job stays what it started with
+    assert d.end(ctx)
+    assert d.again(Job("id1", "src", "t", attempt=2))
+    assert (d.job.attempt, d.ctx) == (2, None)
