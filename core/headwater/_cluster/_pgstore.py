@@ -293,6 +293,15 @@ class PostgresStore:
         found = self.fetch([rows[0][0]]).get(rows[0][0])
         return (1, found) if found is not None else (0, None)
 
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        """The ended records ``key`` names (see :class:`~headwater.RecordStore`)."""
+        exact = self.get(key)
+        if exact is not None:
+            return [exact]
+        query = self._q.named_ended
+        rows = self._read(lambda conn: conn.execute(query, {"key": key, "limit": limit}).fetchall(), "read")
+        return self._decode(rows)
+
     def page(
         self,
         *,
