@@ -157,17 +157,13 @@ class Engine:
         """
         return self._registry.infos(include_broken)
 
-    def _shard(self, name: str) -> Shard:
-        """The shard of the source ``name`` names (an alias too), made on first use; UnknownSourceError."""
-        return self._shards.of(name)
-
     # -- the journal ---------------------------------------------------------
 
     def _restore_pauses(self) -> None:
         """Pause again the sources the store says were paused (before any job is queued)."""
         for name in self._store.paused():
             try:
-                shard = self._shard(self._registry.resolve(name).name)
+                shard = self._shards.of(self._registry.resolve(name).name)
             except HeadwaterError:
                 log.warning("source %r is paused in the journal but is not loaded", name)
                 continue
@@ -186,7 +182,7 @@ class Engine:
         now = time.time()
         requeued: list[tuple[Shard, Record]] = []
         for record in records:
-            shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
+            shard = self._shards.of(self._registry.resolve(record.source).name)  # it may be an alias now
             record = attrs.evolve(
                 record,
                 state=State.QUEUED,
@@ -293,7 +289,7 @@ class Engine:
             dest_dir=dest_dir,
         )
         record, job = made.record, made.job
-        shard = self._shard(record.source)
+        shard = self._shards.of(record.source)
         if record.fallbacks or record.tried:
             self._shards.home[job.id] = shard
         with shard.lock:
@@ -382,7 +378,7 @@ class Engine:
         record = self._ended.get(download_id)
         if record is None:
             raise UnknownDownloadError(download_id)
-        return self._shard(self._registry.resolve(record.source).name), record
+        return self._shards.of(self._registry.resolve(record.source).name), record
 
     # -- reading -----------------------------------------------------------
 
@@ -439,7 +435,7 @@ class Engine:
         names: set[str] | None = None
         if source is not None:
             found = self._registry.resolve(source)
-            shards: Iterable[Shard] = [self._shard(found.name)]
+            shards: Iterable[Shard] = [self._shards.of(found.name)]
             names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
@@ -538,7 +534,7 @@ class Engine:
         """
         if not isinstance(policy, RatePolicy):
             raise TypeError(f"policy must be a RatePolicy, got {type(policy).__name__}")
-        shard = self._shard(self._registry.resolve(source).name)
+        shard = self._shards.of(self._registry.resolve(source).name)
         with shard.lock:
             shard.source.policy = policy
             shard.worker.set_policy(policy)
@@ -576,8 +572,8 @@ class Engine:
 
     def _chosen(self, source: str | None) -> list[Shard]:
         if source is not None:
-            return [self._shard(self._registry.resolve(source).name)]
-        return [self._shard(info.name) for info in self._registry.infos()]
+            return [self._shards.of(self._registry.resolve(source).name)]
+        return [self._shards.of(info.name) for info in self._registry.infos()]
 
     # -- closing -----------------------------------------------------------
 
@@ -665,7 +661,7 @@ class Engine:
         :func:`headwater.testing.frozen` is the supported way to use it.
         Raises UnknownSourceError.
         """
-        shard = self._shard(self._registry.resolve(source).name)
+        shard = self._shards.of(self._registry.resolve(source).name)
         with shard.lock:
             yield
 

@@ -36,14 +36,10 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 import click
-from rich.console import Console
 
 from headwater import __version__
 from headwater._codec import plain
 from headwater._config import ClusterConfig, Config, load_config
-from headwater._discovery import discover
-from headwater._display import follow
-from headwater._engine import Engine
 from headwater._errors import (
     ConfigError,
     DownloadOwnedError,
@@ -55,17 +51,23 @@ from headwater._errors import (
     UnknownSourceError,
 )
 from headwater._files import EXISTING_CHOICES, Existing
-from headwater._journal import SQLiteStore
 from headwater._keystore import KeyStore, default_keystore
 from headwater._paths import default_journal
-from headwater._plugin_new import plugin
 from headwater._reader import JournalReader
 from headwater._records import Record, State
 from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
-from headwater._settings import SettingInfo, SettingsLayers
-from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
-from headwater.client import Client, Watch
+
+# What only some commands need is imported inside them, so that a command pays for its own
+# imports alone: `status` reads the journal without the engine, pluggy, httpx or rich (see
+# tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from headwater._engine import Engine
+    from headwater._settings import SettingInfo
+    from headwater._sources import SourceInfo, SourceRegistry
+    from headwater.client import Client
 
 if TYPE_CHECKING:
     from headwater._cluster._client import ClusterClient
@@ -110,7 +112,20 @@ class _Commands(click.Group):
     "Aborted!" (exit status 1). A journal that fails a command where the
     command does not say so itself ends it with the StoreError's message
     and exit status 3, not a traceback.
+
+    ``headwater plugin`` (the template's renderer, which needs the plugin
+    contract and pluggy) is imported only when it is asked for or listed.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "plugin"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "plugin":
+            from headwater._plugin_new import plugin
+
+            return plugin
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         with _sigterm_interrupts():
@@ -176,6 +191,11 @@ class App:
         ``settings`` is given to the engine as its highest layer of settings,
         above the environment, the secrets store and the configuration.
         """
+        from headwater._engine import Engine
+        from headwater._journal import SQLiteStore
+        from headwater._settings import SettingsLayers
+        from headwater._sources import PolicyOverride
+
         config = self.config
         try:
             store = SQLiteStore(self.journal) if journaled else None
@@ -258,6 +278,8 @@ def _print_version(verbose: int) -> None:
     click.echo(f"headwater {__version__}")
     if not verbose:
         return
+    from headwater._discovery import discover
+
     found = discover()
     click.echo("installed source plugins:" if found else "installed source plugins: none")
     for cand in found:
@@ -317,7 +339,6 @@ _timeout_option = click.option(
 )
 
 
-main.add_command(plugin)
 
 
 @main.command()
@@ -507,6 +528,8 @@ def _watch(
     engine: Engine, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
     """Follow ``ids`` to their end; on Ctrl-C, SIGTERM or timeout, stop them (nothing cancelled) and exit."""
+    from headwater._display import follow
+
     console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
         records = follow(engine, ids, report, console=console, timeout=timeout)
@@ -531,6 +554,8 @@ def _watch(
 
 def _reporter(*, quiet: bool, as_json: bool) -> tuple[Console | None, Callable[[Record], None]]:
     """The console to draw bars on (None: none), and what to print as each download ends."""
+    from rich.console import Console
+
     err = Console(stderr=True)
     console = err if err.is_terminal and not quiet and not as_json else None
 
@@ -1064,6 +1089,8 @@ def _server() -> tuple[Client, ServerState] | None:
     except ServeError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     click.echo(f"headwater: through the server at {state.url} (pid {state.pid})", err=True)
+    from headwater.client import Client
+
     return Client(state.url, token), state
 
 
@@ -1115,6 +1142,9 @@ def _watch_through(
     client: Client, state: ServerState, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
     """Follow the server's ``ids`` to their end; on Ctrl-C or timeout they go on in the server."""
+    from headwater._display import follow
+    from headwater.client import Watch
+
     console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
         with _call_server(Watch(client, ids).start) as watch:
@@ -1166,6 +1196,8 @@ class _ClusterRecords:
 def _cluster_sources(app: App) -> SourceRegistry:
     """The sources a cluster's process loads: as an engine of the command line loads them."""
     from headwater._cluster._setup import sources
+    from headwater._settings import SettingsLayers
+    from headwater._sources import PolicyOverride
 
     config = app.config
     return sources(
