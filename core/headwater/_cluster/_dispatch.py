@@ -115,6 +115,7 @@ class Dispatcher:
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
         self._paused: set[str] = set()  # the sources paused, as the records said at the last sweep
+        self._jitter = random.Random()  # its own: a test's use of the global one stays its own
         self._thread = threading.Thread(target=self._run, name="headwater-dispatch", daemon=True)
         #: Terms this process led in, for tests and logs.
         self.terms: list[int] = []
@@ -263,7 +264,7 @@ class Dispatcher:
             return
         rules = self._source(name).rules
         if retry:
-            backoff = rules.policy.retry_wait(record.retries, random.random())
+            backoff = rules.policy.retry_wait(record.retries, self._jitter.random())
             rules.put_later(record.id, time.monotonic() + backoff)
         elif front:
             rules.put_front(record.id)
