@@ -322,9 +322,13 @@ class PostgresStore:
         states: Collection[State] | None = None,
         sources: Collection[str] | None = None,
         limit: int = 100,
+        ended_only: bool = True,
     ) -> list[Record]:
-        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`)."""
-        rows = self._select(states, sources, place, limit, ended_only=True, ascending=oldest_first)
+        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`).
+
+        With ``ended_only=False``, unfinished records too (a cluster's page, one query).
+        """
+        rows = self._select(states, sources, place, limit, ended_only=ended_only, ascending=oldest_first)
         return self._decode(rows)
 
     def scan(
