@@ -131,6 +131,7 @@ class Statements:
             WHERE state NOT IN {UNFINISHED} ORDER BY created_at, id"""
         self.get = f"SELECT data::text FROM {s}.records WHERE id = %s"
         self.fetch = f"SELECT id, created_at, data::text FROM {s}.records WHERE id = ANY(%s)"
+        self.states = f"SELECT id, state FROM {s}.records WHERE id = ANY(%s)"
         # The ids that start or end with a key: every id looked at once, two kept at most.
         self.matches = f"""SELECT id FROM {s}.records
             WHERE left(id, length(%(key)s)) = %(key)s OR right(id, length(%(key)s)) = %(key)s LIMIT 2"""

@@ -277,6 +277,17 @@ class PostgresStore:
         rows = self._read(lambda conn: conn.execute(self._q.fetch, (list(ids),)).fetchall(), "read")
         return {record.id: record for record in self._decode(rows)}
 
+    def states(self, ids: Collection[str]) -> dict[str, State]:
+        """The states of ``ids`` as the server holds them now; id -> state (an id with no row left out).
+
+        What a waiter polls: the state column alone, no record decoded.
+        Raises StoreError if the server cannot be read.
+        """
+        if not ids:
+            return {}
+        rows = self._read(lambda conn: conn.execute(self._q.states, (list(ids),)).fetchall(), "read")
+        return {row_id: State(state) for row_id, state in rows}
+
     def match(self, key: str) -> tuple[int, Record | None]:
         """Whether ``key`` names one download: an id, or else the start or end of ids (as ``status`` has it).
 
