@@ -439,7 +439,7 @@ class Engine:
         held = {
             r.id: s.snapshot(r)
             for s in list(self._shards.values())
-            for r in list(s.records.values())
+            for r in s.records()
             if r.id.startswith(key) or r.id.endswith(key)
         }
         # Read after the shards: a download that ended meanwhile is here.
