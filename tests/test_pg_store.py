@@ -402,3 +402,15 @@ def test_records_streams_every_record_latest_first_for_status(store: PostgresSto
     assert list(store.records(sources={"nosuch"})) == []
     with pytest.raises(UnknownDownloadError):
         store.records(before="nosuch")
+
+
+def test_states_reads_the_state_of_each_id_as_the_server_holds_it_leaving_out_unknown_ids(
+    store: PostgresStore,
+) -> None:
+    store.add(_record("q"))
+    store.add(_record("r"))
+    store.flush()
+    assert store.states(["q", "r", "nosuch"]) == {"q": State.QUEUED, "r": State.QUEUED}
+    store.commit([_record("r", State.COMPLETED, attempts=1)])
+    assert store.states(["r", "q"]) == {"q": State.QUEUED, "r": State.COMPLETED}
+    assert store.states([]) == {}
