@@ -45,6 +45,7 @@ import attrs
 import redis
 
 from headwater._changes import Change, ChangeKind
+from headwater._cluster._gate import SourceGate
 from headwater._cluster._leader import LeaderLease
 from headwater._cluster._limits import RedisLimits, Verdict
 from headwater._cluster._message import Assignment, broker, send
@@ -60,6 +61,11 @@ from headwater._sources import SourceRegistry
 from headwater._store import Swap
 
 log = logging.getLogger("headwater.cluster")
+
+#: Seconds the scheduler waits, having found a RUNNING download's lease gone, before it reads the
+#: record again and takes the attempt for dead: an attempt gives its slot back just before it
+#: writes its end.
+RECHECK = 0.2
 
 
 @attrs.define
@@ -78,13 +84,24 @@ class Dispatcher:
         config: the cluster.
         registry: the loaded sources (their policies are the limits sent to Redis).
         holder: this process's name in the leader lease (default: host/pid/random).
+        gate: the gate of this process's workers: a download of a frozen
+            source, or one this process is ending, is not taken for dead,
+            and a download is queued again through it (default: one of its own).
 
     :meth:`start` begins (a thread); :meth:`close` stops it and gives the
     lease up. Raises StoreError when the records cannot be opened.
     """
 
-    def __init__(self, config: ClusterConfig, registry: SourceRegistry, *, holder: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: SourceRegistry,
+        *,
+        holder: str | None = None,
+        gate: SourceGate | None = None,
+    ) -> None:
         self.config = config
+        self._gate = SourceGate() if gate is None else gate
         self._registry = registry
         self._client = redis_client(config.broker)
         self._store = PostgresStore(config.postgres, schema=config.schema)
@@ -101,6 +118,7 @@ class Dispatcher:
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
         self._paused: set[str] = set()  # the sources paused, as the records said at the last sweep
+        self._jitter = random.Random()  # its own: a test's use of the global one stays its own
         self._thread = threading.Thread(target=self._run, name="headwater-dispatch", daemon=True)
         #: Terms this process led in, for tests and logs.
         self.terms: list[int] = []
@@ -258,7 +276,7 @@ class Dispatcher:
             return
         rules = self._source(name).rules
         if retry:
-            backoff = rules.policy.retry_wait(record.retries, random.random())
+            backoff = rules.policy.retry_wait(record.retries, self._jitter.random())
             rules.put_later(record.id, time.monotonic() + backoff)
         elif front:
             rules.put_front(record.id)
@@ -351,11 +369,21 @@ class Dispatcher:
                     self._recover(assignment)
                 continue
             by_source.setdefault(assignment.source, []).append(assignment)
+        gone: list[Assignment] = []
         for name, sent in by_source.items():
+            if self._gate.is_frozen(name):
+                continue  # its ends are held back: judged at the next sweep
             held = self._source(name).limits.held([a.holder for a in sent])
-            for assignment, alive in zip(sent, held, strict=True):
-                if not alive:
-                    self._recover(assignment)
+            gone += [a for a, alive in zip(sent, held, strict=True) if not alive]
+        if gone:
+            self._stop.wait(RECHECK)  # an end written just after its slot was given back shows by then
+            found = self._store.fetch([a.download_id for a in gone])
+            for assignment in gone:
+                record = found.get(assignment.download_id)
+                if record is None or (record.state, record.attempts) != (State.RUNNING, assignment.attempt):
+                    continue  # its end (or removal) was written: the change feed brings it
+                if not self._gate.is_ending(assignment.holder):
+                    self._recover(assignment, record)
 
     def _follow_pauses(self) -> None:
         """Pause and resume the sources as the records say (``headwater pause``, ``Engine.pause``)."""
@@ -367,8 +395,9 @@ class Dispatcher:
                 source.rules.resume()
         self._paused = paused
 
-    def _recover(self, assignment: Assignment) -> None:
-        record = self._records.get(assignment.download_id)
+    def _recover(self, assignment: Assignment, record: Record | None = None) -> None:
+        """Send again a download whose slot was lost: ``record`` as read now, else as last heard."""
+        record = self._records.get(assignment.download_id) if record is None else record
         self._ended(assignment.download_id)
         if record is None:
             return
@@ -379,7 +408,9 @@ class Dispatcher:
         if record.state is State.RUNNING and record.attempts == assignment.attempt:
             now = time.time()
             again = attrs.evolve(record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None)
-            if self._store.commit_if([Swap.over(record, again)])[0]:
+            with self._gate.writing(record.source):
+                taken = self._store.commit_if([Swap.over(record, again)])[0]
+            if taken:
                 log.warning(
                     "download %s: attempt %d lost its slot (its worker died or froze); queued again",
                     record.id,

@@ -304,6 +304,26 @@ class PostgresStore:
         found = self.fetch([rows[0][0]]).get(rows[0][0])
         return (1, found) if found is not None else (0, None)
 
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        """The ended records ``key`` names (see :class:`~headwater.RecordStore`)."""
+        exact = self.get(key)
+        if exact is not None:
+            return [exact]
+        return self._named(self._q.named_ended, key, limit)
+
+    def named(self, key: str, limit: int = 2) -> list[Record]:
+        """The records, in any state, ``key`` names: the one whose id is ``key``, else up to
+        ``limit`` whose id starts or ends with it, latest first. Raises StoreError if the
+        server cannot be read."""
+        exact = self.fetch([key]).get(key)
+        if exact is not None:
+            return [exact]
+        return self._named(self._q.named, key, limit)
+
+    def _named(self, query: str, key: str, limit: int) -> list[Record]:
+        rows = self._read(lambda conn: conn.execute(query, {"key": key, "limit": limit}).fetchall(), "read")
+        return self._decode(rows)
+
     def page(
         self,
         *,
@@ -324,9 +344,13 @@ class PostgresStore:
         states: Collection[State] | None = None,
         sources: Collection[str] | None = None,
         limit: int = 100,
+        ended_only: bool = True,
     ) -> list[Record]:
-        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`)."""
-        rows = self._select(states, sources, place, limit, ended_only=True, ascending=oldest_first)
+        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`).
+
+        With ``ended_only=False``, unfinished records too (a cluster's page, one query).
+        """
+        rows = self._select(states, sources, place, limit, ended_only=ended_only, ascending=oldest_first)
         return self._decode(rows)
 
     def scan(

@@ -18,6 +18,7 @@ import os
 import dramatiq
 
 from headwater._cluster._dispatch import Dispatcher
+from headwater._cluster._gate import SourceGate
 from headwater._cluster._message import QUEUE, broker, declare
 from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._runner import ClusterWorker
@@ -43,6 +44,9 @@ class WorkerProcess:
         schedule: also contend for the scheduler's lease (a
             :class:`~headwater._cluster._dispatch.Dispatcher`): one process of
             the cluster schedules, and another takes over if it dies.
+        gate: the gate the runner and the scheduler write state changes
+            through (:class:`~headwater._cluster._gate.SourceGate`; a
+            freeze holds them); default: one of its own.
 
     Raises StoreError when the records cannot be opened, ``redis.RedisError``
     when the broker cannot be reached.
@@ -57,9 +61,11 @@ class WorkerProcess:
         registry: SourceRegistry,
         poll: float = 1.0,
         schedule: bool = True,
+        gate: SourceGate | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"a worker needs at least one thread, got {threads!r}")
+        gate = SourceGate() if gate is None else gate
         client = redis_client(config.broker)
         client.ping()
         store = PostgresStore(config.postgres, schema=config.schema)
@@ -72,6 +78,7 @@ class WorkerProcess:
                 prefix=config.limits_prefix,
                 channel=config.cancel_channel,
                 poll=poll,
+                gate=gate,
             )
         except BaseException:
             store.close()
@@ -85,7 +92,7 @@ class WorkerProcess:
         self._worker.start()
         self.dispatcher: Dispatcher | None = None
         if schedule:
-            self.dispatcher = Dispatcher(config, registry)
+            self.dispatcher = Dispatcher(config, registry, gate=gate)
             self.dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
