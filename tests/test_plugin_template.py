@@ -71,18 +71,31 @@ def asking(tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
     child.close(force=True)
 
 
+class _Folder(SimpleHTTPRequestHandler):
+    """Serves a folder; each request line goes on the server's ``requests`` instead of stderr."""
+
+    server: _FolderServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        self.server.requests.append(self.requestline)
+
+
+class _FolderServer(ThreadingHTTPServer):
+    daemon_threads = True
+    requests: list[str]
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A folder served over HTTP on 127.0.0.1: (base URL, folder)."""
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """A folder served over HTTP on 127.0.0.1: (base URL, folder, the request lines answered)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = _FolderServer(("127.0.0.1", 0), functools.partial(_Folder, directory=str(root)))
+    httpd.requests = []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd.requests
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -228,7 +241,7 @@ def test_interrupting_the_questions_creates_nothing(asking: tuple[Any, Any, Path
 
 @pytest.mark.timeout(300)
 def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
-    tmp_path: Path, served: tuple[str, Path]
+    tmp_path: Path, served: tuple[str, Path, list[str]]
 ) -> None:
     env = isolated_env(tmp_path / "home")
     project = tmp_path / "headwater-acme"
@@ -254,11 +267,12 @@ def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
     token = next(s for s in acme["settings"] if s["name"] == "token")
     assert (token["secret"], token["required"], token["type"]) == (True, False, "str | None")
 
-    url, root = served
+    url, root, requests = served
     (root / "tune.ogg").write_bytes(os.urandom(200_000))
     dest = tmp_path / "downloads"
     run([*headwater_cli(python), "get", "acme", f"{url}/tune.ogg", "--dest", dest], tmp_path, env)
     assert (dest / "tune.ogg").read_bytes() == (root / "tune.ogg").read_bytes()
+    assert requests == ["GET /tune.ogg HTTP/1.1"]  # in one go: the source's retries hid nothing
 
 
 @pytest.mark.timeout(300)
