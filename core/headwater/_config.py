@@ -30,7 +30,6 @@ the key. A missing file at the default place means an empty configuration.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -144,6 +143,8 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"config file {chosen} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {chosen}: {exc}") from exc
+    import tomllib  # here, not above: without a config file, no command pays for it
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -20,7 +20,6 @@ import os
 from collections.abc import Collection, Iterable, Mapping
 
 import attrs
-import importlib_metadata
 
 from headwater._redact import redact
 
@@ -117,6 +116,8 @@ def discover(
         wanted = wanted - frozenset(block)
     if wanted is not None and not wanted:
         return []
+    import importlib_metadata  # here, not above: a command that loads no source does not pay for it
+
     points = sorted(
         importlib_metadata.entry_points(group=ENTRY_POINT_GROUP),
         key=lambda ep: (ep.name, ep.dist.name if ep.dist else ""),

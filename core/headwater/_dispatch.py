@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from headwater._attempt import Attempt, described_changes, run_attempt
@@ -78,16 +79,9 @@ class Dispatcher:
 
     def _make(self, source: Source, home: Home) -> Shard:
         shard = Shard(source, self._store, self._feed, self._ended, home)
+        steps = ShardSteps(self, shard)
         shard.worker = SourceWorker(
-            source.name,
-            shard.lock,
-            source.policy,
-            functools.partial(self.begin, shard),
-            functools.partial(self.execute, shard),
-            functools.partial(self.settle, shard),
-            shard.batch,
-            self._idle_timeout,
-            self._clock,
+            source.name, shard.lock, source.policy, steps, self._idle_timeout, self._clock
         )
         return shard
 
@@ -187,3 +181,28 @@ class Dispatcher:
         ended = self.watch.pop(download_id, None)
         if ended is not None:
             ended.set()
+
+
+class ShardSteps:
+    """One shard's steps of the run path, as its worker runs them (:class:`~headwater._worker.Steps`).
+
+    Each is the :class:`Dispatcher`'s step of the same name for this shard.
+    """
+
+    __slots__ = ("_dispatcher", "_shard")
+
+    def __init__(self, dispatcher: Dispatcher, shard: Shard) -> None:
+        self._dispatcher = dispatcher
+        self._shard = shard
+
+    def begin(self, download: Download, now: float) -> DownloadContext | None:
+        return self._dispatcher.begin(self._shard, download, now)
+
+    def execute(self, download: Download, ctx: DownloadContext) -> Attempt:
+        return self._dispatcher.execute(self._shard, download, ctx)
+
+    def settle(self, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
+        return self._dispatcher.settle(self._shard, download, ctx, tried)
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._shard.batch()

@@ -8,7 +8,6 @@ recorded on the download's record.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import time
 from collections.abc import Sequence
@@ -167,6 +166,8 @@ def _retry_after_seconds(value: str, now: float | None) -> float:
     text = value.strip()
     if text.isascii() and text.isdigit():
         return float(text)
+    import email.utils  # here, not above: only a Retry-After date needs it
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -32,18 +32,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 import click
-from rich.console import Console
 
 from headwater import __version__
 from headwater._codec import plain
 from headwater._config import ClusterConfig, Config, load_config
-from headwater._discovery import discover
-from headwater._display import follow
-from headwater._engine import Engine
 from headwater._errors import (
     ConfigError,
     DownloadOwnedError,
@@ -55,17 +51,26 @@ from headwater._errors import (
     UnknownSourceError,
 )
 from headwater._files import EXISTING_CHOICES, Existing
-from headwater._journal import SQLiteStore
 from headwater._keystore import KeyStore, default_keystore
 from headwater._paths import default_journal
-from headwater._plugin_new import plugin
 from headwater._reader import JournalReader
 from headwater._records import Record, State
 from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
-from headwater._settings import SettingInfo, SettingsLayers
-from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
-from headwater.client import Client, Watch
+
+# What only some commands need is imported inside them, so that a command pays for its own
+# imports alone: `status` reads the journal without the engine, pluggy, httpx or rich (see
+# tests/test_cli_imports.py).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from headwater._engine import Engine
+    from headwater._settings import SettingInfo
+    from headwater._sources import SourceInfo, SourceRegistry
+    from headwater.client import Client
+
+if TYPE_CHECKING:
+    from headwater._cluster._client import ClusterClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -107,7 +112,20 @@ class _Commands(click.Group):
     "Aborted!" (exit status 1). A journal that fails a command where the
     command does not say so itself ends it with the StoreError's message
     and exit status 3, not a traceback.
+
+    ``headwater plugin`` (the template's renderer, which needs the plugin
+    contract and pluggy) is imported only when it is asked for or listed.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "plugin"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "plugin":
+            from headwater._plugin_new import plugin
+
+            return plugin
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         with _sigterm_interrupts():
@@ -173,6 +191,11 @@ class App:
         ``settings`` is given to the engine as its highest layer of settings,
         above the environment, the secrets store and the configuration.
         """
+        from headwater._engine import Engine
+        from headwater._journal import SQLiteStore
+        from headwater._settings import SettingsLayers
+        from headwater._sources import PolicyOverride
+
         config = self.config
         try:
             store = SQLiteStore(self.journal) if journaled else None
@@ -255,6 +278,8 @@ def _print_version(verbose: int) -> None:
     click.echo(f"headwater {__version__}")
     if not verbose:
         return
+    from headwater._discovery import discover
+
     found = discover()
     click.echo("installed source plugins:" if found else "installed source plugins: none")
     for cand in found:
@@ -312,9 +337,6 @@ _quiet_option = click.option(
 _timeout_option = click.option(
     "--timeout", type=float, default=None, callback=_seconds, help="Give up after this many seconds."
 )
-
-
-main.add_command(plugin)
 
 
 @main.command()
@@ -504,6 +526,8 @@ def _watch(
     engine: Engine, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
     """Follow ``ids`` to their end; on Ctrl-C, SIGTERM or timeout, stop them (nothing cancelled) and exit."""
+    from headwater._display import follow
+
     console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
         records = follow(engine, ids, report, console=console, timeout=timeout)
@@ -528,6 +552,8 @@ def _watch(
 
 def _reporter(*, quiet: bool, as_json: bool) -> tuple[Console | None, Callable[[Record], None]]:
     """The console to draw bars on (None: none), and what to print as each download ends."""
+    from rich.console import Console
+
     err = Console(stderr=True)
     console = err if err.is_terminal and not quiet and not as_json else None
 
@@ -650,7 +676,7 @@ def status(
     elif through is None:
         pages = reader = JournalReader(_app().journal)
     else:
-        pages, reader = _ServerPages(through[0]), _Listed(through[0])
+        pages, reader = _ServerPages(through[0]), _Named(through[0])
     try:
         if ids:
             records: Iterable[Record] = [
@@ -985,7 +1011,8 @@ def serve(
 
     The journal's unfinished downloads start at once. While it runs, `get`,
     `status`, `cancel`, `resume` and `clean` in any shell go through it.
-    Ctrl-C (or SIGTERM) stops it.
+    With a [cluster] in headwater.toml, it serves the cluster's downloads
+    instead (run by `headwater worker` processes). Ctrl-C (or SIGTERM) stops it.
     """
     try:
         from headwater._serve import run as serving
@@ -1011,14 +1038,15 @@ def serve(
         raise Failure(str(exc), EXIT_USAGE) from exc
     port = sock.getsockname()[1]
     security = Security(token, host_allow_list(host, port, allow_hosts), origins)
-    engine = app.engine(dest)
+    engine = app.engine(dest) if app.config.cluster is None else _cluster_client(dest)
+    records = f"journal {journal}" if app.config.cluster is None else f"cluster: {app.config.cluster.shown()}"
     try:
         engine.start_held()  # first: the server's view subscribes, then reads every record
         asgi, live = serving.build(engine, security, app.config.policies)
         url = serving.url_of(sock)
         state = ServerState(url, os.getpid(), str(tokens), str(journal), str(engine.dest_dir))
         write_state(journal, state)
-        click.echo(f"headwater: serving {url} (journal {journal}; files land in {engine.dest_dir})", err=True)
+        click.echo(f"headwater: serving {url} ({records}; files land in {engine.dest_dir})", err=True)
         click.echo(f"headwater: log in with the token in {tokens} (`headwater token` prints it)", err=True)
         serving.serve_forever(asgi, live, sock)
     finally:
@@ -1059,6 +1087,8 @@ def _server() -> tuple[Client, ServerState] | None:
     except ServeError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     click.echo(f"headwater: through the server at {state.url} (pid {state.pid})", err=True)
+    from headwater.client import Client
+
     return Client(state.url, token), state
 
 
@@ -1110,6 +1140,9 @@ def _watch_through(
     client: Client, state: ServerState, ids: list[str], *, quiet: bool, as_json: bool, timeout: float | None
 ) -> list[Record]:
     """Follow the server's ``ids`` to their end; on Ctrl-C or timeout they go on in the server."""
+    from headwater._display import follow
+    from headwater.client import Watch
+
     console, report = _reporter(quiet=quiet, as_json=as_json)
     try:
         with _call_server(Watch(client, ids).start) as watch:
@@ -1161,6 +1194,8 @@ class _ClusterRecords:
 def _cluster_sources(app: App) -> SourceRegistry:
     """The sources a cluster's process loads: as an engine of the command line loads them."""
     from headwater._cluster._setup import sources
+    from headwater._settings import SettingsLayers
+    from headwater._sources import PolicyOverride
 
     config = app.config
     return sources(
@@ -1186,20 +1221,7 @@ def _get_in_cluster(
     Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
     go on in the cluster (`headwater status` follows them).
     """
-    from headwater._cluster._client import ClusterClient
-
-    app = _app()
-    config = app.config
-    assert config.cluster is not None
-    folder = _made_folder(dest or config.destination or Path.cwd())
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
-            client = ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
-    except StoreError as exc:
-        raise Failure(str(exc), EXIT_JOURNAL) from exc
-    except (HeadwaterError, OSError) as exc:
-        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
-    with client:
+    with _cluster_client(dest) as client:
         ids: list[str] = []
         try:
             for target in targets:
@@ -1220,6 +1242,29 @@ def _get_in_cluster(
         for record in records:
             _result_line(record)
     _finish(records, as_json)
+
+
+def _cluster_client(dest: Path | None) -> ClusterClient:
+    """A client of the cluster ``[cluster]`` names; downloads land in ``dest`` (or the configured one)."""
+    try:
+        from headwater._cluster._client import ClusterClient
+    except ImportError as exc:
+        raise Failure(
+            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+
+    app = _app()
+    config = app.config
+    assert config.cluster is not None
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            return ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, OSError) as exc:
+        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
 
 
 def _cluster_records() -> _ClusterRecords | None:
@@ -1262,19 +1307,17 @@ def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: 
     sys.exit(EXIT_OK if all(cancelled for _, cancelled in results) else EXIT_FAILED)
 
 
-class _Listed:
-    """A running server's records as a :class:`Matcher` (read once, on the first lookup)."""
+class _Named:
+    """A running server's downloads as a :class:`Matcher`: each key looked up by the server.
+
+    The count stops at 2: two means two or more.
+    """
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._records: list[Record] | None = None
 
     def match(self, key: str) -> tuple[int, Record | None]:
-        if self._records is None:
-            self._records = _call_server(self._client.records)
-        found = [r for r in self._records if r.id == key] or [
-            r for r in self._records if r.id.startswith(key) or r.id.endswith(key)
-        ]
+        found = _call_server(functools.partial(self._client.match, key, 2))
         return len(found), (found[0] if len(found) == 1 else None)
 
 
@@ -1317,7 +1360,7 @@ class _ServerPages:
 
 def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel in the server, running downloads included; print and exit as `cancel` does."""
-    picked = _pick(_Listed(client), ids)
+    picked = _pick(_Named(client), ids)
     cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
     final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
     if as_json:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -76,6 +75,8 @@ def ensure_token(path: Path, *, new: bool = False) -> str:
         token = read_token(path)
         if token is not None:
             return token
+    import secrets  # here, not above: OpenSSL's hashes load with it; `status` needs no token made
+
     token = secrets.token_urlsafe(32)
     _write_private(path, token + "\n")
     return token
@@ -85,7 +86,7 @@ def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a 0600 file created empty, then renamed over ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
