@@ -202,14 +202,13 @@ class Engine:
             if shard.source.settings.needs_configuration:  # settings: kept QUEUED, not run
                 waiting[name] = waiting.get(name, 0) + 1
                 with shard.lock:
-                    shard.records[record.id] = record
+                    shard.downloads[record.id] = Download(record)
                 continue
             mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
-                shard.records[record.id] = record
-                download = Download(job)
-                shard.live[record.id] = download
+                download = Download(record, job)
+                shard.downloads[record.id] = download
                 shard.worker.put(download)
             started.append(record.id)
         self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
@@ -291,15 +290,14 @@ class Engine:
         record, job = made.record, made.job
         shard = self._shards.of(record.source)
         if record.fallbacks or record.tried:
-            self._shards.home[job.id] = shard
+            self._shards.home[record.id] = shard
         with shard.lock:
             self._store.add(record)
-            shard.records[job.id] = record
+            download = Download(record, job)
+            shard.downloads[record.id] = download
             self._feed.publish(ChangeKind.RECORD, (record,))
-            download = Download(job)
-            shard.live[job.id] = download
             shard.worker.put(download)
-        return job.id
+        return record.id
 
     # -- controlling -------------------------------------------------------
 
@@ -323,7 +321,7 @@ class Engine:
             while True:
                 shard = self._shards.find(download_id, source_hint)
                 with shard.lock:
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is not None:
                         cancelled = shard.cancel(record)
                         break
@@ -348,10 +346,10 @@ class Engine:
             while True:
                 shard = self._shards.find(download_id)
                 with shard.lock:
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is not None:
                         shard.cancel(record)  # a record it ends leaves the shard
-                        final = shard.records.get(download_id) or self._ended.get(download_id)
+                        final = shard.record(download_id) or self._ended.get(download_id)
                         assert final is not None, "a record its cancel ended is in the shard or the ended"
                         self._forget_locked(shard, final)
                         break
@@ -368,7 +366,7 @@ class Engine:
     def _forget_locked(self, shard: Shard, final: Record) -> None:
         """Delete ``final``'s download from the store and the engine, and say so; ``shard``'s lock held."""
         self._store.delete(final.id)
-        shard.records.pop(final.id, None)
+        shard.downloads.pop(final.id, None)
         self._ended.forget(final.id)
         self._shards.home.pop(final.id, None)
         self._feed.publish(ChangeKind.REMOVED, (final,))
@@ -409,13 +407,13 @@ class Engine:
         :class:`Ended`. Reads without a lock. Raises UnknownDownloadError.
         """
         if shard is not None:
-            record = shard.records.get(download_id)
+            record = shard.record(download_id)
             if record is not None:
                 return shard, record
         try:
             while True:
                 shard = self._shards.find(download_id)
-                record = shard.records.get(download_id)
+                record = shard.record(download_id)
                 if record is not None:
                     return shard, record
                 self._shards.raise_unless_moved(download_id, shard)
@@ -424,6 +422,29 @@ class Engine:
             if ended is None:
                 raise
             return None, ended
+
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as snapshots: the one whose id is ``key``, else up to ``limit``
+        whose id starts or ends with it, latest first (how ``headwater status IDS`` reads a key).
+
+        Looks at the unfinished downloads in memory and, through the store's
+        :meth:`~headwater.RecordStore.matching`, at the ids of the ended
+        ones; reads no other record. Raises StoreError when the store cannot
+        be read.
+        """
+        try:
+            return [self.get(key)]
+        except UnknownDownloadError:
+            pass
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in s.records()
+            if r.id.startswith(key) or r.id.endswith(key)
+        }
+        # Read after the shards: a download that ended meanwhile is here.
+        held.update((r.id, r) for r in self._ended.matching(key, limit))
+        return heapq.nlargest(limit, held.values(), key=_made)
 
     def records(self, source: str | None = None) -> list[Record]:
         """Snapshots of all records (of one source, a name or alias), oldest first.
@@ -439,7 +460,7 @@ class Engine:
             names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
-        held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
+        held = {r.id: s.snapshot(r) for s in shards for r in s.records()}
         held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
         return sorted(held.values(), key=lambda r: r.created_at)
 
@@ -476,7 +497,7 @@ class Engine:
         held = {
             r.id: s.snapshot(r)
             for s in list(self._shards.values())
-            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+            for r in pick(limit, filter(wanted, s.records()), key=_made)
         }
         if states is None or any(state.terminal for state in states):  # read after: one ended since is here
             ended = self._ended.page(
@@ -599,7 +620,7 @@ class Engine:
             with shard.lock:
                 shard.worker.close()
                 for download_id, ctx in list(shard.running.items()):
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is None:
                         continue
                     if not interrupt:
@@ -619,7 +640,7 @@ class Engine:
             found
             for shard in self._shards.values()
             for i in shard.running
-            if (found := shard.records.get(i) or self._ended.get(i)) is not None
+            if (found := shard.record(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
             log.warning(

@@ -124,6 +124,7 @@ class SourceWorker(Generic[Item, T, O]):
         self._name = name
         self._lock = lock
         self._changed = threading.Condition(lock)
+        self._waiting = 0  # threads waiting on _changed: a put with none waiting notifies no one
         self._scheduler: Scheduler[Item] = Scheduler(policy)
         self._begin = steps.begin
         self._execute = steps.execute
@@ -162,13 +163,14 @@ class SourceWorker(Generic[Item, T, O]):
         scheduler = self._scheduler
         scheduler.put(item)
         threads = len(self._threads)
-        if (
-            threads - scheduler.running < scheduler.queued
+        if (  # the cheapest test first: at full strength (the usual case with a queue) no more
+            not scheduler.paused
             and threads < scheduler.policy.concurrency
-            and not scheduler.paused
+            and threads - scheduler.running < scheduler.queued
         ):
             self._spawn()
-        self._changed.notify()
+        if self._waiting:
+            self._changed.notify()
 
     def pause(self) -> None:
         """Start nothing until :meth:`resume`; running jobs go on."""
@@ -286,12 +288,20 @@ class SourceWorker(Generic[Item, T, O]):
                 return None
             if decision.wake_at is not None:
                 idle_since = None
-                self._clock.wait(self._changed, decision.wake_at - now)
+                self._waiting += 1
+                try:
+                    self._clock.wait(self._changed, decision.wake_at - now)
+                finally:
+                    self._waiting -= 1
                 continue
             real = time.monotonic()  # nothing may start until an event: idle, on real time
             if idle_since is None:
                 idle_since = real
             elif real - idle_since >= self._idle_timeout:
                 return None
-            self._changed.wait(self._idle_timeout - (real - idle_since))
+            self._waiting += 1
+            try:
+                self._changed.wait(self._idle_timeout - (real - idle_since))
+            finally:
+                self._waiting -= 1
         return None

@@ -31,7 +31,7 @@ from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 
 from headwater import (
-    Engine,
+    ConfigError,
     EngineClosedError,
     HeadwaterError,
     InvalidPolicyError,
@@ -51,6 +51,7 @@ from headwater._serve._security import (
     same_secret,
     session_value,
 )
+from headwater._serve._served import ServedEngine
 from headwater._serve._views import (
     TYPE_ENCODERS,
     Cancelled,
@@ -77,7 +78,7 @@ PAGE_DIR = Path(__file__).with_name("page")
 class Service:
     """What every handler shares: the engine, its live view, the token, the config's policy fields."""
 
-    engine: Engine
+    engine: ServedEngine
     live: Live
     token: str
     config: Mapping[str, Mapping[str, object]]
@@ -134,6 +135,7 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
 _DESCRIPTIONS = {
     400: "the request is malformed or names something invalid",
     404: "no such download or source",
+    409: "a cluster's policies are set in its processes' configuration",
     502: "the source's plugin misbehaved",
     503: "the server is shutting down",
 }
@@ -160,7 +162,7 @@ def list_sources(service: NamedDependency[Service]) -> list[SourceView]:
     return service.sources()
 
 
-@patch("/sources/{name:str}/policy", sync_to_thread=True, responses=_errors(404))
+@patch("/sources/{name:str}/policy", sync_to_thread=True, responses=_errors(404, 409))
 def set_policy(
     name: FromPath[str], data: JSONBody[dict[str, Any]], service: NamedDependency[Service]
 ) -> SourceView:
@@ -171,7 +173,10 @@ def set_policy(
         policy = PolicyOverride(data).apply(view.policy)
     except (TypeError, InvalidPolicyError) as exc:
         raise _problem(400, "bad_policy", str(exc)) from None
-    service.engine.set_policy(view.name, policy)
+    try:
+        service.engine.set_policy(view.name, policy)
+    except ConfigError as exc:  # a cluster's policies are its processes' configuration
+        raise _problem(409, "policy_fixed", str(exc)) from None
     service.live.source_changed([view.name])
     return service.source(view.name)
 
@@ -274,11 +279,17 @@ def list_downloads(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
     order: FromQuery[Literal["newest", "oldest"]] = "newest",
+    match: Annotated[str | None, QueryParameter(min_length=1)] = None,
 ) -> DownloadPage:
     """A page of downloads, newest first (``order=oldest``: oldest first), filtered by state and source.
 
     ``source`` is a name or alias (records of a source no longer loaded are
     found by its name).
+
+    ``match`` names downloads as ``headwater status IDS`` does: the one
+    whose id it is, else up to ``limit`` whose id starts or ends with it
+    (newest first); of those, the page holds the ones the other filters let
+    through, and ``next`` is None. No cursor with it.
 
     ``next`` is the cursor for the following page (None on the last).
     """
@@ -288,6 +299,15 @@ def list_downloads(
             sources = (service.source(source).name,)
         except HTTPException:
             sources = (source,)
+    if match is not None:
+        if cursor is not None:
+            raise _problem(400, "bad_request", "match names the downloads: leave out cursor")
+        named = [
+            r
+            for r in service.engine.match(match, limit)
+            if (not states or r.state in states) and (not sources or r.source in sources)
+        ]
+        return DownloadPage(named if order == "newest" else named[::-1], None)
     query = Query(
         states=tuple(states or ()),
         sources=sources,
