@@ -339,8 +339,6 @@ _timeout_option = click.option(
 )
 
 
-
-
 @main.command()
 @_json_option
 def sources(as_json: bool) -> None:
