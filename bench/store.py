@@ -2,10 +2,15 @@
 
 ``history`` (issue 14): with 0, 100,000 and 1,000,000 ended downloads in the
 journal, the wall time and peak memory (the child process's peak RSS, from
-``wait4``) of the command line: ``headwater get`` of one small file (the
-file source), ``status`` (the latest 100), ``status --json``, and ``status
---all --json`` streamed into /dev/null; ``--version`` is the floor (the
-interpreter and headwater's imports, no journal). Also, in this process,
+``wait4``) of the command line, run as a user runs it (the ``headwater``
+console script beside this interpreter): ``headwater get`` of one small
+file (the file source), ``status`` (the latest 100), ``status --json``, and
+``status --all --json`` streamed into /dev/null; ``--version`` is the floor
+(the interpreter and headwater's imports, no journal), with Python's
+byte-code cached as an installed package has it. ``status`` is timed
+again ``--runs`` times on each journal, with ``python -c pass`` (the bare
+interpreter), each run of each in turn: their minimum and median, the
+figure a user timing ``headwater status`` sees. Also, in this process,
 the time of the page read itself (the latest 100 through ``JournalReader``)
 and of opening the journal, taking over (none) and closing it: what a start
 costs the store.
@@ -25,7 +30,7 @@ change (``time.sleep(0)``) where SQLite would write; SQLiteStore. Also the
 mean time of one state commit from one thread, without contention, and the
 pages one state commit writes to the WAL (counted).
 
-    python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--cache DIR]
+    python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--runs 30] [--cache DIR]
     python bench/store.py drain [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
 """
 
@@ -184,7 +189,9 @@ def history(args: argparse.Namespace) -> None:
     small = cache / "song.flac"
     cache.mkdir(parents=True, exist_ok=True)
     small.write_bytes(os.urandom(10_000))
-    cli = [sys.executable, "-m", "headwater.cli"]
+    script = Path(sys.executable).with_name("headwater")
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "headwater.cli"]
+    print(f"the command: {' '.join(cli)}", file=sys.stderr)
     out = str(cache / "out")
     commands = {
         "--version (the floor)": ["--version"],
@@ -193,17 +200,23 @@ def history(args: argparse.Namespace) -> None:
         "status --json": ["status", "--json"],
         "status --all --json": ["status", "--all", "--json"],
     }
+    # As installed: Python's byte-code of headwater cached (an environment that forbids writing
+    # it would have every start compile headwater's modules from source).
+    installed = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     journals: dict[int, tuple[Path, dict[str, str]]] = {}
     sizes_mb: list[float] = []
     for size in args.sizes:
         home = cache / f"schema{SCHEMA_VERSION}-{size}"
         journal = build_journal(home, size)
         print(f"{size:,} records: {(home / 'built').read_text().strip()}", file=sys.stderr)
-        env = {**os.environ, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
+        env = {**installed, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
         journals[size] = (journal, env)
         sizes_mb.append(journal.stat().st_size / 1e6)
         SQLiteStore(journal).close()  # checked and sealed, as a journal only headwater wrote is
         run_child([*cli, "status"], env)  # warm the page cache
+    journal, env = journals[args.sizes[0]]
+    run_child([*cli, *commands["get one small file"]], env)  # and write the byte-code of what get imports
+    forget_new(journal, args.sizes[0])
     # Interleaved: each round runs every command on every journal in turn, so that a change of
     # the machine's load meets every figure alike.
     runs: dict[tuple[int, str], list[tuple[float, float]]] = {}
@@ -224,6 +237,12 @@ def history(args: argparse.Namespace) -> None:
                 f"  {size:,}: {name}: {results[name][-1][0]:.3f} s, {results[name][-1][1]:.0f} MB",
                 file=sys.stderr,
             )
+    bare = {"python -c pass": ([sys.executable, "-c", "pass"], installed)}
+    status = {size: ([*cli, "status"], env) for size, (_, env) in journals.items()}
+    walls: dict[object, list[float]] = {}
+    for _ in range(args.runs):  # one run of each in turn, as above
+        for key, (command, env) in [*bare.items(), *status.items()]:
+            walls.setdefault(key, []).append(run_child(command, env)[0])
     pages = [page_read(journal, args.rounds) for journal, _ in journals.values()]
     opens = [open_journal(journal, args.rounds) for journal, _ in journals.values()]
 
@@ -238,6 +257,13 @@ def history(args: argparse.Namespace) -> None:
         rows.append([f"{name}: peak RSS (MB)", *(f"{m:.0f}" for _, m in results[name]), "flat"])
     gets = [t for t, _ in results["get one small file"]]
     rows.append(["get: time over empty", *(f"{t / gets[0]:.2f}x" for t in gets), "<= 1.2x"])
+    for name, pick in (("min", min), ("median", statistics.median)):
+        rows.append(
+            [f"status, {name} of {args.runs} (s)", *(f"{pick(walls[s]):.3f}" for s in args.sizes), "< 0.1 s"]
+        )
+    python = walls["python -c pass"]
+    bare_python = f"{min(python):.3f} / {statistics.median(python):.3f}"
+    rows.append(["python -c pass: min / median (s)", bare_python, *([""] * len(args.sizes))])
     floor = results["--version (the floor)"]
     for name in ("get one small file", "status"):
         over = [s - f for (s, _), (f, _) in zip(results[name], floor, strict=True)]
@@ -343,6 +369,7 @@ def main() -> None:
     old = commands.add_parser("history", help="the command line against journals of 0 to 1,000,000 records")
     old.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
     old.add_argument("--rounds", type=int, default=3)
+    old.add_argument("--runs", type=int, default=30, help="runs of status and of bare python, timed alone")
     old.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "headwater-bench-store"))
     work = commands.add_parser("drain", help="the engine workload on the memory store and on SQLite")
     for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):

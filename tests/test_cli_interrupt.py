@@ -83,8 +83,8 @@ def paused_get(tmp_path: Path, *targets: str, **env: str) -> tuple[subprocess.Po
 def test_a_signal_while_the_command_is_imported(tmp_path: Path, signum: int, code: int, word: str) -> None:
     """Not a traceback (Ctrl-C), not a silent end (SIGTERM): one line, and nothing was queued."""
     shadow = tmp_path / "shadow"
-    (shadow / "rich").mkdir(parents=True)
-    (shadow / "rich" / "__init__.py").write_text(PAUSE + "pause('import')\n")  # cli imports rich
+    (shadow / "click").mkdir(parents=True)
+    (shadow / "click" / "__init__.py").write_text(PAUSE + "pause('import')\n")  # cli is a click program
     child, home = paused_get(tmp_path, "1", PYTHONPATH=str(shadow))
     child.send_signal(signum)
     _, err = child.communicate(timeout=30)

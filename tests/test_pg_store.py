@@ -402,3 +402,28 @@ def test_records_streams_every_record_latest_first_for_status(store: PostgresSto
     assert list(store.records(sources={"nosuch"})) == []
     with pytest.raises(UnknownDownloadError):
         store.records(before="nosuch")
+
+
+def test_states_reads_the_state_of_each_id_as_the_server_holds_it_leaving_out_unknown_ids(
+    store: PostgresStore,
+) -> None:
+    store.add(_record("q"))
+    store.add(_record("r"))
+    store.flush()
+    assert store.states(["q", "r", "nosuch"]) == {"q": State.QUEUED, "r": State.QUEUED}
+    store.commit([_record("r", State.COMPLETED, attempts=1)])
+    assert store.states(["r", "q"]) == {"q": State.QUEUED, "r": State.COMPLETED}
+    assert store.states([]) == {}
+
+
+def test_matching_names_ended_records_by_id_or_its_start_or_end(store: PostgresStore) -> None:
+    made = [_record(f"r{i:04d}", [State.QUEUED, State.COMPLETED][i % 2], at=float(i)) for i in range(30)]
+    for record in made:
+        store.add(attrs.evolve(record, state=State.QUEUED))
+    store.commit([r for r in made if r.state is not State.QUEUED])
+    ended = [r for r in reversed(made) if r.state.terminal]
+    assert store.matching("r0003") == [made[3]]
+    assert store.matching("0003") == [made[3]]  # an end
+    assert store.matching("r001", limit=100) == [r for r in ended if r.id.startswith("r001")]
+    assert store.matching("r") == ended[:2]
+    assert store.matching("r0002") == [] and store.matching("nosuch") == []

@@ -151,6 +151,35 @@ def test_pages_with_a_cursor_newest_first_and_filters(served: Served) -> None:
     assert served.client.records(source="pages") == []
 
 
+def test_match_names_downloads_by_id_or_its_start_or_end(served: Served) -> None:
+    served.client.pause("pages")  # nothing of it starts: queued ones stay in the engine
+    ids = served.client.submit_many("pages", ["ok:m1", "ok:m2", "ok:m3"])
+    try:
+        assert served.client.cancel(ids[0])  # ended: read from the store
+        for download_id in ids:
+            for key in (download_id, download_id[-12:], download_id[:20]):
+                assert [r.id for r in served.client.match(key)] == [download_id], key
+        made = ids[0][:6]  # the first 12 characters are the time it was made: these share a start
+        named = served.client.match(made, limit=1000)
+        assert set(ids) <= {r.id for r in named}
+        assert named == sorted(named, key=lambda r: (r.created_at, r.id), reverse=True)
+        assert served.client.match(made) == named[:2]
+        assert served.client.match("nosuch") == []
+
+        def listed(**params: object) -> list[str]:
+            page = served.http.get("/api/v1/downloads", params={"match": ids[1][-12:], **params}).json()
+            assert page["next"] is None
+            return [r["id"] for r in page["downloads"]]
+
+        assert listed(state="queued") == [ids[1]] and listed(state="cancelled") == []
+        assert listed(source="pages") == [ids[1]] and listed(source="inst") == []
+        refused = served.http.get("/api/v1/downloads", params={"match": "x", "cursor": "y"})
+        assert error_of(refused) == (400, "bad_request")
+    finally:
+        for download_id in ids:
+            served.client.remove(download_id)
+
+
 def test_cancel_a_running_download(served: Served, inst: InstrumentedSource) -> None:
     started = inst.starts()
     (download_id,) = served.client.submit_many("inst", ["block:cancel-me"])

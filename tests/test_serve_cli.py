@@ -11,14 +11,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from child_env import isolated_env
 from click.testing import CliRunner
 from localhttp import LocalServer, Resource, serving
 
-from headwater import Record, SQLiteStore, State
-from headwater._serve._state import running_server
+import headwater_file
+from headwater import Engine, MemoryStore, Record, SQLiteStore, State
+from headwater._serve._state import ServerState, ensure_token, running_server, token_path, write_state
+from headwater._serve.run import BackgroundServer
 from headwater.cli import main
 from headwater.client import Client
 
@@ -172,3 +175,57 @@ def test_a_state_file_of_a_dead_server_is_ignored(tmp_path: Path, monkeypatch: p
     assert "through the server" not in result.stderr and "no downloads in the journal" in result.stderr
     assert not (home / "serve.json").exists()
     assert os.environ["HEADWATER_HOME"] == str(home)
+
+
+class _CountedReads(MemoryStore):
+    """A store that notes each read of ended records an engine asks of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def page_at(self, *args: Any, **kwargs: Any) -> list[Record]:
+        self.reads.append("page")
+        return super().page_at(*args, **kwargs)
+
+    def scan(self, *args: Any, **kwargs: Any) -> Iterator[Record]:
+        self.reads.append("scan")
+        return super().scan(*args, **kwargs)
+
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        self.reads.append(f"match {key}")
+        return super().matching(key, limit)
+
+
+def test_status_of_ids_through_a_server_reads_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HEADWATER_HOME", str(home))
+    monkeypatch.setenv("HEADWATER_LOAD_PLUGINS", "file")
+    store = _CountedReads()
+    history = [
+        Record(f"{i:012x}{i:020x}", "file", f"/src/{i}", None, "file", State.COMPLETED, 1e9 + i, 1e9 + i)
+        for i in range(1500)  # more than a page of the list
+    ]
+    store.commit(history)
+    journal = home / "journal.sqlite3"
+    token = ensure_token(token_path(journal))
+    engine = Engine(tmp_path / "dest", plugins={"file": headwater_file}, store=store)
+    try:
+        with BackgroundServer(engine, token, window=100) as server:  # the newest 100 held by the server
+            state = ServerState(
+                server.url, os.getpid(), str(token_path(journal)), str(journal), str(tmp_path)
+            )
+            write_state(journal, state)
+            wanted = [history[3], history[1200]]
+            store.reads.clear()
+            result = CliRunner().invoke(main, ["status", wanted[0].id[-12:], wanted[1].id[:24], "--json"])
+            assert result.exit_code == 0, result.stderr
+            assert "through the server at" in result.stderr
+            assert [r["id"] for r in json.loads(result.stdout)] == [r.id for r in wanted]
+            # Each key was looked up by the server; no page of the history was read.
+            assert store.reads == [f"match {wanted[0].id[-12:]}", f"match {wanted[1].id[:24]}"]
+    finally:
+        engine.close()

@@ -85,6 +85,22 @@ def test_get_answers_for_ended_records_only(store: RecordStore) -> None:
     assert store.get(done.id) is None
 
 
+def test_matching_names_ended_records_by_id_or_its_start_or_end(store: RecordStore) -> None:
+    records = _mixed(40)  # ids: 30 zeros, then two hex digits of i
+    _fill(store, records)
+    ended = _latest_first([r for r in records if r.state.terminal])
+    first, latest = ended[-1], ended[0]
+    assert store.matching(first.id) == [first]  # the id itself, though it is the start of every other
+    assert store.matching(latest.id[-2:]) == [latest]  # its end
+    key = "0" * 30 + "1"  # the start of 16 ids, the end of one
+    named = store.matching(key, limit=100)
+    assert named == [r for r in ended if r.id[30] == "1" or r.id == "0" * 31 + "1"] and len(named) > 2
+    assert store.matching("0" * 12) == ended[:2]  # every id starts so: the latest two
+    unfinished = next(r for r in records if not r.state.terminal)
+    assert store.matching(unfinished.id) == [] and store.matching(unfinished.id[-2:]) == []
+    assert store.matching("nosuch") == []
+
+
 def test_pages_walk_every_ended_record_once_latest_first(store: RecordStore) -> None:
     records = _mixed(60)
     _fill(store, records)

@@ -91,6 +91,10 @@ class Ended:
             record = self._store.get(download_id)
         return record if record is not None and self._loaded(record.source) else None
 
+    def matching(self, key: str, limit: int) -> list[Record]:
+        """The ended records of loaded sources ``key`` names (see :meth:`RecordStore.matching`)."""
+        return [r for r in self._store.matching(key, limit) if self._loaded(r.source)]
+
     def scan(self, sources: Collection[str] | None = None) -> Iterator[Record]:
         """Every ended record of ``sources`` (names as the store holds them; None: any), latest first.
 

@@ -423,6 +423,29 @@ class Engine:
                 raise
             return None, ended
 
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as snapshots: the one whose id is ``key``, else up to ``limit``
+        whose id starts or ends with it, latest first (how ``headwater status IDS`` reads a key).
+
+        Looks at the unfinished downloads in memory and, through the store's
+        :meth:`~headwater.RecordStore.matching`, at the ids of the ended
+        ones; reads no other record. Raises StoreError when the store cannot
+        be read.
+        """
+        try:
+            return [self.get(key)]
+        except UnknownDownloadError:
+            pass
+        held = {
+            r.id: s.snapshot(r)
+            for s in list(self._shards.values())
+            for r in s.records()
+            if r.id.startswith(key) or r.id.endswith(key)
+        }
+        # Read after the shards: a download that ended meanwhile is here.
+        held.update((r.id, r) for r in self._ended.matching(key, limit))
+        return heapq.nlargest(limit, held.values(), key=_made)
+
     def records(self, source: str | None = None) -> list[Record]:
         """Snapshots of all records (of one source, a name or alias), oldest first.
 

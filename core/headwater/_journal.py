@@ -59,6 +59,7 @@ from headwater._reader import (
     decode_or_fail,
     decode_rows,
     find_cursor,
+    select_named_ended,
     select_one,
     select_page,
     stream,
@@ -272,6 +273,10 @@ class SQLiteStore:
             )
         )
         return decode_rows(self.path, rows)
+
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        """The ended records ``key`` names (see :class:`~headwater.RecordStore`)."""
+        return decode_rows(self.path, self._read(lambda conn: select_named_ended(conn, key, limit)))
 
     def scan(
         self, *, states: Collection[State] | None = None, sources: Collection[str] | None = None

@@ -48,6 +48,9 @@ CHUNK = 1000
 #: The condition of a terminal record's row.
 ENDED = "state NOT IN ('queued', 'running')"
 
+#: The condition of a row whose id starts or ends with the parameter ``:key``.
+NAMED = "substr(id, 1, length(:key)) = :key OR substr(id, -length(:key)) = :key"
+
 
 def select_page(
     conn: sqlite3.Connection,
@@ -121,16 +124,28 @@ def count_matches(conn: sqlite3.Connection, key: str) -> tuple[int, str | None]:
     """
     if conn.execute("SELECT 1 FROM records WHERE id = ?", (key,)).fetchone() is not None:
         return 1, key
-    found = conn.execute(
-        "SELECT CAST(id AS BLOB) FROM records "
-        "WHERE substr(id, 1, length(?1)) = ?1 OR substr(id, -length(?1)) = ?1",
-        (key,),
-    )
+    found = conn.execute(f"SELECT CAST(id AS BLOB) FROM records WHERE {NAMED}", {"key": key})
     count, first = 0, None
     for (row_id,) in found:
         count += 1
         first = first or row_id.decode("utf-8", "replace")
     return count, first
+
+
+def select_named_ended(conn: sqlite3.Connection, key: str, limit: int) -> list[Row]:
+    """The rows of the ended records ``key`` names (see :meth:`~headwater.RecordStore.matching`).
+
+    The ids that start or end with ``key`` are found in one scan of the
+    smallest index; only their rows are read.
+    """
+    exact = conn.execute(f"SELECT {ROW} FROM records WHERE id = ? AND {ENDED}", (key,)).fetchall()
+    if exact:
+        return exact
+    return conn.execute(
+        f"SELECT {ROW} FROM records WHERE id IN (SELECT id FROM records WHERE {NAMED}) AND {ENDED} "
+        "ORDER BY created_at DESC, id DESC LIMIT :limit",
+        {"key": key, "limit": limit},
+    ).fetchall()
 
 
 def stream(

@@ -132,6 +132,15 @@ class RecordStore(Protocol):
         """
         ...
 
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        """The ended records ``key`` names: the one whose id is ``key``, else up to ``limit`` whose id
+        starts or ends with it, latest first (how ``headwater status IDS`` reads a key).
+
+        Every id may be looked at once; only the records returned are read.
+        Raises :class:`~headwater.StoreError` if the journal cannot be read.
+        """
+        ...
+
     def scan(
         self, *, states: Collection[State] | None = None, sources: Collection[str] | None = None
     ) -> Iterator[Record]:
@@ -282,6 +291,15 @@ class MemoryStore:
             found = [r for r in found if (_latest(r) > place if oldest_first else _latest(r) < place)]
         pick = heapq.nsmallest if oldest_first else heapq.nlargest
         return pick(limit, found, key=_latest)
+
+    def matching(self, key: str, limit: int = 2) -> list[Record]:
+        exact = self._ended.get(key)
+        if exact is not None:
+            return [exact]
+        with self._lock:
+            records = list(self._ended.values())
+        named = (r for r in records if r.id.startswith(key) or r.id.endswith(key))
+        return heapq.nlargest(limit, named, key=_latest)
 
     def scan(
         self, *, states: Collection[State] | None = None, sources: Collection[str] | None = None

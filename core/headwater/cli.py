@@ -676,7 +676,7 @@ def status(
     elif through is None:
         pages = reader = JournalReader(_app().journal)
     else:
-        pages, reader = _ServerPages(through[0]), _Listed(through[0])
+        pages, reader = _ServerPages(through[0]), _Named(through[0])
     try:
         if ids:
             records: Iterable[Record] = [
@@ -1307,19 +1307,17 @@ def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: 
     sys.exit(EXIT_OK if all(cancelled for _, cancelled in results) else EXIT_FAILED)
 
 
-class _Listed:
-    """A running server's records as a :class:`Matcher` (read once, on the first lookup)."""
+class _Named:
+    """A running server's downloads as a :class:`Matcher`: each key looked up by the server.
+
+    The count stops at 2: two means two or more.
+    """
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._records: list[Record] | None = None
 
     def match(self, key: str) -> tuple[int, Record | None]:
-        if self._records is None:
-            self._records = _call_server(self._client.records)
-        found = [r for r in self._records if r.id == key] or [
-            r for r in self._records if r.id.startswith(key) or r.id.endswith(key)
-        ]
+        found = _call_server(functools.partial(self._client.match, key, 2))
         return len(found), (found[0] if len(found) == 1 else None)
 
 
@@ -1362,7 +1360,7 @@ class _ServerPages:
 
 def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel in the server, running downloads included; print and exit as `cancel` does."""
-    picked = _pick(_Listed(client), ids)
+    picked = _pick(_Named(client), ids)
     cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
     final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
     if as_json:

@@ -208,6 +208,12 @@ class Client:
         answer = self._call("GET", "/downloads", params=params)
         return [record_from_json(r) for r in answer["downloads"]], answer["next"]
 
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as :meth:`Engine.match`: the one whose id is ``key``, else up to
+        ``limit`` whose id starts or ends with it, newest first."""
+        answer = self._call("GET", "/downloads", params={"match": key, "limit": limit})
+        return [record_from_json(r) for r in answer["downloads"]]
+
     def records(self, source: str | None = None, *, states: Iterable[State | str] = ()) -> list[Record]:
         """Every download (of one source, in some states), oldest first, as :meth:`Engine.records`."""
         wanted = list(states)

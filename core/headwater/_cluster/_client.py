@@ -201,8 +201,10 @@ class ClusterClient:
         ended: dict[str, Record] = {}
         left = list(dict.fromkeys(order))
         while True:
-            found = self.store.fetch(left)  # only those not seen ended yet
-            missing = [i for i in left if i not in found]
+            states = self.store.states(left)  # only those not seen ended yet; no record decoded
+            done = [i for i in left if i not in states or states[i].terminal]
+            found = self.store.fetch(done) if done else {}
+            missing = [i for i in done if i not in found]
             if missing:
                 raise UnknownDownloadError(missing[0])
             ended.update((i, r) for i, r in found.items() if r.state.terminal)
@@ -225,6 +227,11 @@ class ClusterClient:
         final = self.get(download_id)
         self.store.delete(download_id)
         return final
+
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as :meth:`headwater.Engine.match` (one query, or two)."""
+        self.flush()
+        return self.store.named(key, limit)
 
     def records(self, source: str | None = None) -> list[Record]:
         """Every record of the cluster (of one source, a name or alias), oldest first."""

@@ -279,11 +279,17 @@ def list_downloads(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
     order: FromQuery[Literal["newest", "oldest"]] = "newest",
+    match: Annotated[str | None, QueryParameter(min_length=1)] = None,
 ) -> DownloadPage:
     """A page of downloads, newest first (``order=oldest``: oldest first), filtered by state and source.
 
     ``source`` is a name or alias (records of a source no longer loaded are
     found by its name).
+
+    ``match`` names downloads as ``headwater status IDS`` does: the one
+    whose id it is, else up to ``limit`` whose id starts or ends with it
+    (newest first); of those, the page holds the ones the other filters let
+    through, and ``next`` is None. No cursor with it.
 
     ``next`` is the cursor for the following page (None on the last).
     """
@@ -293,6 +299,15 @@ def list_downloads(
             sources = (service.source(source).name,)
         except HTTPException:
             sources = (source,)
+    if match is not None:
+        if cursor is not None:
+            raise _problem(400, "bad_request", "match names the downloads: leave out cursor")
+        named = [
+            r
+            for r in service.engine.match(match, limit)
+            if (not states or r.state in states) and (not sources or r.source in sources)
+        ]
+        return DownloadPage(named if order == "newest" else named[::-1], None)
     query = Query(
         states=tuple(states or ()),
         sources=sources,
