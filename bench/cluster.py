@@ -19,7 +19,7 @@ one of which schedules:
     plugin's own log of each start and end.
 
     python bench/cluster.py [--noop 2000] [--serial 100] [--limits 10000] [--small 2000] [--small-kib 64]
-                            [--jobs 16] [--workers 2] [--threads 8] [--rounds 2]
+                            [--jobs 16] [--workers 2] [--threads 8] [--rounds 2] [--parts 1,2,3]
 """
 
 from __future__ import annotations
@@ -191,119 +191,134 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--parts", default="1,2,3", help="which workloads to run, of 1, 2 and 3")
     args = parser.parse_args()
-    if shutil.which("aria2c") is None:
+    parts = set(args.parts.split(","))
+    if shutil.which("aria2c") is None and "2" in parts:
         raise SystemExit("aria2c is not installed (Debian: apt-get install aria2)")
-    web = _bench_http()
     latency = commit_latency()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plugins = install_noop(root / "plugins")
-        registry = sources(plugins={"noop": _noop_plugin(plugins)})
+        if "1" in parts:
+            rows += overhead(args, root, plugins)
+        if "3" in parts:
+            rows += limits(args, root, plugins)
+        if "2" in parts:
+            rows += small_files(args, root, plugins)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
+    print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
+    print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
+
+
+def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
+    """(1): ``--noop`` no-op downloads at once, ``--rounds`` times, and ``--serial`` one by one; the rows."""
+    registry = sources(plugins={"noop": _noop_plugin(plugins)})
+    with (
+        cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest),
+        ClusterClient(config, dest, registry=registry) as client,
+    ):
+        run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
+        many = [run(client, "noop", [f"n{i}" for i in range(args.noop)]) for _ in range(args.rounds)]
+        serial = [run(client, "noop", [f"s{i}"]) for i in range(args.serial)]
+    per = statistics.median(many) / args.noop * 1000
+    p90 = sorted(serial)[int(len(serial) * 0.9)]
+    return [
+        [
+            f"(1) no-op x {args.noop}, at once",
+            f"{args.workers} workers x {args.threads}",
+            f"{statistics.median(many):.2f}",
+            f"{args.noop / statistics.median(many):,.0f}",
+            f"{per:.2f}",
+        ],
+        [
+            f"(1) no-op x {args.serial}, one by one",
+            "submit -> COMPLETED",
+            f"{sum(serial):.2f}",
+            f"{args.serial / sum(serial):,.0f}",
+            f"p50 {statistics.median(serial) * 1000:.1f} / p90 {p90 * 1000:.1f}",
+        ],
+    ]
+
+
+def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
+    """(3): ``--limits`` no-op downloads of a source of concurrency 2 on 3 workers of 4 threads; the row."""
+    registry = sources(plugins={"noop": _noop_plugin(plugins)})
+    log = root / "events.log"
+    os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
+    with (
+        cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest),
+        ClusterClient(config, dest, registry=registry) as client,
+    ):
+        run(client, "noop", ["warm-up"])
+        log.unlink()
+        took = run(client, "noop", [f"c{i}" for i in range(args.limits)])
+    del os.environ["HW_BENCH_LOG"]
+    return [
+        [
+            f"(3) concurrency 2, no-op x {args.limits}",
+            "3 workers x 4",
+            f"{took:.2f}",
+            f"{args.limits / took:,.0f}",
+            f"at most {peak(log)} running at once",
+        ]
+    ]
+
+
+def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
+    """(2): ``--small`` files over HTTP on the cluster and with aria2c, rounds alternating; the rows."""
+    web = _bench_http()
+    served = root / "served"
+    served.mkdir()
+    web.make_files(served, 0, args.small, args.small_kib)
+    ports: multiprocessing.SimpleQueue[int] = multiprocessing.SimpleQueue()
+    server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
+    server.start()
+    try:
+        port = ports.get()
+        urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(args.small)]
+        list_file = root / "list.txt"
+        list_file.write_text("\n".join(urls) + "\n")
+        out = root / "out"
+        out.mkdir()
+        aria: list[float] = []
+        ours: list[float] = []
+        http = sources(load=["http"], policies=None)
         with (
-            cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest),
-            ClusterClient(config, dest, registry=registry) as client,
+            cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _),
+            ClusterClient(config, out, registry=http) as client,
         ):
-            run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
-            many = [run(client, "noop", [f"n{i}" for i in range(args.noop)]) for _ in range(args.rounds)]
-            serial = [run(client, "noop", [f"s{i}"]) for i in range(args.serial)]
-        per = statistics.median(many) / args.noop * 1000
-        p90 = sorted(serial)[int(len(serial) * 0.9)]
-        rows.append(
-            [
-                f"(1) no-op x {args.noop}, at once",
-                f"{args.workers} workers x {args.threads}",
-                f"{statistics.median(many):.2f}",
-                f"{args.noop / statistics.median(many):,.0f}",
-                f"{per:.2f}",
-            ]
-        )
-        rows.append(
-            [
-                f"(1) no-op x {args.serial}, one by one",
-                "submit -> COMPLETED",
-                f"{sum(serial):.2f}",
-                f"{args.serial / sum(serial):,.0f}",
-                f"p50 {statistics.median(serial) * 1000:.1f} / p90 {p90 * 1000:.1f}",
-            ]
-        )
-        log = root / "events.log"
-        os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
-        with (
-            cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest),
-            ClusterClient(config, dest, registry=registry) as client,
-        ):
-            run(client, "noop", ["warm-up"])
-            log.unlink()
-            took = run(client, "noop", [f"c{i}" for i in range(args.limits)])
-        del os.environ["HW_BENCH_LOG"]
-        rows.append(
-            [
-                f"(3) concurrency 2, no-op x {args.limits}",
-                "3 workers x 4",
-                f"{took:.2f}",
-                f"{args.limits / took:,.0f}",
-                f"at most {peak(log)} running at once",
-            ]
-        )
-        served = root / "served"
-        served.mkdir()
-        web.make_files(served, 0, args.small, args.small_kib)
-        ports: multiprocessing.SimpleQueue[int] = multiprocessing.SimpleQueue()
-        server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
-        server.start()
-        try:
-            port = ports.get()
-            urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(args.small)]
-            list_file = root / "list.txt"
-            list_file.write_text("\n".join(urls) + "\n")
-            out = root / "out"
-            out.mkdir()
-            aria: list[float] = []
-            ours: list[float] = []
-            http = sources(load=["http"], policies=None)
-            with (
-                cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _),
-                ClusterClient(config, out, registry=http) as client,
-            ):
-                run(client, "http", [urls[0]])  # settling, as above
-                for round_ in range(args.rounds):
-                    for who in ("aria", "ours") if round_ % 2 == 0 else ("ours", "aria"):
-                        folder = web.new_folder(out)
-                        if who == "aria":
-                            aria.append(
-                                web.timed(lambda f=folder: web.aria2c_fetch(list_file, f, args.jobs))[0]
-                            )
-                        else:
-                            ours.append(run(client, "http", urls, folder))
-        finally:
-            server.terminate()
-            server.join(5)
+            run(client, "http", [urls[0]])  # settling, as above
+            for round_ in range(args.rounds):
+                for who in ("aria", "ours") if round_ % 2 == 0 else ("ours", "aria"):
+                    folder = web.new_folder(out)
+                    if who == "aria":
+                        aria.append(web.timed(lambda f=folder: web.aria2c_fetch(list_file, f, args.jobs))[0])
+                    else:
+                        ours.append(run(client, "http", urls, folder))
+    finally:
+        server.terminate()
+        server.join(5)
     small = f"(2) {args.small} x {args.small_kib} KiB"
-    rows.append(
+    ratio = statistics.median(aria) / statistics.median(ours)
+    return [
         [
             small,
             f"aria2c -j {args.jobs}",
             f"{statistics.median(aria):.2f}",
             f"{args.small / statistics.median(aria):,.0f}",
             "",
-        ]
-    )
-    ratio = statistics.median(aria) / statistics.median(ours)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    rows.append(
+        ],
         [
             small,
             f"{args.workers} workers x {args.threads}, c={args.jobs}",
             f"{statistics.median(ours):.2f}",
             f"{args.small / statistics.median(ours):,.0f}",
             f"{ratio:.2f}x aria2c",
-        ]
-    )
-    print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
-    print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
-    print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
+        ],
+    ]
 
 
 def peak(log: Path) -> int:

@@ -1,8 +1,9 @@
 """Hand-made engine mutations: which does the stateful suite catch alone, which the whole suite?
 
-Each mutation is one or more exact text replacements in core/. For each, the
-script checks every text is there exactly once (else the mutation is "not
-applicable": the engine has moved and the mutation must be re-pointed),
+Each mutation is one or more exact text replacements in core/. First the
+script checks that every text of every chosen mutation is there exactly once
+and exits with the list of those that are not (the engine has moved on and
+they must be re-pointed; ``--check`` does only this). For each, it then
 applies it, runs the stateful suite alone (tests/test_engine_stateful.py,
 the ``mutants`` profile: ``ci`` without an example database or shrinking)
 and then the whole suite (``pytest -x``, the same profile, the engine's test
@@ -41,15 +42,20 @@ WORKER = "core/headwater/_worker.py"
 SCHEDULER = "core/headwater/_scheduler.py"
 FILES = "core/headwater/_files.py"
 STATEFUL = "tests/test_engine_stateful.py"
-ENGINE_TESTS_FIRST = [
+ENGINE_TESTS = [
     "tests/test_engine.py",
     "tests/test_resilience.py",
     "tests/test_retry_after.py",
     "tests/test_retry_bounds.py",
     "tests/test_resume.py",
     STATEFUL,
-    "tests",
 ]
+#: The whole suite, the engine's test modules first: each file named, since given ``tests`` pytest sorts them.
+ENGINE_TESTS_FIRST = ENGINE_TESTS + sorted(
+    p.relative_to(ROOT).as_posix()
+    for p in (ROOT / "tests").glob("test_*.py")
+    if p.relative_to(ROOT).as_posix() not in ENGINE_TESTS
+)
 STATEFUL_BOUND = 900.0  # seconds: a stateful run past this hung
 WHOLE_BOUND = 2400.0
 
@@ -77,6 +83,11 @@ RUNNING_GUARD = Edit(
     "if ours and record is not None and record.state is State.RUNNING:",
     "if ours and record is not None:",
 )
+ENDED_OURS = Edit(
+    OUTCOMES,
+    "        ours = download.end(ctx)  # not if cancelled, or the watchdog ended it",
+    "        ours = download.end(ctx) or True",
+)  # the end's check-and-set answer ignored
 TRANSITIONS = Edit(SHARD, "        if not may_transition(record.state, state):", "        if False:")
 CHECKED = "        if record is None or download.phase is not Phase.QUEUED:\n            return None\n"
 STARTED = "        if not download.start(ctx):\n            return None\n"
@@ -90,11 +101,11 @@ TAKEN = "            self._running += len(taken)\n"
 FINISH = "            scheduler.ended(self._clock.now())"
 
 MUTATIONS = (
-    Mutation("M2", "_Shard.move ignores the transition table", (TRANSITIONS,)),
+    Mutation("M2", "Shard.move ignores the transition table", (TRANSITIONS,)),
     Mutation(
         "M3",
-        "no guard at all on the terminal write (the RUNNING check and the table)",
-        (TRANSITIONS, RUNNING_GUARD),
+        "no guard at all on the end's write (the end's check-and-set, the RUNNING check and the table)",
+        (TRANSITIONS, RUNNING_GUARD, ENDED_OURS),
     ),
     _one(
         "M4",
@@ -276,9 +287,15 @@ class Outcome:
     first: str  # the first failed check or test, or why it did not run
 
 
-def applicable(mutation: Mutation) -> bool:
-    """Whether every text the mutation replaces is in its file exactly once."""
-    return all((ROOT / e.path).read_text().count(e.old) == 1 for e in mutation.edits)
+def misses(mutation: Mutation) -> list[str]:
+    """Why ``mutation`` cannot be applied: each edit whose text is not in its file exactly once."""
+    found = []
+    for edit in mutation.edits:
+        count = (ROOT / edit.path).read_text().count(edit.old)
+        if count != 1:
+            first = edit.old.strip().splitlines()[0]
+            found.append(f"{mutation.name}: {edit.path} holds {count} copies of {first!r}")
+    return found
 
 
 def run(args: list[str], bound: float) -> Outcome:
@@ -326,11 +343,11 @@ def mutate(mutation: Mutation) -> dict[Path, str]:
     return originals
 
 
-def whole_cell(alone: Outcome, whole: Outcome | None) -> str:
+def whole_cell(alone: Outcome | None, whole: Outcome | None) -> str:
     """The whole suite's column: measured, or inferred from the stateful suite it contains."""
     if whole is not None:
         return "yes" if whole.caught else "no"
-    return "yes (stateful)" if alone.caught else "-"
+    return "yes (stateful)" if alone is not None and alone.caught else "-"
 
 
 def main() -> None:
@@ -342,20 +359,26 @@ def main() -> None:
         action="store_true",
         help="run the whole suite only for mutations the stateful suite alone missed",
     )
+    parser.add_argument("--whole-only", action="store_true", help="run the whole suite only")
+    parser.add_argument("--check", action="store_true", help="check every mutation applies, run nothing")
     opts = parser.parse_args()
     chosen = [m for m in MUTATIONS if opts.only is None or m.name in opts.only.split(",")]
+    gone = [line for m in chosen for line in misses(m)]
+    if gone:  # the engine moved on: re-point these before measuring anything
+        sys.exit("not applicable, re-point:\n" + "\n".join(gone))
+    if opts.check:
+        print(f"all {len(chosen)} mutations apply")
+        return
     rows = []
     caught_alone = caught_whole = usable = 0
     for mutation in chosen:
-        if not applicable(mutation):
-            rows.append([mutation.name, mutation.what, "not applicable", "", "", "", ""])
-            print(rows[-1], flush=True)
-            continue
         usable += 1
         originals = mutate(mutation)
         try:
-            alone = run([STATEFUL, "--hypothesis-profile=mutants"], STATEFUL_BOUND)
-            skip_whole = opts.no_whole or (opts.whole_if_missed and alone.caught)
+            alone = None
+            if not opts.whole_only:
+                alone = run([STATEFUL, "--hypothesis-profile=mutants"], STATEFUL_BOUND)
+            skip_whole = opts.no_whole or (opts.whole_if_missed and alone is not None and alone.caught)
             whole = (
                 None
                 if skip_whole
@@ -364,17 +387,17 @@ def main() -> None:
         finally:
             for path, text in originals.items():
                 path.write_text(text)
-        caught_alone += alone.caught
-        caught_whole += alone.caught if whole is None else whole.caught  # the whole suite contains it
+        caught_alone += alone is not None and alone.caught
+        caught_whole += whole.caught if whole is not None else alone is not None and alone.caught
         rows.append(
             [
                 mutation.name,
                 mutation.what,
-                "yes" if alone.caught else "no",
-                f"{alone.seconds:.0f}",
+                "-" if alone is None else "yes" if alone.caught else "no",
+                "-" if alone is None else f"{alone.seconds:.0f}",
                 whole_cell(alone, whole),
                 "-" if whole is None else f"{whole.seconds:.0f}",
-                alone.first or (whole.first if whole else ""),
+                "; ".join(o.first for o in (alone, whole) if o is not None and o.first),
             ]
         )
         print(rows[-1], flush=True)
@@ -386,12 +409,13 @@ def main() -> None:
         "s",
         "whole suite",
         "s",
-        "first failed check (stateful, else whole)",
+        "first failed check (stateful; whole)",
     ]
     for row in [header, ["---"] * len(header), *rows]:  # a Markdown table, as docs/regression-suite.md has it
         print("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |")
-    whole = "-" if opts.no_whole else f"{caught_whole} of {usable}"
-    print(f"\ncaught: stateful suite alone {caught_alone} of {usable}; whole suite {whole}")
+    by_whole = "-" if opts.no_whole else f"{caught_whole} of {usable}"
+    by_alone = "-" if opts.whole_only else f"{caught_alone} of {usable}"
+    print(f"\ncaught: stateful suite alone {by_alone}; whole suite {by_whole}")
 
 
 if __name__ == "__main__":

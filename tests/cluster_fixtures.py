@@ -6,11 +6,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import cluster_plugin
 import pytest
 import redis
 from cluster_child import PORT, connect
-from cluster_procs import Cluster
+from cluster_procs import Cluster, running
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +38,5 @@ def cluster(
     tmp_path: Path, pg_url: str, pg_schema: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Cluster]:
     """A cluster of the local services with its own names; its workers stopped and keys deleted after."""
-    found = Cluster(tmp_path, pg_url, pg_schema, lease=2.0)
-    monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
-    try:
+    with running(Cluster(tmp_path, pg_url, pg_schema, lease=2.0), redis_client, monkeypatch) as found:
         yield found
-    finally:
-        found.stop()
-        keys = list(redis_client.scan_iter(match=found.config.prefix + "*"))
-        if keys:
-            redis_client.delete(*keys)

@@ -17,9 +17,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import cluster_plugin
+import pytest
+import redis
 from child_env import isolated_env
 
 from headwater import Record, State
@@ -68,6 +71,8 @@ class Cluster:
             **{cluster_plugin.DIR_ENV: str(self.events)},
         )
         self.workers: list[subprocess.Popen[str]] = []
+        #: The first line each worker wrote (it names the cluster), in the order they started.
+        self.banners: list[str] = []
 
     def registry(self) -> SourceRegistry:
         """The installed sources, loaded in this process as a worker loads them (a module each)."""
@@ -96,6 +101,7 @@ class Cluster:
         assert child.stderr is not None
         line = child.stderr.readline()
         assert line.startswith("headwater: worker"), f"the worker did not start: {line}{child.stderr.read()}"
+        self.banners.append(line)
         return child
 
     def stop(self) -> None:
@@ -111,6 +117,19 @@ class Cluster:
                 child.wait()
             if child.stderr is not None:
                 child.stderr.close()
+
+
+@contextlib.contextmanager
+def running(found: Cluster, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """``found`` for the block, its events folder the plugin's; then its workers stopped, its keys gone."""
+    monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
+    try:
+        yield found
+    finally:
+        found.stop()
+        keys = list(redis_client.scan_iter(match=found.config.prefix + "*"))
+        if keys:
+            redis_client.delete(*keys)
 
 
 def queued(store: PostgresStore, target: str, dest: Path) -> Record:

@@ -3,7 +3,8 @@
 For the lost reply: a client's statement reaches the server and commits,
 its reply never reaches the client (:meth:`Proxy.hold_replies`), and the
 connection then breaks (:meth:`Proxy.cut`); what the client does next is
-the test.
+the test. For a connection lost at one chosen moment, :meth:`Proxy.cut_at`
+cuts when a client sends a given statement, before it reaches the server.
 """
 
 from __future__ import annotations
@@ -23,13 +24,24 @@ class Proxy:
         self._lock = threading.Lock()
         self._links: list[tuple[socket.socket, socket.socket]] = []
         self._holding = False
+        self._cut_at: bytes | None = None
         self.held = 0  # replies held back (and dropped) so far
-        threading.Thread(target=self._accept, name="pgproxy", daemon=True).start()
+        self.cuts = 0  # connections cut by cut_at so far
+        self._acceptor = threading.Thread(target=self._accept, name="pgproxy", daemon=True)
+        self._acceptor.start()
 
     def hold_replies(self) -> None:
         """From now on, drop what the server sends instead of passing it on (counted in :attr:`held`)."""
         with self._lock:
             self._holding = True
+
+    def cut_at(self, statement: bytes) -> None:
+        """Cut every connection (see :meth:`cut`) the next time a client sends bytes holding ``statement``.
+
+        What held it is not passed on. Once only: later sends pass.
+        """
+        with self._lock:
+            self._cut_at = statement
 
     def cut(self) -> None:
         """Close every connection made so far, and pass replies on again."""
@@ -43,6 +55,14 @@ class Proxy:
                 end.close()
 
     def close(self) -> None:
+        """Stop accepting and cut every connection.
+
+        Closing a socket does not wake a thread blocked in its ``accept``
+        (Linux keeps such a listener listening): shutting it down does.
+        """
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(10)
         self._listener.close()
         self.cut()
 
@@ -65,6 +85,13 @@ class Proxy:
                     drop = replies and self._holding
                     if drop:
                         self.held += 1
+                    cutting = not replies and self._cut_at is not None and self._cut_at in data
+                    if cutting:
+                        self._cut_at = None
+                        self.cuts += 1
+                if cutting:
+                    self.cut()
+                    return
                 if not drop:
                     sink.sendall(data)
         except OSError:

@@ -9,8 +9,12 @@ the installed sources (a block that defines a plugin hands it to
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
 import importlib.util
+import inspect
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -22,6 +26,7 @@ import pluggy
 import pytest
 from child_env import isolated_env
 
+import headwater
 from headwater import hookspecs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,3 +182,88 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
+
+
+# -- the code names the maintainers' pages cite ----------------------------------------
+
+#: A name in backticks, perhaps called: ``Shard.move``, ``Download.start(ctx)``, ``_outcomes.settle``.
+CITED = re.compile(r"`(?P<name>@?[A-Za-z_][\w]*(?:\.\w+)*)(?:\([^`]*\))?`")
+#: What the pages cite from outside headwater, and two names that are not code (a file, an entry point group).
+OUTSIDE = {
+    "Future": concurrent.futures.Future,
+    "PluginManager": pluggy.PluginManager,
+    "_multicall": pluggy.PluginManager,  # pluggy's own internals, named in passing
+    "None": None,
+}
+NOT_CODE = {"headwater.toml", "headwater.sources"}
+
+
+def headwater_names() -> dict[str, object]:
+    """headwater's modules (by their own name: ``_shard``, ``testing``) and the classes they define."""
+    found: dict[str, object] = {"headwater": headwater, "_headwater_entry": None}
+    for info in pkgutil.iter_modules(headwater.__path__):
+        module = importlib.import_module(f"headwater.{info.name}")
+        found[info.name] = module
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                found.setdefault(value.__name__, value)
+    return found
+
+
+def has(owner: object, attribute: str) -> bool:
+    """Whether ``owner`` has ``attribute``: as Python sees it, or set on ``self`` in a class's code."""
+    if hasattr(owner, attribute):
+        return True
+    if not isinstance(owner, type):
+        return False
+    return any(
+        re.search(rf"\bself\.{attribute}\b\s*(?::[^=\n]+)?=", inspect.getsource(cls))
+        for cls in owner.__mro__
+        if cls.__module__.startswith("headwater")
+    )
+
+
+def unresolved(text: str, names: dict[str, object]) -> list[str]:
+    """The names cited in ``text`` that look like headwater's (a class, a module, ``headwater.``) and are not.
+
+    A name is checked when its first part is a module or class of
+    headwater, starts with ``headwater.`` or an underscore, or is
+    capitalised like a class; anything else (``ctx.cancelled``,
+    ``time.monotonic``, a rule's name) is prose.
+    """
+    missing = []
+    for match in CITED.finditer(text):
+        cited = match["name"]
+        first, *rest = cited.split(".")
+        if cited in NOT_CODE or first in OUTSIDE or cited.startswith("@"):
+            continue
+        looks_like_ours = first in names or first.startswith("_") or re.match(r"[A-Z][a-z]", first)
+        if not looks_like_ours:
+            continue
+        owner = names.get(first, missing)
+        for part in rest:
+            if owner is missing or not has(owner, part):
+                owner = missing
+                break
+            owner = getattr(owner, part, None)
+        if owner is missing:
+            missing.append(cited)
+    return missing
+
+
+@pytest.mark.parametrize("page", ["architecture.md", "regression-suite.md"])
+def test_the_code_names_a_page_cites_exist(page: str) -> None:
+    names = headwater_names()
+    assert unresolved((REPO / "docs" / page).read_text(), names) == []
+
+
+def test_a_name_that_is_gone_is_reported() -> None:
+    names = headwater_names()
+    cited = "`Shard.move` `Engine.freeze(source)` `_outcomes.settle` `Shards.home` `ctx.cancelled` `Future`"
+    assert unresolved(cited, names) == []
+    assert unresolved("`Engine._run` `_Shard.move` `_outcomes.settled` `Download.gone(ctx)`", names) == [
+        "Engine._run",
+        "_Shard.move",
+        "_outcomes.settled",
+        "Download.gone",
+    ]

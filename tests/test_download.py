@@ -7,14 +7,20 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 
-from headwater import DownloadContext, Job
+from headwater import DownloadContext, Job, Record, State
 from headwater._download import Download, Phase
 
 
 def context() -> DownloadContext:
     return DownloadContext(Path("."), logging.getLogger("test"), lambda: 0.0, 0.0)
+
+
+def queued(download_id: str) -> Download:
+    """A download just submitted (its QUEUED record, its first job the record's own)."""
+    return Download(Record(download_id, "src", "t", None, "src", State.QUEUED, 0.0, 0.0))
 
 
 def race(first: Callable[[], bool], second: Callable[[], bool]) -> tuple[bool, bool]:
@@ -35,7 +41,7 @@ def race(first: Callable[[], bool], second: Callable[[], bool]) -> tuple[bool, b
 
 
 def test_a_start_after_a_cancel_is_refused() -> None:
-    d = Download(Job("id1", "src", "t"))
+    d = queued("id1")
     assert d.cancel() is True
     assert d.start(context()) is False
     assert (d.phase, d.ctx) == (Phase.CANCELLED, None)
@@ -43,7 +49,7 @@ def test_a_start_after_a_cancel_is_refused() -> None:
 
 
 def test_a_cancel_of_a_running_download_sets_its_context() -> None:
-    d, ctx = Download(Job("id1", "src", "t")), context()
+    d, ctx = queued("id1"), context()
     assert d.start(ctx) and d.phase is Phase.RUNNING
     assert d.cancel() is True
     assert ctx.cancelled.is_set()
@@ -51,7 +57,7 @@ def test_a_cancel_of_a_running_download_sets_its_context() -> None:
 
 
 def test_an_end_belongs_to_its_own_attempt_only() -> None:
-    d, first, second = Download(Job("id1", "src", "t")), context(), context()
+    d, first, second = queued("id1"), context(), context()
     assert d.start(first)
     assert d.expire(first) is True and first.cancelled.is_set()
     assert d.again(Job("id1", "other", "t", attempt=2)) is True
@@ -65,7 +71,7 @@ def test_an_end_belongs_to_its_own_attempt_only() -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_start_against_cancel_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d = Download(Job("id", "src", "t"))
+        d = queued("id")
         started, cancelled = race(lambda d=d: d.start(context()), d.cancel)  # type: ignore[misc]
         assert cancelled, "a cancel of a queued or running download always succeeds"
         # If the start won, the cancel found it RUNNING and set its context; if the cancel won, it never ran.
@@ -79,7 +85,7 @@ def test_start_against_cancel_exactly_one_wins(rounds: int) -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_end_against_cancel_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d, ctx = Download(Job("id", "src", "t")), context()
+        d, ctx = queued("id"), context()
         assert d.start(ctx)
         ended, cancelled = race(lambda d=d, ctx=ctx: d.end(ctx), d.cancel)  # type: ignore[misc]
         if ended and cancelled:  # the end won, then the cancel came while the outcome was unsettled
@@ -91,8 +97,19 @@ def test_end_against_cancel_exactly_one_wins(rounds: int) -> None:
 @pytest.mark.parametrize("rounds", [300])
 def test_end_against_expiry_exactly_one_wins(rounds: int) -> None:
     for _ in range(rounds):
-        d, ctx = Download(Job("id", "src", "t")), context()
+        d, ctx = queued("id"), context()
         assert d.start(ctx)
         ended, expired = race(lambda d=d, ctx=ctx: d.end(ctx), lambda d=d, ctx=ctx: d.expire(ctx))  # type: ignore[misc]
         assert ended != expired
         assert ctx.cancelled.is_set() is expired
+
+
+def test_the_job_is_the_records_until_it_starts_then_fixed_until_the_next_attempt() -> None:
+    d, ctx = queued("id1"), context()
+    assert d.job == Job("id1", "src", "t")  # a queued download holds no job: its record's first
+    assert d.start(ctx)
+    d.record = attrs.evolve(d.record, state=State.RUNNING, display_name="described")  # ctx.describe
+    assert d.job == Job("id1", "src", "t")  # the running attempt's job stays what it started with
+    assert d.end(ctx)
+    assert d.again(Job("id1", "src", "t", attempt=2))
+    assert (d.job.attempt, d.ctx) == (2, None)

@@ -134,17 +134,29 @@ class Submitted:
 
 
 class EngineMachine(RuleBasedStateMachine):
-    """Random programs of submits, chains, releases, cancels, removes, freezes, clock moves and restarts."""
+    """Random programs of submits, chains, releases, cancels, removes, freezes, clock moves and restarts.
+
+    The seams another runner's profile replaces (tests/test_cluster_stateful.py):
+    :meth:`open_engine`, :meth:`make_clock`, :attr:`source` (the plugins' class)
+    and :attr:`drain_within`.
+    """
+
+    source = InstrumentedSource
+    drain_within = WAIT  # seconds a drain may take (a hang, not a timing claim)
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="headwater-stateful-"))
-        self.clock = ManualClock(start=1e6)  # far from time.monotonic, so a mix-up shows
-        self.plugins = {n: InstrumentedSource(n, POLICIES[n], ALIASES[n], clock=self.clock) for n in NAMES}
+        self.clock = self.make_clock()
+        self.plugins = {n: self.source(n, POLICIES[n], ALIASES[n], clock=self.clock) for n in NAMES}
         self.marks = dict.fromkeys(NAMES, 0)  # per source: its events before the last restart
         self.engine = self.open_engine()
         self.jobs: dict[str, Submitted] = {}
         self.counter = 0
+
+    def make_clock(self) -> ManualClock:
+        """The engine's clock, and the plugins' (their events' times)."""
+        return ManualClock(start=1e6)  # far from time.monotonic, so a mix-up shows
 
     def open_engine(self) -> Engine:
         store = SQLiteStore(self.tmp / "journal.sqlite3", flush_interval=0.05)
@@ -575,7 +587,7 @@ class EngineMachine(RuleBasedStateMachine):
         """Let every job end, moving the clock, then check what only holds at rest."""
         self.release_all()
         ids = [j.id for j in self.live()]
-        deadline = time.monotonic() + WAIT
+        deadline = time.monotonic() + self.drain_within
         while True:
             self.clock.advance(STEP)
             with contextlib.suppress(TimeoutError):
@@ -583,7 +595,7 @@ class EngineMachine(RuleBasedStateMachine):
                 if not any(running or queued for _, running, queued in self.engine.worker_stats().values()):
                     break
             assert time.monotonic() < deadline, (
-                f"not drained after {WAIT} s: {self.engine.worker_stats()}, "
+                f"not drained after {self.drain_within} s: {self.engine.worker_stats()}, "
                 f"{sum(not self.engine.get(i).state.terminal for i in ids)} of {len(ids)} jobs not ended"
             )
         for name, plugin in self.plugins.items():

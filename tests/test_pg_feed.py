@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 import psycopg
 import pytest
+from pgproxy import Proxy
 
 from headwater import Change, ChangeKind, Record, State, Swap
 from headwater._cluster._pgfeed import RecordListener
@@ -158,6 +159,39 @@ def test_a_listener_in_another_process_gets_every_change_in_order_across_forced_
     assert len(got) == len(made) == DOWNLOADS * 5 + 5 + 1
     assert kills >= 3 and report["reconnects"] >= 3, (kills, report["reconnects"])
     assert report["resynced"] > 0, "no change was missed while disconnected: the resync was not tested"
+
+
+@pytest.mark.timeout(60)
+def test_a_change_too_big_for_its_notification_is_handed_on_when_the_connection_breaks_while_reading_it(
+    pg_url: str, pg_schema: str
+) -> None:
+    """The listener reads such a change from the table: a cut then loses neither it nor one before it."""
+    PostgresStore(pg_url, schema=pg_schema).close()
+    proxy = Proxy(5432)
+    heard: list[Change] = []
+    both = threading.Event()
+
+    def publish(changes: list[Change]) -> None:
+        heard.extend(changes)
+        if {c.record.id for c in heard} >= {"small", "big"}:
+            both.set()
+
+    listener = RecordListener(pg_url.replace(":5432/", f":{proxy.port}/"), publish, schema=pg_schema)
+    store = PostgresStore(pg_url, schema=pg_schema)
+    try:
+        listener.start()
+        proxy.cut_at(b"SELECT data::text FROM")  # the listener's read of a change too big to notify
+        small = Record("small", "a", "t", None, "u", State.QUEUED, 1.0, 1.0)
+        big = Record("big", "a", "t", None, "u", State.QUEUED, 1.0, 1.0, extra={"big": "x" * 9000})
+        store.commit([small, big])  # one transaction: both notifications come in one batch
+        assert both.wait(30), f"handed on: {[c.record.id for c in heard]}"
+    finally:
+        listener.close()
+        store.close()
+        proxy.close()
+    assert proxy.cuts == 1 and listener.reconnects >= 1, (proxy.cuts, listener.reconnects)
+    assert sorted(c.record.id for c in heard) == ["big", "small"]
+    assert [c.record.extra for c in heard if c.record.id == "big"] == [{"big": "x" * 9000}]
 
 
 def test_a_listener_that_cannot_connect_says_so_with_the_password_masked(pg_schema: str) -> None:

@@ -209,24 +209,28 @@ def test_a_worker_thread_goes_on_when_settle_raises() -> None:
     ran: list[str] = []
     all_ran = threading.Event()
 
-    def settle(item: Job, token: str, outcome: str) -> Verdict:
-        ran.append(outcome)
-        if token == "bad":
-            raise RuntimeError("settle broke its contract")
-        if len(ran) == 3:
-            all_ran.set()
-        return Verdict()
+    class Unit:
+        """Steps whose token and outcome are the job's target; settling "bad" raises."""
+
+        def begin(self, item: Job, now: float) -> str:
+            return item.target
+
+        def execute(self, item: Job, token: str) -> str:
+            return token
+
+        def settle(self, item: Job, token: str, outcome: str) -> Verdict:
+            ran.append(outcome)
+            if token == "bad":
+                raise RuntimeError("settle broke its contract")
+            if len(ran) == 3:
+                all_ran.set()
+            return Verdict()
+
+        def batch(self) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
 
     worker: SourceWorker[Job, str, str] = SourceWorker(
-        "unit",
-        lock,
-        RatePolicy(concurrency=1),
-        lambda job, now: job.target,
-        lambda job, token: token,
-        settle,
-        contextlib.nullcontext,
-        5.0,
-        SystemClock(),
+        "unit", lock, RatePolicy(concurrency=1), Unit(), 5.0, SystemClock()
     )
     with lock:
         for target in ("bad", "good", "also good"):

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from headwater._attempt import Attempt, described_changes, run_attempt
@@ -38,6 +39,12 @@ from headwater._watchdog import Watchdog
 from headwater._worker import SourceWorker, Verdict
 
 log = logging.getLogger("headwater")
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(dest_dir: str) -> Path:
+    """The :class:`Path` of a record's ``dest_dir``, built once for the many downloads that share it."""
+    return Path(dest_dir)
 
 
 class Dispatcher:
@@ -78,16 +85,9 @@ class Dispatcher:
 
     def _make(self, source: Source, home: Home) -> Shard:
         shard = Shard(source, self._store, self._feed, self._ended, home)
+        steps = ShardSteps(self, shard)
         shard.worker = SourceWorker(
-            source.name,
-            shard.lock,
-            source.policy,
-            functools.partial(self.begin, shard),
-            functools.partial(self.execute, shard),
-            functools.partial(self.settle, shard),
-            shard.batch,
-            self._idle_timeout,
-            self._clock,
+            source.name, shard.lock, source.policy, steps, self._idle_timeout, self._clock
         )
         return shard
 
@@ -101,7 +101,7 @@ class Dispatcher:
         record = shard.current(download.id)
         if record is None or download.phase is not Phase.QUEUED:
             return None
-        folder = Path(record.dest_dir) if record.dest_dir is not None else self._dest_dir
+        folder = self._dest_dir if record.dest_dir is None else _folder(record.dest_dir)
         ctx = DownloadContext(
             folder,
             shard.logger,
@@ -109,7 +109,9 @@ class Dispatcher:
             now,
             record.existing or shard.source.policy.existing,
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
-            functools.partial(self._describe, shard, download),
+            # By id, not the Download: Download -> ctx -> this partial -> Download would be a
+            # cycle, left for the cyclic GC to free with ~20 objects of every download.
+            functools.partial(self._describe, shard, download.id),
         )
         if not download.start(ctx):
             return None
@@ -122,7 +124,7 @@ class Dispatcher:
     def _describe(
         self,
         shard: Shard,
-        download: Download,
+        download_id: str,
         ctx: DownloadContext,
         display_name: str | None,
         username: str | None,
@@ -135,8 +137,9 @@ class Dispatcher:
         ended, was cancelled or expired).
         """
         with shard.lock:
-            record = shard.current(download.id)
-            ours = download.ctx is ctx and download.phase is Phase.RUNNING
+            record = shard.current(download_id)
+            download = shard.downloads.get(download_id)
+            ours = download is not None and download.ctx is ctx and download.phase is Phase.RUNNING
             if not ours or record is None or record.state is not State.RUNNING:
                 return
             shard.amend(record, **described_changes(record, display_name, username, fields))
@@ -187,3 +190,28 @@ class Dispatcher:
         ended = self.watch.pop(download_id, None)
         if ended is not None:
             ended.set()
+
+
+class ShardSteps:
+    """One shard's steps of the run path, as its worker runs them (:class:`~headwater._worker.Steps`).
+
+    Each is the :class:`Dispatcher`'s step of the same name for this shard.
+    """
+
+    __slots__ = ("_dispatcher", "_shard")
+
+    def __init__(self, dispatcher: Dispatcher, shard: Shard) -> None:
+        self._dispatcher = dispatcher
+        self._shard = shard
+
+    def begin(self, download: Download, now: float) -> DownloadContext | None:
+        return self._dispatcher.begin(self._shard, download, now)
+
+    def execute(self, download: Download, ctx: DownloadContext) -> Attempt:
+        return self._dispatcher.execute(self._shard, download, ctx)
+
+    def settle(self, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
+        return self._dispatcher.settle(self._shard, download, ctx, tried)
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._shard.batch()

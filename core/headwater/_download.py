@@ -9,7 +9,9 @@ and whatever other lock each holds; of an end and a cancel (or the
 watchdog's expiry), exactly one wins too, so a cancel is never overwritten.
 
 The record a user reads is written after the check-and-set, by whoever won
-it (see :mod:`headwater._engine`); this object only says who won.
+it (see :mod:`headwater._shard`); this object says who won, and holds the
+record as committed, so that a queued download costs its source one map
+entry and one small object besides its record.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import enum
 import threading
 
 from headwater._context import DownloadContext
-from headwater._records import Job
+from headwater._records import Job, Record
 
 #: The locks the check-and-sets are made under, one chosen by each download's
 #: id, so a queued download costs no lock of its own. Each is held for a
@@ -36,31 +38,52 @@ class Phase(enum.Enum):
 
 
 class Download:
-    """One download's phase and the context of its current attempt.
+    """One unfinished download: its record as committed, its phase and its current attempt.
 
     Args:
-        job: the job of its first (or next) attempt.
+        record: its record as committed (QUEUED).
+        job: the job of its first (or next) attempt; None for the record's
+            own first job (:func:`first_job`), made when it starts, so a
+            queued download holds no job of its own.
 
     Every method may be called from any thread, with or without other locks
-    held; each check-and-set is atomic.
+    held; each check-and-set is atomic. :attr:`record` is replaced whole by
+    its source's shard, under the shard's lock, and read without it.
     """
 
-    __slots__ = ("job", "ctx", "_phase")
+    __slots__ = ("record", "_attempt", "_phase")
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        #: The context of the attempt that started last (None before the first start).
-        self.ctx: DownloadContext | None = None
+    def __init__(self, record: Record, job: Job | None = None) -> None:
+        #: The record as committed: what readers see.
+        self.record = record
+        # While QUEUED, the next attempt's job (None: the record's first job); from a start
+        # on, the job and context of the attempt that started last. One slot for both
+        # keeps a queued download small.
+        self._attempt: Job | tuple[Job, DownloadContext] | None = job
         self._phase = Phase.QUEUED
 
     @property
     def id(self) -> str:
-        return self.job.id
+        return self.record.id
+
+    @property
+    def job(self) -> Job:
+        """The job of the attempt that started last (of the next one while QUEUED)."""
+        attempt = self._attempt
+        if attempt is None:
+            return first_job(self.record)
+        return attempt[0] if isinstance(attempt, tuple) else attempt
+
+    @property
+    def ctx(self) -> DownloadContext | None:
+        """The context of the attempt that started last; None before a start, and queued again."""
+        attempt = self._attempt
+        return attempt[1] if isinstance(attempt, tuple) else None
 
     @property
     def _lock(self) -> threading.Lock:
         """The lock of this download's check-and-sets: its id's stripe (a str caches its hash)."""
-        return _STRIPES[hash(self.job.id) % len(_STRIPES)]
+        return _STRIPES[hash(self.record.id) % len(_STRIPES)]
 
     @property
     def phase(self) -> Phase:
@@ -72,7 +95,8 @@ class Download:
         with self._lock:
             if self._phase is not Phase.QUEUED:
                 return False
-            self._phase, self.ctx = Phase.RUNNING, ctx
+            # The job is made now, so it stays the same whatever the record becomes.
+            self._phase, self._attempt = Phase.RUNNING, (self.job, ctx)
             return True
 
     def cancel(self) -> bool:
@@ -87,8 +111,9 @@ class Download:
             if phase is Phase.CANCELLED:
                 return False
             self._phase = Phase.CANCELLED
-        if phase is Phase.RUNNING and self.ctx is not None:
-            self.ctx.cancelled.set()
+        ctx = self.ctx
+        if phase is Phase.RUNNING and ctx is not None:
+            ctx.cancelled.set()
         return True
 
     def end(self, ctx: DownloadContext) -> bool:
@@ -119,5 +144,10 @@ class Download:
         with self._lock:
             if self._phase is not Phase.ENDED:
                 return False
-            self._phase, self.job = Phase.QUEUED, job
+            self._phase, self._attempt = Phase.QUEUED, job
             return True
+
+
+def first_job(record: Record) -> Job:
+    """The job of a download's first attempt on its record's source, when its target needs no translation."""
+    return Job(record.id, record.source, record.target, record.display_name)

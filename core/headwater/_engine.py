@@ -157,17 +157,13 @@ class Engine:
         """
         return self._registry.infos(include_broken)
 
-    def _shard(self, name: str) -> Shard:
-        """The shard of the source ``name`` names (an alias too), made on first use; UnknownSourceError."""
-        return self._shards.of(name)
-
     # -- the journal ---------------------------------------------------------
 
     def _restore_pauses(self) -> None:
         """Pause again the sources the store says were paused (before any job is queued)."""
         for name in self._store.paused():
             try:
-                shard = self._shard(self._registry.resolve(name).name)
+                shard = self._shards.of(self._registry.resolve(name).name)
             except HeadwaterError:
                 log.warning("source %r is paused in the journal but is not loaded", name)
                 continue
@@ -186,7 +182,7 @@ class Engine:
         now = time.time()
         requeued: list[tuple[Shard, Record]] = []
         for record in records:
-            shard = self._shard(self._registry.resolve(record.source).name)  # it may be an alias now
+            shard = self._shards.of(self._registry.resolve(record.source).name)  # it may be an alias now
             record = attrs.evolve(
                 record,
                 state=State.QUEUED,
@@ -206,14 +202,13 @@ class Engine:
             if shard.source.settings.needs_configuration:  # settings: kept QUEUED, not run
                 waiting[name] = waiting.get(name, 0) + 1
                 with shard.lock:
-                    shard.records[record.id] = record
+                    shard.downloads[record.id] = Download(record)
                 continue
             mapped, _ = translate(shard.source, record.target)  # a chain source's own form of it
             job = Job(record.id, name, mapped or record.target, record.display_name, record.attempts + 1)
             with shard.lock:
-                shard.records[record.id] = record
-                download = Download(job)
-                shard.live[record.id] = download
+                download = Download(record, job)
+                shard.downloads[record.id] = download
                 shard.worker.put(download)
             started.append(record.id)
         self._feed.publish(ChangeKind.RECORD, (record for _, record in requeued))
@@ -293,17 +288,16 @@ class Engine:
             dest_dir=dest_dir,
         )
         record, job = made.record, made.job
-        shard = self._shard(record.source)
+        shard = self._shards.of(record.source)
         if record.fallbacks or record.tried:
-            self._shards.home[job.id] = shard
+            self._shards.home[record.id] = shard
         with shard.lock:
             self._store.add(record)
-            shard.records[job.id] = record
+            download = Download(record, job)
+            shard.downloads[record.id] = download
             self._feed.publish(ChangeKind.RECORD, (record,))
-            download = Download(job)
-            shard.live[job.id] = download
             shard.worker.put(download)
-        return job.id
+        return record.id
 
     # -- controlling -------------------------------------------------------
 
@@ -327,7 +321,7 @@ class Engine:
             while True:
                 shard = self._shards.find(download_id, source_hint)
                 with shard.lock:
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is not None:
                         cancelled = shard.cancel(record)
                         break
@@ -352,10 +346,10 @@ class Engine:
             while True:
                 shard = self._shards.find(download_id)
                 with shard.lock:
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is not None:
                         shard.cancel(record)  # a record it ends leaves the shard
-                        final = shard.records.get(download_id) or self._ended.get(download_id)
+                        final = shard.record(download_id) or self._ended.get(download_id)
                         assert final is not None, "a record its cancel ended is in the shard or the ended"
                         self._forget_locked(shard, final)
                         break
@@ -372,7 +366,7 @@ class Engine:
     def _forget_locked(self, shard: Shard, final: Record) -> None:
         """Delete ``final``'s download from the store and the engine, and say so; ``shard``'s lock held."""
         self._store.delete(final.id)
-        shard.records.pop(final.id, None)
+        shard.downloads.pop(final.id, None)
         self._ended.forget(final.id)
         self._shards.home.pop(final.id, None)
         self._feed.publish(ChangeKind.REMOVED, (final,))
@@ -382,7 +376,7 @@ class Engine:
         record = self._ended.get(download_id)
         if record is None:
             raise UnknownDownloadError(download_id)
-        return self._shard(self._registry.resolve(record.source).name), record
+        return self._shards.of(self._registry.resolve(record.source).name), record
 
     # -- reading -----------------------------------------------------------
 
@@ -413,13 +407,13 @@ class Engine:
         :class:`Ended`. Reads without a lock. Raises UnknownDownloadError.
         """
         if shard is not None:
-            record = shard.records.get(download_id)
+            record = shard.record(download_id)
             if record is not None:
                 return shard, record
         try:
             while True:
                 shard = self._shards.find(download_id)
-                record = shard.records.get(download_id)
+                record = shard.record(download_id)
                 if record is not None:
                     return shard, record
                 self._shards.raise_unless_moved(download_id, shard)
@@ -445,7 +439,7 @@ class Engine:
         held = {
             r.id: s.snapshot(r)
             for s in list(self._shards.values())
-            for r in list(s.records.values())
+            for r in s.records()
             if r.id.startswith(key) or r.id.endswith(key)
         }
         # Read after the shards: a download that ended meanwhile is here.
@@ -462,11 +456,11 @@ class Engine:
         names: set[str] | None = None
         if source is not None:
             found = self._registry.resolve(source)
-            shards: Iterable[Shard] = [self._shard(found.name)]
+            shards: Iterable[Shard] = [self._shards.of(found.name)]
             names = {found.name, *found.aliases}
         else:
             shards = list(self._shards.values())
-        held = {r.id: s.snapshot(r) for s in shards for r in list(s.records.values())}
+        held = {r.id: s.snapshot(r) for s in shards for r in s.records()}
         held.update((r.id, r) for r in self._ended.scan(names))  # read after: a record ended since is here
         return sorted(held.values(), key=lambda r: r.created_at)
 
@@ -503,7 +497,7 @@ class Engine:
         held = {
             r.id: s.snapshot(r)
             for s in list(self._shards.values())
-            for r in pick(limit, filter(wanted, list(s.records.values())), key=_made)
+            for r in pick(limit, filter(wanted, s.records()), key=_made)
         }
         if states is None or any(state.terminal for state in states):  # read after: one ended since is here
             ended = self._ended.page(
@@ -561,7 +555,7 @@ class Engine:
         """
         if not isinstance(policy, RatePolicy):
             raise TypeError(f"policy must be a RatePolicy, got {type(policy).__name__}")
-        shard = self._shard(self._registry.resolve(source).name)
+        shard = self._shards.of(self._registry.resolve(source).name)
         with shard.lock:
             shard.source.policy = policy
             shard.worker.set_policy(policy)
@@ -599,8 +593,8 @@ class Engine:
 
     def _chosen(self, source: str | None) -> list[Shard]:
         if source is not None:
-            return [self._shard(self._registry.resolve(source).name)]
-        return [self._shard(info.name) for info in self._registry.infos()]
+            return [self._shards.of(self._registry.resolve(source).name)]
+        return [self._shards.of(info.name) for info in self._registry.infos()]
 
     # -- closing -----------------------------------------------------------
 
@@ -626,7 +620,7 @@ class Engine:
             with shard.lock:
                 shard.worker.close()
                 for download_id, ctx in list(shard.running.items()):
-                    record = shard.records.get(download_id)
+                    record = shard.record(download_id)
                     if record is None:
                         continue
                     if not interrupt:
@@ -646,7 +640,7 @@ class Engine:
             found
             for shard in self._shards.values()
             for i in shard.running
-            if (found := shard.records.get(i) or self._ended.get(i)) is not None
+            if (found := shard.record(i) or self._ended.get(i)) is not None
         ]
         for record in stuck:
             log.warning(
@@ -688,7 +682,7 @@ class Engine:
         :func:`headwater.testing.frozen` is the supported way to use it.
         Raises UnknownSourceError.
         """
-        shard = self._shard(self._registry.resolve(source).name)
+        shard = self._shards.of(self._registry.resolve(source).name)
         with shard.lock:
             yield
 

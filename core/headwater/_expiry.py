@@ -54,7 +54,7 @@ def expire(shards: Iterable[Shard], now: float) -> tuple[float | None, list[Expi
             continue
         with shard.lock:
             for download_id, ctx in list(shard.running.items()):
-                download = shard.live.get(download_id)
+                download = shard.downloads.get(download_id)
                 if download is None or download.ctx is not ctx or download.phase is not Phase.RUNNING:
                     continue  # cancelled, or expired before: its download_impl has not returned
                 due, why = deadline(policy, ctx)
@@ -62,7 +62,7 @@ def expire(shards: Iterable[Shard], now: float) -> tuple[float | None, list[Expi
                     next_due = due if next_due is None else min(next_due, due)
                     continue
                 download.expire(ctx)
-                record = shard.records.get(download_id)
+                record = shard.record(download_id)
                 if record is None or record.state is not State.RUNNING:
                     continue
                 if not record.fallbacks:

@@ -28,7 +28,7 @@ def fall_back(shards: Shards, shard: Shard, download_id: str, error: str) -> Non
     through, such as KeyboardInterrupt), the download FAILS instead.
     """
     try:
-        record = shard.records.get(download_id)
+        record = shard.record(download_id)
         if record is None:
             return
         fallbacks = (shards.registry.resolve(name) for name in record.fallbacks)
@@ -37,7 +37,7 @@ def fall_back(shards: Shards, shard: Shard, download_id: str, error: str) -> Non
             move_down(shards, shard, record, error, taker, declined)
             return
         with shard.lock:
-            current = shard.records.get(download_id)
+            current = shard.record(download_id)
             if current is not None and current.state is State.RUNNING:
                 fail(shard, current, error, declined)
                 shard.logger.info("download %s failed on every source of its chain", download_id)
@@ -65,17 +65,15 @@ def move_down(
     dest = shards.of(name)
     first, second = sorted((shard, dest), key=lambda s: s.source.name)
     with first.lock, second.lock:
-        current = shard.records.get(download_id)
-        download = shard.live.get(download_id)
+        current = shard.record(download_id)
+        download = shard.downloads.get(download_id)
         if current is None or current.state is not State.RUNNING or download is None:
             return  # cancelled or removed meanwhile
         moved = shard.move(current, State.QUEUED, **moved_down(current, error, taker, declined))
         assert moved is not None, "RUNNING -> QUEUED is always legal"
-        dest.records[download_id] = moved
+        dest.downloads[download_id] = download  # its record is ``moved`` already
         shards.home[download_id] = dest
-        del shard.records[download_id]
-        del shard.live[download_id]
-        dest.live[download_id] = download
+        del shard.downloads[download_id]
         download.again(Job(download_id, name, taker.target, moved.display_name))
         dest.worker.put(download)
     shard.logger.info("download %s failed on %s (%s); trying %s", download_id, record.source, error, name)

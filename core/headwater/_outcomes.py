@@ -63,7 +63,7 @@ def settle(shard: Shard, download: Download, ctx: DownloadContext, tried: Attemp
         if shard.running.get(download_id) is ctx:
             del shard.running[download_id]
         ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
-        record = shard.records.get(download_id)
+        record = shard.record(download_id)
         settled: Settled | None = None
         if ours and record is not None and record.state is State.RUNNING:
             settled = _write_end(shard, download, ctx, tried, record, now)

@@ -64,7 +64,7 @@ def may_transition(current: State, new: State) -> bool:
 NO_EXTRA: Mapping[str, object] = MappingProxyType({})
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Job:
     """One download, as handed to a source's ``download_impl``.
 
@@ -105,7 +105,7 @@ class Tried:
     error: str
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Record:
     """A snapshot of everything the engine knows about one download.
 

@@ -1,7 +1,8 @@
-"""The shards: each source's lock, unfinished records and live downloads, and the map of them.
+"""The shards: each source's lock and unfinished downloads, and the map of them.
 
-Records are sharded by source: each source has one re-entrant lock that
-guards its records, its live downloads and its worker's queue, so a source
+Downloads are sharded by source: each source has one re-entrant lock that
+guards its downloads (each :class:`~headwater._download.Download` holding
+its record as committed) and its worker's queue, so a source
 whose lock is held never delays another. Every state change goes through
 :meth:`Shard.move`, which enforces :data:`headwater.TRANSITIONS`, and is
 committed to the store before anyone can see it. A record that ends leaves
@@ -9,7 +10,7 @@ its shard once committed, for :class:`~headwater._ended.Ended`.
 
 A download of a fallback chain moves from shard to shard; :class:`Shards`
 keeps ``home``, the id -> shard map of chain downloads only, so a reader or
-a cancel that finds the record gone from a shard looks again where it went.
+a cancel that finds the download gone from a shard looks again where it went.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from headwater._attempt import Attempt, with_progress
 from headwater._changes import ChangeFeed, ChangeKind
@@ -39,11 +40,12 @@ Home = dict[str, "Shard"]
 
 
 class Shard:
-    """One source's lock, unfinished records, live downloads and worker.
+    """One source's lock, unfinished downloads and worker.
 
-    The lock guards everything here; readers read :attr:`records` without it
-    (a record is immutable, and replaced whole). :attr:`worker` is set by
-    whoever builds the shard, before it is used.
+    The lock guards everything here; readers read :attr:`downloads` and each
+    one's ``record`` without it (a record is immutable, and replaced whole;
+    see :meth:`record`). :attr:`worker` is set by whoever builds the shard,
+    before it is used.
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class Shard:
         self.ended = ended
         self.home = home
         self.lock = threading.RLock()
-        self.records: dict[str, Record] = {}  # unfinished, as committed: what readers see, without the lock
-        self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
-        self.live: dict[str, Download] = {}  # downloads whose record is not terminal, by id
+        #: Unfinished downloads by id, each with its record as committed (what readers see);
+        #: one the store refused to end stays, with its terminal record, as the only copy.
+        self.downloads: dict[str, Download] = {}
+        self._batch = _Batch(self._write)
         self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
@@ -85,37 +88,39 @@ class Shard:
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
         new = changed(record, updated_at=time.time(), **changes)
-        if new.state.terminal:
-            self.live.pop(new.id, None)
-        if self._unwritten is None:
+        unwritten = self._batch.moves
+        if unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
-            first = self._unwritten.get(new.id)
-            self._unwritten[new.id] = (record.state if first is None else first[0], new)
+            first = unwritten.get(new.id)
+            unwritten[new.id] = (record.state if first is None else first[0], new)
         return new
+
+    def record(self, download_id: str) -> Record | None:
+        """The committed record of ``download_id`` if this shard holds it (any thread, no lock)."""
+        download = self.downloads.get(download_id)
+        return None if download is None else download.record
+
+    def records(self) -> list[Record]:
+        """The committed records of every download this shard holds (any thread, no lock)."""
+        return [download.record for download in list(self.downloads.values())]
 
     def current(self, download_id: str) -> Record | None:
         """The record as the locked step in progress left it (moves of an open batch included)."""
-        if self._unwritten:
-            moved = self._unwritten.get(download_id)
+        unwritten = self._batch.moves
+        if unwritten:
+            moved = unwritten.get(download_id)
             if moved is not None:
                 return moved[1]
-        return self.records.get(download_id)
+        return self.record(download_id)
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> AbstractContextManager[None]:
         """Within it (lock held), moves are committed together at its end, then become visible.
 
         One store commit instead of one per move: the end of a download and
-        the start of the next share a transaction.
+        the start of the next share a transaction. Batches do not nest.
         """
-        self._unwritten = {}
-        try:
-            yield
-        finally:
-            moved, self._unwritten = self._unwritten, None
-            if moved:
-                self._write(moved)
+        return self._batch
 
     def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
         """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
@@ -131,12 +136,14 @@ class Shard:
             changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
             log.error("%s; %s kept in memory only", exc, changes)
         for _, new in moves.values():
+            download = self.downloads.get(new.id)
             if committed and new.state.terminal:
                 self.ended.keep(new)  # before it leaves: a reader missing it here finds it there
-                self.records.pop(new.id, None)
+                if download is not None:
+                    del self.downloads[new.id]
                 self.home.pop(new.id, None)
-            else:
-                self.records[new.id] = new
+            elif download is not None:
+                download.record = new
         self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
 
     def cancel(self, record: Record) -> bool:
@@ -145,8 +152,8 @@ class Shard:
         The download's own check-and-set (:meth:`Download.cancel`) settles a
         race with its start or end; the CANCELLED record follows.
         """
-        download = self.live.get(record.id)
-        if download is not None:
+        download = self.downloads.get(record.id)
+        if download is not None and not record.state.terminal:
             download.cancel()
         moved = self.move(
             self.snapshot(record), State.CANCELLED, finished_at=time.time(), speed=0.0, time_remaining=None
@@ -161,6 +168,28 @@ class Shard:
         if ctx is None:
             return record
         return with_progress(record, ctx)
+
+
+class _Batch:
+    """:meth:`Shard.batch`'s context, one per shard (a class, not a generator: it is entered per download).
+
+    Attributes:
+        moves: the open batch's moves, id -> (state before, new record); None outside a batch.
+    """
+
+    __slots__ = ("moves", "_write")
+
+    def __init__(self, write: Callable[[Mapping[str, tuple[State, Record]]], None]) -> None:
+        self.moves: dict[str, tuple[State, Record]] | None = None
+        self._write = write
+
+    def __enter__(self) -> None:
+        self.moves = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        moved, self.moves = self.moves, None
+        if moved:
+            self._write(moved)
 
 
 def snapshot(shard: Shard | None, record: Record) -> Record:
@@ -217,10 +246,10 @@ class Shards(Mapping[str, Shard]):
             return home
         if source_hint is not None:
             shard = self._by_name.get(self.registry.resolve(source_hint).name)
-            if shard is not None and download_id in shard.records:
+            if shard is not None and download_id in shard.downloads:
                 return shard
         for shard in list(self._by_name.values()):
-            if download_id in shard.records:
+            if download_id in shard.downloads:
                 return shard
         raise UnknownDownloadError(download_id)
 
@@ -238,7 +267,7 @@ class Shards(Mapping[str, Shard]):
         found: list[Record] = []
         for shard in list(self._by_name.values()):
             for download_id in list(shard.running):
-                record = shard.records.get(download_id)
+                record = shard.record(download_id)
                 if record is not None:
                     found.append(shard.snapshot(record))
         return found

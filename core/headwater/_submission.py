@@ -13,9 +13,10 @@ import functools
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
@@ -38,15 +39,20 @@ def new_id() -> str:
     unique, not secret, and a system call here lets the submitting thread
     lose the GIL to the workers on every submit.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
+    return "%032x" % (time.time_ns() // 1_000_000 << 80 | random.getrandbits(80))
 
 
 @attrs.frozen
 class Submission:
-    """A download about to be recorded: its QUEUED record and its first job (on the record's source)."""
+    """A download about to be recorded: its QUEUED record and its first job (on the record's source).
+
+    ``job`` is None when the first job is the record's own
+    (:func:`headwater._download.first_job`: its target as submitted), the
+    usual case, so that none is made per submit.
+    """
 
     record: Record
-    job: Job
+    job: Job | None
 
 
 def submission(
@@ -82,11 +88,15 @@ def submission(
     if chain[0].translate is not None:
         chain, job_target, tried = first_taker(chain, target)
     src = chain[0]
-    job = Job(new_id(), src.name, job_target, display_name)
-    username, extra = _fields(src, job)
+    download_id = new_id()
+    job = None if job_target == target else Job(download_id, src.name, job_target, display_name)
+    username, extra = src.name, NO_EXTRA
+    if src.record_fields is not None:
+        asked = job if job is not None else Job(download_id, src.name, target, display_name)
+        username, extra = _fields(src, src.record_fields, asked)
     now = time.time()
     record = Record(
-        job.id,
+        download_id,
         src.name,
         target,
         display_name,
@@ -95,23 +105,21 @@ def submission(
         now,
         now,
         extra=extra,
-        dest_dir=str(folder),
+        tried=tried,
+        fallbacks=tuple(s.name for s in chain[1:]) if len(chain) > 1 else (),
         existing=existing,
+        dest_dir=str(folder),
     )
-    if len(chain) > 1 or tried:
-        record = attrs.evolve(record, tried=tried, fallbacks=tuple(s.name for s in chain[1:]))
     return Submission(record, job)
 
 
-def _fields(src: Source, job: Job) -> tuple[str, Mapping[str, object]]:
-    """The record's username label and extra fields from ``record_fields``.
+def _fields(src: Source, hook: Callable[..., Any], job: Job) -> tuple[str, Mapping[str, object]]:
+    """The record's username label and extra fields from ``hook``, ``src``'s ``record_fields``.
 
     An InvalidTargetError the hook raises (it refuses the target) is
     raised as it is; anything else it raises or returns wrongly raises
     PluginError (FieldConflictError for a core field).
     """
-    if src.record_fields is None:
-        return src.name, NO_EXTRA
-    call = functools.partial(src.record_fields, job=job, settings=src.settings.values)
+    call = functools.partial(hook, job=job, settings=src.settings.values)
     username, extra = record_fields(call, f"record_fields of source {src.label()}")
     return username or src.name, MappingProxyType(redacted(extra))

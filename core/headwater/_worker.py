@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 
@@ -33,6 +33,7 @@ from headwater._policy import RatePolicy
 from headwater._scheduler import Scheduler
 
 Item = TypeVar("Item")
+Item_contra = TypeVar("Item_contra", contravariant=True)
 T = TypeVar("T")
 O = TypeVar("O")  # noqa: E741
 
@@ -64,6 +65,40 @@ class Verdict:
 _ENDED = Verdict()
 
 
+class Steps(Protocol[Item_contra, T, O]):
+    """The steps an executor runs each item through, one way down; the seam below :class:`SourceWorker`.
+
+    A worker calls, for each item the scheduler gives out: :meth:`begin`,
+    then :meth:`execute`, then :meth:`settle` inside :meth:`batch`; none of
+    them calls back into the worker. :class:`headwater._dispatch.Dispatcher`
+    gives each source's worker the engine's steps. (The cluster's worker,
+    :mod:`headwater._cluster._runner`, runs one item a Dramatiq message with
+    conditional writes to PostgreSQL instead of a lock; it shares
+    :func:`~headwater._attempt.run_attempt` and
+    :func:`~headwater._attempt.try_again` with the engine's steps, not this
+    interface.)
+    """
+
+    def begin(self, item: Item_contra, now: float) -> T | None:
+        """With the lock held, when the scheduler gives out ``item`` at clock time ``now``.
+
+        Returns a token to run it with, or None to drop it (it was cancelled).
+        """
+
+    def execute(self, item: Item_contra, token: T) -> O:
+        """Without the lock: run ``item``; its outcome. Never raises."""
+
+    def settle(self, item: Item_contra, token: T, outcome: O) -> Verdict:
+        """With the lock held, inside :meth:`batch`: write the end; say whether the item goes again.
+
+        Should not raise: if it does, the exception is logged, the attempt
+        counts as ended, and the thread goes on with the next item.
+        """
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The context the end of one item and the start of the next share, entered with the lock held."""
+
+
 class SourceWorker(Generic[Item, T, O]):
     """Runs one source's jobs within its :class:`RatePolicy`.
 
@@ -72,18 +107,7 @@ class SourceWorker(Generic[Item, T, O]):
         lock: the source's lock; every method here must be called with it held
             except :meth:`thread_objects`.
         policy: the policy in force; :meth:`set_policy` changes it.
-        begin: called with the lock held when the scheduler gives out an
-            item, with the clock time of that decision; returns a token to
-            run it with, or None to drop it (it was cancelled).
-        execute: called without the lock to run the item; returns its
-            outcome and never raises.
-        settle: called with the lock held (inside ``batch``) with the item,
-            token and outcome: writes the end, and says in a :class:`Verdict`
-            whether the item goes again. Should not raise: if it does, the
-            exception is logged, the attempt counts as ended, and the thread
-            goes on with the next item.
-        batch: the context the end of one item and the start of the next
-            share, entered with the lock held.
+        steps: what each item is run through (see :class:`Steps`).
         idle_timeout: real seconds an idle thread waits for work before it ends.
         clock: the clock every scheduling wait is measured on.
     """
@@ -93,21 +117,19 @@ class SourceWorker(Generic[Item, T, O]):
         name: str,
         lock: threading.RLock,
         policy: RatePolicy,
-        begin: Callable[[Item, float], T | None],
-        execute: Callable[[Item, T], O],
-        settle: Callable[[Item, T, O], Verdict],
-        batch: Callable[[], AbstractContextManager[None]],
+        steps: Steps[Item, T, O],
         idle_timeout: float,
         clock: Clock,
     ) -> None:
         self._name = name
         self._lock = lock
         self._changed = threading.Condition(lock)
+        self._waiting = 0  # threads waiting on _changed: a put with none waiting notifies no one
         self._scheduler: Scheduler[Item] = Scheduler(policy)
-        self._begin = begin
-        self._execute = execute
-        self._settle = settle
-        self._batch = batch
+        self._begin = steps.begin
+        self._execute = steps.execute
+        self._settle = steps.settle
+        self._batch = steps.batch
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._threads: set[threading.Thread] = set()
@@ -141,13 +163,14 @@ class SourceWorker(Generic[Item, T, O]):
         scheduler = self._scheduler
         scheduler.put(item)
         threads = len(self._threads)
-        if (
-            threads - scheduler.running < scheduler.queued
+        if (  # the cheapest test first: at full strength (the usual case with a queue) no more
+            not scheduler.paused
             and threads < scheduler.policy.concurrency
-            and not scheduler.paused
+            and threads - scheduler.running < scheduler.queued
         ):
             self._spawn()
-        self._changed.notify()
+        if self._waiting:
+            self._changed.notify()
 
     def pause(self) -> None:
         """Start nothing until :meth:`resume`; running jobs go on."""
@@ -265,12 +288,20 @@ class SourceWorker(Generic[Item, T, O]):
                 return None
             if decision.wake_at is not None:
                 idle_since = None
-                self._clock.wait(self._changed, decision.wake_at - now)
+                self._waiting += 1
+                try:
+                    self._clock.wait(self._changed, decision.wake_at - now)
+                finally:
+                    self._waiting -= 1
                 continue
             real = time.monotonic()  # nothing may start until an event: idle, on real time
             if idle_since is None:
                 idle_since = real
             elif real - idle_since >= self._idle_timeout:
                 return None
-            self._changed.wait(self._idle_timeout - (real - idle_since))
+            self._waiting += 1
+            try:
+                self._changed.wait(self._idle_timeout - (real - idle_since))
+            finally:
+                self._waiting -= 1
         return None

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
     from headwater._sources import SourceInfo, SourceRegistry
     from headwater.client import Client
 
+if TYPE_CHECKING:
+    from headwater._cluster._client import ClusterClient
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 _T = TypeVar("_T")
@@ -1008,7 +1011,8 @@ def serve(
 
     The journal's unfinished downloads start at once. While it runs, `get`,
     `status`, `cancel`, `resume` and `clean` in any shell go through it.
-    Ctrl-C (or SIGTERM) stops it.
+    With a [cluster] in headwater.toml, it serves the cluster's downloads
+    instead (run by `headwater worker` processes). Ctrl-C (or SIGTERM) stops it.
     """
     try:
         from headwater._serve import run as serving
@@ -1034,14 +1038,15 @@ def serve(
         raise Failure(str(exc), EXIT_USAGE) from exc
     port = sock.getsockname()[1]
     security = Security(token, host_allow_list(host, port, allow_hosts), origins)
-    engine = app.engine(dest)
+    engine = app.engine(dest) if app.config.cluster is None else _cluster_client(dest)
+    records = f"journal {journal}" if app.config.cluster is None else f"cluster: {app.config.cluster.shown()}"
     try:
         engine.start_held()  # first: the server's view subscribes, then reads every record
         asgi, live = serving.build(engine, security, app.config.policies)
         url = serving.url_of(sock)
         state = ServerState(url, os.getpid(), str(tokens), str(journal), str(engine.dest_dir))
         write_state(journal, state)
-        click.echo(f"headwater: serving {url} (journal {journal}; files land in {engine.dest_dir})", err=True)
+        click.echo(f"headwater: serving {url} ({records}; files land in {engine.dest_dir})", err=True)
         click.echo(f"headwater: log in with the token in {tokens} (`headwater token` prints it)", err=True)
         serving.serve_forever(asgi, live, sock)
     finally:
@@ -1216,20 +1221,7 @@ def _get_in_cluster(
     Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
     go on in the cluster (`headwater status` follows them).
     """
-    from headwater._cluster._client import ClusterClient
-
-    app = _app()
-    config = app.config
-    assert config.cluster is not None
-    folder = _made_folder(dest or config.destination or Path.cwd())
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
-            client = ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
-    except StoreError as exc:
-        raise Failure(str(exc), EXIT_JOURNAL) from exc
-    except (HeadwaterError, OSError) as exc:
-        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
-    with client:
+    with _cluster_client(dest) as client:
         ids: list[str] = []
         try:
             for target in targets:
@@ -1250,6 +1242,29 @@ def _get_in_cluster(
         for record in records:
             _result_line(record)
     _finish(records, as_json)
+
+
+def _cluster_client(dest: Path | None) -> ClusterClient:
+    """A client of the cluster ``[cluster]`` names; downloads land in ``dest`` (or the configured one)."""
+    try:
+        from headwater._cluster._client import ClusterClient
+    except ImportError as exc:
+        raise Failure(
+            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
+            EXIT_USAGE,
+        ) from exc
+
+    app = _app()
+    config = app.config
+    assert config.cluster is not None
+    folder = _made_folder(dest or config.destination or Path.cwd())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
+            return ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
+    except StoreError as exc:
+        raise Failure(str(exc), EXIT_JOURNAL) from exc
+    except (HeadwaterError, OSError) as exc:
+        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
 
 
 def _cluster_records() -> _ClusterRecords | None:

@@ -1,4 +1,4 @@
-"""Submitting, cancelling and reading a cluster's downloads: :class:`ClusterClient`.
+"""A cluster's downloads through the engine's methods: :class:`ClusterClient`.
 
 A submit writes the QUEUED record to PostgreSQL (built by the same rule
 as a local engine's submit, :func:`~headwater._submission.submission`:
@@ -6,30 +6,39 @@ as a local engine's submit, :func:`~headwater._submission.submission`:
 of it from the change feed and starts it when its source's limits allow.
 A cancel is one conditional write (it always wins over an unfinished
 download), then announced on the cancel channel so that a worker running
-it stops within a round trip.
+it stops within a round trip. Reads go to PostgreSQL, changes come from
+its change feed, pauses are written there for the scheduler to follow:
+what ``headwater serve`` needs of an engine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
 import redis
 
 from headwater._chains import Chain
+from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, Subscription
 from headwater._cluster._cancels import announce
+from headwater._cluster._gate import SourceGate
+from headwater._cluster._pgfeed import RecordListener
 from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._setup import redis_client
+from headwater._cluster._work import WorkerProcess
 from headwater._config import ClusterConfig
-from headwater._errors import UnknownDownloadError
+from headwater._errors import ConfigError, EngineClosedError, UnknownDownloadError
 from headwater._files import Existing
+from headwater._policy import RatePolicy
 from headwater._records import Record, State
 from headwater._redact import register
-from headwater._sources import SourceRegistry
+from headwater._sources import SourceInfo, SourceRegistry
 from headwater._store import Swap
 from headwater._submission import submission
 
@@ -63,8 +72,13 @@ def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id:
     return True
 
 
+def _made(record: Record) -> tuple[float, str]:
+    """A record's place in the order of making."""
+    return record.created_at, record.id
+
+
 class ClusterClient:
-    """One process's handle on a cluster: submit, cancel, read, wait.
+    """One process's handle on a cluster, with the methods of :class:`~headwater.Engine`.
 
     Args:
         config: the cluster.
@@ -72,8 +86,22 @@ class ClusterClient:
             must be the same path on every worker host (a shared folder).
         registry: the loaded sources (:func:`~headwater._cluster._setup.sources`;
             a submit runs their ``translate_target`` and ``record_fields``).
+        workers: worker threads run in this process (a
+            :class:`~headwater._cluster._work.WorkerProcess`, contending for
+            the scheduler's lease too); 0 (the default) runs none: the
+            cluster's ``headwater worker`` processes run the downloads.
+        poll: seconds between the in-process workers' checks of their
+            downloads' records (the cancel's fallback).
 
-    Thread-safe. Raises StoreError when the records cannot be opened.
+    What differs from an engine: the records are the cluster's, changed by
+    other processes (every read goes to PostgreSQL); :meth:`pause` and
+    :meth:`resume` are written to the records, and the scheduler follows
+    them within a third of the lease time; a policy is each scheduling
+    process's own (:meth:`set_policy` raises ConfigError); :meth:`freeze`
+    holds still only the workers of this process.
+
+    Thread-safe. Raises StoreError when the records cannot be opened,
+    ``redis.RedisError`` when in-process workers cannot reach the broker.
     """
 
     def __init__(
@@ -82,6 +110,8 @@ class ClusterClient:
         dest_dir: str | os.PathLike[str],
         *,
         registry: SourceRegistry,
+        workers: int = 0,
+        poll: float = 1.0,
     ) -> None:
         self.config = config
         self.dest_dir = Path(dest_dir).expanduser().resolve()
@@ -89,7 +119,25 @@ class ClusterClient:
         self._registry = registry
         self._secrets = register(self._registry.secret_values())
         self._redis: redis.Redis = redis_client(config.broker)
+        self._feed = ChangeFeed()
+        self._listener: RecordListener | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.gate = SourceGate()
         self.store = PostgresStore(config.postgres, schema=config.schema)
+        self.workers: WorkerProcess | None = None
+        if workers:
+            try:
+                self.workers = WorkerProcess(
+                    config, self.dest_dir, threads=workers, registry=registry, poll=poll, gate=self.gate
+                )
+            except BaseException:
+                self.close()
+                raise
+
+    def sources(self, include_broken: bool = False) -> list[SourceInfo]:
+        """The loaded sources by name, and with ``include_broken`` those left out (as the engine's)."""
+        return self._registry.infos(include_broken)
 
     def submit(
         self,
@@ -105,6 +153,8 @@ class ClusterClient:
         The record is buffered and written within the store's
         ``flush_interval`` (:meth:`flush` writes it now).
         """
+        if self._closed:
+            raise EngineClosedError("the cluster client is closed")
         made = submission(
             self._registry,
             source,
@@ -129,10 +179,12 @@ class ClusterClient:
             raise UnknownDownloadError(download_id)
         return found
 
-    def cancel(self, download_id: str) -> bool:
+    def cancel(self, download_id: str, source_hint: str | None = None) -> bool:
         """Cancel a download wherever it runs; True if this call cancelled it, False if it had ended.
 
-        Raises UnknownDownloadError for an id the records do not hold.
+        ``source_hint`` is taken for :meth:`headwater.Engine.cancel`'s sake
+        and not needed: the records are found by id. Raises
+        UnknownDownloadError for an id the records do not hold.
         """
         self.flush()
         return cancel(self.store, self._redis, self.config.cancel_channel, download_id)
@@ -149,8 +201,10 @@ class ClusterClient:
         ended: dict[str, Record] = {}
         left = list(dict.fromkeys(order))
         while True:
-            found = self.store.fetch(left)  # only those not seen ended yet
-            missing = [i for i in left if i not in found]
+            states = self.store.states(left)  # only those not seen ended yet; no record decoded
+            done = [i for i in left if i not in states or states[i].terminal]
+            found = self.store.fetch(done) if done else {}
+            missing = [i for i in done if i not in found]
             if missing:
                 raise UnknownDownloadError(missing[0])
             ended.update((i, r) for i, r in found.items() if r.state.terminal)
@@ -161,11 +215,137 @@ class ClusterClient:
                 raise TimeoutError(f"{len(left)} of {len(order)} downloads had not ended after {timeout} s")
             time.sleep(POLL)
 
-    def close(self) -> None:
-        """Write what is buffered and close the records."""
+    def remove(self, download_id: str) -> Record:
+        """Forget a download, cancelling it first if it has not ended; its last record.
+
+        The row is deleted from the records: a worker still running it is
+        told to stop, and its end, finding no row, is not written. Raises
+        UnknownDownloadError for an id the records do not hold.
+        """
+        self.flush()
+        self.cancel(download_id)
+        final = self.get(download_id)
+        self.store.delete(download_id)
+        return final
+
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as :meth:`headwater.Engine.match` (one query, or two)."""
+        self.flush()
+        return self.store.named(key, limit)
+
+    def records(self, source: str | None = None) -> list[Record]:
+        """Every record of the cluster (of one source, a name or alias), oldest first."""
+        names = None
+        if source is not None:
+            found = self._registry.resolve(source)
+            names = [found.name, *found.aliases]
+        self.flush()
+        return sorted(self.store.records(sources=names), key=_made)
+
+    def page(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        sources: Collection[str] | None = None,
+        after: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+        limit: int = 100,
+    ) -> list[Record]:
+        """Up to ``limit`` records past ``after``, as :meth:`headwater.Engine.page` (one query)."""
+        self.flush()
+        return self.store.page_at(
+            after, oldest_first=oldest_first, states=states, sources=sources, limit=limit, ended_only=False
+        )
+
+    def subscribe(self, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        """A subscription to the records' changes, from the cluster's change feed (LISTEN/NOTIFY).
+
+        The contract of :meth:`headwater.Engine.subscribe`; the first call
+        starts listening (a few changes committed just before may come too:
+        records are whole values, a repeat is harmless).
+        """
+        subscription = self._feed.subscribe(maxsize)
+        with self._lock:
+            if self._listener is None and not self._closed:
+                self._listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
+                self._listener.start()
+        return subscription
+
+    def _heard(self, changes: list[Change]) -> None:
+        for change in changes:
+            self._feed.publish(change.kind, (change.record,))
+
+    def pause(self, source: str | None = None) -> None:
+        """Start no more downloads of ``source`` (or of every source) anywhere in the cluster.
+
+        Written to the records; the scheduler follows it within a third of
+        the lease time. Raises UnknownSourceError.
+        """
+        for name in self._chosen(source):
+            self.store.set_paused(name, True)
+
+    def resume(self, source: str | None = None) -> None:
+        """Undo :meth:`pause` for ``source`` (or every source)."""
+        for name in self._chosen(source):
+            self.store.set_paused(name, False)
+
+    def paused(self) -> list[str]:
+        """The names of the paused sources, sorted."""
+        return sorted(self.store.paused())
+
+    def _chosen(self, source: str | None) -> list[str]:
+        if source is not None:
+            return [self._registry.resolve(source).name]
+        return [info.name for info in self._registry.infos()]
+
+    def set_policy(self, source: str, policy: RatePolicy) -> None:
+        """Refused: a cluster's policies are those of its processes' configuration; raises ConfigError."""
+        name = self._registry.resolve(source).name
+        raise ConfigError(
+            f"the policy of {name!r} is set in the configuration of the cluster's processes "
+            "([sources] of their headwater.toml), not from one client"
+        )
+
+    def start_held(self) -> list[str]:
+        """Nothing to take over here: the cluster's scheduler runs what is unfinished; an empty list."""
+        return []
+
+    @contextmanager
+    def freeze(self, source: str) -> Iterator[None]:
+        """Hold ``source`` still in this process's workers and scheduler, as :meth:`headwater.Engine.freeze`.
+
+        Meanwhile they write no change of its downloads' state (none starts,
+        ends or moves down its chain) but what the calling thread does. Other
+        processes of the cluster are not held. Raises UnknownSourceError.
+        """
+        with self.gate.frozen(self._registry.resolve(source).name):
+            yield
+
+    def worker_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per source: (threads, running, 0) of this process's workers (empty without them)."""
+        return {} if self.workers is None else self.workers.runner.stats()
+
+    def close(self, timeout: float = 5.0, *, interrupt: bool = False) -> list[Record]:
+        """Stop this process's workers, write what is buffered, close everything; an empty list.
+
+        The workers' running downloads go back to QUEUED for the cluster
+        (whatever ``interrupt``): they are the cluster's, not this client's
+        to cancel. Closing twice is harmless.
+        """
+        with self._lock:
+            if self._closed:
+                return []
+            self._closed = True
+            listener, self._listener = self._listener, None
+        if self.workers is not None:
+            self.workers.stop(timeout)
+        if listener is not None:
+            listener.close()
+        self._feed.close()
         self.store.close()
         self._redis.close()
         self._secrets.release()
+        return []
 
     def __enter__(self) -> ClusterClient:
         return self

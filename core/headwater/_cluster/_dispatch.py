@@ -4,8 +4,11 @@ A :class:`Dispatcher` runs in every worker process (and wherever else it
 is started); the one that holds the :class:`~headwater._cluster._leader.LeaderLease`
 schedules, the others wait to take over within the lease time. The leader:
 
-- reads every unfinished record once when it begins to lead, then follows
-  the records' change feed (LISTEN/NOTIFY, :class:`~headwater._cluster._pgfeed.RecordListener`);
+- when it begins to lead, starts following the records' change feed
+  (LISTEN/NOTIFY, :class:`~headwater._cluster._pgfeed.RecordListener`) and
+  reads every unfinished record once; a process that does not lead does
+  not listen (each change would cost it a wake-up and a decode for
+  nothing);
 - keeps each source's QUEUED downloads in a :class:`~headwater._scheduler.Scheduler`,
   the rules a single-process engine starts by (first come first served, a
   retry after its backoff, a download given back at the front; the
@@ -36,12 +39,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 import redis
 
 from headwater._changes import Change, ChangeKind
+from headwater._cluster._gate import SourceGate
 from headwater._cluster._leader import LeaderLease
 from headwater._cluster._limits import RedisLimits, Verdict
 from headwater._cluster._message import Assignment, broker, send
@@ -57,6 +61,11 @@ from headwater._sources import SourceRegistry
 from headwater._store import Swap
 
 log = logging.getLogger("headwater.cluster")
+
+#: Seconds the scheduler waits, having found a RUNNING download's lease gone, before it reads the
+#: record again and takes the attempt for dead: an attempt gives its slot back just before it
+#: writes its end.
+RECHECK = 0.1
 
 
 @attrs.define
@@ -75,20 +84,31 @@ class Dispatcher:
         config: the cluster.
         registry: the loaded sources (their policies are the limits sent to Redis).
         holder: this process's name in the leader lease (default: host/pid/random).
+        gate: the gate of this process's workers: a download of a frozen
+            source, or one this process is ending, is not taken for dead,
+            and a download is queued again through it (default: one of its own).
 
     :meth:`start` begins (a thread); :meth:`close` stops it and gives the
     lease up. Raises StoreError when the records cannot be opened.
     """
 
-    def __init__(self, config: ClusterConfig, registry: SourceRegistry, *, holder: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: SourceRegistry,
+        *,
+        holder: str | None = None,
+        gate: SourceGate | None = None,
+    ) -> None:
         self.config = config
+        self._gate = SourceGate() if gate is None else gate
         self._registry = registry
         self._client = redis_client(config.broker)
         self._store = PostgresStore(config.postgres, schema=config.schema)
         self._broker = broker(config.broker, namespace=config.prefix)
         name = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._lease = LeaderLease(self._client, name, ttl=config.lease, prefix=config.leader_prefix)
-        self._listener = RecordListener(config.postgres, self._heard, schema=config.schema)
+        self._listener: RecordListener | None = None  # while leading
         self._wake = threading.Condition()
         self._heard_changes: list[Change] = []
         self._stop = threading.Event()
@@ -98,6 +118,7 @@ class Dispatcher:
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
         self._paused: set[str] = set()  # the sources paused, as the records said at the last sweep
+        self._jitter = random.Random()  # its own: a test's use of the global one stays its own
         self._thread = threading.Thread(target=self._run, name="headwater-dispatch", daemon=True)
         #: Terms this process led in, for tests and logs.
         self.terms: list[int] = []
@@ -108,8 +129,7 @@ class Dispatcher:
         return self._leading
 
     def start(self) -> None:
-        """Listen to the records and begin contending for the lead."""
-        self._listener.start()
+        """Begin contending for the lead (a thread)."""
         self._thread.start()
 
     def close(self) -> None:
@@ -119,7 +139,7 @@ class Dispatcher:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(10)
-        self._listener.close()
+        self._stop_listening()
         if self._leading:
             try:
                 self._lease.release()
@@ -163,6 +183,11 @@ class Dispatcher:
                 if not self._heard_changes and not self._stop.is_set():
                     self._wake.wait(max(0.0, wake - time.monotonic()))
 
+    def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
     def _take_changes(self) -> list[Change]:
         with self._wake:
             taken, self._heard_changes = self._heard_changes, []
@@ -175,9 +200,14 @@ class Dispatcher:
                 return
             log.warning("the scheduler's lease was lost; another process schedules now")
             self._leading = False
+            self._stop_listening()
         term = self._lease.claim()
         if term is None:
             return
+        self._stop_listening()
+        listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
+        listener.start()  # every change from now on is heard (StoreError: claimed again next round)
+        self._listener = listener
         self.terms.append(term)
         self._take_changes()  # the read below holds what they said
         self._records.clear()
@@ -246,7 +276,7 @@ class Dispatcher:
             return
         rules = self._source(name).rules
         if retry:
-            backoff = rules.policy.retry_wait(record.retries, random.random())
+            backoff = rules.policy.retry_wait(record.retries, self._jitter.random())
             rules.put_later(record.id, time.monotonic() + backoff)
         elif front:
             rules.put_front(record.id)
@@ -281,36 +311,43 @@ class Dispatcher:
                 wake = min(wake, source.full_until)
                 continue
             decision = source.rules.decide(now)
-            for place, download_id in enumerate(decision.start):
-                verdict = self._send(source, download_id, now)
-                if verdict is None or verdict.granted:
-                    continue
-                for back in reversed(decision.start[place:]):  # the refused one and those not asked
-                    source.rules.dropped(now)
-                    source.rules.put_front(back)
+            verdict = self._send(source, decision.start, now)
+            if verdict is not None:
                 if verdict.reason == "concurrency":
                     source.full_until = verdict.at  # or the next end of one of its downloads
                 else:  # a pause, the delay, the window, or a state Redis lost: a wait in time
                     source.rules.retry_after(verdict.at)
-                break
             at = source.full_until if source.full_until > now else decision.wake_at
             if at is not None:
                 wake = min(wake, at)
         return wake
 
-    def _send(self, source: _Source, download_id: str, now: float) -> Verdict | None:
-        """Take a slot for ``download_id`` and send it; Redis's verdict (None: no longer to start)."""
-        record = self._records.get(download_id)
-        if record is None or record.state is not State.QUEUED or download_id in self._sent:
-            source.rules.dropped(now)  # cancelled or removed meanwhile, or already sent
-            return None
-        assignment = Assignment(record.id, record.source, record.attempts, self.config.lease)
-        verdict = source.limits.acquire(assignment.holder, now)
-        if verdict.granted:
-            self._sent[download_id] = assignment
-            self._started.add(download_id)
+    def _send(self, source: _Source, ids: Sequence[str], now: float) -> Verdict | None:
+        """Take slots for the downloads ``ids`` (one round trip) and send those granted; the refusal, if any.
+
+        The refused download and those after it go back to the front, in
+        order; one no longer to start (cancelled or removed meanwhile, or
+        already sent) is dropped.
+        """
+        starting: list[Assignment] = []
+        for download_id in ids:
+            record = self._records.get(download_id)
+            if record is None or record.state is not State.QUEUED or download_id in self._sent:
+                source.rules.dropped(now)
+            else:
+                starting.append(Assignment(record.id, record.source, record.attempts, self.config.lease))
+        verdicts = source.limits.acquire_each([a.holder for a in starting], now)
+        granted = starting[: sum(v.granted for v in verdicts)]
+        for assignment in granted:  # each holds a slot now: the sweep keeps its lease until it is RUNNING
+            self._sent[assignment.download_id] = assignment
+            self._started.add(assignment.download_id)
+        for assignment in granted:
             send(self._broker, assignment)
-        return verdict
+        refused = starting[len(granted) :]
+        for back in reversed(refused):  # the refused one and those not asked
+            source.rules.dropped(now)
+            source.rules.put_front(back.download_id)
+        return verdicts[-1] if verdicts and not verdicts[-1].granted else None
 
     # -- finding the dead ---------------------------------------------------------------
 
@@ -332,11 +369,21 @@ class Dispatcher:
                     self._recover(assignment)
                 continue
             by_source.setdefault(assignment.source, []).append(assignment)
+        gone: list[Assignment] = []
         for name, sent in by_source.items():
+            if self._gate.is_frozen(name):
+                continue  # its ends are held back: judged at the next sweep
             held = self._source(name).limits.held([a.holder for a in sent])
-            for assignment, alive in zip(sent, held, strict=True):
-                if not alive:
-                    self._recover(assignment)
+            gone += [a for a, alive in zip(sent, held, strict=True) if not alive]
+        if gone:
+            self._stop.wait(RECHECK)  # an end written just after its slot was given back shows by then
+            found = self._store.fetch([a.download_id for a in gone])
+            for assignment in gone:
+                record = found.get(assignment.download_id)
+                if record is None or (record.state, record.attempts) != (State.RUNNING, assignment.attempt):
+                    continue  # its end (or removal) was written: the change feed brings it
+                if not self._gate.is_ending(assignment.holder):
+                    self._recover(assignment, record)
 
     def _follow_pauses(self) -> None:
         """Pause and resume the sources as the records say (``headwater pause``, ``Engine.pause``)."""
@@ -348,8 +395,9 @@ class Dispatcher:
                 source.rules.resume()
         self._paused = paused
 
-    def _recover(self, assignment: Assignment) -> None:
-        record = self._records.get(assignment.download_id)
+    def _recover(self, assignment: Assignment, record: Record | None = None) -> None:
+        """Send again a download whose slot was lost: ``record`` as read now, else as last heard."""
+        record = self._records.get(assignment.download_id) if record is None else record
         self._ended(assignment.download_id)
         if record is None:
             return
@@ -360,7 +408,9 @@ class Dispatcher:
         if record.state is State.RUNNING and record.attempts == assignment.attempt:
             now = time.time()
             again = attrs.evolve(record, state=State.QUEUED, updated_at=now, speed=0.0, time_remaining=None)
-            if self._store.commit_if([Swap.over(record, again)])[0]:
+            with self._gate.writing(record.source):
+                taken = self._store.commit_if([Swap.over(record, again)])[0]
+            if taken:
                 log.warning(
                     "download %s: attempt %d lost its slot (its worker died or froze); queued again",
                     record.id,

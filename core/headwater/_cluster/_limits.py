@@ -29,6 +29,7 @@ pause repeated changes nothing more.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, Protocol, cast
 
 import attrs
@@ -199,23 +200,36 @@ class RedisLimits:
         when to ask again (a free slot is never later than the earliest
         lease's expiry, but a release may come first).
         """
+        return self.acquire_each([holder], now)[0]
+
+    def acquire_each(self, holders: Sequence[str], now: float) -> list[Verdict]:
+        """:meth:`acquire` for each of ``holders`` in turn, stopping at the first refused; one round trip.
+
+        Returns the verdicts of the holders asked, in order: all granted
+        but perhaps the last (the rest of ``holders`` were not asked, and
+        hold nothing). Each holder's check and take is one atomic step, as
+        :meth:`acquire`'s.
+        """
+        if not holders:
+            return []
         policy = self.policy
         reply = self._acquire(
             keys=self._keys,
             args=[
-                holder,
                 self._lease_us,
                 policy.concurrency,
                 _micros(policy.delay),
                 policy.per_minute or 0,
                 _micros(WINDOW),
                 self._settle_us,
+                *holders,
             ],
         )
-        granted, wait, reason = cast(list[object], reply)
-        if granted:
-            return Verdict(True, now, _REASONS[text(reason)])
-        return Verdict(False, now + cast(int, wait) / 1_000_000, _REASONS[text(reason)])
+        verdicts = []
+        for granted, wait, reason in cast(list[list[object]], reply):
+            at = now if granted else now + cast(int, wait) / 1_000_000
+            verdicts.append(Verdict(bool(granted), at, _REASONS[text(reason)]))
+        return verdicts
 
     def renew(self, holder: str, now: float) -> bool:
         """Extend ``holder``'s lease by :attr:`lease` seconds from the server's now.

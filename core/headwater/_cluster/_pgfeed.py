@@ -226,11 +226,13 @@ class RecordListener:
         tick = min(0.25, self.mark_every)
         got = list(conn.notifies(timeout=tick, stop_after=1))  # never left half read: none is lost
         changes = []
-        for notice in got:
-            change = self._notice(conn, notice.payload)
-            if change is not None:
-                changes.append(change)
-        self._hand_on(changes)
+        try:
+            for notice in got:
+                change = self._notice(conn, notice.payload)
+                if change is not None:
+                    changes.append(change)
+        finally:  # the connection broke while reading a change: those read are handed on, the rest resynced
+            self._hand_on(changes)
         every = self.mark_every if self._since_mark else 10 * self.mark_every
         if time.monotonic() - self._marked_at >= every:
             self._mark(conn)
@@ -255,22 +257,22 @@ class RecordListener:
             return None
         if seq in self._seen:
             return None
-        self._seen[seq] = xact
-        self._since_mark = True
         data = body.get("data")
-        if data is None:  # too big for a notification: read it
+        if data is None:  # too big for a notification: read it (if the read fails, the resync reads it)
             found = conn.execute(
                 f"SELECT data::text FROM {self._s}.changes WHERE seq = %s", (seq,)
             ).fetchone()
-            if found is None:
-                log.error(
-                    "change feed of %s (%s): change %d was pruned before it was read",
-                    self.where,
-                    self.schema,
-                    seq,
-                )
-                return None
-            return self._change(seq, kind, found[0])
+            data = None if found is None else found[0]
+        self._seen[seq] = xact
+        self._since_mark = True
+        if data is None:
+            log.error(
+                "change feed of %s (%s): change %d was pruned before it was read",
+                self.where,
+                self.schema,
+                seq,
+            )
+            return None
         return self._change(seq, kind, data)
 
     def _change(self, seq: int, kind: str, data: object) -> Change | None:

@@ -277,6 +277,17 @@ class PostgresStore:
         rows = self._read(lambda conn: conn.execute(self._q.fetch, (list(ids),)).fetchall(), "read")
         return {record.id: record for record in self._decode(rows)}
 
+    def states(self, ids: Collection[str]) -> dict[str, State]:
+        """The states of ``ids`` as the server holds them now; id -> state (an id with no row left out).
+
+        What a waiter polls: the state column alone, no record decoded.
+        Raises StoreError if the server cannot be read.
+        """
+        if not ids:
+            return {}
+        rows = self._read(lambda conn: conn.execute(self._q.states, (list(ids),)).fetchall(), "read")
+        return {row_id: State(state) for row_id, state in rows}
+
     def match(self, key: str) -> tuple[int, Record | None]:
         """Whether ``key`` names one download: an id, or else the start or end of ids (as ``status`` has it).
 
@@ -298,7 +309,18 @@ class PostgresStore:
         exact = self.get(key)
         if exact is not None:
             return [exact]
-        query = self._q.named_ended
+        return self._named(self._q.named_ended, key, limit)
+
+    def named(self, key: str, limit: int = 2) -> list[Record]:
+        """The records, in any state, ``key`` names: the one whose id is ``key``, else up to
+        ``limit`` whose id starts or ends with it, latest first. Raises StoreError if the
+        server cannot be read."""
+        exact = self.fetch([key]).get(key)
+        if exact is not None:
+            return [exact]
+        return self._named(self._q.named, key, limit)
+
+    def _named(self, query: str, key: str, limit: int) -> list[Record]:
         rows = self._read(lambda conn: conn.execute(query, {"key": key, "limit": limit}).fetchall(), "read")
         return self._decode(rows)
 
@@ -322,9 +344,13 @@ class PostgresStore:
         states: Collection[State] | None = None,
         sources: Collection[str] | None = None,
         limit: int = 100,
+        ended_only: bool = True,
     ) -> list[Record]:
-        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`)."""
-        rows = self._select(states, sources, place, limit, ended_only=True, ascending=oldest_first)
+        """Up to ``limit`` ended records past ``place`` (see :class:`~headwater.RecordStore`).
+
+        With ``ended_only=False``, unfinished records too (a cluster's page, one query).
+        """
+        rows = self._select(states, sources, place, limit, ended_only=ended_only, ascending=oldest_first)
         return self._decode(rows)
 
     def scan(

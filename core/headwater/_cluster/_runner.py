@@ -56,6 +56,7 @@ from headwater._attempt import (
 from headwater._chains import Taker, find_taker, translate
 from headwater._clock import SystemClock
 from headwater._cluster._cancels import CHANNEL, CancelWatch
+from headwater._cluster._gate import SourceGate
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import PREFIX, RedisLimits
 from headwater._cluster._message import Assignment
@@ -100,6 +101,9 @@ class ClusterWorker:
         channel: the cancel channel (as the cancellers').
         poll: seconds between checks of the running downloads' records
             (the cancel's fallback; also how soon a lost cancel is seen).
+        gate: every change of a download's state is written inside its
+            source's :meth:`~headwater._cluster._gate.SourceGate.writing`
+            (a freeze holds them back); default: a gate of its own.
 
     Thread-safe: :meth:`run` is called from any number of threads at once.
     """
@@ -114,8 +118,10 @@ class ClusterWorker:
         prefix: str = PREFIX,
         channel: str = CHANNEL,
         poll: float = 1.0,
+        gate: SourceGate | None = None,
     ) -> None:
         self.dest_dir = Path(dest_dir).expanduser().resolve()
+        self._gate = SourceGate() if gate is None else gate
         self._store = store
         self._client = client
         self._prefix = prefix
@@ -151,7 +157,7 @@ class ClusterWorker:
         seen = self._store.fetch([a.download_id]).get(a.download_id)
         if seen is None or seen.state is not State.QUEUED or seen.attempts != a.attempts:
             log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
-            limits.release(a.holder, time.monotonic(), started=False)
+            self._give_back(a, limits, seen)
             return None
         if not limits.renew(a.holder, time.monotonic()):
             log.info("download %s: the slot of attempt %d is no longer held", a.download_id, a.attempt)
@@ -165,8 +171,10 @@ class ClusterWorker:
             updated_at=now,
             dest_dir=seen.dest_dir or str(self.dest_dir),
         )
-        if self._closing or not self._store.commit_if([Swap.over(seen, running)])[0]:
-            limits.release(a.holder, time.monotonic(), started=False)
+        with self._gate.writing(seen.source):
+            started = not self._closing and self._store.commit_if([Swap.over(seen, running)])[0]
+        if not started:
+            self._give_back(a, limits, self._store.fetch([a.download_id]).get(a.download_id))
             return None
         if source is None:
             error = f"source {a.source!r} is not loaded on worker {socket.gethostname()}/{os.getpid()}"
@@ -194,7 +202,19 @@ class ClusterWorker:
         else:
             job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
             tried = run_attempt(source, job, ctx)
-        return self._end(a, limits, mine.record, mine, tried)
+        # Its slot is given back before its end is written: meanwhile the scheduler must not think it dead.
+        with self._gate.ending(a.holder):
+            return self._end(a, limits, mine.record, mine, tried)
+
+    def _give_back(self, a: Assignment, limits: RedisLimits, now: Record | None) -> None:
+        """Release the unused slot of an assignment that will not run, unless its attempt runs elsewhere.
+
+        A message can come twice for one attempt (sent again by a scheduler
+        that found it unstarted, or after a change of scheduler): the slot's
+        holder is then the same, and the worker running it keeps it.
+        """
+        if now is None or now.state is not State.RUNNING or now.attempts != a.attempt:
+            limits.release(a.holder, time.monotonic(), started=False)
 
     def _end(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
@@ -276,7 +296,8 @@ class ClusterWorker:
     def _write(self, a: Assignment, running: Record, new: Record) -> Record | None:
         """``new`` over ``running``, conditionally; ``new`` if written, None if refused (or not written)."""
         try:
-            applied = self._store.commit_if([Swap.over(running, new)])[0]
+            with self._gate.writing(running.source):
+                applied = self._store.commit_if([Swap.over(running, new)])[0]
         except StoreError as exc:
             log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, new.state.value)
             return None
@@ -348,7 +369,8 @@ class ClusterWorker:
             changes, state = self._next_source(latest, why)
             new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
             try:
-                self._store.commit_if([Swap.over(record, new)])
+                with self._gate.writing(record.source):
+                    self._store.commit_if([Swap.over(record, new)])
             except StoreError as exc:
                 log.error("%s; download %s %s, not written", exc, record.id, why)
             mine.ctx.logger.info("download %s %s", record.id, why)
@@ -374,10 +396,10 @@ class ClusterWorker:
         fields: Mapping[str, object],
     ) -> None:
         """``ctx.describe``'s effect: the RUNNING record gains the name and fields, conditionally written."""
-        with self._lock:
-            mine = self._running.get(download_id)
-            if mine is None or mine.ctx is not ctx:
-                return
+        mine = self._running.get(download_id)
+        if mine is None or mine.ctx is not ctx:
+            return
+        with self._gate.writing(mine.record.source), self._lock:  # the gate first: no freeze waits on _lock
             record = mine.record
             changes = described_changes(record, display_name, username, fields)
             new = attrs.evolve(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
@@ -435,6 +457,14 @@ class ClusterWorker:
     def running(self) -> int:
         """Downloads running in this worker now."""
         return len(self._running)
+
+    def stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per source: (threads, running, 0) in this worker now (a thread runs one download)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for mine in self._running.values():
+                counts[mine.assignment.source] = counts.get(mine.assignment.source, 0) + 1
+        return {name: (n, n, 0) for name, n in counts.items()}
 
     def close(self) -> None:
         """Interrupt what runs, stop the keeper and the watch, close the store."""

@@ -18,6 +18,7 @@ import os
 import dramatiq
 
 from headwater._cluster._dispatch import Dispatcher
+from headwater._cluster._gate import SourceGate
 from headwater._cluster._message import QUEUE, broker, declare
 from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._runner import ClusterWorker
@@ -25,8 +26,10 @@ from headwater._cluster._setup import redis_client
 from headwater._config import ClusterConfig
 from headwater._sources import SourceRegistry
 
-#: Milliseconds an idle worker waits at most between asks for messages (Dramatiq's backoff grows to it).
-POLL_MS = 10
+#: Milliseconds a worker's threads wait for work before looking whether they are to stop (how soon
+#: :meth:`WorkerProcess.stop` is heard), and the delay queue's poll; the download queue is polled at
+#: least every :data:`~headwater._cluster._message.POLL_MS`.
+WAKE_MS = 100
 
 
 class WorkerProcess:
@@ -41,6 +44,9 @@ class WorkerProcess:
         schedule: also contend for the scheduler's lease (a
             :class:`~headwater._cluster._dispatch.Dispatcher`): one process of
             the cluster schedules, and another takes over if it dies.
+        gate: the gate the runner and the scheduler write state changes
+            through (:class:`~headwater._cluster._gate.SourceGate`; a
+            freeze holds them); default: one of its own.
 
     Raises StoreError when the records cannot be opened, ``redis.RedisError``
     when the broker cannot be reached.
@@ -55,9 +61,11 @@ class WorkerProcess:
         registry: SourceRegistry,
         poll: float = 1.0,
         schedule: bool = True,
+        gate: SourceGate | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"a worker needs at least one thread, got {threads!r}")
+        gate = SourceGate() if gate is None else gate
         client = redis_client(config.broker)
         client.ping()
         store = PostgresStore(config.postgres, schema=config.schema)
@@ -70,6 +78,7 @@ class WorkerProcess:
                 prefix=config.limits_prefix,
                 channel=config.cancel_channel,
                 poll=poll,
+                gate=gate,
             )
         except BaseException:
             store.close()
@@ -77,13 +86,13 @@ class WorkerProcess:
         self.broker = broker(config.broker, namespace=config.prefix)
         declare(self.broker, self.runner.run)
         self._worker = dramatiq.Worker(
-            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
+            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=WAKE_MS
         )
         self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
         self._worker.start()
         self.dispatcher: Dispatcher | None = None
         if schedule:
-            self.dispatcher = Dispatcher(config, registry)
+            self.dispatcher = Dispatcher(config, registry, gate=gate)
             self.dispatcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:

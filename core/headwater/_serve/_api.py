@@ -31,7 +31,7 @@ from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 
 from headwater import (
-    Engine,
+    ConfigError,
     EngineClosedError,
     HeadwaterError,
     InvalidPolicyError,
@@ -51,6 +51,7 @@ from headwater._serve._security import (
     same_secret,
     session_value,
 )
+from headwater._serve._served import ServedEngine
 from headwater._serve._views import (
     TYPE_ENCODERS,
     Cancelled,
@@ -77,7 +78,7 @@ PAGE_DIR = Path(__file__).with_name("page")
 class Service:
     """What every handler shares: the engine, its live view, the token, the config's policy fields."""
 
-    engine: Engine
+    engine: ServedEngine
     live: Live
     token: str
     config: Mapping[str, Mapping[str, object]]
@@ -134,6 +135,7 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
 _DESCRIPTIONS = {
     400: "the request is malformed or names something invalid",
     404: "no such download or source",
+    409: "a cluster's policies are set in its processes' configuration",
     502: "the source's plugin misbehaved",
     503: "the server is shutting down",
 }
@@ -160,7 +162,7 @@ def list_sources(service: NamedDependency[Service]) -> list[SourceView]:
     return service.sources()
 
 
-@patch("/sources/{name:str}/policy", sync_to_thread=True, responses=_errors(404))
+@patch("/sources/{name:str}/policy", sync_to_thread=True, responses=_errors(404, 409))
 def set_policy(
     name: FromPath[str], data: JSONBody[dict[str, Any]], service: NamedDependency[Service]
 ) -> SourceView:
@@ -171,7 +173,10 @@ def set_policy(
         policy = PolicyOverride(data).apply(view.policy)
     except (TypeError, InvalidPolicyError) as exc:
         raise _problem(400, "bad_policy", str(exc)) from None
-    service.engine.set_policy(view.name, policy)
+    try:
+        service.engine.set_policy(view.name, policy)
+    except ConfigError as exc:  # a cluster's policies are its processes' configuration
+        raise _problem(409, "policy_fixed", str(exc)) from None
     service.live.source_changed([view.name])
     return service.source(view.name)
 

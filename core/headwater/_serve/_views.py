@@ -14,7 +14,8 @@ from typing import Any, Literal
 import attrs
 import msgspec
 
-from headwater import Engine, RatePolicy, Record
+from headwater import RatePolicy, Record
+from headwater._serve._served import ServedEngine
 
 Existing = Literal["rename", "skip", "overwrite"]
 
@@ -60,7 +61,7 @@ class SourceView:
     version: str | None
 
 
-def source_views(engine: Engine, config: Mapping[str, Mapping[str, object]]) -> list[SourceView]:
+def source_views(engine: ServedEngine, config: Mapping[str, Mapping[str, object]]) -> list[SourceView]:
     """Every source of ``engine``, broken ones included; ``config`` is headwater.toml's ``[sources]``.
 
     Reads the engine without blocking on a download; call it off the event loop.

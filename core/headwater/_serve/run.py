@@ -20,10 +20,11 @@ from typing import Any
 
 import uvicorn
 
-from headwater import Engine, ServeError
+from headwater import ServeError
 from headwater._serve._api import Service, make_app
 from headwater._serve._live import Live
 from headwater._serve._security import ASGIApp, Security, check_bind, guard, host_allow_list
+from headwater._serve._served import ServedEngine
 
 #: Seconds uvicorn gives requests in flight at shutdown before it cancels them.
 GRACE = 5
@@ -57,7 +58,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def build(
-    engine: Engine,
+    engine: ServedEngine,
     security: Security,
     config: Mapping[str, Mapping[str, object]] | None = None,
     **live_options: Any,
@@ -138,7 +139,7 @@ class BackgroundServer:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: ServedEngine,
         token: str,
         *,
         host: str = "127.0.0.1",
