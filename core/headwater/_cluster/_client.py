@@ -228,6 +228,11 @@ class ClusterClient:
         self.store.delete(download_id)
         return final
 
+    def match(self, key: str, limit: int = 2) -> list[Record]:
+        """The downloads ``key`` names, as :meth:`headwater.Engine.match` (one query, or two)."""
+        self.flush()
+        return self.store.named(key, limit)
+
     def records(self, source: str | None = None) -> list[Record]:
         """Every record of the cluster (of one source, a name or alias), oldest first."""
         names = None

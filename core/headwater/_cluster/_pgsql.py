@@ -135,10 +135,12 @@ class Statements:
         # The ids that start or end with a key: every id looked at once, two kept at most.
         self.matches = f"""SELECT id FROM {s}.records
             WHERE left(id, length(%(key)s)) = %(key)s OR right(id, length(%(key)s)) = %(key)s LIMIT 2"""
-        # The ended records whose ids start or end with a key, latest first.
-        self.named_ended = f"""SELECT id, created_at, data::text FROM {s}.records
-            WHERE (left(id, length(%(key)s)) = %(key)s OR right(id, length(%(key)s)) = %(key)s)
-            AND state NOT IN {UNFINISHED} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"""
+        # The records whose ids start or end with a key, latest first; then only the ended ones.
+        named = f"""SELECT id, created_at, data::text FROM {s}.records
+            WHERE (left(id, length(%(key)s)) = %(key)s OR right(id, length(%(key)s)) = %(key)s)"""
+        latest = "ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+        self.named = f"{named} {latest}"
+        self.named_ended = f"{named} AND state NOT IN {UNFINISHED} {latest}"
         self.cursor = f"SELECT created_at, id FROM {s}.records WHERE id = %s"
         self.paused = f"SELECT source FROM {s}.paused ORDER BY source"
         self.pause = f"INSERT INTO {s}.paused (source) VALUES (%s) ON CONFLICT DO NOTHING"

@@ -309,7 +309,18 @@ class PostgresStore:
         exact = self.get(key)
         if exact is not None:
             return [exact]
-        query = self._q.named_ended
+        return self._named(self._q.named_ended, key, limit)
+
+    def named(self, key: str, limit: int = 2) -> list[Record]:
+        """The records, in any state, ``key`` names: the one whose id is ``key``, else up to
+        ``limit`` whose id starts or ends with it, latest first. Raises StoreError if the
+        server cannot be read."""
+        exact = self.fetch([key]).get(key)
+        if exact is not None:
+            return [exact]
+        return self._named(self._q.named, key, limit)
+
+    def _named(self, query: str, key: str, limit: int) -> list[Record]:
         rows = self._read(lambda conn: conn.execute(query, {"key": key, "limit": limit}).fetchall(), "read")
         return self._decode(rows)
 

@@ -44,6 +44,8 @@ class ServedEngine(Protocol):
 
     def remove(self, download_id: str) -> Record: ...
 
+    def match(self, key: str, limit: int = 2) -> list[Record]: ...
+
     def page(
         self,
         *,
