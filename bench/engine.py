@@ -45,24 +45,27 @@ def peak_threads_during(stop: threading.Event, out: list[int]) -> None:
     out.append(peak)
 
 
-def bare_thread_floor(jobs: int, threads: int, seconds: float) -> float:
-    """Wall time for ``threads`` plain threads to sleep ``seconds`` ``jobs`` times in all."""
+def bare_thread_floor(jobs: int, threads: int, seconds: float) -> tuple[float, float]:
+    """(wall s, process CPU s) for ``threads`` plain threads to sleep ``seconds`` ``jobs`` times in all."""
 
     def loop(n: int) -> None:
         for _ in range(n):
             time.sleep(seconds)
 
     workers = [threading.Thread(target=loop, args=(jobs // threads,)) for _ in range(threads)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - cpu0
 
 
-def run_workload(dest: Path, args: argparse.Namespace, **engine_args: object) -> tuple[float, float]:
-    """Submit ``args.jobs`` sleeping jobs over the sources and wait for all; (submit s, drain s).
+def run_workload(dest: Path, args: argparse.Namespace, **engine_args: object) -> tuple[float, float, float]:
+    """Submit ``args.jobs`` sleeping jobs over the sources and wait for all; (submit s, drain s, CPU s).
+
+    The CPU is the whole process's (``time.process_time``) from the first
+    submit to the end of the wait.
 
     ``dest`` must hold the file ``done`` the jobs return; ``engine_args`` go
     to :class:`Engine` (a ``store``, say).
@@ -74,14 +77,14 @@ def run_workload(dest: Path, args: argparse.Namespace, **engine_args: object) ->
         policies={n: RatePolicy(concurrency=args.concurrency) for n in names},
         **engine_args,  # type: ignore[arg-type]
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ids = [engine.submit(names[i % len(names)], f"https://example.org/{i}") for i in range(args.jobs)]
     submitted = time.perf_counter()
     records = engine.wait(ids, timeout=3600)
-    drained = time.perf_counter()
+    drained, cpu = time.perf_counter(), time.process_time() - cpu0
     engine.close()
     assert all(r.state.value == "completed" for r in records), "some jobs did not complete"
-    return submitted - t0, drained - t0
+    return submitted - t0, drained - t0, cpu
 
 
 def held_submit_rate(dest: Path, args: argparse.Namespace, rounds: int = 3) -> tuple[float, float]:
@@ -141,14 +144,14 @@ def main() -> None:
         sampler = threading.Thread(target=peak_threads_during, args=(stop, peak), daemon=True)
         base_threads = threading.active_count() + 1  # + the sampler itself
         sampler.start()
-        submit_s, drain = run_workload(dest, args)
+        submit_s, drain, cpu = run_workload(dest, args)
         stop.set()
         sampler.join()
 
         per_job = memory_per_queued_job(dest, 20_000)
         held_rate, held_cpu = held_submit_rate(dest, args)
     total_conc = args.sources * args.concurrency
-    floor = bare_thread_floor(args.jobs, total_conc, args.sleep)
+    floor, floor_cpu = bare_thread_floor(args.jobs, total_conc, args.sleep)
 
     ideal = args.jobs * args.sleep / total_conc
     rows = [
@@ -166,6 +169,8 @@ def main() -> None:
         ("drain over ideal", f"{(drain / ideal - 1) * 100:+.1f}%", "<= +2%"),
         ("bare threads, same sleeps (s)", f"{floor:.2f}", "the machine's floor"),
         ("drain over bare threads", f"{(drain / floor - 1) * 100:+.1f}%", ""),
+        ("CPU per job, engine (µs)", f"{cpu / args.jobs * 1e6:.1f}", "submit to wait, whole process"),
+        ("CPU per job, bare threads (µs)", f"{floor_cpu / args.jobs * 1e6:.1f}", "the sleep alone"),
     ]
     print_table(("measure", "value", "target"), rows)
 

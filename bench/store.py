@@ -10,7 +10,9 @@ file (the file source), ``status`` (the latest 100), ``status --json``, and
 byte-code cached as an installed package has it. ``status`` is timed
 again ``--runs`` times on each journal, with ``python -c pass`` (the bare
 interpreter), each run of each in turn: their minimum and median, the
-figure a user timing ``headwater status`` sees. Also, in this process,
+figure a user timing ``headwater status`` sees. With ``--instructions``,
+also the instructions each of those runs (valgrind's callgrind, which
+counts them whatever the machine's load). Also, in this process,
 the time of the page read itself (the latest 100 through ``JournalReader``)
 and of opening the journal, taking over (none) and closing it: what a start
 costs the store.
@@ -30,7 +32,8 @@ change (``time.sleep(0)``) where SQLite would write; SQLiteStore. Also the
 mean time of one state commit from one thread, without contention, and the
 pages one state commit writes to the WAL (counted).
 
-    python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--runs 30] [--cache DIR]
+    python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--runs 30] [--instructions]
+                                  [--cache DIR]
     python bench/store.py drain [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
 """
 
@@ -141,6 +144,20 @@ def run_child(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
     return took, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+def instructions(args: Sequence[str], env: dict[str, str]) -> int:
+    """The instructions ``args`` runs, counted by valgrind's callgrind (the child's output thrown away)."""
+    counted = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    (line,) = [line for line in counted.stderr.splitlines() if "I   refs:" in line]
+    return int(line.split(":")[1].replace(",", ""))
+
+
 def forget_new(journal: Path, count: int) -> None:
     """Remove what a ``get`` added (the latest record), through headwater, so the journal stays sealed."""
     store = SQLiteStore(journal)
@@ -243,6 +260,11 @@ def history(args: argparse.Namespace) -> None:
     for _ in range(args.runs):  # one run of each in turn, as above
         for key, (command, env) in [*bare.items(), *status.items()]:
             walls.setdefault(key, []).append(run_child(command, env)[0])
+    counts = (
+        {key: instructions(command, env) for key, (command, env) in bare.items()} if args.instructions else {}
+    )
+    if args.instructions:
+        counts.update((size, instructions(command, env)) for size, (command, env) in status.items())
     pages = [page_read(journal, args.rounds) for journal, _ in journals.values()]
     opens = [open_journal(journal, args.rounds) for journal, _ in journals.values()]
 
@@ -260,6 +282,15 @@ def history(args: argparse.Namespace) -> None:
     for name, pick in (("min", min), ("median", statistics.median)):
         rows.append(
             [f"status, {name} of {args.runs} (s)", *(f"{pick(walls[s]):.3f}" for s in args.sizes), "< 0.1 s"]
+        )
+    if counts:
+        rows.append(["status: instructions (M)", *(f"{counts[s] / 1e6:.0f}" for s in args.sizes), ""])
+        rows.append(
+            [
+                "python -c pass: instructions (M)",
+                f"{counts['python -c pass'] / 1e6:.0f}",
+                *([""] * len(args.sizes)),
+            ]
         )
     python = walls["python -c pass"]
     bare_python = f"{min(python):.3f} / {statistics.median(python):.3f}"
@@ -286,7 +317,8 @@ class YieldingStore(MemoryStore):
 
 def drain(dest: Path, store: RecordStore | None, args: argparse.Namespace) -> tuple[float, float]:
     """(submit seconds, drain seconds) of the workload on ``store``."""
-    return run_workload(dest, args, store=store)
+    submit_s, drain_s, _ = run_workload(dest, args, store=store)
+    return submit_s, drain_s
 
 
 def commit_latency(journal: Path, count: int = 10_000) -> float:
@@ -370,6 +402,7 @@ def main() -> None:
     old.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
     old.add_argument("--rounds", type=int, default=3)
     old.add_argument("--runs", type=int, default=30, help="runs of status and of bare python, timed alone")
+    old.add_argument("--instructions", action="store_true", help="count their instructions (valgrind)")
     old.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "headwater-bench-store"))
     work = commands.add_parser("drain", help="the engine workload on the memory store and on SQLite")
     for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):

@@ -27,7 +27,8 @@ class Proxy:
         self._cut_at: bytes | None = None
         self.held = 0  # replies held back (and dropped) so far
         self.cuts = 0  # connections cut by cut_at so far
-        threading.Thread(target=self._accept, name="pgproxy", daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, name="pgproxy", daemon=True)
+        self._acceptor.start()
 
     def hold_replies(self) -> None:
         """From now on, drop what the server sends instead of passing it on (counted in :attr:`held`)."""
@@ -54,6 +55,14 @@ class Proxy:
                 end.close()
 
     def close(self) -> None:
+        """Stop accepting and cut every connection.
+
+        Closing a socket does not wake a thread blocked in its ``accept``
+        (Linux keeps such a listener listening): shutting it down does.
+        """
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(10)
         self._listener.close()
         self.cut()
 

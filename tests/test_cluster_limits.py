@@ -70,6 +70,23 @@ def test_a_slot_is_granted_up_to_the_concurrency_then_at_the_earliest_expiry(
     assert found.acquire("c:1", 100.0).granted
 
 
+def test_acquire_each_grants_in_turn_and_asks_no_further_once_one_is_refused(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=3), lease=5.0, settle=0, prefix=key_prefix)
+    assert found.acquire("a:1", 0.0).granted
+    verdicts = found.acquire_each(["a:1", "b:1", "c:1", "d:1", "e:1"], 100.0)
+    assert [(v.granted, v.reason) for v in verdicts] == [
+        (True, "held"),
+        (True, "granted"),
+        (True, "granted"),
+        (False, "concurrency"),
+    ]
+    assert 100.0 < verdicts[-1].at <= 105.0
+    assert found.held(["a:1", "b:1", "c:1", "d:1", "e:1"]) == [True, True, True, False, False]
+    assert found.acquire_each([], 0.0) == []
+
+
 def test_asking_again_while_holding_renews_the_same_lease_and_takes_no_second_slot(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:

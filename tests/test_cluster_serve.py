@@ -48,8 +48,9 @@ def test_a_served_cluster_client_runs_submits_on_the_workers_and_streams_their_e
         wait_until(lambda: started("part", held), 30, "the held download began")
         assert client.get(held).state is State.RUNNING
         assert client.cancel(held) is True
-        (record,) = client.wait([held], timeout=10)
+        (record,) = client.wait([held], timeout=10)  # CANCELLED at once; the plugin stops after
         assert record.state is State.CANCELLED
+        wait_until(lambda: started("end", held), 10, "the cancelled download stopped")
         assert not list(cluster.dest.glob("*.part"))
         assert [r.id for r in client.records()] == [done, held]
         assert [r.id for r in client.match(held[-6:])] == [held]  # named by the end of its id

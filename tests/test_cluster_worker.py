@@ -366,3 +366,42 @@ def test_a_lost_lease_stops_the_download_and_its_late_completion_is_refused(
     assert (row.state, row.attempts) == (State.RUNNING, 2)
     assert not list(dest.iterdir())  # the late file was deleted, no partial file at a final path
     assert [e[0] for e in cluster_plugin.events()] == ["start", "part", "stubborn-landed", "end"]
+
+
+@pytest.fixture
+def two_workers(
+    pg_url: str, pg_schema: str, redis_client: redis.Redis, key_prefix: str, dest: Path, events_dir: Path
+) -> Iterator[tuple[ClusterWorker, ClusterWorker]]:
+    pair = (
+        make_worker(pg_url, pg_schema, redis_client, key_prefix, dest),
+        make_worker(pg_url, pg_schema, redis_client, key_prefix, dest),
+    )
+    yield pair
+    for worker in pair:
+        worker.close()
+
+
+def test_a_second_copy_of_a_running_attempts_message_leaves_its_slot_held(
+    two_workers: tuple[ClusterWorker, ClusterWorker],
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+) -> None:
+    first, second = two_workers
+    record = queued(store, "wait:dup:e.bin", dest)
+    assignment = granted(redis_client, key_prefix, record)
+    ended: list[object] = []
+    running = threading.Thread(target=lambda: ended.append(first.run(assignment)))
+    running.start()
+    try:
+        wait_for_event("part")
+        assert current(store, record).state is State.RUNNING
+        assert second.run(assignment) is None  # the copy: stale, the attempt runs on the first worker
+        assert slots(redis_client, key_prefix) == 1, "the copy gave back the running attempt's slot"
+    finally:
+        cluster_plugin.open_gate("dup")
+        running.join(10)
+    (record_ended,) = ended
+    assert getattr(record_ended, "state", None) is State.COMPLETED
+    assert slots(redis_client, key_prefix) == 0

@@ -22,7 +22,7 @@ def dest(tmp_path: Path) -> Path:
 def test_a_part_left_from_before_starts_empty(dest: Path) -> None:
     (dest / "song.flac.part").write_bytes(b"STALE-")
     part = PartFile(dest, destination(dest, "song.flac"))
-    assert part.size() == 0
+    assert part.size() == part.opened_size == 0
     part.write(b"REAL CONTENT")
     assert part.land().read_bytes() == b"REAL CONTENT"
 
@@ -30,7 +30,7 @@ def test_a_part_left_from_before_starts_empty(dest: Path) -> None:
 def test_keep_leaves_the_bytes_for_a_resume_and_appends(dest: Path) -> None:
     (dest / "song.flac.part").write_bytes(b"first half, ")
     part = PartFile(dest, destination(dest, "song.flac"), keep=True)
-    assert part.size() == len(b"first half, ")
+    assert part.size() == part.opened_size == len(b"first half, ")
     part.stream.seek(0)  # reading back moves the position; writes still append
     assert part.stream.read(5) == b"first"
     part.write(b"second half")

@@ -404,6 +404,18 @@ def test_records_streams_every_record_latest_first_for_status(store: PostgresSto
         store.records(before="nosuch")
 
 
+def test_states_reads_the_state_of_each_id_as_the_server_holds_it_leaving_out_unknown_ids(
+    store: PostgresStore,
+) -> None:
+    store.add(_record("q"))
+    store.add(_record("r"))
+    store.flush()
+    assert store.states(["q", "r", "nosuch"]) == {"q": State.QUEUED, "r": State.QUEUED}
+    store.commit([_record("r", State.COMPLETED, attempts=1)])
+    assert store.states(["r", "q"]) == {"q": State.QUEUED, "r": State.COMPLETED}
+    assert store.states([]) == {}
+
+
 def test_matching_names_ended_records_by_id_or_its_start_or_end(store: PostgresStore) -> None:
     made = [_record(f"r{i:04d}", [State.QUEUED, State.COMPLETED][i % 2], at=float(i)) for i in range(30)]
     for record in made:

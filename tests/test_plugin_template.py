@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+import warnings
 import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -71,18 +72,40 @@ def asking(tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
     child.close(force=True)
 
 
+class _Folder(SimpleHTTPRequestHandler):
+    """Serves a folder; each request line goes on the server's ``requests`` instead of stderr."""
+
+    server: FolderServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        self.server.requests.append(self.requestline)
+
+
+class FolderServer(ThreadingHTTPServer):
+    """Serves ``root`` on 127.0.0.1; keeps the client port of each connection and each request line."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), functools.partial(_Folder, directory=str(root)))
+        self.root = root
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.accepted: list[int] = []
+        self.requests: list[str] = []
+
+    def verify_request(self, request: object, client_address: Any) -> bool:
+        self.accepted.append(client_address[1])
+        return True
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A folder served over HTTP on 127.0.0.1: (base URL, folder)."""
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+def served(tmp_path: Path) -> Iterator[FolderServer]:
+    """A folder served over HTTP on 127.0.0.1."""
+    (tmp_path / "served").mkdir()
+    httpd = FolderServer(tmp_path / "served")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+        yield httpd
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -228,7 +251,7 @@ def test_interrupting_the_questions_creates_nothing(asking: tuple[Any, Any, Path
 
 @pytest.mark.timeout(300)
 def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
-    tmp_path: Path, served: tuple[str, Path]
+    tmp_path: Path, served: FolderServer
 ) -> None:
     env = isolated_env(tmp_path / "home")
     project = tmp_path / "headwater-acme"
@@ -254,11 +277,23 @@ def test_a_rendered_plugin_installs_passes_its_tests_and_downloads(
     token = next(s for s in acme["settings"] if s["name"] == "token")
     assert (token["secret"], token["required"], token["type"]) == (True, False, "str | None")
 
-    url, root = served
-    (root / "tune.ogg").write_bytes(os.urandom(200_000))
+    (served.root / "tune.ogg").write_bytes(os.urandom(200_000))
     dest = tmp_path / "downloads"
-    run([*headwater_cli(python), "get", "acme", f"{url}/tune.ogg", "--dest", dest], tmp_path, env)
-    assert (dest / "tune.ogg").read_bytes() == (root / "tune.ogg").read_bytes()
+    get = [*headwater_cli(python), "get", "acme", f"{served.url}/tune.ogg", "--dest", dest]
+    seen = "the server accepted connections from ports {0.accepted} and answered {0.requests}"
+    try:
+        run(get, tmp_path, env)
+    except AssertionError as failed:
+        raise AssertionError(f"{failed}\n{seen.format(served)}") from None
+    assert (dest / "tune.ogg").read_bytes() == (served.root / "tune.ogg").read_bytes()
+    assert served.requests and set(served.requests) == {"GET /tune.ogg HTTP/1.1"}, seen.format(served)
+    if len(served.accepted) > 1:
+        # The source's retries (retries=3) took it past a lost connection: a loopback reset was
+        # seen once in CI with no cause found in this process. Say so in the run's summary, so a
+        # second sighting is noticed, without failing what this test is about.
+        warnings.warn(
+            f"{len(served.accepted)} connections for one download: {seen.format(served)}", stacklevel=1
+        )
 
 
 @pytest.mark.timeout(300)

@@ -213,37 +213,38 @@ def test_the_kit_is_not_a_pytest11_entry_point() -> None:
     assert loaded == []
 
 
+#: A plugin's test module that opted in to the kit: its fixture's engine, and a SourceContract.
+OPTED_IN = """from headwater import hookimpl
+from headwater.testing import SourceContract
+
+class Echo:
+    @hookimpl
+    def download_impl(self, job, ctx):
+        path = ctx.dest_dir / "echo.txt"
+        path.write_text(job.target)
+        ctx.progress(len(job.target), len(job.target))
+        return path
+
+built = []
+
+def test_engine(headwater_engine):
+    engine = headwater_engine(plugins={"echo": Echo()})
+    assert [s.name for s in engine.sources()] == ["echo"]
+    assert engine.wait([engine.submit("echo", "hi")], timeout=10)[0].state.name == "COMPLETED"
+    built.append(engine)
+
+def test_it_was_closed():
+    assert built and built[0]._closed
+
+class TestEcho(SourceContract):
+    plugin = Echo()
+    targets = ["hello"]
+"""
+
+
 def test_opting_in_gives_the_fixture_and_closes_its_engines(pytester: pytest.Pytester) -> None:
     pytester.makeconftest('pytest_plugins = ["headwater.testing"]\n')
-    pytester.makepyfile(
-        """
-        from headwater import hookimpl
-        from headwater.testing import SourceContract
-
-        class Echo:
-            @hookimpl
-            def download_impl(self, job, ctx):
-                path = ctx.dest_dir / "echo.txt"
-                path.write_text(job.target)
-                ctx.progress(len(job.target), len(job.target))
-                return path
-
-        built = []
-
-        def test_engine(headwater_engine):
-            engine = headwater_engine(plugins={"echo": Echo()})
-            assert [s.name for s in engine.sources()] == ["echo"]
-            assert engine.wait([engine.submit("echo", "hi")], timeout=10)[0].state.name == "COMPLETED"
-            built.append(engine)
-
-        def test_it_was_closed():
-            assert built and built[0]._closed
-
-        class TestEcho(SourceContract):
-            plugin = Echo()
-            targets = ["hello"]
-        """
-    )
+    pytester.makepyfile(OPTED_IN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=8)
 

@@ -37,11 +37,18 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     if not isinstance(given, str):
         raise TypeError(f"download_impl must return a text path, got {given!r}")
     base = str(dest_dir)
-    joined = os.path.normpath(os.path.join(base, given))
+    head, _, name = given.rpartition(os.sep)
+    if head == base and name not in ("", ".", "..") and (os.altsep is None or os.altsep not in name):
+        joined, direct = given, True  # the common case: a plain name right in dest_dir, already normal
+    else:
+        joined = os.path.normpath(os.path.join(base, given))
+        direct = os.path.dirname(joined) == base
     info: os.stat_result | None = None
-    if os.path.dirname(joined) == base:
-        with contextlib.suppress(FileNotFoundError):
+    if direct:
+        try:
             info = os.lstat(joined)
+        except FileNotFoundError:
+            info = None
     if info is not None and not stat.S_ISLNK(info.st_mode):
         resolved = joined  # the common case: a plain file right in dest_dir, no links to follow
     else:
@@ -58,6 +65,8 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
             info = None
     if info is None or not stat.S_ISREG(info.st_mode):
         raise FileNotFoundError(f"download_impl returned {given!r}, but no regular file is there")
+    if isinstance(returned, Path) and given == resolved:
+        return returned, info.st_size  # already the resolved path: no second Path built
     return Path(resolved), info.st_size
 
 
@@ -377,6 +386,8 @@ class PartFile:
         stream: the open ``.part``, unbuffered (:class:`io.FileIO`) and in
             append mode: every write goes to its end at once, whatever the
             position; seek to read it back, ``truncate(n)`` to drop bytes.
+        opened_size: bytes in the ``.part`` once opened: what a resume
+            continues from with ``keep``, else 0 (:meth:`size` asks the file again).
     """
 
     def __init__(
@@ -395,10 +406,11 @@ class PartFile:
         self.final = final
         for candidate in _names(final):
             path = Path(f"{candidate}.part")
-            fd = _open_locked(path)
-            if fd is None:
+            opened = _open_locked(path)
+            if opened is None:
                 continue  # another download is writing this name right now
-            if keep and mine is not None and os.fstat(fd).st_size > 0 and not mine(path):
+            fd, size = opened
+            if keep and mine is not None and size > 0 and not mine(path):
                 os.close(fd)
                 continue
             break
@@ -407,10 +419,12 @@ class PartFile:
         try:
             if not keep:
                 os.ftruncate(fd, 0)  # only once the lock is ours: never cut another download's bytes
+                size = 0
         except BaseException:
             os.close(fd)
             raise
         self.path = path
+        self.opened_size = size
         # Unbuffered, so no buffer position has to be kept in step with the file by lseek(2).
         self.stream = io.FileIO(fd, "r+")
 
@@ -451,8 +465,8 @@ class PartFile:
         self.path.unlink(missing_ok=True)
 
 
-def _open_locked(path: Path) -> int | None:
-    """``path`` opened (created if missing) for appending and locked; None if another holds the lock.
+def _open_locked(path: Path) -> tuple[int, int] | None:
+    """(fd, size) of ``path`` opened (created if missing) to append and locked; None if another has the lock.
 
     O_NOFOLLOW: a link planted at the name fails the open (ELOOP) instead of
     sending the bytes elsewhere. A file with a second link (a landed file
@@ -470,8 +484,9 @@ def _open_locked(path: Path) -> int | None:
                 except BlockingIOError:
                     os.close(fd)
                     return None
-            if os.fstat(fd).st_nlink <= 1:
-                return fd
+            info = os.fstat(fd)
+            if info.st_nlink <= 1:
+                return fd, info.st_size
             log.info("%s is a second name of a landed file; removing that name", path)
             path.unlink()
         except BaseException:

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from headwater._attempt import Attempt, with_progress
 from headwater._changes import ChangeFeed, ChangeKind
@@ -60,7 +60,7 @@ class Shard:
         #: Unfinished downloads by id, each with its record as committed (what readers see);
         #: one the store refused to end stays, with its terminal record, as the only copy.
         self.downloads: dict[str, Download] = {}
-        self._unwritten: dict[str, tuple[State, Record]] | None = None  # the open batch's moves
+        self._batch = _Batch(self._write)
         self.running: dict[str, DownloadContext] = {}  # attempts whose download_impl has not returned
         self.logger = logging.getLogger(f"headwater.source.{source.name}")
         protect(self.logger)  # settings: no secret value in what the source logs
@@ -88,11 +88,12 @@ class Shard:
         Checks no transition: :meth:`move` does, and ``ctx.describe`` changes no state.
         """
         new = changed(record, updated_at=time.time(), **changes)
-        if self._unwritten is None:
+        unwritten = self._batch.moves
+        if unwritten is None:
             self._write({new.id: (record.state, new)})
         else:
-            first = self._unwritten.get(new.id)
-            self._unwritten[new.id] = (record.state if first is None else first[0], new)
+            first = unwritten.get(new.id)
+            unwritten[new.id] = (record.state if first is None else first[0], new)
         return new
 
     def record(self, download_id: str) -> Record | None:
@@ -106,26 +107,20 @@ class Shard:
 
     def current(self, download_id: str) -> Record | None:
         """The record as the locked step in progress left it (moves of an open batch included)."""
-        if self._unwritten:
-            moved = self._unwritten.get(download_id)
+        unwritten = self._batch.moves
+        if unwritten:
+            moved = unwritten.get(download_id)
             if moved is not None:
                 return moved[1]
         return self.record(download_id)
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> AbstractContextManager[None]:
         """Within it (lock held), moves are committed together at its end, then become visible.
 
         One store commit instead of one per move: the end of a download and
-        the start of the next share a transaction.
+        the start of the next share a transaction. Batches do not nest.
         """
-        self._unwritten = {}
-        try:
-            yield
-        finally:
-            moved, self._unwritten = self._unwritten, None
-            if moved:
-                self._write(moved)
+        return self._batch
 
     def _write(self, moves: Mapping[str, tuple[State, Record]]) -> None:
         """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
@@ -173,6 +168,28 @@ class Shard:
         if ctx is None:
             return record
         return with_progress(record, ctx)
+
+
+class _Batch:
+    """:meth:`Shard.batch`'s context, one per shard (a class, not a generator: it is entered per download).
+
+    Attributes:
+        moves: the open batch's moves, id -> (state before, new record); None outside a batch.
+    """
+
+    __slots__ = ("moves", "_write")
+
+    def __init__(self, write: Callable[[Mapping[str, tuple[State, Record]]], None]) -> None:
+        self.moves: dict[str, tuple[State, Record]] | None = None
+        self._write = write
+
+    def __enter__(self) -> None:
+        self.moves = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        moved, self.moves = self.moves, None
+        if moved:
+            self._write(moved)
 
 
 def snapshot(shard: Shard | None, record: Record) -> Record:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import hypothesis
@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from headwater import _contract as contract
 from headwater import hookspecs
+from headwater._config import ClusterConfig, load_config
 from headwater._context import DownloadContext
 from headwater._contract import RULES
 from headwater._discovery import LOAD_ENV, discover, one_line
@@ -47,8 +48,12 @@ from headwater._policy import RatePolicy
 from headwater._records import Job, Record, State
 from headwater._settings import SettingsInput, build_settings
 
+if TYPE_CHECKING:
+    from headwater._cluster._client import ClusterClient
+
 __all__ = [
     "RULES",
+    "CLUSTER_OPTION",
     "EngineFactory",
     "FrozenSource",
     "SourceContract",
@@ -602,11 +607,27 @@ def frozen(engine: Engine, source: str) -> Iterator[FrozenSource]:
         yield FrozenSource(engine, source)
 
 
-EngineFactory = Callable[..., Engine]
+EngineFactory = Callable[..., "Engine | ClusterClient"]
+
+#: The command-line option that puts :func:`headwater_engine`'s engines on a cluster.
+CLUSTER_OPTION = "--headwater-cluster"
+
+#: Worker threads of each cluster engine :func:`headwater_engine` makes.
+CLUSTER_WORKERS = 4
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        CLUSTER_OPTION,
+        metavar="TOML",
+        default=None,
+        help="run headwater_engine's engines on the cluster that the [cluster] table of this headwater.toml "
+        "names (each with a schema and Redis names of its own, removed after the test)",
+    )
 
 
 @pytest.fixture
-def headwater_engine(tmp_path: Path) -> Iterator[EngineFactory]:
+def headwater_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EngineFactory]:
     """A factory of isolated engines, each closed after the test.
 
     ``headwater_engine(*installed, plugins=None, policies=None, idle_timeout=2.0)``
@@ -616,15 +637,25 @@ def headwater_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     on their own. Each engine gets a fresh destination folder under
     ``tmp_path``. Raises PluginError if a named installed source is missing
     or fails to import.
+
+    With ``pytest --headwater-cluster=headwater.toml`` each is instead a
+    cluster's client with the engine's methods, running the downloads on
+    :data:`CLUSTER_WORKERS` cluster worker threads in the test's process, on
+    the servers the file's ``[cluster]`` table names, with a schema and
+    Redis names of its own (deleted after the test); ``idle_timeout`` is
+    not used. A new cluster starts nothing for its first lease time (a
+    state Redis could have lost), so give the file a short ``lease``
+    (2 s). Needs the ``cluster`` extra.
     """
-    built: list[Engine] = []
+    cluster = _cluster_of(request.config.getoption(CLUSTER_OPTION))
+    built: list[Engine | ClusterClient] = []
 
     def make(
         *installed: str,
         plugins: Mapping[str, object] | None = None,
         policies: Mapping[str, RatePolicy] | None = None,
         idle_timeout: float = 2.0,
-    ) -> Engine:
+    ) -> Engine | ClusterClient:
         chosen: dict[str, object] = {}
         if installed:
             for cand in discover({LOAD_ENV: ",".join(installed)}):
@@ -632,10 +663,43 @@ def headwater_engine(tmp_path: Path) -> Iterator[EngineFactory]:
                     raise PluginError(f"installed source {cand.name!r} cannot be used: {cand.error}")
                 chosen[cand.name] = cand.plugin
         chosen.update(plugins or {})
-        engine = Engine(tmp_path / f"dest-{len(built)}", chosen, policies, idle_timeout=idle_timeout)
+        dest_dir = tmp_path / f"dest-{len(built)}"
+        if cluster is None:
+            engine: Engine | ClusterClient = Engine(dest_dir, chosen, policies, idle_timeout=idle_timeout)
+        else:
+            engine = _cluster_engine(cluster, dest_dir, chosen, policies)
         built.append(engine)
         return engine
 
     yield make
     for engine in built:
         engine.close()
+        if isinstance(engine, Engine):
+            continue
+        from headwater._cluster._setup import clear
+
+        clear(engine.config)
+
+
+def _cluster_of(option: object) -> ClusterConfig | None:
+    """The ``[cluster]`` of the file ``--headwater-cluster`` names; None without the option."""
+    if option is None:
+        return None
+    found = load_config(Path(str(option))).cluster
+    if found is None:
+        raise pytest.UsageError(f"{CLUSTER_OPTION}: {option} has no [cluster] table")
+    return found
+
+
+def _cluster_engine(
+    cluster: ClusterConfig,
+    dest_dir: Path,
+    plugins: Mapping[str, object],
+    policies: Mapping[str, RatePolicy] | None,
+) -> ClusterClient:
+    """A client with in-process workers of a cluster of its own on ``cluster``'s servers."""
+    from headwater._cluster._client import ClusterClient
+    from headwater._cluster._setup import isolated, sources
+
+    registry = sources(plugins=plugins, policies=policies)
+    return ClusterClient(isolated(cluster), dest_dir, registry=registry, workers=CLUSTER_WORKERS)

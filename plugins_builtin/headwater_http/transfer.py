@@ -486,7 +486,7 @@ class Transfer:
             )
         except FileExistsError as exc:
             raise TransferError(str(exc)) from None
-        self._part = _Part(file, _meta_path(file.path), url, file.size())
+        self._part = _Part(file, _meta_path(file.path), url, file.opened_size)
         return self._part
 
     def _write(self, response: httpx.Response, part: _Part, start: int) -> None:

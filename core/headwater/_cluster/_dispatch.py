@@ -65,7 +65,7 @@ log = logging.getLogger("headwater.cluster")
 #: Seconds the scheduler waits, having found a RUNNING download's lease gone, before it reads the
 #: record again and takes the attempt for dead: an attempt gives its slot back just before it
 #: writes its end.
-RECHECK = 0.2
+RECHECK = 0.1
 
 
 @attrs.define

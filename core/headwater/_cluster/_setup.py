@@ -1,11 +1,20 @@
-"""What every process of a cluster builds from its configuration: the Redis client, the loaded sources."""
+"""What every process of a cluster builds from its configuration: the Redis client, the loaded sources.
+
+And, for tests, a cluster of its own inside a shared one (:func:`isolated`) and
+its removal (:func:`clear`).
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Mapping
 
+import attrs
+import psycopg
 import redis
+from psycopg import sql
 
+from headwater._config import ClusterConfig
 from headwater._discovery import Candidate, discover
 from headwater._policy import RatePolicy
 from headwater._settings import SettingsInput, SettingsLayers
@@ -35,3 +44,25 @@ def sources(
 def redis_client(url: str) -> redis.Redis:
     """A redis-py client of ``url`` whose calls wait at most :data:`REDIS_TIMEOUT` seconds."""
     return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+
+
+def isolated(config: ClusterConfig) -> ClusterConfig:
+    """``config`` with a schema and Redis names no other cluster uses (random), on the same servers."""
+    token = secrets.token_hex(6)
+    return attrs.evolve(config, schema=f"{config.schema}_{token}", prefix=f"{config.prefix}-{token}")
+
+
+def clear(config: ClusterConfig) -> None:
+    """Delete the cluster ``config`` names: its schema (every record) and its Redis keys.
+
+    For tests of an :func:`isolated` cluster; raises what psycopg and redis-py raise.
+    """
+    with psycopg.connect(config.postgres, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.schema)))
+    client = redis_client(config.broker)
+    try:
+        keys = list(client.scan_iter(match=f"{config.prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
