@@ -22,6 +22,7 @@ What differs, and why (docs/regression-suite.md, *The cluster's profile*):
   by itself); ``drain`` and ``another_source_frozen`` move nothing.
 - ``freeze``: :meth:`ClusterClient.freeze` holds this process's workers and
   scheduler, which are all the workers there are here.
+- ``disk_fills`` is left out: no test fills PostgreSQL's disk.
 - ``threads_are_bounded`` is left out: a cluster worker has a fixed pool of
   threads (``WORKERS``), not a thread per running download; the
   concurrency invariant still checks every source's peak from the plugins.
@@ -111,6 +112,12 @@ class ClusterMachine(EngineMachine):
     # Left out (the module says why): plain methods, so Hypothesis finds no rule or invariant here.
     def advance(self, seconds: float) -> None:
         raise AssertionError("not a rule of the cluster's profile")
+
+    def disk_fills(self) -> None:
+        raise AssertionError("not a rule of the cluster's profile")
+
+    def disk_full(self) -> bool:
+        return False  # the records are PostgreSQL's, whose disk no test fills
 
     def threads_are_bounded(self) -> None:
         raise AssertionError("not an invariant of the cluster's profile")

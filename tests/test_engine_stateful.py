@@ -459,7 +459,11 @@ class EngineMachine(RuleBasedStateMachine):
             assert woke, "wait returned only when download_impl did, not at the cancel"
             assert waited == [State.CANCELLED], f"wait returned {waited}"
 
-    @precondition(lambda self: not self.journal.full)
+    def disk_full(self) -> bool:
+        """Whether the journal refuses every state commit (``disk_fills`` ran in this program)."""
+        return self.journal.full
+
+    @precondition(lambda self: not self.disk_full())
     @rule()
     @logged
     def disk_fills(self) -> None:
@@ -467,7 +471,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.journal.full = True
         event("disk full")
 
-    @precondition(lambda self: not self.journal.full)  # what the journal missed would run again
+    @precondition(lambda self: not self.disk_full())  # what the journal missed would run again
     @rule()
     @logged
     def restart(self) -> None:
