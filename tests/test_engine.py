@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 from instrumented import InstrumentedSource
+from scripted import ScriptedSource
 
 from headwater import (
     EngineClosedError,
@@ -23,6 +25,7 @@ from headwater import (
     Record,
     State,
     StoreError,
+    SystemClock,
     Tried,
     UnknownDownloadError,
     UnknownSourceError,
@@ -659,3 +662,18 @@ def test_close_returns_in_time_with_a_hung_plugin(make_engine):
     with pytest.raises(EngineClosedError):
         engine.submit("alpha", "ok:a")
     src.release_all()
+
+
+def test_the_engine_draws_no_number_from_the_random_modules_shared_instance(make_engine) -> None:
+    """Ids and retry backoffs come from the engine's own generator: a host's seed stays its own."""
+    random.seed(20261202)
+    expected = [random.random() for _ in range(3)]
+    random.seed(20261202)
+    source = ScriptedSource("s", SystemClock(), RatePolicy(retries=1, backoff=0.001))
+    engine = make_engine({"s": source})
+    ids = [engine.submit("s", "flaky:1"), engine.submit("s", "ok")]
+    assert [(r.state, r.retries) for r in engine.wait(ids, timeout=30)] == [
+        (State.COMPLETED, 1),
+        (State.COMPLETED, 0),
+    ]
+    assert [random.random() for _ in range(3)] == expected

@@ -4,7 +4,8 @@ A Hypothesis state machine drives a real :class:`Engine` whose three
 instrumented sources run on real worker threads with different policies
 (``solo``: concurrency 1 and a delay; ``duo``: 2 and two retries; ``quad``: 4
 and one retry), on a :class:`~headwater.ManualClock` that only the rules move,
-with a SQLite journal the engine is restarted from. Jobs that block stay
+with a SQLite journal the engine is restarted from and whose disk may fill
+up (every state commit refused from then on). Jobs that block stay
 running until a rule releases them, so a rule that cancels "while queued" or
 "while running" does so on purpose: it freezes the source
 (:func:`headwater.testing.frozen`), reads the record's state, and cancels in
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +36,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from instrumented import Event, InstrumentedSource
 
-from headwater import Engine, ManualClock, RatePolicy, SQLiteStore, State, UnknownDownloadError
+from headwater import (
+    Engine,
+    ManualClock,
+    RatePolicy,
+    Record,
+    SQLiteStore,
+    State,
+    StoreError,
+    UnknownDownloadError,
+)
 from headwater.testing import frozen
 
 DELAY = 20.0  # seconds of the engine's clock between the end of one ``solo`` download and the next start
@@ -94,6 +104,24 @@ def logged(step: F) -> F:
     return run  # type: ignore[return-value]
 
 
+class Journal(SQLiteStore):
+    """The suite's journal, whose disk can fill up: from then on every state commit fails.
+
+    The engine goes on in memory, and a record whose terminal write the
+    store refused stays on its shard as the only copy: then only the
+    transition table and each download's own check-and-sets keep a cancel
+    standing, which the journal otherwise hides (an ended record leaves its
+    shard once committed).
+    """
+
+    full = False
+
+    def commit(self, records: Sequence[Record]) -> None:
+        if self.full:
+            raise StoreError(f"cannot write journal {self.path}: database or disk is full")
+        super().commit(records)
+
+
 @attrs.define
 class Submitted:
     """What the test knows of one submitted job."""
@@ -150,6 +178,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.clock = self.make_clock()
         self.plugins = {n: self.source(n, POLICIES[n], ALIASES[n], clock=self.clock) for n in NAMES}
         self.marks = dict.fromkeys(NAMES, 0)  # per source: its events before the last restart
+        self.journal: Journal
         self.engine = self.open_engine()
         self.jobs: dict[str, Submitted] = {}
         self.counter = 0
@@ -159,9 +188,9 @@ class EngineMachine(RuleBasedStateMachine):
         return ManualClock(start=1e6)  # far from time.monotonic, so a mix-up shows
 
     def open_engine(self) -> Engine:
-        store = SQLiteStore(self.tmp / "journal.sqlite3", flush_interval=0.05)
+        self.journal = Journal(self.tmp / "journal.sqlite3", flush_interval=0.05)
         return Engine(
-            self.tmp / "dest", plugins=self.plugins, idle_timeout=0.05, clock=self.clock, store=store
+            self.tmp / "dest", plugins=self.plugins, idle_timeout=0.05, clock=self.clock, store=self.journal
         )
 
     # -- helpers -----------------------------------------------------------------
@@ -430,6 +459,15 @@ class EngineMachine(RuleBasedStateMachine):
             assert woke, "wait returned only when download_impl did, not at the cancel"
             assert waited == [State.CANCELLED], f"wait returned {waited}"
 
+    @precondition(lambda self: not self.journal.full)
+    @rule()
+    @logged
+    def disk_fills(self) -> None:
+        """From now on the journal refuses every state commit (for the rest of the program)."""
+        self.journal.full = True
+        event("disk full")
+
+    @precondition(lambda self: not self.journal.full)  # what the journal missed would run again
     @rule()
     @logged
     def restart(self) -> None:

@@ -12,11 +12,10 @@ returned :class:`~headwater._worker.Verdict`'s.
 
 from __future__ import annotations
 
-import random
-
 import attrs
 
 from headwater._attempt import Attempt, completion, failing, try_again, with_progress
+from headwater._chance import rng
 from headwater._context import DownloadContext
 from headwater._discovery import one_line
 from headwater._download import Download
@@ -101,7 +100,7 @@ def _write_end(
         return Settled(Verdict(front=True, pause_until=now + again.pause))
     retry = again.retries
     shard.move(latest, State.QUEUED, error=tried.error, retries=retry, speed=0.0, time_remaining=None)
-    return Settled(Verdict(again_at=now + policy.retry_wait(retry, random.random())))
+    return Settled(Verdict(again_at=now + policy.retry_wait(retry, rng.random())))
 
 
 def fail(shard: Shard, record: Record, error: str, skipped: tuple[Tried, ...]) -> Record:

@@ -117,7 +117,7 @@ class RatePolicy:
         """Seconds to wait before retry number ``retry`` (1 for the first), given ``draw`` in [0, 1).
 
         Full jitter: ``draw`` times the capped exponential
-        ``min(backoff_max, backoff * 2 ** (retry - 1))``. The engine passes
-        ``random.random()``.
+        ``min(backoff_max, backoff * 2 ** (retry - 1))``. The engine passes a
+        draw of its own random numbers (not :mod:`random`'s shared instance).
         """
         return draw * min(self.backoff_max, self.backoff * 2.0 ** min(retry - 1, 64))

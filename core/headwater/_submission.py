@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import attrs
 
 from headwater._attempt import redacted
 from headwater._chains import Chain, first_taker, resolve_chain
+from headwater._chance import rng
 from headwater._contract import record_fields
 from headwater._errors import NeedsConfigurationError
 from headwater._files import Existing, existing_choice
@@ -34,12 +34,13 @@ def new_id() -> str:
 
     Ids sort by when they were made, so a journal keyed by id appends new
     records at its end instead of scattering them over the whole file. The
-    random part comes from :mod:`random` (seeded from the system at start
-    and again in a forked child), not ``os.urandom``: an id needs to be
+    random part comes from the engine's own :data:`~headwater._chance.rng`
+    (seeded from the system at start and again in a forked child, whatever
+    the host seeds :mod:`random` with), not ``os.urandom``: an id needs to be
     unique, not secret, and a system call here lets the submitting thread
     lose the GIL to the workers on every submit.
     """
-    return "%032x" % (time.time_ns() // 1_000_000 << 80 | random.getrandbits(80))
+    return "%032x" % (time.time_ns() // 1_000_000 << 80 | rng.getrandbits(80))
 
 
 @attrs.frozen
