@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import attrs
 import dramatiq
-from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 
 from headwater._codec import plain, structure
@@ -82,31 +81,9 @@ class Assignment:
         return structure(payload, cls)
 
 
-#: Milliseconds an idle consumer of :data:`QUEUE` waits at most between asks for messages.
-POLL_MS = 10
-
-
-class _Broker(RedisBroker):
-    """Dramatiq's Redis broker; its consumer of :data:`QUEUE` asks for messages every :data:`POLL_MS` at most.
-
-    Dramatiq's Redis consumers poll, backing off up to the worker's
-    timeout while idle, and the worker's threads wake as often to see
-    whether they are to stop; the delay queue, which no download uses, is
-    polled as often as the rest. So the worker's timeout is kept long (its
-    threads' wake-ups, the delay queue) and only the download queue's
-    consumer polls this often: a message waits for a thread at most about
-    :data:`POLL_MS`.
-    """
-
-    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-        if queue_name == QUEUE:
-            timeout = min(timeout, POLL_MS)
-        return super().consume(queue_name, prefetch, timeout)
-
-
 def broker(url: str, namespace: str = "headwater") -> RedisBroker:
     """A Dramatiq Redis broker on ``url`` (``redis://host:port/db``): no middleware, its queue declared."""
-    found = _Broker(url=url, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+    found = RedisBroker(url=url, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
     found.declare_queue(QUEUE)
     return found
 

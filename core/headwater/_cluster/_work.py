@@ -26,10 +26,8 @@ from headwater._cluster._setup import redis_client
 from headwater._config import ClusterConfig
 from headwater._sources import SourceRegistry
 
-#: Milliseconds a worker's threads wait for work before looking whether they are to stop (how soon
-#: :meth:`WorkerProcess.stop` is heard), and the delay queue's poll; the download queue is polled at
-#: least every :data:`~headwater._cluster._message.POLL_MS`.
-WAKE_MS = 100
+#: Milliseconds an idle worker waits at most between asks for messages (Dramatiq's backoff grows to it).
+POLL_MS = 10
 
 
 class WorkerProcess:
@@ -86,7 +84,7 @@ class WorkerProcess:
         self.broker = broker(config.broker, namespace=config.prefix)
         declare(self.broker, self.runner.run)
         self._worker = dramatiq.Worker(
-            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=WAKE_MS
+            self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
         )
         self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
         self._worker.start()
