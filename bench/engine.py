@@ -166,7 +166,7 @@ def main() -> None:
         ("memory per queued job (bytes)", f"{per_job:,.0f}", "<= 518"),
         ("drain time (s)", f"{drain:.2f}", ""),
         ("ideal drain (s)", f"{ideal:.2f}", ""),
-        ("drain over ideal", f"{(drain / ideal - 1) * 100:+.1f}%", "<= +2%"),
+        ("drain over ideal", f"{(drain / ideal - 1) * 100:+.1f}%" if ideal else "n/a", "<= +2%"),
         ("bare threads, same sleeps (s)", f"{floor:.2f}", "the machine's floor"),
         ("drain over bare threads", f"{(drain / floor - 1) * 100:+.1f}%", ""),
         ("CPU per job, engine (µs)", f"{cpu / args.jobs * 1e6:.1f}", "submit to wait, whole process"),
