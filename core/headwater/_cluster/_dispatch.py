@@ -336,18 +336,46 @@ class Dispatcher:
                 source.rules.dropped(now)
             else:
                 starting.append(Assignment(record.id, record.source, record.attempts, self.config.lease))
-        verdicts = source.limits.acquire_each([a.holder for a in starting], now)
+        try:
+            verdicts = source.limits.acquire_each([a.holder for a in starting], now)
+        except BaseException:
+            self._put_back(source, starting, now)
+            raise
         granted = starting[: sum(v.granted for v in verdicts)]
         for assignment in granted:  # each holds a slot now: the sweep keeps its lease until it is RUNNING
             self._sent[assignment.download_id] = assignment
             self._started.add(assignment.download_id)
-        for assignment in granted:
-            send(self._broker, assignment)
-        refused = starting[len(granted) :]
-        for back in reversed(refused):  # the refused one and those not asked
-            source.rules.dropped(now)
-            source.rules.put_front(back.download_id)
+        for count, assignment in enumerate(granted):
+            try:
+                send(self._broker, assignment)
+            except BaseException:
+                self._put_back(source, granted[count:], now, holding=True)
+                raise
+        self._put_back(source, starting[len(granted) :], now)  # the refused one and those not asked
         return verdicts[-1] if verdicts and not verdicts[-1].granted else None
+
+    def _put_back(
+        self, source: _Source, assignments: Sequence[Assignment], now: float, *, holding: bool = False
+    ) -> None:
+        """Queue ``assignments`` again at the front of their source, in order, their starts at ``now`` undone.
+
+        ``holding``: they were granted slots but their messages were not sent
+        (the broker failed): the slots are given back unused, or, if Redis
+        cannot be told, left to expire within the lease (nothing renews them
+        any more), and the downloads are sent again once the scheduler can.
+        """
+        for assignment in reversed(assignments):
+            if holding:
+                self._sent.pop(assignment.download_id, None)
+                self._started.discard(assignment.download_id)
+                try:
+                    source.limits.release(assignment.holder, time.monotonic(), started=False)
+                except redis.RedisError as exc:
+                    log.warning(
+                        "download %s: its unused slot is left to expire (%s)", assignment.download_id, exc
+                    )
+            source.rules.dropped(now)
+            source.rules.put_front(assignment.download_id)
 
     # -- finding the dead ---------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""The scheduler when Redis fails between granting a slot and sending its message: nothing is stranded.
+
+A download the scheduler decided to start has its start undone and goes back
+to the front of its source when taking its slot fails, or when its message
+cannot be sent after the slot was granted (the slot is given back). Without
+that, the scheduler's rules count it running forever, or the sweep renews
+the lease of a message that was never sent: the download stays QUEUED for
+good and holds one of its source's slots.
+
+The local Redis and PostgreSQL under names of the test's own (the ``cluster``
+fixture), in-process workers, the ``clustered`` source (tests/cluster_plugin.py);
+the fault is one ``redis.ConnectionError`` from the step under test.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from cluster_procs import Cluster
+
+import headwater._cluster._dispatch as scheduler_module
+from headwater import RatePolicy, State
+from headwater._cluster._client import ClusterClient
+from headwater._cluster._limits import RedisLimits
+
+pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
+
+
+def failing_once(real: Callable[..., Any], calls: list[str]) -> Callable[..., Any]:
+    """``real``, except that its first call raises redis.ConnectionError (noted in ``calls``)."""
+    lock = threading.Lock()
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            first = not calls
+            calls.append("failed" if first else "passed")
+        if first:
+            raise redis.ConnectionError("the test's fault: Redis went away")
+        return real(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("step", ["send", "acquire"])
+def test_a_redis_failure_while_starting_a_download_strands_nothing(
+    cluster: Cluster, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    calls: list[str] = []
+    if step == "send":
+        monkeypatch.setattr(scheduler_module, "send", failing_once(scheduler_module.send, calls))
+    else:
+        monkeypatch.setattr(RedisLimits, "acquire_each", failing_once(RedisLimits.acquire_each, calls))
+    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=2) as engine:
+        first = engine.submit("clustered", "ok:a.txt")
+        (record,) = engine.wait([first], timeout=30)
+        assert calls[0] == "failed" and "passed" in calls, calls
+        assert (record.state, record.attempts) == (State.COMPLETED, 1)
+        assert (cluster.dest / "a.txt").read_bytes() == b"y" * 1000
+        more = [engine.submit("clustered", f"ok:{n}.txt") for n in range(3)]
+        assert [r.state for r in engine.wait(more, timeout=30)] == [State.COMPLETED] * 3
+        # No slot is held once all have ended: the failed grant's was given back (or expired).
+        limits = RedisLimits(
+            redis_client, "clustered", RatePolicy(), lease=2.0, prefix=cluster.config.limits_prefix
+        )
+        assert limits.running() == 0
