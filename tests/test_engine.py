@@ -486,6 +486,62 @@ def test_wait_returns_as_soon_as_a_running_download_is_cancelled(make_engine):
     assert waited == [State.CANCELLED]
 
 
+def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def test_a_wait_for_many_waits_on_for_one_retried_while_the_others_ended(make_engine):
+    """A wait wakes once it has heard of every id; a retry is heard of too, so it reads again and waits on."""
+    clock = ManualClock()
+    src = ScriptedSource("a", clock, RatePolicy(concurrency=3, retries=1, backoff=100.0, backoff_max=100.0))
+    engine = make_engine({"a": src}, clock=clock)
+    engine.pause("a")
+    ids = [engine.submit("a", t) for t in ("block:x", "flaky:1", "block:y")]
+    got: list[list[Record]] = []
+    waiter = threading.Thread(target=lambda: got.append(engine.wait(ids, timeout=30)))
+    waiter.start()
+    time.sleep(0.1)  # a head start to block in wait before the retry (were it late, the test could only pass)
+    engine.resume("a")
+    src.wait_ended(1)  # the flaky one's first attempt
+    _until(lambda: engine.get(ids[1]).state is State.QUEUED)  # its retry waits out its backoff
+    src.release("x")
+    src.release("y")
+    _until(lambda: engine.get(ids[0]).state.terminal and engine.get(ids[2]).state.terminal)
+    waiter.join(0.3)
+    assert waiter.is_alive(), "wait returned while a download was still in its retry's backoff"
+    clock.advance(200)
+    waiter.join(10)
+    assert [r.state for r in got[0]] == [State.COMPLETED] * 3
+
+
+def test_close_ends_a_wait_for_a_queued_download(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1))
+    engine = make_engine({"alpha": src})
+    running = engine.submit("alpha", "ignore-cancel:k")
+    src.wait_started(1)
+    queued = engine.submit("alpha", "ok:q")
+    raised: list[EngineClosedError] = []
+
+    def wait() -> None:
+        try:
+            engine.wait([running, queued], timeout=30)
+        except EngineClosedError as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)  # a head start to block in wait (were it late, the test could only pass)
+    engine.close(timeout=0.2)
+    waiter.join(5)
+    returned = not waiter.is_alive()
+    src.release("k")
+    assert returned, "wait went on after the engine closed"
+    assert len(raised) == 1 and queued in str(raised[0])
+
+
 def test_a_cancelled_download_returning_a_file_outside_the_destination_leaves_that_file(
     make_engine, tmp_path: Path
 ):

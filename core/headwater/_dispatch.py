@@ -14,11 +14,12 @@ the store's flusher reads :meth:`~headwater._shard.Shards.running_snapshots`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Dispatcher:
 
     Attributes:
         shards: the shards, made on first use.
-        watch: download id -> the event set when it ends (see :meth:`notify_ended`).
+        watch: download id -> the :class:`Waiter` objects of the waits for it (see :meth:`notify_ended`).
         watchdog: the thread that checks :meth:`expire`.
     """
 
@@ -79,7 +80,7 @@ class Dispatcher:
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._dest_dir = dest_dir
-        self.watch: dict[str, threading.Event] = {}
+        self.watch: dict[str, list[Waiter]] = {}
         self.watchdog = Watchdog(clock, self.expire, "headwater-watchdog")
         self.shards = Shards(registry, self._make)
 
@@ -186,10 +187,74 @@ class Dispatcher:
         return next_due
 
     def notify_ended(self, download_id: str) -> None:
-        """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
-        ended = self.watch.pop(download_id, None)
-        if ended is not None:
-            ended.set()
+        """Tell the waits for ``download_id`` that its record ended, went away or moved (any thread).
+
+        Each :class:`Waiter` that has now heard of all its ids is woken; it
+        reads its records again to see which did end.
+        """
+        waiters = self.watch.pop(download_id, None)
+        if waiters is not None:
+            for waiter in waiters:
+                waiter.heard(download_id)
+
+    def watch_for(self, ids: Iterable[str]) -> Waiter:
+        """A :class:`Waiter` for ``ids``, registered so that :meth:`notify_ended` tells it of each.
+
+        The caller reads each record again after this, and calls
+        :meth:`Waiter.heard` for those that ended meanwhile: an end
+        notified before the registration is not told again.
+        """
+        ids = list(ids)
+        waiter = Waiter(ids)
+        watch = self.watch
+        for download_id in ids:  # not the set: a worker may already discard from it
+            watch.setdefault(download_id, []).append(waiter)  # each step atomic: no lock
+        return waiter
+
+    def unwatch(self, waiter: Waiter) -> None:
+        """Take ``waiter`` off the ids it has not heard of (a wait that gives up)."""
+        watch = self.watch
+        for download_id in list(waiter.pending):
+            waiters = watch.get(download_id)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):  # notified meanwhile
+                    waiters.remove(waiter)
+
+    def wake_all(self) -> None:
+        """Wake every wait (the engine closes)."""
+        for waiters in list(self.watch.values()):
+            for waiter in list(waiters):
+                waiter.event.set()
+
+
+class Waiter:
+    """One wait for some downloads: woken once it has heard of every one (:meth:`Dispatcher.watch_for`).
+
+    One event per wait, not per download, so that a wait for many
+    downloads wakes once, not at each end. Hearing of an id means its
+    record ended, went away or moved (a retry, a move down a chain): the
+    woken wait reads the records to tell, and waits again for those that
+    have not ended.
+
+    Attributes:
+        pending: the ids not heard of yet.
+        event: set once ``pending`` is empty (or the engine closes).
+    """
+
+    __slots__ = ("pending", "event")
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.pending = set(ids)
+        self.event = threading.Event()
+        if not self.pending:
+            self.event.set()
+
+    def heard(self, download_id: str) -> None:
+        """``download_id`` ended, went away or moved (any thread; no lock: each step is atomic)."""
+        pending = self.pending
+        pending.discard(download_id)
+        if not pending:  # the last id: whichever thread discards it sees the set empty
+            self.event.set()
 
 
 class ShardSteps:
