@@ -16,8 +16,9 @@ of its source) it:
    :class:`~headwater._cluster._keeper.LeaseKeeper` renews the lease and
    its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
    cancel; a lost lease or a cancel sets ``ctx.cancelled``;
-4. releases the slot, as soon as the outcome is known (so that the
-   scheduler, hearing of the end, finds it free);
+4. releases the slot, as soon as the outcome is known, and announces it
+   in the same step (:mod:`~headwater._cluster._ends`): the scheduler
+   starts the slot's next download at once;
 5. ends the record with one conditional write (COMPLETED, FAILED, QUEUED
    again for a retry, a Retry-After pause, an interrupt or a lost lease, or
    on the next source of its chain), which a cancel or a later attempt
@@ -58,7 +59,7 @@ from headwater._clock import SystemClock
 from headwater._cluster._cancels import CHANNEL, CancelWatch
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._keeper import LeaseKeeper
-from headwater._cluster._limits import PREFIX, RedisLimits
+from headwater._cluster._limits import PREFIX, RedisLimits, ended_channel
 from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._context import DownloadContext
@@ -125,6 +126,7 @@ class ClusterWorker:
         self._store = store
         self._client = client
         self._prefix = prefix
+        self._ended = ended_channel(prefix)
         self._registry = registry
         self._secrets = register(self._registry.secret_values())
         self._limits: dict[str, RedisLimits] = {}
@@ -245,7 +247,7 @@ class ClusterWorker:
                 with self._lock:
                     self._running.pop(a.download_id, None)
             try:
-                limits.release(a.holder, time.monotonic())
+                limits.release(a.holder, time.monotonic(), announce=self._ended)
             except redis.RedisError as exc:  # its lease runs out by itself; the end is written all the same
                 log.warning(
                     "download %s: its slot could not be given back (%s); its lease runs out",
