@@ -185,7 +185,9 @@ class RecordStore(Protocol):
     def commit(self, records: Sequence[Record]) -> None:
         """Write state changes (whole records, added or not); durable when this returns.
 
-        Raises :class:`~headwater.StoreError` if the write fails.
+        Raises :class:`~headwater.StoreError` if the write fails. The engine
+        logs it and goes on in memory; it does the same, with the traceback,
+        for any other exception raised here.
         """
         ...
 
