@@ -1,11 +1,13 @@
-"""The hand-over of a slot: the next download of a source starts as its slot is given back.
+"""The hand-over of a slot: the next download of a source starts as its slot is given back, on a free thread.
 
 A worker releases its download's slot as soon as the outcome is known and
 announces it in the same step; the leading scheduler starts the slot's
 next download on hearing it, without waiting for the end's commit in
-PostgreSQL and the change feed. The end's write is held back here (a freeze
-of the source in the workers' process), so only the announcement can start
-the next download.
+PostgreSQL and the change feed; and the worker's thread takes its next
+message meanwhile, the end being written by the worker's writer. The end's
+write is held back here (a freeze of the source in the workers' process),
+so only the announcement can start the next download, and only a free
+thread can run it.
 
 The local Redis and PostgreSQL under names of the test's own, in-process
 workers, the ``clustered`` source (tests/cluster_plugin.py) at concurrency 1.
@@ -60,3 +62,21 @@ def test_the_next_download_takes_the_slot_before_the_previous_end_is_written(
     assert (single.dest / "a.txt").exists() and (single.dest / "b.txt").exists()
     starts = [e for e in cluster_plugin.events() if e[0] == "start"]
     assert [e[1] for e in starts] == [first, second]  # each ran once
+
+
+def test_a_worker_thread_takes_its_next_download_while_the_previous_end_is_being_written(
+    cluster: Cluster,
+) -> None:
+    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=1) as engine:
+        first = engine.submit("clustered", "wait:first:a.txt")
+        engine.flush()
+        wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 30, "the first download")
+        with engine.freeze("clustered"):  # the first's end is held back; the other source's writes are not
+            second = engine.submit("clustered_fast", "ok:b.txt")
+            cluster_plugin.open_gate("first")
+            (record,) = engine.wait([second], timeout=15)  # on the one thread, while the first's end waits
+            assert record.state is State.COMPLETED
+            assert engine.store.states([first]) == {first: State.RUNNING}
+        (ended,) = engine.wait([first], timeout=30)
+    assert (ended.state, ended.attempts) == (State.COMPLETED, 1)
+    assert (cluster.dest / "a.txt").exists() and (cluster.dest / "b.txt").exists()

@@ -55,13 +55,35 @@ def test_terminal_states_are_final_in_the_table():
     assert may_transition(State.RUNNING, State.QUEUED)  # a retry or a move down a chain
 
 
+#: A value for every field of Record, in order, none its default.
+EVERY_FIELD = (
+    "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
+    10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
+)  # fmt: skip
+
+
+def test_a_record_holds_what_it_is_made_with_by_position_or_name_and_the_defaults():
+    """Record's __init__ (the engine's own over the slots, not attrs') sets every field and default."""
+    fields = attrs.fields(Record)
+    assert len(EVERY_FIELD) == len(fields)
+    by_position = Record(*EVERY_FIELD)
+    by_name = Record(**{f.name: v for f, v in zip(fields, EVERY_FIELD, strict=True)})
+    for made in (by_position, by_name):
+        assert tuple(getattr(made, f.name) for f in fields) == EVERY_FIELD
+    least = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0)
+    for f in fields:
+        if f.default is not attrs.NOTHING:
+            assert getattr(least, f.name) == f.default, f.name
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        least.state = State.RUNNING  # type: ignore[misc]
+    with pytest.raises(TypeError, match="nope"):
+        Record(*EVERY_FIELD[:8], nope=1)  # type: ignore[call-arg]
+
+
 def test_changed_makes_what_attrs_evolve_makes():
     """Each field changed alone, and all at once, gives attrs.evolve's record; an unknown name raises."""
     record = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0, dest_dir="/d")
-    other = Record(
-        "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
-        10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
-    )  # fmt: skip
+    other = Record(*EVERY_FIELD)
     every = {a.name: getattr(other, a.name) for a in attrs.fields(Record)}
     for name, value in every.items():
         assert changed(record, **{name: value}) == attrs.evolve(record, **{name: value}), name

@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -260,23 +260,20 @@ class Waiter:
 class ShardSteps:
     """One shard's steps of the run path, as its worker runs them (:class:`~headwater._worker.Steps`).
 
-    Each is the :class:`Dispatcher`'s step of the same name for this shard.
+    Each is the :class:`Dispatcher`'s step of the same name bound to this
+    shard (a :func:`functools.partial`: no call layer of its own per download).
     """
 
-    __slots__ = ("_dispatcher", "_shard")
+    __slots__ = ("begin", "execute", "settle", "batch")
 
     def __init__(self, dispatcher: Dispatcher, shard: Shard) -> None:
-        self._dispatcher = dispatcher
-        self._shard = shard
-
-    def begin(self, download: Download, now: float) -> DownloadContext | None:
-        return self._dispatcher.begin(self._shard, download, now)
-
-    def execute(self, download: Download, ctx: DownloadContext) -> Attempt:
-        return self._dispatcher.execute(self._shard, download, ctx)
-
-    def settle(self, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
-        return self._dispatcher.settle(self._shard, download, ctx, tried)
-
-    def batch(self) -> AbstractContextManager[None]:
-        return self._shard.batch()
+        self.begin: Callable[[Download, float], DownloadContext | None] = functools.partial(
+            dispatcher.begin, shard
+        )
+        self.execute: Callable[[Download, DownloadContext], Attempt] = functools.partial(
+            dispatcher.execute, shard
+        )
+        self.settle: Callable[[Download, DownloadContext, Attempt], Verdict] = functools.partial(
+            dispatcher.settle, shard
+        )
+        self.batch: Callable[[], AbstractContextManager[None]] = shard.batch

@@ -264,7 +264,8 @@ class SourceWorker(Generic[Item, T, O]):
             scheduler.ended(self._clock.now())
             if verdict.front or verdict.again_at is not None:
                 self._fill()
-            self._changed.notify()
+            if self._waiting:
+                self._changed.notify()
             follow = self._next(wait=False)
         if verdict.then is not None:
             try:

@@ -23,10 +23,16 @@ of its source) it:
    again for a retry, a Retry-After pause, an interrupt or a lost lease, or
    on the next source of its chain), which a cancel or a later attempt
    makes refuse; a file landed by an attempt whose end was refused is
-   deleted, as a local engine deletes one landed after a cancel.
+   deleted, as a local engine deletes one landed after a cancel. The ends
+   are written by a thread per source (:class:`_EndWriter`), those waiting
+   at once in one statement, so that the Dramatiq thread, with
+   ``wait=False``, takes its next message as soon as the slot is given back.
 
 Nothing it raises reaches Dramatiq, so every message is acknowledged when
-its download's attempt has ended.
+its download's attempt has ended (with ``wait=False``, before its end is
+written: a process that dies meanwhile leaves the record RUNNING without a
+slot, which the scheduler's sweep queues again, as for a worker killed
+mid-download).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -73,6 +79,116 @@ from headwater._store import Swap
 from headwater._watchdog import Watchdog
 
 log = logging.getLogger("headwater.cluster")
+
+
+@attrs.define(eq=False)
+class _Ending:
+    """An attempt's end to write: ``new`` over ``running``, conditionally; then ``done`` is set."""
+
+    assignment: Assignment
+    running: Record
+    new: Record
+    landed: tuple[Path, str | os.PathLike[str]] | None  # (folder, file) landed: deleted if refused
+    written: Record | None = None  # ``new``, once written
+    done: threading.Event = attrs.field(factory=threading.Event)
+
+
+class _EndWriter:
+    """Writes the ends of a worker's attempts: a thread per source, all the ends waiting at once together.
+
+    Each end is written inside its source's
+    :meth:`~headwater._cluster._gate.SourceGate.writing` (a freeze of one
+    source holds back its ends only); the attempt's
+    :meth:`~headwater._cluster._gate.SourceGate.ending` mark is lifted once
+    its end is written or refused. Thread-safe.
+    """
+
+    def __init__(self, store: PostgresStore, gate: SourceGate) -> None:
+        self._store = store
+        self._gate = gate
+        self._changed = threading.Condition()
+        self._waiting: dict[str, list[_Ending]] = {}  # source -> ends to write
+        self._threads: dict[str, threading.Thread] = {}
+        self._closed = False
+
+    def put(self, ending: _Ending) -> None:
+        """Write ``ending`` soon (at once, in the caller's thread, once closed)."""
+        source = ending.running.source
+        with self._changed:
+            if not self._closed:
+                self._waiting.setdefault(source, []).append(ending)
+                if source not in self._threads:
+                    thread = threading.Thread(
+                        target=self._run, args=(source,), name="headwater-end-writer", daemon=True
+                    )
+                    self._threads[source] = thread
+                    thread.start()
+                self._changed.notify_all()
+                return
+        self._write(source, [ending])
+
+    def close(self, timeout: float) -> None:
+        """Write the ends waiting, then end the threads (waiting up to ``timeout`` seconds for each)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _run(self, source: str) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting.get(source) and not self._closed:
+                    self._changed.wait()
+                taken = self._waiting.pop(source, [])
+                if not taken:
+                    return
+            ids: set[str] = set()
+            now: list[_Ending] = []
+            later: list[_Ending] = []
+            for ending in taken:  # a record once per statement (two ends of one download: one waits)
+                (later if ending.running.id in ids else now).append(ending)
+                ids.add(ending.running.id)
+            self._write(source, now)
+            if later:
+                with self._changed:
+                    self._waiting.setdefault(source, [])[:0] = later
+
+    def _write(self, source: str, endings: Sequence[_Ending]) -> None:
+        """Write ``endings`` (of ``source``, distinct records) in one statement; finish each."""
+        try:
+            with self._gate.writing(source):
+                applied = self._store.commit_if([Swap.over(e.running, e.new) for e in endings])
+        except Exception as exc:  # StoreError, or a record that cannot be stored: none is written
+            for e in endings:
+                state = e.new.state.value
+                log.error("%s; the end of download %s (%s) is not written", exc, e.running.id, state)
+            applied = [False] * len(endings)
+            refused = False
+        else:
+            refused = True
+        for ending, ok in zip(endings, applied, strict=True):
+            try:
+                self._finish(ending, ok, refused)
+            except Exception:  # the last resort: the others are finished all the same
+                log.exception("finishing the end of download %s failed", ending.running.id)
+            finally:
+                self._gate.ended(ending.assignment.holder)
+                ending.done.set()
+
+    @staticmethod
+    def _finish(ending: _Ending, written: bool, refused: bool) -> None:
+        a, new = ending.assignment, ending.new
+        if written:
+            ending.written = new
+            if new.state is State.FAILED:
+                log.info("download %s of %r failed: %s", a.download_id, ending.running.target, new.error)
+            return
+        if refused:
+            log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
+        if ending.landed is not None:
+            discard_landed(*ending.landed)  # not ours: cancelled, or taken over
 
 
 @attrs.define
@@ -137,23 +253,27 @@ class ClusterWorker:
         self._keeper: LeaseKeeper | None = None
         self._watchdog = Watchdog(SystemClock(), self._expire, "headwater-cluster-watchdog")
         self._watch = CancelWatch(client, self._gone, poll=poll, channel=channel)
+        self._ends = _EndWriter(store, self._gate)
         store.attach(self._snapshots)
 
     # -- the actor's body ----------------------------------------------------------
 
-    def run(self, assignment: Assignment) -> Record | None:
+    def run(self, assignment: Assignment, *, wait: bool = True) -> Record | None:
         """Run the download ``assignment`` names, if it is still its to run; the record as it ended.
 
         Returns None when it did not run (a stale message, a cancel before
-        it began, the records unreachable). Never raises.
+        it began, the records unreachable), or its end was refused. With
+        ``wait=False`` it returns None once the attempt has ended and its
+        slot is given back, and its end is written meanwhile by the worker's
+        writer (see the module). Never raises.
         """
         try:
-            return self._run(assignment)
+            return self._run(assignment, wait)
         except Exception:  # the last resort: the message is acknowledged, the scheduler sees the record
             log.exception("running download %s failed", assignment.download_id)
             return None
 
-    def _run(self, a: Assignment) -> Record | None:
+    def _run(self, a: Assignment, wait: bool) -> Record | None:
         source = self._source(a.source)
         limits = self._limits_of(a.source, a.lease)
         seen = self._store.fetch([a.download_id]).get(a.download_id)
@@ -180,7 +300,7 @@ class ClusterWorker:
             return None
         if source is None:
             error = f"source {a.source!r} is not loaded on worker {socket.gethostname()}/{os.getpid()}"
-            return self._end(a, limits, running, None, Attempt(None, None, 0, error, None, False))
+            return self._end(a, limits, running, None, Attempt(None, None, 0, error, None, False), wait)
         folder = Path(running.dest_dir or self.dest_dir)
         ctx = DownloadContext(
             folder,
@@ -204,9 +324,7 @@ class ClusterWorker:
         else:
             job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
             tried = run_attempt(source, job, ctx)
-        # Its slot is given back before its end is written: meanwhile the scheduler must not think it dead.
-        with self._gate.ending(a.holder):
-            return self._end(a, limits, mine.record, mine, tried)
+        return self._end(a, limits, mine.record, mine, tried, wait)
 
     def _give_back(self, a: Assignment, limits: RedisLimits, now: Record | None) -> None:
         """Release the unused slot of an assignment that will not run, unless its attempt runs elsewhere.
@@ -219,15 +337,43 @@ class ClusterWorker:
             limits.release(a.holder, time.monotonic(), started=False)
 
     def _end(
-        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+        self,
+        a: Assignment,
+        limits: RedisLimits,
+        running: Record,
+        mine: _Running | None,
+        tried: Attempt,
+        wait: bool,
     ) -> Record | None:
-        """Give the slot back, then write the end over ``running``; the record written, None if refused.
+        """Give the slot back, then have the end written over ``running``; with ``wait``, the record written.
 
         The slot is released as soon as the outcome is known (a Retry-After's
-        pause set first), before the end is written: the scheduler, hearing
-        of the end, finds the slot free. A file the attempt landed whose end
-        is refused is deleted.
+        pause set first), before the end is written: the scheduler finds the
+        slot free, and meanwhile the attempt is marked ending in the gate, so
+        that this process's scheduler does not take it for dead. A file the
+        attempt landed whose end is refused is deleted. None if refused, or
+        not waited for.
         """
+        self._gate.ending(a.holder)
+        try:
+            new = self._outcome_kept(a, limits, running, mine, tried)
+        except BaseException:
+            self._gate.ended(a.holder)
+            raise
+        landed = None
+        if tried.returned is not None and not tried.skipped and mine is not None:
+            landed = (mine.ctx.dest_dir, tried.returned)
+        ending = _Ending(a, running, new, landed)
+        self._ends.put(ending)
+        if not wait:
+            return None
+        ending.done.wait()
+        return ending.written
+
+    def _outcome_kept(
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+    ) -> Record:
+        """The attempt's end to write; its Retry-After kept in Redis, the download let go, its slot freed."""
         try:
             new, pause, waited = self._outcome(a, limits, running, mine, tried)
             try:
@@ -254,10 +400,7 @@ class ClusterWorker:
                     a.download_id,
                     exc,
                 )
-        wrote = self._write(a, running, new)
-        if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
-            discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
-        return wrote
+        return new
 
     def _outcome(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
@@ -294,21 +437,6 @@ class ClusterWorker:
                 waited = again.job if again.pause is not None else None
         new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
         return new, pause, waited
-
-    def _write(self, a: Assignment, running: Record, new: Record) -> Record | None:
-        """``new`` over ``running``, conditionally; ``new`` if written, None if refused (or not written)."""
-        try:
-            with self._gate.writing(running.source):
-                applied = self._store.commit_if([Swap.over(running, new)])[0]
-        except StoreError as exc:
-            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, new.state.value)
-            return None
-        if not applied:
-            log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
-            return None
-        if new.state is State.FAILED:
-            log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
-        return new
 
     def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
         """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).
@@ -469,7 +597,7 @@ class ClusterWorker:
         return {name: (n, n, 0) for name, n in counts.items()}
 
     def close(self) -> None:
-        """Interrupt what runs, stop the keeper and the watch, close the store."""
+        """Interrupt what runs, stop the keeper and the watch, write the ends waiting, close the store."""
         self.interrupt()
         self._watch.close(5.0)
         watchdog = self._watchdog.close()
@@ -477,5 +605,6 @@ class ClusterWorker:
             watchdog.join(5.0)
         if self._keeper is not None:
             self._keeper.close(5.0)
+        self._ends.close(self._store.retry_for + 5.0)
         self._store.close()
         self._secrets.release()
