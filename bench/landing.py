@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 Land = Callable[[str, str, Sequence[bytes]], None]
 
@@ -96,21 +97,15 @@ def tmpfile_link(folder: str, name: str, chunks: Sequence[bytes]) -> None:
         os.close(fd)
 
 
-def excl_final(folder: str, name: str, chunks: Sequence[bytes]) -> None:
-    """The final name created with O_EXCL and written, then fsynced (not safe: partial on a crash)."""
-    fd = os.open(f"{folder}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def straight_to_name(folder: str, name: str, chunks: Sequence[bytes], *, excl: bool, sync: bool) -> None:
+    """The final name itself written: created with O_EXCL and fsynced (not safe: partial on a crash),
+    or truncated and not fsynced (not durable)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
+    fd = os.open(f"{folder}/{name}", flags, 0o644)
     try:
         _write_all(fd, chunks)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def in_place(folder: str, name: str, chunks: Sequence[bytes]) -> None:
-    """The final name written, no fsync (not durable)."""
-    fd = os.open(f"{folder}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, chunks)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -127,8 +122,8 @@ def variants(body: bytes) -> dict[str, tuple[Land, Sequence[bytes]]]:
         ),
         "O_TMPFILE, fsync, linkat": (tmpfile_link, chunks),
         "O_TMPFILE ..., one write": (tmpfile_link, [body]),
-        "O_EXCL final, fsync (unsafe)": (excl_final, chunks),
-        "in place, no fsync (not durable)": (in_place, chunks),
+        "O_EXCL final, fsync (unsafe)": (partial(straight_to_name, excl=True, sync=True), chunks),
+        "in place, no fsync (not durable)": (partial(straight_to_name, excl=False, sync=False), chunks),
     }
 
 
