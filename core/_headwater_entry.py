@@ -14,8 +14,8 @@ on.
 
 Before it imports the command line, it lets :func:`headwater._status.quick`
 run the commonest forms of ``headwater status`` without click (the same
-listing, the same output): a status of the latest 100 then costs a third of
-what it did (docs/benchmarks.md, Store).
+listing, the same output): a status of the latest 100 then runs less than
+half the instructions it did (docs/benchmarks.md, Store).
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ class _Commands(click.Group):
     status 130) or ``Error: terminated: ...`` (143) instead of click's
     "Aborted!" (exit status 1). A journal that fails a command where the
     command does not say so itself ends it with the StoreError's message
-    and exit status 3, not a traceback.
+    and exit status 3, not a traceback; a :class:`headwater._status.Refused`
+    (what the listing shared with the quick ``status`` raises) ends it
+    with its message and exit status.
 
     ``headwater plugin`` (the template's renderer, which needs the plugin
     contract and pluggy) is imported only when it is asked for or listed.
@@ -585,14 +587,6 @@ def _finish(records: Sequence[Record], as_json: bool) -> None:
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-def _pick(reader: Matcher[_T], wanted: Sequence[str]) -> list[_T]:
-    """The records ``wanted`` names (see :func:`headwater._status.pick`); else Failure (exit 2)."""
-    try:
-        return pick(reader, wanted)
-    except Refused as exc:
-        raise Failure(exc.message, exc.exit_code) from exc
-
-
 @main.command()
 @click.argument("ids", nargs=-1)
 @click.option(
@@ -707,7 +701,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
         return
     reader = JournalReader(_app().journal)
     try:
-        picked = _pick(reader, ids)
+        picked = pick(reader, ids)
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     results: list[tuple[str, bool, str | None]] = []  # id, cancelled by this call, why it was refused
@@ -1233,7 +1227,7 @@ def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: 
 
     client = redis_client(cluster.config.broker)
     try:
-        picked = _pick(cluster, ids)
+        picked = pick(cluster, ids)
         results = [(r.id, cancel(cluster.store, client, cluster.config.cancel_channel, r.id)) for r in picked]
         final = cluster.store.fetch([i for i, _ in results])
     except StoreError as exc:
@@ -1303,7 +1297,7 @@ class _ServerPages:
 
 def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel in the server, running downloads included; print and exit as `cancel` does."""
-    picked = _pick(_Named(client), ids)
+    picked = pick(_Named(client), ids)
     cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
     final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
     if as_json:
