@@ -29,28 +29,16 @@ the key. A missing file at the default place means an empty configuration.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 import attrs
-import platformdirs
 
 from headwater._discovery import NamedSources
 from headwater._errors import ConfigError, InvalidPolicyError
-from headwater._paths import HOME_ENV
+from headwater._paths import default_config_path
 from headwater._policy import RatePolicy
-
-CONFIG_NAME = "headwater.toml"
-
-
-def default_config_path() -> Path:
-    """``$HEADWATER_HOME/headwater.toml`` if that is set, else the file in the user config folder."""
-    given = os.environ.get(HOME_ENV, "").strip()
-    if given:
-        return Path(given).expanduser() / CONFIG_NAME
-    return platformdirs.user_config_path("headwater", appauthor=False) / CONFIG_NAME
 
 
 def _cluster_lease(instance: object, attribute: attrs.Attribute[float], value: float) -> None:

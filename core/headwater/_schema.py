@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -166,6 +165,8 @@ def failure(exc: sqlite3.Error | UnicodeDecodeError, path: Path, doing: str) -> 
 
 def _disk_full(path: Path) -> bool:
     """Whether the disk that holds ``path`` has (next to) no room left."""
+    import shutil  # here: readers (`headwater status`) rarely need it
+
     try:
         return shutil.disk_usage(path.parent).free < _FULL_BYTES
     except OSError:
