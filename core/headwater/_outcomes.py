@@ -20,11 +20,12 @@ from headwater._context import DownloadContext
 from headwater._discovery import one_line
 from headwater._download import Download
 from headwater._files import discard_landed
-from headwater._records import Record, State, Tried
+from headwater._records import Record, State, Tried, slot_init
 from headwater._shard import Shard
 from headwater._worker import Verdict
 
 
+@slot_init
 @attrs.frozen
 class Settled:
     """What :func:`settle` wrote, and what is left to do once the lock is released.
