@@ -99,7 +99,8 @@ class Dispatcher:
         download's start for its timeout and its speed. Whether it starts
         is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
-        record = shard.current(download.id)
+        download_id = download.id
+        record = shard.current(download_id)
         if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = self._dest_dir if record.dest_dir is None else _folder(record.dest_dir)
@@ -112,12 +113,12 @@ class Dispatcher:
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
             # By id, not the Download: Download -> ctx -> this partial -> Download would be a
             # cycle, left for the cyclic GC to free with ~20 objects of every download.
-            functools.partial(self._describe, shard, download.id),
+            functools.partial(self._describe, shard, download_id),
         )
         if not download.start(ctx):
             return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.running[download.id] = ctx
+        shard.running[download_id] = ctx
         if shard.source.policy.watched:
             self.watchdog.poke()
         return ctx

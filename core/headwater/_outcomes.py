@@ -60,8 +60,9 @@ def settle(shard: Shard, download: Download, ctx: DownloadContext, tried: Attemp
     """
     download_id = download.id
     try:
-        if shard.running.get(download_id) is ctx:
-            del shard.running[download_id]
+        running = shard.running
+        if running.get(download_id) is ctx:
+            del running[download_id]
         ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
         record = shard.record(download_id)
         settled: Settled | None = None
