@@ -31,6 +31,7 @@ from headwater import (
     UnknownSourceError,
     hookimpl,
 )
+from headwater._dispatch import Waiter, Watches
 from headwater._records import TRANSITIONS, changed, may_transition
 from headwater.testing import frozen
 
@@ -537,6 +538,27 @@ def test_a_wait_for_many_waits_on_for_one_retried_while_the_others_ended(make_en
     clock.advance(200)
     waiter.join(10)
     assert [r.state for r in got[0]] == [State.COMPLETED] * 3
+
+
+def test_a_wait_registering_while_a_notify_takes_its_ids_list_hears_of_it() -> None:
+    """A notify (a retry, say) that pops an id's list between a wait's two registration steps is heard."""
+    watches = Watches()
+
+    class NotifiedBetween(dict[str, list[Waiter]]):
+        def setdefault(self, key: str, default: list[Waiter]) -> list[Waiter]:  # type: ignore[override]
+            got = super().setdefault(key, default)
+            watches.notify(key)  # runs after the lookup, before the wait appends itself
+            return got
+
+    watches.table = NotifiedBetween()
+    waiter = watches.for_ids(["a", "b"])
+    assert waiter.pending == set() and waiter.event.is_set()
+    watches.table = {}
+    other = watches.for_ids(["a", "b"])
+    watches.notify("a")
+    assert other.pending == {"b"} and not other.event.is_set()
+    watches.notify("b")
+    assert other.event.is_set()
 
 
 def test_close_ends_a_wait_for_a_queued_download(make_engine):

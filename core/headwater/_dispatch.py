@@ -60,7 +60,7 @@ class Dispatcher:
 
     Attributes:
         shards: the shards, made on first use.
-        watch: download id -> the :class:`Waiter` objects of the waits for it (see :meth:`notify_ended`).
+        watches: the waits for downloads to end (see :meth:`notify_ended`).
         watchdog: the thread that checks :meth:`expire`.
     """
 
@@ -80,7 +80,7 @@ class Dispatcher:
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._dest_dir = dest_dir
-        self.watch: dict[str, list[Waiter]] = {}
+        self.watches = Watches()
         self.watchdog = Watchdog(clock, self.expire, "headwater-watchdog")
         self.shards = Shards(registry, self._make)
 
@@ -99,7 +99,8 @@ class Dispatcher:
         download's start for its timeout and its speed. Whether it starts
         is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
-        record = shard.current(download.id)
+        download_id = download.id
+        record = shard.current(download_id)
         if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = self._dest_dir if record.dest_dir is None else _folder(record.dest_dir)
@@ -112,12 +113,12 @@ class Dispatcher:
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
             # By id, not the Download: Download -> ctx -> this partial -> Download would be a
             # cycle, left for the cyclic GC to free with ~20 objects of every download.
-            functools.partial(self._describe, shard, download.id),
+            functools.partial(self._describe, shard, download_id),
         )
         if not download.start(ctx):
             return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.running[download.id] = ctx
+        shard.running[download_id] = ctx
         if shard.source.policy.watched:
             self.watchdog.poke()
         return ctx
@@ -187,48 +188,73 @@ class Dispatcher:
         return next_due
 
     def notify_ended(self, download_id: str) -> None:
-        """Tell the waits for ``download_id`` that its record ended, went away or moved (any thread).
+        """Tell the waits for ``download_id`` that its record ended, went away or moved (any thread)."""
+        self.watches.notify(download_id)
 
-        Each :class:`Waiter` that has now heard of all its ids is woken; it
+
+class Watches:
+    """The waits of one engine, by the ids they wait for: ends, moves and removals tell them.
+
+    No lock: each step on the table is one atomic operation of a dict or a
+    list, and a wait that registers reads its records again afterwards
+    (see :meth:`for_ids`).
+
+    Attributes:
+        table: download id -> the :class:`Waiter` objects registered for it.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[str, list[Waiter]] = {}
+
+    def notify(self, download_id: str) -> None:
+        """``download_id``'s record ended, went away or moved: each wait for it hears of it.
+
+        A :class:`Waiter` that has now heard of all its ids is woken; it
         reads its records again to see which did end.
         """
-        waiters = self.watch.pop(download_id, None)
+        waiters = self.table.pop(download_id, None)
         if waiters is not None:
             for waiter in waiters:
                 waiter.heard(download_id)
 
-    def watch_for(self, ids: Iterable[str]) -> Waiter:
-        """A :class:`Waiter` for ``ids``, registered so that :meth:`notify_ended` tells it of each.
+    def for_ids(self, ids: Iterable[str]) -> Waiter:
+        """A :class:`Waiter` for ``ids``, registered so that :meth:`notify` tells it of each.
 
         The caller reads each record again after this, and calls
         :meth:`Waiter.heard` for those that ended meanwhile: an end
-        notified before the registration is not told again.
+        notified before the registration is not told again. An id whose
+        list a notify took away between this registration's two steps is
+        marked heard here (the notify may have missed it; the caller reads
+        it again when woken).
         """
         ids = list(ids)
         waiter = Waiter(ids)
-        watch = self.watch
+        table = self.table
         for download_id in ids:  # not the set: a worker may already discard from it
-            watch.setdefault(download_id, []).append(waiter)  # each step atomic: no lock
+            waiters = table.setdefault(download_id, [])
+            waiters.append(waiter)
+            if table.get(download_id) is not waiters:  # popped between the two: told or not
+                waiter.heard(download_id)
         return waiter
 
     def unwatch(self, waiter: Waiter) -> None:
         """Take ``waiter`` off the ids it has not heard of (a wait that gives up)."""
-        watch = self.watch
+        table = self.table
         for download_id in list(waiter.pending):
-            waiters = watch.get(download_id)
+            waiters = table.get(download_id)
             if waiters is not None:
                 with contextlib.suppress(ValueError):  # notified meanwhile
                     waiters.remove(waiter)
 
     def wake_all(self) -> None:
         """Wake every wait (the engine closes)."""
-        for waiters in list(self.watch.values()):
+        for waiters in list(self.table.values()):
             for waiter in list(waiters):
                 waiter.event.set()
 
 
 class Waiter:
-    """One wait for some downloads: woken once it has heard of every one (:meth:`Dispatcher.watch_for`).
+    """One wait for some downloads: woken once it has heard of every one (:meth:`Watches.for_ids`).
 
     One event per wait, not per download, so that a wait for many
     downloads wakes once, not at each end. Hearing of an id means its

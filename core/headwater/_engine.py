@@ -540,7 +540,7 @@ class Engine:
         """Block until each of ``ids`` has been heard of (ended or moved); False past ``deadline``."""
         # Watch the ids, then read them again: one that ended in between was
         # notified before the registration, and is marked heard here.
-        waiter = self._dispatch.watch_for(ids)
+        waiter = self._dispatch.watches.for_ids(ids)
         try:
             for download_id in ids:
                 if self._ended_or_raise(places[download_id], download_id):
@@ -553,7 +553,7 @@ class Engine:
             seconds = None if deadline is None else deadline - time.monotonic()
             return (seconds is None or seconds > 0) and waiter.event.wait(seconds)
         finally:
-            self._dispatch.unwatch(waiter)  # of the ids not heard of: none once woken
+            self._dispatch.watches.unwatch(waiter)  # of the ids not heard of: none once woken
 
     def _waited(self, shard: Shard | None, download_id: str) -> Record:
         """The record (a snapshot) of a download :meth:`wait` waits for, read where it most likely is.
@@ -666,7 +666,7 @@ class Engine:
         watchdog = self._dispatch.watchdog.close()
         if watchdog is not None:
             threads.append(watchdog)
-        self._dispatch.wake_all()
+        self._dispatch.watches.wake_all()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [

@@ -25,7 +25,7 @@ from headwater._chance import rng
 from headwater._contract import record_fields
 from headwater._errors import NeedsConfigurationError
 from headwater._files import Existing, existing_choice
-from headwater._records import NO_EXTRA, Job, Record, State, Tried
+from headwater._records import NO_EXTRA, Job, Record, State, Tried, slot_init
 from headwater._sources import Source, SourceRegistry
 
 
@@ -44,6 +44,7 @@ def new_id() -> str:
     return (time.time_ns() // 1_000_000 << 80 | rng.getrandbits(80)).to_bytes(16, "big").hex()
 
 
+@slot_init
 @attrs.frozen
 class Submission:
     """A download about to be recorded: its QUEUED record and its first job (on the record's source).

@@ -30,6 +30,7 @@ import attrs
 
 from headwater._clock import Clock
 from headwater._policy import RatePolicy
+from headwater._records import slot_init
 from headwater._scheduler import Scheduler
 
 Item = TypeVar("Item")
@@ -40,6 +41,7 @@ O = TypeVar("O")  # noqa: E741
 log = logging.getLogger("headwater")
 
 
+@slot_init
 @attrs.frozen
 class Verdict:
     """What the end of an attempt asks of the worker.
