@@ -12,8 +12,9 @@ cancel.
 
 from __future__ import annotations
 
+import inspect
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cluster_plugin
@@ -22,7 +23,9 @@ import redis
 from cluster_procs import wait_until
 
 from headwater import State
+from headwater._cluster._cancels import CancelWatch, announce
 from headwater._cluster._client import ClusterClient
+from headwater._cluster._runner import ClusterWorker
 from headwater._cluster._setup import clear, sources
 from headwater._config import ClusterConfig
 
@@ -55,6 +58,19 @@ def test_the_cancel_channel_is_named_by_the_clusters_prefix(config: ClusterConfi
     assert config.cancel_channel == f"{config.prefix}:cancel"
     assert config.limits_prefix.startswith(f"{config.prefix}:")
     assert config.leader_prefix.startswith(f"{config.prefix}:")
+
+
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [(ClusterWorker, ("prefix", "channel")), (CancelWatch, ("channel",)), (announce, ("channel",))],
+    ids=["ClusterWorker", "CancelWatch", "announce"],
+)
+def test_the_worker_side_has_no_default_cluster_to_fall_back_on(
+    call: Callable[..., object], names: tuple[str, ...]
+) -> None:
+    """Each is told its cluster's names: a default (the default cluster's) would listen or announce there."""
+    parameters = inspect.signature(call).parameters
+    assert [name for name in names if parameters[name].default is not inspect.Parameter.empty] == []
 
 
 def test_a_cancel_reaches_a_running_download_through_its_clusters_channel(

@@ -62,10 +62,10 @@ from headwater._attempt import (
 )
 from headwater._chains import Taker, find_taker, translate
 from headwater._clock import SystemClock
-from headwater._cluster._cancels import CHANNEL, CancelWatch
+from headwater._cluster._cancels import CancelWatch
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._keeper import LeaseKeeper
-from headwater._cluster._limits import PREFIX, RedisLimits, ended_channel
+from headwater._cluster._limits import RedisLimits, ended_channel
 from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._context import DownloadContext
@@ -214,8 +214,8 @@ class ClusterWorker:
             ``socket_timeout``).
         registry: the loaded sources (:func:`~headwater._cluster._setup.sources`);
             every worker host has the same installed.
-        prefix: the limits' key prefix (as the scheduler's).
-        channel: the cancel channel (as the cancellers').
+        prefix: the limits' key prefix (as the scheduler's: ``ClusterConfig.limits_prefix``).
+        channel: the cancel channel (as the cancellers': ``ClusterConfig.cancel_channel``).
         poll: seconds between checks of the running downloads' records
             (the cancel's fallback; also how soon a lost cancel is seen).
         gate: every change of a download's state is written inside its
@@ -232,8 +232,8 @@ class ClusterWorker:
         store: PostgresStore,
         client: redis.Redis,
         registry: SourceRegistry,
-        prefix: str = PREFIX,
-        channel: str = CHANNEL,
+        prefix: str,
+        channel: str,
         poll: float = 1.0,
         gate: SourceGate | None = None,
     ) -> None:
