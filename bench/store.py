@@ -46,6 +46,7 @@ pages one state commit writes to the WAL (counted).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sqlite3
@@ -142,18 +143,42 @@ def run_child(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
     return took, peak
 
 
+#: A small process that starts each measured child (one JSON request a line on stdin: the
+#: arguments, the environment, a file for its stderr; one JSON answer a line: wall seconds,
+#: peak RSS in KiB, CPU seconds, exit status). A child's peak RSS counts the process it was
+#: forked from (its pages, until it execs): started from this benchmark, which holds journals'
+#: records, every child would weigh what this process weighs.
+_SPAWNER = """
+import json, os, sys, time
+for line in sys.stdin:
+    args, env, err = json.loads(line)
+    actions = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_TRUNC, 0)]
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(args[0], args, env, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
+    took = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    print(json.dumps([took, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, code]), flush=True)
+"""
+_spawner: subprocess.Popen[str] | None = None
+
+
 def run_timed(args: Sequence[str], env: dict[str, str]) -> tuple[float, float, float]:
     """(wall seconds, peak RSS in MB, CPU seconds) of ``args`` run as a child, as :func:`run_child`."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        took = time.perf_counter() - t0
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(args)} exited {child.returncode}: {err.read().decode()[-2000:]}")
-    return took, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB on Linux
+    global _spawner
+    if _spawner is None:
+        _spawner = subprocess.Popen(
+            [sys.executable, "-S", "-c", _SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+    assert _spawner.stdin is not None and _spawner.stdout is not None
+    with tempfile.NamedTemporaryFile() as err:
+        _spawner.stdin.write(json.dumps([list(args), env, err.name]) + "\n")
+        _spawner.stdin.flush()
+        took, peak_kib, cpu, code = json.loads(_spawner.stdout.readline())
+        if code:
+            raise RuntimeError(f"{' '.join(args)} exited {code}: {Path(err.name).read_text()[-2000:]}")
+    return took, peak_kib / 1024, cpu  # ru_maxrss is in KiB on Linux
 
 
 def instructions(args: Sequence[str], env: dict[str, str]) -> int:
@@ -331,12 +356,13 @@ def startup(args: argparse.Namespace) -> None:
     """``status`` of the latest 100 on one journal, alternating this checkout's code with ``--base``'s.
 
     Each run of each command in turn, ``--runs`` times: ``python -c pass``,
-    ``--version`` and ``status`` of this checkout (``core`` beside this
+    ``--version``, ``status`` and ``get`` of one small file (its record
+    removed after each) of this checkout (``core`` beside this
     file) and of the checkout ``--base`` names (its ``core`` first on
     ``sys.path``), and the ``headwater`` script beside this interpreter.
     Prints the best and the median of the wall time and of the CPU time
-    (the child's user and system time), and the load average before and
-    after: under load the CPU time is the steadier figure.
+    (the child's user and system time), the highest peak RSS, and the load
+    average before and after: under load the CPU time is the steadier figure.
     """
     cache = Path(args.cache)
     home = cache / f"schema{SCHEMA_VERSION}-{args.size}"
@@ -347,31 +373,39 @@ def startup(args: argparse.Namespace) -> None:
     cores = {"this": Path(__file__).resolve().parent.parent / "core"}
     if args.base:
         cores["base"] = Path(args.base).resolve() / "core"
+    small = cache / "song.flac"
+    small.write_bytes(os.urandom(10_000))
+    get = ["get", "file", str(small), "--dest", str(cache / "out"), "--existing=overwrite"]
     commands: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"]}
     for name, core in cores.items():
-        for what in (["--version"], ["status"]):
+        for what in (["--version"], ["status"], get):
             commands[f"{name}: headwater {what[0]}"] = [sys.executable, "-c", _ENTRY, str(core), *what]
     script = Path(sys.executable).with_name("headwater")
     if script.exists():
         commands["the headwater script: status"] = [str(script), "status"]
     for command in commands.values():  # warm the page cache, and write the byte-code
         run_timed(command, env)
+        if "get" in command:
+            forget_new(journal, args.size)
     load_before = os.getloadavg()
     timed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
     for _ in range(args.runs):
         for name, command in commands.items():
             timed[name].append(run_timed(command, env))
+            if "get" in command:
+                forget_new(journal, args.size)
     load_after = os.getloadavg()
     rows = []
     for name, runs in timed.items():
         walls, cpus = [t for t, _, _ in runs], [c for _, _, c in runs]
-        rows.append([name, *(f"{f(v) * 1000:.1f}" for v in (walls, cpus) for f in (min, statistics.median))])
+        times = (f"{f(v) * 1000:.1f}" for v in (walls, cpus) for f in (min, statistics.median))
+        rows.append([name, *times, f"{max(m for _, m, _ in runs):.1f}"])
     before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     print(
         f"{args.size:,} records; {args.runs} runs of each in turn; load average {before} before, "
         f"{after} after"
     )
-    print_table(["ms", "wall best", "wall median", "CPU best", "CPU median"], rows)
+    print_table(["ms", "wall best", "wall median", "CPU best", "CPU median", "peak RSS (MB)"], rows)
 
 
 # -- drain ---------------------------------------------------------------------------

@@ -63,6 +63,7 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 #: parser (headwater._status.quick).
 NOT_FOR_QUICK_STATUS = (
     "click",
+    "logging",
     "attr",
     "attrs",
     "cattrs",

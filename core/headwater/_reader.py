@@ -15,7 +15,6 @@ and left out; nothing here changes the journal.
 from __future__ import annotations
 
 import functools
-import logging
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
@@ -29,8 +28,6 @@ from headwater._schema import at_rest, check, connect, failure, snapshot
 # `headwater status` reads through) needs neither.
 if TYPE_CHECKING:
     from headwater._records import Record, State
-
-log = logging.getLogger("headwater.store")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -211,7 +208,9 @@ def _decoded(path: Path, rows: Iterable[Row], decode: Callable[[bytes], _R]) -> 
         try:
             records.append(decode(data))
         except (ValueError, TypeError, RecursionError) as exc:
-            log.warning(
+            import logging  # here: a status that meets no such row never imports it
+
+            logging.getLogger("headwater.store").warning(
                 "journal %s: record %s cannot be read (%s), so it is left out; it stays in the journal "
                 "as it is: %.120r",
                 path,

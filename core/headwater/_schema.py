@@ -12,7 +12,6 @@ held too long); a file that fails a check is never changed.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sqlite3
 import time
@@ -21,8 +20,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from headwater._errors import StoreError
-
-log = logging.getLogger("headwater.store")
 
 #: ``PRAGMA application_id`` of a headwater journal ("HDWR"): a file with
 #: tables and another id belongs to something else and is never touched.
@@ -310,7 +307,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
         raise
     if 0 < version < SCHEMA_VERSION:
-        log.info("migrated journal %s from schema %d to %d", path, version, SCHEMA_VERSION)
+        import logging  # here: readers (`headwater status`) never migrate
+
+        logging.getLogger("headwater.store").info(
+            "migrated journal %s from schema %d to %d", path, version, SCHEMA_VERSION
+        )
 
 
 def at_rest(path: Path) -> tuple[int, int, int] | None:
