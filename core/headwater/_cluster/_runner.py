@@ -4,12 +4,13 @@
 :class:`~headwater._cluster._message.Assignment` (a download holding a slot
 of its source) it:
 
-1. reads the record from PostgreSQL and checks the slot's lease is still
-   held (else the message is stale: redelivered after its worker died, or
-   its attempt moved on, and it does nothing);
-2. marks it RUNNING with one conditional write from the state and attempts
-   the scheduler wrote (refused: cancelled meanwhile, or another worker
-   took it), and gives the slot back unused if refused;
+1. checks the slot's lease is still held (else the message is stale:
+   redelivered after its worker died, and it does nothing);
+2. marks the record RUNNING with one conditional write from the state and
+   attempts the scheduler wrote, which returns the record
+   (:meth:`~headwater._cluster._pgstore.PostgresStore.start_if`: its read
+   and write in one round trip); refused (cancelled meanwhile, its attempt
+   moved on, or another worker took it), it gives the slot back unused;
 3. builds the same ``ctx`` a local engine gives plugins and runs the attempt
    with the code the local engine runs it with
    (:func:`~headwater._attempt.run_attempt`), while the process's
@@ -67,7 +68,7 @@ from headwater._cluster._gate import SourceGate
 from headwater._cluster._keeper import LeaseKeeper
 from headwater._cluster._limits import RedisLimits, ended_channel
 from headwater._cluster._message import Assignment
-from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._pgstore import PostgresStore, Start
 from headwater._context import DownloadContext
 from headwater._errors import HeadwaterError, RetryAfter, StoreError
 from headwater._files import discard_landed
@@ -276,26 +277,16 @@ class ClusterWorker:
     def _run(self, a: Assignment, wait: bool) -> Record | None:
         source = self._source(a.source)
         limits = self._limits_of(a.source, a.lease)
-        seen = self._store.fetch([a.download_id]).get(a.download_id)
-        if seen is None or seen.state is not State.QUEUED or seen.attempts != a.attempts:
-            log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
-            self._give_back(a, limits, seen)
-            return None
         if not limits.renew(a.holder, time.monotonic()):
             log.info("download %s: the slot of attempt %d is no longer held", a.download_id, a.attempt)
             return None
-        now = time.time()
-        running = attrs.evolve(
-            seen,
-            state=State.RUNNING,
-            attempts=a.attempt,
-            started_at=now,
-            updated_at=now,
-            dest_dir=seen.dest_dir or str(self.dest_dir),
-        )
-        with self._gate.writing(seen.source):
-            started = not self._closing and self._store.commit_if([Swap.over(seen, running)])[0]
-        if not started:
+        running: Record | None = None
+        with self._gate.writing(a.source):
+            if not self._closing:
+                start = Start(a.download_id, a.attempts, str(self.dest_dir), time.time())
+                running = self._store.start_if([start])[0]
+        if running is None:  # a stale message (its attempt moved on, or runs elsewhere), or a cancel
+            log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
             self._give_back(a, limits, self._store.fetch([a.download_id]).get(a.download_id))
             return None
         if source is None:
