@@ -25,6 +25,11 @@ inserts of encoded records, and cached in ``--cache`` (default
 ``get`` adds is removed after each run, through headwater, so the journal
 stays sealed (see docs/persistence.md, Bad files).
 
+``startup``: ``headwater status`` (the latest 100) on one journal, and
+``python -c pass`` and ``--version`` as floors, each run of each in turn,
+this checkout's code against another's (``--base``, e.g. main's): the best
+and the median of the wall and the CPU time, with the load average.
+
 ``drain``: 50,000 jobs over 4 sources of concurrency 2 whose download
 sleeps 5 ms (bench/engine.py's), run in one process on three stores in
 turn: the in-memory store; a control that releases the GIL once per state
@@ -34,12 +39,14 @@ pages one state commit writes to the WAL (counted).
 
     python bench/store.py history [--sizes 0 100000 1000000] [--rounds 3] [--runs 30] [--instructions]
                                   [--cache DIR]
+    python bench/store.py startup [--base CHECKOUT] [--size 1000000] [--runs 30] [--cache DIR]
     python bench/store.py drain [--jobs 50000] [--sources 4] [--concurrency 2] [--sleep 0.005]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sqlite3
@@ -132,16 +139,46 @@ def run_child(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
 
     Raises RuntimeError, with its stderr, if it exits with an error.
     """
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        took = time.perf_counter() - t0
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(args)} exited {child.returncode}: {err.read().decode()[-2000:]}")
-    return took, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    took, peak, _ = run_timed(args, env)
+    return took, peak
+
+
+#: A small process that starts each measured child (one JSON request a line on stdin: the
+#: arguments, the environment, a file for its stderr; one JSON answer a line: wall seconds,
+#: peak RSS in KiB, CPU seconds, exit status). A child's peak RSS counts the process it was
+#: forked from (its pages, until it execs): started from this benchmark, which holds journals'
+#: records, every child would weigh what this process weighs.
+_SPAWNER = """
+import json, os, sys, time
+for line in sys.stdin:
+    args, env, err = json.loads(line)
+    actions = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_TRUNC, 0)]
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(args[0], args, env, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
+    took = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    print(json.dumps([took, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, code]), flush=True)
+"""
+_spawner: subprocess.Popen[str] | None = None
+
+
+def run_timed(args: Sequence[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of ``args`` run as a child, as :func:`run_child`."""
+    global _spawner
+    if _spawner is None:
+        _spawner = subprocess.Popen(
+            [sys.executable, "-S", "-c", _SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+    assert _spawner.stdin is not None and _spawner.stdout is not None
+    with tempfile.NamedTemporaryFile() as err:
+        _spawner.stdin.write(json.dumps([list(args), env, err.name]) + "\n")
+        _spawner.stdin.flush()
+        took, peak_kib, cpu, code = json.loads(_spawner.stdout.readline())
+        if code:
+            raise RuntimeError(f"{' '.join(args)} exited {code}: {Path(err.name).read_text()[-2000:]}")
+    return took, peak_kib / 1024, cpu  # ru_maxrss is in KiB on Linux
 
 
 def instructions(args: Sequence[str], env: dict[str, str]) -> int:
@@ -305,6 +342,72 @@ def history(args: argparse.Namespace) -> None:
     print_table([str(c) for c in header], body)
 
 
+# -- startup ---------------------------------------------------------------------------
+
+#: A child that runs the ``headwater`` command of the checkout whose ``core`` folder is argv[1],
+#: through its entry point, as the console script does: ``-c`` code, so that two checkouts run alike.
+_ENTRY = (
+    "import sys; core = sys.argv.pop(1); sys.path.insert(0, core); sys.argv[0] = 'headwater'; "
+    "from _headwater_entry import main; main()"
+)
+
+
+def startup(args: argparse.Namespace) -> None:
+    """``status`` of the latest 100 on one journal, alternating this checkout's code with ``--base``'s.
+
+    Each run of each command in turn, ``--runs`` times: ``python -c pass``,
+    ``--version``, ``status`` and ``get`` of one small file (its record
+    removed after each) of this checkout (``core`` beside this
+    file) and of the checkout ``--base`` names (its ``core`` first on
+    ``sys.path``), and the ``headwater`` script beside this interpreter.
+    Prints the best and the median of the wall time and of the CPU time
+    (the child's user and system time), the highest peak RSS, and the load
+    average before and after: under load the CPU time is the steadier figure.
+    """
+    cache = Path(args.cache)
+    home = cache / f"schema{SCHEMA_VERSION}-{args.size}"
+    journal = build_journal(home, args.size)
+    SQLiteStore(journal).close()  # checked and sealed, as a journal only headwater wrote is
+    installed = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = {**installed, "HEADWATER_HOME": str(home), "HEADWATER_LOAD_PLUGINS": "file"}
+    cores = {"this": Path(__file__).resolve().parent.parent / "core"}
+    if args.base:
+        cores["base"] = Path(args.base).resolve() / "core"
+    small = cache / "song.flac"
+    small.write_bytes(os.urandom(10_000))
+    get = ["get", "file", str(small), "--dest", str(cache / "out"), "--existing=overwrite"]
+    commands: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"]}
+    for name, core in cores.items():
+        for what in (["--version"], ["status"], get):
+            commands[f"{name}: headwater {what[0]}"] = [sys.executable, "-c", _ENTRY, str(core), *what]
+    script = Path(sys.executable).with_name("headwater")
+    if script.exists():
+        commands["the headwater script: status"] = [str(script), "status"]
+    for command in commands.values():  # warm the page cache, and write the byte-code
+        run_timed(command, env)
+        if "get" in command:
+            forget_new(journal, args.size)
+    load_before = os.getloadavg()
+    timed: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
+    for _ in range(args.runs):
+        for name, command in commands.items():
+            timed[name].append(run_timed(command, env))
+            if "get" in command:
+                forget_new(journal, args.size)
+    load_after = os.getloadavg()
+    rows = []
+    for name, runs in timed.items():
+        walls, cpus = [t for t, _, _ in runs], [c for _, _, c in runs]
+        times = (f"{f(v) * 1000:.1f}" for v in (walls, cpus) for f in (min, statistics.median))
+        rows.append([name, *times, f"{max(m for _, m, _ in runs):.1f}"])
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
+    print(
+        f"{args.size:,} records; {args.runs} runs of each in turn; load average {before} before, "
+        f"{after} after"
+    )
+    print_table(["ms", "wall best", "wall median", "CPU best", "CPU median", "peak RSS (MB)"], rows)
+
+
 # -- drain ---------------------------------------------------------------------------
 
 
@@ -404,12 +507,19 @@ def main() -> None:
     old.add_argument("--runs", type=int, default=30, help="runs of status and of bare python, timed alone")
     old.add_argument("--instructions", action="store_true", help="count their instructions (valgrind)")
     old.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "headwater-bench-store"))
+    start = commands.add_parser("startup", help="status on one journal, this code against --base's")
+    start.add_argument("--base", help="another checkout (its root, with core/) to alternate with")
+    start.add_argument("--size", type=int, default=1_000_000)
+    start.add_argument("--runs", type=int, default=30)
+    start.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "headwater-bench-store"))
     work = commands.add_parser("drain", help="the engine workload on the memory store and on SQLite")
     for name, default in (("jobs", 50_000), ("sources", 4), ("concurrency", 2), ("sleep", 0.005)):
         work.add_argument(f"--{name}", type=type(default), default=default)
     args = parser.parse_args()
     if args.command == "history":
         history(args)
+    elif args.command == "startup":
+        startup(args)
     else:
         drain_table(args)
 

@@ -58,11 +58,47 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 """
 
 
-def _imported(home: Path, *args: str) -> tuple[str, set[str]]:
-    """(stdout, the modules loaded) of ``headwater ARGS`` run in a fresh interpreter on ``home``'s journal."""
+#: What ``status`` run through the ``headwater`` script's entry point does not import either: it
+#: lists the journal without click, attrs, cattrs, the record classes or the configuration's
+#: parser (headwater._status.quick).
+NOT_FOR_QUICK_STATUS = (
+    "click",
+    "logging",
+    "attr",
+    "attrs",
+    "cattrs",
+    "platformdirs",
+    "tomllib",
+    "headwater.cli",
+    "headwater._records",
+    "headwater._codec",
+    "headwater._config",
+    "headwater._files",
+    "headwater._serve",
+)
+
+_ENTRY = """
+import json, sys
+import _headwater_entry
+sys.argv[0] = "headwater"
+try:
+    _headwater_entry.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def _imported(home: Path, *args: str, run: str = _RUN) -> tuple[str, set[str]]:
+    """(stdout, the modules loaded) of ``headwater ARGS`` run in a fresh interpreter on ``home``'s journal.
+
+    ``run``: through click (:data:`_RUN`) or the ``headwater`` script's entry point (:data:`_ENTRY`).
+    """
     env = {**isolated_env(home), "HEADWATER_HOME": str(home)}
     done = subprocess.run(
-        [sys.executable, "-c", _RUN, *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", run, *args], env=env, capture_output=True, text=True, timeout=60
     )
     report = json.loads(done.stderr.strip().splitlines()[-1])
     assert report["code"] == 0, done.stderr
@@ -98,6 +134,26 @@ def test_status_imports_nothing_heavy(home: Path, args: tuple[str, ...]) -> None
     assert "000000000001" in out  # it read the journal, through the modules it did import
     assert "headwater._reader" in modules
     assert _heavy(modules) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("status", "--json", "--limit", "5"), ("status", "--all", "--state", "completed")],
+    ids=["status", "json", "all"],
+)
+def test_status_through_the_entry_point_imports_neither_click_nor_attrs(
+    home: Path, args: tuple[str, ...]
+) -> None:
+    out, modules = _imported(home, *args, run=_ENTRY)
+    assert "000000000001" in out
+    assert "headwater._status" in modules and "headwater._reader" in modules
+    light = [m for m in modules if m in NOT_FOR_QUICK_STATUS or m.split(".")[0] in NOT_FOR_QUICK_STATUS]
+    assert _heavy(modules) + sorted(light) == []
+
+
+def test_a_status_the_entry_point_leaves_to_click_runs_there(home: Path) -> None:
+    out, modules = _imported(home, "status", "--help", run=_ENTRY)
+    assert "Show downloads in the journal" in out and "headwater.cli" in modules
 
 
 def test_the_version_imports_nothing_heavy(tmp_path: Path) -> None:

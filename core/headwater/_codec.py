@@ -1,10 +1,11 @@
 """Records as JSON and back: what the journal stores and ``--json`` prints.
 
-Encoding is :func:`plain`'s rules through one compact encoder; decoding is a
-cattrs converter whose hooks are strict where cattrs would convert (a
-number is no string, a bool is no int, a string is no list), so that a row
-a bit flip or a hand edit damaged is refused, saying why, and never read as
-something else.
+Encoding is :func:`plain`'s rules through one compact encoder. A record is
+decoded by :func:`headwater._plain.decode_plain`, which checks every field
+strictly (a number is no string, a bool is no int, a string is no list), so
+that a row a bit flip or a hand edit damaged is refused, saying why, and
+never read as something else; other attrs classes by a cattrs converter
+whose hooks are as strict.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 
-from headwater._records import Record
+from headwater._plain import check_record, decode_plain
+from headwater._records import NO_EXTRA, Record, State, Tried
 
 _T = TypeVar("_T")
 
@@ -67,7 +69,16 @@ def decode(data: bytes | str) -> Record:
     that is not a record (not JSON, not UTF-8, a field of the wrong type, an
     unknown state, a missing field).
     """
-    return structure(json.loads(data), Record)
+    return _record(decode_plain(data))
+
+
+def _record(values: dict[str, Any]) -> Record:
+    """The record of ``values``, as :func:`headwater._plain.decode_plain` checked them."""
+    values["state"] = State(values["state"])
+    values["extra"] = MappingProxyType(values["extra"]) if values["extra"] else NO_EXTRA
+    values["tried"] = tuple(Tried(t["source"], t["error"]) for t in values["tried"])
+    values["fallbacks"] = tuple(values["fallbacks"])
+    return Record(**values)
 
 
 def structure(value: object, kind: type[_T]) -> _T:
@@ -75,6 +86,8 @@ def structure(value: object, kind: type[_T]) -> _T:
 
     Raises ValueError or TypeError, saying why, if ``value`` cannot be one.
     """
+    if kind is Record:
+        return _record(check_record(value))  # type: ignore[return-value]  # kind is Record: _T is
     if type(value) is not dict:
         raise TypeError(f"a JSON object expected, found {type(value).__name__} {value!r:.60}")
     try:

@@ -2,7 +2,7 @@
 
 The queries take any connection inside a read transaction: the journal's own
 (:class:`~headwater.SQLiteStore`) or a read-only one (:class:`JournalReader`,
-what ``headwater status`` uses). "Latest first" is by creation time, then by
+and :class:`PlainReader`, what ``headwater status`` uses). "Latest first" is by creation time, then by
 id: ``ORDER BY created_at DESC, id DESC``, which the indexes of schema 3
 serve (a page reads only its own rows); a journal of an older schema, which
 a read-only reader cannot migrate, gives the same answers more slowly.
@@ -15,20 +15,25 @@ and left out; nothing here changes the journal.
 from __future__ import annotations
 
 import functools
-import logging
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from headwater._codec import decode
 from headwater._errors import StoreError, UnknownDownloadError
-from headwater._records import Record, State
+from headwater._plain import TERMINAL, decode_plain
 from headwater._schema import at_rest, check, connect, failure, snapshot
 
-log = logging.getLogger("headwater.store")
+# Records, and attrs with them, are imported where they are made: PlainReader (what
+# `headwater status` reads through) needs neither.
+if TYPE_CHECKING:
+    from headwater._records import Record, State
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+
+#: A record as :func:`headwater._plain.decode_plain` reads it: its fields as JSON values.
+Plain = dict[str, object]
 
 #: A row as the queries return it: id, created_at and data. The id and the data
 #: come as bytes, so that a row whose text is not UTF-8 is one undecodable row
@@ -56,7 +61,7 @@ def select_page(
     conn: sqlite3.Connection,
     *,
     ended_only: bool,
-    states: Collection[State] | None,
+    states: Collection[State] | Collection[str] | None,
     sources: Collection[str] | None,
     below: Cursor | None,
     limit: int,
@@ -65,14 +70,16 @@ def select_page(
     """Up to ``limit`` rows, latest first, below the cursor ``below`` if given.
 
     With ``ascending``, oldest first and above the cursor instead. Only
-    those whose state is one of ``states`` and whose source one of
+    those whose state is one of ``states`` (State members, or their values)
+    and whose source one of
     ``sources`` (None: any), and with ``ended_only`` only terminal ones. One
     statement: a part per state and source asked for, each walking its
     index from the cursor on, merged. Raises sqlite3.Error.
     """
     keys: list[str | None] | None = None
     if states is not None:
-        keys = [s.value for s in states if s.terminal or not ended_only]
+        values = [s if isinstance(s, str) else s.value for s in states]
+        keys = [v for v in values if v in TERMINAL or not ended_only]
     if limit <= 0 or keys == [] or (sources is not None and not sources):
         return []
     parts: list[str] = []
@@ -161,11 +168,25 @@ def stream(
     rows, None: no limit), each decoded as by :func:`decode_rows` and let
     go of before the next is read; a short page is the last.
     """
+    from headwater._codec import decode
+
+    return _stream(read, path, decode, below=below, limit=limit)
+
+
+def _stream(
+    read: Callable[[Cursor | None, int], list[Row]],
+    path: Path,
+    decode: Callable[[bytes], _R],
+    *,
+    below: Cursor | None,
+    limit: int | None,
+) -> Iterator[_R]:
+    """As :func:`stream`, each row decoded by ``decode``."""
     left = limit
     while left is None or left > 0:
         size = CHUNK if left is None else min(left, CHUNK)
         rows = read(below, size)
-        yield from decode_rows(path, rows)
+        yield from _decoded(path, rows, decode)
         if len(rows) < size:
             return
         below = (rows[-1][1], rows[-1][0])
@@ -175,12 +196,21 @@ def stream(
 
 def decode_rows(path: Path, rows: Iterable[Row]) -> list[Record]:
     """The records of ``rows``, in order; a row that is not a record is logged and left out."""
+    from headwater._codec import decode
+
+    return _decoded(path, rows, decode)
+
+
+def _decoded(path: Path, rows: Iterable[Row], decode: Callable[[bytes], _R]) -> list[_R]:
+    """``decode`` of each of ``rows``, in order; a row it refuses is logged and left out."""
     records = []
     for row_id, _, data in rows:
         try:
             records.append(decode(data))
         except (ValueError, TypeError, RecursionError) as exc:
-            log.warning(
+            import logging  # here: a status that meets no such row never imports it
+
+            logging.getLogger("headwater.store").warning(
                 "journal %s: record %s cannot be read (%s), so it is left out; it stays in the journal "
                 "as it is: %.120r",
                 path,
@@ -193,14 +223,21 @@ def decode_rows(path: Path, rows: Iterable[Row]) -> list[Record]:
 
 def decode_or_fail(path: Path, download_id: str, data: bytes) -> Record:
     """The record ``data`` holds; StoreError naming the journal and the id if it is not one."""
+    from headwater._codec import decode
+
+    return _decoded_or_fail(path, download_id, data, decode)
+
+
+def _decoded_or_fail(path: Path, download_id: str, data: bytes, decode: Callable[[bytes], _R]) -> _R:
+    """``decode(data)``; StoreError naming the journal and the id if it refuses it."""
     try:
         return decode(data)
     except (ValueError, TypeError, RecursionError) as exc:
         raise StoreError(f"journal {path}: record {download_id} cannot be read ({exc})") from exc
 
 
-class JournalReader:
-    """The journal at ``path``, read-only: what ``headwater status`` reads, beside any running engines.
+class Reader(Generic[_R]):
+    """The journal at ``path``, read-only, each row as ``decode`` makes it: beside any running engines.
 
     Reading writes nothing. Each read is one read transaction. A journal
     whose commits are all in its file (no process has it open, or none has
@@ -213,18 +250,20 @@ class JournalReader:
     Every method raises StoreError, naming the file, for a damaged, foreign
     or newer file, and for one that cannot be read, saying why (a full disk,
     a permission, a lock held too long). Any thread; no state is kept
-    between calls.
+    between calls. ``decode`` takes a row's data and raises ValueError,
+    TypeError or RecursionError for one that is not a record.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, decode: Callable[[bytes], _R]) -> None:
         self.path = path
+        self._decode = decode
 
-    def get(self, download_id: str) -> Record | None:
+    def get(self, download_id: str) -> _R | None:
         """The record ``download_id``, in whatever state, or None; StoreError if its row is not a record."""
         data = self._read(lambda conn: select_one(conn, download_id), None)
-        return None if data is None else decode_or_fail(self.path, download_id, data)
+        return None if data is None else _decoded_or_fail(self.path, download_id, data, self._decode)
 
-    def match(self, key: str) -> tuple[int, Record | None]:
+    def match(self, key: str) -> tuple[int, _R | None]:
         """How many downloads ``key`` names (an id, or else the start or end of ids), and the one if one.
 
         StoreError if that one's row is not a record.
@@ -238,11 +277,11 @@ class JournalReader:
     def records(
         self,
         *,
-        states: Collection[State] | None = None,
+        states: Collection[State] | Collection[str] | None = None,
         sources: Collection[str] | None = None,
         before: str | None = None,
         limit: int | None = None,
-    ) -> Iterator[Record]:
+    ) -> Iterator[_R]:
         """The records, latest first, streamed: at most :data:`CHUNK` of them held at a time.
 
         Only those in one of ``states`` and of one of ``sources`` (None:
@@ -264,14 +303,14 @@ class JournalReader:
             )
             return self._read(page, [])
 
-        return stream(read, self.path, below=below, limit=limit)
+        return _stream(read, self.path, self._decode, below=below, limit=limit)
 
-    def all_oldest_first(self) -> list[Record]:
+    def all_oldest_first(self) -> list[_R]:
         """Every record, oldest first, in one read transaction (for small journals: it holds them all)."""
         rows: list[Row] = self._read(
             lambda conn: conn.execute(f"SELECT {ROW} FROM records ORDER BY created_at, id").fetchall(), []
         )
-        return decode_rows(self.path, rows)
+        return _decoded(self.path, rows, self._decode)
 
     def _read(self, read: Callable[[sqlite3.Connection], _T], empty: _T) -> _T:
         """``read(conn)`` in one read transaction; ``empty`` for a missing or new (schema 0) file."""
@@ -307,6 +346,26 @@ class JournalReader:
             raise failure(exc, self.path, "read") from exc
         finally:
             conn.close()
+
+
+class JournalReader(Reader["Record"]):
+    """The journal at ``path``, read-only, as :class:`~headwater.Record` objects (see :class:`Reader`)."""
+
+    def __init__(self, path: Path) -> None:
+        from headwater._codec import decode
+
+        super().__init__(path, decode)
+
+
+class PlainReader(Reader[Plain]):
+    """The journal at ``path``, read-only, each record as its plain JSON values: what ``status`` reads.
+
+    Each is what :func:`headwater._codec.plain` makes of the record (see
+    :mod:`headwater._plain`), read without attrs; see :class:`Reader`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, decode_plain)
 
 
 def read_records(path: Path) -> list[Record]:

@@ -12,9 +12,7 @@ held too long); a file that fails a check is never changed.
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -22,8 +20,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from headwater._errors import StoreError
-
-log = logging.getLogger("headwater.store")
 
 #: ``PRAGMA application_id`` of a headwater journal ("HDWR"): a file with
 #: tables and another id belongs to something else and is never touched.
@@ -166,6 +162,8 @@ def failure(exc: sqlite3.Error | UnicodeDecodeError, path: Path, doing: str) -> 
 
 def _disk_full(path: Path) -> bool:
     """Whether the disk that holds ``path`` has (next to) no room left."""
+    import shutil  # here: readers (`headwater status`) rarely need it
+
     try:
         return shutil.disk_usage(path.parent).free < _FULL_BYTES
     except OSError:
@@ -309,7 +307,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute("ROLLBACK")
         raise
     if 0 < version < SCHEMA_VERSION:
-        log.info("migrated journal %s from schema %d to %d", path, version, SCHEMA_VERSION)
+        import logging  # here: readers (`headwater status`) never migrate
+
+        logging.getLogger("headwater.store").info(
+            "migrated journal %s from schema %d to %d", path, version, SCHEMA_VERSION
+        )
 
 
 def at_rest(path: Path) -> tuple[int, int, int] | None:

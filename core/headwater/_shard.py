@@ -126,16 +126,18 @@ class Shard:
         """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
 
         A terminal record committed leaves the shard for :attr:`ended` (one
-        the store refused stays, as the only copy).
+        the store refused stays, as the only copy). Whatever the store raises
+        (a StoreError, or another exception of a store's own bug) counts as
+        a write that failed (see :meth:`move`).
         """
         records = [new for _, new in moves.values()]
         committed = True
         try:
             self.store.commit(records)
-        except StoreError as exc:
+        except Exception as exc:  # a store's bug too (not a StoreError): the same rule, with its traceback
             committed = False
             changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
-            log.error("%s; %s kept in memory only", exc, changes)
+            log.error("%s; %s kept in memory only", exc, changes, exc_info=not isinstance(exc, StoreError))
         downloads = self.downloads
         for new in records:
             download_id = new.id

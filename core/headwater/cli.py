@@ -21,7 +21,6 @@ import contextlib
 import functools
 import itertools
 import json
-import logging
 import math
 import os
 import signal
@@ -31,8 +30,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import click
@@ -53,10 +51,26 @@ from headwater._errors import (
 from headwater._files import EXISTING_CHOICES, Existing
 from headwater._keystore import KeyStore, default_keystore
 from headwater._paths import default_journal
-from headwater._reader import JournalReader
+from headwater._reader import JournalReader, Plain, PlainReader
 from headwater._records import Record, State
-from headwater._redact import protect
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
+from headwater._status import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_JOURNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    STATUS_LIMIT,
+    Matcher,
+    Refused,
+    configure_logging,
+    ignore_interrupts,
+    interrupted,
+    listing,
+    pick,
+    raise_terminated,
+    show,
+)
 
 # What only some commands need is imported inside them, so that a command pays for its own
 # imports alone: `status` reads the journal without the engine, pluggy, httpx or rich (see
@@ -72,21 +86,10 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from headwater._cluster._client import ClusterClient
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_JOURNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
-
 _T = TypeVar("_T")
 
 #: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
 INTERRUPT_GRACE = 1.5
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread while a command runs: handled as Ctrl-C is."""
-
-
-def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    """The SIGTERM handler while a command runs: raise :class:`Terminated`."""
-    raise Terminated
 
 
 @contextmanager
@@ -111,7 +114,9 @@ class _Commands(click.Group):
     status 130) or ``Error: terminated: ...`` (143) instead of click's
     "Aborted!" (exit status 1). A journal that fails a command where the
     command does not say so itself ends it with the StoreError's message
-    and exit status 3, not a traceback.
+    and exit status 3, not a traceback; a :class:`headwater._status.Refused`
+    (what the listing shared with the quick ``status`` raises) ends it
+    with its message and exit status.
 
     ``headwater plugin`` (the template's renderer, which needs the plugin
     contract and pluggy) is imported only when it is asked for or listed.
@@ -133,24 +138,18 @@ class _Commands(click.Group):
                 return super().invoke(ctx)
             except StoreError as exc:
                 raise Failure(str(exc), EXIT_JOURNAL) from exc
+            except Refused as exc:
+                raise Failure(exc.message, exc.exit_code) from exc
             except KeyboardInterrupt as exc:
-                _ignore_interrupts()
+                ignore_interrupts()
                 command = f"`headwater {ctx.invoked_subcommand}`" if ctx.invoked_subcommand else "headwater"
                 raise _interrupted(exc, f"{command} stopped before it finished") from None
 
 
-def _ignore_interrupts() -> None:
-    """A second Ctrl-C or SIGTERM must not break the shutdown that the first one began."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def _interrupted(exc: KeyboardInterrupt, what: str) -> Failure:
     """The error to exit with after Ctrl-C (130) or SIGTERM (143): ``interrupted: what``."""
-    if isinstance(exc, Terminated):
-        return Failure(f"terminated: {what}", EXIT_TERMINATED)
-    return Failure(f"interrupted: {what}", EXIT_INTERRUPTED)
+    refused = interrupted(exc, what)
+    return Failure(refused.message, refused.exit_code)
 
 
 class Failure(click.ClickException):
@@ -311,11 +310,7 @@ def main(ctx: click.Context, version: bool, verbose: int, config_path: Path | No
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(EXIT_OK)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(verbose, 2), format="headwater: %(levelname)s: %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        protect(handler)  # no secret setting value on stderr, whichever library logs it
+    configure_logging(verbose)
     ctx.obj = App(config_path, default_journal(), KeyStore(default_keystore()))
 
 
@@ -414,7 +409,7 @@ def get(
     try:
         through = _server()
     except KeyboardInterrupt as exc:
-        _ignore_interrupts()
+        ignore_interrupts()
         raise _interrupted(exc, _nothing_queued(len(targets))) from None
     if through is not None:
         _get_through(*through, chain, targets, dest, existing, timeout, quiet, as_json)
@@ -434,7 +429,7 @@ def get(
             message = f"{exc}; before it, {_queued_so_far(engine, ids, len(targets))}" if ids else str(exc)
             raise Failure(message, EXIT_USAGE) from exc
         except KeyboardInterrupt as exc:
-            _ignore_interrupts()
+            ignore_interrupts()
             if not ids:
                 raise _interrupted(exc, _nothing_queued(len(targets))) from None
             raise _interrupted(
@@ -508,14 +503,14 @@ def _journaled_engine(dest: Path | None) -> Iterator[Engine]:
     try:
         engine = _app().engine(dest)
     except KeyboardInterrupt as exc:
-        _ignore_interrupts()
+        ignore_interrupts()
         raise _interrupted(
             exc, "stopped while opening the journal and loading the sources; nothing was queued"
         ) from None
     try:
         yield engine
     except KeyboardInterrupt as exc:
-        _ignore_interrupts()
+        ignore_interrupts()
         engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
         raise _interrupted(exc, "unfinished downloads stay in the journal for `headwater resume`") from None
     finally:
@@ -532,7 +527,7 @@ def _watch(
     try:
         records = follow(engine, ids, report, console=console, timeout=timeout)
     except (KeyboardInterrupt, TimeoutError) as exc:
-        _ignore_interrupts()
+        ignore_interrupts()
         running = sum(1 for i in ids if engine.get(i).state is State.RUNNING)
         engine.close(timeout=INTERRUPT_GRACE, interrupt=True)
         unfinished = sum(1 for i in ids if not engine.get(i).state.terminal)
@@ -592,35 +587,6 @@ def _finish(records: Sequence[Record], as_json: bool) -> None:
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-class Matcher(Protocol):
-    """What :func:`_pick` looks ids up in: a journal's reader, or a running server's records."""
-
-    def match(self, key: str) -> tuple[int, Record | None]:
-        """How many downloads ``key`` names (an id, or else the start or end of ids), and the one if one."""
-        ...
-
-
-def _pick(reader: Matcher, wanted: Sequence[str]) -> list[Record]:
-    """The records ``wanted`` names, by id or a unique start or end of one; else Failure.
-
-    The status list shows an id's last 12 characters (its random part: the
-    first 12 are the time it was made), so an end names a download as well
-    as a start does. Raises StoreError if the journal cannot be read.
-    """
-    picked: list[Record] = []
-    for key in wanted:
-        count, record = reader.match(key)
-        if record is None:
-            problem = f"{count} downloads" if count > 1 else "no download"
-            raise Failure(f"{problem} with an id starting or ending {key!r} in the journal", EXIT_USAGE)
-        picked.append(record)
-    return picked
-
-
-#: How many downloads ``headwater status`` lists without ``--limit`` or ``--all``.
-STATUS_LIMIT = 100
-
-
 @main.command()
 @click.argument("ids", nargs=-1)
 @click.option(
@@ -665,80 +631,51 @@ def status(
         raise click.UsageError("IDS name the downloads to show: --before, --limit and --all page the list")
     if show_all and limit:
         raise click.UsageError("--all lists every download: leave out --limit")
-    wanted_states = {State(s) for s in states} or None
-    wanted_sources = set(sources) or None
     through = _server()
     cluster = _cluster_records() if through is None else None
-    pages: JournalReader | _ServerPages | _ClusterRecords
-    reader: Matcher
+    reader: _Plained | PlainReader
     if cluster is not None:
-        pages = reader = cluster
+        reader = _Plained(cluster, cluster)
     elif through is None:
-        pages = reader = JournalReader(_app().journal)
+        reader = PlainReader(_app().journal)
     else:
-        pages, reader = _ServerPages(through[0]), _Named(through[0])
+        reader = _Plained(_ServerPages(through[0]), _Named(through[0]))
     try:
-        if ids:
-            records: Iterable[Record] = [
-                r
-                for r in _pick(reader, ids)
-                if (wanted_states is None or r.state in wanted_states)
-                and (wanted_sources is None or r.source in wanted_sources)
-            ]
-            _show(records, as_json)
-            return
-        cursor = _pick(reader, [before])[0].id if before else None
-        size = None if show_all else limit or STATUS_LIMIT
-        found = pages.records(
-            states=wanted_states,
-            sources=wanted_sources,
-            before=cursor,
-            limit=None if size is None else size + 1,  # one more: are there older ones?
-        )
-        last = _show(itertools.islice(found, size), as_json)
-        if last is not None and not as_json and next(found, None) is not None:
-            click.echo(f"older downloads: add --before {last.id[-12:]} (or list all with --all)", err=True)
-    except StoreError as exc:
-        raise Failure(str(exc), EXIT_JOURNAL) from exc
-    except UnknownDownloadError as exc:  # --before's download removed meanwhile
-        raise Failure(str(exc), EXIT_USAGE) from exc
+        listing(reader, reader, ids, states, sources, before, limit, show_all, as_json)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-def _show(records: Iterable[Record], as_json: bool) -> Record | None:
-    """Print ``records`` as they come (a JSON array, or one line each); return the last, None if none.
+class _Plained:
+    """A running server's or a cluster's records as :func:`headwater._status.listing` reads them: plain."""
 
-    Nothing is kept but the record being printed. When stdout is closed
-    early (``headwater status --all | head``) it stops quietly, exit 0.
-    """
-    out = sys.stdout
-    last = None
-    try:
-        if as_json:  # what json.dumps(list, indent=2) prints, a record at a time
-            for count, last in enumerate(records):
-                item = json.dumps(plain(last), indent=2).replace("\n", "\n  ")
-                out.write(f"{',' if count else '['}\n  {item}")
-            out.write("[]\n" if last is None else "\n]\n")
-        else:
-            for last in records:
-                where = last.file_path or last.error or ""
-                line = f"{last.id[-12:]}  {last.state.value:<9} {last.progress:5.1f}%  {last.source:<10}"
-                out.write(f"{line} {last.name}  {where}".rstrip() + "\n")
-            if last is None:
-                click.echo("no downloads in the journal", err=True)
-        out.flush()
-    except BrokenPipeError:
-        _stdout_gone()
-    return last
+    def __init__(self, pages: _ServerPages | _ClusterRecords, named: Matcher[Record]) -> None:
+        self._pages = pages
+        self._named = named
+
+    def match(self, key: str) -> tuple[int, Plain | None]:
+        count, record = self._named.match(key)
+        return count, None if record is None else _plain(record)
+
+    def records(
+        self,
+        *,
+        states: Collection[str] | None = None,
+        sources: Collection[str] | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Plain]:
+        wanted = None if states is None else {State(s) for s in states}
+        found = self._pages.records(states=wanted, sources=sources, before=before, limit=limit)
+        return map(_plain, found)
 
 
-def _stdout_gone() -> None:
-    """Exit 0 quietly after the reader of stdout went away (and Python's final flush with it)."""
-    with contextlib.suppress(OSError, ValueError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(EXIT_OK)
+def _plain(record: Record) -> Plain:
+    """``record`` as its plain JSON values (a JSON object)."""
+    values = plain(record)
+    assert isinstance(values, dict)
+    return values
 
 
 @main.command()
@@ -764,7 +701,7 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
         return
     reader = JournalReader(_app().journal)
     try:
-        picked = _pick(reader, ids)
+        picked = pick(reader, ids)
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
     results: list[tuple[str, bool, str | None]] = []  # id, cancelled by this call, why it was refused
@@ -819,7 +756,7 @@ def _remove_ended(engine: Engine) -> Iterator[Record]:
 def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
     """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
     if as_json:
-        _show(removed, as_json=True)
+        show(map(_plain, removed), as_json=True)
         return
     count = sum(1 for _ in removed)
     click.echo(f"removed {count} ended download(s) from the journal")
@@ -969,7 +906,7 @@ def worker(threads: int, dest: Path | None) -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        _ignore_interrupts()
+        ignore_interrupts()
     finally:
         running.stop()
     click.echo("headwater: worker stopped", err=True)
@@ -1233,7 +1170,7 @@ def _get_in_cluster(
             queued = f"; before it, {len(ids)} of {len(targets)} were queued in the cluster" if ids else ""
             raise Failure(f"{exc}{queued}", EXIT_USAGE) from exc
         except (KeyboardInterrupt, TimeoutError) as exc:
-            _ignore_interrupts()
+            ignore_interrupts()
             what = f"{len(ids)} download(s) go on in the cluster (`headwater status` follows them)"
             if isinstance(exc, KeyboardInterrupt):
                 raise _interrupted(exc, what) from None
@@ -1290,7 +1227,7 @@ def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: 
 
     client = redis_client(cluster.config.broker)
     try:
-        picked = _pick(cluster, ids)
+        picked = pick(cluster, ids)
         results = [(r.id, cancel(cluster.store, client, cluster.config.cancel_channel, r.id)) for r in picked]
         final = cluster.store.fetch([i for i, _ in results])
     except StoreError as exc:
@@ -1360,7 +1297,7 @@ class _ServerPages:
 
 def _cancel_through(client: Client, ids: tuple[str, ...], as_json: bool) -> None:
     """Cancel in the server, running downloads included; print and exit as `cancel` does."""
-    picked = _pick(_Named(client), ids)
+    picked = pick(_Named(client), ids)
     cancelled = {r.id: _call_server(functools.partial(client.cancel, r.id)) for r in picked}
     final = [_call_server(functools.partial(client.get, r.id)) for r in picked]
     if as_json:
