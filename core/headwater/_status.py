@@ -1,10 +1,10 @@
 """``headwater status``, the listing itself, and its quick start without click.
 
 Start-up is most of what ``status`` costs: the page of the latest 100 is a
-few milliseconds at any journal size, but importing click, attrs, cattrs
-and platformdirs took three times as long as the interpreter itself
-(docs/benchmarks.md, Store). So the listing is here, on plain JSON values
-(:class:`headwater._reader.PlainReader`) and the standard library alone,
+few milliseconds at any journal size, and importing click, attrs, cattrs
+and platformdirs was most of the rest (docs/benchmarks.md, Store). So the
+listing is here, on plain JSON values (:class:`headwater._reader.Reader`
+with :func:`headwater._plain.decode_plain`) and the standard library alone,
 and :func:`quick`, which the ``headwater`` command's entry point calls
 before it imports the command line, runs the commonest forms of ``status``
 with it: the journal's own listing, no configuration file, no server.
