@@ -18,6 +18,11 @@ one of which schedules:
     worker processes of 4 threads; the most running at once, from the
     plugin's own log of each start and end.
 
+Each row also gives the CPU a download cost (``cpu ms``): the worker
+processes, the PostgreSQL backends their connections and the client's lead
+to, the Redis server (shared with whatever else uses it) and the client,
+from ``/proc`` (Linux).
+
     python bench/cluster.py [--noop 2000] [--serial 100] [--limits 10000] [--small 2000] [--small-kib 64]
                             [--jobs 16] [--workers 2] [--threads 8] [--rounds 2] [--parts 1,2,3]
 """
@@ -36,7 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psycopg
@@ -104,7 +109,7 @@ def install_noop(folder: Path) -> Path:
 @contextmanager
 def cluster(
     root: Path, workers: int, threads: int, jobs: int, plugins: Path, noop_concurrency: int = 64
-) -> Iterator[tuple[ClusterConfig, Path]]:
+) -> Iterator[tuple[ClusterConfig, Path, list[int]]]:
     """A cluster of ``workers`` worker processes with its own names; stopped and removed afterwards."""
     tag = uuid.uuid4().hex[:10]
     config = ClusterConfig(REDIS_URL, PG_URL, f"bench_{tag}", 5.0, f"bench-{tag}")
@@ -133,8 +138,9 @@ def cluster(
             assert child.stderr is not None
             line = child.stderr.readline()
             if not line.startswith("headwater: worker"):
+                child.kill()  # what it says next, up to its end
                 raise SystemExit(f"a worker did not start: {line}{child.stderr.read()}")
-        yield config, dest
+        yield config, dest, [child.pid for child in started]
     finally:
         for child in started:
             child.terminate()
@@ -146,6 +152,83 @@ def cluster(
             client.delete(*keys)
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(pid: int) -> int:
+    """The CPU ticks (user and system) process ``pid`` has used so far; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _pg_ports(pid: int) -> set[int]:
+    """The local ports of process ``pid``'s TCP connections to PostgreSQL (port 5432)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with suppress(OSError), open(f"/proc/{pid}/net/{table}") as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[2].endswith(":1538") and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class Cpu:
+    """CPU over a run: the workers, their and the client's PostgreSQL backends, Redis, the client."""
+
+    def __init__(self, workers: list[int]) -> None:
+        self.workers = workers
+        found = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True).stdout.split()
+        self.redis = [int(p) for p in found]
+        self._start = self._now()
+
+    def _backends(self) -> list[int]:
+        ports = set().union(*(_pg_ports(p) for p in [*self.workers, os.getpid()]))
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s)", (sorted(ports),)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def _now(self) -> dict[str, dict[int, int]]:
+        own = os.times()
+        return {
+            "workers": {p: _ticks(p) for p in self.workers},
+            "pg": {p: _ticks(p) for p in self._backends()},
+            "redis": {p: _ticks(p) for p in self.redis},
+            "client": {0: round((own.user + own.system) * TICK)},
+        }
+
+    def per(self, count: int) -> dict[str, float]:
+        """Milliseconds of CPU per download since this was made, by part (and ``all``), over ``count``."""
+        end = self._now()
+        spent = {
+            part: sum(t - self._start[part].get(p, 0) for p, t in ticks.items())
+            for part, ticks in end.items()
+        }
+        per = {part: t / TICK * 1000 / count for part, t in spent.items()}
+        per["all"] = sum(per.values())
+        return per
+
+
+def shown(per: dict[str, float]) -> str:
+    """A CPU split as the table shows it: all (workers + pg + redis + client)."""
+    return f"{per['all']:.2f} ({per['workers']:.2f}+{per['pg']:.2f}+{per['redis']:.2f}+{per['client']:.2f})"
 
 
 def commit_latency(count: int = 100) -> float:
@@ -210,19 +293,25 @@ def main() -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
     print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
-    print_table(["workload", "runner", "wall s", "per s", "ms per download / ratio"], rows)
+    print_table(
+        ["workload", "runner", "wall s", "per s", "ms per download / ratio", "cpu ms (w+pg+r+c)"], rows
+    )
 
 
 def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
     """(1): ``--noop`` no-op downloads at once, ``--rounds`` times, and ``--serial`` one by one; the rows."""
     registry = sources(plugins={"noop": _noop_plugin(plugins)})
     with (
-        cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest),
+        cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest, pids),
         ClusterClient(config, dest, registry=registry) as client,
     ):
         run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
+        cpu = Cpu(pids)
         many = [run(client, "noop", [f"n{i}" for i in range(args.noop)]) for _ in range(args.rounds)]
+        many_cpu = cpu.per(args.noop * args.rounds)
+        cpu = Cpu(pids)
         serial = [run(client, "noop", [f"s{i}"]) for i in range(args.serial)]
+        serial_cpu = cpu.per(max(1, args.serial))
     per = statistics.median(many) / args.noop * 1000
     p90 = sorted(serial)[int(len(serial) * 0.9)]
     return [
@@ -232,6 +321,7 @@ def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[o
             f"{statistics.median(many):.2f}",
             f"{args.noop / statistics.median(many):,.0f}",
             f"{per:.2f}",
+            shown(many_cpu),
         ],
         [
             f"(1) no-op x {args.serial}, one by one",
@@ -239,6 +329,7 @@ def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[o
             f"{sum(serial):.2f}",
             f"{args.serial / sum(serial):,.0f}",
             f"p50 {statistics.median(serial) * 1000:.1f} / p90 {p90 * 1000:.1f}",
+            shown(serial_cpu),
         ],
     ]
 
@@ -249,12 +340,14 @@ def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[obj
     log = root / "events.log"
     os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
     with (
-        cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest),
+        cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest, pids),
         ClusterClient(config, dest, registry=registry) as client,
     ):
         run(client, "noop", ["warm-up"])
         log.unlink()
+        cpu = Cpu(pids)
         took = run(client, "noop", [f"c{i}" for i in range(args.limits)])
+        spent = cpu.per(args.limits)
     del os.environ["HW_BENCH_LOG"]
     return [
         [
@@ -263,6 +356,7 @@ def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[obj
             f"{took:.2f}",
             f"{args.limits / took:,.0f}",
             f"at most {peak(log)} running at once",
+            shown(spent),
         ]
     ]
 
@@ -287,17 +381,20 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
         ours: list[float] = []
         http = sources(load=["http"], policies=None)
         with (
-            cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _),
+            cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _, pids),
             ClusterClient(config, out, registry=http) as client,
         ):
             run(client, "http", [urls[0]])  # settling, as above
+            spent: list[dict[str, float]] = []
             for round_ in range(args.rounds):
                 for who in ("aria", "ours") if round_ % 2 == 0 else ("ours", "aria"):
                     folder = web.new_folder(out)
                     if who == "aria":
                         aria.append(web.timed(lambda f=folder: web.aria2c_fetch(list_file, f, args.jobs))[0])
                     else:
+                        cpu = Cpu(pids)
                         ours.append(run(client, "http", urls, folder))
+                        spent.append(cpu.per(args.small))
     finally:
         server.terminate()
         server.join(5)
@@ -310,6 +407,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
             f"{statistics.median(aria):.2f}",
             f"{args.small / statistics.median(aria):,.0f}",
             "",
+            "",
         ],
         [
             small,
@@ -317,6 +415,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
             f"{statistics.median(ours):.2f}",
             f"{args.small / statistics.median(ours):,.0f}",
             f"{ratio:.2f}x aria2c",
+            shown(min(spent, key=lambda p: p["all"])),
         ],
     ]
 

@@ -21,8 +21,14 @@ client built on httpx on this machine. And httpx + files: the same, each
 body written to a ``.part`` that is fsynced, linked to its name and
 unlinked, the file work headwater does at the least, without its checks.
 
+``--file-variants`` adds two more rows to (b), to show the floor of the file
+work: httpx + O_TMPFILE (the cheapest durable landing measured: a file with
+no name, fsynced, then linked to its name; Linux only) and httpx + in place
+(each body written straight to its name, no ``.part``, no fsync: what
+aria2c does, and not durable).
+
     python bench/http.py [--big-mib 1024] [--small 2000] [--small-kib 64] [--jobs 16] [--dir DIR]
-                         [--also-jobs 4 8]
+                         [--also-jobs 4 8] [--file-variants]
 
 ``--also-jobs`` adds rows for headwater at other concurrencies on (b), to
 show how the client's throughput depends on the number of worker threads.
@@ -220,6 +226,47 @@ def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
     on_client_threads(urls, jobs, get)
 
 
+def httpx_tmpfile_fetch(urls: list[str], jobs: int, dest: Path) -> None:
+    """As :func:`httpx_files_fetch`, each body written to a file without a name until it is complete.
+
+    ``open(dest, O_TMPFILE)``, the body, fsync, then ``linkat`` of
+    ``/proc/self/fd/N`` to its name: no ``.part`` is created or unlinked.
+    Durable like the ``.part``, but a later call could not resume it.
+    """
+
+    def get(client: httpx.Client, url: str) -> None:
+        final = dest / url.rsplit("/", 1)[1]
+        with client.stream("GET", url) as response:
+            response.raise_for_status()
+            fd = os.open(dest, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            try:
+                for chunk in response.iter_raw():
+                    os.write(fd, chunk)
+                os.fsync(fd)
+                # src_dir_fd makes os.link call linkat(2), which alone can follow the /proc link.
+                os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+            finally:
+                os.close(fd)
+
+    on_client_threads(urls, jobs, get)
+
+
+def httpx_in_place_fetch(urls: list[str], jobs: int, dest: Path) -> None:
+    """As :func:`httpx_fetch`, each body written to its name: no ``.part``, no fsync (not durable)."""
+
+    def get(client: httpx.Client, url: str) -> None:
+        with client.stream("GET", url) as response:
+            response.raise_for_status()
+            fd = os.open(dest / url.rsplit("/", 1)[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for chunk in response.iter_raw():
+                    os.write(fd, chunk)
+            finally:
+                os.close(fd)
+
+    on_client_threads(urls, jobs, get)
+
+
 def make_files(root: Path, big_mib: int, small: int, small_kib: int) -> None:
     block = os.urandom(1 << 20)
     with (root / "big.bin").open("wb") as out:
@@ -241,6 +288,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="even: odd rounds reverse (b)")
     parser.add_argument("--also-jobs", type=int, nargs="*", default=[], help="more concurrencies for (b)")
     parser.add_argument("--dir", type=Path, default=None, help="where to put files (default: a temp folder)")
+    parser.add_argument(
+        "--file-variants", action="store_true", help="(b) also httpx + O_TMPFILE and httpx + in place"
+    )
     args = parser.parse_args()
     for tool in ("curl", "aria2c"):
         if shutil.which(tool) is None:
@@ -286,8 +336,22 @@ def main() -> None:
                 fetch = partial(httpx_files_fetch, small_urls, args.jobs, new_folder(out))
                 measure(f"httpx + files x{args.jobs}", fetch)
 
+            def variant(label: str, fetch: Callable[[list[str], int, Path], None]) -> Callable[[], None]:
+                def run() -> None:
+                    measure(
+                        f"httpx + {label} x{args.jobs}",
+                        partial(fetch, small_urls, args.jobs, new_folder(out)),
+                    )
+
+                return run
+
             headwaters = [partial(headwater_small, jobs) for jobs in [args.jobs, *args.also_jobs]]
             small = [aria, *headwaters, bare_httpx, httpx_files]
+            if args.file_variants:
+                small += [
+                    variant("O_TMPFILE", httpx_tmpfile_fetch),
+                    variant("in place", httpx_in_place_fetch),
+                ]
             for round_ in range(args.rounds):
                 for client, sync in (("curl", False), ("curl + fsync", True)):
                     folder = new_folder(out)
@@ -309,7 +373,7 @@ def main() -> None:
     where = "tmpfs" if args.dir and str(args.dir).startswith("/dev/shm") else "disk"
     folder = args.dir or tempfile.gettempdir()
     print(f"{args.rounds} rounds, medians; files written to {where} ({folder}); CPU = client's user+sys")
-    print(f"{'workload':<20} {'client':<19} {'wall s':>7} {'MiB/s':>7} {'files/s':>8} {'CPU s':>6}")
+    print(f"{'workload':<20} {'client':<22} {'wall s':>7} {'MiB/s':>7} {'files/s':>8} {'CPU s':>6}")
     for client, seconds in median.items():
         big = client in ("curl", "curl + fsync", "headwater")
         work = f"(a) 1 x {args.big_mib} MiB" if big else f"(b) {args.small} x {args.small_kib} KiB"
@@ -319,7 +383,7 @@ def main() -> None:
         count = 1 if big else args.small
         rate = size / seconds / (1 << 20)
         per_second = count / seconds
-        print(f"{work:<20} {client:<19} {seconds:>7.2f} {rate:>7.1f} {per_second:>8.1f} {cpu[client]:>6.2f}")
+        print(f"{work:<20} {client:<22} {seconds:>7.2f} {rate:>7.1f} {per_second:>8.1f} {cpu[client]:>6.2f}")
     print()
     hw_small = median[f"headwater c={args.jobs}"]
     aria = median[f"aria2c -j {args.jobs}"]
@@ -332,6 +396,10 @@ def main() -> None:
     print(f"(b) headwater vs httpx alone:  {bare / hw_small:.2f}x  (target >= 0.8x)")
     print(f"(b) httpx + files vs httpx alone: {bare / files:.2f}x  (* the file work alone, no engine)")
     print(f"(b) headwater vs httpx + files:   {files / hw_small:.2f}x")
+    for label in ("O_TMPFILE", "in place"):
+        if f"httpx + {label} x{args.jobs}" in median:
+            ratio = bare / median[f"httpx + {label} x{args.jobs}"]
+            print(f"(b) httpx + {label} vs httpx alone: {ratio:.2f}x")
     for jobs in args.also_jobs:
         print(f"(b) headwater c={jobs} vs aria2c: {aria / median[f'headwater c={jobs}']:.2f}x")
     print(

@@ -17,6 +17,9 @@ import pytest
 import redis
 from test_testing_kit import OPTED_IN
 
+from headwater._cluster._setup import clear
+from headwater._config import ClusterConfig
+
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
 ON_A_CLUSTER = """
@@ -54,3 +57,24 @@ def test_a_file_without_a_cluster_table_is_a_usage_error(pytester: pytest.Pytest
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--headwater-cluster={config}")
     result.assert_outcomes(passed=6, failed=1, errors=1)  # test_engine cannot get its engine
     assert f"--headwater-cluster: {config} has no [cluster] table" in result.stdout.str()
+
+
+def test_clearing_a_cluster_leaves_one_whose_prefix_starts_with_its_own(
+    pg_url: str, redis_client: redis.Redis
+) -> None:
+    """``clear`` deletes ``<prefix>:...`` only: a cluster ``hw`` is cleared, its neighbour ``hw2`` is left."""
+    base = f"hwclear_{uuid.uuid4().hex[:8]}"
+    first = ClusterConfig("redis://127.0.0.1:6379/0", pg_url, schema=f"{base}_a", prefix=base)
+    second = ClusterConfig("redis://127.0.0.1:6379/0", pg_url, schema=f"{base}_b", prefix=f"{base}2")
+    names = ("limits:{src}:holders", "leader:{scheduler}", "headwater.msgs")  # as each part names its keys
+    for config in (first, second):
+        for name in names:
+            redis_client.set(f"{config.prefix}:{name}", "1")
+    try:
+        clear(first)
+        assert sorted(redis_client.scan_iter(match=f"{base}*")) == sorted(
+            f"{second.prefix}:{name}".encode() for name in names
+        )
+    finally:
+        clear(second)
+    assert list(redis_client.scan_iter(match=f"{base}*")) == []

@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from headwater import RatePolicy
 from headwater._cluster._keeper import LeaseKeeper
-from headwater._cluster._limits import RedisLimits
+from headwater._cluster._limits import RedisLimits, ended_channel
 
 #: The fixtures redis_client and key_prefix.
 pytest_plugins = ["cluster_fixtures"]
@@ -170,6 +170,34 @@ def test_a_grant_given_back_unused_is_no_end_for_the_delay(
     after = found.acquire("probe:1", time.monotonic())
     assert before.reason == after.reason == "delay"
     assert abs(after.at - before.at) < 0.1  # still from the beginning, not from the give-back
+
+
+def test_a_release_announces_its_holder_once_the_slot_is_free_and_only_when_asked(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    found = RedisLimits(redis_client, "s", RatePolicy(concurrency=1), lease=5.0, settle=0, prefix=key_prefix)
+    channel = ended_channel(key_prefix)
+    heard: list[object] = []
+
+    def announced(message: dict[str, object]) -> None:  # the slot is free by the time it is heard
+        heard.append((message["data"], found.acquire("probe:1", 0.0).granted))
+        found.release("probe:1", 0.0, started=False)
+
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(**{channel: announced})
+    try:
+        while pubsub.get_message(timeout=0.1) is not None or not pubsub.subscribed:
+            pass
+        assert found.acquire("a:1", 0.0).granted
+        assert found.release("a:1", 0.0, started=False) is True  # not asked to announce
+        assert found.acquire("b:1", 0.0).granted
+        assert found.release("b:1", 0.0, announce=channel) is True
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            pubsub.get_message(timeout=0.1)
+    finally:
+        pubsub.close()
+    assert heard == [(b"b:1", True)]
 
 
 def test_a_new_policy_judges_the_next_acquire(redis_client: redis.Redis, key_prefix: str) -> None:

@@ -15,17 +15,22 @@ the fault is one ``redis.ConnectionError`` from the step under test.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from cluster_child import PORT
 from cluster_procs import Cluster
+from pgproxy import Proxy
 
 import headwater._cluster._dispatch as scheduler_module
+import headwater._cluster._setup as cluster_setup
 from headwater import RatePolicy, State
 from headwater._cluster._client import ClusterClient
 from headwater._cluster._limits import RedisLimits
+from headwater._cluster._message import Assignment, broker, send
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -67,3 +72,44 @@ def test_a_redis_failure_while_starting_a_download_strands_nothing(
             redis_client, "clustered", RatePolicy(), lease=2.0, prefix=cluster.config.limits_prefix
         )
         assert limits.running() == 0
+
+
+def test_a_send_to_a_redis_that_stopped_answering_gives_up(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's client is the project's (its socket timeouts): a send raises however long Redis is silent.
+
+    The scheduler renews its leases on the thread that sends; a send without
+    a timeout would hang it for good. Redis, behind a proxy (tests/pgproxy.py,
+    byte for byte), gets the message but its replies are dropped; the
+    project's timeout is made 0.2 s. (redis-py 8 has a timeout of 5 s of its
+    own by default, earlier versions none: with 8 the send gives up all the
+    same, so it is the client's settings that tell its client from the
+    project's.)
+    """
+    monkeypatch.setattr(cluster_setup, "REDIS_TIMEOUT", 0.2)
+    namespace = f"hwtest-silent-{uuid.uuid4().hex[:12]}"
+    proxy = Proxy(PORT)
+    raised: list[BaseException] = []
+    gave_up = threading.Event()
+
+    def sending() -> None:
+        try:
+            send(carrier, Assignment("d1", "clustered", 0, 2.0))
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the test's answer
+            raised.append(exc)
+        gave_up.set()
+
+    try:
+        carrier = broker(f"redis://127.0.0.1:{proxy.port}/0", namespace=namespace)
+        proxy.hold_replies()
+        threading.Thread(target=sending, name="test-send", daemon=True).start()
+        assert gave_up.wait(30), "the send still waits for Redis"
+        assert len(raised) == 1 and isinstance(raised[0], redis.TimeoutError), raised
+        kwargs = carrier.client.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.2, 0.2)
+    finally:
+        proxy.close()  # a send still waiting (the bug) gets its connection cut
+        keys = list(redis_client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            redis_client.delete(*keys)

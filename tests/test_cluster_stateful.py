@@ -30,12 +30,17 @@ What differs, and why (docs/regression-suite.md, *The cluster's profile*):
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from pathlib import Path
 
 import attrs
+import dramatiq.brokers.redis
+import dramatiq.common
+import psycopg_pool.base
 import pytest
+import redis.backoff
 from cluster_child import connect
 from hypothesis import settings
 from instrumented import InstrumentedSource
@@ -139,6 +144,27 @@ def _services() -> None:
     why = services_absent()
     if why is not None:
         pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _private_random(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The libraries' own threads draw from a Random of their own, not from the global ``random``.
+
+    Hypothesis warns (HypothesisDeprecationWarning, "Do not use the `random`
+    module inside strategies") when the global ``random`` state differs after a
+    draw from before it. It cannot tell threads apart, and here the cluster's
+    threads use the global ``random`` while a rule draws: Dramatiq's Redis
+    broker rolls a maintenance chance on each command (``random.randint``) and
+    an idle consumer sleeps a jittered backoff (``dramatiq.common.uniform``);
+    psycopg_pool jitters a new connection's lifetime (``random()``); redis-py
+    jitters the backoff of a retried command. None of it is a draw, so each is
+    given its own generator (a name that moves fails here, loudly).
+    """
+    mine = random.Random()
+    monkeypatch.setattr(dramatiq.brokers.redis, "random", mine)
+    monkeypatch.setattr(dramatiq.common, "uniform", mine.uniform)
+    monkeypatch.setattr(psycopg_pool.base, "random", mine.random)
+    monkeypatch.setattr(redis.backoff, "random", mine)
 
 
 TestClusterMachine = pytest.mark.timeout(600)(ClusterMachine.TestCase)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from instrumented import InstrumentedSource
 
 from headwater import Engine, InvalidPolicyError, PolicyOverride, RatePolicy
-from headwater._config import load_config
+from headwater._config import ClusterConfig, Config, load_config
 from headwater._errors import ConfigError
 
 
@@ -51,6 +52,20 @@ def test_a_cluster_config_is_shown_with_its_passwords_masked(tmp_path: Path) -> 
         shown
         == "broker redis://:***@h:6379/0, records postgresql://u:***@db/hw (schema headwater), lease 4 s"
     )
+
+
+def test_a_cluster_configs_repr_str_and_log_lines_never_show_its_passwords(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = ClusterConfig("redis://:r3dis-pw@h:6379/0", "postgresql://u:pg-pw@db/hw?password=q-pw")
+    whole = Config(cluster=cluster)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("headwater.test").info("config %r, %s, %s", cluster, cluster, whole)
+    for text in (repr(cluster), str(cluster), repr(whole), caplog.text):
+        assert "ClusterConfig(broker='redis://:***@h:6379/0'" in text
+        assert "postgres='postgresql://u:***@db/hw?password=***'" in text
+        assert not any(pw in text for pw in ("r3dis-pw", "pg-pw", "q-pw")), text
+    assert cluster.broker == "redis://:r3dis-pw@h:6379/0"  # only what is shown is masked
 
 
 def test_a_source_may_say_what_to_do_with_a_taken_name(tmp_path: Path) -> None:

@@ -113,3 +113,18 @@ def test_the_job_is_the_records_until_it_starts_then_fixed_until_the_next_attemp
     assert d.end(ctx)
     assert d.again(Job("id1", "src", "t", attempt=2))
     assert (d.job.attempt, d.ctx) == (2, None)
+
+
+@pytest.mark.parametrize("rounds", [200])
+def test_a_contexts_cancelled_flag_wakes_a_waiter_that_raced_its_set(rounds: int) -> None:
+    """``ctx.cancelled`` makes its condition on first use: a wait and a set racing to make it agree on one."""
+    for _ in range(rounds):
+        ctx = context()
+        assert isinstance(ctx.cancelled, threading.Event) and not ctx.cancelled.is_set()
+        woke, _ = race(lambda c=ctx: c.cancelled.wait(10), lambda c=ctx: c.cancelled.set() or True)
+        assert woke and ctx.cancelled.is_set()
+    ctx = context()
+    assert not ctx.interrupted.wait(0.001)
+    ctx.interrupted.set()
+    ctx.interrupted.clear()
+    assert not ctx.interrupted.is_set()

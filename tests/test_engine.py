@@ -31,6 +31,7 @@ from headwater import (
     UnknownSourceError,
     hookimpl,
 )
+from headwater._dispatch import Waiter, Watches
 from headwater._records import TRANSITIONS, changed, may_transition
 from headwater.testing import frozen
 
@@ -55,13 +56,35 @@ def test_terminal_states_are_final_in_the_table():
     assert may_transition(State.RUNNING, State.QUEUED)  # a retry or a move down a chain
 
 
+#: A value for every field of Record, in order, none its default.
+EVERY_FIELD = (
+    "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
+    10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
+)  # fmt: skip
+
+
+def test_a_record_holds_what_it_is_made_with_by_position_or_name_and_the_defaults():
+    """Record's __init__ (the engine's own over the slots, not attrs') sets every field and default."""
+    fields = attrs.fields(Record)
+    assert len(EVERY_FIELD) == len(fields)
+    by_position = Record(*EVERY_FIELD)
+    by_name = Record(**{f.name: v for f, v in zip(fields, EVERY_FIELD, strict=True)})
+    for made in (by_position, by_name):
+        assert tuple(getattr(made, f.name) for f in fields) == EVERY_FIELD
+    least = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0)
+    for f in fields:
+        if f.default is not attrs.NOTHING:
+            assert getattr(least, f.name) == f.default, f.name
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        least.state = State.RUNNING  # type: ignore[misc]
+    with pytest.raises(TypeError, match="nope"):
+        Record(*EVERY_FIELD[:8], nope=1)  # type: ignore[call-arg]
+
+
 def test_changed_makes_what_attrs_evolve_makes():
     """Each field changed alone, and all at once, gives attrs.evolve's record; an unknown name raises."""
     record = Record("0" * 32, "s", "t", None, "s", State.QUEUED, 1.0, 1.0, dest_dir="/d")
-    other = Record(
-        "1" * 32, "x", "u", "name", "user", State.RUNNING, 2.0, 3.0, 4.0, 5, 6, 7.0, 8.0, "/f", "e", 9,
-        10.0, 11.0, {"k": "v"}, (Tried("a", "b"),), ("y",), 12, "skip", True, "/e",
-    )  # fmt: skip
+    other = Record(*EVERY_FIELD)
     every = {a.name: getattr(other, a.name) for a in attrs.fields(Record)}
     for name, value in every.items():
         assert changed(record, **{name: value}) == attrs.evolve(record, **{name: value}), name
@@ -484,6 +507,83 @@ def test_wait_returns_as_soon_as_a_running_download_is_cancelled(make_engine):
     waiter.join(10)
     assert returned_before_download_impl, "wait returned only when download_impl did, not at the cancel"
     assert waited == [State.CANCELLED]
+
+
+def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def test_a_wait_for_many_waits_on_for_one_retried_while_the_others_ended(make_engine):
+    """A wait wakes once it has heard of every id; a retry is heard of too, so it reads again and waits on."""
+    clock = ManualClock()
+    src = ScriptedSource("a", clock, RatePolicy(concurrency=3, retries=1, backoff=100.0, backoff_max=100.0))
+    engine = make_engine({"a": src}, clock=clock)
+    engine.pause("a")
+    ids = [engine.submit("a", t) for t in ("block:x", "flaky:1", "block:y")]
+    got: list[list[Record]] = []
+    waiter = threading.Thread(target=lambda: got.append(engine.wait(ids, timeout=30)))
+    waiter.start()
+    time.sleep(0.1)  # a head start to block in wait before the retry (were it late, the test could only pass)
+    engine.resume("a")
+    src.wait_ended(1)  # the flaky one's first attempt
+    _until(lambda: engine.get(ids[1]).state is State.QUEUED)  # its retry waits out its backoff
+    src.release("x")
+    src.release("y")
+    _until(lambda: engine.get(ids[0]).state.terminal and engine.get(ids[2]).state.terminal)
+    waiter.join(0.3)
+    assert waiter.is_alive(), "wait returned while a download was still in its retry's backoff"
+    clock.advance(200)
+    waiter.join(10)
+    assert [r.state for r in got[0]] == [State.COMPLETED] * 3
+
+
+def test_a_wait_registering_while_a_notify_takes_its_ids_list_hears_of_it() -> None:
+    """A notify (a retry, say) that pops an id's list between a wait's two registration steps is heard."""
+    watches = Watches()
+
+    class NotifiedBetween(dict[str, list[Waiter]]):
+        def setdefault(self, key: str, default: list[Waiter]) -> list[Waiter]:  # type: ignore[override]
+            got = super().setdefault(key, default)
+            watches.notify(key)  # runs after the lookup, before the wait appends itself
+            return got
+
+    watches.table = NotifiedBetween()
+    waiter = watches.for_ids(["a", "b"])
+    assert waiter.pending == set() and waiter.event.is_set()
+    watches.table = {}
+    other = watches.for_ids(["a", "b"])
+    watches.notify("a")
+    assert other.pending == {"b"} and not other.event.is_set()
+    watches.notify("b")
+    assert other.event.is_set()
+
+
+def test_close_ends_a_wait_for_a_queued_download(make_engine):
+    src = InstrumentedSource("alpha", RatePolicy(concurrency=1))
+    engine = make_engine({"alpha": src})
+    running = engine.submit("alpha", "ignore-cancel:k")
+    src.wait_started(1)
+    queued = engine.submit("alpha", "ok:q")
+    raised: list[EngineClosedError] = []
+
+    def wait() -> None:
+        try:
+            engine.wait([running, queued], timeout=30)
+        except EngineClosedError as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)  # a head start to block in wait (were it late, the test could only pass)
+    engine.close(timeout=0.2)
+    waiter.join(5)
+    returned = not waiter.is_alive()
+    src.release("k")
+    assert returned, "wait went on after the engine closed"
+    assert len(raised) == 1 and queued in str(raised[0])
 
 
 def test_a_cancelled_download_returning_a_file_outside_the_destination_leaves_that_file(

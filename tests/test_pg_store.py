@@ -37,7 +37,7 @@ from test_store_reads import (  # the read contract, run here against PostgreSQL
 
 from headwater import Engine, Record, State
 from headwater._cluster._pgschema import SCHEMA_VERSION
-from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._pgstore import PostgresStore, Start
 from headwater._cluster._pgurl import masked, scrubbed
 from headwater._errors import DownloadOwnedError, StoreError, UnknownDownloadError
 
@@ -414,6 +414,44 @@ def test_states_reads_the_state_of_each_id_as_the_server_holds_it_leaving_out_un
     store.commit([_record("r", State.COMPLETED, attempts=1)])
     assert store.states(["r", "q"]) == {"q": State.QUEUED, "r": State.COMPLETED}
     assert store.states([]) == {}
+
+
+def test_start_if_marks_queued_downloads_running_at_the_next_attempt_and_returns_them(
+    store: PostgresStore,
+) -> None:
+    store.add(_record("q", attempts=1))
+    store.add(attrs.evolve(_record("named"), dest_dir="/elsewhere"))
+    store.add(_record("moved", attempts=2))
+    store.add(_record("cancelled"))
+    store.flush()
+    store.commit([_record("cancelled", State.CANCELLED)])
+    starts = [
+        Start("q", 1, "/dest", 5.0),
+        Start("named", 0, "/dest", 6.0),
+        Start("moved", 1, "/dest", 7.0),  # its attempt moved on: stale
+        Start("cancelled", 0, "/dest", 8.0),
+        Start("nosuch", 0, "/dest", 9.0),
+    ]
+    started = store.start_if(starts)
+    assert started[2:] == [None, None, None]
+    assert started[0] == attrs.evolve(
+        _record("q"), state=State.RUNNING, attempts=2, started_at=5.0, updated_at=5.0, dest_dir="/dest"
+    )
+    assert started[1] == attrs.evolve(
+        _record("named"),
+        state=State.RUNNING,
+        attempts=1,
+        started_at=6.0,
+        updated_at=6.0,
+        dest_dir="/elsewhere",
+    )
+    assert store.fetch(["q", "named", "moved"]) == {
+        "q": started[0],
+        "named": started[1],
+        "moved": _record("moved", attempts=2),
+    }
+    assert store.start_if([Start("q", 1, "/dest", 10.0)]) == [None]  # once RUNNING, a second start is refused
+    assert store.start_if([]) == []
 
 
 def test_matching_names_ended_records_by_id_or_its_start_or_end(store: PostgresStore) -> None:

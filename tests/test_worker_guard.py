@@ -13,12 +13,23 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from headwater import DownloadContext, Engine, Job, RatePolicy, RetryAfter, State, TransientError, hookimpl
+from headwater import (
+    DownloadContext,
+    Engine,
+    Job,
+    MemoryStore,
+    RatePolicy,
+    Record,
+    RetryAfter,
+    State,
+    TransientError,
+    hookimpl,
+)
 from headwater._clock import ManualClock, SystemClock
 from headwater._discovery import ONE_LINE_MAX
 from headwater._worker import SourceWorker, Verdict
@@ -107,6 +118,13 @@ def workers_idle(engine: Engine, name: str, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def runs_again(engine: Engine, name: str) -> None:
+    """Once no download of ``name`` counts as running, a download of ``name`` still runs to its end."""
+    workers_idle(engine, name)
+    again = engine.wait([engine.submit(name, "ok")], timeout=10)[0]
+    assert again.state is State.COMPLETED, again.error
+
+
 @pytest.mark.parametrize("cancel", [False, True], ids=["ended", "cancelled"])
 @pytest.mark.parametrize("kind", list(OUTCOMES))
 def test_an_odd_outcome_never_stops_the_source(
@@ -132,9 +150,7 @@ def test_an_odd_outcome_never_stops_the_source(
             assert ended.tried and ended.tried[-1].source == "odd"
         later = engine.wait([queued], timeout=10)[0]
         assert later.state is State.COMPLETED, later.error
-        workers_idle(engine, "odd")
-        again = engine.wait([engine.submit("odd", "ok")], timeout=10)[0]
-        assert again.state is State.COMPLETED, again.error
+        runs_again(engine, "odd")
     finally:
         src.go.set()
         engine.close(timeout=5)
@@ -203,26 +219,79 @@ def test_a_fallback_that_breaks_a_timed_out_move_does_not_stop_the_watchdog(tmp_
         engine.close(timeout=5)
 
 
-def test_a_worker_thread_goes_on_when_settle_raises() -> None:
-    """The worker's own guard, under the engine's: a ``settle`` that raises still ends the attempt."""
+class BrokenOnce(MemoryStore):
+    """A store whose ``commit`` raises a RuntimeError (no StoreError) at its ``nth`` RUNNING write."""
+
+    def __init__(self, nth: int) -> None:
+        super().__init__()
+        self._left = nth
+
+    def commit(self, records: Sequence[Record]) -> None:
+        if any(r.state is State.RUNNING for r in records):
+            self._left -= 1
+            if self._left == 0:
+                raise RuntimeError("the store broke its contract")
+        super().commit(records)
+
+
+@pytest.mark.parametrize("nth", [1, 2], ids=["alone", "with the end before it"])
+def test_a_store_that_raises_on_the_running_write_does_not_stop_the_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, nth: int
+) -> None:
+    """A RecordStore's failure is a journal write that failed, whatever it raises: logged, kept in memory.
+
+    ``nth`` 1: the first start's RUNNING write raises, on its own; 2: the
+    second's, committed with the first's end (concurrency 1, the second
+    queued while the first runs).
+    """
+    src = Odd(lambda ctx: None)  # the gated download declines: FAILED
+    engine = Engine(tmp_path / "dest", plugins={"odd": src}, store=BrokenOnce(nth))
+    try:
+        first = engine.submit("odd", "gated")
+        assert src.inside.wait(10)
+        second = engine.submit("odd", "ok")
+        src.go.set()
+        records = engine.wait([first, second], timeout=10)
+        assert [r.state for r in records] == [State.FAILED, State.COMPLETED], records
+        runs_again(engine, "odd")
+    finally:
+        src.go.set()
+        engine.close(timeout=5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "kept in memory only" in errors[0].getMessage()
+    assert errors[0].exc_info is not None, "a store that breaks its contract is logged with its traceback"
+
+
+@pytest.mark.parametrize("step", ["begin", "execute", "settle"])
+def test_a_worker_thread_goes_on_when_a_step_raises(step: str) -> None:
+    """The worker's guard: an item whose ``step`` raises frees its slot, the thread goes on.
+
+    Concurrency 1: a slot kept by the broken item, or a thread that died of
+    it, would start nothing more. (A ``settle`` that raises ends the attempt
+    all the same.)
+    """
     lock = threading.RLock()
     ran: list[str] = []
     all_ran = threading.Event()
 
     class Unit:
-        """Steps whose token and outcome are the job's target; settling "bad" raises."""
+        """Steps whose token and outcome are the job's target; the ``step`` of "bad" raises."""
 
         def begin(self, item: Job, now: float) -> str:
+            if step == "begin" and item.target == "bad":
+                raise RuntimeError("begin broke its contract")
             return item.target
 
         def execute(self, item: Job, token: str) -> str:
+            if step == "execute" and token == "bad":
+                raise RuntimeError("execute broke its contract")
             return token
 
         def settle(self, item: Job, token: str, outcome: str) -> Verdict:
-            ran.append(outcome)
-            if token == "bad":
+            if step == "settle" and token == "bad":
                 raise RuntimeError("settle broke its contract")
-            if len(ran) == 3:
+            ran.append(outcome)
+            if len(ran) == 2:
                 all_ran.set()
             return Verdict()
 
@@ -237,5 +306,6 @@ def test_a_worker_thread_goes_on_when_settle_raises() -> None:
             worker.put(Job(target, "unit", target))
     assert all_ran.wait(10), f"only {ran} ran"
     with lock:
+        assert ran == ["good", "also good"]
         assert (worker.running, worker.threads, worker.queued) == (0, 1, 0)
         worker.close()

@@ -25,7 +25,7 @@ from headwater._contract import returned_file
 from headwater._discovery import one_line
 from headwater._errors import ExistingFileKept, RetryAfter, is_transient
 from headwater._policy import RatePolicy
-from headwater._records import Job, Record, Tried, changed
+from headwater._records import Job, Record, Tried, changed, slot_init
 from headwater._redact import redact
 from headwater._sources import Source
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from headwater._chains import Taker
 
 
+@slot_init
 @attrs.frozen
 class Attempt:
     """What one call of ``download_impl`` came to.

@@ -46,6 +46,13 @@ def _cluster_lease(instance: object, attribute: attrs.Attribute[float], value: f
         raise ValueError(f"cluster lease must be a number of seconds > 0 (and under a day), got {value!r}")
 
 
+def _masked_repr(url: str) -> str:
+    """The ``repr`` of ``url`` with its password masked, for :class:`ClusterConfig`'s ``repr``."""
+    from headwater._cluster._pgurl import masked  # the cluster's code, only when used
+
+    return repr(masked(url))
+
+
 @attrs.frozen
 class ClusterConfig:
     """Where a cluster keeps its work, limits and records (``[cluster]``, or ``Engine``'s arguments).
@@ -53,18 +60,20 @@ class ClusterConfig:
     Attributes:
         broker: the Redis URL (``redis://host:port/db``) of Dramatiq's broker,
             which also holds the limits and the leases.
-        postgres: the PostgreSQL URL of the records; never shown with its
-            password (:func:`shown`).
+        postgres: the PostgreSQL URL of the records.
         schema: the records' schema.
         lease: seconds a slot's lease lasts unrenewed: a killed worker's
             slot is free again within it.
         prefix: the start of the cluster's names in Redis (its keys, its
             Dramatiq namespace, its cancel channel): clusters sharing one
             Redis name different ones.
+
+    Neither URL is shown with its password: not by :meth:`shown`, nor by
+    ``repr`` or ``str`` (so not in a log line either).
     """
 
-    broker: str
-    postgres: str
+    broker: str = attrs.field(repr=_masked_repr)
+    postgres: str = attrs.field(repr=_masked_repr)
     schema: str = "headwater"
     lease: float = attrs.field(default=10.0, validator=_cluster_lease)
     prefix: str = "headwater"

@@ -11,6 +11,28 @@ from pathlib import Path
 from headwater._contract import described
 from headwater._files import Existing
 
+
+class Flag(threading.Event):
+    """A :class:`threading.Event` whose lock and condition are made on first use, not at creation.
+
+    Every download's context has two (``cancelled``, ``interrupted``) that
+    most downloads only ever read with :meth:`is_set`, which reads a
+    plain attribute; :meth:`set`, :meth:`clear` and :meth:`wait` make the
+    condition, once (two threads making it at once agree on one).
+    """
+
+    def __init__(self) -> None:  # no super().__init__(): that makes the condition now
+        self._flag = False
+
+    @property
+    def _cond(self) -> threading.Condition:  # an attribute in Event
+        made: dict[str, threading.Condition] = self.__dict__
+        cond = made.get("_made_cond")
+        if cond is None:
+            cond = made.setdefault("_made_cond", threading.Condition(threading.Lock()))  # atomic
+        return cond
+
+
 #: What the engine does with a described download: ``(ctx, display_name, username, fields)``;
 #: None for what stays as it was.
 Describe = Callable[["DownloadContext", str | None, str | None, Mapping[str, object]], None]
@@ -69,8 +91,8 @@ class DownloadContext:
     ) -> None:
         self.dest_dir = dest_dir
         self.existing: Existing = existing
-        self.cancelled = threading.Event()
-        self.interrupted = threading.Event()
+        self.cancelled: threading.Event = Flag()
+        self.interrupted: threading.Event = Flag()
         self.logger = logger
         self.settings = settings
         self._now = now

@@ -14,11 +14,12 @@ the store's flusher reads :meth:`~headwater._shard.Shards.running_snapshots`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Dispatcher:
 
     Attributes:
         shards: the shards, made on first use.
-        watch: download id -> the event set when it ends (see :meth:`notify_ended`).
+        watches: the waits for downloads to end (see :meth:`notify_ended`).
         watchdog: the thread that checks :meth:`expire`.
     """
 
@@ -79,7 +80,7 @@ class Dispatcher:
         self._clock = clock
         self._idle_timeout = idle_timeout
         self._dest_dir = dest_dir
-        self.watch: dict[str, threading.Event] = {}
+        self.watches = Watches()
         self.watchdog = Watchdog(clock, self.expire, "headwater-watchdog")
         self.shards = Shards(registry, self._make)
 
@@ -98,7 +99,8 @@ class Dispatcher:
         download's start for its timeout and its speed. Whether it starts
         is :meth:`Download.start`'s answer; the RUNNING record follows.
         """
-        record = shard.current(download.id)
+        download_id = download.id
+        record = shard.current(download_id)
         if record is None or download.phase is not Phase.QUEUED:
             return None
         folder = self._dest_dir if record.dest_dir is None else _folder(record.dest_dir)
@@ -111,12 +113,12 @@ class Dispatcher:
             shard.source.settings.values,  # settings: ctx.settings; describe: ctx.describe
             # By id, not the Download: Download -> ctx -> this partial -> Download would be a
             # cycle, left for the cyclic GC to free with ~20 objects of every download.
-            functools.partial(self._describe, shard, download.id),
+            functools.partial(self._describe, shard, download_id),
         )
         if not download.start(ctx):
             return None
         shard.move(record, State.RUNNING, attempts=record.attempts + 1, started_at=time.time())
-        shard.running[download.id] = ctx
+        shard.running[download_id] = ctx
         if shard.source.policy.watched:
             self.watchdog.poke()
         return ctx
@@ -186,32 +188,118 @@ class Dispatcher:
         return next_due
 
     def notify_ended(self, download_id: str) -> None:
-        """Wake whoever waits for ``download_id`` (its record just ended or went away)."""
-        ended = self.watch.pop(download_id, None)
-        if ended is not None:
-            ended.set()
+        """Tell the waits for ``download_id`` that its record ended, went away or moved (any thread)."""
+        self.watches.notify(download_id)
+
+
+class Watches:
+    """The waits of one engine, by the ids they wait for: ends, moves and removals tell them.
+
+    No lock: each step on the table is one atomic operation of a dict or a
+    list, and a wait that registers reads its records again afterwards
+    (see :meth:`for_ids`).
+
+    Attributes:
+        table: download id -> the :class:`Waiter` objects registered for it.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[str, list[Waiter]] = {}
+
+    def notify(self, download_id: str) -> None:
+        """``download_id``'s record ended, went away or moved: each wait for it hears of it.
+
+        A :class:`Waiter` that has now heard of all its ids is woken; it
+        reads its records again to see which did end.
+        """
+        waiters = self.table.pop(download_id, None)
+        if waiters is not None:
+            for waiter in waiters:
+                waiter.heard(download_id)
+
+    def for_ids(self, ids: Iterable[str]) -> Waiter:
+        """A :class:`Waiter` for ``ids``, registered so that :meth:`notify` tells it of each.
+
+        The caller reads each record again after this, and calls
+        :meth:`Waiter.heard` for those that ended meanwhile: an end
+        notified before the registration is not told again. An id whose
+        list a notify took away between this registration's two steps is
+        marked heard here (the notify may have missed it; the caller reads
+        it again when woken).
+        """
+        ids = list(ids)
+        waiter = Waiter(ids)
+        table = self.table
+        for download_id in ids:  # not the set: a worker may already discard from it
+            waiters = table.setdefault(download_id, [])
+            waiters.append(waiter)
+            if table.get(download_id) is not waiters:  # popped between the two: told or not
+                waiter.heard(download_id)
+        return waiter
+
+    def unwatch(self, waiter: Waiter) -> None:
+        """Take ``waiter`` off the ids it has not heard of (a wait that gives up)."""
+        table = self.table
+        for download_id in list(waiter.pending):
+            waiters = table.get(download_id)
+            if waiters is not None:
+                with contextlib.suppress(ValueError):  # notified meanwhile
+                    waiters.remove(waiter)
+
+    def wake_all(self) -> None:
+        """Wake every wait (the engine closes)."""
+        for waiters in list(self.table.values()):
+            for waiter in list(waiters):
+                waiter.event.set()
+
+
+class Waiter:
+    """One wait for some downloads: woken once it has heard of every one (:meth:`Watches.for_ids`).
+
+    One event per wait, not per download, so that a wait for many
+    downloads wakes once, not at each end. Hearing of an id means its
+    record ended, went away or moved (a retry, a move down a chain): the
+    woken wait reads the records to tell, and waits again for those that
+    have not ended.
+
+    Attributes:
+        pending: the ids not heard of yet.
+        event: set once ``pending`` is empty (or the engine closes).
+    """
+
+    __slots__ = ("pending", "event")
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.pending = set(ids)
+        self.event = threading.Event()
+        if not self.pending:
+            self.event.set()
+
+    def heard(self, download_id: str) -> None:
+        """``download_id`` ended, went away or moved (any thread; no lock: each step is atomic)."""
+        pending = self.pending
+        pending.discard(download_id)
+        if not pending:  # the last id: whichever thread discards it sees the set empty
+            self.event.set()
 
 
 class ShardSteps:
     """One shard's steps of the run path, as its worker runs them (:class:`~headwater._worker.Steps`).
 
-    Each is the :class:`Dispatcher`'s step of the same name for this shard.
+    Each is the :class:`Dispatcher`'s step of the same name bound to this
+    shard (a :func:`functools.partial`: no call layer of its own per download).
     """
 
-    __slots__ = ("_dispatcher", "_shard")
+    __slots__ = ("begin", "execute", "settle", "batch")
 
     def __init__(self, dispatcher: Dispatcher, shard: Shard) -> None:
-        self._dispatcher = dispatcher
-        self._shard = shard
-
-    def begin(self, download: Download, now: float) -> DownloadContext | None:
-        return self._dispatcher.begin(self._shard, download, now)
-
-    def execute(self, download: Download, ctx: DownloadContext) -> Attempt:
-        return self._dispatcher.execute(self._shard, download, ctx)
-
-    def settle(self, download: Download, ctx: DownloadContext, tried: Attempt) -> Verdict:
-        return self._dispatcher.settle(self._shard, download, ctx, tried)
-
-    def batch(self) -> AbstractContextManager[None]:
-        return self._shard.batch()
+        self.begin: Callable[[Download, float], DownloadContext | None] = functools.partial(
+            dispatcher.begin, shard
+        )
+        self.execute: Callable[[Download, DownloadContext], Attempt] = functools.partial(
+            dispatcher.execute, shard
+        )
+        self.settle: Callable[[Download, DownloadContext, Attempt], Verdict] = functools.partial(
+            dispatcher.settle, shard
+        )
+        self.batch: Callable[[], AbstractContextManager[None]] = shard.batch

@@ -83,6 +83,11 @@ class Ended:
                     del self._pins[download_id]
                     self._pinned.pop(download_id, None)
 
+    def held(self, download_id: str) -> Record | None:
+        """The ended record ``download_id`` if it is in memory (the window, or pinned); reads no store."""
+        with self._lock:
+            return self._window.get(download_id) or self._pinned.get(download_id)
+
     def get(self, download_id: str) -> Record | None:
         """The ended record ``download_id``, or None if there is none of a loaded source."""
         with self._lock:

@@ -521,28 +521,62 @@ class Engine:
             self._ended.unpin(order)
 
     def _wait(self, order: list[str], timeout: float | None) -> list[Record]:
-        """:meth:`wait`'s loop."""
+        """:meth:`wait`'s loop: one :class:`~headwater._dispatch.Waiter` for the ids left, woken once."""
         shards = [self._locate(i)[0] for i in order]
         deadline = None if timeout is None else time.monotonic() + timeout
-        for shard, download_id in zip(shards, order, strict=True):
-            while not self._ended_or_raise(shard, download_id):
-                # Watch this one id: the terminal write sets the event. Check again
-                # after registering, in case it ended in between.
-                ended = self._dispatch.watch.setdefault(download_id, threading.Event())
-                if self._ended_or_raise(shard, download_id):
-                    break
-                if self._closed:
-                    raise EngineClosedError(f"the engine closed before download {download_id} ended")
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not ended.wait(left):
-                    done = sum(1 for s, i in zip(shards, order, strict=True) if self._ended_or_raise(s, i))
-                    raise TimeoutError(
-                        f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
-                    )
-        return [snapshot(*self._locate(i, s)) for s, i in zip(shards, order, strict=True)]
+        places = dict(zip(order, shards, strict=True))
+        left = [i for i, s in places.items() if not self._ended_or_raise(s, i)]
+        while left:
+            if not self._wait_for(left, places, deadline):
+                done = sum(1 for s, i in zip(shards, order, strict=True) if self._ended_or_raise(s, i))
+                raise TimeoutError(
+                    f"{len(order) - done} of {len(order)} downloads had not ended after {timeout} s"
+                )
+            # Heard of all: some may only have moved (a retry, a chain) or the engine closed.
+            left = [i for i in left if not self._ended_or_raise(places[i], i)]
+        return [self._waited(s, i) for s, i in zip(shards, order, strict=True)]
+
+    def _wait_for(self, ids: list[str], places: dict[str, Shard | None], deadline: float | None) -> bool:
+        """Block until each of ``ids`` has been heard of (ended or moved); False past ``deadline``."""
+        # Watch the ids, then read them again: one that ended in between was
+        # notified before the registration, and is marked heard here.
+        waiter = self._dispatch.watches.for_ids(ids)
+        try:
+            for download_id in ids:
+                if self._ended_or_raise(places[download_id], download_id):
+                    waiter.heard(download_id)
+            if not waiter.pending:
+                return True
+            if self._closed:
+                first = next(i for i in ids if i in waiter.pending)
+                raise EngineClosedError(f"the engine closed before download {first} ended")
+            seconds = None if deadline is None else deadline - time.monotonic()
+            return (seconds is None or seconds > 0) and waiter.event.wait(seconds)
+        finally:
+            self._dispatch.watches.unwatch(waiter)  # of the ids not heard of: none once woken
+
+    def _waited(self, shard: Shard | None, download_id: str) -> Record:
+        """The record (a snapshot) of a download :meth:`wait` waits for, read where it most likely is.
+
+        First ``shard``, then the ended records in memory, then wherever it went.
+        """
+        if shard is not None:
+            record = shard.record(download_id)
+            if record is not None:
+                return shard.snapshot(record)
+        held = self._ended.held(download_id)  # an ended record never changes: no snapshot to take
+        if held is not None:
+            return held
+        return snapshot(*self._locate(download_id, shard))
 
     def _ended_or_raise(self, shard: Shard | None, download_id: str) -> bool:
         """Whether the download has ended; looked up again if a chain move took it off ``shard``."""
+        if shard is not None:
+            record = shard.record(download_id)
+            if record is not None:
+                return record.state.terminal
+        if self._ended.held(download_id) is not None:
+            return True
         return self._locate(download_id, shard)[1].state.terminal
 
     def set_policy(self, source: str, policy: RatePolicy) -> None:
@@ -632,8 +666,7 @@ class Engine:
         watchdog = self._dispatch.watchdog.close()
         if watchdog is not None:
             threads.append(watchdog)
-        for ended in list(self._dispatch.watch.values()):
-            ended.set()
+        self._dispatch.watches.wake_all()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [

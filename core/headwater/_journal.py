@@ -154,6 +154,8 @@ class SQLiteStore:
     def load(self) -> list[Record]:
         """The terminal records, oldest first; unfinished ones are left to :meth:`take_over`.
 
+        All at once, for tools and tests: not a :class:`~headwater.RecordStore`
+        method, the engine never calls it (it reads ended records on demand).
         A row that cannot be decoded is logged (a warning with its id and why)
         and left out, and stays in the journal as it is.
         """

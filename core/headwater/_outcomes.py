@@ -20,11 +20,12 @@ from headwater._context import DownloadContext
 from headwater._discovery import one_line
 from headwater._download import Download
 from headwater._files import discard_landed
-from headwater._records import Record, State, Tried
+from headwater._records import Record, State, Tried, slot_init
 from headwater._shard import Shard
 from headwater._worker import Verdict
 
 
+@slot_init
 @attrs.frozen
 class Settled:
     """What :func:`settle` wrote, and what is left to do once the lock is released.
@@ -59,8 +60,9 @@ def settle(shard: Shard, download: Download, ctx: DownloadContext, tried: Attemp
     """
     download_id = download.id
     try:
-        if shard.running.get(download_id) is ctx:
-            del shard.running[download_id]
+        running = shard.running
+        if running.get(download_id) is ctx:
+            del running[download_id]
         ours = download.end(ctx)  # not if cancelled, or the watchdog ended it
         record = shard.record(download_id)
         settled: Settled | None = None

@@ -126,25 +126,30 @@ class Shard:
         """Commit the new records of ``moves`` (id -> (state before, new record)), then make them current.
 
         A terminal record committed leaves the shard for :attr:`ended` (one
-        the store refused stays, as the only copy).
+        the store refused stays, as the only copy). Whatever the store raises
+        (a StoreError, or another exception of a store's own bug) counts as
+        a write that failed (see :meth:`move`).
         """
+        records = [new for _, new in moves.values()]
         committed = True
         try:
-            self.store.commit([new for _, new in moves.values()])
-        except StoreError as exc:
+            self.store.commit(records)
+        except Exception as exc:  # a store's bug too (not a StoreError): the same rule, with its traceback
             committed = False
             changes = ", ".join(f"{was.name} -> {new.state.name} of {new.id}" for was, new in moves.values())
-            log.error("%s; %s kept in memory only", exc, changes)
-        for _, new in moves.values():
-            download = self.downloads.get(new.id)
+            log.error("%s; %s kept in memory only", exc, changes, exc_info=not isinstance(exc, StoreError))
+        downloads = self.downloads
+        for new in records:
+            download_id = new.id
+            download = downloads.get(download_id)
             if committed and new.state.terminal:
                 self.ended.keep(new)  # before it leaves: a reader missing it here finds it there
                 if download is not None:
-                    del self.downloads[new.id]
-                self.home.pop(new.id, None)
+                    del downloads[download_id]
+                self.home.pop(download_id, None)
             elif download is not None:
                 download.record = new
-        self.feed.publish(ChangeKind.RECORD, (new for _, new in moves.values()))
+        self.feed.publish(ChangeKind.RECORD, records)
 
     def cancel(self, record: Record) -> bool:
         """Cancel ``record``'s download (the lock held); True if this call cancelled it.

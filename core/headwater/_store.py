@@ -81,10 +81,6 @@ class RecordStore(Protocol):
     first" is by ``created_at``, then by id, both descending.
     """
 
-    def load(self) -> list[Record]:
-        """The terminal records (the history), oldest first (called once, before any write)."""
-        ...
-
     def get(self, download_id: str) -> Record | None:
         """The ended record ``download_id``, or None if the store holds no ended record of that id.
 
@@ -185,7 +181,9 @@ class RecordStore(Protocol):
     def commit(self, records: Sequence[Record]) -> None:
         """Write state changes (whole records, added or not); durable when this returns.
 
-        Raises :class:`~headwater.StoreError` if the write fails.
+        Raises :class:`~headwater.StoreError` if the write fails. The engine
+        logs it and goes on in memory; it does the same, with the traceback,
+        for any other exception raised here.
         """
         ...
 
@@ -255,6 +253,7 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     def load(self) -> list[Record]:
+        """Every ended record, oldest first, all at once (not :class:`RecordStore`'s: nothing calls it)."""
         with self._lock:
             return sorted(self._ended.values(), key=_latest)
 

@@ -30,6 +30,7 @@ import attrs
 
 from headwater._clock import Clock
 from headwater._policy import RatePolicy
+from headwater._records import slot_init
 from headwater._scheduler import Scheduler
 
 Item = TypeVar("Item")
@@ -40,6 +41,7 @@ O = TypeVar("O")  # noqa: E741
 log = logging.getLogger("headwater")
 
 
+@slot_init
 @attrs.frozen
 class Verdict:
     """What the end of an attempt asks of the worker.
@@ -83,10 +85,16 @@ class Steps(Protocol[Item_contra, T, O]):
         """With the lock held, when the scheduler gives out ``item`` at clock time ``now``.
 
         Returns a token to run it with, or None to drop it (it was cancelled).
+        Should not raise: if it does, the exception is logged, the item is
+        dropped (its slot freed), and the thread goes on.
         """
 
     def execute(self, item: Item_contra, token: T) -> O:
-        """Without the lock: run ``item``; its outcome. Never raises."""
+        """Without the lock: run ``item``; its outcome.
+
+        Never raises: if it does anyway, the exception is logged, the item's
+        slot is freed (nothing is settled), and the thread goes on.
+        """
 
     def settle(self, item: Item_contra, token: T, outcome: O) -> Verdict:
         """With the lock held, inside :meth:`batch`: write the end; say whether the item goes again.
@@ -221,22 +229,27 @@ class SourceWorker(Generic[Item, T, O]):
     def _loop(self) -> None:
         picked: tuple[Item, T] | None = None
         while True:
-            if picked is None:
-                with self._lock:
-                    picked = self._next()
-                    if picked is None:
-                        self._threads.discard(threading.current_thread())
-                        return
-            item, token = picked
-            picked = None
-            try:
+            try:  # the last resort: one job (its begin, its run) must not end the source's thread
+                if picked is None:
+                    with self._lock:
+                        picked = self._next()
+                        if picked is None:
+                            self._threads.discard(threading.current_thread())
+                            return
+                item, token = picked
+                picked = None
                 picked = self._round(item, token)
-            except BaseException:  # the last resort: one job must not end the source's thread
-                log.exception("worker of %s: running %r raised; going on", self._name, item)
+            except BaseException:
+                log.exception("worker of %s: a job raised; going on", self._name)
 
     def _round(self, item: Item, token: T) -> tuple[Item, T] | None:
         """Run ``item``, settle its outcome, and begin the next item if one may start at once."""
-        outcome = self._execute(item, token)
+        try:
+            outcome = self._execute(item, token)
+        except BaseException:  # broke its contract: no outcome to settle, but the slot is ended all the same
+            with self._lock:
+                self._scheduler.ended(self._clock.now())
+            raise
         with self._lock, self._batch():
             try:
                 verdict = self._settle(item, token, outcome)
@@ -253,7 +266,8 @@ class SourceWorker(Generic[Item, T, O]):
             scheduler.ended(self._clock.now())
             if verdict.front or verdict.again_at is not None:
                 self._fill()
-            self._changed.notify()
+            if self._waiting:
+                self._changed.notify()
             follow = self._next(wait=False)
         if verdict.then is not None:
             try:
@@ -279,7 +293,11 @@ class SourceWorker(Generic[Item, T, O]):
             if decision.start:
                 idle_since = None
                 item = decision.start[0]
-                token = self._begin(item, now)
+                try:
+                    token = self._begin(item, now)
+                except BaseException:  # broke its contract: not started, its slot is free again
+                    scheduler.dropped(now)
+                    raise
                 if token is not None:
                     return item, token
                 scheduler.dropped(now)  # cancelled while queued

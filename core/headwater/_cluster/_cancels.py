@@ -25,12 +25,12 @@ from headwater._cluster._scripts import text
 
 log = logging.getLogger("headwater.cluster")
 
-#: The channel cancels are announced on, unless the caller names another.
-CHANNEL = "headwater:cancel"
 
+def announce(client: redis.Redis, download_id: str, channel: str) -> None:
+    """Tell the workers on ``channel`` (``ClusterConfig.cancel_channel``) that ``download_id`` was cancelled.
 
-def announce(client: redis.Redis, download_id: str, channel: str = CHANNEL) -> None:
-    """Tell every worker that ``download_id`` was cancelled (after its record says so); raises RedisError."""
+    After its record says so; raises RedisError.
+    """
     client.publish(channel, download_id)
 
 
@@ -57,7 +57,7 @@ class CancelWatch:
         gone: Callable[[Collection[str]], Collection[str]],
         *,
         poll: float = 1.0,
-        channel: str = CHANNEL,
+        channel: str,
     ) -> None:
         if not 0 < poll < math.inf:
             raise ValueError(f"CancelWatch poll must be a finite number of seconds > 0, got {poll!r}")

@@ -17,6 +17,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ import attrs
 import redis
 
 from headwater._chains import Chain
-from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, Subscription
+from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
 from headwater._cluster._cancels import announce
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._pgfeed import RecordListener
@@ -33,7 +34,7 @@ from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._setup import redis_client
 from headwater._cluster._work import WorkerProcess
 from headwater._config import ClusterConfig
-from headwater._errors import ConfigError, EngineClosedError, UnknownDownloadError
+from headwater._errors import ConfigError, EngineClosedError, StoreError, UnknownDownloadError
 from headwater._files import Existing
 from headwater._policy import RatePolicy
 from headwater._records import Record, State
@@ -42,8 +43,13 @@ from headwater._sources import SourceInfo, SourceRegistry
 from headwater._store import Swap
 from headwater._submission import submission
 
-#: Seconds between reads of the records while :meth:`ClusterClient.wait` waits.
+#: Seconds between reads of the records while :meth:`ClusterClient.wait` waits and the change feed
+#: cannot be heard.
 POLL = 0.02
+
+#: Seconds between reads of the records while :meth:`ClusterClient.wait` hears the change feed (the
+#: ends it brings end the wait at once; the reads catch what it could not bring).
+POLL_HEARING = 0.25
 
 
 def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id: str) -> bool:
@@ -122,6 +128,9 @@ class ClusterClient:
         self._feed = ChangeFeed()
         self._listener: RecordListener | None = None
         self._lock = threading.Lock()
+        self._ending = threading.Condition()  # the feed heard an end of a download waited for
+        self._waited: Counter[str] = Counter()  # ids wait() calls wait for
+        self._ends: dict[str, Change] = {}  # the change that ended each of them, as heard
         self._closed = False
         self.gate = SourceGate()
         self.store = PostgresStore(config.postgres, schema=config.schema)
@@ -192,28 +201,65 @@ class ClusterClient:
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Record]:
         """Block until every download of ``ids`` has ended; their records in order.
 
-        Raises TimeoutError after ``timeout`` seconds, UnknownDownloadError
-        for an id the records do not hold.
+        Ends come from the change feed as they are committed (the first
+        call starts listening, as :meth:`subscribe`); the records are also
+        read every :data:`POLL_HEARING` seconds (:data:`POLL` while the feed
+        cannot be heard). Raises TimeoutError after ``timeout`` seconds,
+        UnknownDownloadError for an id the records do not hold.
         """
         order = list(ids)
         self.flush()
+        try:
+            hearing = self._listen()
+        except StoreError:  # the records are read more often instead
+            hearing = False
         deadline = None if timeout is None else time.monotonic() + timeout
         ended: dict[str, Record] = {}
         left = list(dict.fromkeys(order))
-        while True:
-            states = self.store.states(left)  # only those not seen ended yet; no record decoded
-            done = [i for i in left if i not in states or states[i].terminal]
-            found = self.store.fetch(done) if done else {}
-            missing = [i for i in done if i not in found]
-            if missing:
-                raise UnknownDownloadError(missing[0])
-            ended.update((i, r) for i, r in found.items() if r.state.terminal)
-            left = [i for i in left if i not in ended]
-            if not left:
-                return [ended[i] for i in order]
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(left)} of {len(order)} downloads had not ended after {timeout} s")
-            time.sleep(POLL)
+        waited = list(left)
+        with self._ending:
+            self._waited.update(waited)
+        try:
+            while True:
+                states = self.store.states(left)  # only those not seen ended yet; no record decoded
+                done = [i for i in left if i not in states or states[i].terminal]
+                found = self.store.fetch(done) if done else {}
+                missing = [i for i in done if i not in found]
+                if missing:
+                    raise UnknownDownloadError(missing[0])
+                ended.update((i, r) for i, r in found.items() if r.state.terminal)
+                left = [i for i in left if i not in ended]
+                read_at = time.monotonic() + (POLL_HEARING if hearing else POLL)
+                with self._ending:
+                    while left:
+                        heard = {i: self._ends[i] for i in left if i in self._ends}
+                        removed = [i for i, c in heard.items() if c.kind is ChangeKind.REMOVED]
+                        if removed:  # read again: gone, or submitted again since
+                            for i in removed:
+                                del self._ends[i]
+                            break
+                        ended.update((i, c.record) for i, c in heard.items())
+                        left = [i for i in left if i not in ended]
+                        now = time.monotonic()
+                        if not left or now >= read_at:
+                            break
+                        if deadline is not None and now > deadline:
+                            break
+                        until = read_at if deadline is None else min(read_at, deadline)
+                        self._ending.wait(until - now)
+                if not left:
+                    return [ended[i] for i in order]
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{len(left)} of {len(order)} downloads had not ended after {timeout} s"
+                    )
+        finally:
+            with self._ending:
+                self._waited.subtract(waited)
+                for i in waited:
+                    if self._waited[i] <= 0:
+                        del self._waited[i]
+                        self._ends.pop(i, None)
 
     def remove(self, download_id: str) -> Record:
         """Forget a download, cancelling it first if it has not ended; its last record.
@@ -265,15 +311,33 @@ class ClusterClient:
         records are whole values, a repeat is harmless).
         """
         subscription = self._feed.subscribe(maxsize)
+        self._listen()
+        return subscription
+
+    def _listen(self) -> bool:
+        """Follow the change feed from now on, if not yet; whether it is followed (not once closed).
+
+        Raises StoreError if the feed cannot be reached.
+        """
         with self._lock:
             if self._listener is None and not self._closed:
-                self._listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
-                self._listener.start()
-        return subscription
+                listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
+                listener.start()
+                self._listener = listener
+            return self._listener is not None
 
     def _heard(self, changes: list[Change]) -> None:
         for change in changes:
             self._feed.publish(change.kind, (change.record,))
+        with self._ending:
+            ends = [
+                c
+                for c in changes
+                if c.record.id in self._waited and (c.kind is ChangeKind.REMOVED or c.record.state.terminal)
+            ]
+            if ends:
+                self._ends.update((c.record.id, c) for c in ends)
+                self._ending.notify_all()
 
     def pause(self, source: str | None = None) -> None:
         """Start no more downloads of ``source`` (or of every source) anywhere in the cluster.

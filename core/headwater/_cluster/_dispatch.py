@@ -19,6 +19,11 @@ schedules, the others wait to take over within the lease time. The leader:
   granted, it sends the message; refused, the download goes back to the
   front and the source waits for the time Redis named (for a full
   concurrency, or until one of its downloads ends);
+- hears each slot a worker gives back as the worker releases it (the
+  release publishes it: :class:`~headwater._cluster._ends.EndListener`),
+  and counts that download's start ended at once, so the slot's next
+  download starts without waiting for the end's commit and its NOTIFY;
+  the change feed still brings the end, which moves the record;
 - every third of the lease time, renews the slots of the downloads whose
   messages wait for a free worker thread, and asks Redis which of the
   RUNNING ones still hold their slots: one whose lease is gone (its worker
@@ -45,9 +50,10 @@ import attrs
 import redis
 
 from headwater._changes import Change, ChangeKind
+from headwater._cluster._ends import EndListener
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._leader import LeaderLease
-from headwater._cluster._limits import RedisLimits, Verdict
+from headwater._cluster._limits import RedisLimits, Verdict, ended_channel
 from headwater._cluster._message import Assignment, broker, send
 from headwater._cluster._pgfeed import RecordListener
 from headwater._cluster._pgstore import PostgresStore
@@ -109,14 +115,17 @@ class Dispatcher:
         name = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._lease = LeaderLease(self._client, name, ttl=config.lease, prefix=config.leader_prefix)
         self._listener: RecordListener | None = None  # while leading
+        self._ends: EndListener | None = None  # while leading
         self._wake = threading.Condition()
         self._heard_changes: list[Change] = []
+        self._heard_ends: list[str] = []  # holders whose slots were given back
         self._stop = threading.Event()
         self._leading = False
         self._records: dict[str, Record] = {}  # the unfinished records, as last heard
         self._sent: dict[str, Assignment] = {}  # downloads holding a slot, by id
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
+        self._freed: set[str] = set()  # the ids of _sent whose workers gave their slots back
         self._paused: set[str] = set()  # the sources paused, as the records said at the last sweep
         self._jitter = random.Random()  # its own: a test's use of the global one stays its own
         self._thread = threading.Thread(target=self._run, name="headwater-dispatch", daemon=True)
@@ -157,6 +166,12 @@ class Dispatcher:
             self._heard_changes.extend(changes)
             self._wake.notify_all()
 
+    def _heard_end(self, holders: list[str]) -> None:
+        """The end listener's callback (its thread): hand the slots given back to the loop."""
+        with self._wake:
+            self._heard_ends.extend(holders)
+            self._wake.notify_all()
+
     def _run(self) -> None:
         renew_every = self.config.lease / 3
         next_renew = 0.0
@@ -169,9 +184,10 @@ class Dispatcher:
                     next_renew = now + renew_every
                     if self._leading:
                         self._sweep()
-                changes = self._take_changes()  # a process that does not lead has no use for them
+                changes, ends = self._take_changes()  # a process that does not lead has no use for them
                 if self._leading:
                     self._apply(changes)
+                    self._apply_ends(ends)
                     wake = min(wake, self._start_due(time.monotonic()), next_renew)
             except (redis.RedisError, StoreError) as exc:
                 log.warning("the scheduler could not go on (%s); trying again", exc)
@@ -180,18 +196,23 @@ class Dispatcher:
                 log.exception("the scheduler's round failed; trying again")
                 wake = time.monotonic() + min(1.0, renew_every)
             with self._wake:
-                if not self._heard_changes and not self._stop.is_set():
+                if not (self._heard_changes or self._heard_ends or self._stop.is_set()):
                     self._wake.wait(max(0.0, wake - time.monotonic()))
 
     def _stop_listening(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        ends, self._ends = self._ends, None
+        if ends is not None:
+            ends.close()
 
-    def _take_changes(self) -> list[Change]:
+    def _take_changes(self) -> tuple[list[Change], list[str]]:
+        """The changes and the slots given back heard since the last call."""
         with self._wake:
             taken, self._heard_changes = self._heard_changes, []
-        return taken
+            ends, self._heard_ends = self._heard_ends, []
+        return taken, ends
 
     def _keep_lead(self) -> None:
         """Renew the lease while leading; claim it when not; begin leading with the records' state."""
@@ -208,11 +229,15 @@ class Dispatcher:
         listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
         listener.start()  # every change from now on is heard (StoreError: claimed again next round)
         self._listener = listener
+        ends = EndListener(self._client, self._heard_end, ended_channel(self.config.limits_prefix))
+        ends.start()  # RedisError: claimed again next round
+        self._ends = ends
         self.terms.append(term)
         self._take_changes()  # the read below holds what they said
         self._records.clear()
         self._sent.clear()
         self._started.clear()
+        self._freed.clear()
         self._sources.clear()
         self._leading = True
         self._follow_pauses()
@@ -257,8 +282,28 @@ class Dispatcher:
             elif before.state is State.RUNNING:  # its attempt ended after the sweep gave it up
                 self._queue(record, front=True)
 
+    def _apply_ends(self, holders: Iterable[str]) -> None:
+        """The slots of ``holders`` were given back: their starts end now (their records move later).
+
+        Only the attempt sent counts (a holder heard late, of an attempt
+        that moved on, is ignored); the download stays sent until the change
+        feed brings its end, which then ends nothing more.
+        """
+        now = time.monotonic()
+        for holder in holders:
+            download_id = holder.rpartition(":")[0]
+            sent = self._sent.get(download_id)
+            if sent is None or sent.holder != holder or download_id not in self._started:
+                continue
+            self._started.discard(download_id)
+            self._freed.add(download_id)
+            source = self._source(sent.source)
+            source.rules.ended(now)
+            source.full_until = 0.0
+
     def _ended(self, download_id: str) -> None:
         """The download's attempt holds no slot any more: its source may start another."""
+        self._freed.discard(download_id)
         sent = self._sent.pop(download_id, None)
         if sent is not None:
             source = self._source(sent.source)
@@ -392,6 +437,8 @@ class Dispatcher:
         by_source: dict[str, list[Assignment]] = {}
         for assignment in list(self._sent.values()):
             record = self._records.get(assignment.download_id)
+            if assignment.download_id in self._freed and record is not None and record.state is State.QUEUED:
+                continue  # it ran and gave its slot back; its RUNNING is yet to be heard
             if record is not None and record.state is State.QUEUED and record.attempts == assignment.attempts:
                 if not self._source(assignment.source).limits.renew(assignment.holder, time.monotonic()):
                     self._recover(assignment)

@@ -7,9 +7,10 @@ for those already in to leave), so that it can read the source's records
 and act on them knowing this process moves none meanwhile. Other processes
 of the cluster are not held.
 
-It also knows which attempts this process is ending (:meth:`SourceGate.ending`):
-an attempt gives its slot back before it writes its end, and the scheduler,
-finding the slot's lease gone meanwhile, must not take it for dead.
+It also knows which attempts this process is ending (:meth:`SourceGate.ending`
+until :meth:`SourceGate.ended`): an attempt gives its slot back before its
+end is written, and the scheduler, finding the slot's lease gone meanwhile,
+must not take it for dead.
 """
 
 from __future__ import annotations
@@ -84,16 +85,15 @@ class SourceGate:
         with self._changed:
             return source in self._frozen
 
-    @contextmanager
-    def ending(self, holder: str) -> Iterator[None]:
-        """The attempt ``holder`` is ending in this process until the block ends (its slot may be free)."""
+    def ending(self, holder: str) -> None:
+        """The attempt ``holder`` is ending in this process (its slot may be free) until :meth:`ended`."""
         with self._changed:
             self._ending.add(holder)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._ending.discard(holder)
+
+    def ended(self, holder: str) -> None:
+        """The end of the attempt ``holder`` is written (or refused): see :meth:`ending`."""
+        with self._changed:
+            self._ending.discard(holder)
 
     def is_ending(self, holder: str) -> bool:
         """Whether this process is ending the attempt ``holder`` now."""

@@ -44,6 +44,17 @@ WINDOW = 60.0
 #: The key prefix of the limits, unless the caller names another.
 PREFIX = "headwater:limits:"
 
+
+def ended_channel(prefix: str = PREFIX) -> str:
+    """The channel a worker announces each slot its download gave back on, for the limits of ``prefix``.
+
+    The scheduler listens to it to start the next download without waiting
+    for the end's write and the change feed; announcements may be lost
+    (pub/sub), the change feed still brings every end.
+    """
+    return f"{prefix}ended"
+
+
 #: Why :meth:`RedisLimits.acquire` answered as it did. Granted: ``granted``
 #: (a new lease), ``held`` (the holder held one already; it was renewed).
 #: Not granted, what the wait is for: ``settling`` (the state is new or was
@@ -240,16 +251,19 @@ class RedisLimits:
         """
         return bool(self._renew(keys=[self._holders, self._ended], args=[holder, self._lease_us]))
 
-    def release(self, holder: str, now: float, *, started: bool = True) -> bool:
+    def release(self, holder: str, now: float, *, started: bool = True, announce: str | None = None) -> bool:
         """``holder``'s download ended: free its slot; the delay counts from the server's now.
 
         Returns whether it still held its lease; the end counts either way.
         ``started=False`` gives an unused grant back (the download was
         cancelled before it began): no end, and its start leaves the
-        per-minute window.
+        per-minute window. ``announce``: a channel (:func:`ended_channel`)
+        on which ``holder`` is published, in the same atomic step, once the
+        slot is free.
         """
         keys = [self._holders, self._ended, self._starts]
-        return bool(self._release(keys=keys, args=[holder, 1 if started else 0]))
+        args = [holder, 1 if started else 0, *([] if announce is None else [announce])]
+        return bool(self._release(keys=keys, args=args))
 
     def pause_until(self, when: float, now: float) -> None:
         """Allow no start before ``when`` (``when - now`` seconds from the server's now); a later one wins."""

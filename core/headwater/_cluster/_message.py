@@ -25,6 +25,7 @@ import attrs
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
+from headwater._cluster._setup import redis_client
 from headwater._codec import plain, structure
 
 log = logging.getLogger("headwater.cluster")
@@ -82,8 +83,12 @@ class Assignment:
 
 
 def broker(url: str, namespace: str = "headwater") -> RedisBroker:
-    """A Dramatiq Redis broker on ``url`` (``redis://host:port/db``): no middleware, its queue declared."""
-    found = RedisBroker(url=url, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+    """A Dramatiq Redis broker on ``url`` (``redis://host:port/db``): no middleware, its queue declared.
+
+    Its client is :func:`~headwater._cluster._setup.redis_client`'s, whose
+    calls time out: a send to a Redis that stopped answering raises.
+    """
+    found = RedisBroker(client=redis_client(url), namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
     found.declare_queue(QUEUE)
     return found
 

@@ -109,6 +109,22 @@ class Statements:
             )
             SELECT coalesce(array_agg(d.id IS NOT NULL OR coalesce(r.stamp = %s, false) ORDER BY w.n), '{{}}')
             FROM w LEFT JOIN done d ON d.id = w.id LEFT JOIN {s}.records r ON r.id = w.id"""
+        # QUEUED at the attempts seen -> RUNNING at the next, the record built here from the row
+        # (the fields a worker's start sets; its folder unless the record names one).
+        self.start = f"""WITH w AS MATERIALIZED (
+                SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::float8[])
+                    WITH ORDINALITY AS w(id, seen, dest, at, n)
+            ), done AS (
+                UPDATE {s}.records AS r SET state = 'running', attempts = w.seen + 1, updated_at = w.at,
+                    data = r.data || jsonb_build_object('state', 'running', 'attempts', w.seen + 1,
+                        'started_at', w.at, 'updated_at', w.at,
+                        'dest_dir', coalesce(nullif(r.data->>'dest_dir', ''), w.dest)),
+                    version = r.version + 1, stamp = %s
+                FROM w WHERE r.id = w.id AND r.stamp <> %s AND r.state = 'queued' AND r.attempts = w.seen
+                RETURNING r.id, r.data::text AS data
+            )
+            SELECT coalesce(d.data, CASE WHEN r.stamp = %s THEN r.data::text END)
+            FROM w LEFT JOIN done d ON d.id = w.id LEFT JOIN {s}.records r ON r.id = w.id ORDER BY w.n"""
         self.progress = f"""UPDATE {s}.records SET data = %s::jsonb
             WHERE id = %s AND state = 'running' AND attempts = %s AND updated_at = %s"""
         self.delete = f"DELETE FROM {s}.records WHERE id = %s"

@@ -233,6 +233,7 @@ class PostgresStore:
             self._session.end()
             raise self._error("connect to", exc) from None
         self._swaps: Grouped[Swap, bool] = Grouped(self._swap, lambda swap: swap.record.id)
+        self._starts: Grouped[Start, Record | None] = Grouped(self._start, lambda start: start.id)
         self._pending: collections.deque[Record] = collections.deque()
         self._inserting = threading.Lock()  # one _insert_pending at a time
         self._written: dict[str, tuple[float, int]] = {}  # the thread only: id -> last progress written
@@ -477,6 +478,46 @@ class PostgresStore:
             return []
         return self._swaps.call(swaps)
 
+    def start_if(self, starts: Sequence[Start]) -> list[Record | None]:
+        """Mark each download RUNNING if its row is QUEUED at the attempts its start saw; the records written.
+
+        One conditional ``UPDATE ... RETURNING`` for all (the read and the
+        write of a worker's start in one round trip): the row becomes the
+        next attempt, started and updated at the start's ``at``, in the
+        start's ``dest_dir`` unless it names one; a row in another state or
+        attempt (cancelled, taken by another worker) is left as it is (None).
+        The starts of threads calling at the same time are written together,
+        as :meth:`commit_if`'s swaps (but not with them). Once the store is
+        closed nothing is written (every answer None). A record the row
+        holds that cannot be decoded raises StoreError.
+        """
+        if self._dropped("start"):
+            return [None] * len(starts)
+        if not starts:
+            return []
+        return self._starts.call(starts)
+
+    def _start(self, starts: list[Start]) -> list[Record | None]:
+        """The one statement of :meth:`start_if` for ``starts`` (distinct ids)."""
+        ordered = sorted(range(len(starts)), key=lambda i: starts[i].id)  # rows locked in one order
+        columns = (
+            [starts[i].id for i in ordered],
+            [starts[i].attempts for i in ordered],
+            [starts[i].dest_dir for i in ordered],
+            [starts[i].at for i in ordered],
+        )
+        self._insert_pending()
+
+        def work(conn: Conn, stamp: int) -> list[str | None]:
+            return [row[0] for row in conn.execute(self._q.start, (*columns, stamp, stamp, stamp)).fetchall()]
+
+        rows = self._write(work, "write")
+        answers: list[Record | None] = [None] * len(starts)
+        for place, data in zip(ordered, rows, strict=True):
+            if data is not None:
+                answers[place] = self._decode_one(starts[place].id, data)
+        return answers
+
     def _swap(self, swaps: list[Swap]) -> list[bool]:
         """The one statement of :meth:`commit_if` for ``swaps`` (distinct ids)."""
         ordered = sorted(range(len(swaps)), key=lambda i: swaps[i].record.id)  # rows locked in one order
@@ -704,6 +745,24 @@ class PostgresStore:
                 log.error("%s", exc)
             except Exception:  # the thread must outlive any one bad round
                 log.exception("records at %s: the store's round failed", self.where)
+
+
+@attrs.frozen
+class Start:
+    """A worker's start of a download (:meth:`PostgresStore.start_if`).
+
+    Attributes:
+        id: the download.
+        attempts: the ``attempts`` its QUEUED record had when it was sent;
+            it starts attempt ``attempts + 1``.
+        dest_dir: its folder, unless its record names one.
+        at: when it starts (``time.time()``).
+    """
+
+    id: str
+    attempts: int
+    dest_dir: str
+    at: float
 
 
 def _data(record: Record) -> str:

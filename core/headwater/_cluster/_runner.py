@@ -4,28 +4,36 @@
 :class:`~headwater._cluster._message.Assignment` (a download holding a slot
 of its source) it:
 
-1. reads the record from PostgreSQL and checks the slot's lease is still
-   held (else the message is stale: redelivered after its worker died, or
-   its attempt moved on, and it does nothing);
-2. marks it RUNNING with one conditional write from the state and attempts
-   the scheduler wrote (refused: cancelled meanwhile, or another worker
-   took it), and gives the slot back unused if refused;
+1. checks the slot's lease is still held (else the message is stale:
+   redelivered after its worker died, and it does nothing);
+2. marks the record RUNNING with one conditional write from the state and
+   attempts the scheduler wrote, which returns the record
+   (:meth:`~headwater._cluster._pgstore.PostgresStore.start_if`: its read
+   and write in one round trip); refused (cancelled meanwhile, its attempt
+   moved on, or another worker took it), it gives the slot back unused;
 3. builds the same ``ctx`` a local engine gives plugins and runs the attempt
    with the code the local engine runs it with
    (:func:`~headwater._attempt.run_attempt`), while the process's
    :class:`~headwater._cluster._keeper.LeaseKeeper` renews the lease and
    its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
    cancel; a lost lease or a cancel sets ``ctx.cancelled``;
-4. releases the slot, as soon as the outcome is known (so that the
-   scheduler, hearing of the end, finds it free);
+4. releases the slot, as soon as the outcome is known, and announces it
+   in the same step (:mod:`~headwater._cluster._ends`): the scheduler
+   starts the slot's next download at once;
 5. ends the record with one conditional write (COMPLETED, FAILED, QUEUED
    again for a retry, a Retry-After pause, an interrupt or a lost lease, or
    on the next source of its chain), which a cancel or a later attempt
    makes refuse; a file landed by an attempt whose end was refused is
-   deleted, as a local engine deletes one landed after a cancel.
+   deleted, as a local engine deletes one landed after a cancel. The ends
+   are written by a thread per source (:class:`_EndWriter`), those waiting
+   at once in one statement, so that the Dramatiq thread, with
+   ``wait=False``, takes its next message as soon as the slot is given back.
 
 Nothing it raises reaches Dramatiq, so every message is acknowledged when
-its download's attempt has ended.
+its download's attempt has ended (with ``wait=False``, before its end is
+written: a process that dies meanwhile leaves the record RUNNING without a
+slot, which the scheduler's sweep queues again, as for a worker killed
+mid-download).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -55,12 +63,12 @@ from headwater._attempt import (
 )
 from headwater._chains import Taker, find_taker, translate
 from headwater._clock import SystemClock
-from headwater._cluster._cancels import CHANNEL, CancelWatch
+from headwater._cluster._cancels import CancelWatch
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._keeper import LeaseKeeper
-from headwater._cluster._limits import PREFIX, RedisLimits
+from headwater._cluster._limits import RedisLimits, ended_channel
 from headwater._cluster._message import Assignment
-from headwater._cluster._pgstore import PostgresStore
+from headwater._cluster._pgstore import PostgresStore, Start
 from headwater._context import DownloadContext
 from headwater._errors import HeadwaterError, RetryAfter, StoreError
 from headwater._files import discard_landed
@@ -72,6 +80,116 @@ from headwater._store import Swap
 from headwater._watchdog import Watchdog
 
 log = logging.getLogger("headwater.cluster")
+
+
+@attrs.define(eq=False)
+class _Ending:
+    """An attempt's end to write: ``new`` over ``running``, conditionally; then ``done`` is set."""
+
+    assignment: Assignment
+    running: Record
+    new: Record
+    landed: tuple[Path, str | os.PathLike[str]] | None  # (folder, file) landed: deleted if refused
+    written: Record | None = None  # ``new``, once written
+    done: threading.Event = attrs.field(factory=threading.Event)
+
+
+class _EndWriter:
+    """Writes the ends of a worker's attempts: a thread per source, all the ends waiting at once together.
+
+    Each end is written inside its source's
+    :meth:`~headwater._cluster._gate.SourceGate.writing` (a freeze of one
+    source holds back its ends only); the attempt's
+    :meth:`~headwater._cluster._gate.SourceGate.ending` mark is lifted once
+    its end is written or refused. Thread-safe.
+    """
+
+    def __init__(self, store: PostgresStore, gate: SourceGate) -> None:
+        self._store = store
+        self._gate = gate
+        self._changed = threading.Condition()
+        self._waiting: dict[str, list[_Ending]] = {}  # source -> ends to write
+        self._threads: dict[str, threading.Thread] = {}
+        self._closed = False
+
+    def put(self, ending: _Ending) -> None:
+        """Write ``ending`` soon (at once, in the caller's thread, once closed)."""
+        source = ending.running.source
+        with self._changed:
+            if not self._closed:
+                self._waiting.setdefault(source, []).append(ending)
+                if source not in self._threads:
+                    thread = threading.Thread(
+                        target=self._run, args=(source,), name="headwater-end-writer", daemon=True
+                    )
+                    self._threads[source] = thread
+                    thread.start()
+                self._changed.notify_all()
+                return
+        self._write(source, [ending])
+
+    def close(self, timeout: float) -> None:
+        """Write the ends waiting, then end the threads (waiting up to ``timeout`` seconds for each)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _run(self, source: str) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting.get(source) and not self._closed:
+                    self._changed.wait()
+                taken = self._waiting.pop(source, [])
+                if not taken:
+                    return
+            ids: set[str] = set()
+            now: list[_Ending] = []
+            later: list[_Ending] = []
+            for ending in taken:  # a record once per statement (two ends of one download: one waits)
+                (later if ending.running.id in ids else now).append(ending)
+                ids.add(ending.running.id)
+            self._write(source, now)
+            if later:
+                with self._changed:
+                    self._waiting.setdefault(source, [])[:0] = later
+
+    def _write(self, source: str, endings: Sequence[_Ending]) -> None:
+        """Write ``endings`` (of ``source``, distinct records) in one statement; finish each."""
+        try:
+            with self._gate.writing(source):
+                applied = self._store.commit_if([Swap.over(e.running, e.new) for e in endings])
+        except Exception as exc:  # StoreError, or a record that cannot be stored: none is written
+            for e in endings:
+                state = e.new.state.value
+                log.error("%s; the end of download %s (%s) is not written", exc, e.running.id, state)
+            applied = [False] * len(endings)
+            refused = False
+        else:
+            refused = True
+        for ending, ok in zip(endings, applied, strict=True):
+            try:
+                self._finish(ending, ok, refused)
+            except Exception:  # the last resort: the others are finished all the same
+                log.exception("finishing the end of download %s failed", ending.running.id)
+            finally:
+                self._gate.ended(ending.assignment.holder)
+                ending.done.set()
+
+    @staticmethod
+    def _finish(ending: _Ending, written: bool, refused: bool) -> None:
+        a, new = ending.assignment, ending.new
+        if written:
+            ending.written = new
+            if new.state is State.FAILED:
+                log.info("download %s of %r failed: %s", a.download_id, ending.running.target, new.error)
+            return
+        if refused:
+            log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
+        if ending.landed is not None:
+            discard_landed(*ending.landed)  # not ours: cancelled, or taken over
 
 
 @attrs.define
@@ -97,8 +215,8 @@ class ClusterWorker:
             ``socket_timeout``).
         registry: the loaded sources (:func:`~headwater._cluster._setup.sources`);
             every worker host has the same installed.
-        prefix: the limits' key prefix (as the scheduler's).
-        channel: the cancel channel (as the cancellers').
+        prefix: the limits' key prefix (as the scheduler's: ``ClusterConfig.limits_prefix``).
+        channel: the cancel channel (as the cancellers': ``ClusterConfig.cancel_channel``).
         poll: seconds between checks of the running downloads' records
             (the cancel's fallback; also how soon a lost cancel is seen).
         gate: every change of a download's state is written inside its
@@ -115,8 +233,8 @@ class ClusterWorker:
         store: PostgresStore,
         client: redis.Redis,
         registry: SourceRegistry,
-        prefix: str = PREFIX,
-        channel: str = CHANNEL,
+        prefix: str,
+        channel: str,
         poll: float = 1.0,
         gate: SourceGate | None = None,
     ) -> None:
@@ -125,6 +243,7 @@ class ClusterWorker:
         self._store = store
         self._client = client
         self._prefix = prefix
+        self._ended = ended_channel(prefix)
         self._registry = registry
         self._secrets = register(self._registry.secret_values())
         self._limits: dict[str, RedisLimits] = {}
@@ -135,50 +254,44 @@ class ClusterWorker:
         self._keeper: LeaseKeeper | None = None
         self._watchdog = Watchdog(SystemClock(), self._expire, "headwater-cluster-watchdog")
         self._watch = CancelWatch(client, self._gone, poll=poll, channel=channel)
+        self._ends = _EndWriter(store, self._gate)
         store.attach(self._snapshots)
 
     # -- the actor's body ----------------------------------------------------------
 
-    def run(self, assignment: Assignment) -> Record | None:
+    def run(self, assignment: Assignment, *, wait: bool = True) -> Record | None:
         """Run the download ``assignment`` names, if it is still its to run; the record as it ended.
 
         Returns None when it did not run (a stale message, a cancel before
-        it began, the records unreachable). Never raises.
+        it began, the records unreachable), or its end was refused. With
+        ``wait=False`` it returns None once the attempt has ended and its
+        slot is given back, and its end is written meanwhile by the worker's
+        writer (see the module). Never raises.
         """
         try:
-            return self._run(assignment)
+            return self._run(assignment, wait)
         except Exception:  # the last resort: the message is acknowledged, the scheduler sees the record
             log.exception("running download %s failed", assignment.download_id)
             return None
 
-    def _run(self, a: Assignment) -> Record | None:
+    def _run(self, a: Assignment, wait: bool) -> Record | None:
         source = self._source(a.source)
         limits = self._limits_of(a.source, a.lease)
-        seen = self._store.fetch([a.download_id]).get(a.download_id)
-        if seen is None or seen.state is not State.QUEUED or seen.attempts != a.attempts:
-            log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
-            self._give_back(a, limits, seen)
-            return None
         if not limits.renew(a.holder, time.monotonic()):
             log.info("download %s: the slot of attempt %d is no longer held", a.download_id, a.attempt)
             return None
-        now = time.time()
-        running = attrs.evolve(
-            seen,
-            state=State.RUNNING,
-            attempts=a.attempt,
-            started_at=now,
-            updated_at=now,
-            dest_dir=seen.dest_dir or str(self.dest_dir),
-        )
-        with self._gate.writing(seen.source):
-            started = not self._closing and self._store.commit_if([Swap.over(seen, running)])[0]
-        if not started:
+        running: Record | None = None
+        with self._gate.writing(a.source):
+            if not self._closing:
+                start = Start(a.download_id, a.attempts, str(self.dest_dir), time.time())
+                running = self._store.start_if([start])[0]
+        if running is None:  # a stale message (its attempt moved on, or runs elsewhere), or a cancel
+            log.info("download %s: the message of attempt %d is stale", a.download_id, a.attempt)
             self._give_back(a, limits, self._store.fetch([a.download_id]).get(a.download_id))
             return None
         if source is None:
             error = f"source {a.source!r} is not loaded on worker {socket.gethostname()}/{os.getpid()}"
-            return self._end(a, limits, running, None, Attempt(None, None, 0, error, None, False))
+            return self._end(a, limits, running, None, Attempt(None, None, 0, error, None, False), wait)
         folder = Path(running.dest_dir or self.dest_dir)
         ctx = DownloadContext(
             folder,
@@ -202,9 +315,7 @@ class ClusterWorker:
         else:
             job = Job(a.download_id, source.name, mapped, running.display_name, a.attempt)
             tried = run_attempt(source, job, ctx)
-        # Its slot is given back before its end is written: meanwhile the scheduler must not think it dead.
-        with self._gate.ending(a.holder):
-            return self._end(a, limits, mine.record, mine, tried)
+        return self._end(a, limits, mine.record, mine, tried, wait)
 
     def _give_back(self, a: Assignment, limits: RedisLimits, now: Record | None) -> None:
         """Release the unused slot of an assignment that will not run, unless its attempt runs elsewhere.
@@ -217,15 +328,43 @@ class ClusterWorker:
             limits.release(a.holder, time.monotonic(), started=False)
 
     def _end(
-        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+        self,
+        a: Assignment,
+        limits: RedisLimits,
+        running: Record,
+        mine: _Running | None,
+        tried: Attempt,
+        wait: bool,
     ) -> Record | None:
-        """Give the slot back, then write the end over ``running``; the record written, None if refused.
+        """Give the slot back, then have the end written over ``running``; with ``wait``, the record written.
 
         The slot is released as soon as the outcome is known (a Retry-After's
-        pause set first), before the end is written: the scheduler, hearing
-        of the end, finds the slot free. A file the attempt landed whose end
-        is refused is deleted.
+        pause set first), before the end is written: the scheduler finds the
+        slot free, and meanwhile the attempt is marked ending in the gate, so
+        that this process's scheduler does not take it for dead. A file the
+        attempt landed whose end is refused is deleted. None if refused, or
+        not waited for.
         """
+        self._gate.ending(a.holder)
+        try:
+            new = self._outcome_kept(a, limits, running, mine, tried)
+        except BaseException:
+            self._gate.ended(a.holder)
+            raise
+        landed = None
+        if tried.returned is not None and not tried.skipped and mine is not None:
+            landed = (mine.ctx.dest_dir, tried.returned)
+        ending = _Ending(a, running, new, landed)
+        self._ends.put(ending)
+        if not wait:
+            return None
+        ending.done.wait()
+        return ending.written
+
+    def _outcome_kept(
+        self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
+    ) -> Record:
+        """The attempt's end to write; its Retry-After kept in Redis, the download let go, its slot freed."""
         try:
             new, pause, waited = self._outcome(a, limits, running, mine, tried)
             try:
@@ -245,17 +384,14 @@ class ClusterWorker:
                 with self._lock:
                     self._running.pop(a.download_id, None)
             try:
-                limits.release(a.holder, time.monotonic())
+                limits.release(a.holder, time.monotonic(), announce=self._ended)
             except redis.RedisError as exc:  # its lease runs out by itself; the end is written all the same
                 log.warning(
                     "download %s: its slot could not be given back (%s); its lease runs out",
                     a.download_id,
                     exc,
                 )
-        wrote = self._write(a, running, new)
-        if wrote is None and tried.returned is not None and not tried.skipped and mine is not None:
-            discard_landed(mine.ctx.dest_dir, tried.returned)  # not ours: cancelled, or taken over
-        return wrote
+        return new
 
     def _outcome(
         self, a: Assignment, limits: RedisLimits, running: Record, mine: _Running | None, tried: Attempt
@@ -292,21 +428,6 @@ class ClusterWorker:
                 waited = again.job if again.pause is not None else None
         new = attrs.evolve(latest, state=state, updated_at=time.time(), **changes)  # type: ignore[arg-type]
         return new, pause, waited
-
-    def _write(self, a: Assignment, running: Record, new: Record) -> Record | None:
-        """``new`` over ``running``, conditionally; ``new`` if written, None if refused (or not written)."""
-        try:
-            with self._gate.writing(running.source):
-                applied = self._store.commit_if([Swap.over(running, new)])[0]
-        except StoreError as exc:
-            log.error("%s; the end of download %s (%s) is not written", exc, a.download_id, new.state.value)
-            return None
-        if not applied:
-            log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
-            return None
-        if new.state is State.FAILED:
-            log.info("download %s of %r failed: %s", a.download_id, running.target, new.error)
-        return new
 
     def _next_source(self, record: Record, error: str) -> tuple[dict[str, object], State]:
         """A failed download: QUEUED on the next source of its chain that takes it, else FAILED (``error``).
@@ -467,7 +588,7 @@ class ClusterWorker:
         return {name: (n, n, 0) for name, n in counts.items()}
 
     def close(self) -> None:
-        """Interrupt what runs, stop the keeper and the watch, close the store."""
+        """Interrupt what runs, stop the keeper and the watch, write the ends waiting, close the store."""
         self.interrupt()
         self._watch.close(5.0)
         watchdog = self._watchdog.close()
@@ -475,5 +596,6 @@ class ClusterWorker:
             watchdog.join(5.0)
         if self._keeper is not None:
             self._keeper.close(5.0)
+        self._ends.close(self._store.retry_for + 5.0)
         self._store.close()
         self._secrets.release()

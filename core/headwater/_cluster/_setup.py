@@ -55,13 +55,16 @@ def isolated(config: ClusterConfig) -> ClusterConfig:
 def clear(config: ClusterConfig) -> None:
     """Delete the cluster ``config`` names: its schema (every record) and its Redis keys.
 
-    For tests of an :func:`isolated` cluster; raises what psycopg and redis-py raise.
+    Its keys are those under ``<prefix>:`` (the limits, the leader lease,
+    Dramatiq's namespace), so a cluster whose prefix merely starts with
+    this one's (``hw2`` beside ``hw``) keeps its keys. For tests of an
+    :func:`isolated` cluster; raises what psycopg and redis-py raise.
     """
     with psycopg.connect(config.postgres, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.schema)))
     client = redis_client(config.broker)
     try:
-        keys = list(client.scan_iter(match=f"{config.prefix}*"))
+        keys = list(client.scan_iter(match=f"{config.prefix}:*"))
         if keys:
             client.delete(*keys)
     finally:

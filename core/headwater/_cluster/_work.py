@@ -4,7 +4,9 @@ What ``headwater worker`` runs: :class:`WorkerProcess` opens the records
 (PostgreSQL) and the limits (Redis) named by a
 :class:`~headwater._config.ClusterConfig`, declares the download actor on
 Dramatiq's Redis broker, and starts Dramatiq's own worker with ``threads``
-threads, each running one download at a time, and the process's
+threads, each running one download at a time (and taking the next message
+as soon as its download's slot is given back: the end is written by the
+runner's writer meanwhile), and the process's
 :class:`~headwater._cluster._dispatch.Dispatcher`. It holds up to twice as
 many messages as it has threads, so that a thread that ends a download
 finds the next at hand (a message waiting here keeps its slot: the
@@ -13,6 +15,7 @@ scheduler renews the lease of a download sent and not yet RUNNING).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import dramatiq
@@ -82,7 +85,9 @@ class WorkerProcess:
             store.close()
             raise
         self.broker = broker(config.broker, namespace=config.prefix)
-        declare(self.broker, self.runner.run)
+        declare(
+            self.broker, functools.partial(self.runner.run, wait=False)
+        )  # a thread is free once its slot is
         self._worker = dramatiq.Worker(
             self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
         )
