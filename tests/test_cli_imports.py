@@ -175,3 +175,16 @@ def test_the_public_names_are_there_when_asked_for(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=isolated_env(tmp_path), capture_output=True, text=True, timeout=60
     )
     assert done.stdout.split() == ["[]", "headwater._engine", "headwater", "True"], done.stderr
+
+
+def test_status_through_the_entry_point_with_a_config_file_imports_no_click(
+    home: Path, tmp_path: Path
+) -> None:
+    """A ``headwater.toml`` brings its reader (attrs, tomllib), not the command line."""
+    configured = tmp_path / "configured"
+    configured.mkdir()
+    (configured / "journal.sqlite3").write_bytes((home / "journal.sqlite3").read_bytes())
+    (configured / "headwater.toml").write_text('destination = "~/Music"\n')
+    out, modules = _imported(configured, "status", run=_ENTRY)
+    assert "000000000001" in out and "headwater._config" in modules
+    assert _heavy(modules) == [] and "click" not in modules and "headwater.cli" not in modules

@@ -86,14 +86,27 @@ def test_what_it_leaves_to_click(listed: list[tuple[object, ...]], args: list[st
     assert listed == []
 
 
-def test_a_config_file_or_a_server_leaves_it_to_click(
-    listed: list[tuple[object, ...]], tmp_path: Path
-) -> None:
-    for name in ("headwater.toml", "serve.json"):
-        (tmp_path / name).write_text("")
-        assert _status.quick(["status"]) is None
-        (tmp_path / name).unlink()
+def test_a_cluster_or_a_server_leaves_it_to_click(listed: list[tuple[object, ...]], tmp_path: Path) -> None:
+    (tmp_path / "serve.json").write_text("")
+    assert _status.quick(["status"]) is None
+    (tmp_path / "serve.json").unlink()
+    (tmp_path / "headwater.toml").write_text('[cluster]\nbroker = "redis://x"\npostgres = "postgresql://y"\n')
+    assert _status.quick(["status"]) is None
+    assert listed == []
+    (tmp_path / "headwater.toml").write_text('destination = "~/Music"\n')
     assert _status.quick(["status"]) == 0 and len(listed) == 1
+
+
+def test_a_config_file_it_cannot_read_ends_it_as_click_does(
+    listed: list[tuple[object, ...]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "headwater.toml").write_text("destination = 5\n")
+    assert _status.quick(["status"]) == 2
+    quick = capsys.readouterr()
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["status"], prog_name="headwater")
+    assert ended.value.code == 2 and listed == []
+    assert quick == capsys.readouterr() and "'destination' must be a folder path" in quick.err
 
 
 @pytest.mark.parametrize(

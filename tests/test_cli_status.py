@@ -201,10 +201,10 @@ def test_both_ways_print_the_same_bytes_and_exit_alike(
     assert (entry.returncode, entry.stdout, entry.stderr) == (click.returncode, *named)
 
 
-def test_with_a_config_file_or_a_server_the_entry_leaves_status_to_click(
+def test_with_a_config_file_or_a_server_status_is_as_click_lists_it(
     journal: tuple[Path, list[Record]], tmp_path: Path
 ) -> None:
-    """A ``headwater.toml`` may name a cluster or be wrong, a ``serve.json`` a server: click decides."""
+    """A ``headwater.toml`` is read (a wrong one refused), a ``serve.json`` left to click."""
     home, latest = journal
     copy = _copy(home, tmp_path)
     (copy / "headwater.toml").write_text("destination = 5\n")

@@ -1,15 +1,16 @@
 """``headwater status``, the listing itself, and its quick start without click.
 
 Start-up is most of what ``status`` costs: the page of the latest 100 is a
-few milliseconds at any journal size, but importing click, attrs, cattrs
-and platformdirs took three times as long as the interpreter itself
-(docs/benchmarks.md, Store). So the listing is here, on plain JSON values
-(:class:`headwater._reader.PlainReader`) and the standard library alone,
+few milliseconds at any journal size, and importing click, attrs, cattrs
+and platformdirs was most of the rest (docs/benchmarks.md, Store). So the
+listing is here, on plain JSON values (:class:`headwater._reader.Reader`
+with :func:`headwater._plain.decode_plain`) and the standard library alone,
 and :func:`quick`, which the ``headwater`` command's entry point calls
 before it imports the command line, runs the commonest forms of ``status``
-with it: the journal's own listing, no configuration file, no server.
-Everything else (``--help``, a usage error, ``-v``, ``--config``, a
-``headwater.toml``, a running server) goes to :mod:`headwater.cli`, which
+with it: the journal's own listing, no server, no cluster (a
+``headwater.toml`` is read only if there is one). Everything else
+(``--help``, a usage error, ``-v``, ``--config``, a ``[cluster]``, a
+running server) goes to :mod:`headwater.cli`, which
 lists through the same :func:`listing`, so both print the same bytes and
 exit with the same status (tests/test_cli_status.py runs each test both
 ways; tests/test_cli_imports.py pins what this path imports).
@@ -28,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from types import FrameType
 from typing import Protocol, TypeVar
 
-from headwater._errors import StoreError, UnknownDownloadError
+from headwater._errors import ConfigError, StoreError, UnknownDownloadError
 from headwater._paths import default_config_path, default_journal
 from headwater._plain import STATES, decode_plain
 from headwater._reader import Plain, Reader
@@ -241,6 +242,16 @@ def _logging_first(decode: Callable[[bytes], Plain]) -> Callable[[bytes], Plain]
     return decode_or_configure
 
 
+def _cluster_configured() -> bool:
+    """Whether ``headwater.toml`` names a cluster; Refused (exit 2) if it cannot be read, as click says."""
+    from headwater._config import load_config  # attrs with it: only where there is a config file
+
+    try:
+        return load_config().cluster is not None
+    except ConfigError as exc:
+        raise Refused(str(exc), EXIT_USAGE) from exc
+
+
 class _Asked:
     """The arguments of a ``status`` that :func:`quick` can run, as click would have parsed them."""
 
@@ -311,9 +322,11 @@ def quick(args: list[str]) -> int | None:
     if asked is None:
         return None
     journal = default_journal()
-    if os.path.lexists(default_config_path()) or os.path.lexists(journal.with_name(SERVE_STATE_NAME)):
-        return None  # a [cluster] may be configured, or a server runs: the command line knows
+    if os.path.lexists(journal.with_name(SERVE_STATE_NAME)):
+        return None  # a server may run on the journal: the command line asks it
     try:
+        if os.path.lexists(default_config_path()) and _cluster_configured():
+            return None  # the cluster's records, not the journal: the command line reads them
         reader = Reader(journal, _logging_first(decode_plain))
         listing(
             reader,
