@@ -13,6 +13,7 @@ cancel.
 from __future__ import annotations
 
 import inspect
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,3 +90,19 @@ def test_a_cancel_reaches_a_running_download_through_its_clusters_channel(
         (record,) = client.wait([download], timeout=30)
     assert record.state is State.CANCELLED
     assert not list((tmp_path / "dest").iterdir())  # the plugin removed its .part on the cancel
+
+
+def test_a_closed_watch_ends_its_thread_at_once_whatever_its_poll(
+    config: ClusterConfig, redis_client: redis.Redis
+) -> None:
+    """close() ends the listening thread promptly, even with the records' poll far away.
+
+    Before, the thread listened for up to ``poll`` seconds in one call, so a
+    watch closed with a long poll outlived its close (a worker's thread left
+    running after the worker was closed).
+    """
+    watch = CancelWatch(redis_client, lambda ids: [], poll=POLL, channel=config.cancel_channel)
+    listening = lambda: redis_client.pubsub_numsub(config.cancel_channel)[0][1] == 1  # noqa: E731
+    wait_until(listening, 30, "the watch listens")
+    watch.close(timeout=10.0)
+    assert not any(t.name == "headwater-cancels" and t.is_alive() for t in threading.enumerate())

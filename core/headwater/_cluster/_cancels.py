@@ -25,6 +25,9 @@ from headwater._cluster._scripts import text
 
 log = logging.getLogger("headwater.cluster")
 
+#: The longest the watch's thread listens before it looks whether it was closed (seconds).
+LISTEN_SLICE = 0.5
+
 
 def announce(client: redis.Redis, download_id: str, channel: str) -> None:
     """Tell the workers on ``channel`` (``ClusterConfig.cancel_channel``) that ``download_id`` was cancelled.
@@ -82,7 +85,7 @@ class CancelWatch:
             self._watched.pop(download_id, None)
 
     def close(self, timeout: float | None = None) -> None:
-        """End the thread; wait up to ``timeout`` seconds for it."""
+        """End the thread; wait up to ``timeout`` seconds for it (it ends within :data:`LISTEN_SLICE` s)."""
         self._stop.set()
         self._thread.join(timeout)
 
@@ -114,7 +117,8 @@ class CancelWatch:
                 if pubsub is None:
                     pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                     pubsub.subscribe(self._channel)
-                message = pubsub.get_message(timeout=max(0.0, min(self.poll, due - time.monotonic())))
+                wait = max(0.0, min(LISTEN_SLICE, due - time.monotonic()))
+                message = pubsub.get_message(timeout=wait)
                 if message is not None and message.get("type") == "message":
                     self._fire([text(message["data"])])
             except redis.RedisError as exc:  # heard again after a reconnect; polling covers the gap
