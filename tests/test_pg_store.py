@@ -452,6 +452,11 @@ def test_start_if_marks_queued_downloads_running_at_the_next_attempt_and_returns
     }
     assert store.start_if([Start("q", 1, "/dest", 10.0)]) == [None]  # once RUNNING, a second start is refused
     assert store.start_if([]) == []
+    store.add(_record("again"))
+    store.flush()
+    with pytest.raises(ValueError, match="id was given twice"):  # else both would be told they started it
+        store.start_if([Start("again", 0, "/dest", 11.0), Start("again", 0, "/dest", 11.0)])
+    assert store.fetch(["again"])["again"].state is State.QUEUED
 
 
 def test_matching_names_ended_records_by_id_or_its_start_or_end(store: PostgresStore) -> None:

@@ -350,7 +350,7 @@ class SQLiteStore:
         row that is not a record is never written. Once the store is closed
         nothing is written (every answer False).
         """
-        distinct(swaps)
+        distinct([swap.record.id for swap in swaps])
         # Encoded outside the lock.
         writes = [(_swap_statement(swap), _swap_parameters(swap)) for swap in swaps]
         self._insert_pending()

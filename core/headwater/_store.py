@@ -65,9 +65,13 @@ class Swap:
         return state is self.state and attempts == self.attempts
 
 
-def distinct(swaps: Sequence[Swap]) -> None:
-    """ValueError unless the records of ``swaps`` have distinct ids (:meth:`RecordStore.commit_if`)."""
-    if len({swap.record.id for swap in swaps}) != len(swaps):
+def distinct(ids: Collection[str]) -> None:
+    """ValueError unless ``ids`` are distinct: one conditional write per record in a call.
+
+    The rule of :meth:`RecordStore.commit_if` (the ids of its swaps' records)
+    and of a cluster store's ``start_if``.
+    """
+    if len(set(ids)) != len(ids):
         raise ValueError("one conditional write per record in a call: an id was given twice")
 
 
@@ -333,7 +337,7 @@ class MemoryStore:
                 self._keep(record)
 
     def commit_if(self, swaps: Sequence[Swap]) -> list[bool]:
-        distinct(swaps)
+        distinct([swap.record.id for swap in swaps])
         applied = []
         with self._lock:
             for swap in swaps:

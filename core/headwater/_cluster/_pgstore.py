@@ -471,7 +471,7 @@ class PostgresStore:
         own, and a failed write raises in each of them. Once the store is
         closed nothing is written (every answer False).
         """
-        distinct(swaps)
+        distinct([swap.record.id for swap in swaps])
         if self._dropped("conditional write"):
             return [False] * len(swaps)
         if not swaps:
@@ -489,8 +489,10 @@ class PostgresStore:
         The starts of threads calling at the same time are written together,
         as :meth:`commit_if`'s swaps (but not with them). Once the store is
         closed nothing is written (every answer None). A record the row
-        holds that cannot be decoded raises StoreError.
+        holds that cannot be decoded raises StoreError; ValueError for a
+        download given twice (both would be told they started it).
         """
+        distinct([start.id for start in starts])
         if self._dropped("start"):
             return [None] * len(starts)
         if not starts:
