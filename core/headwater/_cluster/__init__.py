@@ -21,6 +21,9 @@
   which runs one message's download; :mod:`headwater._cluster._cancels`,
   how a cancel reaches it; :mod:`headwater._cluster._work`, the worker
   process (``headwater worker``).
+- :mod:`headwater._cluster._channel`: a thread listening on a Redis
+  pub/sub channel through lost connections (the cancels, the slots given
+  back).
 
 Needs the ``cluster`` extra (``pip install 'headwater[cluster]'``).
 """
