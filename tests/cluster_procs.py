@@ -145,11 +145,3 @@ def queued(store: PostgresStore, target: str, dest: Path) -> Record:
 def with_signal(child: subprocess.Popen[str], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signum)
-
-
-def wait_until(check: object, timeout: float, what: str, step: float = 0.01) -> None:
-    """Poll ``check()`` until it is true; fail saying ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(step)

@@ -21,7 +21,7 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import wait_until
+from waiting import wait_until
 
 from headwater import State
 from headwater._cluster._cancels import CancelWatch, announce

@@ -9,9 +9,9 @@ import uuid
 import pytest
 import redis
 from cluster_child import PORT
-from cluster_procs import wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from waiting import wait_until
 
 from headwater._cluster._channel import ChannelListener
 

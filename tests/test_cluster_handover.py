@@ -21,7 +21,8 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import Cluster, running, wait_until
+from cluster_procs import Cluster, running
+from waiting import wait_until
 
 from headwater import RatePolicy, State
 from headwater._cluster._client import ClusterClient

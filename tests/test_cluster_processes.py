@@ -17,8 +17,9 @@ import pytest
 import redis
 from child_env import isolated_env, run_headwater
 from cluster_child import free_port, private_redis
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
 from pg_server import private_postgres
+from waiting import wait_until
 
 from headwater import RatePolicy, State
 from headwater._cluster._client import ClusterClient

@@ -16,8 +16,9 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import Cluster, running, wait_until
+from cluster_procs import Cluster, running
 from served import TOKEN
+from waiting import wait_until
 
 from headwater import ServerError, State, UnknownDownloadError
 from headwater._cluster._client import ClusterClient

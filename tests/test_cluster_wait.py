@@ -14,7 +14,8 @@ from collections.abc import Collection
 
 import cluster_plugin
 import pytest
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
+from waiting import wait_until
 
 import headwater._cluster._client as client_module
 from headwater import State
