@@ -479,11 +479,21 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
     Those left queued, and those that were running when their process was
     interrupted or died; each lands in the folder its `get` sent it to.
     Downloads of headwater processes still running are left to them.
+    With a [cluster] in headwater.toml it stops with exit status 2: the
+    cluster's scheduler resumes its downloads by itself.
     """
     through = _server()
     if through is not None:
         _resume_through(*through, timeout, quiet, as_json)
         return
+    cluster = _app().config.cluster
+    if cluster is not None:
+        raise Failure(
+            f"nothing for `headwater resume` to do on the cluster ({cluster.shown()}): its scheduler "
+            "runs every unfinished download, one whose worker died included, while a `headwater worker` "
+            "runs (`headwater status` follows them)",
+            EXIT_USAGE,
+        )
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()
         if not ids:
@@ -738,14 +748,22 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
 @main.command()
 @_json_option
 def clean(as_json: bool) -> None:
-    """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
+    """Remove ended downloads (completed, failed, cancelled) from the journal; files stay.
+
+    With a [cluster] in headwater.toml, from the cluster's records instead.
+    """
     through = _server()
     if through is not None:
         removed: Iterable[Record] = _call_server(through[0].clear)
-        _cleaned(removed, as_json)
+        _cleaned(removed, as_json, "the journal")
+        return
+    app = _app()
+    if app.config.cluster is not None:
+        with app.engine(None, clustered=True) as engine:
+            _cleaned(_remove_ended(engine), as_json, "the cluster's records")
         return
     with _journaled_engine(None) as engine:
-        _cleaned(_remove_ended(engine), as_json)
+        _cleaned(_remove_ended(engine), as_json, "the journal")
 
 
 def _remove_ended(engine: Engine) -> Iterator[Record]:
@@ -758,13 +776,13 @@ def _remove_ended(engine: Engine) -> Iterator[Record]:
         after = (page[-1].created_at, page[-1].id)
 
 
-def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
-    """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
+def _cleaned(removed: Iterable[Record], as_json: bool, where: str) -> None:
+    """Print the records ``removed`` (from ``where``) as they come (``--json``: as an array), or how many."""
     if as_json:
         show(map(_plain, removed), as_json=True)
         return
     count = sum(1 for _ in removed)
-    click.echo(f"removed {count} ended download(s) from the journal")
+    click.echo(f"removed {count} ended download(s) from {where}")
 
 
 @main.group()
