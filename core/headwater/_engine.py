@@ -144,7 +144,7 @@ class Engine:
         settings_layers: SettingsLayers | None = None,
         cluster: ClusterConfig | None = None,
     ) -> None:
-        if cluster is not None:  # Engine(...) itself made a ClusterEngine: this is a subclass of its own
+        if cluster is not None:  # only a subclass gets here with one: Engine(...) made a ClusterEngine
             raise TypeError(f"{type(self).__name__} runs in one process: it takes no cluster")
         self._store: RecordStore = MemoryStore() if store is None else store
         self._secrets = register(())

@@ -145,13 +145,16 @@ class ClusterEngine(Engine):
         workers: int = 0,
         poll: float = 1.0,
     ) -> None:
-        local = {"idle_timeout": idle_timeout, "clock": clock, "store": store, "hold": hold or None}
-        for name, given in local.items():
+        refused = {
+            "idle_timeout": (idle_timeout, "it starts no thread per source"),
+            "clock": (clock, "the limits are timed by the Redis server's clock"),
+            "store": (store, "the records are the cluster's, in PostgreSQL"),
+            "hold": (hold or None, "the cluster's scheduler, not an engine, takes over what is unfinished"),
+        }
+        for name, (given, why) in refused.items():
             if given is not None:
-                raise ConfigError(
-                    f"an engine on a cluster takes no {name}= (see docs/cluster.md): its records, "
-                    "clock and scheduler are the cluster's"
-                )
+                raise ConfigError(f"an engine on a cluster takes no {name}=: {why}")
+        # Engine.__init__ is not called: none of the local engine's state is made, nor used.
         self.config = cluster
         self.dest_dir = Path(dest_dir).expanduser().resolve()
         self.dest_dir.mkdir(parents=True, exist_ok=True)
