@@ -14,7 +14,8 @@ from pathlib import Path
 
 import cluster_plugin
 import pytest
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
+from waiting import wait_until
 
 from headwater import ClusterConfig, ConfigError, Engine, ManualClock, MemoryStore, State
 from headwater._cluster._engine import ClusterEngine
