@@ -5,14 +5,18 @@ PostgreSQL (a key prefix and a schema of their own, removed afterwards),
 one of which schedules:
 
 (1) overhead: a no-op source (it touches an empty file and returns it),
-    submitted through a ``ClusterClient``: ``--noop`` downloads at once
+    submitted through ``Engine(..., cluster=...)``: ``--noop`` downloads at once
     (wall time from the first submit to the last COMPLETED, per download),
     and ``--serial`` downloads one after the other (submit to COMPLETED,
     each: the latency a single download sees).
 (2) small files: ``--small`` x ``--small-kib`` KiB from a local HTTP server
     (bench/http.py's), the builtin http source on ``--workers`` worker
     processes of ``--threads`` threads (``[sources.http] concurrency`` =
-    ``--jobs``), against ``aria2c -j --jobs`` in the same run.
+    ``--jobs``), against ``aria2c -j --jobs`` in the same run; and the
+    floor (bench/cluster_floor.py): the same files fetched by ``--workers``
+    plain Python processes of ``--threads`` httpx threads, no headwater,
+    landed durably (``.part``, fsync, link) and in place (no ``.part``, no
+    fsync), each row with the HTTP server's CPU a file beside its own.
 
 (3) limits: ``--limits`` no-op downloads of a source of concurrency 2 on 3
     worker processes of 4 threads; the most running at once, from the
@@ -46,12 +50,10 @@ from pathlib import Path
 
 import psycopg
 import redis
+from cluster_floor import TICK, Floor, ticks
 from table import print_table
 
-from headwater import State
-from headwater._cluster._client import ClusterClient
-from headwater._cluster._setup import sources
-from headwater._config import ClusterConfig
+from headwater import ClusterConfig, Engine, State
 
 #: This folder: its http.py would shadow the standard library's ``http`` for httpx.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -154,19 +156,6 @@ def cluster(
             conn.execute(f'DROP SCHEMA IF EXISTS "{config.schema}" CASCADE')
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _ticks(pid: int) -> int:
-    """The CPU ticks (user and system) process ``pid`` has used so far; 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def _pg_ports(pid: int) -> set[int]:
     """The local ports of process ``pid``'s TCP connections to PostgreSQL (port 5432)."""
     inodes = set()
@@ -208,9 +197,9 @@ class Cpu:
     def _now(self) -> dict[str, dict[int, int]]:
         own = os.times()
         return {
-            "workers": {p: _ticks(p) for p in self.workers},
-            "pg": {p: _ticks(p) for p in self._backends()},
-            "redis": {p: _ticks(p) for p in self.redis},
+            "workers": {p: ticks(p) for p in self.workers},
+            "pg": {p: ticks(p) for p in self._backends()},
+            "redis": {p: ticks(p) for p in self.redis},
             "client": {0: round((own.user + own.system) * TICK)},
         }
 
@@ -218,8 +207,8 @@ class Cpu:
         """Milliseconds of CPU per download since this was made, by part (and ``all``), over ``count``."""
         end = self._now()
         spent = {
-            part: sum(t - self._start[part].get(p, 0) for p, t in ticks.items())
-            for part, ticks in end.items()
+            part: sum(t - self._start[part].get(p, 0) for p, t in counts.items())
+            for part, counts in end.items()
         }
         per = {part: t / TICK * 1000 / count for part, t in spent.items()}
         per["all"] = sum(per.values())
@@ -246,7 +235,7 @@ def commit_latency(count: int = 100) -> float:
     return statistics.median(times) * 1000
 
 
-def run(client: ClusterClient, source: str, targets: list[str], folder: Path | None = None) -> float:
+def run(client: Engine, source: str, targets: list[str], folder: Path | None = None) -> float:
     """Submit ``targets`` at once (into ``folder``) and wait for all; the wall seconds.
 
     Exits if one did not complete.
@@ -293,17 +282,15 @@ def main() -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{args.rounds} rounds, medians; lease 5 s; local Redis and PostgreSQL; load average {load}")
     print(f"a PostgreSQL commit (one row and a NOTIFY) took {latency:.2f} ms (median of 100) at the start")
-    print_table(
-        ["workload", "runner", "wall s", "per s", "ms per download / ratio", "cpu ms (w+pg+r+c)"], rows
-    )
+    header = ["workload", "runner", "wall s", "per s", "ms per download / ratio", "cpu ms (w+pg+r+c)"]
+    print_table([*header, "server ms"], [row + [""] * (len(header) + 1 - len(row)) for row in rows])
 
 
 def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
     """(1): ``--noop`` no-op downloads at once, ``--rounds`` times, and ``--serial`` one by one; the rows."""
-    registry = sources(plugins={"noop": _noop_plugin(plugins)})
     with (
         cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest, pids),
-        ClusterClient(config, dest, registry=registry) as client,
+        Engine(dest, {"noop": _noop_plugin(plugins)}, cluster=config) as client,
     ):
         run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
         cpu = Cpu(pids)
@@ -336,12 +323,11 @@ def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[o
 
 def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
     """(3): ``--limits`` no-op downloads of a source of concurrency 2 on 3 workers of 4 threads; the row."""
-    registry = sources(plugins={"noop": _noop_plugin(plugins)})
     log = root / "events.log"
     os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
     with (
         cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest, pids),
-        ClusterClient(config, dest, registry=registry) as client,
+        Engine(dest, {"noop": _noop_plugin(plugins)}, cluster=config) as client,
     ):
         run(client, "noop", ["warm-up"])
         log.unlink()
@@ -362,7 +348,14 @@ def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[obj
 
 
 def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
-    """(2): ``--small`` files over HTTP on the cluster and with aria2c, rounds alternating; the rows."""
+    """(2): ``--small`` files over HTTP on the cluster, with aria2c and on the floor, rounds alternating.
+
+    The floor (bench/cluster_floor.py): ``--workers`` plain Python processes
+    of ``--threads`` httpx threads, no headwater, landing each file durably
+    (``.part``, fsync, link) and, below that, in place. Every row also gives
+    the HTTP server's CPU a file (``server ms``), which the clients share
+    the machine with. The rows.
+    """
     web = _bench_http()
     served = root / "served"
     served.mkdir()
@@ -370,54 +363,73 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     ports: multiprocessing.SimpleQueue[int] = multiprocessing.SimpleQueue()
     server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
     server.start()
+    floor = Floor(web, args.workers, args.threads)  # forked before this process has threads
+    count = args.small
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[dict[str, float]]] = {}
     try:
         port = ports.get()
-        urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(args.small)]
+        assert server.pid is not None
+        urls = [f"http://127.0.0.1:{port}/small/f{i:05d}.bin" for i in range(count)]
         list_file = root / "list.txt"
         list_file.write_text("\n".join(urls) + "\n")
         out = root / "out"
         out.mkdir()
-        aria: list[float] = []
-        ours: list[float] = []
-        http = sources(load=["http"], policies=None)
+        aria = f"aria2c -j {args.jobs}"
+        ours = f"{args.workers} workers x {args.threads}, c={args.jobs}"
+        floors = {
+            f"floor: {args.workers} processes x {args.threads}, durable": True,
+            f"floor: {args.workers} processes x {args.threads}, in place": False,
+        }
         with (
             cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _, pids),
-            ClusterClient(config, out, registry=http) as client,
+            Engine(out, load=["http"], cluster=config) as client,
         ):
             run(client, "http", [urls[0]])  # settling, as above
-            spent: list[dict[str, float]] = []
+
+            def one(who: str) -> None:
+                folder = web.new_folder(out)
+                served_before = ticks(server.pid)
+                if who == aria:
+                    wall, used = web.timed(lambda: web.aria2c_fetch(list_file, folder, args.jobs))
+                    spent = {"all": used * 1000 / count}
+                elif who == ours:
+                    cpu = Cpu(pids)
+                    wall = run(client, "http", urls, folder)
+                    spent = cpu.per(count)
+                else:
+                    wall, used = floor.fetch(urls, folder, durable=floors[who])
+                    spent = {"all": used * 1000 / count}
+                spent["server"] = (ticks(server.pid) - served_before) / TICK * 1000 / count
+                walls.setdefault(who, []).append(wall)
+                cpus.setdefault(who, []).append(spent)
+
+            order = [aria, ours, *floors]
             for round_ in range(args.rounds):
-                for who in ("aria", "ours") if round_ % 2 == 0 else ("ours", "aria"):
-                    folder = web.new_folder(out)
-                    if who == "aria":
-                        aria.append(web.timed(lambda f=folder: web.aria2c_fetch(list_file, f, args.jobs))[0])
-                    else:
-                        cpu = Cpu(pids)
-                        ours.append(run(client, "http", urls, folder))
-                        spent.append(cpu.per(args.small))
+                for who in order if round_ % 2 == 0 else reversed(order):
+                    one(who)
     finally:
+        floor.close()
         server.terminate()
         server.join(5)
-    small = f"(2) {args.small} x {args.small_kib} KiB"
-    ratio = statistics.median(aria) / statistics.median(ours)
-    return [
-        [
-            small,
-            f"aria2c -j {args.jobs}",
-            f"{statistics.median(aria):.2f}",
-            f"{args.small / statistics.median(aria):,.0f}",
-            "",
-            "",
-        ],
-        [
-            small,
-            f"{args.workers} workers x {args.threads}, c={args.jobs}",
-            f"{statistics.median(ours):.2f}",
-            f"{args.small / statistics.median(ours):,.0f}",
-            f"{ratio:.2f}x aria2c",
-            shown(min(spent, key=lambda p: p["all"])),
-        ],
-    ]
+    small = f"(2) {count} x {args.small_kib} KiB"
+    aria_wall = statistics.median(walls[aria])
+    rows: list[list[object]] = []
+    for who, took in walls.items():
+        wall = statistics.median(took)
+        least = min(cpus[who], key=lambda p: p["all"])
+        rows.append(
+            [
+                small,
+                who,
+                f"{wall:.2f}",
+                f"{count / wall:,.0f}",
+                "" if who == aria else f"{aria_wall / wall:.2f}x aria2c",
+                shown(least) if who == ours else f"{least['all']:.2f}",
+                f"{least['server']:.2f}",
+            ]
+        )
+    return rows
 
 
 def peak(log: Path) -> int:
@@ -434,7 +446,7 @@ def peak(log: Path) -> int:
 
 
 def _noop_plugin(folder: Path) -> object:
-    """The no-op source's module, for the client's registry (a submit asks its hooks)."""
+    """The no-op source's module, for the submitting engine (a submit asks its hooks)."""
     spec = importlib.util.spec_from_file_location("noop_source", folder / "noop_source.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

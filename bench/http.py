@@ -20,6 +20,9 @@ bodies read and thrown away, no files and no engine; the ceiling for any
 client built on httpx on this machine. And httpx + files: the same, each
 body written to a ``.part`` that is fsynced, linked to its name and
 unlinked, the file work headwater does at the least, without its checks.
+And http source: the builtin source's ``download_impl`` called on the same
+16 threads without the engine, to set what the source and its landing add
+against httpx + files.
 
 ``--file-variants`` adds two more rows to (b), to show the floor of the file
 work: httpx + O_TMPFILE (the cheapest durable landing measured: a file with
@@ -46,6 +49,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import logging  # noqa: E402
 import multiprocessing  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -62,7 +66,8 @@ from urllib.parse import unquote  # noqa: E402
 
 import httpx  # noqa: E402
 
-from headwater import Engine, RatePolicy, State  # noqa: E402
+from headwater import DownloadContext, Engine, Job, RatePolicy, State  # noqa: E402
+from headwater_http import HttpSource  # noqa: E402
 
 # -- the server ----------------------------------------------------------------
 
@@ -199,31 +204,51 @@ def httpx_fetch(urls: list[str], jobs: int) -> None:
     on_client_threads(urls, jobs, get)
 
 
-def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
-    """As :func:`httpx_fetch`, writing each body as headwater lands a file, with none of its checks.
+def get_durable(client: httpx.Client, url: str, dest: Path) -> None:
+    """GET ``url`` into ``dest`` as headwater lands a file, with none of its checks.
 
     The body goes to ``<name>.part`` (created, appended to), which is
     fsynced, linked to ``<name>`` and unlinked: the file work every download
     of headwater's http source does at the least, without the lock, the
     resume record, the name checks and the engine.
     """
+    final = dest / url.rsplit("/", 1)[1]
+    part = f"{final}.part"
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in response.iter_raw():
+                os.write(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.link(part, final)
+    os.unlink(part)
 
-    def get(client: httpx.Client, url: str) -> None:
-        final = dest / url.rsplit("/", 1)[1]
-        part = f"{final}.part"
-        with client.stream("GET", url) as response:
-            response.raise_for_status()
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                for chunk in response.iter_raw():
-                    os.write(fd, chunk)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.link(part, final)
-        os.unlink(part)
 
-    on_client_threads(urls, jobs, get)
+def httpx_files_fetch(urls: list[str], jobs: int, dest: Path) -> None:
+    """As :func:`httpx_fetch`, each body landed in ``dest`` by :func:`get_durable`."""
+    on_client_threads(urls, jobs, partial(get_durable, dest=dest))
+
+
+def source_fetch(urls: list[str], jobs: int, dest: Path) -> None:
+    """The http source's ``download_impl`` for each of ``urls`` on ``jobs`` threads, into ``dest``; no engine.
+
+    What the source and its landing (``PartFile``, the name checks, the
+    resume record looked for, fsync, ``land``) cost beside
+    :func:`httpx_files_fetch`'s bare file work; each thread has the
+    source's own client.
+    """
+    source = HttpSource()
+    logger = logging.getLogger("headwater.source.http")
+    folder = dest.resolve()
+
+    def get(url: str) -> None:
+        source.download_impl(Job(url, "http", url), DownloadContext(folder, logger))
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(get, urls))
 
 
 def httpx_tmpfile_fetch(urls: list[str], jobs: int, dest: Path) -> None:
@@ -251,20 +276,21 @@ def httpx_tmpfile_fetch(urls: list[str], jobs: int, dest: Path) -> None:
     on_client_threads(urls, jobs, get)
 
 
+def get_in_place(client: httpx.Client, url: str, dest: Path) -> None:
+    """GET ``url`` straight to its name in ``dest``: no ``.part``, no fsync (not durable), as aria2c does."""
+    with client.stream("GET", url) as response:
+        response.raise_for_status()
+        fd = os.open(dest / url.rsplit("/", 1)[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in response.iter_raw():
+                os.write(fd, chunk)
+        finally:
+            os.close(fd)
+
+
 def httpx_in_place_fetch(urls: list[str], jobs: int, dest: Path) -> None:
-    """As :func:`httpx_fetch`, each body written to its name: no ``.part``, no fsync (not durable)."""
-
-    def get(client: httpx.Client, url: str) -> None:
-        with client.stream("GET", url) as response:
-            response.raise_for_status()
-            fd = os.open(dest / url.rsplit("/", 1)[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                for chunk in response.iter_raw():
-                    os.write(fd, chunk)
-            finally:
-                os.close(fd)
-
-    on_client_threads(urls, jobs, get)
+    """As :func:`httpx_fetch`, each body landed in ``dest`` by :func:`get_in_place`."""
+    on_client_threads(urls, jobs, partial(get_in_place, dest=dest))
 
 
 def make_files(root: Path, big_mib: int, small: int, small_kib: int) -> None:
@@ -336,6 +362,10 @@ def main() -> None:
                 fetch = partial(httpx_files_fetch, small_urls, args.jobs, new_folder(out))
                 measure(f"httpx + files x{args.jobs}", fetch)
 
+            def source_alone() -> None:
+                fetch = partial(source_fetch, small_urls, args.jobs, new_folder(out))
+                measure(f"http source x{args.jobs}", fetch)
+
             def variant(label: str, fetch: Callable[[list[str], int, Path], None]) -> Callable[[], None]:
                 def run() -> None:
                     measure(
@@ -346,7 +376,7 @@ def main() -> None:
                 return run
 
             headwaters = [partial(headwater_small, jobs) for jobs in [args.jobs, *args.also_jobs]]
-            small = [aria, *headwaters, bare_httpx, httpx_files]
+            small = [aria, *headwaters, bare_httpx, httpx_files, source_alone]
             if args.file_variants:
                 small += [
                     variant("O_TMPFILE", httpx_tmpfile_fetch),
@@ -377,7 +407,7 @@ def main() -> None:
     for client, seconds in median.items():
         big = client in ("curl", "curl + fsync", "headwater")
         work = f"(a) 1 x {args.big_mib} MiB" if big else f"(b) {args.small} x {args.small_kib} KiB"
-        if client.startswith("httpx"):
+        if client.startswith(("httpx", "http source")):
             work += " *"
         size = big_bytes if big else small_bytes
         count = 1 if big else args.small
@@ -396,6 +426,10 @@ def main() -> None:
     print(f"(b) headwater vs httpx alone:  {bare / hw_small:.2f}x  (target >= 0.8x)")
     print(f"(b) httpx + files vs httpx alone: {bare / files:.2f}x  (* the file work alone, no engine)")
     print(f"(b) headwater vs httpx + files:   {files / hw_small:.2f}x")
+    alone = f"http source x{args.jobs}"
+    cpu_ratio = cpu[alone] / cpu[f"httpx + files x{args.jobs}"]
+    speed = files / median[alone]
+    print(f"(b) http source vs httpx + files: {speed:.2f}x, CPU {cpu_ratio:.2f}x (* no engine)")
     for label in ("O_TMPFILE", "in place"):
         if f"httpx + {label} x{args.jobs}" in median:
             ratio = bare / median[f"httpx + {label} x{args.jobs}"]

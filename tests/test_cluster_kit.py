@@ -23,8 +23,8 @@ from headwater._config import ClusterConfig
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
 ON_A_CLUSTER = """
-def test_the_engine_is_a_cluster_client(headwater_engine):
-    assert type(headwater_engine()).__name__ == "ClusterClient"
+def test_the_engine_is_a_cluster_engine(headwater_engine):
+    assert type(headwater_engine()).__name__ == "ClusterEngine"
 """
 
 

@@ -24,6 +24,9 @@
 - :mod:`headwater._cluster._channel`: a thread listening on a Redis
   pub/sub channel through lost connections (the cancels, the slots given
   back).
+- :mod:`headwater._cluster._engine`: :class:`~headwater._cluster._engine.ClusterEngine`,
+  the engine ``Engine(..., cluster=...)`` makes: a program's submits,
+  reads and cancels on the cluster.
 
 Needs the ``cluster`` extra (``pip install 'headwater[cluster]'``).
 """
