@@ -16,7 +16,11 @@ one of which schedules:
     floor (bench/cluster_floor.py): the same files fetched by ``--workers``
     plain Python processes of ``--threads`` httpx threads, no headwater,
     landed durably (``.part``, fsync, link) and in place (no ``.part``, no
-    fsync), each row with the HTTP server's CPU a file beside its own.
+    fsync), each row with the HTTP server's CPU a file beside its own. The
+    cluster's row also gives the share of its slots' time (``--jobs`` x
+    wall) that downloads spent running, from the records' ``started_at``
+    and ``finished_at``: the rest is slots passing from one download to the
+    next.
 
 (3) limits: ``--limits`` no-op downloads of a source of concurrency 2 on 3
     worker processes of 4 threads; the most running at once, from the
@@ -53,7 +57,7 @@ import redis
 from cluster_floor import TICK, Floor, ticks
 from table import print_table
 
-from headwater import State
+from headwater import Record, State
 from headwater._cluster._client import ClusterClient
 from headwater._cluster._setup import sources
 from headwater._config import ClusterConfig
@@ -243,6 +247,13 @@ def run(client: ClusterClient, source: str, targets: list[str], folder: Path | N
 
     Exits if one did not complete.
     """
+    return run_records(client, source, targets, folder)[0]
+
+
+def run_records(
+    client: ClusterClient, source: str, targets: list[str], folder: Path | None = None
+) -> tuple[float, list[Record]]:
+    """As :func:`run`; the wall seconds and the final records."""
     began = time.perf_counter()
     ids = [client.submit(source, t, dest_dir=folder) for t in targets]
     records = client.wait(ids, timeout=3600)
@@ -250,7 +261,18 @@ def run(client: ClusterClient, source: str, targets: list[str], folder: Path | N
     failed = [r for r in records if r.state is not State.COMPLETED]
     if failed:
         raise SystemExit(f"{len(failed)} downloads did not complete, first: {failed[0].error}")
-    return took
+    return took, records
+
+
+def running_share(records: list[Record], took: float, slots: int) -> float:
+    """The share of ``slots`` x ``took`` seconds that ``records`` spent running (started_at to finished_at).
+
+    A worker sets ``started_at`` just before it records the start and
+    ``finished_at`` once the attempt is over, before its end is written; the
+    rest of a slot's time is its hand-over to the next download.
+    """
+    ran = sum(r.finished_at - r.started_at for r in records if r.started_at and r.finished_at)
+    return ran / (slots * took)
 
 
 def main() -> None:
@@ -372,6 +394,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     count = args.small
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[dict[str, float]]] = {}
+    shares: list[float] = []  # the cluster's: of its slots' time, the share spent running a download
     try:
         port = ports.get()
         assert server.pid is not None
@@ -401,8 +424,9 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                     spent = {"all": used * 1000 / count}
                 elif who == ours:
                     cpu = Cpu(pids)
-                    wall = run(client, "http", urls, folder)
+                    wall, records = run_records(client, "http", urls, folder)
                     spent = cpu.per(count)
+                    shares.append(running_share(records, wall, args.jobs))
                 else:
                     wall, used = floor.fetch(urls, folder, durable=floors[who])
                     spent = {"all": used * 1000 / count}
@@ -423,6 +447,9 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     rows: list[list[object]] = []
     for who, took in walls.items():
         wall = statistics.median(took)
+        ratio = "" if who == aria else f"{aria_wall / wall:.2f}x aria2c"
+        if who == ours:
+            ratio += f", slots {statistics.median(shares):.0%} running"
         least = min(cpus[who], key=lambda p: p["all"])
         rows.append(
             [
@@ -430,7 +457,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                 who,
                 f"{wall:.2f}",
                 f"{count / wall:,.0f}",
-                "" if who == aria else f"{aria_wall / wall:.2f}x aria2c",
+                ratio,
                 shown(least) if who == ours else f"{least['all']:.2f}",
                 f"{least['server']:.2f}",
             ]
