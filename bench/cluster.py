@@ -5,7 +5,7 @@ PostgreSQL (a key prefix and a schema of their own, removed afterwards),
 one of which schedules:
 
 (1) overhead: a no-op source (it touches an empty file and returns it),
-    submitted through a ``ClusterClient``: ``--noop`` downloads at once
+    submitted through ``Engine(..., cluster=...)``: ``--noop`` downloads at once
     (wall time from the first submit to the last COMPLETED, per download),
     and ``--serial`` downloads one after the other (submit to COMPLETED,
     each: the latency a single download sees).
@@ -57,10 +57,7 @@ import redis
 from cluster_floor import TICK, Floor, ticks
 from table import print_table
 
-from headwater import Record, State
-from headwater._cluster._client import ClusterClient
-from headwater._cluster._setup import sources
-from headwater._config import ClusterConfig
+from headwater import ClusterConfig, Engine, Record, State
 
 #: This folder: its http.py would shadow the standard library's ``http`` for httpx.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -242,7 +239,7 @@ def commit_latency(count: int = 100) -> float:
     return statistics.median(times) * 1000
 
 
-def run(client: ClusterClient, source: str, targets: list[str], folder: Path | None = None) -> float:
+def run(client: Engine, source: str, targets: list[str], folder: Path | None = None) -> float:
     """Submit ``targets`` at once (into ``folder``) and wait for all; the wall seconds.
 
     Exits if one did not complete.
@@ -251,7 +248,7 @@ def run(client: ClusterClient, source: str, targets: list[str], folder: Path | N
 
 
 def run_records(
-    client: ClusterClient, source: str, targets: list[str], folder: Path | None = None
+    client: Engine, source: str, targets: list[str], folder: Path | None = None
 ) -> tuple[float, list[Record]]:
     """As :func:`run`; the wall seconds and the final records."""
     began = time.perf_counter()
@@ -313,10 +310,9 @@ def main() -> None:
 
 def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
     """(1): ``--noop`` no-op downloads at once, ``--rounds`` times, and ``--serial`` one by one; the rows."""
-    registry = sources(plugins={"noop": _noop_plugin(plugins)})
     with (
         cluster(root, args.workers, args.threads, args.jobs, plugins) as (config, dest, pids),
-        ClusterClient(config, dest, registry=registry) as client,
+        Engine(dest, {"noop": _noop_plugin(plugins)}, cluster=config) as client,
     ):
         run(client, "noop", ["warm-up"])  # the source's first slot waits one lease (settling)
         cpu = Cpu(pids)
@@ -349,12 +345,11 @@ def overhead(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[o
 
 def limits(args: argparse.Namespace, root: Path, plugins: Path) -> list[list[object]]:
     """(3): ``--limits`` no-op downloads of a source of concurrency 2 on 3 workers of 4 threads; the row."""
-    registry = sources(plugins={"noop": _noop_plugin(plugins)})
     log = root / "events.log"
     os.environ["HW_BENCH_LOG"] = str(log)  # the workers of this cluster log each start and end
     with (
         cluster(root, 3, 4, args.jobs, plugins, noop_concurrency=2) as (config, dest, pids),
-        ClusterClient(config, dest, registry=registry) as client,
+        Engine(dest, {"noop": _noop_plugin(plugins)}, cluster=config) as client,
     ):
         run(client, "noop", ["warm-up"])
         log.unlink()
@@ -403,7 +398,6 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
         list_file.write_text("\n".join(urls) + "\n")
         out = root / "out"
         out.mkdir()
-        http = sources(load=["http"], policies=None)
         aria = f"aria2c -j {args.jobs}"
         ours = f"{args.workers} workers x {args.threads}, c={args.jobs}"
         floors = {
@@ -412,7 +406,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
         }
         with (
             cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _, pids),
-            ClusterClient(config, out, registry=http) as client,
+            Engine(out, load=["http"], cluster=config) as client,
         ):
             run(client, "http", [urls[0]])  # settling, as above
 
@@ -479,7 +473,7 @@ def peak(log: Path) -> int:
 
 
 def _noop_plugin(folder: Path) -> object:
-    """The no-op source's module, for the client's registry (a submit asks its hooks)."""
+    """The no-op source's module, for the submitting engine (a submit asks its hooks)."""
     spec = importlib.util.spec_from_file_location("noop_source", folder / "noop_source.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

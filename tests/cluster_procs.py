@@ -26,10 +26,10 @@ import redis
 from child_env import isolated_env
 
 from headwater import Record, State
+from headwater._cluster._engine import ClusterEngine
 from headwater._cluster._pgstore import PostgresStore
-from headwater._cluster._setup import sources
 from headwater._config import ClusterConfig, load_config
-from headwater._sources import PolicyOverride, SourceRegistry
+from headwater._sources import PolicyOverride
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -74,7 +74,7 @@ class Cluster:
         #: The first line each worker wrote (it names the cluster), in the order they started.
         self.banners: list[str] = []
 
-    def registry(self) -> SourceRegistry:
+    def sources(self) -> dict[str, object]:
         """The installed sources, loaded in this process as a worker loads them (a module each)."""
         loaded: dict[str, object] = {}
         for name in cluster_plugin.NAMES:
@@ -85,8 +85,15 @@ class Cluster:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             loaded[name] = module
-        policies = load_config(self.config_file).policies
-        return sources(plugins=loaded, policies={n: PolicyOverride(p) for n, p in policies.items()})
+        return loaded
+
+    def policies(self) -> dict[str, PolicyOverride]:
+        """The policies its headwater.toml sets (``[sources.NAME]``)."""
+        return {n: PolicyOverride(p) for n, p in load_config(self.config_file).policies.items()}
+
+    def engine(self, workers: int = 0) -> ClusterEngine:
+        """An engine on this cluster over its :meth:`sources`, ``workers`` worker threads in this process."""
+        return ClusterEngine(self.dest, self.sources(), self.policies(), cluster=self.config, workers=workers)
 
     def start_worker(self, threads: int = 2) -> subprocess.Popen[str]:
         """A ``headwater worker`` process, returned once it says it runs."""
@@ -145,11 +152,3 @@ def queued(store: PostgresStore, target: str, dest: Path) -> Record:
 def with_signal(child: subprocess.Popen[str], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(child.pid, signum)
-
-
-def wait_until(check: object, timeout: float, what: str, step: float = 0.01) -> None:
-    """Poll ``check()`` until it is true; fail saying ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(step)

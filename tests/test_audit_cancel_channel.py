@@ -21,13 +21,13 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import wait_until
+from waiting import wait_until
 
 from headwater import State
 from headwater._cluster._cancels import CancelWatch, announce
-from headwater._cluster._client import ClusterClient
+from headwater._cluster._engine import ClusterEngine
 from headwater._cluster._runner import ClusterWorker
-from headwater._cluster._setup import clear, sources
+from headwater._cluster._setup import clear
 from headwater._config import ClusterConfig
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
@@ -77,8 +77,8 @@ def test_the_worker_side_has_no_default_cluster_to_fall_back_on(
 def test_a_cancel_reaches_a_running_download_through_its_clusters_channel(
     config: ClusterConfig, tmp_path: Path, events_dir: Path, redis_client: redis.Redis
 ) -> None:
-    registry = sources(plugins={"clustered": cluster_plugin})
-    with ClusterClient(config, tmp_path / "dest", registry=registry, workers=1, poll=POLL) as client:
+    plugins = {"clustered": cluster_plugin}
+    with ClusterEngine(tmp_path / "dest", plugins, cluster=config, workers=1, poll=POLL) as client:
         download = client.submit("clustered", "wait:never:c.bin")
         wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 60, "the download started")
         channel = config.cancel_channel

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from child_env import install_plugin
-from test_cli_resume import env_for, journaled, start, until
+from test_cli_resume import env_for, journaled, start
+from waiting import wait_until
 
 from headwater import State
 
@@ -70,7 +71,7 @@ def paused(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.Popen[str
     child_env = {**env_for(home), "PAUSE_MARKER": str(marker), **env}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(plugins)]))
     child = start(child_env, *args, cwd=tmp_path, command=ENTRY)
-    until("the command paused", marker.exists)
+    wait_until(marker.exists, 30, "the command paused")
     return child, home
 
 

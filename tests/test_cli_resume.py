@@ -15,12 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from localhttp import LocalServer, Resource, serving
 from slow_plugin import install
+from waiting import wait_until
 
 from headwater import Record, State
 from headwater._reader import read_records
@@ -72,13 +73,6 @@ def run(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProce
     )
 
 
-def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
-
-
 def journaled(home: Path) -> dict[str, Record]:
     return {r.id: r for r in read_records(home / "journal.sqlite3")}
 
@@ -106,10 +100,11 @@ def test_a_signal_keeps_the_part_and_resume_continues_it(
     child = start(env, "get", "http", url, "--dest", str(dest), cwd=tmp_path)
     part = dest / "big.bin.part"
     gate.release(32)  # 512 KiB, then nothing until the signal
-    until("512 KiB in the .part", lambda: part.exists() and part.stat().st_size == 32 * CHUNK)
-    until(
-        "the download journaled RUNNING",
+    wait_until(lambda: part.exists() and part.stat().st_size == 32 * CHUNK, 30, "512 KiB in the .part")
+    wait_until(
         lambda: [r.state for r in journaled(home).values()] == [State.RUNNING],
+        30,
+        "the download journaled RUNNING",
     )
     child.send_signal(signum)
     while child.poll() is None:  # a chunk at a time, so the source sees the stop between two of them
@@ -147,9 +142,10 @@ def test_a_dead_process_downloads_stay_resumable_and_cancellable_beside_a_live_o
     env = env_for(home, plugins)
     # A get of two slow downloads (concurrency 2: both run), killed while they run.
     crashed = start(env, "get", "slow", "60", "61", "--dest", str(tmp_path / "out"), cwd=tmp_path)
-    until(
-        "both downloads running with progress",
+    wait_until(
         lambda: len(journaled(home)) == 2 and all(r.transferred > 0 for r in journaled(home).values()),
+        30,
+        "both downloads running with progress",
     )
     crashed.kill()
     crashed.wait(10)
@@ -165,12 +161,13 @@ def test_a_dead_process_downloads_stay_resumable_and_cancellable_beside_a_live_o
     # A later get, still running while the rest happens, leaves them alone too.
     live = start(env, "get", "slow", "400", "--dest", str(tmp_path / "out2"), cwd=tmp_path)
     try:
-        until(
-            "the live get running",
+        wait_until(
             lambda: (
                 len(journaled(home)) == 3
                 and State.RUNNING in {r.state for i, r in journaled(home).items() if i not in left}
             ),
+            30,
+            "the live get running",
         )
         (busy,) = set(journaled(home)) - set(left)
         assert {i: journaled(home)[i] for i in left} == left
@@ -209,7 +206,9 @@ def test_resume_lands_files_in_the_folder_get_sent_them_to(tmp_path: Path) -> No
     elsewhere.mkdir()
     env = env_for(home, plugins)
     crashed = start(env, "get", "slow", "40", "--dest", str(sent_to), cwd=tmp_path)
-    until("the download running", lambda: [r.state for r in journaled(home).values()] == [State.RUNNING])
+    wait_until(
+        lambda: [r.state for r in journaled(home).values()] == [State.RUNNING], 30, "the download running"
+    )
     crashed.kill()
     crashed.wait(10)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
+
+from waiting import wait_until
 
 from headwater._cluster._grouped import Grouped
 
@@ -44,10 +45,12 @@ def callers(
 
 
 def gathered(grouped: Grouped[Item, int], count: int) -> None:
-    deadline = time.monotonic() + 10
-    while grouped.waiting() < count:
-        assert time.monotonic() < deadline, f"only {grouped.waiting()} of {count} callers waiting"
-        time.sleep(0.001)
+    wait_until(
+        lambda: grouped.waiting() >= count,
+        10,
+        lambda: f"only {grouped.waiting()} of {count} callers waiting",
+        step=0.001,
+    )
 
 
 def test_callers_waiting_meanwhile_are_written_in_one_group_each_with_its_own_answers() -> None:

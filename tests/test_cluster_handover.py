@@ -21,10 +21,10 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import Cluster, running, wait_until
+from cluster_procs import Cluster, running
+from waiting import wait_until
 
 from headwater import RatePolicy, State
-from headwater._cluster._client import ClusterClient
 from headwater._cluster._limits import RedisLimits
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
@@ -46,7 +46,7 @@ def test_the_next_download_takes_the_slot_before_the_previous_end_is_written(
     limits = RedisLimits(
         redis_client, "clustered", RatePolicy(), lease=2.0, prefix=single.config.limits_prefix
     )
-    with ClusterClient(single.config, single.dest, registry=single.registry(), workers=2) as engine:
+    with single.engine(workers=2) as engine:
         first = engine.submit("clustered", "wait:first:a.txt")
         engine.flush()
         wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 30, "the first download")
@@ -67,7 +67,7 @@ def test_the_next_download_takes_the_slot_before_the_previous_end_is_written(
 def test_a_worker_thread_takes_its_next_download_while_the_previous_end_is_being_written(
     cluster: Cluster,
 ) -> None:
-    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=1) as engine:
+    with cluster.engine(workers=1) as engine:
         first = engine.submit("clustered", "wait:first:a.txt")
         engine.flush()
         wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 30, "the first download")

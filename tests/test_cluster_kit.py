@@ -23,8 +23,8 @@ from headwater._config import ClusterConfig
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
 ON_A_CLUSTER = """
-def test_the_engine_is_a_cluster_client(headwater_engine):
-    assert type(headwater_engine()).__name__ == "ClusterClient"
+def test_the_engine_is_a_cluster_engine(headwater_engine):
+    assert type(headwater_engine()).__name__ == "ClusterEngine"
 """
 
 
@@ -78,3 +78,24 @@ def test_clearing_a_cluster_leaves_one_whose_prefix_starts_with_its_own(
     finally:
         clear(second)
     assert list(redis_client.scan_iter(match=f"{base}*")) == []
+
+
+@pytest.mark.parametrize(
+    ("mine", "neighbour"),
+    [("*", "-2"), ("?", "2"), ("[2]", "2"), ("\\", "")],
+    ids=["star", "question mark", "brackets", "backslash"],
+)
+def test_clearing_a_cluster_whose_prefix_holds_glob_characters_clears_its_keys_only(
+    pg_url: str, redis_client: redis.Redis, mine: str, neighbour: str
+) -> None:
+    """The prefix is matched as the literal it is: read as a pattern, ``hw*`` would take ``hw-2``'s keys."""
+    base = f"hwclear_{uuid.uuid4().hex[:8]}"
+    config = ClusterConfig("redis://127.0.0.1:6379/0", pg_url, schema=f"{base}_a", prefix=base + mine)
+    own, kept = f"{base}{mine}:leader:{{scheduler}}", f"{base}{neighbour}:leader:{{scheduler}}"
+    redis_client.set(own, "1")
+    redis_client.set(kept, "1")
+    try:
+        clear(config)
+        assert list(redis_client.scan_iter(match=f"{base}*")) == [kept.encode()]
+    finally:
+        redis_client.delete(own, kept)

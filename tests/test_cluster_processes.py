@@ -1,7 +1,7 @@
 """The cluster through real ``headwater worker`` processes, Dramatiq's Redis broker and PostgreSQL.
 
 Every worker process also contends for the scheduler's lease, so one of
-them schedules; the test submits and cancels through a ClusterClient.
+them schedules; the test submits and cancels through an engine on the cluster.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 import redis
 from child_env import isolated_env, run_headwater
 from cluster_child import free_port, private_redis
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
 from pg_server import private_postgres
+from waiting import wait_until
 
 from headwater import RatePolicy, State
-from headwater._cluster._client import ClusterClient
 from headwater._cluster._limits import RedisLimits
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
@@ -31,7 +31,7 @@ def test_submitted_downloads_complete_through_worker_processes(
     cluster: Cluster, redis_client: redis.Redis
 ) -> None:
     workers = [cluster.start_worker(threads=2) for _ in range(2)]
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         ids = [client.submit("clustered", f"ok:f{i}.txt") for i in range(8)]
         ended = client.wait(ids, timeout=30)
     assert [r.state for r in ended] == [State.COMPLETED] * 8
@@ -45,7 +45,7 @@ def test_submitted_downloads_complete_through_worker_processes(
 
 def test_a_cancel_reaches_a_download_running_in_a_worker_process_within_a_second(cluster: Cluster) -> None:
     cluster.start_worker(threads=1)
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         download = client.submit("clustered", "wait:never:c.bin")
         wait_until(lambda: events_of("part"), 30, "the download started")
         sent = time.time()
@@ -56,10 +56,6 @@ def test_a_cancel_reaches_a_download_running_in_a_worker_process_within_a_second
         assert client.get(download).state is State.CANCELLED
         assert client.cancel(download) is False
     assert not list(cluster.dest.iterdir())
-
-
-def client_of(cluster: Cluster) -> ClusterClient:
-    return ClusterClient(cluster.config, cluster.dest, registry=cluster.registry())
 
 
 def limits_of(cluster: Cluster, client: redis.Redis) -> RedisLimits:
@@ -74,7 +70,7 @@ def test_a_killed_worker_frees_its_slot_within_the_lease_and_the_download_comple
     cluster: Cluster,
 ) -> None:
     doomed = cluster.start_worker(threads=1)
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         download = client.submit("clustered", "wait:kill:k.bin")
         wait_until(lambda: events_of("part", 1), 30, "attempt 1 began")
         assert events_of("part", 1)[0][3] == doomed.pid
@@ -97,7 +93,7 @@ def test_a_worker_frozen_past_its_lease_stops_itself_and_its_late_completion_is_
     cluster: Cluster,
 ) -> None:
     frozen = cluster.start_worker(threads=2)
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         polite = client.submit("clustered", "wait:polite:a.bin")
         stubborn = client.submit("clustered", "stubborn:stubborn:b.bin")
         wait_until(lambda: len(events_of("part", 1)) == 2, 30, "both began on the first worker")
@@ -124,7 +120,7 @@ def test_a_worker_frozen_past_its_lease_stops_itself_and_its_late_completion_is_
 
 def test_a_source_of_concurrency_2_never_runs_more_than_2_across_3_worker_processes(cluster: Cluster) -> None:
     workers = [cluster.start_worker(threads=2) for _ in range(3)]
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         ids = [client.submit("clustered", f"nap:0.02:n{i}.bin") for i in range(40)]
         ended = client.wait(ids, timeout=60)
     assert {r.state for r in ended} == {State.COMPLETED}
@@ -151,7 +147,7 @@ def test_a_postgresql_restart_mid_run_loses_no_download_and_completes_none_twice
         try:
             for _ in range(2):
                 found.start_worker(threads=2)
-            with client_of(found) as client:
+            with found.engine() as client:
                 ids = [client.submit("clustered", f"nap:0.1:p{i}.bin") for i in range(20)]
                 client.flush()
                 wait_until(lambda: len(events_of("end")) >= 5, 30, "5 downloads ended")
@@ -193,7 +189,7 @@ def test_each_source_keeps_its_own_limits_across_3_workers_and_others_run_at_ful
     try:
         for _ in range(3):
             found.start_worker(threads=4)
-        with client_of(found) as client:
+        with found.engine() as client:
             slow = [client.submit("clustered", f"nap:0.05:s{i}.bin") for i in range(12)]
             fast = [client.submit("clustered_fast", f"nap:0.05:f{i}.bin") for i in range(24)]
             paced = [client.submit("clustered_paced", f"ok:p{i}.bin") for i in range(4)]
@@ -214,7 +210,7 @@ def test_each_source_keeps_its_own_limits_across_3_workers_and_others_run_at_ful
 
 
 def test_a_paused_source_starts_nothing_until_resumed(cluster: Cluster) -> None:
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         client.store.set_paused("clustered", True)  # as `headwater pause` records it
         cluster.start_worker(threads=2)
         ids = [client.submit("clustered", f"ok:q{i}.txt") for i in range(3)]
@@ -228,7 +224,7 @@ def test_a_paused_source_starts_nothing_until_resumed(cluster: Cluster) -> None:
 
 
 def test_status_and_cancel_read_and_cancel_the_clusters_records(cluster: Cluster) -> None:
-    with client_of(cluster) as client:
+    with cluster.engine() as client:
         first = client.submit("clustered", "ok:s1.txt", display_name="first one")
         second = client.submit("clustered", "ok:s2.txt")
         client.flush()
@@ -276,14 +272,14 @@ def test_a_redis_restart_mid_run_loses_no_download_and_completes_none_twice(
     found = Cluster(tmp_path, pg_url, pg_schema, lease=2.0, redis_url=f"redis://127.0.0.1:{port}/0")
     monkeypatch.setenv(cluster_plugin.DIR_ENV, str(found.events))
     try:
-        with private_redis(tmp_path / "redis-1", port), client_of(found) as client:
+        with private_redis(tmp_path / "redis-1", port), found.engine() as client:
             for _ in range(2):
                 found.start_worker(threads=2)
             ids = [client.submit("clustered", f"nap:0.1:r{i}.bin") for i in range(20)]
             wait_until(lambda: len(events_of("end")) >= 5, 30, "5 downloads ended")
         assert len(events_of("end")) < 20, "every download ended before the restart"
         # That server was killed on leaving the block; a new, empty one takes its port.
-        with private_redis(tmp_path / "redis-2", port), client_of(found) as client:
+        with private_redis(tmp_path / "redis-2", port), found.engine() as client:
             ended = client.wait(ids, timeout=90)
             found.stop()
     finally:

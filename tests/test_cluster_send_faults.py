@@ -28,7 +28,6 @@ from pgproxy import Proxy
 import headwater._cluster._dispatch as scheduler_module
 import headwater._cluster._setup as cluster_setup
 from headwater import RatePolicy, State
-from headwater._cluster._client import ClusterClient
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment, broker, send
 
@@ -59,7 +58,7 @@ def test_a_redis_failure_while_starting_a_download_strands_nothing(
         monkeypatch.setattr(scheduler_module, "send", failing_once(scheduler_module.send, calls))
     else:
         monkeypatch.setattr(RedisLimits, "acquire_each", failing_once(RedisLimits.acquire_each, calls))
-    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=2) as engine:
+    with cluster.engine(workers=2) as engine:
         first = engine.submit("clustered", "ok:a.txt")
         (record,) = engine.wait([first], timeout=30)
         assert calls[0] == "failed" and "passed" in calls, calls

@@ -16,11 +16,11 @@ from pathlib import Path
 import cluster_plugin
 import pytest
 import redis
-from cluster_procs import Cluster, running, wait_until
+from cluster_procs import Cluster, running
 from served import TOKEN
+from waiting import wait_until
 
 from headwater import ServerError, State, UnknownDownloadError
-from headwater._cluster._client import ClusterClient
 from headwater._serve._state import running_server
 from headwater._serve.run import BackgroundServer
 from headwater.client import Client
@@ -36,7 +36,7 @@ def started(kind: str, download_id: str) -> bool:
 
 def test_a_served_cluster_client_runs_submits_on_the_workers_and_streams_their_ends(cluster: Cluster) -> None:
     with (
-        ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=2) as engine,
+        cluster.engine(workers=2) as engine,
         BackgroundServer(engine, TOKEN) as server,
         Client(server.url, TOKEN, timeout=10) as client,
     ):
@@ -109,11 +109,7 @@ def test_headwater_serve_on_a_cluster_runs_on_its_workers_and_never_shows_the_pa
 
 def test_a_cluster_client_reads_changes_from_the_feed(cluster: Cluster) -> None:
     """A subscription hears a submit and a cancel written by another client, as an engine's would."""
-    registry = cluster.registry()
-    with (
-        ClusterClient(cluster.config, cluster.dest, registry=registry) as reader,
-        ClusterClient(cluster.config, cluster.dest, registry=registry) as writer,
-    ):
+    with cluster.engine() as reader, cluster.engine() as writer:
         heard = reader.subscribe()
         download = writer.submit("clustered", "ok:d.txt")
         writer.cancel(download)  # no worker runs: it stays QUEUED until then

@@ -1,12 +1,12 @@
 """The stateful suite (tests/test_engine_stateful.py) on the cluster: its rules and invariants as they are.
 
 Only the fixture differs: the machine's engine is a
-:class:`~headwater._cluster._client.ClusterClient` on the local Redis and
+:class:`~headwater._cluster._engine.ClusterEngine` on the local Redis and
 PostgreSQL, a key prefix and a schema of its own for each example (deleted
 after it), running the downloads on in-process cluster workers (Dramatiq's
 worker on the Redis broker, the scheduler holding the leader lease, the
 records in PostgreSQL, every start and end a conditional write). A
-``restart`` closes that client (its workers stop, its scheduler gives its
+``restart`` closes that engine (its workers stop, its scheduler gives its
 lease up) and opens another on the same records, which takes over as a new
 scheduler would.
 
@@ -20,7 +20,7 @@ What differs, and why (docs/regression-suite.md, *The cluster's profile*):
   invariants' figures (a delay of 20 s, a pause of 45 s) are checked as they
   are, in test seconds. The ``advance`` rule is left out (real time passes
   by itself); ``drain`` and ``another_source_frozen`` move nothing.
-- ``freeze``: :meth:`ClusterClient.freeze` holds this process's workers and
+- ``freeze``: :meth:`ClusterEngine.freeze` holds this process's workers and
   scheduler, which are all the workers there are here.
 - ``disk_fills`` is left out: no test fills PostgreSQL's disk.
 - ``threads_are_bounded`` is left out: a cluster worker has a fixed pool of
@@ -48,8 +48,7 @@ from pg_server import PG_URL, drop, reachable
 from test_engine_stateful import POLICIES, EngineMachine
 
 from headwater import DownloadContext, Job, RetryAfter, hookimpl
-from headwater._cluster._client import ClusterClient
-from headwater._cluster._setup import sources
+from headwater._cluster._engine import ClusterEngine
 from headwater._config import ClusterConfig
 
 SCALE = 100.0  # test seconds per real second
@@ -107,12 +106,18 @@ class ClusterMachine(EngineMachine):
     def make_clock(self) -> ScaledClock:
         return ScaledClock()
 
-    def open_engine(self) -> ClusterClient:
+    def open_engine(self) -> ClusterEngine:
         if not hasattr(self, "config"):
             token = uuid.uuid4().hex[:12]
             self.config = ClusterConfig(REDIS_URL, PG_URL, f"hwst_{token}", LEASE, f"hwtest-{token}")
-        registry = sources(plugins=self.plugins, policies=scaled_policies())
-        return ClusterClient(self.config, self.tmp / "dest", registry=registry, workers=WORKERS, poll=0.2)
+        return ClusterEngine(
+            self.tmp / "dest",
+            self.plugins,
+            scaled_policies(),
+            cluster=self.config,
+            workers=WORKERS,
+            poll=0.2,
+        )
 
     # Left out (the module says why): plain methods, so Hypothesis finds no rule or invariant here.
     def advance(self, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""ClusterClient.wait hears ends from the change feed: it returns as an end is committed, not at a read.
+"""ClusterEngine.wait hears ends from the change feed: it returns as an end is committed, not at a read.
 
 The records' reads are put a minute apart here, so a wait that returns
 within the test's timeout was woken by the feed (the end, or a removal).
@@ -14,11 +14,12 @@ from collections.abc import Collection
 
 import cluster_plugin
 import pytest
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
+from waiting import wait_until
 
-import headwater._cluster._client as client_module
+import headwater._cluster._engine as engine_module
 from headwater import State
-from headwater._cluster._client import ClusterClient
+from headwater._cluster._engine import ClusterEngine
 from headwater._errors import UnknownDownloadError
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
@@ -26,11 +27,11 @@ pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
 @pytest.fixture(autouse=True)
 def rare_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "POLL_HEARING", 60.0)
-    monkeypatch.setattr(client_module, "POLL", 60.0)
+    monkeypatch.setattr(engine_module, "POLL_HEARING", 60.0)
+    monkeypatch.setattr(engine_module, "POLL", 60.0)
 
 
-def first_read(engine: ClusterClient) -> threading.Event:
+def first_read(engine: ClusterEngine) -> threading.Event:
     """An event set once ``engine`` has read the records' states (a wait's first read) from now on."""
     read = threading.Event()
     reads = engine.store.states
@@ -45,7 +46,7 @@ def first_read(engine: ClusterClient) -> threading.Event:
 
 
 def test_a_wait_returns_when_the_feed_brings_the_end(cluster: Cluster) -> None:
-    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=2) as engine:
+    with cluster.engine(workers=2) as engine:
         gated = engine.submit("clustered", "wait:go:a.txt")
         quick = engine.submit("clustered", "ok:b.txt")
         engine.flush()
@@ -63,7 +64,7 @@ def test_a_wait_returns_when_the_feed_brings_the_end(cluster: Cluster) -> None:
 
 
 def test_a_download_removed_while_waited_for_ends_the_wait_as_unknown(cluster: Cluster) -> None:
-    with ClusterClient(cluster.config, cluster.dest, registry=cluster.registry(), workers=0) as engine:
+    with cluster.engine(workers=0) as engine:
         queued = engine.submit("clustered", "ok:c.txt")  # no worker here, and none elsewhere: it stays QUEUED
         engine.flush()
         raised: list[BaseException] = []

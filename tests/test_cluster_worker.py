@@ -18,6 +18,7 @@ import cluster_plugin
 import pytest
 import redis
 from cluster_procs import queued
+from waiting import wait_until
 
 from headwater import DownloadContext, Job, PolicyOverride, RatePolicy, Record, State, Tried, hookimpl
 from headwater._cluster._cancels import announce
@@ -114,10 +115,11 @@ def current(store: PostgresStore, record: Record) -> Record:
 
 
 def wait_for_event(kind: str, count: int = 1, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(1 for e in cluster_plugin.events() if e[0] == kind) < count:
-        assert time.monotonic() < deadline, f"no {kind!r} event within {timeout} s: {cluster_plugin.events()}"
-        time.sleep(0.005)
+    wait_until(
+        lambda: sum(1 for e in cluster_plugin.events() if e[0] == kind) >= count,
+        timeout,
+        lambda: f"no {kind!r} event: {cluster_plugin.events()}",
+    )
 
 
 def test_an_assignment_runs_to_completed_and_frees_its_slot(
@@ -236,10 +238,12 @@ def test_a_download_past_its_timeout_fails_at_once_and_its_late_end_is_refused(
 
 
 def wait_until_state(store: PostgresStore, record: Record, state: State, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while current(store, record).state is not state:
-        assert time.monotonic() < deadline, f"download {record.id} not {state.value} within {timeout} s"
-        time.sleep(0.01)
+    wait_until(
+        lambda: current(store, record).state is state,
+        timeout,
+        f"download {record.id} {state.value}",
+        step=0.01,
+    )
 
 
 def test_retry_after_pauses_are_counted_across_attempts_and_workers(
@@ -349,10 +353,12 @@ def test_a_lost_lease_stops_the_download_and_its_late_completion_is_refused(
     thread, result = run_in_thread(worker, assignment)
     wait_for_event("part")
     redis_client.zrem(f"{key_prefix}{{clustered}}:holders", assignment.holder)
-    deadline = time.monotonic() + 5
-    while f"lease {assignment.holder} lost" not in caplog.text:
-        assert time.monotonic() < deadline, "the worker did not notice its lease was lost"
-        time.sleep(0.01)
+    wait_until(
+        lambda: f"lease {assignment.holder} lost" in caplog.text,
+        5,
+        "the worker did not notice its lease was lost",
+        step=0.01,
+    )
     # The scheduler saw the lease gone: attempt 1 goes back to QUEUED, attempt 2 starts elsewhere.
     running = current(store, record)
     again = attrs.evolve(running, state=State.QUEUED)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from waiting import wait_until
 
 from headwater import (
     DownloadCancelled,
@@ -53,14 +53,6 @@ class Resolving:
         path = ctx.dest_dir / f"{job.target}.flac"
         path.write_bytes(b"fLaC")
         return path
-
-
-def until(check, timeout: float = 10.0) -> None:
-    """Wait until ``check()`` is true (the engine's own threads make it so)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.005)
 
 
 def test_describe_reaches_the_record_the_journal_status_and_json_and_survives_a_restart(
@@ -141,7 +133,7 @@ def test_describe_after_a_cancel_changes_nothing(make_engine) -> None:
     assert source.described.wait(10)
     engine.cancel(rid)
     source.go_on.set()  # the download describes again, then stops
-    until(lambda: engine.worker_stats()["acme"][1] == 0)
+    wait_until(lambda: engine.worker_stats()["acme"][1] == 0)
     record = engine.get(rid)
     assert record.state is State.CANCELLED and record.display_name == "Artist - Title"
 
@@ -150,7 +142,7 @@ def test_a_progress_bar_shows_the_name_described_after_it_was_drawn(make_engine)
     source = Resolving(display_name="Described Title")
     engine = make_engine({"acme": source})
     rid = engine.submit("acme", "late")
-    until(lambda: engine.get(rid).transferred == 1)
+    wait_until(lambda: engine.get(rid).transferred == 1)
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
     with _Bars(console, 1) as bars:

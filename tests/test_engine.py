@@ -13,6 +13,7 @@ import attrs
 import pytest
 from instrumented import InstrumentedSource
 from scripted import ScriptedSource
+from waiting import wait_until
 
 from headwater import (
     EngineClosedError,
@@ -509,13 +510,6 @@ def test_wait_returns_as_soon_as_a_running_download_is_cancelled(make_engine):
     assert waited == [State.CANCELLED]
 
 
-def _until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
-
-
 def test_a_wait_for_many_waits_on_for_one_retried_while_the_others_ended(make_engine):
     """A wait wakes once it has heard of every id; a retry is heard of too, so it reads again and waits on."""
     clock = ManualClock()
@@ -529,10 +523,10 @@ def test_a_wait_for_many_waits_on_for_one_retried_while_the_others_ended(make_en
     time.sleep(0.1)  # a head start to block in wait before the retry (were it late, the test could only pass)
     engine.resume("a")
     src.wait_ended(1)  # the flaky one's first attempt
-    _until(lambda: engine.get(ids[1]).state is State.QUEUED)  # its retry waits out its backoff
+    wait_until(lambda: engine.get(ids[1]).state is State.QUEUED)  # its retry waits out its backoff
     src.release("x")
     src.release("y")
-    _until(lambda: engine.get(ids[0]).state.terminal and engine.get(ids[2]).state.terminal)
+    wait_until(lambda: engine.get(ids[0]).state.terminal and engine.get(ids[2]).state.terminal)
     waiter.join(0.3)
     assert waiter.is_alive(), "wait returned while a download was still in its retry's backoff"
     clock.advance(200)

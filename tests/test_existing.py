@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from localhttp import LocalServer, Resource, serving
+from waiting import wait_until
 
 import headwater._files as files
 import headwater_file
@@ -347,10 +347,12 @@ def test_http_two_servers_one_name_at_once_land_two_files(dest: Path) -> None:
             second.add("/data.bin", Resource(two, gate=gates[1], chunk=50_000)),
         ]
         ids = [engine.submit("http", url) for url in urls]
-        deadline = time.monotonic() + 10
-        while len([p for p in dest.iterdir() if p.name.endswith(".part")]) < 2:  # both writing
-            assert time.monotonic() < deadline, names(dest)
-            time.sleep(0.01)
+        wait_until(  # both writing
+            lambda: len([p for p in dest.iterdir() if p.name.endswith(".part")]) >= 2,
+            10,
+            lambda: names(dest),
+            step=0.01,
+        )
         for gate in gates:
             gate.release(100)
         records = engine.wait(ids, timeout=30)
@@ -403,10 +405,7 @@ def test_http_skip_when_the_file_appears_during_the_download(server: LocalServer
     url = server.add("/late.bin", Resource(os.urandom(100_000), gate=gate, chunk=20_000))
     with http_engine(dest) as engine:
         rid = engine.submit("http", url, existing="skip")
-        deadline = time.monotonic() + 10
-        while not (dest / "late.bin.part").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: (dest / "late.bin.part").exists(), 10, step=0.01)
         part_with(dest, "late.bin", b"arrived meanwhile")
         gate.release(100)
         rec = engine.wait([rid], timeout=20)[0]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from localhttp import LocalServer, Resource, Step, TLSContexts, serving, tls_contexts
+from waiting import wait_until
 
 import headwater_http
 import headwater_http.direct as direct
@@ -322,17 +323,18 @@ def test_cancel_takes_effect_within_one_chunk(server, http, body):
     engine = http()
     rid = engine.submit("http", url)
     gate.release(2)
-    deadline = time.monotonic() + 10
-    while engine.get(rid).transferred < 20_000:
-        assert time.monotonic() < deadline, "the first two chunks never arrived"
-        time.sleep(0.01)
+    wait_until(
+        lambda: engine.get(rid).transferred >= 20_000, 10, "the first two chunks never arrived", step=0.01
+    )
     assert (engine.dest_dir / "slow.bin.part").exists()
     assert engine.cancel(rid)
     gate.release(1)  # exactly one more chunk: the source must notice the cancel on it
-    deadline = time.monotonic() + 5
-    while (engine.dest_dir / "slow.bin.part").exists():
-        assert time.monotonic() < deadline, "the transfer went on after the cancel"
-        time.sleep(0.01)
+    wait_until(
+        lambda: not (engine.dest_dir / "slow.bin.part").exists(),
+        5,
+        "the transfer went on after the cancel",
+        step=0.01,
+    )
     assert engine.get(rid).state is State.CANCELLED
     assert leftovers(engine) == []
     body.check()
@@ -418,10 +420,9 @@ def test_two_downloads_of_one_name_at_once_write_two_parts_and_land_two_files(se
     engine = http()
     ids = [engine.submit("http", url), engine.submit("http", url)]
     parts = [engine.dest_dir / "same.bin.part", engine.dest_dir / "same (1).bin.part"]
-    deadline = time.monotonic() + 10
-    while not all(p.exists() for p in parts):  # both are writing, each its own .part
-        assert time.monotonic() < deadline, list(engine.dest_dir.iterdir())
-        time.sleep(0.01)
+    wait_until(  # both are writing, each its own .part
+        lambda: all(p.exists() for p in parts), 10, lambda: list(engine.dest_dir.iterdir()), step=0.01
+    )
     gate.release(100)
     records = engine.wait(ids, timeout=20)
     assert all(r.state is State.COMPLETED for r in records), [r.error for r in records]
@@ -439,10 +440,12 @@ def test_large_bodies_write_the_resume_record_before_the_first_byte(server, http
     big_id = engine.submit("http", url)
     small_id = engine.submit("http", small)
     meta = engine.dest_dir / "big.bin.part.json"
-    deadline = time.monotonic() + 10
-    while not (meta.exists() and (engine.dest_dir / "small.bin.part").exists()):
-        assert time.monotonic() < deadline, leftovers(engine)
-        time.sleep(0.01)
+    wait_until(
+        lambda: meta.exists() and (engine.dest_dir / "small.bin.part").exists(),
+        10,
+        lambda: leftovers(engine),
+        step=0.01,
+    )
     assert not (engine.dest_dir / "small.bin.part.json").exists()
     gate.release(100)
     recs = engine.wait([big_id, small_id], timeout=20)
@@ -566,10 +569,12 @@ def test_each_worker_thread_has_its_own_client_closed_when_the_thread_ends() -> 
 
 def wait_for_parts(engine: Engine, names: list[str], timeout: float = 10) -> None:
     """Return once every ``<name>.part`` exists in the engine's destination at the same time."""
-    deadline = time.monotonic() + timeout
-    while not all((engine.dest_dir / f"{name}.part").exists() for name in names):
-        assert time.monotonic() < deadline, leftovers(engine)
-        time.sleep(0.01)
+    wait_until(
+        lambda: all((engine.dest_dir / f"{name}.part").exists() for name in names),
+        timeout,
+        lambda: leftovers(engine),
+        step=0.01,
+    )
 
 
 def test_https_with_a_given_ssl_context_on_every_worker_thread(

@@ -15,6 +15,7 @@ import attrs
 import pytest
 from pg_server import PrivateServer, private_postgres, rows, session_lock_held
 from pgproxy import Proxy
+from waiting import wait_until
 
 from headwater import Change, Record, State, Swap
 from headwater._cluster._pgfeed import RecordListener
@@ -79,10 +80,12 @@ def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catche
         assert answers == [True] * 120
         versions = rows(server.url, f"SELECT DISTINCT version, state FROM {schema}.records")
         assert versions == [(5, "completed")]
-        deadline = time.monotonic() + 30
-        while len(heard) < len(made):
-            assert time.monotonic() < deadline, f"the feed has {len(heard)} of {len(made)} changes"
-            time.sleep(0.05)
+        wait_until(
+            lambda: len(heard) >= len(made),
+            30,
+            lambda: f"the feed has {len(heard)} of {len(made)} changes",
+            step=0.05,
+        )
         assert listener.reconnects >= 1
         by_id: dict[str, list[Record]] = {}
         for change in heard:
@@ -92,10 +95,12 @@ def test_a_restart_mid_run_loses_no_write_applies_none_twice_and_the_feed_catche
             expected.setdefault(record.id, []).append(record)
         assert by_id == expected  # every change, once, in order, across the restart
         # The store's session holds its lock again (its thread took it after the restart).
-        deadline = time.monotonic() + 15
-        while not session_lock_held(server.url, store.owner):
-            assert time.monotonic() < deadline, "the session lock was not taken again after the restart"
-            time.sleep(0.1)
+        wait_until(
+            lambda: session_lock_held(server.url, store.owner),
+            15,
+            "the session lock was not taken again after the restart",
+            step=0.1,
+        )
     finally:
         listener.close()
         store.close()
@@ -155,11 +160,15 @@ def test_a_write_whose_reply_was_lost_after_its_commit_is_not_applied_twice_and_
                 target=lambda into=answer, swap=swap: into.extend(store.commit_if([swap]))
             )
             writer.start()
-            deadline = time.monotonic() + 20
             # The write has committed (seen from outside the proxy) and its reply is held back.
-            while rows(pg_url, f"SELECT version FROM {table}") != [(version,)] or not proxy.held:
-                assert time.monotonic() < deadline, "the write never committed"
-                time.sleep(0.01)
+            wait_until(
+                lambda version=version: (
+                    rows(pg_url, f"SELECT version FROM {table}") == [(version,)] and proxy.held
+                ),
+                20,
+                "the write never committed",
+                step=0.01,
+            )
             proxy.cut()  # the reply is lost with the connection; the store tries again on a new one
             writer.join(30)
             assert answer == [True]

@@ -34,6 +34,7 @@ from test_store_reads import (  # the read contract, run here against PostgreSQL
     test_pages_walk_every_ended_record_once_latest_first,
     test_scan_streams_everything_across_chunks,
 )
+from waiting import wait_until
 
 from headwater import Engine, Record, State
 from headwater._cluster._pgschema import SCHEMA_VERSION
@@ -120,10 +121,12 @@ def test_progress_is_written_only_onto_the_state_and_attempt_it_was_taken_in(
         store.commit([running])
         snapshot = attrs.evolve(running, transferred=500, size=1000, progress=50.0)
         store.attach(lambda: [snapshot])
-        deadline = time.monotonic() + 10
-        while _rows(pg_url, pg_schema, "SELECT data->>'transferred' FROM S.records")[0][0] != "500":
-            assert time.monotonic() < deadline, "progress was never written"
-            time.sleep(0.02)
+        wait_until(
+            lambda: _rows(pg_url, pg_schema, "SELECT data->>'transferred' FROM S.records")[0][0] == "500",
+            10,
+            "progress was never written",
+            step=0.02,
+        )
         done = attrs.evolve(running, state=State.COMPLETED, updated_at=2.0, transferred=1000)
         store.commit([done])
         snapshot = attrs.evolve(running, transferred=700)  # a snapshot taken before the end
@@ -203,10 +206,12 @@ def test_a_dead_process_records_are_taken_over_exactly_once_and_a_live_one_is_le
     finally:
         leaver.kill()
         leaver.wait(10)
-    deadline = time.monotonic() + 20
-    while session_lock_held(pg_url, owner):  # the server lets the lock go when it sees the connection closed
-        assert time.monotonic() < deadline, "the dead process's session lock was never released"
-        time.sleep(0.05)
+    wait_until(  # the server lets the lock go when it sees the connection closed
+        lambda: not session_lock_held(pg_url, owner),
+        20,
+        "the dead process's session lock was never released",
+        step=0.05,
+    )
 
     stores = [PostgresStore(pg_url, schema=pg_schema), PostgresStore(pg_url, schema=pg_schema)]
     barrier = threading.Barrier(2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from instrumented import InstrumentedSource
 from scripted import ScriptedSource, TranslatingSource
+from waiting import wait_until
 
 from headwater import (
     Chain,
@@ -52,14 +53,6 @@ def drive(
             clock.advance(step)
         time.sleep(0.002)
     return clock.now() - start
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` (engine state no plugin event signals) until true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.002)
 
 
 @contextlib.contextmanager
@@ -201,7 +194,7 @@ def test_cancel_racing_chain_moves_is_never_lost(make_engine):
     assert errors == []
     assert all(results)
     assert all(r.state is State.CANCELLED for r in recs)
-    eventually(lambda: engine.worker_stats()["b"][1] == 0)  # every run on b has returned
+    wait_until(lambda: engine.worker_stats()["b"][1] == 0)  # every run on b has returned
     assert all(att.end_seq is not None and att.saw_cancel for att in b.attempts)  # none outlived its cancel
 
 
@@ -315,7 +308,7 @@ def test_retry_waiting_in_backoff_can_be_cancelled(make_engine):
     engine = make_engine({"a": src}, clock=clock)
     rid = engine.submit("a", "flaky:100")
     src.wait_ended(1)
-    eventually(lambda: engine.get(rid).state is State.QUEUED)
+    wait_until(lambda: engine.get(rid).state is State.QUEUED)
     assert engine.cancel(rid) is True
     clock.advance(200)
     assert engine.wait([rid], timeout=5)[0].state is State.CANCELLED
@@ -373,7 +366,7 @@ def test_retry_after_longer_than_the_cap_fails_and_the_chain_moves_on(make_engin
     assert recs[0].state is State.FAILED and "retry after 120 s" in recs[0].error
     assert recs[0].attempts == 1  # neither paused nor retried
     b.wait_ended(1)
-    eventually(lambda: engine.get(chained).state is State.QUEUED)
+    wait_until(lambda: engine.get(chained).state is State.QUEUED)
     assert engine.get(chained).source == "b"  # a did not wait; b does
     clock.advance(120)
     rec = engine.wait([chained], timeout=10)[0]
@@ -418,7 +411,7 @@ def test_hung_plugin_times_out(make_engine):
     assert engine.worker_stats()["a"][1] == 1  # the hung thread keeps its slot
     src.release("h")
     src.wait_ended(1)
-    eventually(lambda: list(engine.dest_dir.iterdir()) == [])  # what it landed late is removed
+    wait_until(lambda: list(engine.dest_dir.iterdir()) == [])  # what it landed late is removed
     assert engine.get(rid).state is State.FAILED
 
 
@@ -444,7 +437,7 @@ def test_stalled_plugin_caught_by_watchdog(make_engine):
     src.wait_started(1)
     clock.advance(2)
     src.poke("s")
-    eventually(lambda: engine.get(rid).transferred == 1)
+    wait_until(lambda: engine.get(rid).transferred == 1)
     clock.advance(2)  # 4 s running, 2 s since the last progress
     time.sleep(0.05)
     assert engine.get(rid).state is State.RUNNING
@@ -539,7 +532,7 @@ def test_pause_and_resume_one_source(make_engine):
     assert engine.wait([other], timeout=5)[0].state is State.COMPLETED  # b is not paused
     a.release("r")
     assert engine.wait([running], timeout=5)[0].state is State.COMPLETED  # running ones finish
-    eventually(lambda: engine.worker_stats()["a"][0] == 0)  # the idle thread ended instead
+    wait_until(lambda: engine.worker_stats()["a"][0] == 0)  # the idle thread ended instead
     assert a.starts() == 1 and all(engine.get(i).state is State.QUEUED for i in queued)
     engine.resume("a")
     assert engine.paused() == []
@@ -616,10 +609,10 @@ def test_a_download_moved_down_its_chain_starts_over_with_no_progress(make_engin
     busy = engine.submit("b", "block:busy")  # the moved download waits QUEUED behind it
     b.wait_started(1)
     rid = engine.submit(["a", "b"], "block:k")
-    deadline = time.monotonic() + 10
-    while (record := engine.get(rid)).source != "b":
-        assert time.monotonic() < deadline, f"the download never moved to b: {record}"
-        time.sleep(0.005)
+    wait_until(
+        lambda: engine.get(rid).source == "b", 10, lambda: f"the download never moved to b: {engine.get(rid)}"
+    )
+    record = engine.get(rid)  # QUEUED for as long as b's one slot is busy's
     assert record.state is State.QUEUED, record
     assert (record.progress, record.transferred, record.size) == (0.0, 0, None)
     b.release("busy")

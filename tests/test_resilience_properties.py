@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scripted import ScriptedSource
+from waiting import wait_until
 
 from headwater import Engine, InvalidPolicyError, RatePolicy, State
 from headwater._clock import SystemClock
@@ -37,10 +36,12 @@ ops = st.lists(
 
 def _settle(engine: Engine, name: str, timeout: float = 10.0) -> None:
     """Wait until the source's worker has no thread: nothing more can start until new work comes."""
-    deadline = time.monotonic() + timeout
-    while engine.worker_stats().get(name, (0, 0, 0))[0]:
-        assert time.monotonic() < deadline, "worker threads did not end"
-        time.sleep(0.002)
+    wait_until(
+        lambda: not engine.worker_stats().get(name, (0, 0, 0))[0],
+        timeout,
+        "worker threads did not end",
+        step=0.002,
+    )
 
 
 @SETTINGS

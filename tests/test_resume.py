@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from instrumented import InstrumentedSource
+from waiting import wait_until
 
 from headwater import (
     DownloadCancelled,
@@ -216,10 +216,12 @@ def test_close_with_interrupt_leaves_running_downloads_unfinished_and_resumable(
     assert src.started.acquire(timeout=10)
     src.pieces.release(2)
     part = first.dest_dir / "file.bin.part"
-    deadline = time.monotonic() + 10
-    while first.get(rid).transferred < 2 * len(Resumable.PIECE):
-        assert time.monotonic() < deadline, "the first two pieces never arrived"
-        time.sleep(0.01)
+    wait_until(
+        lambda: first.get(rid).transferred >= 2 * len(Resumable.PIECE),
+        10,
+        "the first two pieces never arrived",
+        step=0.01,
+    )
     assert first.close(timeout=10, interrupt=True) == []  # download_impl returned within the timeout
     assert src.saw == [(True, True)]
     record = {r.id: r for r in read_records(journal)}[rid]

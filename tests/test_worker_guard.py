@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from headwater import (
     DownloadContext,
@@ -112,10 +112,11 @@ OUTCOMES: dict[str, Callable[[DownloadContext], object]] = {
 
 def workers_idle(engine: Engine, name: str, timeout: float = 10.0) -> None:
     """Wait until no download of ``name`` counts as running in its worker."""
-    deadline = time.monotonic() + timeout
-    while engine.worker_stats()[name][1]:
-        assert time.monotonic() < deadline, f"worker of {name} still counts a download running"
-        time.sleep(0.005)
+    wait_until(
+        lambda: not engine.worker_stats()[name][1],
+        timeout,
+        lambda: f"worker of {name} still counts a download running",
+    )
 
 
 def runs_again(engine: Engine, name: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from localhttp import LocalServer, Resource, Step, serving
+from waiting import wait_until
 
 from headwater import Engine, RatePolicy, SQLiteStore, State
 from headwater_ytdlp import YtDlpSource, youtube_id
@@ -62,10 +62,7 @@ def started_with_progress(engine: Engine, url: str, gate: threading.Semaphore) -
     """Submit ``url``, let three chunks through, return the id once progress reached the record."""
     rid = engine.submit("yt-dlp", url)
     gate.release(3)
-    deadline = time.monotonic() + 20
-    while engine.get(rid).transferred == 0:
-        assert time.monotonic() < deadline, "no progress reached the record"
-        time.sleep(0.02)
+    wait_until(lambda: engine.get(rid).transferred != 0, 20, "no progress reached the record", step=0.02)
     return rid
 
 
@@ -75,10 +72,12 @@ def test_cancel_raises_inside_the_hook_and_removes_partials(server, engine):
     rid = started_with_progress(engine, url, gate)
     assert engine.cancel(rid)
     gate.release(2)
-    deadline = time.monotonic() + 20
-    while any(engine.dest_dir.iterdir()):
-        assert time.monotonic() < deadline, f"left behind: {list(engine.dest_dir.iterdir())}"
-        time.sleep(0.02)
+    wait_until(
+        lambda: not any(engine.dest_dir.iterdir()),
+        20,
+        lambda: f"left behind: {list(engine.dest_dir.iterdir())}",
+        step=0.02,
+    )
     assert engine.get(rid).state is State.CANCELLED
     assert len(slow.requests) == 2  # the probe and the one transfer the cancel stopped
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from headwater._chains import Chain
     from headwater._changes import Change, ChangeKind, Subscription
     from headwater._clock import Clock, ManualClock, SystemClock
+    from headwater._config import ClusterConfig
     from headwater._context import DownloadContext
     from headwater._engine import Engine
     from headwater._errors import (
@@ -72,6 +73,7 @@ _HOMES: dict[str, str] = {
     "Clock": "headwater._clock",
     "ManualClock": "headwater._clock",
     "SystemClock": "headwater._clock",
+    "ClusterConfig": "headwater._config",
     "DownloadContext": "headwater._context",
     "Engine": "headwater._engine",
     "ConfigError": "headwater._errors",
@@ -152,6 +154,7 @@ __all__ = [
     "Change",
     "ChangeKind",
     "Clock",
+    "ClusterConfig",
     "ConfigError",
     "ContractError",
     "DownloadCancelled",

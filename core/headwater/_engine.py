@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Self
 
 import attrs
 
@@ -47,6 +48,9 @@ from headwater._shard import Shard, snapshot
 from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
 from headwater._store import MemoryStore, RecordStore
 from headwater._submission import submission
+
+if TYPE_CHECKING:
+    from headwater._config import ClusterConfig
 
 log = logging.getLogger("headwater")
 
@@ -91,6 +95,14 @@ class Engine:
         settings_layers: the layers below ``settings``: the environment
             (read always; ``HEADWATER_<SOURCE>_<FIELD>``), and the secrets
             store and headwater.toml's tables, read only when given here.
+        cluster: run the downloads on this cluster (a
+            :class:`~headwater.ClusterConfig`, ``[cluster]`` of
+            headwater.toml) instead of in this process: the engine made is
+            then a cluster's (``headwater._cluster._engine.ClusterEngine``),
+            with every method of this class, each acting on the cluster
+            (docs/cluster.md says what differs). It takes no
+            ``idle_timeout``, ``clock``, ``store`` or ``hold`` (ConfigError),
+            and needs the ``cluster`` extra (ImportError without it).
 
     Raises :class:`~headwater.UnknownSourceError` for a policy or
     settings naming a source that does not exist, ConfigError for a secrets
@@ -100,6 +112,21 @@ class Engine:
     The engine owns ``store`` and closes it in :meth:`close`. Use as a
     context manager, or call :meth:`close`.
     """
+
+    def __new__(cls, *args: object, cluster: ClusterConfig | None = None, **kwargs: object) -> Engine:
+        """An engine of ``cls``; with a ``cluster``, a cluster's (when ``cls`` is Engine itself)."""
+        made: type[Engine] = cls
+        if cluster is not None and cls is Engine:
+            try:
+                from headwater._cluster._engine import ClusterEngine  # the cluster's code, only when used
+            except ImportError as exc:
+                raise ImportError(
+                    f"an engine on a cluster needs the cluster extra ({exc.name} is missing): "
+                    "pip install 'headwater[cluster]'",
+                    name=exc.name,
+                ) from exc
+            made = ClusterEngine
+        return super().__new__(made)
 
     def __init__(
         self,
@@ -115,7 +142,10 @@ class Engine:
         block: Collection[str] = (),
         settings: Mapping[str, Mapping[str, object]] | None = None,
         settings_layers: SettingsLayers | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
+        if cluster is not None:  # only a subclass gets here with one: Engine(...) made a ClusterEngine
+            raise TypeError(f"{type(self).__name__} runs in one process: it takes no cluster")
         self._store: RecordStore = MemoryStore() if store is None else store
         self._secrets = register(())
         self._feed = ChangeFeed()
@@ -688,7 +718,7 @@ class Engine:
         self._feed.close()
         return stuck
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

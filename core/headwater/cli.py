@@ -83,9 +83,6 @@ if TYPE_CHECKING:
     from headwater._sources import SourceInfo, SourceRegistry
     from headwater.client import Client
 
-if TYPE_CHECKING:
-    from headwater._cluster._client import ClusterClient
-
 _T = TypeVar("_T")
 
 #: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
@@ -183,12 +180,15 @@ class App:
         dest: Path | None,
         *,
         journaled: bool = True,
+        clustered: bool = False,
         settings: Mapping[str, Mapping[str, object]] | None = None,
     ) -> Engine:
         """An engine over the configured sources; ``journaled``: with a journal session (nothing resumed).
 
-        ``settings`` is given to the engine as its highest layer of settings,
-        above the environment, the secrets store and the configuration.
+        ``clustered``: on the cluster ``[cluster]`` names, if it names one,
+        instead of the journal (``journaled`` is then not used). ``settings``
+        is given to the engine as its highest layer of settings, above the
+        environment, the secrets store and the configuration.
         """
         from headwater._engine import Engine
         from headwater._journal import SQLiteStore
@@ -196,8 +196,9 @@ class App:
         from headwater._sources import PolicyOverride
 
         config = self.config
+        cluster = config.cluster if clustered else None
         try:
-            store = SQLiteStore(self.journal) if journaled else None
+            store = SQLiteStore(self.journal) if journaled and cluster is None else None
         except StoreError as exc:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         try:
@@ -206,21 +207,25 @@ class App:
                     _made_folder(dest or config.destination or Path.cwd()),
                     policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
                     store=store,
-                    hold=True,
+                    hold=cluster is None,
                     load=config.load,
                     block=config.block,
                     settings=settings,
                     settings_layers=SettingsLayers(
                         keystore=self.keystore, config=config.settings, config_path=config.path
                     ),
+                    cluster=cluster,
                 )
+        except ImportError as exc:  # the cluster extra is missing: the message says so
+            raise Failure(str(exc), EXIT_USAGE) from exc
         except UnknownSourceError as exc:
             where = f" (config file {config.path})" if config.path else ""
             raise Failure(f"{exc}{where}", EXIT_USAGE) from exc
         except StoreError as exc:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         except (HeadwaterError, TypeError) as exc:
-            raise Failure(str(exc), EXIT_USAGE) from exc
+            on = "" if cluster is None else f"cannot use the cluster ({cluster.shown()}): "
+            raise Failure(f"{on}{exc}", EXIT_USAGE) from exc
 
 
 def _made_folder(folder: Path) -> Path:
@@ -474,11 +479,21 @@ def resume(dest: Path | None, timeout: float | None, quiet: bool, as_json: bool)
     Those left queued, and those that were running when their process was
     interrupted or died; each lands in the folder its `get` sent it to.
     Downloads of headwater processes still running are left to them.
+    With a [cluster] in headwater.toml it stops with exit status 2: the
+    cluster's scheduler resumes its downloads by itself.
     """
     through = _server()
     if through is not None:
         _resume_through(*through, timeout, quiet, as_json)
         return
+    cluster = _app().config.cluster
+    if cluster is not None:
+        raise Failure(
+            f"nothing for `headwater resume` to do on the cluster ({cluster.shown()}): its scheduler "
+            "runs every unfinished download, one whose worker died included, while a `headwater worker` "
+            "runs (`headwater status` follows them)",
+            EXIT_USAGE,
+        )
     with _journaled_engine(dest) as engine:
         ids = engine.start_held()
         if not ids:
@@ -733,14 +748,22 @@ def cancel(ids: tuple[str, ...], as_json: bool) -> None:
 @main.command()
 @_json_option
 def clean(as_json: bool) -> None:
-    """Remove ended downloads (completed, failed, cancelled) from the journal; files stay."""
+    """Remove ended downloads (completed, failed, cancelled) from the journal; files stay.
+
+    With a [cluster] in headwater.toml, from the cluster's records instead.
+    """
     through = _server()
     if through is not None:
         removed: Iterable[Record] = _call_server(through[0].clear)
-        _cleaned(removed, as_json)
+        _cleaned(removed, as_json, "the journal")
+        return
+    app = _app()
+    if app.config.cluster is not None:
+        with app.engine(None, clustered=True) as engine:
+            _cleaned(_remove_ended(engine), as_json, "the cluster's records")
         return
     with _journaled_engine(None) as engine:
-        _cleaned(_remove_ended(engine), as_json)
+        _cleaned(_remove_ended(engine), as_json, "the journal")
 
 
 def _remove_ended(engine: Engine) -> Iterator[Record]:
@@ -753,13 +776,13 @@ def _remove_ended(engine: Engine) -> Iterator[Record]:
         after = (page[-1].created_at, page[-1].id)
 
 
-def _cleaned(removed: Iterable[Record], as_json: bool) -> None:
-    """Print the records ``removed`` as they come (``--json``: as an array), or how many there were."""
+def _cleaned(removed: Iterable[Record], as_json: bool, where: str) -> None:
+    """Print the records ``removed`` (from ``where``) as they come (``--json``: as an array), or how many."""
     if as_json:
         show(map(_plain, removed), as_json=True)
         return
     count = sum(1 for _ in removed)
-    click.echo(f"removed {count} ended download(s) from the journal")
+    click.echo(f"removed {count} ended download(s) from {where}")
 
 
 @main.group()
@@ -975,7 +998,7 @@ def serve(
         raise Failure(str(exc), EXIT_USAGE) from exc
     port = sock.getsockname()[1]
     security = Security(token, host_allow_list(host, port, allow_hosts), origins)
-    engine = app.engine(dest) if app.config.cluster is None else _cluster_client(dest)
+    engine = app.engine(dest, clustered=True)
     records = f"journal {journal}" if app.config.cluster is None else f"cluster: {app.config.cluster.shown()}"
     try:
         engine.start_held()  # first: the server's view subscribes, then reads every record
@@ -1158,7 +1181,7 @@ def _get_in_cluster(
     Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
     go on in the cluster (`headwater status` follows them).
     """
-    with _cluster_client(dest) as client:
+    with _app().engine(dest, clustered=True) as client:
         ids: list[str] = []
         try:
             for target in targets:
@@ -1181,29 +1204,6 @@ def _get_in_cluster(
     _finish(records, as_json)
 
 
-def _cluster_client(dest: Path | None) -> ClusterClient:
-    """A client of the cluster ``[cluster]`` names; downloads land in ``dest`` (or the configured one)."""
-    try:
-        from headwater._cluster._client import ClusterClient
-    except ImportError as exc:
-        raise Failure(
-            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
-            EXIT_USAGE,
-        ) from exc
-
-    app = _app()
-    config = app.config
-    assert config.cluster is not None
-    folder = _made_folder(dest or config.destination or Path.cwd())
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
-            return ClusterClient(config.cluster, folder, registry=_cluster_sources(app))
-    except StoreError as exc:
-        raise Failure(str(exc), EXIT_JOURNAL) from exc
-    except (HeadwaterError, OSError) as exc:
-        raise Failure(f"cannot use the cluster ({config.cluster.shown()}): {exc}", EXIT_USAGE) from exc
-
-
 def _cluster_records() -> _ClusterRecords | None:
     """The records of the cluster headwater.toml names, open; None without a ``[cluster]`` table."""
     config = _app().config.cluster
@@ -1222,7 +1222,7 @@ def _cluster_records() -> _ClusterRecords | None:
 
 def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: bool) -> None:
     """``cancel`` on a cluster: each download cancelled in its records, and its worker told."""
-    from headwater._cluster._client import cancel
+    from headwater._cluster._engine import cancel
     from headwater._cluster._setup import redis_client
 
     client = redis_client(cluster.config.broker)

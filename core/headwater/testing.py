@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import attrs
 import hypothesis
@@ -47,9 +47,6 @@ from headwater._network_guard import no_network
 from headwater._policy import RatePolicy
 from headwater._records import Job, Record, State
 from headwater._settings import SettingsInput, build_settings
-
-if TYPE_CHECKING:
-    from headwater._cluster._client import ClusterClient
 
 __all__ = [
     "RULES",
@@ -607,7 +604,7 @@ def frozen(engine: Engine, source: str) -> Iterator[FrozenSource]:
         yield FrozenSource(engine, source)
 
 
-EngineFactory = Callable[..., "Engine | ClusterClient"]
+EngineFactory = Callable[..., Engine]
 
 #: The command-line option that puts :func:`headwater_engine`'s engines on a cluster.
 CLUSTER_OPTION = "--headwater-cluster"
@@ -638,9 +635,9 @@ def headwater_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
     ``tmp_path``. Raises PluginError if a named installed source is missing
     or fails to import.
 
-    With ``pytest --headwater-cluster=headwater.toml`` each is instead a
-    cluster's client with the engine's methods, running the downloads on
-    :data:`CLUSTER_WORKERS` cluster worker threads in the test's process, on
+    With ``pytest --headwater-cluster=headwater.toml`` each is instead an
+    engine on a cluster (as ``Engine(..., cluster=...)`` makes), running the
+    downloads on :data:`CLUSTER_WORKERS` cluster worker threads in the test's process, on
     the servers the file's ``[cluster]`` table names, with a schema and
     Redis names of its own (deleted after the test); ``idle_timeout`` is
     not used. A new cluster starts nothing for its first lease time (a
@@ -648,14 +645,15 @@ def headwater_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
     (2 s). Needs the ``cluster`` extra.
     """
     cluster = _cluster_of(request.config.getoption(CLUSTER_OPTION))
-    built: list[Engine | ClusterClient] = []
+    built: list[Engine] = []
+    clusters: list[ClusterConfig] = []  # each cluster engine's own
 
     def make(
         *installed: str,
         plugins: Mapping[str, object] | None = None,
         policies: Mapping[str, RatePolicy] | None = None,
         idle_timeout: float = 2.0,
-    ) -> Engine | ClusterClient:
+    ) -> Engine:
         chosen: dict[str, object] = {}
         if installed:
             for cand in discover({LOAD_ENV: ",".join(installed)}):
@@ -665,20 +663,24 @@ def headwater_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
         chosen.update(plugins or {})
         dest_dir = tmp_path / f"dest-{len(built)}"
         if cluster is None:
-            engine: Engine | ClusterClient = Engine(dest_dir, chosen, policies, idle_timeout=idle_timeout)
+            engine = Engine(dest_dir, chosen, policies, idle_timeout=idle_timeout)
         else:
-            engine = _cluster_engine(cluster, dest_dir, chosen, policies)
+            from headwater._cluster._engine import ClusterEngine
+            from headwater._cluster._setup import isolated
+
+            clusters.append(isolated(cluster))
+            engine = ClusterEngine(dest_dir, chosen, policies, cluster=clusters[-1], workers=CLUSTER_WORKERS)
         built.append(engine)
         return engine
 
     yield make
     for engine in built:
         engine.close()
-        if isinstance(engine, Engine):
-            continue
+    if clusters:
         from headwater._cluster._setup import clear
 
-        clear(engine.config)
+        for made in clusters:
+            clear(made)
 
 
 def _cluster_of(option: object) -> ClusterConfig | None:
@@ -689,17 +691,3 @@ def _cluster_of(option: object) -> ClusterConfig | None:
     if found is None:
         raise pytest.UsageError(f"{CLUSTER_OPTION}: {option} has no [cluster] table")
     return found
-
-
-def _cluster_engine(
-    cluster: ClusterConfig,
-    dest_dir: Path,
-    plugins: Mapping[str, object],
-    policies: Mapping[str, RatePolicy] | None,
-) -> ClusterClient:
-    """A client with in-process workers of a cluster of its own on ``cluster``'s servers."""
-    from headwater._cluster._client import ClusterClient
-    from headwater._cluster._setup import isolated, sources
-
-    registry = sources(plugins=plugins, policies=policies)
-    return ClusterClient(isolated(cluster), dest_dir, registry=registry, workers=CLUSTER_WORKERS)

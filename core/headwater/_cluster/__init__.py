@@ -21,6 +21,12 @@
   which runs one message's download; :mod:`headwater._cluster._cancels`,
   how a cancel reaches it; :mod:`headwater._cluster._work`, the worker
   process (``headwater worker``).
+- :mod:`headwater._cluster._channel`: a thread listening on a Redis
+  pub/sub channel through lost connections (the cancels, the slots given
+  back).
+- :mod:`headwater._cluster._engine`: :class:`~headwater._cluster._engine.ClusterEngine`,
+  the engine ``Engine(..., cluster=...)`` makes: a program's submits,
+  reads and cancels on the cluster.
 
 Needs the ``cluster`` extra (``pip install 'headwater[cluster]'``).
 """

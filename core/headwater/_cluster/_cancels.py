@@ -2,8 +2,9 @@
 
 Whoever cancels a download in the records (a conditional write that
 always wins) then :func:`announce` s it on the channel. Each worker process
-runs one :class:`CancelWatch`: a thread that listens on the channel and
-stops the downloads it watches as their ids are heard, within a round trip.
+runs one :class:`CancelWatch`: a thread that listens on the channel (a
+:class:`~headwater._cluster._channel.ChannelListener`) and stops the
+downloads it watches as their ids are heard, within a round trip.
 Pub/sub keeps nothing for a listener that is not connected (a dropped
 connection, a Redis restart), so the thread also asks, every ``poll``
 seconds, which of the downloads it watches must stop (the worker reads
@@ -16,17 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Collection
 
 import redis
 
-from headwater._cluster._scripts import text
+from headwater._cluster._channel import ChannelListener
 
 log = logging.getLogger("headwater.cluster")
-
-#: The longest the watch's thread listens before it looks whether it was closed (seconds).
-LISTEN_SLICE = 0.5
 
 
 def announce(client: redis.Redis, download_id: str, channel: str) -> None:
@@ -65,14 +62,13 @@ class CancelWatch:
         if not 0 < poll < math.inf:
             raise ValueError(f"CancelWatch poll must be a finite number of seconds > 0, got {poll!r}")
         self.poll = poll
-        self._client = client
         self._gone = gone
-        self._channel = channel
         self._watched: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="headwater-cancels", daemon=True)
-        self._thread.start()
+        self._listener = ChannelListener(
+            client, channel, self._fire, name="headwater-cancels", every=poll, tick=self._check
+        )
+        self._listener.start()
 
     def watch(self, download_id: str, stop: Callable[[], None]) -> None:
         """Call ``stop`` when ``download_id`` is cancelled, until :meth:`unwatch`."""
@@ -85,9 +81,8 @@ class CancelWatch:
             self._watched.pop(download_id, None)
 
     def close(self, timeout: float | None = None) -> None:
-        """End the thread; wait up to ``timeout`` seconds for it (it ends within :data:`LISTEN_SLICE` s)."""
-        self._stop.set()
-        self._thread.join(timeout)
+        """End the thread; wait up to ``timeout`` seconds for it (it ends within half a second)."""
+        self._listener.close(timeout)
 
     def _fire(self, ids: Collection[str]) -> None:
         with self._lock:
@@ -108,27 +103,3 @@ class CancelWatch:
             self._fire(self._gone(watched))
         except Exception as exc:  # the records cannot be read now: the channel still works
             log.warning("could not check the running downloads' records: %s", exc)
-
-    def _run(self) -> None:
-        pubsub: redis.client.PubSub | None = None
-        due = time.monotonic() + self.poll
-        while not self._stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                    pubsub.subscribe(self._channel)
-                wait = max(0.0, min(LISTEN_SLICE, due - time.monotonic()))
-                message = pubsub.get_message(timeout=wait)
-                if message is not None and message.get("type") == "message":
-                    self._fire([text(message["data"])])
-            except redis.RedisError as exc:  # heard again after a reconnect; polling covers the gap
-                log.warning("the cancel channel is unreachable (%s); polling the records meanwhile", exc)
-                if pubsub is not None:
-                    pubsub.close()
-                pubsub = None
-                self._stop.wait(min(self.poll, max(0.0, due - time.monotonic())))
-            if time.monotonic() >= due:
-                self._check()
-                due = time.monotonic() + self.poll
-        if pubsub is not None:
-            pubsub.close()

@@ -20,7 +20,7 @@ schedules, the others wait to take over within the lease time. The leader:
   front and the source waits for the time Redis named (for a full
   concurrency, or until one of its downloads ends);
 - hears each slot a worker gives back as the worker releases it (the
-  release publishes it: :class:`~headwater._cluster._ends.EndListener`),
+  release publishes it; a :class:`~headwater._cluster._channel.ChannelListener` hears it),
   and counts that download's start ended at once, so the slot's next
   download starts without waiting for the end's commit and its NOTIFY;
   the change feed still brings the end, which moves the record;
@@ -50,7 +50,7 @@ import attrs
 import redis
 
 from headwater._changes import Change, ChangeKind
-from headwater._cluster._ends import EndListener
+from headwater._cluster._channel import ChannelListener
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._leader import LeaderLease
 from headwater._cluster._limits import RedisLimits, Verdict, ended_channel
@@ -115,7 +115,7 @@ class Dispatcher:
         name = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._lease = LeaderLease(self._client, name, ttl=config.lease, prefix=config.leader_prefix)
         self._listener: RecordListener | None = None  # while leading
-        self._ends: EndListener | None = None  # while leading
+        self._ends: ChannelListener | None = None  # while leading
         self._wake = threading.Condition()
         self._heard_changes: list[Change] = []
         self._heard_ends: list[str] = []  # holders whose slots were given back
@@ -205,7 +205,7 @@ class Dispatcher:
             listener.close()
         ends, self._ends = self._ends, None
         if ends is not None:
-            ends.close()
+            ends.close(10.0)
 
     def _take_changes(self) -> tuple[list[Change], list[str]]:
         """The changes and the slots given back heard since the last call."""
@@ -229,8 +229,9 @@ class Dispatcher:
         listener = RecordListener(self.config.postgres, self._heard, schema=self.config.schema)
         listener.start()  # every change from now on is heard (StoreError: claimed again next round)
         self._listener = listener
-        ends = EndListener(self._client, self._heard_end, ended_channel(self.config.limits_prefix))
-        ends.start()  # RedisError: claimed again next round
+        channel = ended_channel(self.config.limits_prefix)
+        ends = ChannelListener(self._client, channel, self._heard_end, name="headwater-ends")
+        ends.start(subscribe=True)  # RedisError: claimed again next round
         self._ends = ends
         self.terms.append(term)
         self._take_changes()  # the read below holds what they said

@@ -1,4 +1,4 @@
-"""Holding a source still in one process, for :meth:`~headwater._cluster._client.ClusterClient.freeze`.
+"""Holding a source still in one process, for :meth:`~headwater._cluster._engine.ClusterEngine.freeze`.
 
 The workers and the scheduler of a process write every change of a
 download's state inside :meth:`SourceGate.writing` of its source; a thread

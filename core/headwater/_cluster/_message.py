@@ -82,13 +82,30 @@ class Assignment:
         return structure(payload, cls)
 
 
+class _Broker(RedisBroker):
+    """Dramatiq's Redis broker, declaring no delay queues: a queue is declared alone.
+
+    Nothing here is sent with a delay, and a Dramatiq worker runs a consumer
+    for each declared delay queue, which polls Redis all the time (every
+    worker timeout while idle), for nothing.
+    """
+
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+
 def broker(url: str, namespace: str = "headwater") -> RedisBroker:
     """A Dramatiq Redis broker on ``url`` (``redis://host:port/db``): no middleware, its queue declared.
 
     Its client is :func:`~headwater._cluster._setup.redis_client`'s, whose
-    calls time out: a send to a Redis that stopped answering raises.
+    calls time out: a send to a Redis that stopped answering raises. It has
+    no delay queue (no message is sent with a delay), so a worker polls one
+    queue only.
     """
-    found = RedisBroker(client=redis_client(url), namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+    found = _Broker(client=redis_client(url), namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
     found.declare_queue(QUEUE)
     return found
 

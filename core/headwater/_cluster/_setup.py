@@ -6,6 +6,7 @@ its removal (:func:`clear`).
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Collection, Mapping
 
@@ -57,15 +58,22 @@ def clear(config: ClusterConfig) -> None:
 
     Its keys are those under ``<prefix>:`` (the limits, the leader lease,
     Dramatiq's namespace), so a cluster whose prefix merely starts with
-    this one's (``hw2`` beside ``hw``) keeps its keys. For tests of an
+    this one's (``hw2`` beside ``hw``) keeps its keys; the prefix is
+    matched as it is written, glob characters too (``hw*`` clears neither
+    ``hw2`` nor ``hw-2``). For tests of an
     :func:`isolated` cluster; raises what psycopg and redis-py raise.
     """
     with psycopg.connect(config.postgres, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.schema)))
     client = redis_client(config.broker)
     try:
-        keys = list(client.scan_iter(match=f"{config.prefix}:*"))
+        keys = list(client.scan_iter(match=f"{_glob_literal(config.prefix)}:*"))
         if keys:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def _glob_literal(text: str) -> str:
+    """``text`` as a Redis glob pattern (SCAN's MATCH) matching ``text`` alone: ``\\ * ? [ ]`` escaped."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)

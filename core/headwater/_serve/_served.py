@@ -1,8 +1,7 @@
 """What ``headwater serve`` needs of the engine it serves: :class:`ServedEngine`.
 
-An :class:`~headwater.Engine` is one; so is a cluster's
-:class:`~headwater._cluster._client.ClusterClient`, whose downloads run on
-the cluster's workers (docs/cluster.md).
+An :class:`~headwater.Engine` is one, whether its downloads run in this
+process or, made with ``cluster=``, on a cluster's workers (docs/cluster.md).
 """
 
 from __future__ import annotations

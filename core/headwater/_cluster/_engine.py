@@ -1,4 +1,4 @@
-"""A cluster's downloads through the engine's methods: :class:`ClusterClient`.
+"""An engine whose downloads run on a cluster: :class:`ClusterEngine`, made by ``Engine(..., cluster=...)``.
 
 A submit writes the QUEUED record to PostgreSQL (built by the same rule
 as a local engine's submit, :func:`~headwater._submission.submission`:
@@ -7,8 +7,11 @@ of it from the change feed and starts it when its source's limits allow.
 A cancel is one conditional write (it always wins over an unfinished
 download), then announced on the cancel channel so that a worker running
 it stops within a round trip. Reads go to PostgreSQL, changes come from
-its change feed, pauses are written there for the scheduler to follow:
-what ``headwater serve`` needs of an engine.
+its change feed, pauses are written there for the scheduler to follow.
+
+``ClusterEngine`` subclasses :class:`~headwater.Engine` and overrides every
+public method (tests/test_cluster_engine.py holds it to that), so none runs
+the local engine's code; what it inherits is ``__enter__`` and ``__exit__``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,27 +30,30 @@ import redis
 
 from headwater._chains import Chain
 from headwater._changes import DEFAULT_MAXSIZE, Change, ChangeFeed, ChangeKind, Subscription
+from headwater._clock import Clock
 from headwater._cluster._cancels import announce
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._pgfeed import RecordListener
 from headwater._cluster._pgstore import PostgresStore
-from headwater._cluster._setup import redis_client
+from headwater._cluster._setup import redis_client, sources
 from headwater._cluster._work import WorkerProcess
 from headwater._config import ClusterConfig
+from headwater._engine import Engine, _made
 from headwater._errors import ConfigError, EngineClosedError, StoreError, UnknownDownloadError
 from headwater._files import Existing
 from headwater._policy import RatePolicy
 from headwater._records import Record, State
 from headwater._redact import register
-from headwater._sources import SourceInfo, SourceRegistry
-from headwater._store import Swap
+from headwater._settings import SettingsLayers
+from headwater._sources import PolicyOverride, SourceInfo
+from headwater._store import RecordStore, Swap
 from headwater._submission import submission
 
-#: Seconds between reads of the records while :meth:`ClusterClient.wait` waits and the change feed
+#: Seconds between reads of the records while :meth:`ClusterEngine.wait` waits and the change feed
 #: cannot be heard.
 POLL = 0.02
 
-#: Seconds between reads of the records while :meth:`ClusterClient.wait` hears the change feed (the
+#: Seconds between reads of the records while :meth:`ClusterEngine.wait` hears the change feed (the
 #: ends it brings end the wait at once; the reads catch what it could not bring).
 POLL_HEARING = 0.25
 
@@ -78,26 +84,32 @@ def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id:
     return True
 
 
-def _made(record: Record) -> tuple[float, str]:
-    """A record's place in the order of making."""
-    return record.created_at, record.id
+class ClusterEngine(Engine):
+    """An :class:`~headwater.Engine` whose downloads run on a cluster: ``Engine(dest_dir, cluster=config)``.
 
-
-class ClusterClient:
-    """One process's handle on a cluster, with the methods of :class:`~headwater.Engine`.
+    Takes :class:`~headwater.Engine`'s arguments, and:
 
     Args:
-        config: the cluster.
+        cluster: the cluster (``[cluster]`` of headwater.toml, or a
+            :class:`~headwater.ClusterConfig`).
         dest_dir: where downloads land unless a submit names a folder; it
             must be the same path on every worker host (a shared folder).
-        registry: the loaded sources (:func:`~headwater._cluster._setup.sources`;
-            a submit runs their ``translate_target`` and ``record_fields``).
+        plugins, policies, load, block, settings, settings_layers: the
+            sources this process loads, as an engine's (a submit runs their
+            ``translate_target`` and ``record_fields``; the policies are
+            those of the in-process workers' scheduler, if it leads).
         workers: worker threads run in this process (a
             :class:`~headwater._cluster._work.WorkerProcess`, contending for
             the scheduler's lease too); 0 (the default) runs none: the
             cluster's ``headwater worker`` processes run the downloads.
         poll: seconds between the in-process workers' checks of their
             downloads' records (the cancel's fallback).
+
+    ``idle_timeout``, ``clock``, ``store`` and ``hold`` mean nothing on a
+    cluster and raise ConfigError when given: there are no per-source
+    threads to end, the limits are timed by the Redis server's clock, the
+    records are the cluster's PostgreSQL, and the cluster's scheduler (not
+    an engine) takes over what is unfinished.
 
     What differs from an engine: the records are the cluster's, changed by
     other processes (every read goes to PostgreSQL); :meth:`pause` and
@@ -106,39 +118,75 @@ class ClusterClient:
     process's own (:meth:`set_policy` raises ConfigError); :meth:`freeze`
     holds still only the workers of this process.
 
-    Thread-safe. Raises StoreError when the records cannot be opened,
+    Attributes:
+        config: the cluster.
+        store: its records (a :class:`~headwater._cluster._pgstore.PostgresStore`).
+
+    Thread-safe. Raises UnknownSourceError and ConfigError as an engine
+    does, StoreError when the records cannot be opened,
     ``redis.RedisError`` when in-process workers cannot reach the broker.
     """
 
     def __init__(
         self,
-        config: ClusterConfig,
         dest_dir: str | os.PathLike[str],
+        plugins: Mapping[str, object] | None = None,
+        policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
         *,
-        registry: SourceRegistry,
+        cluster: ClusterConfig,
+        idle_timeout: float | None = None,
+        clock: Clock | None = None,
+        store: RecordStore | None = None,
+        hold: bool = False,
+        load: Collection[str] | None = None,
+        block: Collection[str] = (),
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+        settings_layers: SettingsLayers | None = None,
         workers: int = 0,
         poll: float = 1.0,
     ) -> None:
-        self.config = config
+        refused = {
+            "idle_timeout": (idle_timeout, "it starts no thread per source"),
+            "clock": (clock, "the limits are timed by the Redis server's clock"),
+            "store": (store, "the records are the cluster's, in PostgreSQL"),
+            "hold": (hold or None, "the cluster's scheduler, not an engine, takes over what is unfinished"),
+        }
+        for name, (given, why) in refused.items():
+            if given is not None:
+                raise ConfigError(f"an engine on a cluster takes no {name}=: {why}")
+        # Engine.__init__ is not called: none of the local engine's state is made, nor used.
+        self.config = cluster
         self.dest_dir = Path(dest_dir).expanduser().resolve()
         self.dest_dir.mkdir(parents=True, exist_ok=True)
-        self._registry = registry
+        self._registry = sources(
+            plugins=plugins,
+            policies=policies,
+            load=load,
+            block=block,
+            settings=settings,
+            settings_layers=settings_layers,
+        )
+        self.store = PostgresStore(cluster.postgres, schema=cluster.schema)
         self._secrets = register(self._registry.secret_values())
-        self._redis: redis.Redis = redis_client(config.broker)
+        self._redis: redis.Redis = redis_client(cluster.broker)
         self._feed = ChangeFeed()
         self._listener: RecordListener | None = None
         self._lock = threading.Lock()
         self._ending = threading.Condition()  # the feed heard an end of a download waited for
-        self._waited: Counter[str] = Counter()  # ids wait() calls wait for
+        self._waiting: Counter[str] = Counter()  # ids wait() calls wait for
         self._ends: dict[str, Change] = {}  # the change that ended each of them, as heard
         self._closed = False
-        self.gate = SourceGate()
-        self.store = PostgresStore(config.postgres, schema=config.schema)
-        self.workers: WorkerProcess | None = None
+        self._gate = SourceGate()
+        self._workers: WorkerProcess | None = None
         if workers:
             try:
-                self.workers = WorkerProcess(
-                    config, self.dest_dir, threads=workers, registry=registry, poll=poll, gate=self.gate
+                self._workers = WorkerProcess(
+                    cluster,
+                    self.dest_dir,
+                    threads=workers,
+                    registry=self._registry,
+                    poll=poll,
+                    gate=self._gate,
                 )
             except BaseException:
                 self.close()
@@ -163,7 +211,7 @@ class ClusterClient:
         ``flush_interval`` (:meth:`flush` writes it now).
         """
         if self._closed:
-            raise EngineClosedError("the cluster client is closed")
+            raise EngineClosedError("the engine is closed")
         made = submission(
             self._registry,
             source,
@@ -181,7 +229,7 @@ class ClusterClient:
         self.store.flush()
 
     def get(self, download_id: str) -> Record:
-        """The record as PostgreSQL holds it now, after this client's submits; UnknownDownloadError."""
+        """The record as PostgreSQL holds it now, after this engine's submits; UnknownDownloadError."""
         self.flush()
         found = self.store.fetch([download_id]).get(download_id)
         if found is None:
@@ -218,7 +266,7 @@ class ClusterClient:
         left = list(dict.fromkeys(order))
         waited = list(left)
         with self._ending:
-            self._waited.update(waited)
+            self._waiting.update(waited)
         try:
             while True:
                 states = self.store.states(left)  # only those not seen ended yet; no record decoded
@@ -255,10 +303,10 @@ class ClusterClient:
                     )
         finally:
             with self._ending:
-                self._waited.subtract(waited)
+                self._waiting.subtract(waited)
                 for i in waited:
-                    if self._waited[i] <= 0:
-                        del self._waited[i]
+                    if self._waiting[i] <= 0:
+                        del self._waiting[i]
                         self._ends.pop(i, None)
 
     def remove(self, download_id: str) -> Record:
@@ -333,7 +381,7 @@ class ClusterClient:
             ends = [
                 c
                 for c in changes
-                if c.record.id in self._waited and (c.kind is ChangeKind.REMOVED or c.record.state.terminal)
+                if c.record.id in self._waiting and (c.kind is ChangeKind.REMOVED or c.record.state.terminal)
             ]
             if ends:
                 self._ends.update((c.record.id, c) for c in ends)
@@ -345,19 +393,19 @@ class ClusterClient:
         Written to the records; the scheduler follows it within a third of
         the lease time. Raises UnknownSourceError.
         """
-        for name in self._chosen(source):
+        for name in self._names(source):
             self.store.set_paused(name, True)
 
     def resume(self, source: str | None = None) -> None:
         """Undo :meth:`pause` for ``source`` (or every source)."""
-        for name in self._chosen(source):
+        for name in self._names(source):
             self.store.set_paused(name, False)
 
     def paused(self) -> list[str]:
         """The names of the paused sources, sorted."""
         return sorted(self.store.paused())
 
-    def _chosen(self, source: str | None) -> list[str]:
+    def _names(self, source: str | None) -> list[str]:
         if source is not None:
             return [self._registry.resolve(source).name]
         return [info.name for info in self._registry.infos()]
@@ -367,7 +415,7 @@ class ClusterClient:
         name = self._registry.resolve(source).name
         raise ConfigError(
             f"the policy of {name!r} is set in the configuration of the cluster's processes "
-            "([sources] of their headwater.toml), not from one client"
+            "([sources] of their headwater.toml), not from one engine"
         )
 
     def start_held(self) -> list[str]:
@@ -382,18 +430,18 @@ class ClusterClient:
         ends or moves down its chain) but what the calling thread does. Other
         processes of the cluster are not held. Raises UnknownSourceError.
         """
-        with self.gate.frozen(self._registry.resolve(source).name):
+        with self._gate.frozen(self._registry.resolve(source).name):
             yield
 
     def worker_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per source: (threads, running, 0) of this process's workers (empty without them)."""
-        return {} if self.workers is None else self.workers.runner.stats()
+        return {} if self._workers is None else self._workers.runner.stats()
 
     def close(self, timeout: float = 5.0, *, interrupt: bool = False) -> list[Record]:
         """Stop this process's workers, write what is buffered, close everything; an empty list.
 
         The workers' running downloads go back to QUEUED for the cluster
-        (whatever ``interrupt``): they are the cluster's, not this client's
+        (whatever ``interrupt``): they are the cluster's, not this engine's
         to cancel. Closing twice is harmless.
         """
         with self._lock:
@@ -401,8 +449,8 @@ class ClusterClient:
                 return []
             self._closed = True
             listener, self._listener = self._listener, None
-        if self.workers is not None:
-            self.workers.stop(timeout)
+        if self._workers is not None:
+            self._workers.stop(timeout)
         if listener is not None:
             listener.close()
         self._feed.close()
@@ -410,9 +458,3 @@ class ClusterClient:
         self._redis.close()
         self._secrets.release()
         return []
-
-    def __enter__(self) -> ClusterClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
