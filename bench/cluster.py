@@ -54,7 +54,7 @@ from pathlib import Path
 
 import psycopg
 import redis
-from cluster_floor import TICK, Floor, ticks
+from cluster_floor import TICK, CarriedFloor, Floor, ticks
 from table import print_table
 
 from headwater import ClusterConfig, Engine, Record, State
@@ -374,9 +374,10 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
 
     The floor (bench/cluster_floor.py): ``--workers`` plain Python processes
     of ``--threads`` httpx threads, no headwater, landing each file durably
-    (``.part``, fsync, link) and, below that, in place. Every row also gives
-    the HTTP server's CPU a file (``server ms``), which the clients share
-    the machine with. The rows.
+    (``.part``, fsync, link) and, below that, in place; and the durable
+    floor carried by the cluster's Dramatiq broker (``CarriedFloor``). Every
+    row also gives the HTTP server's CPU a file (``server ms``), which the
+    clients share the machine with. The rows.
     """
     web = _bench_http()
     served = root / "served"
@@ -386,6 +387,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
     server.start()
     floor = Floor(web, args.workers, args.threads)  # forked before this process has threads
+    carried = CarriedFloor(web, args.workers, args.threads, REDIS_URL)
     count = args.small
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[dict[str, float]]] = {}
@@ -404,6 +406,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
             f"floor: {args.workers} processes x {args.threads}, durable": True,
             f"floor: {args.workers} processes x {args.threads}, in place": False,
         }
+        by_dramatiq = f"floor, durable, by Dramatiq: {args.workers} x {args.threads}"
         with (
             cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _, pids),
             Engine(out, load=["http"], cluster=config) as client,
@@ -421,6 +424,10 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                     wall, records = run_records(client, "http", urls, folder)
                     spent = cpu.per(count)
                     shares.append(running_share(records, wall, args.jobs))
+                elif who == by_dramatiq:
+                    cpu = Cpu(carried.pids)
+                    wall = carried.fetch(urls, folder)
+                    spent = cpu.per(count)
                 else:
                     wall, used = floor.fetch(urls, folder, durable=floors[who])
                     spent = {"all": used * 1000 / count}
@@ -428,12 +435,13 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                 walls.setdefault(who, []).append(wall)
                 cpus.setdefault(who, []).append(spent)
 
-            order = [aria, ours, *floors]
+            order = [aria, ours, *floors, by_dramatiq]
             for round_ in range(args.rounds):
                 for who in order if round_ % 2 == 0 else reversed(order):
                     one(who)
     finally:
         floor.close()
+        carried.close()
         server.terminate()
         server.join(5)
     small = f"(2) {count} x {args.small_kib} KiB"
@@ -452,7 +460,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                 f"{wall:.2f}",
                 f"{count / wall:,.0f}",
                 ratio,
-                shown(least) if who == ours else f"{least['all']:.2f}",
+                shown(least) if who in (ours, by_dramatiq) else f"{least['all']:.2f}",
                 f"{least['server']:.2f}",
             ]
         )
