@@ -9,11 +9,13 @@ cluster with worker threads in this process to run what the first submits.
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import cluster_plugin
 import pytest
-from cluster_procs import Cluster, wait_until
+from cluster_procs import Cluster
+from waiting import wait_until
 
 from headwater import ClusterConfig, ConfigError, Engine, ManualClock, MemoryStore, State
 from headwater._cluster._engine import ClusterEngine
@@ -61,6 +63,15 @@ def test_what_means_nothing_on_a_cluster_is_refused(tmp_path: Path, local: dict[
     (name,) = local
     with pytest.raises(ConfigError, match=f"takes no {name}="):
         Engine(tmp_path, {"clustered": cluster_plugin}, cluster=NOWHERE, **local)  # type: ignore[arg-type]
+
+
+def test_without_the_cluster_extra_the_error_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "headwater._cluster._engine")
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
+    with pytest.raises(ImportError, match=r"needs the cluster extra \(redis is missing\): pip install"):
+        Engine(tmp_path, {"clustered": cluster_plugin}, cluster=NOWHERE)
 
 
 def test_a_subclass_of_the_local_engine_takes_no_cluster(tmp_path: Path) -> None:
