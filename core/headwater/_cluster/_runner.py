@@ -5,7 +5,9 @@
 of its source) it:
 
 1. checks the slot's lease is still held (else the message is stale:
-   redelivered after its worker died, and it does nothing);
+   redelivered after its worker died, and it does nothing; a check that
+   raises does nothing either: the scheduler sends again a message whose
+   download it finds unstarted after a lease time);
 2. marks the record RUNNING with one conditional write from the state and
    attempts the scheduler wrote, which returns the record
    (:meth:`~headwater._cluster._pgstore.PostgresStore.start_if`: its read
