@@ -58,6 +58,26 @@ def test_a_cancel_reaches_a_download_running_in_a_worker_process_within_a_second
     assert not list(cluster.dest.iterdir())
 
 
+def test_a_message_is_acknowledged_only_once_its_download_has_run(
+    cluster: Cluster, redis_client: redis.Redis
+) -> None:
+    cluster.start_worker(threads=1)
+    with cluster.engine() as client:
+        download = client.submit("clustered", "wait:acked:m.bin")
+        wait_until(lambda: events_of("part"), 30, "the download started")
+        assert unacknowledged(cluster, redis_client) == 1  # fetched, held while the download runs
+        cluster_plugin.open_gate("acked")
+        (ended,) = client.wait([download], timeout=30)
+        assert ended.state is State.COMPLETED
+        wait_until(lambda: unacknowledged(cluster, redis_client) == 0, 10, "the message was acknowledged")
+
+
+def unacknowledged(cluster: Cluster, client: redis.Redis) -> int:
+    """Messages Dramatiq's workers have fetched and not acknowledged (its ``__acks__`` sets)."""
+    keys = client.scan_iter(match=f"{cluster.config.prefix}:__acks__.*")
+    return sum(int(client.scard(key)) for key in keys)
+
+
 def limits_of(cluster: Cluster, client: redis.Redis) -> RedisLimits:
     return RedisLimits(client, "clustered", RatePolicy(), prefix=cluster.config.limits_prefix)
 
