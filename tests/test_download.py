@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from headwater import DownloadContext, Job, Record, State
+from headwater._context import Flag
 from headwater._download import Download, Phase
 
 
@@ -128,3 +129,17 @@ def test_a_contexts_cancelled_flag_wakes_a_waiter_that_raced_its_set(rounds: int
     ctx.interrupted.set()
     ctx.interrupted.clear()
     assert not ctx.interrupted.is_set()
+
+
+def test_a_flag_keeps_to_attributes_of_its_own_not_events_private_ones() -> None:
+    """Flag does not depend on how CPython's Event is made: it overrides each public method of Event,
+    and using them all leaves none of the attributes ``Event.__init__`` makes (``_flag``, ``_cond``)."""
+    public = {name for name in vars(threading.Event) if not name.startswith("_") and name != "isSet"}
+    assert public <= set(vars(Flag)), public - set(vars(Flag))
+    flag = Flag()
+    assert not flag.wait(0.001) and "unset" in repr(flag)
+    flag.set()
+    assert flag.is_set() and flag.wait(0) and "set" in repr(flag)
+    flag.clear()
+    assert not flag.is_set()
+    assert set(vars(threading.Event())).isdisjoint(vars(flag)), vars(flag)

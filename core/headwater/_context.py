@@ -16,21 +16,50 @@ class Flag(threading.Event):
     """A :class:`threading.Event` whose lock and condition are made on first use, not at creation.
 
     Every download's context has two (``cancelled``, ``interrupted``) that
-    most downloads only ever read with :meth:`is_set`, which reads a
-    plain attribute; :meth:`set`, :meth:`clear` and :meth:`wait` make the
-    condition, once (two threads making it at once agree on one).
+    most downloads only ever read with :meth:`is_set`, which reads a plain
+    attribute; :meth:`set`, :meth:`clear` and :meth:`wait` make the
+    condition, once (two threads making it at once agree on one). Each
+    public method of Event is its own here, on attributes of its own: none
+    reads or writes Event's private ones, which ``Event.__init__`` (not
+    called) would make.
     """
 
-    def __init__(self) -> None:  # no super().__init__(): that makes the condition now
-        self._flag = False
+    def __init__(self) -> None:  # no super().__init__(): that makes a condition now
+        self._up = False
 
-    @property
-    def _cond(self) -> threading.Condition:  # an attribute in Event
+    def _condition(self) -> threading.Condition:
         made: dict[str, threading.Condition] = self.__dict__
         cond = made.get("_made_cond")
         if cond is None:
             cond = made.setdefault("_made_cond", threading.Condition(threading.Lock()))  # atomic
         return cond
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._up
+
+    def set(self) -> None:
+        """Set the flag and wake every thread waiting for it."""
+        cond = self._condition()
+        with cond:
+            self._up = True
+            cond.notify_all()
+
+    def clear(self) -> None:
+        """Unset the flag: a later :meth:`wait` blocks until it is set again."""
+        with self._condition():
+            self._up = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the flag is set or ``timeout`` seconds pass; whether it was set (as Event's)."""
+        if self._up:
+            return True
+        cond = self._condition()
+        with cond:
+            return self._up or cond.wait(timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} at {id(self):#x}: {'set' if self._up else 'unset'}>"
 
 
 #: What the engine does with a described download: ``(ctx, display_name, username, fields)``;
