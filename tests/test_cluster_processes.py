@@ -275,6 +275,17 @@ def test_status_and_cancel_read_and_cancel_the_clusters_records(cluster: Cluster
     assert first[-12:] in shown.stdout and second[-12:] not in shown.stdout
 
 
+def test_status_and_cancel_on_a_cluster_name_its_records_when_they_find_nothing(cluster: Cluster) -> None:
+    config = ["--config", str(cluster.config_file)]
+    empty = run_headwater(cluster.env, *config, "status")
+    assert (empty.returncode, empty.stderr.strip()) == (0, "no downloads in the cluster's records")
+    unknown = run_headwater(cluster.env, *config, "cancel", "nosuch")
+    assert unknown.returncode == 2
+    assert "no download with an id starting or ending 'nosuch' in the cluster's records" in unknown.stderr
+    named = run_headwater(cluster.env, *config, "status", "nosuch")
+    assert "in the cluster's records" in named.stderr and "journal" not in named.stderr
+
+
 def test_get_downloads_through_the_cluster_and_prints_where_each_file_went(cluster: Cluster) -> None:
     cluster.start_worker(threads=2)
     config = ["--config", str(cluster.config_file)]
