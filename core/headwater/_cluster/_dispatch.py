@@ -109,9 +109,9 @@ class Dispatcher:
         self.config = config
         self._gate = SourceGate() if gate is None else gate
         self._registry = registry
-        self._client = redis_client(config.broker)
+        self._client = redis_client(config.broker, one_thread=True)  # the scheduler's thread's (and pub/sub)
         self._store = PostgresStore(config.postgres, schema=config.schema)
-        self._broker = broker(config.broker, namespace=config.prefix)
+        self._broker = broker(config.broker, namespace=config.prefix, one_thread=True)
         name = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._lease = LeaderLease(self._client, name, ttl=config.lease, prefix=config.leader_prefix)
         self._listener: RecordListener | None = None  # while leading

@@ -97,7 +97,7 @@ class _Broker(RedisBroker):
             self.emit_after("declare_queue", queue_name)
 
 
-def broker(url: str, namespace: str = "headwater") -> RedisBroker:
+def broker(url: str, namespace: str = "headwater", *, one_thread: bool = False) -> RedisBroker:
     """A Dramatiq Redis broker on ``url`` (``redis://host:port/db``): no middleware, its queue declared.
 
     Its client is :func:`~headwater._cluster._setup.redis_client`'s, whose
@@ -105,7 +105,8 @@ def broker(url: str, namespace: str = "headwater") -> RedisBroker:
     no delay queue (no message is sent with a delay), so a worker polls one
     queue only.
     """
-    found = _Broker(client=redis_client(url), namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+    client = redis_client(url, one_thread=one_thread)  # one_thread: a broker only one thread sends with
+    found = _Broker(client=client, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
     found.declare_queue(QUEUE)
     return found
 

@@ -42,9 +42,20 @@ def sources(
     return SourceRegistry(candidates, policies, SettingsInput.read(settings, settings_layers))
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A redis-py client of ``url`` whose calls wait at most :data:`REDIS_TIMEOUT` seconds."""
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+def redis_client(url: str, *, one_thread: bool = False) -> redis.Redis:
+    """A redis-py client of ``url`` whose calls wait at most :data:`REDIS_TIMEOUT` seconds.
+
+    ``one_thread``: for a client whose calls come from one thread at a time
+    (pub/sub aside): it keeps one connection instead of a pool, which
+    spares every call the pool's bookkeeping (10 to 15 µs of CPU); calls
+    from several threads would queue on it.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        single_connection_client=one_thread,
+    )
 
 
 def isolated(config: ClusterConfig) -> ClusterConfig:

@@ -32,6 +32,10 @@ from headwater._sources import SourceRegistry
 #: Milliseconds an idle worker waits at most between asks for messages (Dramatiq's backoff grows to it).
 POLL_MS = 10
 
+#: Seconds a free Dramatiq worker thread waits for its next message before it looks whether to stop
+#: (Dramatiq's default is the poll above: each of the threads would wake a hundred times a second).
+IDLE_WAIT = 0.1
+
 
 class WorkerProcess:
     """Dramatiq's worker, started, running this process's downloads until :meth:`stop`.
@@ -93,6 +97,8 @@ class WorkerProcess:
         )
         self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
         self._worker.start()
+        for thread in self._worker.workers:  # a message wakes its thread at once; this bounds the stop
+            thread.timeout = IDLE_WAIT
         self.dispatcher: Dispatcher | None = None
         if schedule:
             self.dispatcher = Dispatcher(config, registry, gate=gate)
