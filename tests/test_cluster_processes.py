@@ -114,7 +114,7 @@ def test_a_killed_worker_frees_its_slot_within_the_lease_and_the_download_comple
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: a download whose file landed before its worker died, its end unwritten, runs and "
-    "lands again (AUDIT-16.md row 23a)",
+    "lands again (docs/cluster.md, Not there yet)",
 )
 def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file(cluster: Cluster) -> None:
     cluster.start_worker(threads=1)
@@ -129,7 +129,7 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: a message a killed worker had fetched and not begun keeps its slot (the scheduler "
-    "renews it) until Dramatiq's broker gives it back, 60 s later (AUDIT-16.md row 23b)",
+    "renews it) until Dramatiq's broker gives it back, 60 s later (docs/cluster.md, Not there yet)",
 )
 def test_a_download_whose_message_waited_in_a_killed_worker_starts_elsewhere_within_the_lease(
     cluster: Cluster, redis_client: redis.Redis
