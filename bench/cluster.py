@@ -16,7 +16,11 @@ one of which schedules:
     floor (bench/cluster_floor.py): the same files fetched by ``--workers``
     plain Python processes of ``--threads`` httpx threads, no headwater,
     landed durably (``.part``, fsync, link) and in place (no ``.part``, no
-    fsync), each row with the HTTP server's CPU a file beside its own.
+    fsync), each row with the HTTP server's CPU a file beside its own. The
+    cluster's row also gives the share of its slots' time (``--jobs`` x
+    wall) that downloads spent running, from the records' ``started_at``
+    and ``finished_at``: the rest is slots passing from one download to the
+    next.
 
 (3) limits: ``--limits`` no-op downloads of a source of concurrency 2 on 3
     worker processes of 4 threads; the most running at once, from the
@@ -50,10 +54,10 @@ from pathlib import Path
 
 import psycopg
 import redis
-from cluster_floor import TICK, Floor, ticks
+from cluster_floor import TICK, CarriedFloor, Floor, ticks
 from table import print_table
 
-from headwater import ClusterConfig, Engine, State
+from headwater import ClusterConfig, Engine, Record, State
 
 #: This folder: its http.py would shadow the standard library's ``http`` for httpx.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -240,6 +244,13 @@ def run(client: Engine, source: str, targets: list[str], folder: Path | None = N
 
     Exits if one did not complete.
     """
+    return run_records(client, source, targets, folder)[0]
+
+
+def run_records(
+    client: Engine, source: str, targets: list[str], folder: Path | None = None
+) -> tuple[float, list[Record]]:
+    """As :func:`run`; the wall seconds and the final records."""
     began = time.perf_counter()
     ids = [client.submit(source, t, dest_dir=folder) for t in targets]
     records = client.wait(ids, timeout=3600)
@@ -247,7 +258,18 @@ def run(client: Engine, source: str, targets: list[str], folder: Path | None = N
     failed = [r for r in records if r.state is not State.COMPLETED]
     if failed:
         raise SystemExit(f"{len(failed)} downloads did not complete, first: {failed[0].error}")
-    return took
+    return took, records
+
+
+def running_share(records: list[Record], took: float, slots: int) -> float:
+    """The share of ``slots`` x ``took`` seconds that ``records`` spent running (started_at to finished_at).
+
+    A worker sets ``started_at`` just before it records the start and
+    ``finished_at`` once the attempt is over, before its end is written; the
+    rest of a slot's time is its hand-over to the next download.
+    """
+    ran = sum(r.finished_at - r.started_at for r in records if r.started_at and r.finished_at)
+    return ran / (slots * took)
 
 
 def main() -> None:
@@ -352,9 +374,10 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
 
     The floor (bench/cluster_floor.py): ``--workers`` plain Python processes
     of ``--threads`` httpx threads, no headwater, landing each file durably
-    (``.part``, fsync, link) and, below that, in place. Every row also gives
-    the HTTP server's CPU a file (``server ms``), which the clients share
-    the machine with. The rows.
+    (``.part``, fsync, link) and, below that, in place; and the durable
+    floor carried by the cluster's Dramatiq broker (``CarriedFloor``). Every
+    row also gives the HTTP server's CPU a file (``server ms``), which the
+    clients share the machine with. The rows.
     """
     web = _bench_http()
     served = root / "served"
@@ -364,9 +387,11 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     server = multiprocessing.Process(target=web.serve, args=(str(served), ports), daemon=True)
     server.start()
     floor = Floor(web, args.workers, args.threads)  # forked before this process has threads
+    carried = CarriedFloor(web, args.workers, args.threads, REDIS_URL)
     count = args.small
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[dict[str, float]]] = {}
+    shares: list[float] = []  # the cluster's: of its slots' time, the share spent running a download
     try:
         port = ports.get()
         assert server.pid is not None
@@ -381,6 +406,7 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
             f"floor: {args.workers} processes x {args.threads}, durable": True,
             f"floor: {args.workers} processes x {args.threads}, in place": False,
         }
+        by_dramatiq = f"floor, durable, by Dramatiq: {args.workers} x {args.threads}"
         with (
             cluster(out, args.workers, args.threads, args.jobs, plugins) as (config, _, pids),
             Engine(out, load=["http"], cluster=config) as client,
@@ -395,7 +421,12 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                     spent = {"all": used * 1000 / count}
                 elif who == ours:
                     cpu = Cpu(pids)
-                    wall = run(client, "http", urls, folder)
+                    wall, records = run_records(client, "http", urls, folder)
+                    spent = cpu.per(count)
+                    shares.append(running_share(records, wall, args.jobs))
+                elif who == by_dramatiq:
+                    cpu = Cpu(carried.pids)
+                    wall = carried.fetch(urls, folder)
                     spent = cpu.per(count)
                 else:
                     wall, used = floor.fetch(urls, folder, durable=floors[who])
@@ -404,12 +435,13 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                 walls.setdefault(who, []).append(wall)
                 cpus.setdefault(who, []).append(spent)
 
-            order = [aria, ours, *floors]
+            order = [aria, ours, *floors, by_dramatiq]
             for round_ in range(args.rounds):
                 for who in order if round_ % 2 == 0 else reversed(order):
                     one(who)
     finally:
         floor.close()
+        carried.close()
         server.terminate()
         server.join(5)
     small = f"(2) {count} x {args.small_kib} KiB"
@@ -417,6 +449,9 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
     rows: list[list[object]] = []
     for who, took in walls.items():
         wall = statistics.median(took)
+        ratio = "" if who == aria else f"{aria_wall / wall:.2f}x aria2c"
+        if who == ours:
+            ratio += f", slots {statistics.median(shares):.0%} running"
         least = min(cpus[who], key=lambda p: p["all"])
         rows.append(
             [
@@ -424,8 +459,8 @@ def small_files(args: argparse.Namespace, root: Path, plugins: Path) -> list[lis
                 who,
                 f"{wall:.2f}",
                 f"{count / wall:,.0f}",
-                "" if who == aria else f"{aria_wall / wall:.2f}x aria2c",
-                shown(least) if who == ours else f"{least['all']:.2f}",
+                ratio,
+                shown(least) if who in (ours, by_dramatiq) else f"{least['all']:.2f}",
                 f"{least['server']:.2f}",
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import http.cookiejar as http_cookiejar
 import json
 import os
 import socket
@@ -458,6 +459,32 @@ def test_name_comes_from_the_final_url_after_redirects(server, http):
     rec = fetch(http(), hop)
     assert rec.state is State.COMPLETED, rec.error
     assert Path(rec.file_path).name == "real.bin"
+
+
+def test_a_cookie_set_by_a_redirect_is_sent_to_the_next_hop(server, http):
+    real = server.add("/files/real.bin", Resource(DATA))
+    headers = {"location": real, "set-cookie": "session=abc; Path=/"}
+    hop = server.add("/go", Resource(b"", script=[Step(status=302, headers=headers)]))
+    rec = fetch(http(), hop)
+    assert rec.state is State.COMPLETED, rec.error
+    assert server.resources["/files/real.bin"].requests[0].get("cookie") == "session=abc"
+
+
+def test_the_cookie_jar_reads_only_responses_that_set_a_cookie(server, http, monkeypatch):
+    read: list[str] = []
+    real = http_cookiejar.CookieJar.extract_cookies
+
+    def counted(self: http_cookiejar.CookieJar, response: Any, request: Any) -> None:
+        read.append(request.get_full_url())
+        real(self, response, request)
+
+    monkeypatch.setattr(http_cookiejar.CookieJar, "extract_cookies", counted)
+    plain = server.add("/files/plain.bin", Resource(DATA))
+    setting = server.add("/files/setting.bin", Resource(DATA, headers={"set-cookie": "k=v; Path=/"}))
+    engine = http()
+    assert fetch(engine, plain).state is State.COMPLETED
+    assert fetch(engine, setting).state is State.COMPLETED
+    assert read == [setting]
 
 
 def test_redirect_loop_fails_clearly(server, http):

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from headwater import DownloadContext, Job, RatePolicy, hookimpl
+from headwater_http.cookies import Client
 from headwater_http.naming import parse_target, refuse_malformed
 from headwater_http.tls import default_context
 from headwater_http.transfer import Settings, Transfer
@@ -63,8 +64,9 @@ class HttpSource:
             checked; see :func:`~headwater_http.tls.default_context`.
 
     Each engine worker thread gets its own :class:`httpx.Client` (a
-    connection pool), created on its first download and closed when the
-    thread ends: with one pool shared by all threads, each request and each
+    connection pool; a :class:`~headwater_http.cookies.Client`, whose
+    cookie jar reads only the responses that set a cookie), created on its
+    first download and closed when the thread ends: with one pool shared by all threads, each request and each
     response close waited for the pool's lock, which httpcore holds while it
     checks every pooled connection, and 16 concurrent small downloads spent
     most of their time there. The clients share one SSL context: the
@@ -98,7 +100,7 @@ class HttpSource:
         """The calling thread's client, created on its first call and closed when the thread ends."""
         client: httpx.Client | None = getattr(self._clients, "client", None)
         if client is None:
-            client = httpx.Client(
+            client = Client(
                 verify=self._shared_ssl_context(),
                 timeout=self._timeout,
                 follow_redirects=True,

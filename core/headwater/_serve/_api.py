@@ -43,6 +43,7 @@ from headwater import (
     UnknownSourceError,
     __version__,
 )
+from headwater._engine import Engine
 from headwater._serve._live import Live, Query
 from headwater._serve._security import (
     API_PREFIX,
@@ -51,7 +52,6 @@ from headwater._serve._security import (
     same_secret,
     session_value,
 )
-from headwater._serve._served import ServedEngine
 from headwater._serve._views import (
     TYPE_ENCODERS,
     Cancelled,
@@ -78,7 +78,7 @@ PAGE_DIR = Path(__file__).with_name("page")
 class Service:
     """What every handler shares: the engine, its live view, the token, the config's policy fields."""
 
-    engine: ServedEngine
+    engine: Engine
     live: Live
     token: str
     config: Mapping[str, Mapping[str, object]]

@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 import attrs
 
 from headwater import Change, ChangeKind, Record, State, SubscriptionOverflow, UnknownDownloadError
-from headwater._serve._served import ServedEngine
+from headwater._engine import Engine
 from headwater._serve._views import ENCODER, SourceView
 
 log = logging.getLogger("headwater._serve")
@@ -203,7 +203,7 @@ class RecentIndex:
         return [self._records[i] for _, i in reversed(self._keys[-count:])] if count else []
 
 
-def _active(engine: ServedEngine) -> list[Record]:
+def _active(engine: Engine) -> list[Record]:
     """The engine's queued and running records (it holds them in memory: no store is read)."""
     return engine.page(states=_ACTIVE, limit=sys.maxsize)
 
@@ -306,7 +306,7 @@ class Live:
 
     def __init__(
         self,
-        engine: ServedEngine,
+        engine: Engine,
         sources: Callable[[], list[SourceView]],
         *,
         tick: float = 0.25,

@@ -15,7 +15,7 @@ import attrs
 import msgspec
 
 from headwater import RatePolicy, Record
-from headwater._serve._served import ServedEngine
+from headwater._engine import Engine
 
 Existing = Literal["rename", "skip", "overwrite"]
 
@@ -61,7 +61,7 @@ class SourceView:
     version: str | None
 
 
-def source_views(engine: ServedEngine, config: Mapping[str, Mapping[str, object]]) -> list[SourceView]:
+def source_views(engine: Engine, config: Mapping[str, Mapping[str, object]]) -> list[SourceView]:
     """Every source of ``engine``, broken ones included; ``config`` is headwater.toml's ``[sources]``.
 
     Reads the engine without blocking on a download; call it off the event loop.

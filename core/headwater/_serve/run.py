@@ -21,10 +21,10 @@ from typing import Any
 import uvicorn
 
 from headwater import ServeError
+from headwater._engine import Engine
 from headwater._serve._api import Service, make_app
 from headwater._serve._live import Live
 from headwater._serve._security import ASGIApp, Security, check_bind, guard, host_allow_list
-from headwater._serve._served import ServedEngine
 
 #: Seconds uvicorn gives requests in flight at shutdown before it cancels them.
 GRACE = 5
@@ -58,7 +58,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def build(
-    engine: ServedEngine,
+    engine: Engine,
     security: Security,
     config: Mapping[str, Mapping[str, object]] | None = None,
     **live_options: Any,
@@ -139,7 +139,7 @@ class BackgroundServer:
 
     def __init__(
         self,
-        engine: ServedEngine,
+        engine: Engine,
         token: str,
         *,
         host: str = "127.0.0.1",
