@@ -126,11 +126,6 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
     assert [p.name for p in cluster.dest.iterdir()] == ["once.bin"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a message a killed worker had fetched and not begun keeps its slot (the scheduler "
-    "renews it) until Dramatiq's broker gives it back, 60 s later (docs/cluster.md, Not there yet)",
-)
 def test_a_download_whose_message_waited_in_a_killed_worker_starts_elsewhere_within_the_lease(
     cluster: Cluster, redis_client: redis.Redis
 ) -> None:
