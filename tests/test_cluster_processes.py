@@ -111,11 +111,6 @@ def test_a_killed_worker_frees_its_slot_within_the_lease_and_the_download_comple
     assert len(events_of("end")) == 1  # attempt 1 never ended: it was killed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a download whose file landed before its worker died, its end unwritten, runs and "
-    "lands again (docs/cluster.md, Not there yet)",
-)
 def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file(cluster: Cluster) -> None:
     cluster.start_worker(threads=1)
     cluster.start_worker(threads=1)
@@ -123,6 +118,7 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
         download = client.submit("clustered", "landkill:once.bin")
         (ended,) = client.wait([download], timeout=30)
     assert ended.state is State.COMPLETED
+    assert (ended.attempts, ended.file_path) == (2, str(cluster.dest / "once.bin"))
     assert [p.name for p in cluster.dest.iterdir()] == ["once.bin"]
 
 

@@ -191,7 +191,7 @@ class _EndWriter:
         if refused:
             log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
         if ending.landed is not None:
-            discard_landed(*ending.landed)  # not ours: cancelled, or taken over
+            discard_landed(*ending.landed, (a.download_id, a.attempt))  # not ours: cancelled, or taken over
 
 
 @attrs.define
