@@ -42,7 +42,7 @@ class LeaseKeeper:
         interval: seconds between rounds (> 0), well under the shortest
             lease kept (a third of it or less), so that one slow or failed
             round loses nothing.
-        name: the thread's name.
+        name: the renewing thread's name; the other's is ``<name>-expiry``.
 
     Thread-safe. The threads start with the first :meth:`keep` and end at
     :meth:`close`; they are daemons.
