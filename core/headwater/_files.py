@@ -71,9 +71,7 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     return Path(resolved), info.st_size
 
 
-def discard_landed(
-    dest_dir: Path, returned: str | os.PathLike[str], by: tuple[str, int] | None = None
-) -> None:
+def discard_landed(dest_dir: Path, returned: str | os.PathLike[str], by: tuple[str, int]) -> None:
     """Delete a file a plugin landed after its download was cancelled (or its attempt's end refused).
 
     ``by`` is the (download id, attempt) that landed it: a file a later
@@ -81,6 +79,7 @@ def discard_landed(
     (:func:`~headwater._landmark.taken_over`) is that attempt's, and stays
     (the check and the delete are two steps: a file taken between them is
     deleted all the same).
+
     Only a regular file inside ``dest_dir`` is ever deleted; anything else
     (whatever the plugin returned: a path with a NUL byte, an object whose
     ``__fspath__`` raises) is left alone and logged. Never raises but for a
@@ -91,7 +90,7 @@ def discard_landed(
     except Exception as exc:  # what a plugin returned: any value at all
         log.debug("not deleting what download_impl returned after cancel: %s", exc)
         return
-    if by is not None and taken_over(path, *by):
+    if taken_over(path, *by):
         log.debug("not deleting %s: a later attempt of its download took it", path)
         return
     path.unlink(missing_ok=True)

@@ -1185,12 +1185,12 @@ def _get_in_cluster(
     Ctrl-C, SIGTERM or the timeout stop the waiting, not the downloads: they
     go on in the cluster (`headwater status` follows them).
     """
-    with _app().engine(dest, clustered=True) as client:
+    with _app().engine(dest, clustered=True) as engine:
         ids: list[str] = []
         try:
             for target in targets:
-                ids.append(client.submit(chain if len(chain) > 1 else chain[0], target, existing=existing))
-            records = client.wait(ids, timeout=timeout)
+                ids.append(engine.submit(chain if len(chain) > 1 else chain[0], target, existing=existing))
+            records = engine.wait(ids, timeout=timeout)
         except StoreError as exc:
             raise Failure(str(exc), EXIT_JOURNAL) from exc
         except (HeadwaterError, ValueError) as exc:  # a target refused

@@ -126,7 +126,7 @@ class Dispatcher:
         self._leading = False
         self._records: dict[str, Record] = {}  # the unfinished records, as last heard
         self._sent: dict[str, Assignment] = {}  # downloads holding a slot, by id
-        self._unstarted: dict[str, tuple[float, float]] = {}  # ids of _sent: (last sent, wait before next)
+        self._sends: dict[str, tuple[float, float]] = {}  # ids of _sent: (sent at, wait before sending again)
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
         self._freed: set[str] = set()  # the ids of _sent whose workers gave their slots back
@@ -241,7 +241,7 @@ class Dispatcher:
         self._take_changes()  # the read below holds what they said
         self._records.clear()
         self._sent.clear()
-        self._unstarted.clear()
+        self._sends.clear()
         self._started.clear()
         self._freed.clear()
         self._sources.clear()
@@ -310,7 +310,7 @@ class Dispatcher:
     def _ended(self, download_id: str) -> None:
         """The download's attempt holds no slot any more: its source may start another."""
         self._freed.discard(download_id)
-        self._unstarted.pop(download_id, None)
+        self._sends.pop(download_id, None)
         sent = self._sent.pop(download_id, None)
         if sent is not None:
             source = self._source(sent.source)
@@ -396,7 +396,7 @@ class Dispatcher:
         granted = starting[: sum(v.granted for v in verdicts)]
         for assignment in granted:  # each holds a slot now: the sweep keeps its lease until it is RUNNING
             self._sent[assignment.download_id] = assignment
-            self._unstarted[assignment.download_id] = (now, self.config.lease)
+            self._sends[assignment.download_id] = (now, self.config.lease)
             self._started.add(assignment.download_id)
         for count, assignment in enumerate(granted):
             try:
@@ -420,7 +420,7 @@ class Dispatcher:
         for assignment in reversed(assignments):
             if holding:
                 self._sent.pop(assignment.download_id, None)
-                self._unstarted.pop(assignment.download_id, None)
+                self._sends.pop(assignment.download_id, None)
                 self._started.discard(assignment.download_id)
                 try:
                     source.limits.release(assignment.holder, time.monotonic(), started=False)
@@ -488,7 +488,7 @@ class Dispatcher:
         while its source is frozen in this process (its start may be held
         back at the gate).
         """
-        sent_at, wait = self._unstarted.setdefault(assignment.download_id, (now, self.config.lease))
+        sent_at, wait = self._sends.setdefault(assignment.download_id, (now, self.config.lease))
         if now - sent_at < wait or self._gate.is_frozen(assignment.source):
             return  # frozen: its start may be held back here; judged at the next sweep
         log.info(
@@ -497,7 +497,7 @@ class Dispatcher:
             now - sent_at,
         )
         send(self._broker, assignment)
-        self._unstarted[assignment.download_id] = (now, 2 * wait)
+        self._sends[assignment.download_id] = (now, 2 * wait)
 
     def _follow_pauses(self) -> None:
         """Pause and resume the sources as the records say (``headwater pause``, ``Engine.pause``)."""
