@@ -46,6 +46,10 @@ STATUS_LIMIT = 100
 #: (:data:`headwater._serve._state.STATE_NAME`): while it is there, ``status`` asks the server.
 SERVE_STATE_NAME = "serve.json"
 
+#: What the messages of ``status``, ``cancel`` and ``clean`` call the records they read: the
+#: journal's, or (with a ``[cluster]``) the cluster's.
+JOURNAL, CLUSTER_RECORDS = "the journal", "the cluster's records"
+
 #: How the command line's log lines look on stderr.
 LOG_FORMAT = "headwater: %(levelname)s: %(message)s"
 
@@ -108,7 +112,7 @@ class Pages(Protocol):
         ...
 
 
-def pick(reader: Matcher[_R], wanted: Iterable[str], where: str = "the journal") -> list[_R]:
+def pick(reader: Matcher[_R], wanted: Iterable[str], where: str = JOURNAL) -> list[_R]:
     """The records ``wanted`` names, by id or a unique start or end of one; else Refused (exit 2).
 
     ``where`` names what ``reader`` reads, in the refusal (a cluster's:
@@ -138,7 +142,7 @@ def listing(
     limit: int | None,
     show_all: bool,
     as_json: bool,
-    where: str = "the journal",
+    where: str = JOURNAL,
 ) -> None:
     """Print what ``headwater status`` lists: those ``ids`` name, or a page, latest first.
 
@@ -180,7 +184,7 @@ def listing(
         raise Refused(str(exc), EXIT_USAGE) from exc
 
 
-def show(records: Iterable[Plain], as_json: bool, where: str = "the journal") -> Plain | None:
+def show(records: Iterable[Plain], as_json: bool, where: str = JOURNAL) -> Plain | None:
     """Print ``records`` as they come (a JSON array, or one line each); return the last, None if none.
 
     With none, says so on stderr, naming ``where`` they were looked for.

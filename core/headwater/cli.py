@@ -55,11 +55,13 @@ from headwater._reader import JournalReader, Plain, PlainReader
 from headwater._records import Record, State
 from headwater._serve._state import ServerState, ensure_token, read_token, running_server, token_path
 from headwater._status import (
+    CLUSTER_RECORDS,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_JOURNAL,
     EXIT_OK,
     EXIT_USAGE,
+    JOURNAL,
     STATUS_LIMIT,
     Matcher,
     Refused,
@@ -87,9 +89,6 @@ _T = TypeVar("_T")
 
 #: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
 INTERRUPT_GRACE = 1.5
-
-#: What the messages of ``status``, ``cancel`` and ``clean`` call a cluster's records.
-CLUSTER_RECORDS = "the cluster's records"
 
 
 @contextmanager
@@ -659,7 +658,7 @@ def status(
     else:
         reader = _Plained(_ServerPages(through[0]), _Named(through[0]))
     try:
-        where = "the journal" if cluster is None else CLUSTER_RECORDS
+        where = JOURNAL if cluster is None else CLUSTER_RECORDS
         listing(reader, reader, ids, states, sources, before, limit, show_all, as_json, where)
     finally:
         if cluster is not None:
@@ -759,7 +758,7 @@ def clean(as_json: bool) -> None:
     through = _server()
     if through is not None:
         removed: Iterable[Record] = _call_server(through[0].clear)
-        _cleaned(removed, as_json, "the journal")
+        _cleaned(removed, as_json, JOURNAL)
         return
     app = _app()
     if app.config.cluster is not None:
@@ -767,7 +766,7 @@ def clean(as_json: bool) -> None:
             _cleaned(_remove_ended(engine), as_json, CLUSTER_RECORDS)
         return
     with _journaled_engine(None) as engine:
-        _cleaned(_remove_ended(engine), as_json, "the journal")
+        _cleaned(_remove_ended(engine), as_json, JOURNAL)
 
 
 def _remove_ended(engine: Engine) -> Iterator[Record]:

@@ -70,7 +70,7 @@ class CancelWatch:
         self._stop = threading.Event()
         self._listener = ChannelListener(client, channel, self._fire, name="headwater-cancels")
         self._listener.start()
-        self._checker = threading.Thread(target=self._run, name="headwater-cancel-checks", daemon=True)
+        self._checker = threading.Thread(target=self._checking, name="headwater-cancel-checks", daemon=True)
         self._checker.start()
 
     def watch(self, download_id: str, stop: Callable[[], None]) -> None:
@@ -86,14 +86,14 @@ class CancelWatch:
     def close(self, timeout: float | None = None) -> None:
         """End the threads; wait up to ``timeout`` seconds for each.
 
-        They end within half a second, or once the call under way returns
-        (to Redis, or ``gone``).
+        They end within :data:`~headwater._cluster._channel.LISTEN_SLICE`
+        seconds, or once the call under way returns (to Redis, or ``gone``).
         """
         self._stop.set()
         self._listener.close(timeout)
         self._checker.join(timeout)
 
-    def _run(self) -> None:
+    def _checking(self) -> None:
         while not self._stop.wait(self.poll):
             self._check()
 
