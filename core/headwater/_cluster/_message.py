@@ -82,7 +82,7 @@ class Assignment:
         return structure(payload, cls)
 
 
-class _Broker(RedisBroker):
+class _BrokerWithoutDelays(RedisBroker):
     """Dramatiq's Redis broker, declaring no delay queues: a queue is declared alone.
 
     Nothing here is sent with a delay, and a Dramatiq worker runs a consumer
@@ -106,7 +106,7 @@ def broker(url: str, namespace: str = "headwater", *, one_thread: bool = False) 
     queue only.
     """
     client = redis_client(url, one_thread=one_thread)  # one_thread: a broker only one thread sends with
-    found = _Broker(client=client, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+    found = _BrokerWithoutDelays(client=client, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
     found.declare_queue(QUEUE)
     return found
 
