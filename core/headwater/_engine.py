@@ -114,7 +114,11 @@ class Engine:
     """
 
     def __new__(cls, *args: object, cluster: ClusterConfig | None = None, **kwargs: object) -> Engine:
-        """An engine of ``cls``; with a ``cluster``, a cluster's (when ``cls`` is Engine itself)."""
+        """An engine of ``cls``; with a ``cluster``, a cluster's (when ``cls`` is Engine itself).
+
+        Raises ImportError, naming the package and the extra to install, when
+        a cluster's engine is asked for without the ``cluster`` extra.
+        """
         made: type[Engine] = cls
         if cluster is not None and cls is Engine:
             try:

@@ -36,6 +36,7 @@ ATTRIBUTE = "user.headwater.download"
 
 #: (download id, attempt) of the attempt running on this thread, if any.
 _running: ContextVar[tuple[str, int] | None] = ContextVar("headwater_landing", default=None)
+#: Whether this system has extended attributes at all (not macOS, not Windows).
 _KEPT = hasattr(os, "setxattr")
 
 
