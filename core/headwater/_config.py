@@ -101,6 +101,15 @@ class ClusterConfig:
         return f"broker {masked(self.broker)}, {records}, lease {self.lease:g} s"
 
 
+def needs_cluster_extra(what: str, missing: ImportError) -> str:
+    """The message for ``what`` (a command, an engine on a cluster) that could not import the cluster's code.
+
+    ``missing`` is the ImportError raised; the message names its package and
+    the extra that installs it.
+    """
+    return f"{what} needs the cluster extra ({missing.name} is missing): pip install 'headwater[cluster]'"
+
+
 @attrs.frozen
 class Config:
     """What ``headwater.toml`` says; every field has a default for a missing file.

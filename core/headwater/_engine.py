@@ -124,11 +124,9 @@ class Engine:
             try:
                 from headwater._cluster._engine import ClusterEngine  # the cluster's code, only when used
             except ImportError as exc:
-                raise ImportError(
-                    f"an engine on a cluster needs the cluster extra ({exc.name} is missing): "
-                    "pip install 'headwater[cluster]'",
-                    name=exc.name,
-                ) from exc
+                from headwater._config import needs_cluster_extra
+
+                raise ImportError(needs_cluster_extra("an engine on a cluster", exc), name=exc.name) from exc
             made = ClusterEngine
         return super().__new__(made)
 

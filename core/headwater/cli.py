@@ -37,7 +37,7 @@ import click
 
 from headwater import __version__
 from headwater._codec import plain
-from headwater._config import ClusterConfig, Config, load_config
+from headwater._config import ClusterConfig, Config, load_config, needs_cluster_extra
 from headwater._errors import (
     ConfigError,
     DownloadOwnedError,
@@ -908,11 +908,7 @@ def worker(threads: int, dest: Path | None) -> None:
     try:
         from headwater._cluster._work import WorkerProcess
     except ImportError as exc:
-        raise Failure(
-            f"headwater worker needs the cluster extra ({exc.name} is missing): "
-            "pip install 'headwater[cluster]'",
-            EXIT_USAGE,
-        ) from exc
+        raise Failure(needs_cluster_extra("headwater worker", exc), EXIT_USAGE) from exc
     folder = _made_folder(dest or config.destination or Path.cwd())
     try:
         with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
@@ -1215,10 +1211,7 @@ def _cluster_records() -> _ClusterRecords | None:
     try:
         return _ClusterRecords(config)
     except ImportError as exc:
-        raise Failure(
-            f"a [cluster] needs the cluster extra ({exc.name} is missing): pip install 'headwater[cluster]'",
-            EXIT_USAGE,
-        ) from exc
+        raise Failure(needs_cluster_extra("a [cluster]", exc), EXIT_USAGE) from exc
     except StoreError as exc:
         raise Failure(str(exc), EXIT_JOURNAL) from exc
 
