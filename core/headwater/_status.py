@@ -115,8 +115,8 @@ class Pages(Protocol):
 def pick(reader: Matcher[_R], wanted: Iterable[str], where: str = JOURNAL) -> list[_R]:
     """The records ``wanted`` names, by id or a unique start or end of one; else Refused (exit 2).
 
-    ``where`` names what ``reader`` reads, in the refusal (a cluster's:
-    ``"the cluster's records"``).
+    ``where`` names what ``reader`` reads, in the refusal (:data:`JOURNAL`,
+    :data:`CLUSTER_RECORDS`).
 
     The status list shows an id's last 12 characters (its random part: the
     first 12 are the time it was made), so an end names a download as well
