@@ -16,6 +16,8 @@ Targets:
     ``stubborn:GATE:NAME``: as ``wait`` but ignores cancels; it lands NAME
         once GATE exists and logs ``stubborn-landed``.
     ``nap:SECONDS:NAME``: sleep SECONDS, then as ``ok``.
+    ``landkill:NAME``: as ``ok``, then on attempt 1 SIGKILL its own process
+        (a worker dying between the landing and the end's write).
     ``fail``: raise RuntimeError (not transient).
     ``flaky``: raise TransientError.
     ``pause:SECONDS``: raise RetryAfter(SECONDS).
@@ -25,6 +27,7 @@ Targets:
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -67,6 +70,11 @@ def download_impl(job, ctx):  # type: ignore[no-untyped-def]
             seconds, _, name = rest.partition(":")
             time.sleep(float(seconds))
             return _land(ctx, name)
+        if kind == "landkill":  # attempt 1 lands its file, then its worker dies before the end is written
+            landed = _land(ctx, rest)
+            if job.attempt == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return landed
         if kind == "fail":
             raise RuntimeError("broken")
         if kind == "flaky":

@@ -1,9 +1,11 @@
-"""A TCP proxy on 127.0.0.1 in front of a PostgreSQL server, that can hold back the server's replies and cut.
+"""A TCP proxy on 127.0.0.1 in front of a server (PostgreSQL, Redis), that can hold back its replies and cut.
 
 For the lost reply: a client's statement reaches the server and commits,
 its reply never reaches the client (:meth:`Proxy.hold_replies`), and the
 connection then breaks (:meth:`Proxy.cut`); what the client does next is
-the test. For a connection lost at one chosen moment, :meth:`Proxy.cut_at`
+the test. For a server that hangs (or a network that drops its packets),
+``cut(hold=True)``: every connection breaks, and those made later are
+accepted but never answered. For a connection lost at one chosen moment, :meth:`Proxy.cut_at`
 cuts when a client sends a given statement, before it reaches the server.
 """
 
@@ -27,6 +29,7 @@ class Proxy:
         self._cut_at: bytes | None = None
         self.held = 0  # replies held back (and dropped) so far
         self.cuts = 0  # connections cut by cut_at so far
+        self.accepted = 0  # connections accepted so far
         self._acceptor = threading.Thread(target=self._accept, name="pgproxy", daemon=True)
         self._acceptor.start()
 
@@ -43,11 +46,11 @@ class Proxy:
         with self._lock:
             self._cut_at = statement
 
-    def cut(self) -> None:
-        """Close every connection made so far, and pass replies on again."""
+    def cut(self, *, hold: bool = False) -> None:
+        """Close every connection made so far, and pass replies on again (with ``hold``: hold them back)."""
         with self._lock:
             links, self._links = self._links, []
-            self._holding = False
+            self._holding = hold
         for pair in links:
             for end in pair:
                 with contextlib.suppress(OSError):
@@ -75,6 +78,7 @@ class Proxy:
             server = socket.create_connection(("127.0.0.1", self.target))
             with self._lock:
                 self._links.append((client, server))
+                self.accepted += 1
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 

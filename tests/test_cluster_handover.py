@@ -20,13 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cluster_plugin
+import dramatiq
 import pytest
 import redis
 from cluster_procs import Cluster, running
 from waiting import wait_until
 
 from headwater import RatePolicy, State
+from headwater._cluster import _dispatch
 from headwater._cluster._limits import RedisLimits
+from headwater._cluster._message import Assignment, send
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -105,3 +108,34 @@ def test_a_worker_whose_threads_are_all_busy_leaves_the_next_message_to_another_
     assert (ended.state, ended.attempts) == (State.COMPLETED, 1)
     starts = [e for e in cluster_plugin.events() if e[0] == "start"]
     assert sorted(e[1] for e in starts) == sorted([first, second])  # each ran once
+
+
+def test_downloads_waiting_on_a_full_source_have_no_message_and_leave_the_threads_to_others(
+    single: Cluster, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits = RedisLimits(
+        redis_client, "clustered", RatePolicy(), lease=2.0, prefix=single.config.limits_prefix
+    )
+    sent: list[tuple[str, bool]] = []  # each message the scheduler sends: its download, and its slot held
+
+    def watched(carrier: dramatiq.Broker, assignment: Assignment) -> None:
+        held = assignment.source != "clustered" or limits.held([assignment.holder]) == [True]
+        sent.append((assignment.download_id, held))
+        send(carrier, assignment)
+
+    monkeypatch.setattr(_dispatch, "send", watched)
+    with single.engine(workers=2) as engine:
+        first = engine.submit("clustered", "wait:held:a.txt")
+        engine.flush()
+        wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 30, "the first download")
+        waiting = [engine.submit("clustered", f"ok:w{i}.txt") for i in range(3)]  # its one slot is held
+        other = engine.submit("clustered_fast", "ok:b.txt")
+        (record,) = engine.wait([other], timeout=30)  # on the second thread: none waits on clustered's limit
+        assert record.state is State.COMPLETED
+        assert [i for i, _ in sent] == [first, other], "a message only for a download holding a slot"
+        assert {engine.get(i).state for i in waiting} == {State.QUEUED}
+        cluster_plugin.open_gate("held")
+        ended = engine.wait([first, *waiting], timeout=30)
+    assert {r.state for r in ended} == {State.COMPLETED}
+    assert sorted(i for i, _ in sent) == sorted([first, other, *waiting])  # each sent once
+    assert all(held for _, held in sent), f"sent without a slot: {sent}"

@@ -7,6 +7,7 @@ processes behind a barrier, and they count themselves.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import shutil
@@ -396,3 +397,41 @@ def test_a_lease_counts_as_lost_once_redis_has_been_unreachable_for_its_length(
         assert keeper.kept() == 0
     finally:
         keeper.close()
+
+
+def test_a_lease_counts_as_lost_at_its_length_while_its_renewals_hang() -> None:
+    """A renewal that never answers delays no loss: a lease is lost once it ran its length unrenewed.
+
+    A Redis that accepts and does not answer (hung, or a network dropping
+    packets) holds each renewal for the client's timeout (5 s), one lease
+    after the other. Three leases here, every renewal blocked until the test
+    ends. Before, a loss was judged only once a renewal returned: with 10 s
+    leases and 5 s timeouts a worker stopped its downloads 1.3 to 5.2 lease
+    times after its last renewal (1 to 8 leases); here, never.
+    """
+    hung = threading.Event()
+    gone = threading.Semaphore(0)
+    lease = 0.6
+    kept_at: dict[int, float] = {}
+    lost_at: dict[int, float] = {}
+
+    def renew() -> bool:
+        hung.wait(30)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def lost(i: int) -> None:
+        lost_at[i] = time.monotonic()
+        gone.release()
+
+    keeper = LeaseKeeper(lease / 3)
+    try:
+        for i in range(3):
+            kept_at[i] = time.monotonic()
+            keeper.keep(i, renew, lease, functools.partial(lost, i))
+        assert all(gone.acquire(timeout=10) for _ in range(3)), f"lost: {sorted(lost_at)}"
+    finally:
+        hung.set()
+        keeper.close(10)
+    late = {i: round(lost_at[i] - kept_at[i], 3) for i in kept_at}
+    assert all(lease <= took < lease + 0.5 for took in late.values()), late
+    assert keeper.kept() == 0

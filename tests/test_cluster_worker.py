@@ -8,6 +8,7 @@ its target and logging its starts and ends.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -17,15 +18,28 @@ import attrs
 import cluster_plugin
 import pytest
 import redis
+from cluster_child import PORT
 from cluster_procs import queued
+from pgproxy import Proxy
 from waiting import wait_until
 
-from headwater import DownloadContext, Job, PolicyOverride, RatePolicy, Record, State, Tried, hookimpl
+from headwater import (
+    DownloadCancelled,
+    DownloadContext,
+    Job,
+    PolicyOverride,
+    RatePolicy,
+    Record,
+    State,
+    Tried,
+    hookimpl,
+)
 from headwater._cluster._cancels import announce
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._runner import ClusterWorker
+from headwater._cluster._setup import redis_client as redis_client_of
 from headwater._cluster._setup import sources
 from headwater._store import Swap
 
@@ -74,12 +88,15 @@ def make_worker(
     dest: Path,
     poll: float = 1.0,
     policies: dict[str, PolicyOverride] | None = None,
+    plugins: dict[str, object] | None = None,
 ) -> ClusterWorker:
+    """A worker of ``clustered`` and ``backup`` (or of ``plugins``)."""
+    plugins = {"clustered": cluster_plugin, "backup": Backup()} if plugins is None else plugins
     return ClusterWorker(
         dest,
         store=PostgresStore(pg_url, schema=pg_schema),
         client=client,
-        registry=sources(plugins={"clustered": cluster_plugin, "backup": Backup()}, policies=policies),
+        registry=sources(plugins=plugins, policies=policies),
         prefix=prefix,
         channel=prefix + "cancel",
         poll=poll,
@@ -335,6 +352,72 @@ def test_a_cancel_whose_announcement_is_lost_is_found_by_polling(
     finally:
         worker.close()
     assert took < 1.0, f"polling took {took:.3f} s to stop the download"
+    assert result == [None]
+    assert current(store, record).state is State.CANCELLED
+
+
+class Stoppable:
+    """A source whose download waits for its ``ctx.cancelled``; the test waits on its events."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self.stopped_at = math.nan  # time.monotonic() when ctx.cancelled was seen
+
+    @hookimpl
+    def download_impl(self, job: Job, ctx: DownloadContext) -> Path:
+        self.started.set()
+        ctx.cancelled.wait(60)
+        self.stopped_at = time.monotonic()
+        self.stopped.set()
+        raise DownloadCancelled("stopped")
+
+
+@pytest.mark.parametrize("outage", ["refusing", "silent"])
+def test_a_cancel_reaches_a_running_download_within_a_second_while_redis_cannot_be_reached(
+    outage: str,
+    pg_url: str,
+    pg_schema: str,
+    store: PostgresStore,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    dest: Path,
+) -> None:
+    """The check of the records (the channel's fallback) keeps its period whatever Redis does.
+
+    The worker's Redis (the project's client: no retries, 5 s timeouts) is
+    behind a proxy. Once the download runs, the proxy cuts every connection
+    and then refuses new ones (Redis down), or accepts them and never
+    answers (Redis hung, or a network dropping packets: each call waits out
+    the 5 s). The cancel is written to the records alone. Its lease (60 s)
+    outlasts the test: only the check can stop the download.
+    """
+    proxy = Proxy(PORT)
+    client = redis_client_of(f"redis://127.0.0.1:{proxy.port}/0")
+    plugin = Stoppable()
+    worker = make_worker(pg_url, pg_schema, client, key_prefix, dest, plugins={"clustered": plugin})
+    try:
+        record = queued(store, "x.bin", dest)
+        thread, result = run_in_thread(worker, granted(redis_client, key_prefix, record, lease=60.0))
+        assert plugin.started.wait(10), "the download did not start"
+        if outage == "refusing":
+            proxy.close()
+        else:
+            before = proxy.accepted
+            proxy.cut(hold=True)
+            # The listener subscribes again: from now on it waits for an answer that never comes.
+            wait_until(lambda: proxy.accepted > before, 10, "the listener did not connect again")
+        cancel(store, current(store, record))  # and no announcement: Redis is out
+        sent = time.monotonic()
+        assert plugin.stopped.wait(10), "the cancel never reached the download"
+        took = plugin.stopped_at - sent
+        proxy.cut()  # Redis is back: the worker gives the slot back at once
+        thread.join(10)
+    finally:
+        worker.close()
+        proxy.close()
+        client.close()
+    assert took < 2.0, f"the cancel took {took:.3f} s to reach the download"  # the check runs every 1 s
     assert result == [None]
     assert current(store, record).state is State.CANCELLED
 

@@ -108,8 +108,11 @@ class Pages(Protocol):
         ...
 
 
-def pick(reader: Matcher[_R], wanted: Iterable[str]) -> list[_R]:
+def pick(reader: Matcher[_R], wanted: Iterable[str], where: str = "the journal") -> list[_R]:
     """The records ``wanted`` names, by id or a unique start or end of one; else Refused (exit 2).
+
+    ``where`` names what ``reader`` reads, in the refusal (a cluster's:
+    ``"the cluster's records"``).
 
     The status list shows an id's last 12 characters (its random part: the
     first 12 are the time it was made), so an end names a download as well
@@ -120,7 +123,7 @@ def pick(reader: Matcher[_R], wanted: Iterable[str]) -> list[_R]:
         count, record = reader.match(key)
         if record is None:
             problem = f"{count} downloads" if count > 1 else "no download"
-            raise Refused(f"{problem} with an id starting or ending {key!r} in the journal", EXIT_USAGE)
+            raise Refused(f"{problem} with an id starting or ending {key!r} in {where}", EXIT_USAGE)
         picked.append(record)
     return picked
 
@@ -135,12 +138,14 @@ def listing(
     limit: int | None,
     show_all: bool,
     as_json: bool,
+    where: str = "the journal",
 ) -> None:
     """Print what ``headwater status`` lists: those ``ids`` name, or a page, latest first.
 
     The arguments are the command's (checked: ``ids`` come without
-    ``before``, ``limit`` and ``show_all``). Raises Refused: exit 3 for a
-    journal that cannot be read, 2 for an id that names no one download.
+    ``before``, ``limit`` and ``show_all``); ``where`` names what is read,
+    in the messages. Raises Refused: exit 3 for a journal that cannot be
+    read, 2 for an id that names no one download.
     """
     wanted_states = set(states) or None
     wanted_sources = set(sources) or None
@@ -149,14 +154,15 @@ def listing(
             show(
                 [
                     r
-                    for r in pick(reader, ids)
+                    for r in pick(reader, ids, where)
                     if (wanted_states is None or r["state"] in wanted_states)
                     and (wanted_sources is None or r["source"] in wanted_sources)
                 ],
                 as_json,
+                where,
             )
             return
-        cursor = str(pick(reader, [before])[0]["id"]) if before else None
+        cursor = str(pick(reader, [before], where)[0]["id"]) if before else None
         size = None if show_all else limit or STATUS_LIMIT
         found = pages.records(
             states=wanted_states,
@@ -164,7 +170,7 @@ def listing(
             before=cursor,
             limit=None if size is None else size + 1,  # one more: are there older ones?
         )
-        last = show(itertools.islice(found, size), as_json)
+        last = show(itertools.islice(found, size), as_json, where)
         if last is not None and not as_json and next(found, None) is not None:
             shown = str(last["id"])[-12:]
             _err(f"older downloads: add --before {shown} (or list all with --all)")
@@ -174,8 +180,10 @@ def listing(
         raise Refused(str(exc), EXIT_USAGE) from exc
 
 
-def show(records: Iterable[Plain], as_json: bool) -> Plain | None:
+def show(records: Iterable[Plain], as_json: bool, where: str = "the journal") -> Plain | None:
     """Print ``records`` as they come (a JSON array, or one line each); return the last, None if none.
+
+    With none, says so on stderr, naming ``where`` they were looked for.
 
     Nothing is kept but the record being printed. When stdout is closed
     early (``headwater status --all | head``) it stops quietly, exit 0.
@@ -190,11 +198,11 @@ def show(records: Iterable[Plain], as_json: bool) -> Plain | None:
             out.write("[]\n" if last is None else "\n]\n")
         else:
             for last in records:
-                shown, where = str(last["id"])[-12:], last["file_path"] or last["error"] or ""
+                shown, outcome = str(last["id"])[-12:], last["file_path"] or last["error"] or ""
                 line = f"{shown}  {last['state']:<9} {last['progress']:5.1f}%  {last['source']:<10}"
-                out.write(f"{line} {last['display_name'] or last['target']}  {where}".rstrip() + "\n")
+                out.write(f"{line} {last['display_name'] or last['target']}  {outcome}".rstrip() + "\n")
             if last is None:
-                _err("no downloads in the journal")
+                _err(f"no downloads in {where}")
         out.flush()
     except BrokenPipeError:
         stdout_gone()

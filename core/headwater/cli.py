@@ -88,6 +88,9 @@ _T = TypeVar("_T")
 #: How long ``get`` and ``resume`` give running downloads to stop after Ctrl-C or SIGTERM.
 INTERRUPT_GRACE = 1.5
 
+#: What the messages of ``status``, ``cancel`` and ``clean`` call a cluster's records.
+CLUSTER_RECORDS = "the cluster's records"
+
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
@@ -656,7 +659,8 @@ def status(
     else:
         reader = _Plained(_ServerPages(through[0]), _Named(through[0]))
     try:
-        listing(reader, reader, ids, states, sources, before, limit, show_all, as_json)
+        where = "the journal" if cluster is None else CLUSTER_RECORDS
+        listing(reader, reader, ids, states, sources, before, limit, show_all, as_json, where)
     finally:
         if cluster is not None:
             cluster.close()
@@ -760,7 +764,7 @@ def clean(as_json: bool) -> None:
     app = _app()
     if app.config.cluster is not None:
         with app.engine(None, clustered=True) as engine:
-            _cleaned(_remove_ended(engine), as_json, "the cluster's records")
+            _cleaned(_remove_ended(engine), as_json, CLUSTER_RECORDS)
         return
     with _journaled_engine(None) as engine:
         _cleaned(_remove_ended(engine), as_json, "the journal")
@@ -1227,7 +1231,7 @@ def _cancel_in_cluster(cluster: _ClusterRecords, ids: tuple[str, ...], as_json: 
 
     client = redis_client(cluster.config.broker)
     try:
-        picked = pick(cluster, ids)
+        picked = pick(cluster, ids, CLUSTER_RECORDS)
         results = [(r.id, cancel(cluster.store, client, cluster.config.cancel_channel, r.id)) for r in picked]
         final = cluster.store.fetch([i for i, _ in results])
     except StoreError as exc:

@@ -6,10 +6,12 @@ runs one :class:`CancelWatch`: a thread that listens on the channel (a
 :class:`~headwater._cluster._channel.ChannelListener`) and stops the
 downloads it watches as their ids are heard, within a round trip.
 Pub/sub keeps nothing for a listener that is not connected (a dropped
-connection, a Redis restart), so the thread also asks, every ``poll``
+connection, a Redis restart), so a second thread asks, every ``poll``
 seconds, which of the downloads it watches must stop (the worker reads
 their records), and stops those: a cancel reaches its download within
-``poll`` seconds even when the announcement was lost.
+``poll`` seconds even when the announcement was lost, or Redis is down or
+hung (the listener's tries to subscribe again, each up to the client's
+timeouts, never hold the check back).
 """
 
 from __future__ import annotations
@@ -35,20 +37,20 @@ def announce(client: redis.Redis, download_id: str, channel: str) -> None:
 
 
 class CancelWatch:
-    """One thread that calls the ``stop`` of a watched download when it is cancelled elsewhere.
+    """Two threads that call the ``stop`` of a watched download when it is cancelled elsewhere.
 
     Args:
         client: a redis-py client (its pub/sub connection is its own).
         gone: given the ids watched, returns those that must stop (their
             records no longer say this process runs them); called on the
-            watch's thread every ``poll`` seconds while any is watched. It
-            may raise: that round is skipped.
+            watch's second thread every ``poll`` seconds while any is
+            watched. It may raise: that round is skipped.
         poll: seconds between those checks (> 0).
         channel: the channel :func:`announce` publishes on.
 
-    Thread-safe. The thread starts at once and ends at :meth:`close`; each
-    ``stop`` is called at most once, on the watch's thread, and the id is
-    no longer watched after it.
+    Thread-safe. The threads start at once and end at :meth:`close`; each
+    ``stop`` is called at most once, on one of the watch's threads, and the
+    id is no longer watched after it.
     """
 
     def __init__(
@@ -65,10 +67,11 @@ class CancelWatch:
         self._gone = gone
         self._watched: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
-        self._listener = ChannelListener(
-            client, channel, self._fire, name="headwater-cancels", every=poll, tick=self._check
-        )
+        self._stop = threading.Event()
+        self._listener = ChannelListener(client, channel, self._fire, name="headwater-cancels")
         self._listener.start()
+        self._checker = threading.Thread(target=self._run, name="headwater-cancel-checks", daemon=True)
+        self._checker.start()
 
     def watch(self, download_id: str, stop: Callable[[], None]) -> None:
         """Call ``stop`` when ``download_id`` is cancelled, until :meth:`unwatch`."""
@@ -81,8 +84,18 @@ class CancelWatch:
             self._watched.pop(download_id, None)
 
     def close(self, timeout: float | None = None) -> None:
-        """End the thread; wait up to ``timeout`` seconds for it (it ends within half a second)."""
+        """End the threads; wait up to ``timeout`` seconds for each.
+
+        They end within half a second, or once the call under way returns
+        (to Redis, or ``gone``).
+        """
+        self._stop.set()
         self._listener.close(timeout)
+        self._checker.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll):
+            self._check()
 
     def _fire(self, ids: Collection[str]) -> None:
         with self._lock:

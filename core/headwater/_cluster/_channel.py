@@ -10,9 +10,7 @@ records, the change feed).
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 from collections.abc import Callable
 
 import redis
@@ -37,16 +35,16 @@ class ChannelListener:
         heard: called with the messages published since its last call, in
             order, as text; it must not block for long.
         name: the thread's name.
-        every: seconds between calls of ``tick`` (> 0; infinite: never).
-        tick: called on the thread every ``every`` seconds, whether or not
-            the channel can be reached; it must not block for long.
 
-    What ``heard`` or ``tick`` raise is logged, and the thread goes on.
-    While Redis cannot be reached the thread subscribes again, pausing
+    What ``heard`` raises is logged, and the thread goes on. While Redis
+    cannot be reached the thread subscribes again, pausing
     :data:`FIRST_PAUSE` s after the first failure, twice as long after each
-    next one, up to :data:`LAST_PAUSE` s (and never past the next ``tick``).
-    :meth:`start` starts the thread; :meth:`close` ends it within
-    :data:`LISTEN_SLICE` s.
+    next one, up to :data:`LAST_PAUSE` s; each try waits as long as the
+    client's timeouts let it (a Redis that accepts and never answers holds
+    it for the ``socket_timeout``), so nothing that must run on time belongs
+    on this thread. :meth:`start` starts the thread; :meth:`close` ends it
+    within :data:`LISTEN_SLICE` s, or once the call to Redis under way
+    returns.
     """
 
     def __init__(
@@ -56,16 +54,10 @@ class ChannelListener:
         heard: Callable[[list[str]], None],
         *,
         name: str,
-        every: float = math.inf,
-        tick: Callable[[], None] = lambda: None,
     ) -> None:
-        if not every > 0:
-            raise ValueError(f"ChannelListener every must be a number of seconds > 0, got {every!r}")
         self.channel = channel
         self._client = client
         self._heard = heard
-        self._every = every
-        self._tick = tick
         self._pubsub: redis.client.PubSub | None = None  # the thread's, once started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -114,30 +106,23 @@ class ChannelListener:
     def _run(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         pause = FIRST_PAUSE
-        due = time.monotonic() + self._every
         try:
             while not self._stop.is_set():
                 try:
                     if pubsub is None:
                         pubsub = self._subscribed()
                         pause = FIRST_PAUSE
-                    self._listen(pubsub, max(0.0, min(LISTEN_SLICE, due - time.monotonic())))
+                    self._listen(pubsub, LISTEN_SLICE)
                 except redis.RedisError as exc:
                     log.warning("the channel %s is unreachable (%s); subscribing again", self.channel, exc)
                     if pubsub is not None:
                         pubsub.close()
                     pubsub = None
-                    self._stop.wait(max(0.0, min(pause, due - time.monotonic())))
+                    self._stop.wait(pause)
                     pause = min(2 * pause, LAST_PAUSE)
                 except Exception:  # the thread must outlive any one bad round
                     log.exception("the listener of channel %s failed a round", self.channel)
                     self._stop.wait(pause)
-                if time.monotonic() >= due:
-                    try:
-                        self._tick()
-                    except Exception:
-                        log.exception("the listener of channel %s failed a tick", self.channel)
-                    due = time.monotonic() + self._every
         finally:
             if pubsub is not None:
                 pubsub.close()

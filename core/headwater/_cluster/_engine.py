@@ -61,11 +61,16 @@ POLL_HEARING = 0.25
 def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id: str) -> bool:
     """Cancel ``download_id`` in ``store``, then announce it on ``channel``; whether this call cancelled it.
 
-    One conditional write, which wins over any unfinished state (one that
-    ended meanwhile is read again: False). The announcement makes the worker
-    running it stop within a round trip; if Redis cannot be reached, the
-    workers' polling of the records finds the cancel within a second.
-    Raises UnknownDownloadError for an id ``store`` does not hold.
+    The record read, CANCELLED, written by one conditional write from the
+    state and attempt read (:meth:`~headwater._store.Swap.over`): a record
+    whose state or attempt another process changed in between (a worker
+    started it, ended its attempt, moved it down its chain) is read again
+    and cancelled as that process left it, not written back as it was read.
+    So the cancel wins over any unfinished state, and returns False only for
+    a download that ended. The announcement makes the worker running it stop within a round
+    trip; if Redis cannot be reached, the workers' polling of the records
+    finds the cancel within a second. Raises UnknownDownloadError for an id
+    ``store`` does not hold.
     """
     while True:
         record = store.fetch([download_id]).get(download_id)
@@ -77,8 +82,8 @@ def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id:
         gone = attrs.evolve(
             record, state=State.CANCELLED, updated_at=now, finished_at=now, speed=0.0, time_remaining=None
         )
-        if store.commit_if([Swap.cancel(gone)])[0]:
-            break  # else it ended meanwhile: read it again
+        if store.commit_if([Swap.over(record, gone)])[0]:
+            break  # else it changed meanwhile: read it again
     with contextlib.suppress(redis.RedisError):
         announce(client, download_id, channel)
     return True

@@ -9,7 +9,9 @@ end is refused where records are kept.
 A lease counts as lost when a renewal answers False, and also when no
 renewal has succeeded for the lease's length (Redis unreachable, or the
 process was frozen): the slot may be someone else's by then, whatever Redis
-would say later.
+would say later. That length is watched by a thread of its own, so a
+renewal that hangs (a Redis that does not answer holds each call for the
+client's timeout, one lease after another) delays no loss.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class _Kept:
 
 
 class LeaseKeeper:
-    """One thread renewing every kept lease each ``interval`` seconds.
+    """One thread renewing every kept lease each ``interval`` seconds, one losing those not renewed in time.
 
     Args:
         interval: seconds between rounds (> 0), well under the shortest
@@ -42,8 +44,8 @@ class LeaseKeeper:
             round loses nothing.
         name: the thread's name.
 
-    Thread-safe. The thread starts with the first :meth:`keep` and ends at
-    :meth:`close`; it is a daemon.
+    Thread-safe. The threads start with the first :meth:`keep` and end at
+    :meth:`close`; they are daemons.
     """
 
     def __init__(self, interval: float, name: str = "headwater-leases") -> None:
@@ -54,21 +56,27 @@ class LeaseKeeper:
         self._kept: dict[Hashable, _Kept] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def keep(self, key: Hashable, renew: Callable[[], bool], lease: float, lost: Callable[[], None]) -> None:
         """Renew a lease of ``lease`` seconds, just granted, until :meth:`drop` of ``key``.
 
         ``renew`` extends it and returns whether it still held; it may raise
-        (Redis unreachable). ``lost`` is called once, on the keeper's thread,
-        when the lease is lost; the lease is then no longer kept. Neither is
-        called with the keeper's lock held.
+        (Redis unreachable), or take long. ``lost`` is called once, on one
+        of the keeper's threads, when the lease is lost (a renewal answered
+        False, or none succeeded for ``lease`` seconds, whether or not one is
+        under way); the lease is then no longer kept. Neither is called with
+        the keeper's lock held.
         """
         with self._lock:
             self._kept[key] = _Kept(renew, lost, lease, time.monotonic() + lease)
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+            if not self._threads and not self._stop.is_set():
+                self._threads = [
+                    threading.Thread(target=self._run, name=self._name, daemon=True),
+                    threading.Thread(target=self._expire, name=f"{self._name}-expiry", daemon=True),
+                ]
+                for thread in self._threads:
+                    thread.start()
 
     def drop(self, key: Hashable) -> None:
         """Stop renewing ``key``'s lease (its holder released it); nothing if it is not kept."""
@@ -80,14 +88,15 @@ class LeaseKeeper:
         return len(self._kept)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop renewing; wait up to ``timeout`` seconds for the thread to end."""
+        """Stop renewing; wait up to ``timeout`` seconds for each thread to end."""
         self._stop.set()
-        thread = self._thread
-        if thread is not None:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout)
 
     def renew_all(self) -> None:
-        """One round: renew every kept lease now; call ``lost`` of those lost. On the keeper's thread."""
+        """One round: renew every kept lease now; call ``lost`` of those lost. On the renewing thread."""
         with self._lock:
             kept = list(self._kept.items())
         for key, entry in kept:
@@ -118,3 +127,16 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.renew_all()
+
+    def _expire(self) -> None:
+        """Lose each lease whose ``good_until`` has passed, waking at the next one (within ``interval``)."""
+        wait = self.interval
+        while not self._stop.wait(wait):
+            now = time.monotonic()
+            with self._lock:
+                kept = list(self._kept.items())
+            due = [(key, entry) for key, entry in kept if entry.good_until <= now]
+            first = min((entry.good_until for _, entry in kept if entry.good_until > now), default=math.inf)
+            for key, entry in due:
+                self._lose(key, entry)
+            wait = min(self.interval, max(0.0, first - time.monotonic()))

@@ -5,8 +5,10 @@ Redis server's clock. A process claims it when no one holds it, renews it
 well within its ``ttl`` while it leads, and releases it when it stops; if it
 dies, another process's claim succeeds within ``ttl`` of its last renewal.
 Each new leadership gets a *term*, a number above every earlier term (even
-after Redis lost its keys), for fencing: what a leader writes elsewhere
-carries its term, so a write of a leader that was replaced can be refused.
+after Redis lost its keys), which the scheduler logs. No write carries it:
+what keeps a replaced leader that has not yet learnt it harmless is that
+every slot is taken by a script in Redis and every state change is a
+conditional write (docs/cluster.md, *The leader lease*).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ of its source) it:
    its :class:`~headwater._cluster._cancels.CancelWatch` listens for a
    cancel; a lost lease or a cancel sets ``ctx.cancelled``;
 4. releases the slot, as soon as the outcome is known, and announces it
-   in the same step (:mod:`~headwater._cluster._ends`): the scheduler
+   in the same step (:meth:`~headwater._cluster._limits.RedisLimits.release`): the scheduler
    starts the slot's next download at once;
 5. ends the record with one conditional write (COMPLETED, FAILED, QUEUED
    again for a retry, a Retry-After pause, an interrupt or a lost lease, or

@@ -5,7 +5,7 @@
 -- ARGV: holder, ttl (milliseconds)
 -- Returns the holder's term if it leads now, 0 if another holder does. A new leader's term is
 -- above every earlier one, even after Redis lost its keys (it is at least the server's time in
--- microseconds), so whatever a leader writes elsewhere can carry it and be refused once it is stale.
+-- microseconds).
 local leader, term, holder, ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local current = redis.call('GET', leader)
 if current == holder then
