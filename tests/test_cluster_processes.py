@@ -22,7 +22,9 @@ from pg_server import private_postgres
 from waiting import wait_until
 
 from headwater import RatePolicy, State
+from headwater._cluster._dispatch import Dispatcher
 from headwater._cluster._limits import RedisLimits
+from headwater._cluster._setup import sources
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -109,11 +111,6 @@ def test_a_killed_worker_frees_its_slot_within_the_lease_and_the_download_comple
     assert len(events_of("end")) == 1  # attempt 1 never ended: it was killed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a download whose file landed before its worker died, its end unwritten, runs and "
-    "lands again (AUDIT-16.md row 23a)",
-)
 def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file(cluster: Cluster) -> None:
     cluster.start_worker(threads=1)
     cluster.start_worker(threads=1)
@@ -121,7 +118,33 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
         download = client.submit("clustered", "landkill:once.bin")
         (ended,) = client.wait([download], timeout=30)
     assert ended.state is State.COMPLETED
+    assert (ended.attempts, ended.file_path) == (2, str(cluster.dest / "once.bin"))
     assert [p.name for p in cluster.dest.iterdir()] == ["once.bin"]
+
+
+def test_a_download_whose_message_waited_in_a_killed_worker_starts_elsewhere_within_the_lease(
+    cluster: Cluster, redis_client: redis.Redis
+) -> None:
+    scheduler = Dispatcher(cluster.config, sources(plugins=cluster.sources(), policies=cluster.policies()))
+    scheduler.start()  # the scheduler is this process: the worker killed is not the one scheduling
+    try:
+        wait_until(lambda: scheduler.leading, 10, "this process schedules")
+        doomed = cluster.start_worker(threads=1)  # it fetches up to two messages: one runs, one waits
+        with cluster.engine() as client:
+            first = client.submit("clustered", "wait:first:a.bin")
+            second = client.submit("clustered", "wait:second:b.bin")
+            client.flush()
+            wait_until(lambda: events_of("part"), 30, "the first began")
+            wait_until(lambda: unacknowledged(cluster, redis_client) == 2, 10, "both messages fetched")
+            assert scheduler.leading and [e[1] for e in events_of("start")] == [first]
+            cluster.start_worker(threads=2)
+            doomed.kill()
+            cluster_plugin.open_gate("first")
+            cluster_plugin.open_gate("second")
+            ended = client.wait([first, second], timeout=4 * cluster.config.lease)
+    finally:
+        scheduler.close()
+    assert [r.state for r in ended] == [State.COMPLETED] * 2
 
 
 def test_a_worker_frozen_past_its_lease_stops_itself_and_its_late_completion_is_refused(

@@ -1,11 +1,13 @@
-"""The scheduler when Redis fails between granting a slot and sending its message: nothing is stranded.
+"""The scheduler when Redis fails between granting a slot and starting its download: nothing is stranded.
 
 A download the scheduler decided to start has its start undone and goes back
 to the front of its source when taking its slot fails, or when its message
 cannot be sent after the slot was granted (the slot is given back). Without
 that, the scheduler's rules count it running forever, or the sweep renews
 the lease of a message that was never sent: the download stays QUEUED for
-good and holds one of its source's slots.
+good and holds one of its source's slots. A message that reaches a worker
+which cannot check its slot is acknowledged unstarted: the scheduler sends
+it again.
 
 The local Redis and PostgreSQL under names of the test's own (the ``cluster``
 fixture), in-process workers, the ``clustered`` source (tests/cluster_plugin.py);
@@ -19,14 +21,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import cluster_plugin
 import pytest
 import redis
 from cluster_child import PORT
 from cluster_procs import Cluster
 from pgproxy import Proxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import headwater._cluster._dispatch as scheduler_module
 import headwater._cluster._setup as cluster_setup
+import headwater._cluster._work as worker_module
 from headwater import RatePolicy, State
 from headwater._cluster._limits import RedisLimits
 from headwater._cluster._message import Assignment, broker, send
@@ -112,3 +118,42 @@ def test_a_send_to_a_redis_that_stopped_answering_gives_up(
         keys = list(redis_client.scan_iter(match=f"{namespace}:*"))
         if keys:
             redis_client.delete(*keys)
+
+
+def test_a_message_whose_worker_cannot_check_its_slot_is_sent_again(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's first lease check raises a RedisError: the download runs all the same, once.
+
+    The worker's own Redis client (its leases and cancels) goes through a
+    proxy (tests/pgproxy.py) without redis-py's retries, which cuts every
+    connection when the lease check's bytes come; Dramatiq's connection and
+    the scheduler's go straight to Redis, so the message is acknowledged,
+    the record stays QUEUED at the attempt it named and the scheduler keeps
+    renewing its slot. Without the scheduler's sending again a message left
+    unstarted, the download never ran.
+    """
+    proxy = Proxy(PORT)
+
+    def through_proxy(url: str, *, one_thread: bool = False) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=proxy.port,
+            socket_timeout=cluster_setup.REDIS_TIMEOUT,
+            socket_connect_timeout=cluster_setup.REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+            single_connection_client=one_thread,
+        )
+
+    monkeypatch.setattr(worker_module, "redis_client", through_proxy)
+    proxy.cut_at(cluster.config.limits_prefix.encode())  # the worker's first call on the limits
+    try:
+        with cluster.engine(workers=1) as engine:
+            download = engine.submit("clustered", "ok:lost.txt")
+            (record,) = engine.wait([download], timeout=5 * cluster.config.lease)
+            assert proxy.cuts == 1
+            assert (record.state, record.attempts) == (State.COMPLETED, 1)
+            assert [e[0] for e in cluster_plugin.events()] == ["start", "end"]
+            assert (cluster.dest / "lost.txt").read_bytes() == b"y" * 1000
+    finally:
+        proxy.close()

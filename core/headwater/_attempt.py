@@ -24,6 +24,7 @@ from headwater._context import DownloadContext
 from headwater._contract import returned_file
 from headwater._discovery import one_line
 from headwater._errors import ExistingFileKept, RetryAfter, is_transient
+from headwater._landmark import attempt_of
 from headwater._policy import RatePolicy
 from headwater._records import Job, Record, Tried, changed, slot_init
 from headwater._redact import redact
@@ -47,6 +48,9 @@ class Attempt:
         failure: what ``download_impl`` (or the file's check) raised, or None.
         skipped: a file already at the final name was kept
             (``existing="skip"``): it is not the attempt's to delete.
+        attempt: the number of the job's attempt that came to this (0 when
+            none ran): what its landings were marked with (see
+            :mod:`headwater._landmark`).
     """
 
     returned: str | os.PathLike[str] | None
@@ -55,12 +59,16 @@ class Attempt:
     error: str
     failure: BaseException | None
     skipped: bool
+    attempt: int = 0
 
 
 def run_attempt(source: Source, job: Job, ctx: DownloadContext) -> Attempt:
     """Call ``source``'s ``download_impl`` for ``job`` in ``ctx`` and check what it returned.
 
-    Runs on the calling thread, as long as the plugin takes. Never raises:
+    Runs on the calling thread, as long as the plugin takes; files landed on
+    it meanwhile are marked as attempt ``job.attempt`` of ``job.id``
+    (:func:`~headwater._landmark.attempt_of`), so a later attempt knows them
+    as its own. Never raises:
     whatever the plugin raises (BaseException included) or returns wrongly
     is in the answer's ``error`` and ``failure``.
     """
@@ -68,16 +76,17 @@ def run_attempt(source: Source, job: Job, ctx: DownloadContext) -> Attempt:
     skipped = False
     try:
         try:
-            returned = source.download(job=job, ctx=ctx)
+            with attempt_of(job.id, job.attempt):
+                returned = source.download(job=job, ctx=ctx)
         except ExistingFileKept as kept:
             returned, skipped = kept.path, True
         if returned is None:
             return Attempt(None, None, 0, "declined: download_impl returned None", None, False)
         path, size = returned_file(ctx.dest_dir, returned)
-        return Attempt(returned, path, size, "", None, skipped)
+        return Attempt(returned, path, size, "", None, skipped, job.attempt)
     except BaseException as exc:  # the boundary: nothing a plugin raises escapes
         ctx.logger.debug("download %s failed", job.id, exc_info=True)
-        return Attempt(returned, None, 0, one_line(exc), exc, skipped)
+        return Attempt(returned, None, 0, one_line(exc), exc, skipped, job.attempt)
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from headwater._errors import ExistingFileKept, UnsafePathError
+from headwater._landmark import is_own, mark, taken_over
 
 if sys.platform != "win32":
     import fcntl
@@ -70,9 +71,16 @@ def landed_file(dest_dir: Path, returned: str | os.PathLike[str]) -> tuple[Path,
     return Path(resolved), info.st_size
 
 
-def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
-    """Delete a file a plugin landed after its download was cancelled.
+def discard_landed(
+    dest_dir: Path, returned: str | os.PathLike[str], by: tuple[str, int] | None = None
+) -> None:
+    """Delete a file a plugin landed after its download was cancelled (or its attempt's end refused).
 
+    ``by`` is the (download id, attempt) that landed it: a file a later
+    attempt of that download has taken as its own
+    (:func:`~headwater._landmark.taken_over`) is that attempt's, and stays
+    (the check and the delete are two steps: a file taken between them is
+    deleted all the same).
     Only a regular file inside ``dest_dir`` is ever deleted; anything else
     (whatever the plugin returned: a path with a NUL byte, an object whose
     ``__fspath__`` raises) is left alone and logged. Never raises but for a
@@ -82,6 +90,9 @@ def discard_landed(dest_dir: Path, returned: str | os.PathLike[str]) -> None:
         path, _ = landed_file(dest_dir, returned)
     except Exception as exc:  # what a plugin returned: any value at all
         log.debug("not deleting what download_impl returned after cancel: %s", exc)
+        return
+    if by is not None and taken_over(path, *by):
+        log.debug("not deleting %s: a later attempt of its download took it", path)
         return
     path.unlink(missing_ok=True)
     log.debug("deleted %s, landed after its download was cancelled", path)
@@ -264,9 +275,11 @@ def check_existing(final: Path, existing: Existing) -> None:
     the transfer. :class:`PartFile` calls it when it is opened.
     :func:`land` checks again, atomically. Raises
     :class:`ExistingFileKept` for a regular file at ``final`` (a link to
-    one counts), FileExistsError for anything else there.
+    one counts), FileExistsError for anything else there; a file this
+    download landed on an earlier attempt (:func:`~headwater._landmark.is_own`)
+    does not count.
     """
-    if existing == "skip" and os.path.lexists(final):
+    if existing == "skip" and os.path.lexists(final) and not is_own(final):
         raise _taken(final)
 
 
@@ -291,13 +304,23 @@ def land(part: Path, final: Path, existing: Existing = "rename") -> Path:
       FileExistsError when what is there is not a regular file).
     - ``overwrite``: ``part`` is renamed over ``final`` in one atomic step.
 
+    Before it takes a name, ``part`` is marked with the download and
+    attempt running on this thread (:mod:`headwater._landmark`). Under
+    ``rename`` and ``skip``, a name taken by a file marked by an earlier
+    attempt of the same download is this download's own, landed by an
+    attempt killed before its end was written: ``part`` is deleted, the
+    file marked as this attempt's and its name returned, so a download run
+    again completes with one file, not two.
+
     ``part`` and ``final`` must be in the same folder; the caller has
     fsynced ``part`` and checked ``final`` (:func:`destination`). A symbolic
     link at a name counts as taken and is never followed. Raises
     FileExistsError when all the names are taken, ValueError for an unknown
     ``existing``, and OSError from the filesystem; ``part`` then stays.
     """
-    if existing_choice(existing) == "overwrite":
+    existing_choice(existing)
+    mark(part)
+    if existing == "overwrite":
         os.replace(part, final)
         return final
     if existing == "skip":
@@ -305,14 +328,27 @@ def land(part: Path, final: Path, existing: Existing = "rename") -> Path:
             return final
         with contextlib.suppress(FileNotFoundError):
             os.unlink(part)
+        if is_own(final):
+            return _own(final)
         raise _taken(final)
     for candidate in _names(final):
         if _claim(part, candidate):
             if candidate != final:
                 log.info("%s was taken; landed as %s", final.name, candidate.name)
             return candidate
+        if is_own(candidate):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+            return _own(candidate)
     last = numbered(final, MAX_NUMBER).name
     raise FileExistsError(f"no free name for {final.name!r}: it and every number up to {last!r} are taken")
+
+
+def _own(landed: Path) -> Path:
+    """``landed``, this download's file from an earlier attempt, marked as this attempt's and returned."""
+    mark(landed)
+    log.info("%s was landed by an earlier attempt of this download; not landing it again", landed.name)
+    return landed
 
 
 def _claim(part: Path, candidate: Path) -> bool:

@@ -70,7 +70,7 @@ def settle(shard: Shard, download: Download, ctx: DownloadContext, tried: Attemp
             settled = _write_end(shard, download, ctx, tried, record, now)
         if settled is None and tried.returned is not None and not tried.skipped:
             # Cancelled or removed meanwhile: the file goes before the job counts as ended.
-            discard_landed(ctx.dest_dir, tried.returned)
+            discard_landed(ctx.dest_dir, tried.returned, (download_id, tried.attempt))
         return _DONE if settled is None else settled
     except BaseException as exc:  # the last resort: whatever broke here, the job ends
         end_broken(shard, download_id, exc)

@@ -29,7 +29,10 @@ schedules, the others wait to take over within the lease time. The leader:
   RUNNING ones still hold their slots: one whose lease is gone (its worker
   died or was frozen) goes back to QUEUED, with one conditional write from
   the attempt it saw, so its next attempt starts (the dead worker's late
-  write is then refused); a waiting one whose slot was lost is sent again.
+  write is then refused); a waiting one whose slot was lost is sent again,
+  and so is one still unstarted a lease time after its message was sent
+  (:meth:`Dispatcher._send_again_if_due`: a message can be lost while its
+  slot stays held).
 
 A message is sent only for a download holding a slot, so no worker waits on
 a limit and a queued download costs no worker.
@@ -123,6 +126,7 @@ class Dispatcher:
         self._leading = False
         self._records: dict[str, Record] = {}  # the unfinished records, as last heard
         self._sent: dict[str, Assignment] = {}  # downloads holding a slot, by id
+        self._unstarted: dict[str, tuple[float, float]] = {}  # ids of _sent: (last sent, wait before next)
         self._sources: dict[str, _Source] = {}
         self._started: set[str] = set()  # the ids of _sent this lead's rules count as running
         self._freed: set[str] = set()  # the ids of _sent whose workers gave their slots back
@@ -237,6 +241,7 @@ class Dispatcher:
         self._take_changes()  # the read below holds what they said
         self._records.clear()
         self._sent.clear()
+        self._unstarted.clear()
         self._started.clear()
         self._freed.clear()
         self._sources.clear()
@@ -305,6 +310,7 @@ class Dispatcher:
     def _ended(self, download_id: str) -> None:
         """The download's attempt holds no slot any more: its source may start another."""
         self._freed.discard(download_id)
+        self._unstarted.pop(download_id, None)
         sent = self._sent.pop(download_id, None)
         if sent is not None:
             source = self._source(sent.source)
@@ -390,6 +396,7 @@ class Dispatcher:
         granted = starting[: sum(v.granted for v in verdicts)]
         for assignment in granted:  # each holds a slot now: the sweep keeps its lease until it is RUNNING
             self._sent[assignment.download_id] = assignment
+            self._unstarted[assignment.download_id] = (now, self.config.lease)
             self._started.add(assignment.download_id)
         for count, assignment in enumerate(granted):
             try:
@@ -413,6 +420,7 @@ class Dispatcher:
         for assignment in reversed(assignments):
             if holding:
                 self._sent.pop(assignment.download_id, None)
+                self._unstarted.pop(assignment.download_id, None)
                 self._started.discard(assignment.download_id)
                 try:
                     source.limits.release(assignment.holder, time.monotonic(), started=False)
@@ -430,7 +438,9 @@ class Dispatcher:
 
         A download sent and not yet RUNNING holds its slot while its message
         waits for a free worker thread: the leader renews that lease (a
-        renewal refused: the slot was lost, and the message is sent again).
+        renewal refused: the slot was lost, and the message is sent again),
+        and sends the message again if it is still unstarted long after
+        (:meth:`_send_again_if_due`).
         A RUNNING download's lease is its worker's to renew; one that is gone
         sends the download back to QUEUED.
         """
@@ -441,8 +451,11 @@ class Dispatcher:
             if assignment.download_id in self._freed and record is not None and record.state is State.QUEUED:
                 continue  # it ran and gave its slot back; its RUNNING is yet to be heard
             if record is not None and record.state is State.QUEUED and record.attempts == assignment.attempts:
-                if not self._source(assignment.source).limits.renew(assignment.holder, time.monotonic()):
+                now = time.monotonic()
+                if not self._source(assignment.source).limits.renew(assignment.holder, now):
                     self._recover(assignment)
+                else:
+                    self._send_again_if_due(assignment, now)
                 continue
             by_source.setdefault(assignment.source, []).append(assignment)
         gone: list[Assignment] = []
@@ -460,6 +473,31 @@ class Dispatcher:
                     continue  # its end (or removal) was written: the change feed brings it
                 if not self._gate.is_ending(assignment.holder):
                     self._recover(assignment, record)
+
+    def _send_again_if_due(self, assignment: Assignment, now: float) -> None:
+        """Send ``assignment``'s message again if its download, holding its slot, waited long unstarted.
+
+        A message can be lost while its slot stays held (renewed here): a
+        worker took it but could not check the slot (Redis failed the call,
+        and the message was acknowledged), or died before starting it, or
+        Redis lost it. It is sent again a lease time after it was sent, then
+        after twice each wait before (a message merely waiting for a busy
+        worker is copied a few times at most). Of two copies, the worker of
+        the second finds the attempt started (``start_if`` refuses it, and
+        the slot is left to the first) or its slot gone, and drops it. Not
+        while its source is frozen in this process (its start may be held
+        back at the gate).
+        """
+        sent_at, wait = self._unstarted.setdefault(assignment.download_id, (now, self.config.lease))
+        if now - sent_at < wait or self._gate.is_frozen(assignment.source):
+            return  # frozen: its start may be held back here; judged at the next sweep
+        log.info(
+            "download %s: unstarted %.1f s after its message was sent; sending it again",
+            assignment.download_id,
+            now - sent_at,
+        )
+        send(self._broker, assignment)
+        self._unstarted[assignment.download_id] = (now, 2 * wait)
 
     def _follow_pauses(self) -> None:
         """Pause and resume the sources as the records say (``headwater pause``, ``Engine.pause``)."""

@@ -5,7 +5,9 @@
 of its source) it:
 
 1. checks the slot's lease is still held (else the message is stale:
-   redelivered after its worker died, and it does nothing);
+   redelivered after its worker died, and it does nothing; a check that
+   raises does nothing either: the scheduler sends again a message whose
+   download it finds unstarted after a lease time);
 2. marks the record RUNNING with one conditional write from the state and
    attempts the scheduler wrote, which returns the record
    (:meth:`~headwater._cluster._pgstore.PostgresStore.start_if`: its read
@@ -189,7 +191,7 @@ class _EndWriter:
         if refused:
             log.info("download %s: the end of attempt %d was refused", a.download_id, a.attempt)
         if ending.landed is not None:
-            discard_landed(*ending.landed)  # not ours: cancelled, or taken over
+            discard_landed(*ending.landed, (a.download_id, a.attempt))  # not ours: cancelled, or taken over
 
 
 @attrs.define
