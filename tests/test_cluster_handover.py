@@ -7,7 +7,8 @@ PostgreSQL and the change feed; and the worker's thread takes its next
 message meanwhile, the end being written by the worker's writer. The end's
 write is held back here (a freeze of the source in the workers' process),
 so only the announcement can start the next download, and only a free
-thread can run it.
+thread can run it. A worker whose threads are all busy leaves a message to
+a worker with a free thread.
 
 The local Redis and PostgreSQL under names of the test's own, in-process
 workers, the ``clustered`` source (tests/cluster_plugin.py) at concurrency 1.
@@ -83,6 +84,30 @@ def test_a_worker_thread_takes_its_next_download_while_the_previous_end_is_being
         (ended,) = engine.wait([first], timeout=30)
     assert (ended.state, ended.attempts) == (State.COMPLETED, 1)
     assert (cluster.dest / "a.txt").exists() and (cluster.dest / "b.txt").exists()
+
+
+def test_a_worker_whose_threads_are_all_busy_leaves_the_next_message_to_another_worker(
+    cluster: Cluster, redis_client: redis.Redis
+) -> None:
+    limits = RedisLimits(
+        redis_client, "clustered", RatePolicy(), lease=2.0, prefix=cluster.config.limits_prefix
+    )
+    with cluster.engine(workers=1) as engine:  # one thread, and it schedules
+        first = engine.submit("clustered", "wait:first:a.txt")
+        engine.flush()
+        wait_until(lambda: any(e[0] == "part" for e in cluster_plugin.events()), 30, "the first download")
+        second = engine.submit("clustered", "ok:b.txt")  # concurrency 2: it gets a slot, its message is sent
+        engine.flush()
+        wait_until(lambda: limits.held([f"{second}:1"]) == [True], 15, "the second download's slot")
+        cluster.start_worker(threads=1)  # the one free thread: a message the busy worker kept never gets here
+        (record,) = engine.wait([second], timeout=20)
+        assert record.state is State.COMPLETED
+        assert engine.store.states([first]) == {first: State.RUNNING}
+        cluster_plugin.open_gate("first")
+        (ended,) = engine.wait([first], timeout=30)
+    assert (ended.state, ended.attempts) == (State.COMPLETED, 1)
+    starts = [e for e in cluster_plugin.events() if e[0] == "start"]
+    assert sorted(e[1] for e in starts) == sorted([first, second])  # each ran once
 
 
 def test_downloads_waiting_on_a_full_source_have_no_message_and_leave_the_threads_to_others(

@@ -7,10 +7,11 @@ Dramatiq's Redis broker, and starts Dramatiq's own worker with ``threads``
 threads, each running one download at a time (and taking the next message
 as soon as its download's slot is given back: the end is written by the
 runner's writer meanwhile), and the process's
-:class:`~headwater._cluster._dispatch.Dispatcher`. It holds up to twice as
-many messages as it has threads, so that a thread that ends a download
-finds the next at hand (a message waiting here keeps its slot: the
-scheduler renews the lease of a download sent and not yet RUNNING).
+:class:`~headwater._cluster._dispatch.Dispatcher`. It holds at most as many
+messages as it has threads (those running and those waiting for a thread
+together): a worker whose threads are all busy leaves the next message in
+the queue for a worker with a free thread, instead of keeping it (with its
+slot) until one of its own downloads ends.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class WorkerProcess:
         self._worker = dramatiq.Worker(
             self.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
         )
-        self._worker.queue_prefetch = 2 * threads  # a message at hand when a thread frees
+        self._worker.queue_prefetch = threads  # no message held back from another worker's free thread
         self._worker.start()
         for thread in self._worker.workers:  # a message wakes its thread at once; this bounds the stop
             thread.timeout = IDLE_WAIT
