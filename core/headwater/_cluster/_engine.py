@@ -4,9 +4,10 @@ A submit writes the QUEUED record to PostgreSQL (built by the same rule
 as a local engine's submit, :func:`~headwater._submission.submission`:
 ``translate_target`` and ``record_fields`` run here); the scheduler hears
 of it from the change feed and starts it when its source's limits allow.
-A cancel is one conditional write (it always wins over an unfinished
-download), then announced on the cancel channel so that a worker running
-it stops within a round trip. Reads go to PostgreSQL, changes come from
+A cancel is a conditional write of the record read (read and written
+again when another process changed it meanwhile: it always wins over an
+unfinished download), then announced on the cancel channel so that a
+worker running it stops within a round trip. Reads go to PostgreSQL, changes come from
 its change feed, pauses are written there for the scheduler to follow.
 
 ``ClusterEngine`` subclasses :class:`~headwater.Engine` and overrides every
@@ -92,7 +93,7 @@ def cancel(store: PostgresStore, client: redis.Redis, channel: str, download_id:
 class ClusterEngine(Engine):
     """An :class:`~headwater.Engine` whose downloads run on a cluster: ``Engine(dest_dir, cluster=config)``.
 
-    Takes :class:`~headwater.Engine`'s arguments, and:
+    Takes :class:`~headwater.Engine`'s arguments; what they mean here, and its own:
 
     Args:
         cluster: the cluster (``[cluster]`` of headwater.toml, or a
