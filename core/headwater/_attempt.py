@@ -48,9 +48,10 @@ class Attempt:
         failure: what ``download_impl`` (or the file's check) raised, or None.
         skipped: a file already at the final name was kept
             (``existing="skip"``): it is not the attempt's to delete.
-        attempt: the number of the job's attempt that came to this (0 when
-            none ran): what its landings were marked with (see
-            :mod:`headwater._landmark`).
+        attempt: the number of the job's attempt that ``returned`` comes
+            from, what its landings were marked with (see
+            :mod:`headwater._landmark`); 0 when ``returned`` is None
+            (declined, or no attempt ran).
     """
 
     returned: str | os.PathLike[str] | None
