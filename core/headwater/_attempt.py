@@ -48,10 +48,10 @@ class Attempt:
         failure: what ``download_impl`` (or the file's check) raised, or None.
         skipped: a file already at the final name was kept
             (``existing="skip"``): it is not the attempt's to delete.
-        attempt: the number of the job's attempt that ``returned`` comes
-            from, what its landings were marked with (see
-            :mod:`headwater._landmark`); 0 when ``returned`` is None
-            (declined, or no attempt ran).
+        attempt: the number of the job's attempt that came to this, what
+            its landings were marked with (see :mod:`headwater._landmark`);
+            0 when ``download_impl`` declined (returned None) or was not
+            called: no file is then the attempt's.
     """
 
     returned: str | os.PathLike[str] | None
