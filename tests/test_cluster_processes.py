@@ -24,7 +24,7 @@ from waiting import wait_until
 from headwater import RatePolicy, State
 from headwater._cluster._dispatch import Dispatcher
 from headwater._cluster._limits import RedisLimits
-from headwater._cluster._setup import sources
+from headwater._sources import load_sources
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -125,7 +125,8 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
 def test_a_download_whose_message_waited_in_a_killed_worker_starts_elsewhere_within_the_lease(
     cluster: Cluster, redis_client: redis.Redis
 ) -> None:
-    scheduler = Dispatcher(cluster.config, sources(plugins=cluster.sources(), policies=cluster.policies()))
+    registry = load_sources(plugins=cluster.sources(), policies=cluster.policies())
+    scheduler = Dispatcher(cluster.config, registry)
     scheduler.start()  # the scheduler is this process: the worker killed is not the one scheduling
     try:
         wait_until(lambda: scheduler.leading, 10, "this process schedules")

@@ -40,7 +40,7 @@ from headwater._cluster._message import Assignment
 from headwater._cluster._pgstore import PostgresStore
 from headwater._cluster._runner import ClusterWorker
 from headwater._cluster._setup import redis_client as redis_client_of
-from headwater._cluster._setup import sources
+from headwater._sources import load_sources
 from headwater._store import Swap
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
@@ -96,7 +96,7 @@ def make_worker(
         dest,
         store=PostgresStore(pg_url, schema=pg_schema),
         client=client,
-        registry=sources(plugins=plugins, policies=policies),
+        registry=load_sources(plugins=plugins, policies=policies),
         prefix=prefix,
         channel=prefix + "cancel",
         poll=poll,

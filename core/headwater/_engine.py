@@ -29,7 +29,6 @@ import attrs
 from headwater._chains import Chain, translate
 from headwater._changes import DEFAULT_MAXSIZE, ChangeFeed, ChangeKind, Subscription
 from headwater._clock import Clock, SystemClock
-from headwater._discovery import Candidate, discover
 from headwater._dispatch import Dispatcher
 from headwater._download import Download
 from headwater._ended import Ended
@@ -43,9 +42,9 @@ from headwater._files import Existing
 from headwater._policy import RatePolicy
 from headwater._records import Job, Record, State
 from headwater._redact import register
-from headwater._settings import SettingsInput, SettingsLayers
+from headwater._settings import SettingsLayers
 from headwater._shard import Shard, snapshot
-from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
+from headwater._sources import PolicyOverride, SourceInfo, load_sources
 from headwater._store import MemoryStore, RecordStore
 from headwater._submission import submission
 
@@ -155,12 +154,14 @@ class Engine:
             self.dest_dir = Path(dest_dir).expanduser()
             self.dest_dir.mkdir(parents=True, exist_ok=True)
             self.dest_dir = self.dest_dir.resolve()
-            if plugins is None:
-                candidates = discover(only=load, block=block)
-            else:
-                candidates = [Candidate(n, p) for n, p in plugins.items()]
-            inputs = SettingsInput.read(settings, settings_layers)
-            self._registry = SourceRegistry(candidates, policies, inputs)
+            self._registry = load_sources(
+                plugins=plugins,
+                policies=policies,
+                load=load,
+                block=block,
+                settings=settings,
+                settings_layers=settings_layers,
+            )
             self._secrets = register(self._registry.secret_values())  # settings: redacted until close
             clock = SystemClock() if clock is None else clock
             loaded = frozenset(n for info in self._registry.infos() for n in (info.name, *info.aliases))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -33,7 +33,7 @@ import pluggy
 
 from headwater import hookspecs
 from headwater._contract import alias_names, rate_policy, register, settings_class, source_name
-from headwater._discovery import Candidate, one_line
+from headwater._discovery import Candidate, discover, one_line
 from headwater._errors import HeadwaterError, PluginConflictError, PluginError, UnknownSourceError
 from headwater._policy import RatePolicy
 from headwater._settings import (
@@ -41,6 +41,7 @@ from headwater._settings import (
     SettingInfo,
     SettingProblem,
     SettingsInput,
+    SettingsLayers,
     SourceSettings,
     build_settings,
 )
@@ -356,3 +357,25 @@ class SourceRegistry:
                 except TypeError as exc:
                     raise TypeError(f"policies[{key!r}]: {exc}") from exc
             source.policy = policy
+
+
+def load_sources(
+    *,
+    plugins: Mapping[str, object] | None = None,
+    policies: Mapping[str, RatePolicy | PolicyOverride] | None = None,
+    load: Collection[str] | None = None,
+    block: Collection[str] = (),
+    settings: Mapping[str, Mapping[str, object]] | None = None,
+    settings_layers: SettingsLayers | None = None,
+) -> SourceRegistry:
+    """The loaded sources, from the arguments :class:`~headwater.Engine` takes for them.
+
+    ``plugins`` (name to plugin) are the sources when given, and nothing is
+    discovered; otherwise the installed ones are (``load`` and ``block``
+    choose among them). Raises what :class:`SourceRegistry` raises.
+    """
+    if plugins is None:
+        candidates = discover(only=load, block=block)
+    else:
+        candidates = [Candidate(n, p) for n, p in plugins.items()]
+    return SourceRegistry(candidates, policies, SettingsInput.read(settings, settings_layers))

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import attrs
 import click
@@ -81,8 +81,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from headwater._engine import Engine
-    from headwater._settings import SettingInfo
-    from headwater._sources import SourceInfo, SourceRegistry
+    from headwater._settings import SettingInfo, SettingsLayers
+    from headwater._sources import PolicyOverride, SourceInfo, SourceRegistry
     from headwater.client import Client
 
 _T = TypeVar("_T")
@@ -159,6 +159,15 @@ class Failure(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc, unused-ignore]  # click reads it per instance
 
 
+class SourceArguments(TypedDict):
+    """The configuration's arguments of :class:`~headwater.Engine` and :func:`~headwater._sources.load_sources`."""
+
+    policies: Mapping[str, PolicyOverride]
+    load: Collection[str] | None
+    block: Collection[str]
+    settings_layers: SettingsLayers
+
+
 @attrs.define
 class App:
     """What every subcommand shares: the configuration (read on first use) and the journal."""
@@ -177,6 +186,21 @@ class App:
                 raise Failure(str(exc), EXIT_USAGE) from exc
         return self._config
 
+    def source_arguments(self) -> SourceArguments:
+        """How the configuration says to load the sources (policies, which ones, settings layers)."""
+        from headwater._settings import SettingsLayers
+        from headwater._sources import PolicyOverride
+
+        config = self.config
+        return SourceArguments(
+            policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
+            load=config.load,
+            block=config.block,
+            settings_layers=SettingsLayers(
+                keystore=self.keystore, config=config.settings, config_path=config.path
+            ),
+        )
+
     def engine(
         self,
         dest: Path | None,
@@ -194,8 +218,6 @@ class App:
         """
         from headwater._engine import Engine
         from headwater._journal import SQLiteStore
-        from headwater._settings import SettingsLayers
-        from headwater._sources import PolicyOverride
 
         config = self.config
         cluster = config.cluster if clustered else None
@@ -207,16 +229,11 @@ class App:
             with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading
                 return Engine(
                     _made_folder(dest or config.destination or Path.cwd()),
-                    policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
                     store=store,
                     hold=cluster is None,
-                    load=config.load,
-                    block=config.block,
                     settings=settings,
-                    settings_layers=SettingsLayers(
-                        keystore=self.keystore, config=config.settings, config_path=config.path
-                    ),
                     cluster=cluster,
+                    **self.source_arguments(),
                 )
         except ImportError as exc:  # the cluster extra is missing: the message says so
             raise Failure(str(exc), EXIT_USAGE) from exc
@@ -1152,19 +1169,9 @@ class _ClusterRecords:
 
 def _cluster_sources(app: App) -> SourceRegistry:
     """The sources a cluster's process loads: as an engine of the command line loads them."""
-    from headwater._cluster._setup import sources
-    from headwater._settings import SettingsLayers
-    from headwater._sources import PolicyOverride
+    from headwater._sources import load_sources
 
-    config = app.config
-    return sources(
-        policies={name: PolicyOverride(changes) for name, changes in config.policies.items()},
-        load=config.load,
-        block=config.block,
-        settings_layers=SettingsLayers(
-            keystore=app.keystore, config=config.settings, config_path=config.path
-        ),
-    )
+    return load_sources(**app.source_arguments())
 
 
 def _get_in_cluster(

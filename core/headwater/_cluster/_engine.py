@@ -36,7 +36,7 @@ from headwater._cluster._cancels import announce
 from headwater._cluster._gate import SourceGate
 from headwater._cluster._pgfeed import RecordListener
 from headwater._cluster._pgstore import PostgresStore
-from headwater._cluster._setup import redis_client, sources
+from headwater._cluster._setup import redis_client
 from headwater._cluster._work import WorkerProcess
 from headwater._config import ClusterConfig
 from headwater._engine import Engine, _made
@@ -46,7 +46,7 @@ from headwater._policy import RatePolicy
 from headwater._records import Record, State
 from headwater._redact import register
 from headwater._settings import SettingsLayers
-from headwater._sources import PolicyOverride, SourceInfo
+from headwater._sources import PolicyOverride, SourceInfo, load_sources
 from headwater._store import RecordStore, Swap
 from headwater._submission import submission
 
@@ -164,7 +164,7 @@ class ClusterEngine(Engine):
         self.config = cluster
         self.dest_dir = Path(dest_dir).expanduser().resolve()
         self.dest_dir.mkdir(parents=True, exist_ok=True)
-        self._registry = sources(
+        self._registry = load_sources(
             plugins=plugins,
             policies=policies,
             load=load,

@@ -215,7 +215,7 @@ class ClusterWorker:
         store: the cluster's records; the worker owns it (closes it).
         client: a redis-py client of the Redis holding the limits (with a
             ``socket_timeout``).
-        registry: the loaded sources (:func:`~headwater._cluster._setup.sources`);
+        registry: the loaded sources (:func:`~headwater._sources.load_sources`);
             every worker host has the same installed.
         prefix: the limits' key prefix (as the scheduler's: ``ClusterConfig.limits_prefix``).
         channel: the cancel channel (as the cancellers': ``ClusterConfig.cancel_channel``).

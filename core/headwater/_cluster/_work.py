@@ -45,7 +45,7 @@ class WorkerProcess:
         config: the cluster.
         dest_dir: where downloads whose record names no folder land.
         threads: downloads run at once (>= 1).
-        registry: the loaded sources (:func:`~headwater._cluster._setup.sources`).
+        registry: the loaded sources (:func:`~headwater._sources.load_sources`).
         poll: seconds between checks of the running downloads' records.
         schedule: also contend for the scheduler's lease (a
             :class:`~headwater._cluster._dispatch.Dispatcher`): one process of
