@@ -154,13 +154,30 @@ class Dispatcher:
             self._thread.join(10)
         self._stop_listening()
         if self._leading:
-            try:
-                self._lease.release()
-            except redis.RedisError as exc:
-                log.warning("could not give up the scheduler's lease: %s", exc)
+            self._give_up_lease()
         self._store.close()
         self._broker.close()
         self._client.close()
+
+    def _give_up_lease(self) -> None:
+        """Release the lease, on a connection of its own if the thread still holds the scheduler's one.
+
+        The thread may still be in a Redis call (each waits up to
+        REDIS_TIMEOUT) after :meth:`close` stopped waiting for it; the
+        scheduler's client keeps one connection, which two threads must
+        not share.
+        """
+        lease, client = self._lease, None
+        if self._thread.is_alive():
+            client = redis_client(self.config.broker, one_thread=True)
+            lease = LeaderLease(client, lease.holder, ttl=self.config.lease, prefix=self.config.leader_prefix)
+        try:
+            lease.release()
+        except redis.RedisError as exc:
+            log.warning("could not give up the scheduler's lease: %s", exc)
+        finally:
+            if client is not None:
+                client.close()
 
     # -- the loop --------------------------------------------------------------------
 
