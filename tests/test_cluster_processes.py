@@ -22,9 +22,7 @@ from pg_server import private_postgres
 from waiting import wait_until
 
 from headwater import RatePolicy, State
-from headwater._cluster._dispatch import Dispatcher
 from headwater._cluster._limits import RedisLimits
-from headwater._sources import load_sources
 
 pytest_plugins = ["cluster_fixtures", "pg_fixtures"]
 
@@ -120,32 +118,6 @@ def test_a_worker_killed_after_landing_before_its_end_is_written_leaves_one_file
     assert ended.state is State.COMPLETED
     assert (ended.attempts, ended.file_path) == (2, str(cluster.dest / "once.bin"))
     assert [p.name for p in cluster.dest.iterdir()] == ["once.bin"]
-
-
-def test_a_download_whose_message_waited_in_a_killed_worker_starts_elsewhere_within_the_lease(
-    cluster: Cluster, redis_client: redis.Redis
-) -> None:
-    registry = load_sources(plugins=cluster.sources(), policies=cluster.policies())
-    scheduler = Dispatcher(cluster.config, registry)
-    scheduler.start()  # the scheduler is this process: the worker killed is not the one scheduling
-    try:
-        wait_until(lambda: scheduler.leading, 10, "this process schedules")
-        doomed = cluster.start_worker(threads=1)  # it fetches up to two messages: one runs, one waits
-        with cluster.engine() as client:
-            first = client.submit("clustered", "wait:first:a.bin")
-            second = client.submit("clustered", "wait:second:b.bin")
-            client.flush()
-            wait_until(lambda: events_of("part"), 30, "the first began")
-            wait_until(lambda: unacknowledged(cluster, redis_client) == 2, 10, "both messages fetched")
-            assert scheduler.leading and [e[1] for e in events_of("start")] == [first]
-            cluster.start_worker(threads=2)
-            doomed.kill()
-            cluster_plugin.open_gate("first")
-            cluster_plugin.open_gate("second")
-            ended = client.wait([first, second], timeout=4 * cluster.config.lease)
-    finally:
-        scheduler.close()
-    assert [r.state for r in ended] == [State.COMPLETED] * 2
 
 
 def test_a_worker_frozen_past_its_lease_stops_itself_and_its_late_completion_is_refused(

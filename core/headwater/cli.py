@@ -160,7 +160,7 @@ class Failure(click.ClickException):
 
 
 class SourceArguments(TypedDict):
-    """The configuration's arguments of :class:`~headwater.Engine` and :func:`~headwater._sources.load_sources`."""
+    """The configuration's arguments of :class:`~headwater.Engine` and :func:`.load_sources`."""
 
     policies: Mapping[str, PolicyOverride]
     load: Collection[str] | None
