@@ -22,7 +22,14 @@ What differs, and why (docs/regression-suite.md, *The cluster's profile*):
   by itself); ``drain`` and ``another_source_frozen`` move nothing.
 - ``freeze``: :meth:`ClusterEngine.freeze` holds this process's workers and
   scheduler, which are all the workers there are here.
-- ``disk_fills`` is left out: no test fills PostgreSQL's disk.
+- ``disk_fills`` is left out: no test fills PostgreSQL's disk. Its
+  analogue is ``postgres_is_cut``: every PostgreSQL connection of the engine
+  (its store's pool and session, its change feed) goes through a
+  :class:`~pgproxy.Proxy`, which the rule cuts and holds for a while (every
+  connection breaks, new ones get no answer) while it releases some held
+  downloads, then lets through again. The store tries its reads and writes
+  again meanwhile (for up to 10 s; a cut lasts at most 1.5 s); the
+  invariants are checked as they are once it is back.
 - ``threads_are_bounded`` is left out: a cluster worker has a fixed pool of
   threads (``WORKERS``), not a thread per running download; the
   concurrency invariant still checks every source's peak from the plugins.
@@ -42,10 +49,13 @@ import psycopg_pool.base
 import pytest
 import redis.backoff
 from cluster_child import connect
-from hypothesis import settings
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
 from instrumented import InstrumentedSource
 from pg_server import PG_URL, drop, reachable
-from test_engine_stateful import POLICIES, EngineMachine
+from pgproxy import Proxy
+from test_engine_stateful import HELD, POLICIES, EngineMachine, logged
 
 from headwater import DownloadContext, Job, RetryAfter, hookimpl
 from headwater._cluster._engine import ClusterEngine
@@ -109,7 +119,9 @@ class ClusterMachine(EngineMachine):
     def open_engine(self) -> ClusterEngine:
         if not hasattr(self, "config"):
             token = uuid.uuid4().hex[:12]
-            self.config = ClusterConfig(REDIS_URL, PG_URL, f"hwst_{token}", LEASE, f"hwtest-{token}")
+            self.proxy = Proxy(5432)
+            proxied = PG_URL.replace(":5432/", f":{self.proxy.port}/")
+            self.config = ClusterConfig(REDIS_URL, proxied, f"hwst_{token}", LEASE, f"hwtest-{token}")
         return ClusterEngine(
             self.tmp / "dest",
             self.plugins,
@@ -118,6 +130,24 @@ class ClusterMachine(EngineMachine):
             workers=WORKERS,
             poll=0.2,
         )
+
+    @rule(seconds=st.sampled_from([0.1, 0.5, 1.5]), data=st.data())
+    @logged
+    def postgres_is_cut(self, seconds: float, data: st.DataObject) -> None:
+        """Every PostgreSQL connection of the engine breaks, and none answers for ``seconds`` (real ones).
+
+        Meanwhile some held downloads are released, so ends are written while the server is away.
+        """
+        held = [j for j in self.live() if j.behaviour in HELD and not j.released]
+        released = st.lists(st.sampled_from(held), unique_by=lambda j: j.id) if held else st.just([])
+        self.proxy.cut(hold=True)
+        try:
+            for job in data.draw(released, label="released while cut"):
+                self.open_gate(job)
+            time.sleep(seconds)
+        finally:
+            self.proxy.cut()  # those opened meanwhile break too; new ones are answered
+        event(f"PostgreSQL cut for {seconds} s")
 
     # Left out (the module says why): plain methods, so Hypothesis finds no rule or invariant here.
     def advance(self, seconds: float) -> None:
@@ -141,6 +171,7 @@ class ClusterMachine(EngineMachine):
             if keys:
                 client.delete(*keys)
             client.close()
+            self.proxy.close()
             drop(PG_URL, self.config.schema)
 
 
